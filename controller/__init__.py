@@ -1,0 +1,1 @@
+"""The Kubernetes controller: runs the same `policies` objects against a live cluster."""

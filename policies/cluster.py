@@ -1,0 +1,227 @@
+"""The cluster as policies see it: per-node and per-GPU resources in numpy arrays.
+
+`ClusterState` is the mutable form. Hosts own one and apply decisions to it; a policy
+gets a read-only copy (`view()`, numpy arrays flagged non-writeable) and, when it wants
+to try placements within one pass, a private `scratch()` copy. Nodes keep the order the host gives them, which both hosts
+make the node-name order, so the "lowest index wins" tie-break is "first name wins".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import networkx as nx
+import numpy as np
+import numpy.typing as npt
+
+MILLI = 1000
+"""Milli-GPU in one whole GPU."""
+
+IntArray = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
+
+# GPU-pod classes tracked per node for GPU Clustering: column 0 holds sharing pods,
+# column k holds pods that take k whole GPUs.
+MAX_GPUS_PER_TASK = 16
+SHARE_CLASS = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Taint:
+    key: str
+    value: str = ""
+    effect: str = "NoSchedule"
+
+
+@dataclass(frozen=True, slots=True)
+class Toleration:
+    """Tolerates a taint with the same key (and value, unless `exists`)."""
+
+    key: str
+    value: str = ""
+    exists: bool = False
+    effect: str = ""
+
+    def tolerates(self, taint: Taint) -> bool:
+        if self.key and self.key != taint.key:
+            return False
+        if self.effect and self.effect != taint.effect:
+            return False
+        return self.exists or not self.key or self.value == taint.value
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSpec:
+    """One node's capacity and identity, as read from a trace or from the API server."""
+
+    name: str
+    cpu_milli: int
+    mem_mib: int
+    gpus: int = 0
+    gpu_model: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    taints: tuple[Taint, ...] = ()
+    rack: str = ""
+
+    def __post_init__(self) -> None:
+        if self.cpu_milli < 0 or self.mem_mib < 0 or self.gpus < 0:
+            raise ValueError(f"node {self.name}: negative capacity")
+        if self.gpus > 0 and not self.gpu_model:
+            raise ValueError(f"node {self.name}: has GPUs but no GPU model")
+
+
+_MUTABLE = ("cpu_free", "mem_free", "gpu_free", "pods_by_class", "version")
+
+
+class ClusterState:
+    """Mutable cluster resources. Every change bumps the node's `version`, so policies
+    can memoise per-node values (FGD's fragmentation) and recompute only what changed."""
+
+    def __init__(self, nodes: Sequence[NodeSpec]) -> None:
+        if not nodes:
+            raise ValueError("a cluster needs at least one node")
+        names = [n.name for n in nodes]
+        if len(set(names)) != len(names):
+            raise ValueError("node names must be unique")
+        self.nodes: tuple[NodeSpec, ...] = tuple(nodes)
+        self.node_index: dict[str, int] = {n: i for i, n in enumerate(names)}
+        models = sorted({n.gpu_model for n in nodes if n.gpus > 0})
+        self.gpu_models: tuple[str, ...] = tuple(models)
+        model_idx = {m: i for i, m in enumerate(models)}
+        width = max(1, max(n.gpus for n in nodes))
+        count = len(nodes)
+        self.cpu_cap: IntArray = np.array([n.cpu_milli for n in nodes], dtype=np.int64)
+        self.mem_cap: IntArray = np.array([n.mem_mib for n in nodes], dtype=np.int64)
+        self.gpu_count: IntArray = np.array([n.gpus for n in nodes], dtype=np.int64)
+        self.model_idx: IntArray = np.array(
+            [model_idx[n.gpu_model] if n.gpus else -1 for n in nodes], dtype=np.int64
+        )
+        self.cpu_free: IntArray = self.cpu_cap.copy()
+        self.mem_free: IntArray = self.mem_cap.copy()
+        # Padding GPUs (beyond a node's count) stay at 0 free, so they never fit anything.
+        self.gpu_free: IntArray = np.zeros((count, width), dtype=np.int64)
+        for i, n in enumerate(nodes):
+            self.gpu_free[i, : n.gpus] = MILLI
+        self.pods_by_class: IntArray = np.zeros((count, MAX_GPUS_PER_TASK + 1), dtype=np.int64)
+        self.version: IntArray = np.zeros(count, dtype=np.int64)
+        self.has_taints = any(n.taints for n in nodes)
+        # Shared by copies on purpose: labels and taints never change for a node set.
+        self.label_cache: dict[object, BoolArray] = {}
+
+    # -- derived ------------------------------------------------------------------
+
+    @property
+    def num_nodes(self) -> int:
+        return len(self.nodes)
+
+    @property
+    def total_gpus(self) -> int:
+        return int(self.gpu_count.sum())
+
+    def gpu_free_total(self) -> IntArray:
+        """Idle milli-GPU per node."""
+        return self.gpu_free.sum(axis=1)
+
+    def allocated_gpu_milli(self) -> int:
+        return int(self.total_gpus * MILLI - self.gpu_free.sum())
+
+    def gpus_of_model(self) -> dict[str, int]:
+        return {
+            m: int(self.gpu_count[self.model_idx == i].sum()) for i, m in enumerate(self.gpu_models)
+        }
+
+    # -- changes --------------------------------------------------------------------
+
+    def allocate(
+        self, node: int, gpus: Sequence[int], gpu_milli: int, cpu_milli: int, mem_mib: int
+    ) -> None:
+        """Take one task's resources; raises if they are not free (never over-commits)."""
+        self._check_fits(node, gpus, gpu_milli, cpu_milli, mem_mib)
+        self.cpu_free[node] -= cpu_milli
+        self.mem_free[node] -= mem_mib
+        for g in gpus:
+            self.gpu_free[node, g] -= gpu_milli
+        if gpus:
+            self.pods_by_class[node, task_class(len(gpus), gpu_milli)] += 1
+        self.version[node] += 1
+
+    def release(
+        self, node: int, gpus: Sequence[int], gpu_milli: int, cpu_milli: int, mem_mib: int
+    ) -> None:
+        """Return one task's resources."""
+        self.cpu_free[node] += cpu_milli
+        self.mem_free[node] += mem_mib
+        for g in gpus:
+            self.gpu_free[node, g] += gpu_milli
+        if gpus:
+            self.pods_by_class[node, task_class(len(gpus), gpu_milli)] -= 1
+        if (
+            self.cpu_free[node] > self.cpu_cap[node]
+            or self.mem_free[node] > self.mem_cap[node]
+            or (self.gpu_free[node] > MILLI).any()
+        ):
+            raise ValueError(f"release on {self.nodes[node].name} returned more than was taken")
+        self.version[node] += 1
+
+    def _check_fits(
+        self, node: int, gpus: Sequence[int], gpu_milli: int, cpu_milli: int, mem_mib: int
+    ) -> None:
+        name = self.nodes[node].name
+        if cpu_milli > self.cpu_free[node] or mem_mib > self.mem_free[node]:
+            raise ValueError(f"{name}: not enough CPU or memory free")
+        if len(set(gpus)) != len(gpus):
+            raise ValueError(f"{name}: a GPU index is repeated")
+        for g in gpus:
+            if not 0 <= g < self.gpu_count[node] or self.gpu_free[node, g] < gpu_milli:
+                raise ValueError(f"{name}: GPU {g} cannot take {gpu_milli} milli")
+
+    def copy(self) -> ClusterState:
+        """A writeable copy; capacities and node specs are shared, free resources copied."""
+        clone = object.__new__(ClusterState)
+        clone.__dict__.update(self.__dict__)
+        for name in _MUTABLE:
+            setattr(clone, name, getattr(self, name).copy())
+        return clone
+
+    def view(self) -> ClusterState:
+        """A read-only view for a policy: its arrays share memory with this state (no copy)
+        but refuse writes. Valid until the host next changes this state."""
+        clone = object.__new__(ClusterState)
+        clone.__dict__.update(self.__dict__)
+        for name in _MUTABLE:
+            array = getattr(self, name).view()
+            array.flags.writeable = False
+            setattr(clone, name, array)
+        return clone
+
+    def scratch(self) -> ClusterState:
+        """A private writeable copy for trying placements within one pass."""
+        return self.copy()
+
+    def topology(self) -> nx.DiGraph:
+        """GPU → node → rack → cluster, with `kind` on every vertex."""
+        graph = nx.DiGraph()
+        graph.add_node("cluster", kind="cluster")
+        for n in self.nodes:
+            rack = f"rack/{n.rack or 'default'}"
+            if rack not in graph:
+                graph.add_node(rack, kind="rack")
+                graph.add_edge(rack, "cluster")
+            graph.add_node(n.name, kind="node", gpu_model=n.gpu_model)
+            graph.add_edge(n.name, rack)
+            for g in range(n.gpus):
+                gpu = f"{n.name}/gpu{g}"
+                graph.add_node(gpu, kind="gpu", index=g)
+                graph.add_edge(gpu, n.name)
+        return graph
+
+    def rack_of(self, node: int) -> str:
+        return self.nodes[node].rack or "default"
+
+
+def task_class(num_gpus: int, gpu_milli: int) -> int:
+    """Column of `pods_by_class` for a task: 0 for a sharing task, else its GPU count."""
+    if num_gpus == 1 and gpu_milli < MILLI:
+        return SHARE_CLASS
+    return min(num_gpus, MAX_GPUS_PER_TASK)

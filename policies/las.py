@@ -1,0 +1,99 @@
+"""Preemptive least-attained-service, in the style of Tiresias' discretised 2D-LAS.
+
+Jobs sit in priority queues by attained service (GPU-seconds): queue k holds jobs whose
+service lies between thresholds k−1 and k. Higher queues run first and FIFO (submit time)
+orders jobs within a queue. Each pass admits jobs in that order while their GPUs fit the
+cluster's total, preempts running jobs that fell out of the admitted set, and places the
+newly admitted ones with a placement policy. Running jobs only change queue when they
+cross a threshold, so the policy asks to be woken at the next crossing.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+
+from policies.base import Context, PlacementPolicy, Policy, PolicyConfig, Snapshot
+from policies.cluster import MILLI
+from policies.decisions import Decision, Place, Preempt, SchedulingResult, Unschedulable
+from policies.jobs import JobView
+from policies.registry import make_policy
+
+
+@dataclass(frozen=True)
+class LasConfig(PolicyConfig):
+    thresholds_gpu_s: tuple[float, ...] = field(
+        default=(3600.0, 36000.0),
+        metadata={"help": "attained-service queue thresholds in GPU-seconds (ascending)"},
+    )
+    placement: str = field(default="fifo", metadata={"help": "placement policy for admitted jobs"})
+
+
+class LeastAttainedService(Policy):
+    name = "las"
+    config_type = LasConfig
+
+    def __init__(self, config: PolicyConfig | None = None) -> None:
+        super().__init__(config)
+        assert isinstance(self.config, LasConfig)
+        thresholds = list(self.config.thresholds_gpu_s)
+        if thresholds != sorted(thresholds) or any(t <= 0 for t in thresholds):
+            raise ValueError("LAS thresholds must be positive and ascending")
+        self._thresholds = thresholds
+        placer = make_policy(self.config.placement)
+        if not isinstance(placer, PlacementPolicy):
+            raise ValueError(f"LAS placement must be a placement policy, not {placer.name}")
+        self._placer = placer
+
+    def queue_of(self, attained: float) -> int:
+        return bisect.bisect_right(self._thresholds, attained)
+
+    def schedule(self, snapshot: Snapshot, ctx: Context) -> SchedulingResult:
+        if not snapshot.pending:
+            return SchedulingResult()
+        now = snapshot.now
+        ranked = sorted(
+            (*snapshot.running, *snapshot.pending),
+            key=lambda j: (self.queue_of(j.attained(now)), j.spec.submit_time, j.id),
+        )
+        capacity = snapshot.cluster.total_gpus * MILLI
+        admitted: set[str] = set()
+        used = 0
+        for job in ranked:
+            need = job.spec.gpu_milli_total
+            if used + need <= capacity:
+                admitted.add(job.id)
+                used += need
+        state = snapshot.cluster.scratch()
+        decisions: list[Decision] = []
+        for job in snapshot.running:
+            if job.id not in admitted and job.placement is not None:
+                decisions.append(Preempt(job.id, self._why_preempted(job, now)))
+                for task in job.placement.tasks:
+                    node = state.node_index[task.node]
+                    req = job.spec.task
+                    state.release(node, task.gpus, task.gpu_milli, req.cpu_milli, req.mem_mib)
+        for job in snapshot.pending:
+            if job.id not in admitted:
+                continue
+            placement = self._placer.place(job.spec, state, ctx)
+            if placement is None:
+                decisions.append(Unschedulable(job.id, "admitted but fragmented", self.name))
+                continue
+            queue = self.queue_of(job.attained(now))
+            decisions.append(Place(job.id, placement, f"las: admitted from queue {queue}"))
+        return SchedulingResult(tuple(decisions), wake_at=self._next_demotion(snapshot))
+
+    def _why_preempted(self, job: JobView, now: float) -> str:
+        return f"las: queue {self.queue_of(job.attained(now))} yields to jobs with less service"
+
+    def _next_demotion(self, snapshot: Snapshot) -> float | None:
+        """When the first running job crosses into a lower-priority queue."""
+        times = []
+        for job in snapshot.running:
+            attained = job.attained(snapshot.now)
+            queue = self.queue_of(attained)
+            gpus = job.spec.gpu_milli_total / MILLI
+            if queue < len(self._thresholds) and gpus > 0:
+                times.append(snapshot.now + (self._thresholds[queue] - attained) / gpus)
+        return min(times) if times else None

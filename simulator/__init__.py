@@ -1,0 +1,1 @@
+"""The discrete-event simulator: replays traces through `policies` on simpy time."""

@@ -1,0 +1,259 @@
+"""The discrete-event engine: simpy drives time, our arrays hold the state.
+
+Events at one timestamp are ordered (time, kind, sequence): arrivals and completions
+first, in the order they were scheduled, then exactly one scheduling pass, which sees
+every same-time change. Event-driven policies get a pass after any change while jobs
+wait; round-based policies get one every `round_s` seconds. A policy may also ask to be
+woken at a given time (`SchedulingResult.wake_at`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import simpy
+
+from policies import (
+    ClusterState,
+    Context,
+    JobSpec,
+    JobStatus,
+    NodeSpec,
+    Place,
+    Policy,
+    Preempt,
+    Resize,
+    SchedulingResult,
+    Snapshot,
+)
+from policies.placement import feasible_mask
+from simulator.metrics import Recorder
+from simulator.state import JobRun, SimCluster
+
+ProgressHook = Callable[[int], None]
+"""Called with the number of jobs finished (completed or rejected) so far."""
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    seed: int = 0
+    restart_cost_s: float = 30.0
+    """Restart delay for jobs whose spec gives none (Sia's default restart cost)."""
+    horizon_s: float = math.inf
+    """Stop the clock here; jobs still pending or running are reported unfinished."""
+
+
+class Simulation:
+    """One replay of `jobs` on `nodes` under `policy`. Call `run()` once."""
+
+    def __init__(
+        self,
+        nodes: Sequence[NodeSpec],
+        jobs: Iterable[JobSpec],
+        policy: Policy,
+        options: EngineOptions | None = None,
+        progress: ProgressHook | None = None,
+    ) -> None:
+        self.options = options or EngineOptions()
+        self.policy = policy
+        self.cluster = SimCluster(ClusterState(sorted(nodes, key=lambda n: n.name)))
+        self.jobs = sorted(jobs, key=lambda j: j.submit_time)
+        self.env = simpy.Environment()
+        self.ctx = Context(np.random.default_rng(self.options.seed))
+        self.recorder = Recorder(capacity_milli=max(1, self.cluster.state.total_gpus * 1000))
+        self.pending: dict[str, JobRun] = {}
+        self.running: dict[str, JobRun] = {}
+        self._progress = progress
+        self._pass_requested = False
+        self._wake_at: float | None = None
+        self._arrivals_left = len(self.jobs)
+        self._empty = ClusterState(self.cluster.state.nodes)
+        self.pass_count = 0
+        self._stuck = False
+
+    # -- public -------------------------------------------------------------------
+
+    def run(self) -> Recorder:
+        self.env.process(self._arrivals())
+        if self.policy.round_s is not None:
+            self.env.process(self._rounds(self.policy.round_s))
+        self.env.run(until=None if math.isinf(self.options.horizon_s) else self.options.horizon_s)
+        for job in (*self.running.values(), *self.pending.values()):
+            job.sync(self.env.now)
+            self.recorder.on_job_end(job, "unfinished")
+        return self.recorder
+
+    # -- event sources ------------------------------------------------------------------
+
+    def _arrivals(self) -> simpy.events.ProcessGenerator:
+        for seq, spec in enumerate(self.jobs):
+            if spec.submit_time > self.env.now:
+                yield self.env.timeout(spec.submit_time - self.env.now)
+            self._arrive(spec, seq)
+            self._arrivals_left -= 1
+
+    def _rounds(self, round_s: float) -> simpy.events.ProcessGenerator:
+        while self._arrivals_left or self.running or (self.pending and not self._stuck):
+            self._request_pass()
+            yield self.env.timeout(round_s)
+
+    def _arrive(self, spec: JobSpec, seq: int) -> None:
+        now = self.env.now
+        self.recorder.on_submit(now)
+        job = JobRun(spec=spec, seq=seq, queued_since=now)
+        if not self._fits_empty_cluster(spec):
+            self.recorder.on_job_end(job, "rejected")
+            return
+        self.pending[spec.id] = job
+        if self.policy.round_s is None:
+            self._request_pass()
+
+    def _fits_empty_cluster(self, spec: JobSpec) -> bool:
+        mask = feasible_mask(spec, spec.task, self._empty)
+        if not mask.any():
+            return False
+        return spec.gpus <= int(self._empty.gpu_count[mask].sum())
+
+    def _complete(self, job_id: str, epoch: int) -> None:
+        job = self.running.get(job_id)
+        if job is None or job.epoch != epoch:
+            return  # stale: the job was preempted or resized since
+        now = self.env.now
+        job.sync(now)
+        job.done = job.spec.work.total
+        job.end = now
+        self.cluster.unbind(job)
+        del self.running[job_id]
+        self.recorder.on_job_end(job, "completed")
+        self._record()
+        if self._progress is not None:
+            self._progress(len(self.recorder.jobs))
+        if self.policy.round_s is None and self.pending:
+            self._request_pass()
+
+    # -- scheduling pass ------------------------------------------------------------
+
+    def _request_pass(self) -> None:
+        if not self._pass_requested:
+            self._pass_requested = True
+            self.env.timeout(0).callbacks.append(self._pass)
+
+    def _pass(self, _event: simpy.Event) -> None:
+        if self.env.peek() <= self.env.now:
+            # Same-time events are still queued: go after them (scheduling sorts last).
+            self.env.timeout(0).callbacks.append(self._pass)
+            return
+        self._pass_requested = False
+        now = self.env.now
+        self.pass_count += 1
+        snapshot = Snapshot(
+            cluster=self.cluster.state.view(),
+            running=[j.view() for j in self.running.values()],
+            pending=[j.view() for j in self.pending.values()],
+            now=now,
+        )
+        result = self.policy.schedule(snapshot, self.ctx)
+        self._apply(result, now)
+        # Nothing runs, nothing will arrive and the policy placed nothing: waiting jobs
+        # can never start, so round timers stop and the run ends with them unfinished.
+        self._stuck = not self.running and not self._arrivals_left
+        self._record()
+        self._schedule_wake(result.wake_at)
+
+    def _schedule_wake(self, wake_at: float | None) -> None:
+        now = self.env.now
+        if wake_at is None or wake_at <= now:
+            return
+        if self._wake_at is not None and self._wake_at <= wake_at and self._wake_at > now:
+            return
+        self._wake_at = wake_at
+        self.env.timeout(wake_at - now).callbacks.append(self._wake)
+
+    def _wake(self, _event: simpy.Event) -> None:
+        if self._wake_at == self.env.now:
+            self._wake_at = None
+            self._request_pass()
+
+    def _apply(self, result: SchedulingResult, now: float) -> None:
+        for decision in result.decisions:
+            if isinstance(decision, Preempt):
+                self._preempt(decision.job_id, now)
+        for decision in result.decisions:
+            if isinstance(decision, Resize):
+                self._resize(decision, now)
+        for decision in result.decisions:
+            if isinstance(decision, Place):
+                self._start(decision, now)
+
+    def _preempt(self, job_id: str, now: float) -> None:
+        job = self.running.pop(job_id)
+        job.sync(now)
+        self.cluster.unbind(job)
+        job.status = JobStatus.PENDING
+        job.placement = job.shape = None
+        job.queued_since = now
+        job.epoch += 1
+        job.restarts += 1
+        job._view = None
+        self._insert_pending(job)
+
+    def _insert_pending(self, job: JobRun) -> None:
+        # Keep `pending` in arrival order so FIFO policies need not sort.
+        items = [*self.pending.values(), job]
+        items.sort(key=lambda j: j.seq)
+        self.pending = {j.spec.id: j for j in items}
+
+    def _start(self, decision: Place, now: float) -> None:
+        job = self.pending.pop(decision.job_id)
+        self.cluster.bind(job, decision.placement)
+        restarting = job.first_start is not None
+        if job.first_start is None:
+            job.first_start = now
+        self._run_on(job, decision.placement, now, restarting)
+
+    def _resize(self, decision: Resize, now: float) -> None:
+        job = self.running[decision.job_id]
+        job.sync(now)
+        self.cluster.unbind(job)
+        self.cluster.bind(job, decision.placement)
+        job.restarts += 1
+        self._run_on(job, decision.placement, now, restarting=True)
+
+    def _run_on(self, job: JobRun, placement: object, now: float, restarting: bool) -> None:
+        from policies import Placement
+
+        assert isinstance(placement, Placement)
+        job.status = JobStatus.RUNNING
+        job.placement = placement
+        job.shape = self.cluster.shape_of(placement)
+        job.models_used.add(job.shape.gpu_model)
+        job.max_gpus = max(job.max_gpus, placement.num_gpus)
+        job.rate = job.spec.work.rate(job.shape, job.done)
+        if job.rate <= 0:
+            raise ValueError(f"job {job.spec.id} has no throughput on {job.shape.gpu_model}")
+        delay = self._restart_cost(job) if restarting else 0.0
+        job.progress_since = now + delay
+        job.service_since = now
+        job.epoch += 1
+        job._view = None
+        self.running[job.spec.id] = job
+        finish = job.finish_time()
+        epoch = job.epoch
+        self.env.timeout(finish - now).callbacks.append(
+            lambda _e, jid=job.spec.id, ep=epoch: self._complete(jid, ep)
+        )
+
+    def _restart_cost(self, job: JobRun) -> float:
+        return job.spec.restart_cost_s or self.options.restart_cost_s
+
+    def _record(self) -> None:
+        self.recorder.on_change(
+            self.env.now,
+            self.cluster.alloc_milli,
+            len(self.running),
+            len(self.pending),
+            self.cluster.gpus_by_model(),
+        )

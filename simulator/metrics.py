@@ -1,0 +1,114 @@
+"""Run metrics: one flat row per job, one timeline row per change, written once.
+
+Cluster-wide numbers are integrated as the run goes (allocated GPU-time) or computed from
+the rows at the end; nothing is recomputed over the cluster after every event.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from simulator.state import JobRun
+
+JOB_COLUMNS = (
+    "job_id",
+    "kind",
+    "submit_s",
+    "start_s",
+    "end_s",
+    "jct_s",
+    "queue_delay_s",
+    "gpu_models",
+    "gpus",
+    "gpu_milli",
+    "restarts",
+    "attained_gpu_s",
+    "status",
+)
+TIMELINE_COLUMNS = ("time_s", "alloc_gpu_pct", "running", "pending")
+"""Followed by one `gpus_<model>` column per GPU model: GPUs allocated of that model."""
+
+
+@dataclass
+class Recorder:
+    """Collects rows during a run; `summary()` derives the cluster-wide figures."""
+
+    capacity_milli: int
+    jobs: list[tuple[object, ...]] = field(default_factory=list)
+    timeline: list[tuple[object, ...]] = field(default_factory=list)
+    _alloc_integral: float = 0.0
+    _alloc_now: int = 0
+    _last_t: float | None = None
+    first_submit: float | None = None
+    last_end: float | None = None
+
+    def on_change(
+        self, now: float, alloc_milli: int, running: int, pending: int, by_model: tuple[float, ...]
+    ) -> None:
+        """Record the cluster after a change; same-time rows collapse into the last."""
+        if self._last_t is not None:
+            self._alloc_integral += self._alloc_now * (now - self._last_t)
+        self._last_t = now
+        self._alloc_now = alloc_milli
+        row = (now, 100.0 * alloc_milli / self.capacity_milli, running, pending, *by_model)
+        if self.timeline and self.timeline[-1][0] == now:
+            self.timeline[-1] = row
+        else:
+            self.timeline.append(row)
+
+    def on_submit(self, now: float) -> None:
+        if self.first_submit is None:
+            self.first_submit = now
+
+    def on_job_end(self, job: JobRun, status: str) -> None:
+        spec = job.spec
+        end = job.end
+        start = job.first_start
+        if status == "completed" and end is not None:
+            self.last_end = end if self.last_end is None else max(self.last_end, end)
+        self.jobs.append(
+            (
+                spec.id,
+                spec.kind,
+                spec.submit_time,
+                start,
+                end,
+                None if end is None else end - spec.submit_time,
+                None if start is None else start - spec.submit_time,
+                ",".join(sorted(job.models_used)),
+                job.max_gpus,
+                spec.task.gpu_milli,
+                job.restarts,
+                job.attained_gpu_s,
+                status,
+            )
+        )
+
+    def summary(self) -> dict[str, float | int]:
+        status = [row[12] for row in self.jobs]
+        jct = np.array([row[5] for row in self.jobs if row[12] == "completed"], dtype=float)
+        queue = np.array([row[6] for row in self.jobs if row[6] is not None], dtype=float)
+        start = self.first_submit or 0.0
+        makespan = (self.last_end - start) if self.last_end is not None else 0.0
+        util = self._alloc_integral / (self.capacity_milli * makespan) if makespan > 0 else 0.0
+        return {
+            "jobs": len(self.jobs),
+            "completed": status.count("completed"),
+            "unfinished": status.count("unfinished"),
+            "rejected": status.count("rejected"),
+            "avg_jct_s": _stat(jct, np.mean),
+            "p50_jct_s": _stat(jct, lambda a: np.percentile(a, 50)),
+            "p99_jct_s": _stat(jct, lambda a: np.percentile(a, 99)),
+            "avg_queue_delay_s": _stat(queue, np.mean),
+            "makespan_s": float(makespan),
+            "gpu_util": float(util),
+            "restarts": int(sum(int(row[10]) for row in self.jobs)),  # type: ignore[call-overload]
+        }
+
+
+def _stat(values: np.ndarray, fn: object) -> float:
+    if values.size == 0:
+        return 0.0
+    return float(fn(values))  # type: ignore[operator]

@@ -1,0 +1,140 @@
+"""The simulator's mutable world: cluster arrays plus each job's progress.
+
+Decisions from a policy are applied here and nowhere else. Job progress is
+event-stepped: a running job advances at `rate` work units per second from
+`progress_since` (which lies in the future while the job pays a restart delay), so its
+completion time is known exactly and nothing is ticked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from policies import (
+    MILLI,
+    AllocationShape,
+    ClusterState,
+    JobSpec,
+    JobStatus,
+    JobView,
+    Placement,
+    TaskPlacement,
+)
+
+
+@dataclass(slots=True)
+class JobRun:
+    """One job's life in the simulator."""
+
+    spec: JobSpec
+    seq: int
+    status: JobStatus = JobStatus.PENDING
+    placement: Placement | None = None
+    shape: AllocationShape | None = None
+    done: float = 0.0
+    rate: float = 0.0
+    progress_since: float = 0.0
+    attained_gpu_s: float = 0.0
+    service_since: float = 0.0
+    queued_since: float = 0.0
+    first_start: float | None = None
+    end: float | None = None
+    restarts: int = 0
+    epoch: int = 0
+    models_used: set[str] = field(default_factory=set)
+    max_gpus: int = 0
+    _view: JobView | None = None
+
+    def view(self) -> JobView:
+        """Cached immutable view; rebuilt only after the job changes."""
+        if self._view is None:
+            self._view = JobView(
+                spec=self.spec,
+                status=self.status,
+                placement=self.placement,
+                shape=self.shape,
+                attained_gpu_s=self.attained_gpu_s,
+                service_since=self.service_since,
+                started_at=self.first_start,
+                queued_since=self.queued_since,
+                restarts=self.restarts,
+                done=self.done,
+            )
+        return self._view
+
+    def sync(self, now: float) -> None:
+        """Bring `done` and attained service up to `now`."""
+        if self.status is not JobStatus.RUNNING or self.placement is None:
+            return
+        if now > self.progress_since:
+            self.done = min(
+                self.spec.work.total, self.done + self.rate * (now - self.progress_since)
+            )
+            self.progress_since = now
+        self.attained_gpu_s += self.placement.gpu_milli_total / MILLI * (now - self.service_since)
+        self.service_since = now
+        self._view = None
+
+    def finish_time(self) -> float:
+        remaining = max(0.0, self.spec.work.total - self.done)
+        return self.progress_since + remaining / self.rate
+
+
+class SimCluster:
+    """Cluster arrays plus the jobs on them; applies placements and evictions."""
+
+    def __init__(self, state: ClusterState) -> None:
+        self.state = state
+        self.model_of_node = [n.gpu_model for n in state.nodes]
+        self.models = state.gpu_models
+        # Allocated milli-GPU per model, kept incrementally for the timeline.
+        self.alloc_by_model = dict.fromkeys(self.models, 0)
+        self.alloc_milli = 0
+
+    def shape_of(self, placement: Placement) -> AllocationShape:
+        nodes = placement.nodes
+        models = {self.model_of_node[self.state.node_index[n]] for n in nodes}
+        # A job spread over several models runs at the pace of the slowest; work models
+        # see the first (sorted) one, and mixed placements are rare by policy design.
+        model = sorted(models)[0] if models else ""
+        milli = placement.tasks[0].gpu_milli if placement.tasks else MILLI
+        return AllocationShape(
+            gpu_model=model,
+            num_gpus=placement.num_gpus,
+            num_nodes=len(nodes),
+            gpu_milli=milli,
+            replicas=len(placement.tasks),
+        )
+
+    def bind(self, job: JobRun, placement: Placement) -> None:
+        req = job.spec.task
+        taken = []
+        try:
+            for task in placement.tasks:
+                node = self.state.node_index[task.node]
+                self.state.allocate(node, task.gpus, task.gpu_milli, req.cpu_milli, req.mem_mib)
+                self._count(node, len(task.gpus) * task.gpu_milli)
+                taken.append(task)
+        except (KeyError, ValueError) as err:
+            for task in taken:
+                self._release_task(job, task)
+            raise ValueError(f"policy placed job {job.spec.id} where it does not fit: {err}")
+
+    def unbind(self, job: JobRun) -> None:
+        assert job.placement is not None
+        for task in job.placement.tasks:
+            self._release_task(job, task)
+
+    def _release_task(self, job: JobRun, task: TaskPlacement) -> None:
+        req = job.spec.task
+        node = self.state.node_index[task.node]
+        self.state.release(node, task.gpus, task.gpu_milli, req.cpu_milli, req.mem_mib)
+        self._count(node, -len(task.gpus) * task.gpu_milli)
+
+    def _count(self, node: int, milli: int) -> None:
+        if milli:
+            self.alloc_by_model[self.model_of_node[node]] += milli
+            self.alloc_milli += milli
+
+    def gpus_by_model(self) -> tuple[float, ...]:
+        return tuple(self.alloc_by_model[m] / MILLI for m in self.models)
