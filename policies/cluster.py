@@ -2,8 +2,9 @@
 
 `ClusterState` is the mutable form. Hosts own one and apply decisions to it; a policy
 gets a read-only copy (`view()`, numpy arrays flagged non-writeable) and, when it wants
-to try placements within one pass, a private `scratch()` copy. Nodes keep the order the host gives them, which both hosts
-make the node-name order, so the "lowest index wins" tie-break is "first name wins".
+to try placements within one pass, a private `scratch()` copy. Nodes keep the order
+the host gives them, which both hosts make the node-name order, so the "lowest index
+wins" tie-break is "first name wins".
 """
 
 from __future__ import annotations

@@ -118,7 +118,8 @@ class SimCluster:
         except (KeyError, ValueError) as err:
             for task in taken:
                 self._release_task(job, task)
-            raise ValueError(f"policy placed job {job.spec.id} where it does not fit: {err}")
+            msg = f"policy placed job {job.spec.id} where it does not fit: {err}"
+            raise ValueError(msg) from err
 
     def unbind(self, job: JobRun) -> None:
         assert job.placement is not None
