@@ -1,0 +1,210 @@
+"""`gpufleet`: simulate, compare, traces, policies, experiment, controller.
+
+Every failure a user can cause (bad argument, bad file, unknown policy) ends with one
+line on stderr and exit code 2; no traceback, no partial output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from policies import make_policy, policy_class, policy_names
+from policies.registry import config_help
+from simulator.compare import format_table, write_comparison
+from simulator.experiments import experiment_modules
+from simulator.inputs import add_input_arguments, load_inputs
+from simulator.progress import ProgressBar
+from simulator.run import RunConfig, RunResult, simulate
+from traces import TraceError
+from traces.cli import add_traces_commands
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Handler | None = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return 2
+    try:
+        return handler(args)
+    except (TraceError, ValueError, KeyError, OSError) as err:
+        print(f"gpufleet: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("gpufleet: interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gpufleet",
+        description="GPU-cluster scheduling simulator and Kubernetes controller.",
+    )
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+    _add_simulate(commands)
+    _add_compare(commands)
+    add_traces_commands(commands)
+    _add_policies(commands)
+    _add_experiments(commands)
+    _add_controller(commands)
+    return parser
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    add_input_arguments(parser)
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument(
+        "-o",
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="policy config option (repeatable); `gpufleet policies` lists them",
+    )
+    parser.add_argument(
+        "--restart-cost",
+        type=float,
+        default=30.0,
+        help="restart delay in s for jobs whose trace gives none (default: 30)",
+    )
+    parser.add_argument("--horizon", type=float, help="stop the clock at this time (s)")
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="show a progress bar (default: when stderr is a terminal)",
+    )
+
+
+def _add_simulate(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "simulate",
+        help="replay a trace through one policy",
+        description="Replay a job trace through one policy and write jobs.parquet, "
+        "timeline.parquet, config.json and summary.json. With no arguments it runs the "
+        "embedded synthetic trace on the default 64-GPU cluster.",
+    )
+    _add_run_arguments(parser)
+    parser.add_argument("--policy", default="fifo", help="policy name (default: fifo)")
+    parser.add_argument("--out", default="out/simulate", help="output directory")
+    parser.set_defaults(handler=_simulate)
+
+
+def _add_compare(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "compare",
+        help="run several policies on one trace",
+        description="Run several policies on one trace; write one run directory per "
+        "policy plus summary.csv and compare.png.",
+    )
+    _add_run_arguments(parser)
+    parser.add_argument(
+        "--policies",
+        default="fifo,bestfit,las",
+        help="comma-separated policy names (default: %(default)s)",
+    )
+    parser.add_argument("--out", default="out/compare", help="output directory")
+    parser.set_defaults(handler=_compare)
+
+
+def _add_policies(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "policies", help="list policies and their options", description="List policies."
+    )
+    parser.set_defaults(handler=_list_policies)
+
+
+def _add_experiments(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "experiment", help="run a named experiment", description="Run a named experiment."
+    )
+    names = parser.add_subparsers(title="experiments", metavar="NAME")
+    for module in experiment_modules():
+        sub = names.add_parser(module.NAME, help=module.HELP, description=module.HELP)
+        module.add_arguments(sub)
+        sub.set_defaults(handler=module.run)
+
+
+def _add_controller(commands: argparse._SubParsersAction) -> None:
+    try:
+        module = importlib.import_module("controller.cli")
+    except ModuleNotFoundError as err:
+        if err.name != "controller.cli":
+            raise
+        return
+    module.add_controller_commands(commands)
+
+
+def _parse_options(pairs: Sequence[str]) -> dict[str, str]:
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"policy option {pair!r} is not KEY=VALUE")
+        options[key.strip()] = value.strip()
+    return options
+
+
+def _run_one(args: argparse.Namespace, policy_name: str, out_dir: Path) -> RunResult:
+    inputs = load_inputs(args)
+    options = _parse_options(args.option)
+    policy = make_policy(policy_name, options)
+    config = RunConfig(
+        trace=inputs.trace_label,
+        trace_format=args.format if args.trace else "synthetic",
+        cluster=inputs.cluster_label,
+        policy=policy_name,
+        policy_options=options,
+        seed=args.seed,
+        restart_cost_s=args.restart_cost,
+        horizon_s=args.horizon,
+    )
+    bar = ProgressBar(len(inputs.jobs), policy_name, enabled=args.progress)
+    try:
+        return simulate(config, inputs.nodes, inputs.jobs, policy, out_dir, bar.update)
+    finally:
+        bar.close()
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    result = _run_one(args, args.policy, Path(args.out))
+    print(format_table([result.summary]))
+    print(f"wrote {result.out_dir}")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    names = [n.strip() for n in args.policies.split(",") if n.strip()]
+    if not names:
+        raise ValueError("--policies names no policy")
+    for name in names:
+        policy_class(name)
+    out = Path(args.out)
+    results = [_run_one(args, name, out / name) for name in names]
+    write_comparison(out, results)
+    print(format_table([r.summary for r in results]))
+    print(f"wrote {out / 'summary.csv'} and {out / 'compare.png'}")
+    return 0
+
+
+def _list_policies(_args: argparse.Namespace) -> int:
+    for name in policy_names():
+        cls = policy_class(name)
+        doc = (cls.__doc__ or sys.modules[cls.__module__].__doc__ or "").strip()
+        doc = doc.splitlines()[0] if doc else ""
+        kind = f"rounds of {cls.round_s:g} s" if cls.round_s else "event-driven"
+        print(f"{name:12s} {kind:18s} {doc}")
+        for option, default, text in config_help(cls.config_type):
+            print(f"    -o {option}=...  (default {default})  {text}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,48 @@
+"""A dependency-free progress bar on stderr, shown only on a terminal (or when forced)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+
+class ProgressBar:
+    """`update(done)` redraws at most every `interval` seconds; `close()` ends the line."""
+
+    def __init__(
+        self,
+        total: int,
+        label: str,
+        enabled: bool | None = None,
+        stream: TextIO | None = None,
+        interval: float = 0.2,
+    ) -> None:
+        self.stream = stream or sys.stderr
+        self.total = max(1, total)
+        self.label = label
+        self.enabled = self.stream.isatty() if enabled is None else enabled
+        self.interval = interval
+        self._last = 0.0
+        self._start = time.monotonic()
+
+    def update(self, done: int) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if now - self._last < self.interval and done < self.total:
+            return
+        self._last = now
+        frac = min(1.0, done / self.total)
+        bar = "#" * int(30 * frac)
+        elapsed = now - self._start
+        self.stream.write(
+            f"\r{self.label} [{bar:<30}] {100 * frac:5.1f}% {done}/{self.total} {elapsed:5.1f}s"
+        )
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.update(self.total)
+            self.stream.write("\n")
+            self.stream.flush()

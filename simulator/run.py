@@ -1,0 +1,118 @@
+"""One simulation run from resolved inputs to an output directory.
+
+The directory holds `jobs.parquet` (one row per job), `timeline.parquet` (cluster after
+each change), `config.json` (the resolved configuration) and `summary.json`. Files are
+written to a temporary sibling first and moved into place at the end, so a failed run
+leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from policies import JobSpec, NodeSpec, Policy
+from simulator.engine import EngineOptions, ProgressHook, Simulation
+from simulator.metrics import JOB_COLUMNS, TIMELINE_COLUMNS, Recorder
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """What identifies a run; written to `config.json` as given."""
+
+    trace: str
+    trace_format: str
+    cluster: str
+    policy: str
+    policy_options: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    restart_cost_s: float = 30.0
+    horizon_s: float | None = None
+
+
+@dataclass(frozen=True)
+class RunResult:
+    summary: dict[str, Any]
+    recorder: Recorder
+    out_dir: Path | None
+
+
+def simulate(
+    config: RunConfig,
+    nodes: Sequence[NodeSpec],
+    jobs: Sequence[JobSpec],
+    policy: Policy,
+    out_dir: str | Path | None = None,
+    progress: ProgressHook | None = None,
+) -> RunResult:
+    """Replay `jobs` on `nodes` with `policy`; write outputs when `out_dir` is given."""
+    options = EngineOptions(
+        seed=config.seed,
+        restart_cost_s=config.restart_cost_s,
+        horizon_s=config.horizon_s if config.horizon_s is not None else float("inf"),
+    )
+    sim = Simulation(nodes, jobs, policy, options, progress)
+    recorder = sim.run()
+    summary = {
+        "policy": config.policy,
+        "trace": config.trace,
+        "cluster": config.cluster,
+        "seed": config.seed,
+        "gpus": sim.cluster.state.total_gpus,
+        **recorder.summary(),
+        "scheduling_passes": sim.pass_count,
+    }
+    written = None
+    if out_dir is not None:
+        resolved = {**config.__dict__, "policy_config": policy.describe()}
+        written = write_outputs(Path(out_dir), recorder, sim.cluster.models, resolved, summary)
+    return RunResult(summary, recorder, written)
+
+
+def write_outputs(
+    out_dir: Path,
+    recorder: Recorder,
+    models: Sequence[str],
+    config: dict[str, Any],
+    summary: dict[str, Any],
+) -> Path:
+    with staged_directory(out_dir) as stage:
+        write_table(stage / "jobs.parquet", JOB_COLUMNS, recorder.jobs)
+        timeline_columns = (*TIMELINE_COLUMNS, *(f"gpus_{m}" for m in models))
+        write_table(stage / "timeline.parquet", timeline_columns, recorder.timeline)
+        write_json(stage / "config.json", config)
+        write_json(stage / "summary.json", summary)
+    return out_dir
+
+
+def write_table(path: Path, columns: Sequence[str], rows: Sequence[tuple[object, ...]]) -> None:
+    data = {name: [row[i] for row in rows] for i, name in enumerate(columns)}
+    pq.write_table(pa.table(data), path)
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+
+
+@contextmanager
+def staged_directory(target: Path) -> Iterator[Path]:
+    """Yield a temporary directory that replaces `target` only if the block succeeds."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield stage
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    if target.exists():
+        shutil.rmtree(target)
+    stage.rename(target)
