@@ -94,7 +94,10 @@ def config_help(config_type: type[PolicyConfig]) -> list[tuple[str, str, str]]:
     """(option, default, help) for each config field, for `--help` listings."""
     rows = []
     for f in dataclasses.fields(config_type):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        if f.default is not dataclasses.MISSING:
+            default: object = f.default
+        else:
+            default = f.default_factory() if callable(f.default_factory) else None
         rows.append((f.name, repr(default), str(f.metadata.get("help", ""))))
     return rows
 

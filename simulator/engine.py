@@ -9,6 +9,7 @@ woken at a given time (`SchedulingResult.wake_at`).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -116,6 +117,9 @@ class Simulation:
         if not mask.any():
             return False
         return spec.gpus <= int(self._empty.gpu_count[mask].sum())
+
+    def _on_completion(self, job_id: str, epoch: int, _event: simpy.Event) -> None:
+        self._complete(job_id, epoch)
 
     def _complete(self, job_id: str, epoch: int) -> None:
         job = self.running.get(job_id)
@@ -240,11 +244,8 @@ class Simulation:
         job.epoch += 1
         job._view = None
         self.running[job.spec.id] = job
-        finish = job.finish_time()
-        epoch = job.epoch
-        self.env.timeout(finish - now).callbacks.append(
-            lambda _e, jid=job.spec.id, ep=epoch: self._complete(jid, ep)
-        )
+        completion = self.env.timeout(job.finish_time() - now)
+        completion.callbacks.append(functools.partial(self._on_completion, job.spec.id, job.epoch))
 
     def _restart_cost(self, job: JobRun) -> float:
         return job.spec.restart_cost_s or self.options.restart_cost_s

@@ -47,17 +47,10 @@ class Row:
                 raise self.error(field, "missing value")
             return default
         try:
-            value = kind(raw)
+            value = kind(_integral(raw) if kind is int else raw)
         except ValueError:
-            try:
-                as_float = float(raw)
-            except ValueError:
-                raise self.error(field, f"{raw!r} is not a number") from None
-            if kind is int and as_float.is_integer():
-                return kind(str(int(as_float)))
-            raise self.error(
-                field, f"{raw!r} is not a {getattr(kind, '__name__', 'number')}"
-            ) from None
+            expected = getattr(kind, "__name__", "number")
+            raise self.error(field, f"{raw!r} is not a valid {expected}") from None
         if isinstance(value, float) and not math.isfinite(value):
             raise self.error(field, f"{raw!r} is not finite")
         if minimum is not None and value < minimum:  # type: ignore[operator]
@@ -93,3 +86,12 @@ def read_rows(path: str | Path, required: Sequence[str]) -> Iterator[Row]:
                 yield Row(path, reader.line_num, dict(zip(header, record, strict=True)))
         except (csv.Error, UnicodeDecodeError) as err:
             raise TraceError(path, f"unreadable CSV ({err})", reader.line_num) from None
+
+
+def _integral(raw: str) -> str:
+    """Accept "12.0" in an integer column (some traces write integers as floats)."""
+    try:
+        as_float = float(raw)
+    except ValueError:
+        return raw
+    return str(int(as_float)) if as_float.is_integer() else raw

@@ -76,7 +76,7 @@ def homogeneous_cluster(
     """`num_gpus` GPUs on 8-GPU nodes (the last node takes the remainder)."""
     if num_gpus < 1:
         raise ValueError("a cluster needs at least one GPU")
-    nodes = []
+    nodes: list[NodeSpec] = []
     left = num_gpus
     while left > 0:
         gpus = min(gpus_per_node, left)
