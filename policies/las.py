@@ -82,18 +82,19 @@ class LeastAttainedService(Policy):
                 continue
             queue = self.queue_of(job.attained(now))
             decisions.append(Place(job.id, placement, f"las: admitted from queue {queue}"))
-        return SchedulingResult(tuple(decisions), wake_at=self._next_demotion(snapshot))
+        will_run = [j for j in ranked if j.id in admitted]
+        return SchedulingResult(tuple(decisions), wake_at=self._next_demotion(will_run, now))
 
     def _why_preempted(self, job: JobView, now: float) -> str:
         return f"las: queue {self.queue_of(job.attained(now))} yields to jobs with less service"
 
-    def _next_demotion(self, snapshot: Snapshot) -> float | None:
-        """When the first running job crosses into a lower-priority queue."""
+    def _next_demotion(self, jobs: list[JobView], now: float) -> float | None:
+        """When the first of the admitted jobs crosses into a lower-priority queue."""
         times = []
-        for job in snapshot.running:
-            attained = job.attained(snapshot.now)
+        for job in jobs:
+            attained = job.attained(now)
             queue = self.queue_of(attained)
             gpus = job.spec.gpu_milli_total / MILLI
             if queue < len(self._thresholds) and gpus > 0:
-                times.append(snapshot.now + (self._thresholds[queue] - attained) / gpus)
+                times.append(now + (self._thresholds[queue] - attained) / gpus)
         return min(times) if times else None

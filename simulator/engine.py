@@ -24,6 +24,7 @@ from policies import (
     JobStatus,
     NodeSpec,
     Place,
+    Placement,
     Policy,
     Preempt,
     Resize,
@@ -226,15 +227,13 @@ class Simulation:
         job.restarts += 1
         self._run_on(job, decision.placement, now, restarting=True)
 
-    def _run_on(self, job: JobRun, placement: object, now: float, restarting: bool) -> None:
-        from policies import Placement
-
-        assert isinstance(placement, Placement)
+    def _run_on(self, job: JobRun, placement: Placement, now: float, restarting: bool) -> None:
         job.status = JobStatus.RUNNING
         job.placement = placement
         job.shape = self.cluster.shape_of(placement)
         job.models_used.add(job.shape.gpu_model)
         job.max_gpus = max(job.max_gpus, placement.num_gpus)
+        job.last_placement = describe_placement(placement)
         job.rate = job.spec.work.rate(job.shape, job.done)
         if job.rate <= 0:
             raise ValueError(f"job {job.spec.id} has no throughput on {job.shape.gpu_model}")
@@ -258,3 +257,8 @@ class Simulation:
             len(self.pending),
             self.cluster.gpus_by_model(),
         )
+
+
+def describe_placement(placement: Placement) -> str:
+    """`node:gpu+gpu;node:gpu`, the form job records use."""
+    return ";".join(f"{t.node}:{'+'.join(map(str, t.gpus))}" for t in placement.tasks)

@@ -26,7 +26,9 @@ JOB_COLUMNS = (
     "restarts",
     "attained_gpu_s",
     "status",
+    "placement",
 )
+"""`placement` is the job's last placement as `node:gpu+gpu;node:gpu` (empty if never run)."""
 TIMELINE_COLUMNS = ("time_s", "alloc_gpu_pct", "running", "pending")
 """Followed by one `gpus_<model>` column per GPU model: GPUs allocated of that model."""
 
@@ -83,6 +85,7 @@ class Recorder:
                 job.restarts,
                 job.attained_gpu_s,
                 status,
+                job.last_placement,
             )
         )
 

@@ -43,6 +43,7 @@ class JobRun:
     epoch: int = 0
     models_used: set[str] = field(default_factory=set)
     max_gpus: int = 0
+    last_placement: str = ""
     _view: JobView | None = None
 
     def view(self) -> JobView:

@@ -1,0 +1,56 @@
+"""Shared fixtures: small hand-built clusters and the public data directory."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from policies import ClusterState, FixedDuration, JobSpec, NodeSpec, TaskRequest
+
+DATA_DIR = Path(
+    os.environ.get("GPUFLEET_DATA_DIR", Path(__file__).parents[1] / ".." / "shared" / "data")
+)
+
+
+def shared_data(relative: str) -> Path:
+    """A file under ../shared/data, or skip the test naming the missing path."""
+    path = (DATA_DIR / relative).resolve()
+    if not path.exists():
+        pytest.skip(f"public data not found at {path} (set GPUFLEET_DATA_DIR)")
+    return path
+
+
+def node(
+    name: str, gpus: int = 8, model: str = "V100", cpu: int = 64_000, mem: int = 256_000
+) -> NodeSpec:
+    return NodeSpec(
+        name=name, cpu_milli=cpu, mem_mib=mem, gpus=gpus, gpu_model=model if gpus else ""
+    )
+
+
+def job(
+    job_id: str,
+    gpus: int = 1,
+    milli: int = 1000,
+    cpu: int = 1000,
+    mem: int = 1000,
+    submit: float = 0.0,
+    duration: float = 100.0,
+    replicas: int = 1,
+    **kwargs: object,
+) -> JobSpec:
+    return JobSpec(
+        id=job_id,
+        submit_time=submit,
+        task=TaskRequest(cpu_milli=cpu, mem_mib=mem, num_gpus=gpus, gpu_milli=milli if gpus else 0),
+        work=FixedDuration(duration),
+        replicas=replicas,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture
+def two_nodes() -> ClusterState:
+    return ClusterState([node("n0", gpus=4), node("n1", gpus=4)])
