@@ -118,7 +118,7 @@ def job_row(job: JobSpec) -> dict[str, object]:
         duration = work.seconds
     elif isinstance(work, ModelThroughput):
         units = work.work
-        rates = ";".join(f"{m}={r:g}" for m, r in sorted(work.throughput.items()))
+        rates = ";".join(f"{m}={r!r}" for m, r in sorted(work.throughput.items()))
     else:
         raise TraceError(
             "<jobs>", f"job {job.id}: work model {type(work).__name__} has no CSV form"

@@ -1,0 +1,150 @@
+"""The `gpufleet` command end to end: outputs, determinism, and clean failures."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from simulator.cli import main
+
+SUMMARY_KEYS = {
+    "policy",
+    "trace",
+    "seed",
+    "jobs",
+    "completed",
+    "avg_jct_s",
+    "p50_jct_s",
+    "p99_jct_s",
+    "makespan_s",
+    "gpu_util",
+}
+
+
+def test_simulate_default_writes_every_output(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    assert main(["simulate", "--jobs", "60", "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.json",
+        "jobs.parquet",
+        "summary.json",
+        "timeline.parquet",
+    ]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary.keys() >= SUMMARY_KEYS
+    assert summary["jobs"] == summary["completed"] == 60
+    assert 0 < summary["gpu_util"] <= 1
+    assert summary["p50_jct_s"] <= summary["p99_jct_s"]
+    jobs = pq.read_table(out / "jobs.parquet").to_pandas()
+    assert len(jobs) == 60
+    assert (jobs["jct_s"] >= jobs["queue_delay_s"]).all()
+    assert summary["avg_jct_s"] == pytest.approx(jobs["jct_s"].mean())
+    timeline = pq.read_table(out / "timeline.parquet").to_pandas()
+    assert {"gpus_A100", "gpus_V100"} <= set(timeline.columns)
+    assert timeline["alloc_gpu_pct"].between(0, 100).all()
+    config = json.loads((out / "config.json").read_text())
+    assert config["policy"] == "fifo" and config["policy_config"]["blocking"] is True
+    assert "avg_jct_s" in capsys.readouterr().out
+
+
+def test_two_runs_write_byte_identical_files(tmp_path: Path) -> None:
+    for name in ("a", "b"):
+        args = ["simulate", "--jobs", "80", "--policy", "random", "--seed", "3"]
+        assert main([*args, "--out", str(tmp_path / name)]) == 0
+    for file in ("jobs.parquet", "timeline.parquet", "summary.json", "config.json"):
+        assert (tmp_path / "a" / file).read_bytes() == (tmp_path / "b" / file).read_bytes()
+
+
+def test_compare_writes_table_and_plot(tmp_path: Path) -> None:
+    out = tmp_path / "cmp"
+    assert (
+        main(
+            ["compare", "--jobs", "40", "--policies", "fifo,las", "--gpus", "16", "--out", str(out)]
+        )
+        == 0
+    )
+    lines = (out / "summary.csv").read_text().splitlines()
+    assert lines[0].startswith("policy,jobs,completed")
+    assert [line.split(",")[0] for line in lines[1:]] == ["fifo", "las"]
+    assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "fifo" / "summary.json").exists()
+
+
+def test_traces_generate_inspect_convert(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    gen = tmp_path / "gen.csv"
+    assert main(["traces", "generate", "--jobs", "25", "--seed", "4", "--out", str(gen)]) == 0
+    assert main(["traces", "inspect", str(gen)]) == 0
+    assert "jobs: 25" in capsys.readouterr().out
+    pods = tmp_path / "pods.csv"
+    pods.write_text("name,cpu_milli,memory_mib,num_gpu,gpu_milli\np,1000,100,1,300\n")
+    assert (
+        main(
+            ["traces", "convert", str(pods), "--format", "openb", "--out", str(tmp_path / "c.csv")]
+        )
+        == 2
+    )
+    assert "creation/deletion" in capsys.readouterr().err
+    assert (
+        main(["simulate", "--trace", str(gen), "--gpus", "16", "--out", str(tmp_path / "r")]) == 0
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["simulate", "--policy", "nope"], "unknown policy 'nope'"),
+        (["simulate", "--trace", "/no/such.csv"], "/no/such.csv: no such file"),
+        (["simulate", "--gpus", "0"], "--gpus must be at least 1"),
+        (["simulate", "-o", "blocking"], "not KEY=VALUE"),
+        (["simulate", "-o", "speed=3"], "has no option 'speed'"),
+        (["simulate", "-o", "blocking=maybe"], "cannot read 'maybe'"),
+        (["simulate", "--cluster", "no-such-cluster"], "no-such-cluster"),
+        (["compare", "--policies", "fifo,nope"], "unknown policy 'nope'"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    out = tmp_path / "out"
+    assert main([*args, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("gpufleet: error: ") and message in err
+    assert len(err.splitlines()) == 1
+    assert not out.exists()
+
+
+def test_malformed_trace_leaves_no_output(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trace = tmp_path / "t.csv"
+    trace.write_text("timestamp,duration,num_gpus\n0,10,1\n5,ten,1\n")
+    out = tmp_path / "out"
+    code = main(["simulate", "--trace", str(trace), "--format", "philly", "--out", str(out)])
+    assert code == 2
+    assert f"{trace}:3: field 'duration'" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_help_answers_for_every_command() -> None:
+    for args in (
+        ["--help"],
+        ["simulate", "--help"],
+        ["compare", "--help"],
+        ["traces", "generate", "--help"],
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "simulator.cli", *args],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert done.returncode == 0 and "usage: gpufleet" in done.stdout
