@@ -18,7 +18,11 @@ def write(tmp_path: Path, name: str, text: str) -> Path:
     return path
 
 
-OPENB_PODS = """name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec,qos,pod_phase,creation_time,deletion_time,scheduled_time
+OPENB_HEADER = (
+    "name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec,qos,pod_phase,"
+    "creation_time,deletion_time,scheduled_time"
+)
+OPENB_PODS = f"""{OPENB_HEADER}
 p0,4000,8192,1,500,,LS,Running,10,110,10
 p1,12000,16384,2,1000,V100M16|V100M32|V100M16,BE,Running,20,420,20
 p2,2000,1024,0,0,,BE,Running,30,31,30
