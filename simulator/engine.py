@@ -73,6 +73,7 @@ class Simulation:
         self._wake_at: float | None = None
         self._arrivals_left = len(self.jobs)
         self._empty = ClusterState(self.cluster.state.nodes)
+        self._next_seq = len(self.jobs)
         self.pass_count = 0
         self._stuck = False
 
@@ -87,6 +88,37 @@ class Simulation:
             job.sync(self.env.now)
             self.recorder.on_job_end(job, "unfinished")
         return self.recorder
+
+    def expect_arrivals(self, count: int) -> None:
+        """Announce `count` jobs that a host will `submit` later, so round timers and the
+        stuck check keep waiting for them."""
+        self._arrivals_left += count
+
+    def submit(self, spec: JobSpec) -> None:
+        """Submit a job now, for hosts that create jobs as the run goes (one retraining
+        job per window); it must have been announced with `expect_arrivals`."""
+        self._arrive(spec, self._next_seq)
+        self._next_seq += 1
+        self._arrivals_left -= 1
+
+    def cancel(self, job_id: str, status: str) -> JobRun | None:
+        """Withdraw a pending or running job now (e.g. past its deadline) and record it
+        with `status`; returns the job, or None if it is not waiting or running."""
+        now = self.env.now
+        job = self.pending.pop(job_id, None)
+        if job is None:
+            job = self.running.pop(job_id, None)
+            if job is None:
+                return None
+            job.sync(now)
+            self.cluster.unbind(job)
+            job.epoch += 1  # its scheduled completion is now stale
+        job.end = now
+        self.recorder.on_job_end(job, status)
+        self._record()
+        if self.policy.round_s is None and self.pending:
+            self._request_pass()
+        return job
 
     # -- event sources ------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ the rows at the end; nothing is recomputed over the cluster after every event.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -45,6 +46,9 @@ class Recorder:
     _last_t: float | None = None
     first_submit: float | None = None
     last_end: float | None = None
+    end_listeners: list[Callable[[JobRun, str], None]] = field(default_factory=list)
+    """Called with each job and its final status as it is recorded (hosts that keep
+    per-job bookkeeping, e.g. accuracy of continual-training streams, hook in here)."""
 
     def on_change(
         self, now: float, alloc_milli: int, running: int, pending: int, by_model: tuple[float, ...]
@@ -88,6 +92,8 @@ class Recorder:
                 job.last_placement,
             )
         )
+        for listener in self.end_listeners:
+            listener(job, status)
 
     def summary(self) -> dict[str, float | int]:
         status = [row[12] for row in self.jobs]
