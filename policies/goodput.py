@@ -1,0 +1,406 @@
+"""The Pollux goodput model: throughput × statistical efficiency, and its fitting.
+
+Throughput (samples/s) of data-parallel SGD with K replicas on n nodes, per-GPU (atomic)
+batch m and s gradient-accumulation steps:
+
+    T_comp = α_c + β_c·m
+    T_net  = α_r + β_r·max(K−2, ε)   one node, K > 1  (intra-node all-reduce)
+           = α_n + β_n·max(K−2, ε)   several nodes    (inter-node all-reduce)
+           ≈ 0                       K = 1
+    T_step = (T_comp^γ + T_net^γ)^(1/γ)      γ ∈ [1, 10]: 1 = no overlap, large = max
+    T_iter = s·T_comp + T_step,   M = K·m·(s+1),   throughput = M / T_iter
+
+Statistical efficiency with the gradient noise scale φ = M0·var/sqr:
+EFF(M) = (φ + M0)/(φ + M), and goodput = throughput × EFF, in samples at the initial
+batch M0 per second. Everything here is plain numpy/scipy on value objects, shared by the
+policies (estimates) and by the simulator's model of a job's own batch-size tuning.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import scipy.optimize
+
+FloatArray = npt.NDArray[np.float64]
+
+TINY = 1e-8
+"""Stands in for zero network time (one replica) and is the lower bound of every fitted
+parameter, as in Pollux, so logarithms and ratios stay finite."""
+BATCH_GRID = 50
+"""Global batch sizes tried, geometrically spaced, when optimising goodput."""
+
+
+@dataclass(frozen=True, slots=True)
+class PerfParams:
+    """Fitted step-time model of one job on one GPU model."""
+
+    alpha_c: float
+    beta_c: float
+    alpha_n: float
+    beta_n: float
+    alpha_r: float
+    beta_r: float
+    gamma: float
+
+    def as_array(self) -> FloatArray:
+        return np.array(
+            [
+                self.alpha_c,
+                self.beta_c,
+                self.alpha_n,
+                self.beta_n,
+                self.alpha_r,
+                self.beta_r,
+                self.gamma,
+            ]
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class GradParams:
+    """Running estimates of the squared gradient norm and the gradient variance."""
+
+    sqr: float
+    var: float
+
+
+def compute_time(params: PerfParams, atomic_bsz: npt.ArrayLike) -> FloatArray:
+    return params.alpha_c + params.beta_c * np.asarray(atomic_bsz, dtype=float)
+
+
+def network_time(params: PerfParams, nodes: npt.ArrayLike, replicas: npt.ArrayLike) -> FloatArray:
+    nodes = np.asarray(nodes, dtype=float)
+    replicas = np.asarray(replicas, dtype=float)
+    conds = [nodes > 1, replicas > 1]
+    alpha = np.select(conds, [params.alpha_n, params.alpha_r], TINY)
+    beta = np.select(conds, [params.beta_n, params.beta_r], TINY)
+    return alpha + beta * np.maximum(replicas - 2, TINY)
+
+
+def step_time(params: PerfParams, comp: FloatArray, net: FloatArray) -> FloatArray:
+    """(comp^γ + net^γ)^(1/γ), computed in log space against overflow."""
+    gamma = params.gamma
+    return np.exp(np.logaddexp(gamma * np.log(comp), gamma * np.log(net)) / gamma)
+
+
+def throughput(
+    params: PerfParams,
+    nodes: npt.ArrayLike,
+    replicas: npt.ArrayLike,
+    atomic_bsz: npt.ArrayLike,
+    accum_steps: npt.ArrayLike,
+) -> FloatArray:
+    """Samples per second."""
+    comp = compute_time(params, atomic_bsz)
+    net = network_time(params, nodes, replicas)
+    accum = np.asarray(accum_steps, dtype=float)
+    iteration = accum * comp + step_time(params, comp, net)
+    batch = np.asarray(replicas, dtype=float) * np.asarray(atomic_bsz, dtype=float) * (accum + 1)
+    return np.asarray(batch / iteration, dtype=float)
+
+
+def efficiency(grad: GradParams, init_batch_size: float, batch_size: npt.ArrayLike) -> FloatArray:
+    """Progress per sample at `batch_size` relative to the initial batch: (φ+M0)/(φ+M)."""
+    scale = np.asarray(batch_size, dtype=float) / init_batch_size
+    denom = grad.var / scale + grad.sqr
+    gain = np.where(denom > 0, (grad.var + grad.sqr) / np.where(denom > 0, denom, 1.0), 1.0)
+    return np.asarray(gain / scale, dtype=float)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchChoice:
+    """The best (atomic batch, accumulation steps) for an allocation and its goodput."""
+
+    goodput: float
+    atomic_bsz: int
+    accum_steps: int
+
+    @property
+    def per_replica(self) -> int:
+        return self.atomic_bsz * (self.accum_steps + 1)
+
+
+@dataclass(frozen=True, slots=True)
+class GoodputFunction:
+    """Goodput of one job on one GPU model: fitted throughput × efficiency."""
+
+    perf: PerfParams
+    grad: GradParams
+    init_batch_size: int
+
+    def throughput(
+        self,
+        nodes: npt.ArrayLike,
+        replicas: npt.ArrayLike,
+        atomic_bsz: npt.ArrayLike,
+        accum_steps: npt.ArrayLike,
+    ) -> FloatArray:
+        return throughput(self.perf, nodes, replicas, atomic_bsz, accum_steps)
+
+    def efficiency(self, batch_size: npt.ArrayLike) -> FloatArray:
+        return efficiency(self.grad, self.init_batch_size, batch_size)
+
+    def evaluate(
+        self,
+        nodes: npt.ArrayLike,
+        replicas: npt.ArrayLike,
+        atomic_bsz: npt.ArrayLike,
+        accum_steps: npt.ArrayLike,
+    ) -> FloatArray:
+        batch = (
+            np.asarray(replicas, dtype=float)
+            * np.asarray(atomic_bsz, dtype=float)
+            * (np.asarray(accum_steps, dtype=float) + 1)
+        )
+        tput = self.throughput(nodes, replicas, atomic_bsz, accum_steps)
+        return np.asarray(tput * self.efficiency(batch), dtype=float)
+
+    def optimize(
+        self,
+        nodes: npt.ArrayLike,
+        replicas: npt.ArrayLike,
+        max_batch_size: float,
+        atomic_bsz_range: tuple[int, int],
+        tune_batch: bool = True,
+    ) -> tuple[FloatArray, npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        """Best goodput per (nodes, replicas) pair over a geometric grid of global batches
+        (or exactly `max_batch_size` when not tuning), with gradient accumulation when the
+        per-replica batch exceeds the largest atomic batch. Returns (goodput, atomic batch,
+        accumulation steps) arrays; goodput is 0 where no batch fits the atomic range."""
+        nodes_a, replicas_a = np.broadcast_arrays(
+            np.asarray(nodes, dtype=float), np.asarray(replicas, dtype=float)
+        )
+        nodes_a, replicas_a = nodes_a.ravel(), replicas_a.ravel()
+        min_atomic, max_atomic = atomic_bsz_range
+        if tune_batch:
+            low = np.maximum(self.init_batch_size, min_atomic * replicas_a)
+            batch = np.geomspace(low, np.maximum(low, max_batch_size), BATCH_GRID)
+        else:
+            batch = np.full((1, replicas_a.size), float(max_batch_size))
+        local = batch / replicas_a
+        accum = np.ceil(local / max_atomic - TINY) - 1
+        # One replica accumulates at least once above M0: Pollux needs two micro-batches
+        # per step to estimate the gradient noise.
+        accum = np.where(
+            (replicas_a == 1) & (local > self.init_batch_size + TINY), np.maximum(accum, 1), accum
+        )
+        accum = np.maximum(accum, 0)
+        atomic = np.ceil(local / (accum + 1) - TINY)
+        goodput = self.evaluate(nodes_a, replicas_a, atomic, accum)
+        valid = (atomic >= min_atomic) & (atomic <= max_atomic)
+        goodput = np.where(valid, goodput, 0.0)
+        best = np.argmax(goodput, axis=0)
+        cols = np.arange(goodput.shape[1])
+        return (
+            goodput[best, cols],
+            atomic[best, cols].astype(np.int64),
+            accum[best, cols].astype(np.int64),
+        )
+
+    def best_batch(
+        self,
+        nodes: int,
+        replicas: int,
+        max_batch_size: float,
+        atomic_bsz_range: tuple[int, int],
+        tune_batch: bool = True,
+    ) -> BatchChoice:
+        goodput, atomic, accum = self.optimize(
+            nodes, replicas, max_batch_size, atomic_bsz_range, tune_batch
+        )
+        return BatchChoice(float(goodput[0]), int(atomic[0]), int(accum[0]))
+
+
+# -- fitting -------------------------------------------------------------------------
+
+_REG_GAMMA = 1e-3
+_REG_RETRO = 1e-2
+_SMOOTH = 1e-12
+"""Keeps the RMSE differentiable at a perfect fit (zero residuals)."""
+_TOLERANCE = 1e-9
+"""Pollux uses 1e-5, which stops L-BFGS-B far from the minimum of this loss (see tests)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StepObservation:
+    """One measured configuration: compute time is the step minus its all-reduce part."""
+
+    nodes: int
+    replicas: int
+    atomic_bsz: int
+    step_time: float
+    sync_time: float
+
+    @property
+    def compute_time(self) -> float:
+        return max(self.step_time - self.sync_time, TINY)
+
+
+def fit_perf_params(
+    observations: Sequence[StepObservation], start: PerfParams | None = None
+) -> PerfParams:
+    """Fit `PerfParams` by L-BFGS-B on Pollux's loss: RMSLE of compute time plus RMSLE of
+    step time, a pull of γ towards 1 and of the retrogression terms towards 0. Parameters
+    the data cannot inform are pinned (one batch size seen → α_c = mean/2; no multi-node
+    data → α_n, β_n at the floor; no one-node multi-GPU data → α_r, β_r; no K > 2 → both
+    β). Without multi-node data the prior α_n ≥ 1.1·α_r, β_n ≥ 1.1·β_r is enforced.
+    The loss has local minima, so a first fit starts both from Pollux's fixed point and
+    from a least-squares guess read off the measured sync times and keeps the better;
+    `start` instead warm-starts a refit after one more observation."""
+    if not observations:
+        raise ValueError("fitting needs at least one observation")
+    data = _FitData.of(observations)
+    starts = [start.as_array()] if start is not None else [_POLLUX_START, data.guess()]
+    best: FloatArray | None = None
+    best_loss = math.inf
+    for x0 in starts:
+        params, loss = _minimise(data, x0)
+        if loss < best_loss:
+            best, best_loss = params, loss
+    assert best is not None
+    params = best
+    if not np.any(data.nodes > 1):
+        params[2] = max(params[2], params[4] * 1.1)
+        params[3] = max(params[3], params[5] * 1.1)
+    return PerfParams(*(float(v) for v in params))
+
+
+_POLLUX_START = np.array([0.1, 0.01] * 3 + [1.001])
+
+
+def _minimise(data: _FitData, start: FloatArray) -> tuple[FloatArray, float]:
+    """L-BFGS-B over log(α, β) and γ: the parameters span four orders of magnitude, and
+    in log space one tolerance suits them all."""
+    lower = np.array([TINY] * 6 + [1.0])
+    upper = np.array([np.inf] * 6 + [10.0])
+    x0 = start.copy()
+    _pin_unidentifiable(data, lower, upper, x0)
+    x0 = np.clip(x0, lower, upper)
+
+    def to_params(z: FloatArray) -> FloatArray:
+        return np.concatenate([np.exp(z[:6]), z[6:]])
+
+    def objective(z: FloatArray) -> tuple[float, FloatArray]:
+        x = to_params(z)
+        loss, grad = data.loss_and_grad(x)
+        grad[:6] *= x[:6]
+        return loss, grad
+
+    with np.errstate(divide="ignore"):
+        bounds = list(zip(np.log(lower[:6]), np.log(upper[:6]), strict=True))
+    bounds += [(lower[6], upper[6])]
+    z0 = np.concatenate([np.log(x0[:6]), x0[6:]])
+    result = scipy.optimize.minimize(
+        objective, z0, jac=True, method="L-BFGS-B", bounds=bounds, tol=_TOLERANCE
+    )
+    params = np.clip(to_params(result.x), lower, upper)
+    return params, float(data.loss_and_grad(params)[0])
+
+
+def _pin_unidentifiable(
+    data: _FitData, lower: FloatArray, upper: FloatArray, x0: FloatArray
+) -> None:
+    def pin(index: int, value: float) -> None:
+        lower[index] = upper[index] = x0[index] = value
+
+    if np.unique(data.atomic).size == 1:
+        pin(0, float(np.mean(data.comp)) / 2)
+    if not np.any(data.nodes > 1):
+        pin(2, TINY)
+        pin(3, TINY)
+    if not np.any((data.nodes == 1) & (data.replicas > 1)):
+        pin(4, TINY)
+        pin(5, TINY)
+    if not np.any(data.replicas > 2):
+        pin(3, TINY)
+        pin(5, TINY)
+
+
+@dataclass(frozen=True, slots=True)
+class _FitData:
+    nodes: FloatArray
+    replicas: FloatArray
+    atomic: FloatArray
+    comp: FloatArray
+    step: FloatArray
+
+    @staticmethod
+    def of(observations: Sequence[StepObservation]) -> _FitData:
+        return _FitData(
+            nodes=np.array([o.nodes for o in observations], dtype=float),
+            replicas=np.array([o.replicas for o in observations], dtype=float),
+            atomic=np.array([o.atomic_bsz for o in observations], dtype=float),
+            comp=np.array([o.compute_time for o in observations], dtype=float),
+            step=np.array([max(o.step_time, TINY) for o in observations], dtype=float),
+        )
+
+    def guess(self) -> FloatArray:
+        """Least-squares start: compute time linear in the atomic batch, and network time
+        α + β·max(K−2, 0) from the measured sync times of each link kind."""
+        x = _POLLUX_START.copy()
+        if np.unique(self.atomic).size > 1:
+            slope, icept = np.polyfit(self.atomic, self.comp, 1)
+            x[0], x[1] = max(icept, TINY), max(slope, TINY)
+        sync = np.maximum(self.step - self.comp, TINY)
+        inter = self.nodes > 1
+        intra = ~inter & (self.replicas > 1)
+        for mask, at in ((inter, 2), (intra, 4)):
+            if mask.any():
+                retro = np.maximum(self.replicas[mask] - 2, 0)
+                if np.unique(retro).size > 1:
+                    slope, icept = np.polyfit(retro, sync[mask], 1)
+                else:
+                    slope, icept = 0.0, float(np.mean(sync[mask]))
+                x[at], x[at + 1] = max(icept, TINY), max(slope, TINY)
+        return x
+
+    def loss_and_grad(self, x: FloatArray) -> tuple[float, FloatArray]:
+        """Pollux's loss and its exact gradient with respect to the 7 parameters."""
+        a_c, b_c, a_n, b_n, a_r, b_r, gamma = x
+        grad = np.zeros(7)
+        count = self.comp.size
+        # Compute-time error.
+        comp = a_c + b_c * self.atomic
+        r1 = np.log(comp) - np.log(self.comp)
+        err1 = math.sqrt(float(np.mean(r1**2)) + _SMOOTH)
+        w1 = r1 / (err1 * count) / comp
+        grad[0] += w1.sum()
+        grad[1] += (w1 * self.atomic).sum()
+        # Step-time error.
+        inter = self.nodes > 1
+        intra = ~inter & (self.replicas > 1)
+        retro = np.maximum(self.replicas - 2, TINY)
+        alpha = np.where(inter, a_n, np.where(intra, a_r, TINY))
+        beta = np.where(inter, b_n, np.where(intra, b_r, TINY))
+        net = alpha + beta * retro
+        log_c, log_n = np.log(comp), np.log(net)
+        log_sum = np.logaddexp(gamma * log_c, gamma * log_n)
+        pred = log_sum / gamma
+        r2 = pred - np.log(self.step)
+        err2 = math.sqrt(float(np.mean(r2**2)) + _SMOOTH)
+        w2 = r2 / (err2 * count)
+        share_c = np.exp(gamma * log_c - log_sum)  # c^γ / (c^γ + n^γ)
+        share_n = 1.0 - share_c
+        d_comp = w2 * share_c / comp
+        d_net = w2 * share_n / net
+        grad[0] += d_comp.sum()
+        grad[1] += (d_comp * self.atomic).sum()
+        grad[2] += d_net[inter].sum()
+        grad[3] += (d_net * retro)[inter].sum()
+        grad[4] += d_net[intra].sum()
+        grad[5] += (d_net * retro)[intra].sum()
+        d_gamma = (share_c * log_c + share_n * log_n) / gamma - log_sum / gamma**2
+        grad[6] += (w2 * d_gamma).sum()
+        # Regularisers.
+        reg = _REG_GAMMA * (gamma - 1) ** 2 + _REG_RETRO * ((b_n / a_n) ** 2 + (b_r / a_r) ** 2)
+        grad[6] += 2 * _REG_GAMMA * (gamma - 1)
+        grad[3] += 2 * _REG_RETRO * b_n / a_n**2
+        grad[2] -= 2 * _REG_RETRO * b_n**2 / a_n**3
+        grad[5] += 2 * _REG_RETRO * b_r / a_r**2
+        grad[4] -= 2 * _REG_RETRO * b_r**2 / a_r**3
+        return err1 + err2 + reg, grad

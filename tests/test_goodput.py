@@ -1,0 +1,146 @@
+"""Pollux goodput model: formulas against hand-worked values, fitting, batch optimisation."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from policies.goodput import (
+    GoodputFunction,
+    GradParams,
+    PerfParams,
+    StepObservation,
+    compute_time,
+    efficiency,
+    fit_perf_params,
+    network_time,
+    step_time,
+    throughput,
+)
+
+NO_OVERLAP = PerfParams(
+    alpha_c=0.1, beta_c=0.01, alpha_n=0.4, beta_n=0.1, alpha_r=0.2, beta_r=0.05, gamma=1.0
+)
+
+
+def synthetic_observations(true: PerfParams) -> list[StepObservation]:
+    rows = []
+    for nodes, replicas in [(1, 1), (1, 2), (1, 3), (1, 4), (2, 8), (3, 12), (4, 16)]:
+        for atomic in (16, 32, 64, 128):
+            comp = compute_time(true, atomic)
+            step = step_time(true, comp, network_time(true, nodes, replicas))
+            rows.append(StepObservation(nodes, replicas, atomic, float(step), float(step - comp)))
+    return rows
+
+
+def test_throughput_matches_hand_computation() -> None:
+    # K=4 on one node, atomic 10, one accumulation step, γ=1 (no overlap):
+    # comp = 0.1 + 0.01·10 = 0.2; net = 0.2 + 0.05·(4−2) = 0.3; step = 0.5;
+    # iteration = 1·0.2 + 0.5 = 0.7 s for 4·10·2 = 80 samples.
+    assert throughput(NO_OVERLAP, 1, 4, 10, 1) == pytest.approx(80 / 0.7)
+    # Two nodes use the inter-node terms: net = 0.4 + 0.1·6 = 1.0, step = 1.2.
+    assert throughput(NO_OVERLAP, 2, 8, 10, 0) == pytest.approx(80 / 1.2)
+    # One replica has (almost) no network time.
+    assert throughput(NO_OVERLAP, 1, 1, 10, 0) == pytest.approx(10 / 0.2, rel=1e-6)
+
+
+def test_large_gamma_overlaps_compute_and_network() -> None:
+    overlapped = PerfParams(0.1, 0.01, 0.4, 0.1, 0.2, 0.05, 10.0)
+    comp, net = np.array([0.2]), np.array([0.3])
+    assert step_time(overlapped, comp, net)[0] == pytest.approx(0.3, rel=0.01)
+    assert step_time(NO_OVERLAP, comp, net)[0] == pytest.approx(0.5)
+
+
+def test_efficiency_matches_hand_computation() -> None:
+    # sqr = 1, var = 3, M0 = 32: φ = 32·3/1 = 96, so EFF(128) = (96+32)/(96+128) = 4/7.
+    grad = GradParams(sqr=1.0, var=3.0)
+    assert efficiency(grad, 32, 128) == pytest.approx(4 / 7)
+    assert efficiency(grad, 32, 32) == pytest.approx(1.0)
+
+
+@given(
+    sqr=st.floats(1e-3, 1e3),
+    var=st.floats(1e-3, 1e3),
+    scale=st.floats(1.0, 512.0),
+)
+def test_efficiency_is_the_noise_scale_form(sqr: float, var: float, scale: float) -> None:
+    phi = 32 * var / sqr
+    expected = (phi + 32) / (phi + 32 * scale)
+    assert efficiency(GradParams(sqr, var), 32, 32 * scale) == pytest.approx(expected)
+
+
+def test_goodput_is_throughput_times_efficiency() -> None:
+    fn = GoodputFunction(NO_OVERLAP, GradParams(1.0, 3.0), init_batch_size=32)
+    # 80 samples per 0.7 s at efficiency (96+32)/(96+80) = 128/176.
+    assert fn.evaluate(1, 4, 10, 1) == pytest.approx(80 / 0.7 * 128 / 176)
+
+
+def test_optimize_finds_the_best_batch_on_its_grid() -> None:
+    fn = GoodputFunction(NO_OVERLAP, GradParams(1.0, 3.0), init_batch_size=32)
+    best = fn.best_batch(1, 4, max_batch_size=4096, atomic_bsz_range=(8, 64))
+    grid = np.geomspace(32, 4096, 400)
+    candidates = []
+    for batch in grid:
+        local = batch / 4
+        accum = math.ceil(local / 64 - 1e-8) - 1
+        atomic = math.ceil(local / (accum + 1) - 1e-8)
+        if 8 <= atomic <= 64:
+            candidates.append(float(fn.evaluate(1, 4, atomic, accum)))
+    assert 8 <= best.atomic_bsz <= 64
+    assert best.goodput == pytest.approx(max(candidates), rel=0.02)
+    at_choice = fn.evaluate(1, 4, best.atomic_bsz, best.accum_steps)
+    assert best.goodput == pytest.approx(float(at_choice))
+
+
+def test_optimize_without_tuning_keeps_the_batch() -> None:
+    fn = GoodputFunction(NO_OVERLAP, GradParams(1.0, 3.0), init_batch_size=32)
+    choice = fn.best_batch(1, 4, max_batch_size=512, atomic_bsz_range=(8, 64), tune_batch=False)
+    # 512 over 4 replicas is 128 per replica: two micro-batches of 64.
+    assert (choice.atomic_bsz, choice.accum_steps) == (64, 1)
+    assert choice.per_replica * 4 == 512
+
+
+def test_one_replica_accumulates_above_the_initial_batch() -> None:
+    fn = GoodputFunction(NO_OVERLAP, GradParams(1.0, 0.0), init_batch_size=32)
+    choice = fn.best_batch(1, 1, max_batch_size=64, atomic_bsz_range=(8, 64), tune_batch=False)
+    assert (choice.atomic_bsz, choice.accum_steps) == (32, 1)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fit_recovers_synthetic_parameters(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    low, high = [0.01, 5e-4, 0.1, 0.02, 1.0], [0.1, 5e-3, 0.5, 0.2, 1.3]
+    a_c, b_c, a_n, a_r, gamma = rng.uniform(low, high)
+    true = PerfParams(a_c, b_c, a_n, 0.03 * a_n, a_r, 0.03 * a_r, gamma)
+    fitted = fit_perf_params(synthetic_observations(true))
+    np.testing.assert_allclose(fitted.as_array(), true.as_array(), rtol=0.02)
+
+
+def test_warm_refit_stays_at_the_optimum() -> None:
+    true = PerfParams(0.05, 0.002, 0.3, 0.009, 0.1, 0.003, 1.1)
+    observations = synthetic_observations(true)
+    first = fit_perf_params(observations)
+    refit = fit_perf_params(observations, start=first)
+    np.testing.assert_allclose(refit.as_array(), true.as_array(), rtol=0.02)
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.lists(st.sampled_from([8, 16, 32, 64]), min_size=1, max_size=6))
+def test_single_node_fit_respects_the_network_prior(batches: list[int]) -> None:
+    true = PerfParams(0.05, 0.002, 0.3, 0.009, 0.1, 0.003, 1.1)
+    observations = [
+        StepObservation(1, k, m, float(t), float(t - c))
+        for k, m in zip([1, 2, 4, 2, 4, 1], batches, strict=False)
+        for c in [compute_time(true, m)]
+        for t in [step_time(true, c, network_time(true, 1, k))]
+    ]
+    fitted = fit_perf_params(observations)
+    assert fitted.alpha_n >= 1.1 * fitted.alpha_r - 1e-12
+    assert fitted.beta_n >= 1.1 * fitted.beta_r - 1e-12
+    if len(set(batches)) == 1:
+        expected = np.mean([o.compute_time for o in observations]) / 2
+        assert fitted.alpha_c == pytest.approx(expected)
