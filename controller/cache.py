@@ -1,0 +1,196 @@
+"""The scheduler's picture of the cluster: nodes and non-terminal pods from the
+informers, the capacity ledger built from them, and the assume cache.
+
+Every bound pod is counted, whoever bound it: pods of ours by the GPU indices in our
+annotations, others by their requests (kube-scheduler's pods and static pods would
+otherwise be invisible and their GPUs double-booked). A pod this scheduler has just
+bound is *assumed*: charged at once, so the next pass does not hand its GPUs out again,
+and confirmed when the watch echoes it with `spec.nodeName` set. An assumption the
+watch never confirms expires after a timeout.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from controller.encoders import GpuEncoder
+from controller.ledger import CapacityLedger, Charge
+from controller.objects import (
+    ASSIGNED_GPUS,
+    ASSIGNED_MILLI,
+    SCHEDULER_NAME,
+    NodeRecord,
+    PodRecord,
+    node_from_json,
+    pod_from_json,
+)
+from controller.workload import node_spec, task_request
+from policies import TaskRequest
+
+log = logging.getLogger(__name__)
+
+NODES = "nodes"
+PODS = "pods"
+
+
+@dataclass(frozen=True, slots=True)
+class Assumption:
+    charge: Charge
+    deadline: float
+
+
+class ClusterCache:
+    """Implements the informers' `ResourceHandler`. `on_change` is called whenever
+    something a scheduling pass reads has changed."""
+
+    def __init__(self, encoder: GpuEncoder, scheduler_name: str = SCHEDULER_NAME) -> None:
+        self.encoder = encoder
+        self.scheduler_name = scheduler_name
+        self.nodes: dict[str, NodeRecord] = {}
+        self.pods: dict[str, PodRecord] = {}
+        self.seq: dict[str, int] = {}
+        self.ledger = CapacityLedger()
+        self.assumed: dict[str, Assumption] = {}
+        self.on_change: Callable[[], None] = lambda: None
+        self._counter = itertools.count()
+
+    # -- informer handler -------------------------------------------------------------
+
+    def replace(self, kind: str, objects: list[dict[str, Any]]) -> None:
+        if kind == NODES:
+            self.nodes = {n.name: n for n in map(node_from_json, objects)}
+            self._nodes_changed()
+            return
+        fresh = {p.uid: p for p in map(pod_from_json, objects) if not p.terminal}
+        for uid in [u for u in self.pods if u not in fresh]:
+            self._remove_pod(uid)
+        # A relist returns pods in name order; pods we know keep their arrival order.
+        for pod in fresh.values():
+            self._upsert_pod(pod)
+
+    def apply(self, kind: str, event: str, obj: dict[str, Any]) -> None:
+        if kind == NODES:
+            node = node_from_json(obj)
+            if event == "DELETED":
+                self.nodes.pop(node.name, None)
+            elif self.nodes.get(node.name) == node:
+                return
+            else:
+                self.nodes[node.name] = node
+            self._nodes_changed()
+            return
+        pod = pod_from_json(obj)
+        if event == "DELETED" or pod.terminal:
+            self._remove_pod(pod.uid)
+        else:
+            self._upsert_pod(pod)
+
+    # -- assume cache -----------------------------------------------------------------
+
+    def assume(self, pod: PodRecord, charge: Charge, deadline: float) -> None:
+        self.assumed[pod.uid] = Assumption(charge, deadline)
+        self.ledger.charge(pod.uid, charge)
+
+    def forget(self, uid: str) -> None:
+        """Drop an assumption (bind failed or expired); the pod's GPUs are free again
+        unless the cache has meanwhile seen the pod bound."""
+        if self.assumed.pop(uid, None) is None:
+            return
+        pod = self.pods.get(uid)
+        if pod is not None and pod.node_name:
+            self._charge_bound(pod)
+        else:
+            self.ledger.release(uid)
+        self.on_change()
+
+    def expired(self, now: float) -> list[str]:
+        return [uid for uid, a in self.assumed.items() if a.deadline <= now]
+
+    # -- queries ----------------------------------------------------------------------
+
+    def pending_pods(self) -> list[PodRecord]:
+        return [
+            p
+            for p in self.pods.values()
+            if p.wants(self.scheduler_name) and p.uid not in self.assumed
+        ]
+
+    def placed_pods(self) -> list[PodRecord]:
+        """Our pods that hold resources (bound, or assumed and not yet echoed)."""
+        return [
+            p
+            for p in self.pods.values()
+            if p.scheduler_name == self.scheduler_name and (p.node_name or p.uid in self.assumed)
+        ]
+
+    def charges(self) -> dict[str, Charge]:
+        return self.ledger.charges()
+
+    # -- internals --------------------------------------------------------------------
+
+    def _upsert_pod(self, pod: PodRecord) -> None:
+        old = self.pods.get(pod.uid)
+        self.pods[pod.uid] = pod
+        if pod.uid not in self.seq:
+            self.seq[pod.uid] = next(self._counter)
+        if pod.node_name:
+            if self.assumed.pop(pod.uid, None) is not None:
+                log.debug("bind of %s confirmed by the watch", pod.key)
+            self._charge_bound(pod)
+        elif pod.uid not in self.assumed:
+            self.ledger.release(pod.uid)
+        if old != pod:
+            self.on_change()
+
+    def _remove_pod(self, uid: str) -> None:
+        pod = self.pods.pop(uid, None)
+        self.seq.pop(uid, None)
+        self.assumed.pop(uid, None)
+        self.ledger.release(uid)
+        if pod is not None:
+            self.on_change()
+
+    def _charge_bound(self, pod: PodRecord) -> None:
+        charge = self._recorded_charge(pod)
+        if charge is not None:
+            self.ledger.charge(pod.uid, charge)
+            return
+        try:
+            task = task_request(pod, self.encoder)
+        except ValueError as err:
+            log.warning("bound pod %s: unreadable GPU request (%s); CPU/memory only", pod.key, err)
+            task = TaskRequest(pod.cpu_milli, pod.mem_mib)
+        previous = self.ledger.charge_of(pod.uid)
+        if previous is None or previous.node != pod.node_name:
+            self.ledger.charge_unindexed(pod.uid, pod.node_name, task)
+
+    def _recorded_charge(self, pod: PodRecord) -> Charge | None:
+        """The charge our own Binding annotations record, if the pod has them."""
+        if ASSIGNED_GPUS not in pod.annotations:
+            return None
+        gpus = tuple(int(g) for g in pod.annotations[ASSIGNED_GPUS].split(",") if g)
+        milli = int(pod.annotations.get(ASSIGNED_MILLI, "0")) if gpus else 0
+        return Charge(pod.node_name, gpus, milli, pod.cpu_milli, pod.mem_mib)
+
+    def _nodes_changed(self) -> None:
+        before = set(self.ledger.state.node_index) if self.ledger.state is not None else set()
+        specs = [node_spec(n, self.encoder) for n in self.nodes.values()]
+        if not self.ledger.set_nodes(specs):
+            return
+        for uid, assumption in list(self.assumed.items()):
+            if not self.ledger.has_node(assumption.charge.node):
+                node = assumption.charge.node
+                log.warning("node %s is gone: dropping the assumption for pod %s", node, uid)
+                del self.assumed[uid]
+                self.ledger.release(uid)
+        # Pods charged before their node was known had no GPUs to pick from: recharge.
+        for pod in self.pods.values():
+            new_node = pod.node_name and pod.node_name not in before
+            if new_node and self.ledger.has_node(pod.node_name):
+                self.ledger.release(pod.uid)
+                self._charge_bound(pod)
+        self.on_change()

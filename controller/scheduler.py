@@ -1,0 +1,384 @@
+"""The scheduling loop: snapshot from the cache → the same policy object the simulator
+runs → decisions carried out through the API.
+
+Like kube-scheduler, a pass (the *scheduling cycle*) decides and assumes; binds (the
+*binding cycle*) run concurrently afterwards, so the next pass never waits for the API
+server. Passes run when something relevant changed. Round-based policies (`round_s`)
+decide only on their timer; between rounds the loop only carries out their plans.
+
+Semantics of decisions the simulator applies instantly but a cluster cannot:
+
+* `Place`: assume every task, then bind every pod of the job. If a gang member's bind
+  fails after others succeeded, the bound members are evicted and recreated (binding is
+  irreversible), so the gang is all-or-nothing.
+* `Preempt`: each pod of the job is deleted and recreated unbound, carrying the job id,
+  submit time, attained service and restart count in annotations; it queues again.
+* `Resize`: like `Preempt`, and the new placement is remembered as a plan. Once the
+  recreated pods are pending and the plan fits the ledger, they are bound to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from controller.cache import ClusterCache
+from controller.effects import ApiEffects, BindOutcome, placement_annotations
+from controller.ledger import Charge
+from controller.objects import PodRecord
+from controller.workload import PendingJob, build_workload, job_id, running_views
+from policies import (
+    ClusterState,
+    Context,
+    Place,
+    Placement,
+    Policy,
+    Preempt,
+    Resize,
+    SchedulingResult,
+    Snapshot,
+    Unschedulable,
+)
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True)
+class SchedulerOptions:
+    seed: int = 0
+    bind_concurrency: int = 32
+    assume_timeout_s: float = 30.0
+    round_s: float | None = None
+    """Overrides the policy's own round length (None: the policy's)."""
+    report_unschedulable: bool = True
+
+
+@dataclass
+class BindRecord:
+    """One successful bind, for observers (tests, the recorder, metrics)."""
+
+    pod: PodRecord
+    node: str
+    gpus: tuple[int, ...]
+    gpu_milli: int
+    at: float
+
+
+@dataclass
+class SchedulerStats:
+    passes: int = 0
+    bound: int = 0
+    conflicts: int = 0
+    expired: int = 0
+    evicted: int = 0
+    binds: list[BindRecord] = field(default_factory=list)
+
+
+class Scheduler:
+    def __init__(
+        self,
+        policy: Policy,
+        cache: ClusterCache,
+        effects: ApiEffects,
+        options: SchedulerOptions | None = None,
+        clock: Clock = time.time,
+    ) -> None:
+        self.policy = policy
+        self.cache = cache
+        self.effects = effects
+        self.options = options or SchedulerOptions()
+        self.clock = clock
+        self.ctx = Context(np.random.default_rng(self.options.seed))
+        self.round_s = self.options.round_s or policy.round_s
+        self.stats = SchedulerStats()
+        self.on_bound: Callable[[BindRecord], None] = lambda _record: None
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._paused = False
+        self._round_due = False
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._limit = asyncio.Semaphore(self.options.bind_concurrency)
+        self._reported: dict[str, str] = {}
+        self._plans: dict[str, Placement] = {}
+        cache.on_change = self.wake
+
+    # -- control ----------------------------------------------------------------------
+
+    def wake(self) -> None:
+        self._wake.set()
+        self._idle.clear()
+
+    def pause(self) -> None:
+        """Stop starting passes (the cache keeps updating); binds in flight finish."""
+        self._paused = True
+
+    def resume(self) -> None:
+        self._paused = False
+        self.wake()
+
+    async def wait_idle(self) -> None:
+        """Until no pass is due and no bind or report is in flight."""
+        while not (self._idle.is_set() and not self._wake.is_set() and not self._inflight):
+            self._idle.clear()
+            await self._idle.wait()
+
+    async def run(self) -> None:
+        """The loop; cancel the task to stop it."""
+        timers = [asyncio.create_task(self._expiry_timer())]
+        if self.round_s is not None:
+            timers.append(asyncio.create_task(self._round_timer(self.round_s)))
+        try:
+            while True:
+                await self._wake.wait()
+                if self._paused:
+                    self._wake.clear()
+                    self._set_idle()
+                    continue
+                self._wake.clear()
+                self.run_pass()
+                self._set_idle()
+        finally:
+            for timer in timers:
+                timer.cancel()
+
+    async def _round_timer(self, round_s: float) -> None:
+        while True:
+            self._round_due = True
+            self.wake()
+            await asyncio.sleep(round_s)
+
+    async def _expiry_timer(self) -> None:
+        while True:
+            await asyncio.sleep(max(0.05, self.options.assume_timeout_s / 4))
+            if self.cache.expired(self.clock()):
+                self.wake()
+
+    def _set_idle(self) -> None:
+        if not self._inflight and not self._wake.is_set():
+            self._idle.set()
+
+    # -- one pass ---------------------------------------------------------------------
+
+    def run_pass(self) -> SchedulingResult | None:
+        """Decide on the current cache and start carrying the decisions out. Returns
+        the policy's result, or None when there was nothing to ask it."""
+        now = self.clock()
+        self._expire(now)
+        state = self.cache.ledger.state
+        if state is None:
+            return None
+        workload = build_workload(self.cache.pending_pods(), self.cache.seq, self.cache.encoder)
+        for rejected in workload.rejected:
+            for pod in rejected.pods:
+                self._report(pod, rejected.reason, now)
+        pending = self._carry_out_plans(workload.pending, now)
+        full_round = self.round_s is None or self._round_due
+        if not full_round or not (pending or self.round_s is not None):
+            return None
+        self._round_due = False
+        self.stats.passes += 1
+        snapshot = Snapshot(
+            cluster=state.view(),
+            running=running_views(
+                self.cache.placed_pods(), self.cache.charges(), self.cache.encoder, now
+            ),
+            pending=[job.view() for job in pending],
+            now=now,
+        )
+        result = self.policy.schedule(snapshot, self.ctx)
+        self.apply(result, {job.spec.id: job for job in pending}, now)
+        if result.wake_at is not None and result.wake_at > now:
+            asyncio.get_running_loop().call_later(result.wake_at - now, self.wake)
+        return result
+
+    def apply(self, result: SchedulingResult, pending: dict[str, PendingJob], now: float) -> None:
+        for decision in result.decisions:
+            if isinstance(decision, Preempt):
+                self._evict_job(decision.job_id, decision.reason, None)
+            elif isinstance(decision, Resize):
+                self._evict_job(decision.job_id, decision.reason, decision.placement)
+        for decision in result.decisions:
+            if isinstance(decision, Place) and decision.job_id in pending:
+                self.place(pending[decision.job_id], decision.placement, decision.reason, now)
+            elif isinstance(decision, Unschedulable) and decision.job_id in pending:
+                message = decision.reason
+                if decision.plugin:
+                    message = f"{decision.plugin}: {message}"
+                log.info("unschedulable %s: %s", decision.job_id, message)
+                for pod in pending[decision.job_id].pods:
+                    self._report(pod, message, now)
+
+    def place(self, job: PendingJob, placement: Placement, reason: str, now: float) -> None:
+        """Assume every task of the job now; bind in the background."""
+        if len(placement.tasks) != len(job.pods):
+            count = f"{len(placement.tasks)} tasks for {len(job.pods)} pods"
+            raise ValueError(f"{job.spec.id}: {count}")
+        deadline = now + self.options.assume_timeout_s
+        task = job.spec.task
+        for pod, where in zip(job.pods, placement.tasks, strict=True):
+            charge = Charge(where.node, where.gpus, where.gpu_milli, task.cpu_milli, task.mem_mib)
+            self.cache.assume(pod, charge, deadline)
+            self._reported.pop(pod.uid, None)
+            log.info(
+                "place %s → %s GPUs %s at %d milli: %s",
+                pod.key,
+                where.node,
+                list(where.gpus),
+                where.gpu_milli,
+                reason,
+            )
+        self._spawn(self._bind_job(job, placement, now))
+
+    # -- binding cycle ----------------------------------------------------------------
+
+    async def _bind_job(self, job: PendingJob, placement: Placement, now: float) -> None:
+        outcomes = await asyncio.gather(
+            *(
+                self._bind_pod(pod, where.node, where.gpus, where.gpu_milli, now)
+                for pod, where in zip(job.pods, placement.tasks, strict=True)
+            )
+        )
+        bound = [pod for pod, ok in zip(job.pods, outcomes, strict=True) if ok]
+        if len(bound) < len(job.pods) and bound:
+            log.warning(
+                "gang %s bound only %d of %d pods: evicting the bound ones",
+                job.spec.id,
+                len(bound),
+                len(job.pods),
+            )
+            for pod in bound:
+                await self._evict_pod(pod, job.spec.id, job.spec.submit_time, 0.0)
+
+    async def _bind_pod(
+        self, pod: PodRecord, node: str, gpus: tuple[int, ...], milli: int, now: float
+    ) -> bool:
+        annotations = placement_annotations(gpus, milli, now)
+        annotations.update(
+            self.cache.encoder.annotations(pod, self.cache.nodes[node], gpus, milli, now)
+            if node in self.cache.nodes
+            else {}
+        )
+        async with self._limit:
+            outcome = await self.effects.bind(pod, node, annotations)
+            if outcome is BindOutcome.RETRY:
+                outcome = await self._settle_unknown(pod, node)
+        if outcome is BindOutcome.BOUND:
+            self.stats.bound += 1
+            record = BindRecord(pod, node, gpus, milli, self.clock())
+            self.stats.binds.append(record)
+            self.on_bound(record)
+            return True
+        if outcome is BindOutcome.CONFLICT:
+            self.stats.conflicts += 1
+        log.info("bind %s → %s %s: assumption dropped", pod.key, node, outcome.value)
+        self.cache.forget(pod.uid)
+        await self._refresh(pod)
+        return False
+
+    async def _settle_unknown(self, pod: PodRecord, node: str) -> BindOutcome:
+        """After an unclear answer, the pod itself says whether the bind happened."""
+        current = await self.effects.read_pod(pod.namespace, pod.name)
+        if current is None or current["metadata"].get("uid") != pod.uid:
+            return BindOutcome.GONE
+        return BindOutcome.BOUND if current["spec"].get("nodeName") == node else BindOutcome.RETRY
+
+    async def _refresh(self, pod: PodRecord) -> None:
+        """Re-read a pod whose state we are unsure of and feed it to the cache."""
+        current = await self.effects.read_pod(pod.namespace, pod.name)
+        if current is not None and current["metadata"].get("uid") == pod.uid:
+            self.cache.apply("pods", "MODIFIED", current)
+
+    def _expire(self, now: float) -> None:
+        for uid in self.cache.expired(now):
+            pod = self.cache.pods.get(uid)
+            name = pod.key if pod else uid
+            log.warning("assumption for %s expired unconfirmed; re-reading it", name)
+            self.stats.expired += 1
+            self.cache.forget(uid)
+            if pod is not None:
+                self._spawn(self._refresh(pod))
+
+    # -- evictions and plans ----------------------------------------------------------
+
+    def _evict_job(self, jid: str, reason: str, plan: Placement | None) -> None:
+        pods = [p for p in self.cache.placed_pods() if job_id(p) == jid]
+        if not pods:
+            return
+        if plan is not None:
+            self._plans[jid] = plan
+        now = self.clock()
+        views = {
+            v.id: v for v in running_views(pods, self.cache.charges(), self.cache.encoder, now)
+        }
+        view = views.get(jid)
+        attained = view.attained(now) if view is not None else 0.0
+        submit = view.spec.submit_time if view is not None else now
+        log.info("%s %s: %s", "resize" if plan else "preempt", jid, reason)
+        for pod in pods:
+            self._spawn(self._evict_pod(pod, jid, submit, attained))
+
+    async def _evict_pod(self, pod: PodRecord, jid: str, submit: float, attained: float) -> None:
+        async with self._limit:
+            name = await self.effects.evict_and_recreate(pod, jid, attained, submit)
+        if name is not None:
+            self.stats.evicted += 1
+            log.info("evicted %s; recreated as %s/%s", pod.key, pod.namespace, name)
+
+    def _carry_out_plans(self, pending: list[PendingJob], now: float) -> list[PendingJob]:
+        """Bind jobs whose resize plan fits now; returns the jobs without a plan."""
+        state = self.cache.ledger.state
+        rest = []
+        for job in pending:
+            plan = self._plans.get(job.spec.id)
+            if plan is None:
+                rest.append(job)
+            elif state is not None and len(plan.tasks) == len(job.pods) and _fits(plan, job, state):
+                del self._plans[job.spec.id]
+                self.place(job, plan, "carrying out the resize decided last round", now)
+        return rest
+
+    # -- reports ----------------------------------------------------------------------
+
+    def _report(self, pod: PodRecord, message: str, now: float) -> None:
+        if not self.options.report_unschedulable:
+            return
+        if pod.unschedulable_message == message or self._reported.get(pod.uid) == message:
+            return
+        self._reported[pod.uid] = message
+        self._spawn(self._guarded(self.effects.mark_unschedulable(pod, message, now)))
+
+    async def _guarded(self, work: Awaitable[None]) -> None:
+        async with self._limit:
+            await work
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._inflight.add(task)
+        self._idle.clear()
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._inflight.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background API work failed", exc_info=task.exception())
+        self._set_idle()
+
+
+def _fits(plan: Placement, job: PendingJob, state: ClusterState) -> bool:
+    scratch = state.scratch()
+    task = job.spec.task
+    try:
+        for where in plan.tasks:
+            index = scratch.node_index[where.node]
+            scratch.allocate(index, where.gpus, where.gpu_milli, task.cpu_milli, task.mem_mib)
+    except (KeyError, ValueError):
+        return False
+    return True

@@ -1,0 +1,221 @@
+"""From pods to the policy's vocabulary: nodes become `NodeSpec`s, pending pods become
+jobs (a gang of pods is one job with `replicas` tasks), and bound pods of ours become
+running `JobView`s with their placements.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from controller.encoders import GpuEncoder
+from controller.ledger import Charge
+from controller.objects import (
+    ATTAINED_GPU_S,
+    BOUND_AT,
+    GANG_SIZE,
+    GPU_MODELS,
+    JOB_ID,
+    JOB_LABEL,
+    MODEL_LABELS,
+    POD_GROUP_LABEL,
+    RACK_LABELS,
+    RESTARTS,
+    RUNTIME,
+    SUBMIT_TIME,
+    NodeRecord,
+    PodRecord,
+    first_label,
+)
+from policies import (
+    FixedDuration,
+    JobSpec,
+    JobStatus,
+    JobView,
+    NodeSpec,
+    Placement,
+    TaskPlacement,
+    TaskRequest,
+)
+
+DEFAULT_RUNTIME_S = 3600.0
+"""What policies that estimate remaining work assume for a pod that states no runtime."""
+UNKNOWN_MODEL = "unknown"
+
+_DURATION_PART = re.compile(r"([0-9]*\.?[0-9]+)(ns|us|µs|ms|s|m|h)")
+_DURATION_UNIT = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> float:
+    """A Go duration (`90s`, `1h30m`, `250ms`) in seconds."""
+    text = text.strip()
+    parts = _DURATION_PART.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"not a Go duration: {text!r}")
+    return sum(float(n) * _DURATION_UNIT[u] for n, u in parts)
+
+
+def node_spec(node: NodeRecord, encoder: GpuEncoder) -> NodeSpec:
+    gpus = encoder.node_gpus(node)
+    return NodeSpec(
+        name=node.name,
+        cpu_milli=node.cpu_milli,
+        mem_mib=node.mem_mib,
+        gpus=gpus,
+        gpu_model=first_label(node.labels, MODEL_LABELS, UNKNOWN_MODEL) if gpus else "",
+        labels=node.labels,
+        taints=node.taints,
+        rack=first_label(node.labels, RACK_LABELS),
+    )
+
+
+def task_request(pod: PodRecord, encoder: GpuEncoder) -> TaskRequest:
+    num_gpus, gpu_milli = encoder.request(pod)
+    return TaskRequest(pod.cpu_milli, pod.mem_mib, num_gpus, gpu_milli)
+
+
+def job_id(pod: PodRecord) -> str:
+    """The job a pod belongs to: an explicit id, else its gang label, else the pod."""
+    if pod.annotations.get(JOB_ID):
+        return pod.annotations[JOB_ID]
+    group = pod.labels.get(JOB_LABEL) or pod.labels.get(POD_GROUP_LABEL)
+    return f"{pod.namespace}/{group or pod.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class PendingJob:
+    """A job ready for the policy; `pods[i]` takes `placement.tasks[i]`."""
+
+    spec: JobSpec
+    pods: tuple[PodRecord, ...]
+    seq: int
+
+    def view(self) -> JobView:
+        return JobView(
+            spec=self.spec,
+            status=JobStatus.PENDING,
+            attained_gpu_s=float(self.pods[0].annotations.get(ATTAINED_GPU_S, 0.0)),
+            queued_since=min(p.created for p in self.pods),
+            restarts=int(self.pods[0].annotations.get(RESTARTS, 0)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedJob:
+    """Pods that cannot become a job as written (bad annotations, mismatched gang)."""
+
+    job_id: str
+    pods: tuple[PodRecord, ...]
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    pending: list[PendingJob]
+    rejected: list[RejectedJob]
+    waiting: dict[str, str]
+    """Gangs not complete yet: job id → why it waits."""
+
+
+def build_workload(
+    pods: Iterable[PodRecord], seq: Mapping[str, int], encoder: GpuEncoder
+) -> Workload:
+    """Pending jobs in queue order (submit time, then the order pods were first seen)."""
+    groups: dict[str, list[PodRecord]] = {}
+    for pod in pods:
+        groups.setdefault(job_id(pod), []).append(pod)
+    pending: list[PendingJob] = []
+    rejected: list[RejectedJob] = []
+    waiting: dict[str, str] = {}
+    for jid, members in groups.items():
+        members.sort(key=lambda p: p.name)
+        try:
+            job = _pending_job(jid, members, seq, encoder)
+        except ValueError as err:
+            rejected.append(RejectedJob(jid, tuple(members), str(err)))
+            continue
+        if job.spec.replicas < _gang_size(members):
+            waiting[jid] = f"gang has {job.spec.replicas} of {_gang_size(members)} pods"
+            continue
+        pending.append(job)
+    pending.sort(key=lambda j: (j.spec.submit_time, j.seq))
+    return Workload(pending, rejected, waiting)
+
+
+def _gang_size(members: list[PodRecord]) -> int:
+    sizes = {int(p.annotations[GANG_SIZE]) for p in members if GANG_SIZE in p.annotations}
+    return max(sizes) if sizes else len(members)
+
+
+def _pending_job(
+    jid: str, members: list[PodRecord], seq: Mapping[str, int], encoder: GpuEncoder
+) -> PendingJob:
+    first = members[0]
+    task = task_request(first, encoder)
+    for other in members[1:]:
+        if task_request(other, encoder) != task:
+            pair = f"{first.name} and {other.name}"
+            raise ValueError(f"gang {jid}: pods {pair} ask for different resources")
+    models = first.annotations.get(GPU_MODELS, "")
+    runtime = first.annotations.get(RUNTIME)
+    spec = JobSpec(
+        id=jid,
+        submit_time=float(first.annotations.get(SUBMIT_TIME, min(p.created for p in members))),
+        task=task,
+        work=FixedDuration(parse_duration(runtime) if runtime else DEFAULT_RUNTIME_S),
+        replicas=len(members),
+        allowed_models=frozenset(m for m in models.split("|") if m) if models else None,
+        priority=max(p.priority for p in members),
+        node_selector=first.node_selector,
+        tolerations=first.tolerations,
+        kind="pod",
+    )
+    return PendingJob(spec, tuple(members), min(seq.get(p.uid, 0) for p in members))
+
+
+def running_views(
+    pods: Iterable[PodRecord],
+    charges: Mapping[str, Charge],
+    encoder: GpuEncoder,
+    now: float,
+) -> list[JobView]:
+    """Our placed pods (bound or assumed) as running jobs, grouped like pending ones."""
+    groups: dict[str, list[PodRecord]] = {}
+    for pod in pods:
+        if pod.uid in charges:
+            groups.setdefault(job_id(pod), []).append(pod)
+    views = []
+    for jid, members in groups.items():
+        members.sort(key=lambda p: p.name)
+        try:
+            views.append(_running_view(jid, members, charges, encoder, now))
+        except ValueError:
+            continue  # a running pod with unreadable requests: capacity is still counted
+    views.sort(key=lambda v: (v.started_at or 0.0, v.id))
+    return views
+
+
+def _running_view(
+    jid: str,
+    members: list[PodRecord],
+    charges: Mapping[str, Charge],
+    encoder: GpuEncoder,
+    now: float,
+) -> JobView:
+    job = _pending_job(jid, members, {}, encoder)
+    tasks = tuple(
+        TaskPlacement(charges[p.uid].node, charges[p.uid].gpus, charges[p.uid].gpu_milli)
+        for p in members
+    )
+    started = min(float(p.annotations.get(BOUND_AT, now)) for p in members)
+    return JobView(
+        spec=job.spec,
+        status=JobStatus.RUNNING,
+        placement=Placement(tasks),
+        attained_gpu_s=float(members[0].annotations.get(ATTAINED_GPU_S, 0.0)),
+        service_since=started,
+        started_at=started,
+        queued_since=job.spec.submit_time,
+        restarts=int(members[0].annotations.get(RESTARTS, 0)),
+    )
