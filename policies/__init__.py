@@ -5,7 +5,9 @@ Kubernetes controller import these objects unchanged.
 """
 
 from policies import (
+    accuracy_aware,
     best_fit,
+    continual,
     dot_product,
     fifo,
     gpu_clustering,
@@ -76,7 +78,9 @@ __all__ = [
     "Toleration",
     "Unschedulable",
     "WorkModel",
+    "accuracy_aware",
     "best_fit",
+    "continual",
     "dot_product",
     "fifo",
     "gpu_clustering",

@@ -1,0 +1,312 @@
+"""Continual-training streams: retraining windows, accuracy over time, retraining configs.
+
+A *stream* is a deployed model that drifts and is retrained once per window (Ekya,
+NSDI'22). Window `k` opens at `start + k·window_s`; its retraining job must finish by the
+deadline `start + k·window_s + deadline_s`, else it is withdrawn and the stale model stays.
+
+Accuracy model (all accuracies in [0, 1], times in seconds):
+
+* Staleness: a model anchored at accuracy `a` at time `t0` serves
+  `A(t) = floor + (a − floor)·exp(−λ·(t − t0))`, with `λ = decay_per_h / 3600`.
+* Abrupt drift: at a window opening the accuracy may drop by a shift (`DriftProfile`),
+  clamped at `floor`.
+* Retraining gain: a configuration with `W` reference-GPU-seconds of work and quality `q`
+  closes the fraction `f(W) = q·W / (W + h)` of the gap to `ceiling` (`h` =
+  `half_gain_gpu_s`: a full-quality config closes half the gap at `W = h`). So the model
+  retrained in window `k` is anchored at `a_k + (ceiling − a_k)·f(W)` at the window's
+  opening `t_k`, where `a_k` is the accuracy at the opening; it ages from `t_k` (it learned
+  the data of `t_k`), whenever it is deployed. `f` is concave in `W`: diminishing returns.
+* Deploying that model at time `c` lifts accuracy by `G·exp(−λ(t − t_k))` for `t ≥ c`,
+  with `G = (ceiling − a_k)·f(W)`; integrated to the window's end `e` the *uplift* is
+  `G·(exp(−λ(c − t_k)) − exp(−λ(e − t_k)))/λ` accuracy-seconds (`G·(e − c)` if `λ = 0`).
+
+Work is in reference-GPU-seconds (the GPU model with throughput 1.0); a job on `n` whole
+GPUs of model `m` runs at `throughput[m]·n·scaling^log2(n)`, on a fraction `x` of one GPU
+at `throughput[m]·x` (time-slicing).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+import numpy as np
+
+from policies.cluster import MILLI
+from policies.jobs import AllocationShape, Elasticity, JobSpec, TaskRequest
+
+if TYPE_CHECKING:
+    from policies.base import Snapshot
+
+RETRAIN_KIND = "retrain"
+WINDOW_KEY = "window"
+"""`JobSpec.attributes[WINDOW_KEY]` holds the `WindowInfo` of a retraining job."""
+
+
+@dataclass(frozen=True, slots=True)
+class AccuracyCurve:
+    """A stream's accuracy dynamics (see the module docstring for the formulas)."""
+
+    ceiling: float
+    floor: float
+    decay_per_h: float
+    half_gain_gpu_s: float
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.floor <= self.ceiling <= 1.0:
+            raise ValueError("accuracy curve needs 0 <= floor <= ceiling <= 1")
+        if self.decay_per_h < 0 or self.half_gain_gpu_s <= 0:
+            raise ValueError("decay must be >= 0 and half_gain_gpu_s > 0")
+
+    @property
+    def decay_per_s(self) -> float:
+        return self.decay_per_h / 3600.0
+
+    def decayed(self, accuracy: float, elapsed_s: float) -> float:
+        """Accuracy `elapsed_s` after the model stood at `accuracy`."""
+        return self.floor + (accuracy - self.floor) * math.exp(-self.decay_per_s * elapsed_s)
+
+    def integral(self, accuracy: float, duration_s: float) -> float:
+        """Accuracy-seconds served over `duration_s` starting at `accuracy`."""
+        rate = self.decay_per_s
+        if rate == 0.0:
+            return accuracy * duration_s
+        above = (accuracy - self.floor) * (1.0 - math.exp(-rate * duration_s)) / rate
+        return self.floor * duration_s + above
+
+    def gap_closed(self, config: RetrainConfig) -> float:
+        """f(W) = q·W/(W + h): the share of the gap to `ceiling` a config closes."""
+        work = config.work_gpu_s
+        return config.quality * work / (work + self.half_gain_gpu_s)
+
+    def gain(self, accuracy: float, config: RetrainConfig) -> float:
+        """G: accuracy points a retraining from `accuracy` adds at its data time."""
+        return max(0.0, self.ceiling - accuracy) * self.gap_closed(config)
+
+
+@dataclass(frozen=True, slots=True)
+class RetrainConfig:
+    """One Ekya-style retraining configuration (epochs, layers, data fraction collapsed
+    into its cost and the share of the accuracy gap it can close)."""
+
+    name: str
+    work_gpu_s: float
+    quality: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.work_gpu_s <= 0 or not 0.0 < self.quality <= 1.0:
+            raise ValueError(f"config {self.name}: need work > 0 and 0 < quality <= 1")
+
+
+@dataclass(frozen=True, slots=True)
+class DriftProfile:
+    """Abrupt drift: at each window opening, with probability `shift_prob`, accuracy drops
+    by an exponentially distributed amount of mean `shift_mean`."""
+
+    shift_prob: float = 0.0
+    shift_mean: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.shift_prob <= 1.0 or self.shift_mean < 0:
+            raise ValueError("drift needs 0 <= shift_prob <= 1 and shift_mean >= 0")
+
+    def shifts(self, windows: int, seed: int) -> np.ndarray:
+        """The drop at each window opening; a pure function of the profile and seed."""
+        rng = np.random.default_rng(seed)
+        hits = rng.random(windows) < self.shift_prob
+        sizes = rng.exponential(self.shift_mean, windows) if self.shift_mean > 0 else 0.0
+        return np.where(hits, sizes, 0.0)
+
+
+def speedup(num_gpus: int, gpu_milli: int, scaling: float) -> float:
+    """Reference speed of an allocation relative to one whole GPU of the same model."""
+    if num_gpus <= 1:
+        return gpu_milli / MILLI if num_gpus == 1 else 0.0
+    return num_gpus * scaling ** math.log2(num_gpus)
+
+
+@dataclass(frozen=True, slots=True)
+class RetrainingWork:
+    """Work model of a retraining job: `work` reference-GPU-seconds, sped up per GPU model
+    by `throughput` and by the allocation size (`speedup`)."""
+
+    work: float
+    throughput: Mapping[str, float]
+    scaling: float = 0.9
+    default: float = 0.0
+
+    @property
+    def total(self) -> float:
+        return self.work
+
+    def model_speed(self, model: str) -> float:
+        return self.throughput.get(model, self.default)
+
+    def rate(self, shape: AllocationShape, done: float) -> float:
+        gpus = shape.num_gpus
+        return self.model_speed(shape.gpu_model) * speedup(gpus, shape.gpu_milli, self.scaling)
+
+
+@dataclass(frozen=True, slots=True)
+class WindowInfo:
+    """What a policy knows of a retraining job's window (`JobSpec.attributes["window"]`)."""
+
+    stream_id: str
+    index: int
+    start: float
+    deadline: float
+    end: float
+    gain: float
+    decay_per_h: float
+    config: str
+    acc_start: float
+
+    def uplift(self, completion: float) -> float:
+        """Accuracy-seconds added over the window if the job completes at `completion`."""
+        if completion > self.deadline or self.gain <= 0.0:
+            return 0.0
+        rate = self.decay_per_h / 3600.0
+        return float(uplift(self.gain, rate, completion - self.start, self.end - self.start))
+
+
+def uplift(
+    gain: float | np.ndarray,
+    rate: float,
+    since_start: float | np.ndarray,
+    window: float | np.ndarray,
+) -> np.ndarray:
+    """G·(exp(−λ·c) − exp(−λ·e))/λ for completion `c` and end `e` measured from the
+    window's opening. Works elementwise on numpy arrays too."""
+    since = np.maximum(since_start, 0.0)
+    if rate == 0.0:
+        return gain * np.maximum(window - since, 0.0)
+    value = gain * (np.exp(-rate * since) - math.exp(-rate * window)) / rate
+    return np.maximum(value, 0.0)
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """A long-lived model stream: its windows, its retraining request and its curves.
+
+    `task` is the request an ordinary policy sees for each window's job (whole or
+    fractional GPU); accuracy-aware policies may give a job any share up to `max_gpus`.
+    """
+
+    id: str
+    start_s: float
+    window_s: float
+    windows: int
+    deadline_s: float
+    task: TaskRequest
+    throughput: Mapping[str, float]
+    curve: AccuracyCurve
+    configs: tuple[RetrainConfig, ...]
+    default_config: int = 0
+    initial_accuracy: float | None = None
+    max_gpus: int = 1
+    scaling: float = 0.9
+    allowed_models: frozenset[str] | None = None
+    restart_cost_s: float = 10.0
+    priority: int = 0
+    drift: DriftProfile = field(default_factory=DriftProfile)
+    drift_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.window_s <= 0 or self.windows < 1:
+            raise ValueError(f"stream {self.id}: need window_s > 0 and windows >= 1")
+        if not 0 < self.deadline_s <= self.window_s:
+            raise ValueError(f"stream {self.id}: need 0 < deadline_s <= window_s")
+        if not self.configs or not 0 <= self.default_config < len(self.configs):
+            raise ValueError(f"stream {self.id}: default_config must index configs")
+        if self.task.num_gpus != 1 or self.max_gpus < 1:
+            raise ValueError(f"stream {self.id}: request one GPU (or a fraction), max_gpus >= 1")
+        if not any(v > 0 for v in self.throughput.values()):
+            raise ValueError(f"stream {self.id}: throughput needs a positive entry")
+
+    @property
+    def start_accuracy(self) -> float:
+        return self.curve.ceiling if self.initial_accuracy is None else self.initial_accuracy
+
+    @property
+    def end_s(self) -> float:
+        return self.start_s + self.windows * self.window_s
+
+    def window_start(self, index: int) -> float:
+        return self.start_s + index * self.window_s
+
+    def window_job_id(self, index: int) -> str:
+        return f"{self.id}/w{index:05d}"
+
+    def window_job(self, index: int, config: int, acc_start: float) -> JobSpec:
+        """The retraining job of window `index` using `configs[config]`, given the
+        accuracy `acc_start` the stream has at the window's opening."""
+        chosen = self.configs[config]
+        start = self.window_start(index)
+        info = WindowInfo(
+            stream_id=self.id,
+            index=index,
+            start=start,
+            deadline=start + self.deadline_s,
+            end=start + self.window_s,
+            gain=self.curve.gain(acc_start, chosen),
+            decay_per_h=self.curve.decay_per_h,
+            config=chosen.name,
+            acc_start=acc_start,
+        )
+        return JobSpec(
+            id=self.window_job_id(index),
+            submit_time=start,
+            task=self.task,
+            work=RetrainingWork(chosen.work_gpu_s, self.throughput, self.scaling),
+            allowed_models=self.allowed_models,
+            priority=self.priority,
+            restart_cost_s=self.restart_cost_s,
+            kind=RETRAIN_KIND,
+            elastic=Elasticity(1, self.max_gpus),
+            attributes={WINDOW_KEY: info},
+        )
+
+
+def window_info(job: JobSpec) -> WindowInfo | None:
+    info = job.attributes.get(WINDOW_KEY)
+    return info if isinstance(info, WindowInfo) else None
+
+
+@dataclass(frozen=True, slots=True)
+class WindowOpening:
+    """A window about to open: the stream and its accuracy at the opening."""
+
+    stream: StreamSpec
+    index: int
+    acc_start: float
+
+
+@runtime_checkable
+class WindowPlanner(Protocol):
+    """A policy that picks each opening window's retraining configuration (Ekya's
+    per-window config choice). Hosts without one use each stream's `default_config`."""
+
+    def plan_windows(self, openings: Sequence[WindowOpening], snapshot: Snapshot) -> list[int]:
+        """One config index per opening, in order."""
+        ...
+
+
+def best_config(opening: WindowOpening, speed: float) -> int:
+    """The config with the largest window uplift if the job runs at `speed`
+    reference-GPU-seconds per second from the opening; ties go to the cheaper config, and
+    the cheapest config when none would finish by the deadline."""
+    stream = opening.stream
+    order = sorted(range(len(stream.configs)), key=lambda i: stream.configs[i].work_gpu_s)
+    best, best_value = order[0], -1.0
+    for i in order:
+        config = stream.configs[i]
+        gain = stream.curve.gain(opening.acc_start, config)
+        finish = config.work_gpu_s / speed if speed > 0 else math.inf
+        if finish > stream.deadline_s:
+            continue
+        value = float(uplift(gain, stream.curve.decay_per_s, finish, stream.window_s))
+        if value > best_value:
+            best, best_value = i, value
+    return best
