@@ -8,9 +8,10 @@
 #   k8s.io/kubernetes go.mod requires its ~30 staging modules (k8s.io/api,
 #   k8s.io/apiserver, k8s.io/client-go, …) at the placeholder version v0.0.0
 #   and resolves them with `replace k8s.io/x => ./staging/src/k8s.io/x`.
-#   `go install pkg@version` refuses modules with replace directives, and a
-#   consumer ignores a dependency's replaces, so v0.0.0 cannot be resolved
-#   (kubernetes/kubernetes#79384). The staging modules are published as
+#   `go install pkg@version` refuses modules with replace directives ("The
+#   go.mod file for the module providing named packages contains one or more
+#   replace directives"), and a consumer ignores a dependency's replaces, so
+#   v0.0.0 cannot be resolved either way (kubernetes/kubernetes#79384). The staging modules are published as
 #   v0.<minor>.<patch> for v1.<minor>.<patch>, so the wrapper module in
 #   ./kubernetes requires k8s.io/kubernetes and replaces every staging module
 #   with its v0.37.2 release. etcd's server module has the same problem
@@ -50,15 +51,20 @@ CP_ROOT="$CACHE_ROOT/controlplane"
 DEST="$CP_ROOT/$KEY"
 BIN="$DEST/bin"
 BINARIES=(etcd kube-apiserver kube-controller-manager kwok)
+# kwok v0.8 refuses to start without Stage objects (`--config`). Its stock stage
+# files ship in the kwok module, not in the binary, so they are copied next to
+# bin/ as $DEST/kwok-stages/{node,pod}/<set>/<stage>.yaml.
+KWOK_STAGE_PROBE=kwok-stages/node/fast/node-initialize.yaml
 
 log() { printf '[controlplane] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-is_complete() {
+is_complete() { # bin dir
   local dir=$1 b
   for b in "${BINARIES[@]}"; do
     [[ -x "$dir/$b" ]] || return 1
   done
+  [[ -f "$dir/../$KWOK_STAGE_PROBE" ]]
 }
 
 mode=build
@@ -174,8 +180,20 @@ fi
 
 # Build next to the destination (same filesystem) and rename at the end, so an
 # interrupted build never leaves a half-filled cache directory behind.
+rm -rf "$CP_ROOT/.build-$KEY".* # left by a killed run (we hold the lock)
 tmp=$(mktemp -d "$CP_ROOT/.build-$KEY.XXXXXX")
+child=
 trap 'rm -rf "$tmp"' EXIT
+# On a signal, stop the running `go build` too and let the EXIT trap clean up.
+trap '[[ -n $child ]] && kill "$child" 2>/dev/null; exit 130' INT TERM HUP
+# Run a command in the background and wait, so that the traps above fire at once.
+run() {
+  "$@" &
+  child=$!
+  wait "$child"
+  child=
+}
+chmod 755 "$tmp"
 mkdir -p "$tmp/bin"
 
 k8s_minor=${K8S_VERSION#*.}
@@ -183,21 +201,25 @@ k8s_minor=${k8s_minor%%.*}
 k8s_ldflags="-s -w"
 for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
   k8s_ldflags+=" -X $pkg.gitVersion=v$K8S_VERSION -X $pkg.gitMajor=${K8S_VERSION%%.*}"
-  k8s_ldflags+=" -X $pkg.gitMinor=$k8s_minor -X $pkg.gitTreeState=clean"
+  k8s_ldflags+=" -X $pkg.gitMinor=$k8s_minor -X $pkg.gitTreeState=clean -X $pkg.gitCommit="
 done
 
 start=$SECONDS
 log "building into $tmp with $go_version (GOMODCACHE=$GOMODCACHE GOCACHE=$GOCACHE)"
 
 log "etcd v$ETCD_VERSION"
-(cd "$HERE/etcd" && go build -trimpath -ldflags="-s -w" -o "$tmp/bin/etcd" go.etcd.io/etcd/server/v3)
+run go -C "$HERE/etcd" build -trimpath -ldflags="-s -w" -o "$tmp/bin/etcd" go.etcd.io/etcd/server/v3
 
 log "kwok v$KWOK_VERSION"
-(cd "$HERE/kwok" && go build -trimpath -ldflags="-s -w" -o "$tmp/bin/kwok" sigs.k8s.io/kwok/cmd/kwok)
+run go -C "$HERE/kwok" build -trimpath -ldflags="-s -w" -o "$tmp/bin/kwok" sigs.k8s.io/kwok/cmd/kwok
+kwok_src=$(go -C "$HERE/kwok" list -m -f '{{.Dir}}' sigs.k8s.io/kwok)
+(cd "$kwok_src/kustomize/stage" &&
+  find node pod -name '*.yaml' ! -name kustomization.yaml ! -path '*/testdata/*' -print0 |
+  while IFS= read -r -d '' f; do install -D -m 644 "$f" "$tmp/kwok-stages/$f"; done)
 
 log "kube-apiserver, kube-controller-manager v$K8S_VERSION (the slow part)"
-(cd "$HERE/kubernetes" && go build -trimpath -ldflags="$k8s_ldflags" -o "$tmp/bin/" \
-  k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager)
+run go -C "$HERE/kubernetes" build -trimpath -ldflags="$k8s_ldflags" -o "$tmp/bin/" \
+  k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager
 
 is_complete "$tmp/bin" || die "build finished but binaries are missing in $tmp/bin"
 
