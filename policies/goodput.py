@@ -222,8 +222,8 @@ _REG_GAMMA = 1e-3
 _REG_RETRO = 1e-2
 _SMOOTH = 1e-12
 """Keeps the RMSE differentiable at a perfect fit (zero residuals)."""
-_TOLERANCE = 1e-9
-"""Pollux uses 1e-5, which stops L-BFGS-B far from the minimum of this loss (see tests)."""
+_FTOL, _GTOL, _MAX_ITER = 1e-12, 1e-8, 300
+"""Pollux's tol=1e-5 stops L-BFGS-B far from the minimum of this loss (see tests)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,21 +249,13 @@ def fit_perf_params(
     the data cannot inform are pinned (one batch size seen → α_c = mean/2; no multi-node
     data → α_n, β_n at the floor; no one-node multi-GPU data → α_r, β_r; no K > 2 → both
     β). Without multi-node data the prior α_n ≥ 1.1·α_r, β_n ≥ 1.1·β_r is enforced.
-    The loss has local minima, so a first fit starts both from Pollux's fixed point and
-    from a least-squares guess read off the measured sync times and keeps the better;
-    `start` instead warm-starts a refit after one more observation."""
+    A first fit starts from a least-squares guess read off the measured compute and sync
+    times (Pollux's fixed start point often ends in a poor local minimum); `start`
+    warm-starts a refit after one more observation."""
     if not observations:
         raise ValueError("fitting needs at least one observation")
     data = _FitData.of(observations)
-    starts = [start.as_array()] if start is not None else [_POLLUX_START, data.guess()]
-    best: FloatArray | None = None
-    best_loss = math.inf
-    for x0 in starts:
-        params, loss = _minimise(data, x0)
-        if loss < best_loss:
-            best, best_loss = params, loss
-    assert best is not None
-    params = best
+    params = _minimise(data, start.as_array() if start is not None else data.guess())
     if not np.any(data.nodes > 1):
         params[2] = max(params[2], params[4] * 1.1)
         params[3] = max(params[3], params[5] * 1.1)
@@ -273,33 +265,29 @@ def fit_perf_params(
 _POLLUX_START = np.array([0.1, 0.01] * 3 + [1.001])
 
 
-def _minimise(data: _FitData, start: FloatArray) -> tuple[FloatArray, float]:
-    """L-BFGS-B over log(α, β) and γ: the parameters span four orders of magnitude, and
-    in log space one tolerance suits them all."""
+def _minimise(data: _FitData, start: FloatArray) -> FloatArray:
+    """L-BFGS-B with every parameter scaled by its starting magnitude, since they span
+    four orders of magnitude and one tolerance must suit them all."""
     lower = np.array([TINY] * 6 + [1.0])
     upper = np.array([np.inf] * 6 + [10.0])
     x0 = start.copy()
     _pin_unidentifiable(data, lower, upper, x0)
     x0 = np.clip(x0, lower, upper)
+    scale = np.maximum(np.abs(x0), 1e-3)
 
-    def to_params(z: FloatArray) -> FloatArray:
-        return np.concatenate([np.exp(z[:6]), z[6:]])
+    def objective(u: FloatArray) -> tuple[float, FloatArray]:
+        loss, grad = data.loss_and_grad(u * scale)
+        return loss, grad * scale
 
-    def objective(z: FloatArray) -> tuple[float, FloatArray]:
-        x = to_params(z)
-        loss, grad = data.loss_and_grad(x)
-        grad[:6] *= x[:6]
-        return loss, grad
-
-    with np.errstate(divide="ignore"):
-        bounds = list(zip(np.log(lower[:6]), np.log(upper[:6]), strict=True))
-    bounds += [(lower[6], upper[6])]
-    z0 = np.concatenate([np.log(x0[:6]), x0[6:]])
     result = scipy.optimize.minimize(
-        objective, z0, jac=True, method="L-BFGS-B", bounds=bounds, tol=_TOLERANCE
+        objective,
+        x0 / scale,
+        jac=True,
+        method="L-BFGS-B",
+        bounds=list(zip(lower / scale, upper / scale, strict=True)),
+        options={"ftol": _FTOL, "gtol": _GTOL, "maxiter": _MAX_ITER},
     )
-    params = np.clip(to_params(result.x), lower, upper)
-    return params, float(data.loss_and_grad(params)[0])
+    return np.asarray(np.clip(result.x * scale, lower, upper), dtype=float)
 
 
 def _pin_unidentifiable(

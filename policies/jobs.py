@@ -50,6 +50,16 @@ class TaskRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class PartShape:
+    """An auxiliary part of a job placed apart from its tasks (see `TaskPlacement.part`):
+    its name and the CPU and GPU it got (`gpu_milli` 0: it runs on CPU only)."""
+
+    name: str
+    cpu_milli: int = 0
+    gpu_milli: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class AllocationShape:
     """What a work model needs to know of a placement to say how fast a job runs."""
 
@@ -58,6 +68,14 @@ class AllocationShape:
     num_nodes: int
     gpu_milli: int = MILLI
     replicas: int = 1
+    gpus_per_node: tuple[int, ...] = ()
+    """GPUs on each node of the placement (empty when unknown: assume packed)."""
+    gpu_models: tuple[str, ...] = ()
+    """Every GPU model in the placement, sorted (more than one only for a straddling job)."""
+    mode: str = ""
+    """How the job runs on this placement (`Placement.mode`); "" for its default."""
+    parts: tuple[PartShape, ...] = ()
+    """The job's auxiliary parts placed apart from its tasks."""
 
 
 @runtime_checkable
@@ -72,6 +90,15 @@ class WorkModel(Protocol):
     def total(self) -> float: ...
 
     def rate(self, shape: AllocationShape, done: float) -> float: ...
+
+
+@runtime_checkable
+class SlowsHosts(Protocol):
+    """A work model whose auxiliary parts slow the jobs whose GPU they share (a remote
+    preprocessing part interferes with its host): `host_slowdown` is the fraction of
+    speed each such job loses while the part is there."""
+
+    def host_slowdown(self, part: PartShape) -> float: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,11 +185,22 @@ class JobSpec:
 
 @dataclass(frozen=True, slots=True)
 class TaskPlacement:
-    """Where one task goes: a node (by name) and GPU indices on it."""
+    """Where one task goes: a node (by name) and GPU indices on it.
+
+    A task with a `part` name is not one of the job's replicas but an auxiliary part
+    placed apart from them (a DLRM job's preprocessing on another job's GPU or on a CPU
+    node); it takes `request` instead of the job's task request.
+    """
 
     node: str
     gpus: tuple[int, ...] = ()
     gpu_milli: int = 0
+    part: str = ""
+    request: TaskRequest | None = None
+
+    def __post_init__(self) -> None:
+        if bool(self.part) != (self.request is not None):
+            raise ValueError("an auxiliary part needs its own request, and only a part has one")
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +208,18 @@ class Placement:
     """Where every task of a job goes. A gang job is placed whole or not at all."""
 
     tasks: tuple[TaskPlacement, ...]
+    mode: str = ""
+    """How the job runs here, for job kinds with several ways (a DLRM job's
+    preprocessing mode, see `policies.dlrm.Mode`); "" for the kind's default."""
+
+    @property
+    def replica_tasks(self) -> tuple[TaskPlacement, ...]:
+        """The job's own tasks, without auxiliary parts."""
+        return tuple(t for t in self.tasks if not t.part)
+
+    @property
+    def part_tasks(self) -> tuple[TaskPlacement, ...]:
+        return tuple(t for t in self.tasks if t.part)
 
     @property
     def nodes(self) -> tuple[str, ...]:
@@ -207,6 +257,13 @@ class JobView:
     queued_since: float = 0.0
     restarts: int = 0
     done: float = 0.0
+    restart_until: float = 0.0
+    """While running, the job makes no progress before this time (restart delay)."""
+    service_by_model: Mapping[str, float] = field(default_factory=dict)
+    """GPU-seconds received on each GPU model up to `service_since`."""
+    hints: object = None
+    """What the job reports about itself (AdaptDL-style scheduling hints, e.g. a
+    `policies.elastic.GoodputHints`); policies check the type they understand."""
 
     @property
     def id(self) -> str:
