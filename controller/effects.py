@@ -114,7 +114,7 @@ class ApiEffects:
         body = {
             "apiVersion": "events.k8s.io/v1",
             "kind": "Event",
-            "metadata": {"generateName": f"{pod.name}.", "namespace": pod.namespace},
+            "metadata": {"generateName": f"{pod.name}-", "namespace": pod.namespace},
             "eventTime": now_rfc3339(now, micro=True),
             "reportingController": REPORTING_CONTROLLER,
             "reportingInstance": self.instance,

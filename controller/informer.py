@@ -63,6 +63,7 @@ class Informer:
         self.synced = asyncio.Event()
         self.lists = 0
         self.expirations = 0
+        self._advanced = asyncio.Event()
 
     async def run(self) -> None:
         """List and watch until cancelled; transport errors are retried."""
@@ -78,7 +79,7 @@ class Informer:
         items, version = await self.api.list_all(self.path, self.params)
         self.lists += 1
         self.handler.replace(self.kind, items)
-        self.resource_version = version
+        self._advance(version)
         self.synced.set()
         log.debug("%s: listed %d objects at resourceVersion %s", self.kind, len(items), version)
 
@@ -124,4 +125,15 @@ class Informer:
         if kind != "BOOKMARK":
             self.handler.apply(self.kind, kind, obj)
         if version:
-            self.resource_version = version
+            self._advance(version)
+
+    def _advance(self, version: str) -> None:
+        self.resource_version = version
+        self._advanced.set()
+        self._advanced = asyncio.Event()
+
+    async def wait_for_version(self, version: str) -> None:
+        """Until this informer has seen `version` (resourceVersions of one resource
+        compare as integers since Kubernetes 1.35, KEP-5504)."""
+        while not self.resource_version or int(self.resource_version) < int(version):
+            await self._advanced.wait()

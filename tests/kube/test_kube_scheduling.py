@@ -1,0 +1,172 @@
+"""The controller against a real kube-apiserver with KWOK GPU nodes: binding, GPU
+annotations, unschedulable reporting, gangs, other schedulers' pods, KWOK completion."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from controller.objects import ASSIGNED_GPUS, ASSIGNED_MILLI, GANG_SIZE, JOB_LABEL
+from policies import NodeSpec, TaskRequest
+from tests.kube.controlplane import ControlPlane
+from tests.kube.helpers import Admin, RunningController, eventually, pod_manifest
+
+pytestmark = pytest.mark.kube
+
+WHOLE = TaskRequest(cpu_milli=1000, mem_mib=1024, num_gpus=1, gpu_milli=1000)
+
+
+def gpu_nodes(count: int, gpus: int = 4, model: str = "V100") -> list[NodeSpec]:
+    return [
+        NodeSpec(f"node-{i:03d}", 32_000, 131_072, gpus, model) for i in range(count)
+    ]
+
+
+def run(kube: ControlPlane, scenario) -> None:  # type: ignore[no-untyped-def]
+    async def main() -> None:
+        admin = Admin(str(kube.admin_kubeconfig))
+        try:
+            await scenario(admin)
+        finally:
+            await admin.close()
+
+    asyncio.run(main())
+
+
+async def bound(admin: Admin, names: list[str]) -> list[bool]:
+    return [bool(((await admin.pod(n)) or {})["spec"].get("nodeName")) for n in names]
+
+
+def test_binds_with_gpu_annotations_and_counts_the_gpus(kube: ControlPlane) -> None:
+    async def scenario(admin: Admin) -> None:
+        await admin.create_nodes(gpu_nodes(2, gpus=2))
+        async with RunningController(str(kube.scheduler_kubeconfig)) as ctl:
+            await admin.create_pod(pod_manifest("half", TaskRequest(500, 512, 1, 500)))
+            await admin.create_pod(pod_manifest("two", TaskRequest(1000, 1024, 2, 1000)))
+
+            async def both_bound():  # type: ignore[no-untyped-def]
+                pods = [await admin.pod(n) for n in ("half", "two")]
+                return all(p and p["spec"].get("nodeName") for p in pods) and pods
+
+            half, two = await eventually(both_bound, what="both pods bound")
+            # Best-fit packs: the 2-GPU pod fills one node, the half-GPU pod the other.
+            assert {half["spec"]["nodeName"], two["spec"]["nodeName"]} == {"node-000", "node-001"}
+            assert two["metadata"]["annotations"][ASSIGNED_GPUS] == "0,1"
+            assert half["metadata"]["annotations"][ASSIGNED_MILLI] == "500"
+            await ctl.settle()
+            state = ctl.cache.ledger.state
+            assert int(state.gpu_free.sum()) == 4000 - 2000 - 500
+    run(kube, scenario)
+
+
+def test_unschedulable_pod_gets_condition_and_event(kube: ControlPlane) -> None:
+    async def scenario(admin: Admin) -> None:
+        await admin.create_nodes(gpu_nodes(1, gpus=2))
+        async with RunningController(str(kube.scheduler_kubeconfig)):
+            await admin.create_pod(pod_manifest("huge", WHOLE.with_gpus(8)))
+
+            async def condition():  # type: ignore[no-untyped-def]
+                pod = await admin.pod("huge")
+                conds = (pod or {}).get("status", {}).get("conditions") or []
+                return [c for c in conds if c["type"] == "PodScheduled" and c["status"] == "False"]
+
+            (cond,) = await eventually(condition, what="PodScheduled=False")
+            assert cond["reason"] == "Unschedulable"
+            assert "no node fits" in cond["message"]
+            events = await admin.api.call("GET", "/apis/events.k8s.io/v1/namespaces/default/events")
+            reasons = [
+                e["reason"] for e in events["items"] if e["regarding"]["name"] == "huge"
+            ]
+            assert reasons == ["FailedScheduling"]
+    run(kube, scenario)
+
+
+def test_gang_binds_whole_or_waits(kube: ControlPlane) -> None:
+    async def scenario(admin: Admin) -> None:
+        await admin.create_nodes(gpu_nodes(2, gpus=2))
+        async with RunningController(str(kube.scheduler_kubeconfig)) as ctl:
+            gang = {JOB_LABEL: "train"}
+            size = {GANG_SIZE: "3"}
+            for i in range(2):
+                await admin.create_pod(pod_manifest(f"train-{i}", WHOLE, labels=gang, annotations=size))
+            await asyncio.sleep(1.0)
+            await ctl.settle()
+            assert await bound(admin, ["train-0", "train-1"]) == [False, False]
+            await admin.create_pod(pod_manifest("train-2", WHOLE, labels=gang, annotations=size))
+
+            async def all_bound():  # type: ignore[no-untyped-def]
+                pods = [await admin.pod(f"train-{i}") for i in range(3)]
+                return all(p["spec"].get("nodeName") for p in pods)
+
+            await eventually(all_bound, what="the whole gang bound")
+            # A gang that cannot fit as a whole binds no member at all.
+            big = {JOB_LABEL: "big"}
+            for i in range(2):
+                await admin.create_pod(
+                    pod_manifest(f"big-{i}", WHOLE, labels=big, annotations={GANG_SIZE: "2"})
+                )
+            await asyncio.sleep(1.0)
+            await ctl.settle()
+            assert await bound(admin, ["big-0", "big-1"]) == [False, False]
+    run(kube, scenario)
+
+
+def test_pods_of_other_schedulers_hold_their_gpus(kube: ControlPlane) -> None:
+    async def scenario(admin: Admin) -> None:
+        await admin.create_nodes(gpu_nodes(1, gpus=2))
+        foreign = pod_manifest("foreign", WHOLE, scheduler="default-scheduler")
+        await admin.create_pod(foreign)
+        assert await admin.bind("foreign", "node-000") == 201
+        async with RunningController(str(kube.scheduler_kubeconfig)) as ctl:
+            for i in range(2):
+                await admin.create_pod(pod_manifest(f"ours-{i}", WHOLE))
+            await asyncio.sleep(1.0)
+            await ctl.settle()
+            placed = await bound(admin, ["ours-0", "ours-1"])
+            assert sorted(placed) == [False, True]
+            ours = await admin.pod("ours-0" if placed[0] else "ours-1")
+            # The foreign pod holds GPU 0 (the first free one), so ours gets GPU 1.
+            assert ours["metadata"]["annotations"][ASSIGNED_GPUS] == "1"
+    run(kube, scenario)
+
+
+def test_kwok_stage_completes_pod_after_its_runtime_and_frees_gpu(kube: ControlPlane) -> None:
+    async def scenario(admin: Admin) -> None:
+        await admin.create_nodes(gpu_nodes(1, gpus=1))
+        async with RunningController(str(kube.scheduler_kubeconfig)) as ctl:
+            await admin.create_pod(pod_manifest("short", WHOLE, runtime="2s"))
+            await admin.create_pod(pod_manifest("next", WHOLE))
+
+            async def phase():  # type: ignore[no-untyped-def]
+                pod = await admin.pod("short")
+                return pod["status"].get("phase") == "Succeeded" and pod
+
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            done = await eventually(phase, timeout_s=30, what="short pod Succeeded")
+            assert done["spec"]["nodeName"] == "node-000"
+            assert 1.5 <= loop.time() - start <= 15
+
+            async def next_bound():  # type: ignore[no-untyped-def]
+                return (await admin.pod("next"))["spec"].get("nodeName")
+
+            assert await eventually(next_bound, what="the waiting pod placed on the freed GPU")
+            await ctl.settle()
+            assert int(ctl.cache.ledger.state.gpu_free.sum()) == 0
+    run(kube, scenario)
+
+
+def test_scheduler_identity_is_limited_by_rbac(kube: ControlPlane) -> None:
+    async def scenario(admin: Admin) -> None:
+        from controller.kubeapi import KubeApi, load_config
+
+        api = KubeApi(load_config(str(kube.scheduler_kubeconfig)))
+        try:
+            status, _ = await api.request("GET", "/api/v1/nodes")
+            assert status == 200
+            status, _ = await api.request("POST", "/api/v1/nodes", body={"metadata": {"name": "x"}})
+            assert status == 403
+        finally:
+            await api.close()
+    run(kube, scenario)
