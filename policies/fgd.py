@@ -1,0 +1,246 @@
+"""Fragmentation Gradient Descent (FGD; Weng et al., USENIX ATC'23).
+
+Each task goes where it increases the expected GPU fragmentation of the cluster least:
+for every feasible node (and, for a sharing task, every GPU on it with room) Δ =
+F_n'(M) − F_n(M) under the target workload M (see `policies.fragmentation`).
+
+Two modes:
+
+* `exact` (default): minimise the float Δ; nodes within `tolerance_milli` of the best
+  are near-ties, broken by packing: least idle GPU left on the node, then least CPU
+  left, then the first node name. Within the node a sharing task takes the GPU of least
+  Δ, near-ties to the tightest GPU.
+* `artifact`: the upstream simulator's rule: integer score int(100·σ((F_n − F_n')/1000)),
+  highest wins, ties to the first node name; the GPU is the first with the best score.
+
+Where M comes from, in order: the `workload` config field (the inflation experiment
+builds it from the trace before inflation); the job list a host passes to `prepare()`
+before a run (trace replay); else the jobs in the snapshot (pending and running), which
+is what a live controller has.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+
+from policies.base import Context, PlacementConfig, PlacementPolicy, PolicyConfig, Snapshot
+from policies.cluster import ClusterState, IntArray
+from policies.decisions import SchedulingResult
+from policies.fragmentation import (
+    DEFAULT_COVERAGE,
+    FloatArray,
+    NodeFragmentation,
+    TargetWorkload,
+    workload_from_jobs,
+)
+from policies.jobs import JobSpec, Placement, TaskPlacement, TaskRequest
+from policies.placement import feasible_nodes, select_gpus
+
+MODES = ("exact", "artifact")
+FLOAT_SLACK = 1e-9
+"""Δ values this close count as equal in exact mode even with zero tolerance."""
+DELTA_CACHE_SIZE = 256
+"""Task shapes whose per-node Δ is kept between calls."""
+
+
+@dataclass(frozen=True)
+class FgdConfig(PlacementConfig):
+    mode: str = field(
+        default="exact",
+        metadata={"help": "exact: float Δ, near-ties by best-fit; artifact: int sigmoid score"},
+    )
+    tolerance_milli: float = field(
+        default=100.0,
+        metadata={"help": "exact mode: Δ within this many milli-GPU of the best is a tie"},
+    )
+    coverage: float = field(
+        default=DEFAULT_COVERAGE,
+        metadata={"help": "share of tasks the target workload's task types must cover"},
+    )
+    workload: TargetWorkload | None = field(
+        default=None,
+        metadata={"help": "target workload; default: from prepare() jobs, else the snapshot"},
+    )
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"fgd mode must be one of {', '.join(MODES)}, not {self.mode!r}")
+        if self.tolerance_milli < 0:
+            raise ValueError("fgd tolerance_milli must be >= 0")
+        if not 0 < self.coverage <= 1:
+            raise ValueError("fgd coverage must be in (0, 1]")
+        if self.workload is not None and not isinstance(self.workload, TargetWorkload):
+            raise ValueError("fgd workload must be a TargetWorkload")
+
+
+class Fgd(PlacementPolicy):
+    name = "fgd"
+    config_type: ClassVar[type[PolicyConfig]] = FgdConfig
+
+    def __init__(self, config: PolicyConfig | None = None) -> None:
+        super().__init__(config)
+        self._prepared: TargetWorkload | None = None
+        self._fragmentation: NodeFragmentation | None = None
+        self._deltas: DeltaCache | None = None
+
+    @property
+    def settings(self) -> FgdConfig:
+        assert isinstance(self.config, FgdConfig)
+        return self.config
+
+    def prepare(self, jobs: Sequence[JobSpec]) -> None:
+        """Take the target workload from the whole job list (a trace replay knows it)."""
+        self._prepared = workload_from_jobs(jobs, self.settings.coverage)
+
+    def schedule(self, snapshot: Snapshot, ctx: Context) -> SchedulingResult:
+        self._use_workload(self._workload_for(snapshot))
+        return super().schedule(snapshot, ctx)
+
+    def _workload_for(self, snapshot: Snapshot) -> TargetWorkload:
+        if self.settings.workload is not None:
+            return self.settings.workload
+        if self._prepared is not None:
+            return self._prepared
+        jobs = [view.spec for view in (*snapshot.pending, *snapshot.running)]
+        return workload_from_jobs(jobs, self.settings.coverage)
+
+    def _use_workload(self, workload: TargetWorkload) -> None:
+        if self._fragmentation is None or self._fragmentation.workload != workload:
+            self._fragmentation = NodeFragmentation(workload)
+            self._deltas = DeltaCache(self._fragmentation)
+
+    # -- placement ----------------------------------------------------------------------
+
+    def place_task(
+        self, spec: JobSpec, task: TaskRequest, state: ClusterState, ctx: Context
+    ) -> TaskPlacement | None:
+        candidates = feasible_nodes(spec, task, state)
+        if candidates.size == 0:
+            return None
+        deltas = self._candidate_deltas(task, state, candidates)
+        if self.settings.mode == "artifact":
+            node, gpus = self._pick_artifact(task, state, candidates, deltas)
+        else:
+            node, gpus = self._pick_exact(task, state, candidates, deltas)
+        state.allocate(node, gpus, task.gpu_milli, task.cpu_milli, task.mem_mib)
+        return TaskPlacement(state.nodes[node].name, gpus, task.gpu_milli)
+
+    def score(
+        self,
+        spec: JobSpec,
+        task: TaskRequest,
+        state: ClusterState,
+        candidates: np.ndarray,
+        ctx: Context,
+    ) -> np.ndarray:
+        """Artifact mode: the integer score; exact mode: −Δ (higher is better in both)."""
+        deltas = self._candidate_deltas(task, state, candidates)
+        if self.settings.mode == "artifact":
+            return artifact_scores(deltas).max(axis=1).astype(np.float64)
+        return -deltas.min(axis=1)
+
+    def _candidate_deltas(
+        self, task: TaskRequest, state: ClusterState, candidates: IntArray
+    ) -> FloatArray:
+        if self._deltas is None:
+            raise RuntimeError("fgd: schedule() sets the target workload before placing")
+        return self._deltas.get(task, state, candidates)
+
+    def _pick_artifact(
+        self, task: TaskRequest, state: ClusterState, candidates: IntArray, deltas: FloatArray
+    ) -> tuple[int, tuple[int, ...]]:
+        scores = artifact_scores(deltas)
+        best_gpu = scores.argmax(axis=1)  # first GPU with the best score
+        row = int(scores.max(axis=1).argmax())  # first node (name order) with the best
+        node = int(candidates[row])
+        if task.is_sharing:
+            return node, (int(best_gpu[row]),)
+        return node, select_gpus(task, state.gpu_free[node], state.gpu_count[node])
+
+    def _pick_exact(
+        self, task: TaskRequest, state: ClusterState, candidates: IntArray, deltas: FloatArray
+    ) -> tuple[int, tuple[int, ...]]:
+        slack = self.settings.tolerance_milli + FLOAT_SLACK
+        node_delta = deltas.min(axis=1)
+        near = node_delta <= node_delta.min() + slack
+        row = int(np.flatnonzero(near)[packing_order(state, candidates[near])[0]])
+        node = int(candidates[row])
+        if not task.is_sharing:
+            return node, select_gpus(task, state.gpu_free[node], state.gpu_count[node])
+        gpu_delta = deltas[row]
+        near_gpu = gpu_delta <= gpu_delta.min() + slack
+        free = state.gpu_free[node].astype(np.float64)
+        return node, (int(np.argmin(np.where(near_gpu, free, np.inf))),)
+
+    def explain(self, spec: JobSpec, placement: Placement) -> str:
+        return f"fgd ({self.settings.mode}): {placement.tasks[0].node} least raises fragmentation"
+
+
+def artifact_scores(deltas: FloatArray) -> IntArray:
+    """int(100·σ(−Δ/1000)) per candidate slot; −1 where the slot cannot take the task."""
+    with np.errstate(over="ignore"):
+        sigmoid = 1.0 / (1.0 + np.exp(deltas / 1000.0))
+    scores = np.trunc(sigmoid * 100.0).astype(np.int64)
+    return np.where(np.isfinite(deltas), scores, -1)
+
+
+def packing_order(state: ClusterState, nodes: IntArray) -> IntArray:
+    """Positions in `nodes` from the tightest packing to the loosest: least idle GPU,
+    then least free CPU, then the order given (node names). Every candidate loses the
+    same request, so comparing before the task is the same as after."""
+    gpu_left = state.gpu_free[nodes].sum(axis=1)
+    cpu_left = state.cpu_free[nodes]
+    return np.lexsort((np.arange(nodes.size), cpu_left, gpu_left))
+
+
+class DeltaCache:
+    """Per task shape, Δ for every node, recomputed only for nodes that changed since.
+
+    Δ depends only on the node's free resources and the task's (CPU, GPU count, milli),
+    so between two tasks of one shape only the nodes placed on in between need work.
+    """
+
+    def __init__(self, fragmentation: NodeFragmentation) -> None:
+        self.fragmentation = fragmentation
+        self._entries: OrderedDict[tuple[int, int, int], _Entry] = OrderedDict()
+        self._nodes: tuple[object, ...] | None = None
+
+    def get(self, task: TaskRequest, state: ClusterState, candidates: IntArray) -> FloatArray:
+        self.fragmentation.sync(state)
+        if state.nodes is not self._nodes:
+            self._entries.clear()
+            self._nodes = state.nodes
+        entry = self._entry(task, state)
+        stamps = self.fragmentation.stamp
+        stale = candidates[entry.stamp[candidates] != stamps[candidates]]
+        if stale.size:
+            entry.deltas[stale] = self.fragmentation.placement_deltas(state, task, stale)
+            entry.stamp[stale] = stamps[stale]
+        return entry.deltas[candidates]
+
+    def _entry(self, task: TaskRequest, state: ClusterState) -> _Entry:
+        key = (task.cpu_milli, task.num_gpus, task.gpu_milli)
+        entry = self._entries.get(key)
+        if entry is None:
+            width = state.gpu_free.shape[1] if task.is_sharing else 1
+            entry = _Entry(
+                deltas=np.zeros((state.num_nodes, width)),
+                stamp=np.full(state.num_nodes, -1, dtype=np.int64),
+            )
+            self._entries[key] = entry
+            if len(self._entries) > DELTA_CACHE_SIZE:
+                self._entries.popitem(last=False)
+        else:
+            self._entries.move_to_end(key)
+        return entry
+
+
+@dataclass(slots=True)
+class _Entry:
+    deltas: FloatArray
+    stamp: IntArray

@@ -1,0 +1,332 @@
+"""GPU fragmentation under a target workload (Weng et al., ATC'23, §3 of docs/fgd.md).
+
+A node's idle GPU counts as *fragmented* for a task type when that task cannot use it:
+
+* the task cannot run on the node at all (CPU-only task, wrong GPU model, too little CPU,
+  too few GPUs with enough free milli-GPU): every idle milli-GPU is fragmented;
+* otherwise only the GPUs with less free than the task's per-GPU request are.
+
+The expected fragmentation of a node under a target workload M is the popularity-weighted
+sum over task types, F_n(M) = Σ_m p_m · F_n(m); the cluster's is Σ_n F_n(M).
+
+Everything here is vectorised over nodes and task types. `NodeFragmentation` keeps each
+node's per-type terms and recomputes only the nodes whose free resources changed, so a
+placement costs O(one node) to account for.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+
+import numpy as np
+import numpy.typing as npt
+
+from policies.cluster import MILLI, ClusterState, IntArray
+from policies.jobs import JobSpec, TaskRequest
+
+FloatArray = npt.NDArray[np.float64]
+BoolArray = npt.NDArray[np.bool_]
+
+DEFAULT_COVERAGE = 0.95
+"""Task types are added, most popular first, until they cover this share of tasks."""
+
+
+class Category(IntEnum):
+    """Where a (node, task type) pair falls; the artifact's buckets (frag.go)."""
+
+    Q1_LACK_BOTH = 0
+    Q2_LACK_GPU = 1
+    Q3_SATISFIED = 2
+    Q4_LACK_CPU = 3
+    XL_SATISFIED = 4
+    XR_LACK_CPU = 5
+    NO_ACCESS = 6
+
+
+@dataclass(frozen=True, slots=True)
+class TaskType:
+    """One entry of a target workload: a task shape, the GPU models it accepts (None for
+    any) and its probability. Memory is not part of the measure, so `task.mem_mib` is 0."""
+
+    task: TaskRequest
+    allowed_models: frozenset[str] | None
+    probability: float
+
+
+@dataclass(frozen=True)
+class TargetWorkload:
+    """The task mix FGD expects to arrive; probabilities sum to 1."""
+
+    types: tuple[TaskType, ...]
+
+    def __post_init__(self) -> None:
+        if not self.types:
+            raise ValueError("a target workload needs at least one task type")
+        probs = [t.probability for t in self.types]
+        if min(probs) < 0 or abs(sum(probs) - 1.0) > 1e-6:
+            raise ValueError("task type probabilities must be >= 0 and sum to 1")
+
+
+TaskKey = tuple[int, int, int, frozenset[str] | None]
+
+
+def build_target_workload(
+    tasks: Iterable[tuple[TaskRequest, frozenset[str] | None]],
+    coverage: float = DEFAULT_COVERAGE,
+) -> TargetWorkload:
+    """Group tasks by (CPU, per-GPU milli, GPU count, GPU models), take the most popular
+    groups until they cover `coverage` of all tasks (CPU-only tasks included), and
+    renormalise their shares to probabilities."""
+    if not 0 < coverage <= 1:
+        raise ValueError("coverage must be in (0, 1]")
+    counts: Counter[TaskKey] = Counter()
+    for task, models in tasks:
+        milli = task.gpu_milli if task.num_gpus else 0
+        counts[(task.cpu_milli, milli, task.num_gpus, models or None)] += 1
+    if not counts:
+        raise ValueError("cannot build a target workload from no tasks")
+    total = float(sum(counts.values()))
+    # Most popular first; equal counts in the artifact's order (larger CPU, then larger
+    # milli-GPU, GPU count and model string first), so the cut-off is deterministic.
+    ranked = sorted(counts.items(), key=lambda kv: (kv[1], _order_key(kv[0])), reverse=True)
+    threshold = coverage * 100 * total / 100.0
+    chosen: list[tuple[TaskKey, int]] = []
+    covered = 0.0
+    for key, count in ranked:
+        if covered >= threshold:
+            break
+        chosen.append((key, count))
+        covered += count
+    types = tuple(
+        TaskType(
+            task=TaskRequest(cpu_milli=cpu, num_gpus=num, gpu_milli=milli),
+            allowed_models=models,
+            probability=(count / total) / (covered / total),
+        )
+        for (cpu, milli, num, models), count in chosen
+    )
+    return TargetWorkload(types)
+
+
+def workload_from_jobs(
+    jobs: Iterable[JobSpec], coverage: float = DEFAULT_COVERAGE
+) -> TargetWorkload:
+    """The target workload of a job list; a job counts once per replica (one pod each)."""
+    return build_target_workload(
+        ((job.task, job.allowed_models) for job in jobs for _ in range(job.replicas)),
+        coverage,
+    )
+
+
+def _order_key(key: TaskKey) -> tuple[int, int, int, str]:
+    cpu, milli, num, models = key
+    return (cpu, milli, num, "|".join(sorted(models or ())))
+
+
+class WorkloadArrays:
+    """A target workload laid out for one cluster's GPU models (one column per type)."""
+
+    def __init__(self, workload: TargetWorkload, gpu_models: Sequence[str]) -> None:
+        types = workload.types
+        self.workload = workload
+        self.cpu: IntArray = np.array([t.task.cpu_milli for t in types], dtype=np.int64)
+        self.milli: IntArray = np.array([t.task.gpu_milli for t in types], dtype=np.int64)
+        self.num: IntArray = np.array([t.task.num_gpus for t in types], dtype=np.int64)
+        self.prob: FloatArray = np.array([t.probability for t in types], dtype=np.float64)
+        self.uses_gpu: BoolArray = self.num > 0
+        # access[model, type]; the extra last row is for GPU-less nodes (model index -1).
+        access = np.ones((len(gpu_models) + 1, len(types)), dtype=bool)
+        for j, t in enumerate(types):
+            if t.allowed_models is not None:
+                access[:-1, j] = [m in t.allowed_models for m in gpu_models]
+                access[-1, j] = False
+        self.access = access
+
+
+@dataclass(frozen=True, slots=True)
+class NodeTerms:
+    """Per-node, per-type integer terms of the measure (rows: nodes, columns: types).
+
+    `small` is the idle milli on GPUs with less free than the type's request, `fit` the
+    number of GPUs with at least that much free, `amount` the fragmented milli F_n(m),
+    `idle` each node's idle milli U_n.
+    """
+
+    small: IntArray
+    fit: IntArray
+    amount: IntArray
+    idle: IntArray
+
+
+def node_terms(
+    arrays: WorkloadArrays, cpu_free: IntArray, gpu_free: IntArray, model_idx: IntArray
+) -> NodeTerms:
+    """The measure's terms for the nodes given by their rows of free resources."""
+    below = gpu_free[:, :, None] < arrays.milli[None, None, :]
+    small = (gpu_free[:, :, None] * below).sum(axis=1)
+    fit = gpu_free.shape[1] - below.sum(axis=1)
+    idle = gpu_free.sum(axis=1)
+    runnable = _runnable(arrays, cpu_free, fit, model_idx)
+    amount = np.where(runnable, small, idle[:, None])
+    return NodeTerms(small, fit, amount, idle)
+
+
+def _runnable(
+    arrays: WorkloadArrays, cpu_free: IntArray, fit: IntArray, model_idx: IntArray
+) -> BoolArray:
+    """Q3: the type is a GPU task, may use the node's model, and its CPU and GPUs fit."""
+    return (
+        arrays.uses_gpu[None, :]
+        & arrays.access[model_idx]
+        & (cpu_free[:, None] >= arrays.cpu[None, :])
+        & (fit >= arrays.num[None, :])
+    )
+
+
+def categories(state: ClusterState, workload: TargetWorkload) -> IntArray:
+    """`Category` of every (node, task type) pair, for reports and tests."""
+    arrays = WorkloadArrays(workload, state.gpu_models)
+    terms = node_terms(arrays, state.cpu_free, state.gpu_free, state.model_idx)
+    cpu_ok = state.cpu_free[:, None] >= arrays.cpu[None, :]
+    gpu_ok = terms.fit >= arrays.num[None, :]
+    access = arrays.access[state.model_idx]
+    quadrant = np.where(
+        gpu_ok,
+        np.where(cpu_ok, Category.Q3_SATISFIED, Category.Q4_LACK_CPU),
+        np.where(cpu_ok, Category.Q2_LACK_GPU, Category.Q1_LACK_BOTH),
+    )
+    gpu_task = np.where(access, quadrant, Category.NO_ACCESS)
+    cpu_task = np.where(cpu_ok, Category.XL_SATISFIED, Category.XR_LACK_CPU)
+    return np.where(arrays.uses_gpu[None, :], gpu_task, cpu_task).astype(np.int64)
+
+
+def node_fragmentation(state: ClusterState, workload: TargetWorkload) -> FloatArray:
+    """F_n(M) in milli-GPU for every node (uncached; see `NodeFragmentation`)."""
+    arrays = WorkloadArrays(workload, state.gpu_models)
+    terms = node_terms(arrays, state.cpu_free, state.gpu_free, state.model_idx)
+    return terms.amount @ arrays.prob
+
+
+class NodeFragmentation:
+    """Each node's fragmentation terms for one target workload, kept up to date cheaply.
+
+    `sync(state)` finds the nodes whose free CPU or GPU differ from the copy taken last
+    time and recomputes only those. (Content is compared rather than `ClusterState.version`
+    because a policy's scratch copy and the host's state can diverge after the same
+    number of changes and would then share version numbers.) Every node recomputed gets a
+    fresh `stamp`, so caches built on top of this one know which of their rows are stale.
+    """
+
+    def __init__(self, workload: TargetWorkload) -> None:
+        self.workload = workload
+        self._nodes: tuple[object, ...] | None = None
+
+    def _reset(self, state: ClusterState) -> None:
+        self._nodes = state.nodes
+        self.arrays = WorkloadArrays(self.workload, state.gpu_models)
+        self.model_idx = state.model_idx.copy()
+        self.cpu_seen = state.cpu_free.copy()
+        self.gpu_seen = state.gpu_free.copy()
+        self.terms = node_terms(self.arrays, self.cpu_seen, self.gpu_seen, self.model_idx)
+        self.type_totals = self.terms.amount.sum(axis=0)
+        self.stamp = np.zeros(state.num_nodes, dtype=np.int64)
+        self._clock = 0
+
+    def sync(self, state: ClusterState) -> None:
+        """Bring the cached terms in line with `state` (same node list as before, or a
+        new cluster, which resets the cache)."""
+        if state.nodes is not self._nodes:
+            self._reset(state)
+            return
+        changed = np.flatnonzero(
+            (self.cpu_seen != state.cpu_free) | (self.gpu_seen != state.gpu_free).any(axis=1)
+        )
+        if changed.size:
+            self._recompute(state, changed)
+
+    def _recompute(self, state: ClusterState, nodes: IntArray) -> None:
+        cpu = state.cpu_free[nodes]
+        gpu = state.gpu_free[nodes]
+        fresh = node_terms(self.arrays, cpu, gpu, self.model_idx[nodes])
+        self.type_totals += fresh.amount.sum(axis=0) - self.terms.amount[nodes].sum(axis=0)
+        self.terms.small[nodes] = fresh.small
+        self.terms.fit[nodes] = fresh.fit
+        self.terms.amount[nodes] = fresh.amount
+        self.terms.idle[nodes] = fresh.idle
+        self.cpu_seen[nodes] = cpu
+        self.gpu_seen[nodes] = gpu
+        self._clock += 1
+        self.stamp[nodes] = self._clock
+
+    def node_values(self) -> FloatArray:
+        """F_n(M) per node, milli-GPU."""
+        return self.terms.amount @ self.arrays.prob
+
+    def cluster_amount(self) -> float:
+        """F(M) = Σ_n F_n(M), milli-GPU."""
+        return float(self.type_totals @ self.arrays.prob)
+
+    def idle_milli(self) -> int:
+        return int(self.terms.idle.sum())
+
+    def placement_deltas(
+        self, state: ClusterState, task: TaskRequest, nodes: IntArray
+    ) -> FloatArray:
+        """Change in F_n(M) if one `task` went to each of `nodes` (after `sync(state)`).
+
+        A sharing task gets one column per GPU slot (inf where the GPU lacks room): it
+        may go on any GPU with enough free. Any other task gets one column: whole-GPU
+        tasks take fully free GPUs, and which ones does not change the measure.
+        """
+        if task.is_sharing:
+            free = state.gpu_free[nodes]
+            rows = np.repeat(nodes, free.shape[1])
+            before = free.reshape(-1)
+            fits = before >= task.gpu_milli
+            deltas = np.full(before.size, np.inf)
+            deltas[fits] = self._deltas(state, task, rows[fits], before[fits], 1)
+            return deltas.reshape(free.shape)
+        full = np.full(nodes.size, MILLI if task.num_gpus else 0, dtype=np.int64)
+        return self._deltas(state, task, nodes, full, task.num_gpus)[:, None]
+
+    def _deltas(
+        self,
+        state: ClusterState,
+        task: TaskRequest,
+        nodes: IntArray,
+        gpu_before: IntArray,
+        gpus_taken: int,
+    ) -> FloatArray:
+        """Δ for `task` taking `task.gpu_milli` from `gpus_taken` GPUs per node, each
+        with `gpu_before` free. Integer per-type differences keep an unchanged node's Δ
+        exactly 0."""
+        arrays = self.arrays
+        want = arrays.milli[None, :]
+        after = (gpu_before - task.gpu_milli)[:, None]
+        before = gpu_before[:, None]
+        small = self.terms.small[nodes] + gpus_taken * (
+            after * (after < want) - before * (before < want)
+        )
+        fit = self.terms.fit[nodes] + gpus_taken * (
+            (after >= want).astype(np.int64) - (before >= want)
+        )
+        idle = self.terms.idle[nodes] - gpus_taken * task.gpu_milli
+        cpu = state.cpu_free[nodes] - task.cpu_milli
+        runnable = _runnable(arrays, cpu, fit, self.model_idx[nodes])
+        amount = np.where(runnable, small, idle[:, None])
+        return (amount - self.terms.amount[nodes]) @ arrays.prob
+
+
+def cluster_fragmentation(state: ClusterState, workload: TargetWorkload) -> tuple[float, float]:
+    """(amount, ratio): F(M) as % of GPU capacity and as % of idle GPU."""
+    values = node_fragmentation(state, workload)
+    amount = float(values.sum())
+    capacity = state.total_gpus * MILLI
+    idle = float(state.gpu_free.sum())
+    return (
+        100.0 * amount / capacity if capacity else 0.0,
+        100.0 * amount / idle if idle else 0.0,
+    )
