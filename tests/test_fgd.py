@@ -1,0 +1,274 @@
+"""FGD's choices on small clusters worked by hand, its properties, and where its target
+workload comes from (config, a trace replay's job list, or the snapshot)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from policies import (
+    ClusterState,
+    Context,
+    JobSpec,
+    JobStatus,
+    JobView,
+    Place,
+    Snapshot,
+    TaskRequest,
+    make_policy,
+)
+from policies.fgd import Fgd, FgdConfig, artifact_scores
+from policies.fragmentation import (
+    NodeFragmentation,
+    TargetWorkload,
+    TaskType,
+    node_fragmentation,
+    workload_from_jobs,
+)
+from tests.conftest import job, node
+
+SHARE_500 = TaskType(TaskRequest(1000, 0, 1, 500), None, 0.5)
+WHOLE_1 = TaskType(TaskRequest(1000, 0, 1, 1000), None, 0.5)
+WHOLE_2 = TaskType(TaskRequest(1000, 0, 2, 1000), None, 0.5)
+
+
+def gpu_cluster(free_rows: list[list[int]]) -> ClusterState:
+    state = ClusterState([node(f"n{i}", len(row)) for i, row in enumerate(free_rows)])
+    for index, row in enumerate(free_rows):
+        for gpu, free in enumerate(row):
+            if free < 1000:
+                state.allocate(index, (gpu,), 1000 - free, 0, 0)
+    return state
+
+
+def place(state: ClusterState, spec: JobSpec, seed: int = 0, **options) -> tuple[str, tuple]:
+    policy = make_policy("fgd", options)
+    pending = [JobView(spec, JobStatus.PENDING)]
+    result = policy.schedule(
+        Snapshot(state.view(), [], pending, 0.0), Context(np.random.default_rng(seed))
+    )
+    (decision,) = result.decisions
+    assert isinstance(decision, Place)
+    (task,) = decision.placement.tasks
+    return task.node, task.gpus
+
+
+def test_sharing_task_worked_by_hand() -> None:
+    """M = {share 500, whole 1000} at ½ each; a 400m task on three 2-GPU nodes.
+
+    F(share 500) counts GPUs below 500; F(whole) counts GPUs below 1000, or all idle
+    if no GPU is fully free. Δ per (node, GPU):
+      n0 [1000,1000]: either GPU → [600,1000]: 0 → ½·600 = 300          Δ = +300
+      n1 [600,1000]:  before ½·600 = 300; GPU0 → [200,1000]: ½·200+½·200 = 200   Δ = −100
+                      GPU1 → [600,600]: ½·0 + ½·1200 = 600                Δ = +300
+      n2 [500,1000]:  before ½·500 = 250; GPU0 → [100,1000]: 100        Δ = −150
+                      GPU1 → [500,600]: ½·1100 = 550                      Δ = +300
+    Least Δ: n2, GPU 0. Artifact scores: int(100σ(0.15)) = 53 beats n1's 52 and n0's 42.
+    """
+    workload = TargetWorkload((SHARE_500, WHOLE_1))
+    state = gpu_cluster([[1000, 1000], [600, 1000], [500, 1000]])
+    task = job("s", milli=400, cpu=1000)
+    cache = NodeFragmentation(workload)
+    cache.sync(state)
+    deltas = cache.placement_deltas(state, task.task, np.arange(3))
+    np.testing.assert_allclose(deltas[:, :2], [[300, 300], [-100, 300], [-150, 300]])
+    assert artifact_scores(deltas[:, :2]).tolist() == [[42, 42], [52, 42], [53, 42]]
+    for mode in ("exact", "artifact"):
+        assert place(state, task, workload=workload, mode=mode) == ("n2", (0,))
+    assert place(state, task, workload=workload, tolerance_milli=0) == ("n2", (0,))
+
+
+def test_multi_gpu_task_worked_by_hand() -> None:
+    """M = {2 × 1000, share 500} at ½ each; a 2-GPU task on three 4-GPU nodes.
+
+      n0 idle:               → [0,0,1000,1000]: both types still run, no fragment  Δ = 0
+      n1 [1000,1000,1000,0]: → one free GPU left: 2-GPU type sees 1000 idle        Δ = +500
+      n2 [1000,1000,300,1000]: before ½·300 + ½·300 = 300; after taking GPUs 0, 1 the
+                             2-GPU type sees all 1300 idle: ½·1300 + ½·300 = 800   Δ = +500
+    FGD keeps the partly used nodes' free GPU pairs for later 2-GPU tasks: n0, GPUs 0-1,
+    where the packing baselines would fill n1 or n2.
+    """
+    workload = TargetWorkload((WHOLE_2, SHARE_500))
+    state = gpu_cluster([[1000] * 4, [1000, 1000, 1000, 0], [1000, 1000, 300, 1000]])
+    task = job("w", gpus=2, cpu=1000)
+    cache = NodeFragmentation(workload)
+    cache.sync(state)
+    deltas = cache.placement_deltas(state, task.task, np.arange(3))
+    assert deltas[:, 0] == pytest.approx([0, 500, 500])
+    for mode in ("exact", "artifact"):
+        assert place(state, task, workload=workload, mode=mode) == ("n0", (0, 1))
+    packing = make_policy("packing")
+    pending = [JobView(task, JobStatus.PENDING)]
+    (decision,) = packing.schedule(
+        Snapshot(state.view(), [], pending, 0.0), Context(np.random.default_rng(0))
+    ).decisions
+    assert isinstance(decision, Place) and decision.placement.tasks[0].node != "n0"
+
+
+def test_artifact_score_quantises_and_ties_go_to_the_first_name() -> None:
+    """M = {share 500 at ¼, whole 1000 at ¾}; a 40m sharing task.
+
+      n0 [1000,600]: GPU1 → 560: the whole type's fragment shrinks by 40   Δ = −¾·40 = −30
+      n1 [1000,40]:  GPU1 → 0: both types' fragment shrinks by 40          Δ = −40
+      GPU0 on either node leaves no fully free GPU: the whole type then sees all
+      idle GPU (+960 · ¾)                                                   Δ = +720
+    Scores int(100σ(−Δ/1000)): 50, 50 and 32, so the artifact takes the first name (n0);
+    exact Δ takes n1, and so does the default tolerance with its packing tie-break
+    (n1 has less idle GPU).
+    """
+    assert artifact_scores(np.array([[0.0, 1.0, -1000.0, np.inf]])).tolist() == [[50, 49, 73, -1]]
+    workload = TargetWorkload(
+        (TaskType(SHARE_500.task, None, 0.25), TaskType(WHOLE_1.task, None, 0.75))
+    )
+    state = gpu_cluster([[1000, 600], [1000, 40]])
+    task = job("s", milli=40, cpu=1000)
+    cache = NodeFragmentation(workload)
+    cache.sync(state)
+    deltas = cache.placement_deltas(state, task.task, np.arange(2))
+    np.testing.assert_allclose(deltas, [[720, -30], [720, -40]])
+    assert artifact_scores(deltas).tolist() == [[32, 50], [32, 50]]
+    assert place(state, task, workload=workload, mode="artifact") == ("n0", (1,))
+    assert place(state, task, workload=workload, tolerance_milli=0) == ("n1", (1,))
+    assert place(state, task, workload=workload) == ("n1", (1,))
+
+
+def test_cpu_only_task_avoids_stranding_gpus() -> None:
+    """A CPU-only task that would leave a node without CPU for the GPU types raises F by
+    that node's idle GPU; FGD puts it where CPU is plentiful."""
+    workload = TargetWorkload((WHOLE_1, TaskType(TaskRequest(8000, 0, 1, 1000), None, 0.5)))
+    state = ClusterState([node("tight", 4, cpu=16_000), node("roomy", 4, cpu=96_000)])
+    assert place(state, job("c", gpus=0, cpu=10_000), workload=workload) == ("roomy", ())
+
+
+def test_unschedulable_when_nothing_fits() -> None:
+    state = gpu_cluster([[300, 300]])
+    policy = make_policy(
+        "fgd", {"workload": TargetWorkload((TaskType(SHARE_500.task, None, 1.0),))}
+    )
+    pending = [JobView(job("s", milli=500), JobStatus.PENDING)]
+    result = policy.schedule(
+        Snapshot(state.view(), [], pending, 0.0), Context(np.random.default_rng(0))
+    )
+    assert not [d for d in result.decisions if isinstance(d, Place)]
+
+
+def test_config_is_validated() -> None:
+    with pytest.raises(ValueError):
+        FgdConfig(mode="fast")
+    with pytest.raises(ValueError):
+        FgdConfig(tolerance_milli=-1)
+    with pytest.raises(ValueError):
+        make_policy("fgd", {"workload": "default"})
+    assert make_policy("fgd", {"mode": "artifact"}).describe()["mode"] == "artifact"
+
+
+def test_workload_comes_from_config_then_prepare_then_snapshot() -> None:
+    state = gpu_cluster([[1000, 1000]])
+    sharing = [job(f"s{i}", milli=300) for i in range(3)]
+    whole = [job(f"w{i}") for i in range(3)]
+    view = [JobView(sharing[0], JobStatus.PENDING)]
+    snapshot = Snapshot(state.view(), [JobView(w, JobStatus.RUNNING) for w in whole], view, 0.0)
+    policy = Fgd()
+    assert policy._workload_for(snapshot) == workload_from_jobs([sharing[0], *whole])
+    policy.prepare(sharing)
+    assert policy._workload_for(snapshot) == workload_from_jobs(sharing)
+    fixed = TargetWorkload((TaskType(WHOLE_2.task, None, 1.0),))
+    assert Fgd(FgdConfig(workload=fixed))._workload_for(snapshot) == fixed
+
+
+TASKS = st.sampled_from(
+    [
+        TaskRequest(2000, 10, 1, 300),
+        TaskRequest(4000, 10, 1, 700),
+        TaskRequest(8000, 10, 1, 1000),
+        TaskRequest(16000, 10, 2, 1000),
+        TaskRequest(12000, 10, 4, 1000),
+        TaskRequest(30000, 10),
+    ]
+)
+WORKLOAD = TargetWorkload(
+    (
+        TaskType(TaskRequest(2000, 0, 1, 300), None, 0.3),
+        TaskType(TaskRequest(8000, 0, 1, 1000), None, 0.3),
+        TaskType(TaskRequest(16000, 0, 2, 1000), None, 0.2),
+        TaskType(TaskRequest(30000), None, 0.2),
+    )
+)
+
+
+def small_cluster() -> ClusterState:
+    return ClusterState(
+        [node("a", 8, cpu=96_000), node("b", 4, cpu=32_000), node("c", 2, "T4", cpu=64_000)]
+    )
+
+
+@settings(max_examples=40, deadline=None)
+@given(tasks=st.lists(TASKS, min_size=1, max_size=40), mode=st.sampled_from(["exact", "artifact"]))
+def test_capacity_is_never_exceeded(tasks, mode) -> None:
+    state = small_cluster()
+    policy = make_policy("fgd", {"workload": WORKLOAD, "mode": mode})
+    ctx = Context(np.random.default_rng(0))
+    for i, task in enumerate(tasks):
+        spec = JobSpec(f"j{i}", 0.0, task, job("x").work)
+        result = policy.schedule(
+            Snapshot(state.view(), [], [JobView(spec, JobStatus.PENDING)], 0.0), ctx
+        )
+        for decision in result.decisions:
+            if isinstance(decision, Place):
+                for t in decision.placement.tasks:
+                    gpus = set(t.gpus)
+                    assert len(gpus) == task.num_gpus
+                    index = state.node_index[t.node]
+                    free = state.gpu_free[index]
+                    if task.num_gpus > 1 or task.gpu_milli == 1000:
+                        assert all(free[g] == 1000 for g in gpus)  # whole GPUs only
+                    state.allocate(index, t.gpus, t.gpu_milli, task.cpu_milli, task.mem_mib)
+    assert (state.gpu_free >= 0).all() and (state.cpu_free >= 0).all()
+    assert (state.mem_free >= 0).all()
+
+
+@settings(max_examples=40, deadline=None)
+@given(history=st.lists(TASKS, max_size=25), task=TASKS)
+def test_exact_mode_picks_a_node_of_least_delta(history, task) -> None:
+    state = small_cluster()
+    policy = make_policy("fgd", {"workload": WORKLOAD, "tolerance_milli": 0})
+    ctx = Context(np.random.default_rng(0))
+    for i, earlier in enumerate([*history, task]):
+        spec = JobSpec(f"j{i}", 0.0, earlier, job("x").work)
+        before = node_fragmentation(state, WORKLOAD)
+        feasible = brute_force_deltas(state, earlier, before)
+        result = policy.schedule(
+            Snapshot(state.view(), [], [JobView(spec, JobStatus.PENDING)], 0.0), ctx
+        )
+        placed = [d for d in result.decisions if isinstance(d, Place)]
+        assert bool(placed) == bool(feasible)
+        if not placed:
+            continue
+        (t,) = placed[0].placement.tasks
+        index = state.node_index[t.node]
+        state.allocate(index, t.gpus, t.gpu_milli, earlier.cpu_milli, earlier.mem_mib)
+        chosen = node_fragmentation(state, WORKLOAD)[index] - before[index]
+        assert chosen == pytest.approx(min(feasible.values()), abs=1e-6)
+
+
+def brute_force_deltas(state: ClusterState, task: TaskRequest, before: np.ndarray) -> dict:
+    """Δ of every feasible (node, GPU choice), by placing on a copy and re-measuring."""
+    out = {}
+    for index in range(state.num_nodes):
+        if state.cpu_free[index] < task.cpu_milli or state.mem_free[index] < task.mem_mib:
+            continue
+        free = state.gpu_free[index, : state.gpu_count[index]]
+        if task.is_sharing:
+            choices = [(g,) for g in np.flatnonzero(free >= task.gpu_milli)]
+        elif task.num_gpus:
+            whole = np.flatnonzero(free == 1000)
+            choices = [tuple(whole[: task.num_gpus])] if whole.size >= task.num_gpus else []
+        else:
+            choices = [()]
+        for gpus in choices:
+            trial = state.copy()
+            trial.allocate(index, tuple(int(g) for g in gpus), task.gpu_milli, task.cpu_milli, 0)
+            out[(index, gpus)] = node_fragmentation(trial, WORKLOAD)[index] - before[index]
+    return out
