@@ -52,11 +52,22 @@ class LeastAttainedService(Policy):
         if not snapshot.pending:
             return SchedulingResult()
         now = snapshot.now
+        free = snapshot.cluster.total_gpus * MILLI - snapshot.cluster.allocated_gpu_milli()
+        if sum(j.spec.gpu_milli_total for j in snapshot.pending) <= free:
+            # Everything waiting fits beside the running jobs: no one needs preempting.
+            return self._place(snapshot, list(snapshot.pending), [], ctx)
         ranked = sorted(
             (*snapshot.running, *snapshot.pending),
             key=lambda j: (self.queue_of(j.attained(now)), j.spec.submit_time, j.id),
         )
-        capacity = snapshot.cluster.total_gpus * MILLI
+        admitted = self._admit(ranked, snapshot.cluster.total_gpus * MILLI)
+        victims = [j for j in snapshot.running if j.id not in admitted]
+        chosen = [j for j in snapshot.pending if j.id in admitted]
+        return self._place(snapshot, chosen, victims, ctx)
+
+    @staticmethod
+    def _admit(ranked: list[JobView], capacity: int) -> set[str]:
+        """Jobs in priority order while their GPUs fit the cluster."""
         admitted: set[str] = set()
         used = 0
         for job in ranked:
@@ -64,25 +75,34 @@ class LeastAttainedService(Policy):
             if used + need <= capacity:
                 admitted.add(job.id)
                 used += need
+        return admitted
+
+    def _place(
+        self, snapshot: Snapshot, chosen: list[JobView], victims: list[JobView], ctx: Context
+    ) -> SchedulingResult:
+        now = snapshot.now
         state = snapshot.cluster.scratch()
         decisions: list[Decision] = []
-        for job in snapshot.running:
-            if job.id not in admitted and job.placement is not None:
-                decisions.append(Preempt(job.id, self._why_preempted(job, now)))
-                for task in job.placement.tasks:
-                    node = state.node_index[task.node]
-                    req = job.spec.task
-                    state.release(node, task.gpus, task.gpu_milli, req.cpu_milli, req.mem_mib)
-        for job in snapshot.pending:
-            if job.id not in admitted:
-                continue
+        for job in victims:
+            assert job.placement is not None
+            decisions.append(Preempt(job.id, self._why_preempted(job, now)))
+            req = job.spec.task
+            for task in job.placement.tasks:
+                node = state.node_index[task.node]
+                state.release(node, task.gpus, task.gpu_milli, req.cpu_milli, req.mem_mib)
+        placed: list[JobView] = []
+        for job in chosen:
             placement = self._placer.place(job.spec, state, ctx)
             if placement is None:
                 decisions.append(Unschedulable(job.id, "admitted but fragmented", self.name))
                 continue
+            placed.append(job)
             queue = self.queue_of(job.attained(now))
             decisions.append(Place(job.id, placement, f"las: admitted from queue {queue}"))
-        will_run = [j for j in ranked if j.id in admitted]
+        if not victims and len(placed) == len(snapshot.pending):
+            return SchedulingResult(tuple(decisions))  # nobody waits: no demotion matters
+        stopped = {j.id for j in victims}
+        will_run = [j for j in snapshot.running if j.id not in stopped] + placed
         return SchedulingResult(tuple(decisions), wake_at=self._next_demotion(will_run, now))
 
     def _why_preempted(self, job: JobView, now: float) -> str:
