@@ -161,8 +161,11 @@ class JobSpec:
     node_selector: Mapping[str, str] = field(default_factory=dict)
     tolerations: tuple[Toleration, ...] = ()
     attributes: Mapping[str, object] = field(default_factory=dict)
+    gpu_milli_total: int = field(init=False, repr=False, compare=False)
+    """Milli-GPU over all replicas; precomputed because schedulers read it constantly."""
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "gpu_milli_total", self.replicas * self.task.gpu_total_milli)
         if self.replicas < 1:
             raise ValueError(f"job {self.id}: replicas must be >= 1")
         if not math.isfinite(self.submit_time) or self.submit_time < 0:
@@ -174,10 +177,6 @@ class JobSpec:
     def gpus(self) -> int:
         """Whole GPUs the job touches at its requested size."""
         return self.replicas * self.task.num_gpus
-
-    @property
-    def gpu_milli_total(self) -> int:
-        return self.replicas * self.task.gpu_total_milli
 
     def allows(self, model: str) -> bool:
         return self.allowed_models is None or model in self.allowed_models
@@ -211,6 +210,12 @@ class Placement:
     mode: str = ""
     """How the job runs here, for job kinds with several ways (a DLRM job's
     preprocessing mode, see `policies.dlrm.Mode`); "" for the kind's default."""
+    gpu_milli_total: int = field(init=False, repr=False, compare=False)
+    """Milli-GPU over all tasks; precomputed because schedulers read it constantly."""
+
+    def __post_init__(self) -> None:
+        total = sum(len(t.gpus) * t.gpu_milli for t in self.tasks)
+        object.__setattr__(self, "gpu_milli_total", total)
 
     @property
     def replica_tasks(self) -> tuple[TaskPlacement, ...]:
@@ -228,10 +233,6 @@ class Placement:
     @property
     def num_gpus(self) -> int:
         return sum(len(t.gpus) for t in self.tasks)
-
-    @property
-    def gpu_milli_total(self) -> int:
-        return sum(len(t.gpus) * t.gpu_milli for t in self.tasks)
 
 
 class JobStatus(Enum):
