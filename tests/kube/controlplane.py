@@ -119,7 +119,9 @@ def _pem_key(key: rsa.RSAPrivateKey) -> bytes:
     )
 
 
-def _builder(subject: x509.Name, issuer: x509.Name, key: rsa.RSAPrivateKey) -> x509.CertificateBuilder:
+def _builder(
+    subject: x509.Name, issuer: x509.Name, key: rsa.RSAPrivateKey
+) -> x509.CertificateBuilder:
     now = datetime.datetime.now(datetime.UTC)
     return (
         x509.CertificateBuilder()
@@ -139,8 +141,15 @@ def kubeconfig(server: str, ca: bytes, cert: bytes, key: bytes) -> str:
     doc = {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": "test", "cluster": {"server": server, "certificate-authority-data": b64(ca)}}],
-        "users": [{"name": "user", "user": {"client-certificate-data": b64(cert), "client-key-data": b64(key)}}],
+        "clusters": [
+            {"name": "test", "cluster": {"server": server, "certificate-authority-data": b64(ca)}}
+        ],
+        "users": [
+            {
+                "name": "user",
+                "user": {"client-certificate-data": b64(cert), "client-key-data": b64(key)},
+            }
+        ],
         "contexts": [{"name": "test", "context": {"cluster": "test", "user": "user"}}],
         "current-context": "test",
     }
@@ -206,7 +215,9 @@ class ControlPlane:
         self.admin_cert = (d / "admin.crt", d / "admin.key")
         self.admin_cert[0].write_bytes(admin_cert)
         self.admin_cert[1].write_bytes(admin_key)
-        self.admin_kubeconfig.write_text(kubeconfig(self.server, self.pki.ca_pem, admin_cert, admin_key))
+        self.admin_kubeconfig.write_text(
+            kubeconfig(self.server, self.pki.ca_pem, admin_cert, admin_key)
+        )
         sched_cert, sched_key = self.pki.issue(SCHEDULER_USER)
         self.scheduler_kubeconfig.write_text(
             kubeconfig(self.server, self.pki.ca_pem, sched_cert, sched_key)
@@ -346,7 +357,10 @@ class ControlPlane:
     def _spawn(self, name: str, args: list[str]) -> None:
         log = open(self.dir / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
         self.procs[name] = subprocess.Popen(
-            [str(self.bin / name), *args], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            [str(self.bin / name), *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         log.close()
 

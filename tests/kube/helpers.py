@@ -55,7 +55,11 @@ def pod_manifest(
         notes[GPU_MODELS] = "|".join(sorted(allowed_models))
     if runtime:
         notes[RUNTIME] = runtime
-    container = {"name": "main", "image": "fake", "resources": {"requests": requests, "limits": limits}}
+    container = {
+        "name": "main",
+        "image": "fake",
+        "resources": {"requests": requests, "limits": limits},
+    }
     spec: dict[str, Any] = {
         "schedulerName": scheduler,
         "containers": [container],
@@ -66,7 +70,11 @@ def pod_manifest(
     return {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": name, "labels": {TEST_LABEL: "true", **(labels or {})}, "annotations": notes},
+        "metadata": {
+            "name": name,
+            "labels": {TEST_LABEL: "true", **(labels or {})},
+            "annotations": notes,
+        },
         "spec": spec,
     }
 
@@ -91,7 +99,9 @@ class Admin:
     async def delete_pod(self, name: str) -> str:
         """Force-delete; returns the resourceVersion of the deletion."""
         body = await self.api.call(
-            "DELETE", f"/api/v1/namespaces/{NAMESPACE}/pods/{name}", params={"gracePeriodSeconds": "0"}
+            "DELETE",
+            f"/api/v1/namespaces/{NAMESPACE}/pods/{name}",
+            params={"gracePeriodSeconds": "0"},
         )
         return str(body["metadata"]["resourceVersion"])
 
@@ -104,8 +114,12 @@ class Admin:
         return items
 
     async def bind(self, name: str, node: str) -> int:
-        body = {"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name},
-                "target": {"apiVersion": "v1", "kind": "Node", "name": node}}
+        body = {
+            "apiVersion": "v1",
+            "kind": "Binding",
+            "metadata": {"name": name},
+            "target": {"apiVersion": "v1", "kind": "Node", "name": node},
+        }
         status, _ = await self.api.request(
             "POST", f"/api/v1/namespaces/{NAMESPACE}/pods/{name}/binding", body=body
         )
@@ -116,7 +130,9 @@ class Admin:
         await self.api.request(
             "DELETE", f"/api/v1/namespaces/{NAMESPACE}/pods", params={"gracePeriodSeconds": "0"}
         )
-        await self.api.request("DELETE", "/api/v1/nodes", params={"labelSelector": f"{TEST_LABEL}=true"})
+        await self.api.request(
+            "DELETE", "/api/v1/nodes", params={"labelSelector": f"{TEST_LABEL}=true"}
+        )
         for _ in range(100):
             nodes, _ = await self.api.list_all("/api/v1/nodes")
             if not nodes and not await self.pods():

@@ -18,9 +18,7 @@ WHOLE = TaskRequest(cpu_milli=1000, mem_mib=1024, num_gpus=1, gpu_milli=1000)
 
 
 def gpu_nodes(count: int, gpus: int = 4, model: str = "V100") -> list[NodeSpec]:
-    return [
-        NodeSpec(f"node-{i:03d}", 32_000, 131_072, gpus, model) for i in range(count)
-    ]
+    return [NodeSpec(f"node-{i:03d}", 32_000, 131_072, gpus, model) for i in range(count)]
 
 
 def run(kube: ControlPlane, scenario) -> None:  # type: ignore[no-untyped-def]
@@ -57,6 +55,7 @@ def test_binds_with_gpu_annotations_and_counts_the_gpus(kube: ControlPlane) -> N
             await ctl.settle()
             state = ctl.cache.ledger.state
             assert int(state.gpu_free.sum()) == 4000 - 2000 - 500
+
     run(kube, scenario)
 
 
@@ -75,10 +74,9 @@ def test_unschedulable_pod_gets_condition_and_event(kube: ControlPlane) -> None:
             assert cond["reason"] == "Unschedulable"
             assert "no node fits" in cond["message"]
             events = await admin.api.call("GET", "/apis/events.k8s.io/v1/namespaces/default/events")
-            reasons = [
-                e["reason"] for e in events["items"] if e["regarding"]["name"] == "huge"
-            ]
+            reasons = [e["reason"] for e in events["items"] if e["regarding"]["name"] == "huge"]
             assert reasons == ["FailedScheduling"]
+
     run(kube, scenario)
 
 
@@ -89,7 +87,9 @@ def test_gang_binds_whole_or_waits(kube: ControlPlane) -> None:
             gang = {JOB_LABEL: "train"}
             size = {GANG_SIZE: "3"}
             for i in range(2):
-                await admin.create_pod(pod_manifest(f"train-{i}", WHOLE, labels=gang, annotations=size))
+                await admin.create_pod(
+                    pod_manifest(f"train-{i}", WHOLE, labels=gang, annotations=size)
+                )
             await asyncio.sleep(1.0)
             await ctl.settle()
             assert await bound(admin, ["train-0", "train-1"]) == [False, False]
@@ -109,6 +109,7 @@ def test_gang_binds_whole_or_waits(kube: ControlPlane) -> None:
             await asyncio.sleep(1.0)
             await ctl.settle()
             assert await bound(admin, ["big-0", "big-1"]) == [False, False]
+
     run(kube, scenario)
 
 
@@ -128,6 +129,7 @@ def test_pods_of_other_schedulers_hold_their_gpus(kube: ControlPlane) -> None:
             ours = await admin.pod("ours-0" if placed[0] else "ours-1")
             # The foreign pod holds GPU 0 (the first free one), so ours gets GPU 1.
             assert ours["metadata"]["annotations"][ASSIGNED_GPUS] == "1"
+
     run(kube, scenario)
 
 
@@ -154,6 +156,7 @@ def test_kwok_stage_completes_pod_after_its_runtime_and_frees_gpu(kube: ControlP
             assert await eventually(next_bound, what="the waiting pod placed on the freed GPU")
             await ctl.settle()
             assert int(ctl.cache.ledger.state.gpu_free.sum()) == 0
+
     run(kube, scenario)
 
 
@@ -169,4 +172,5 @@ def test_scheduler_identity_is_limited_by_rbac(kube: ControlPlane) -> None:
             assert status == 403
         finally:
             await api.close()
+
     run(kube, scenario)

@@ -1,0 +1,172 @@
+"""`gpufleet controller run` and `gpufleet controller record`.
+
+The top-level `gpufleet` parser calls `add_controller_commands(subparsers)`; each
+command sets `handler`, which returns the exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Sequence
+from pathlib import Path
+
+from controller.encoders import ENCODERS, make_encoder
+from controller.informer import Informer
+from controller.kubeapi import KubeApi, load_config
+from controller.objects import SCHEDULER_NAME
+from controller.recorder import TraceRecorder
+from controller.runtime import NON_TERMINAL, Controller, ControllerOptions
+from controller.scheduler import SchedulerOptions
+from policies import make_policy, policy_names
+
+
+def add_controller_commands(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "controller",
+        help="run gpufleet's policies as a Kubernetes scheduler, or record a cluster",
+        description="The Kubernetes side of gpufleet: the same policy objects as the simulator.",
+    )
+    sub = parser.add_subparsers(title="controller commands", metavar="COMMAND")
+    _add_run(sub)
+    _add_record(sub)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--kubeconfig",
+        help="kubeconfig file (default: in-cluster service account inside a pod, "
+        "else $KUBECONFIG or ~/.kube/config)",
+    )
+    parser.add_argument(
+        "--scheduler-name",
+        default=SCHEDULER_NAME,
+        help=f"pods with this spec.schedulerName are ours (default: {SCHEDULER_NAME})",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=sorted(ENCODERS),
+        default="whole",
+        help="GPU device backend: how pods ask for GPUs and which annotations carry the "
+        "chosen GPUs (default: whole)",
+    )
+    parser.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
+
+
+def _add_run(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("run", help="schedule pods with a gpufleet policy")
+    parser.add_argument("--policy", required=True, help=f"one of: {', '.join(policy_names())}")
+    parser.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="policy config option (repeatable); `gpufleet policies` lists them",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="policy random seed (default: 0)")
+    parser.add_argument(
+        "--round-seconds",
+        type=float,
+        help="round length for round-based policies (default: the policy's own)",
+    )
+    parser.add_argument(
+        "--bind-concurrency", type=int, default=32, help="binds in flight at most (default: 32)"
+    )
+    parser.add_argument(
+        "--resync-seconds", type=float, default=300.0, help="full re-list period (default: 300)"
+    )
+    _common(parser)
+    parser.set_defaults(handler=_run)
+
+
+def _add_record(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "record", help="write what the cluster does with gpufleet's pods as a replayable trace"
+    )
+    parser.add_argument("--out", required=True, type=Path, help="output directory")
+    parser.add_argument(
+        "--duration", type=float, help="stop after this many seconds (default: until Ctrl-C)"
+    )
+    _common(parser)
+    parser.set_defaults(handler=_record)
+
+
+def parse_options(pairs: Sequence[str]) -> dict[str, str]:
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--option expects KEY=VALUE, got {pair!r}")
+        options[key.strip()] = value.strip()
+    return options
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+def _run(args: argparse.Namespace) -> int:
+    _setup_logging(args.log_level)
+    policy = make_policy(args.policy, parse_options(args.option))
+    options = ControllerOptions(
+        scheduler=SchedulerOptions(
+            seed=args.seed, bind_concurrency=args.bind_concurrency, round_s=args.round_seconds
+        ),
+        scheduler_name=args.scheduler_name,
+        backend=args.backend,
+        resync_s=args.resync_seconds,
+    )
+    config = load_config(args.kubeconfig)
+
+    async def main() -> None:
+        api = KubeApi(config)
+        try:
+            await _until_signal(Controller(api, policy, options).run_forever())
+        finally:
+            await api.close()
+
+    asyncio.run(main())
+    return 0
+
+
+def _record(args: argparse.Namespace) -> int:
+    _setup_logging(args.log_level)
+    recorder = TraceRecorder(make_encoder(args.backend), args.scheduler_name)
+    config = load_config(args.kubeconfig)
+
+    async def main() -> None:
+        api = KubeApi(config)
+        informers = [
+            Informer(api, "nodes", "/api/v1/nodes", recorder),
+            Informer(api, "pods", "/api/v1/pods", recorder, {"fieldSelector": NON_TERMINAL}),
+        ]
+        work = asyncio.gather(*(i.run() for i in informers))
+        try:
+            if args.duration is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(_until_signal(work), args.duration)
+            else:
+                await _until_signal(work)
+        finally:
+            work.cancel()
+            await api.close()
+
+    asyncio.run(main())
+    count = recorder.write(args.out)
+    logging.getLogger(__name__).info("recorded %d jobs to %s", count, args.out)
+    return 0
+
+
+async def _until_signal(work: Awaitable[object]) -> None:
+    """Run `work` until it ends or SIGINT/SIGTERM arrives."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(work)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
