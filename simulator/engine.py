@@ -113,6 +113,7 @@ class Simulation:
             job.sync(now)
             self.cluster.unbind(job)
             job.epoch += 1  # its scheduled completion is now stale
+            self._retime_disturbed(now)
         job.end = now
         self.recorder.on_job_end(job, status)
         self._record()
@@ -164,6 +165,7 @@ class Simulation:
         job.end = now
         self.cluster.unbind(job)
         del self.running[job_id]
+        self._retime_disturbed(now)
         self.recorder.on_job_end(job, "completed")
         self._record()
         if self._progress is not None:
@@ -194,6 +196,7 @@ class Simulation:
         )
         result = self.policy.schedule(snapshot, self.ctx)
         self._apply(result, now)
+        self._retime_disturbed(now)
         # Nothing runs, nothing will arrive and the policy placed nothing: waiting jobs
         # can never start, so round timers stop and the run ends with them unfinished.
         self._stuck = not self.running and not self._arrivals_left
@@ -266,7 +269,7 @@ class Simulation:
         job.models_used.add(job.shape.gpu_model)
         job.max_gpus = max(job.max_gpus, placement.num_gpus)
         job.last_placement = describe_placement(placement)
-        job.rate = job.spec.work.rate(job.shape, job.done)
+        job.rate = job.spec.work.rate(job.shape, job.done) * self.cluster.speed_factor(job)
         if job.rate <= 0:
             raise ValueError(f"job {job.spec.id} has no throughput on {job.shape.gpu_model}")
         delay = self._restart_cost(job) if restarting else 0.0
@@ -275,8 +278,27 @@ class Simulation:
         job.epoch += 1
         job._view = None
         self.running[job.spec.id] = job
+        self._schedule_completion(job, now)
+
+    def _schedule_completion(self, job: JobRun, now: float) -> None:
         completion = self.env.timeout(job.finish_time() - now)
         completion.callbacks.append(functools.partial(self._on_completion, job.spec.id, job.epoch))
+
+    def _retime_disturbed(self, now: float) -> None:
+        """Re-time running jobs whose GPUs gained or lost another job's auxiliary part
+        (a remote preprocessing part slows the jobs it shares a GPU with)."""
+        for job_id in sorted(self.cluster.colocation.take_disturbed()):
+            job = self.running.get(job_id)
+            if job is None or job.shape is None:
+                continue
+            job.sync(now)
+            rate = job.spec.work.rate(job.shape, job.done) * self.cluster.speed_factor(job)
+            if rate == job.rate:
+                continue
+            job.rate = rate
+            job.epoch += 1  # the completion scheduled at the old rate is now stale
+            job._view = None
+            self._schedule_completion(job, now)
 
     def _restart_cost(self, job: JobRun) -> float:
         return job.spec.restart_cost_s or self.options.restart_cost_s

@@ -17,9 +17,11 @@ from policies import (
     JobSpec,
     JobStatus,
     JobView,
+    PartShape,
     Placement,
     TaskPlacement,
 )
+from simulator.colocation import Colocation
 
 
 @dataclass(slots=True)
@@ -91,27 +93,32 @@ class SimCluster:
         # Allocated milli-GPU per model, kept incrementally for the timeline.
         self.alloc_by_model = dict.fromkeys(self.models, 0)
         self.alloc_milli = 0
+        self.colocation = Colocation()
 
     def shape_of(self, placement: Placement) -> AllocationShape:
-        nodes = placement.nodes
+        """The shape of the job's own tasks; auxiliary parts are listed in `parts`."""
+        replicas = placement.replica_tasks
+        nodes = tuple(dict.fromkeys(t.node for t in replicas))
         models = {self.model_of_node[self.state.node_index[n]] for n in nodes}
         # A job spread over several models runs at the pace of the slowest; work models
         # see the first (sorted) one, and mixed placements are rare by policy design.
         model = sorted(models)[0] if models else ""
-        milli = placement.tasks[0].gpu_milli if placement.tasks else MILLI
+        milli = replicas[0].gpu_milli if replicas else MILLI
         return AllocationShape(
             gpu_model=model,
-            num_gpus=placement.num_gpus,
+            num_gpus=sum(len(t.gpus) for t in replicas),
             num_nodes=len(nodes),
             gpu_milli=milli,
-            replicas=len(placement.tasks),
+            replicas=len(replicas),
+            mode=placement.mode,
+            parts=tuple(_part_shape(t) for t in placement.part_tasks),
         )
 
     def bind(self, job: JobRun, placement: Placement) -> None:
-        req = job.spec.task
         taken = []
         try:
             for task in placement.tasks:
+                req = task.request or job.spec.task
                 node = self.state.node_index[task.node]
                 self.state.allocate(node, task.gpus, task.gpu_milli, req.cpu_milli, req.mem_mib)
                 self._count(node, len(task.gpus) * task.gpu_milli)
@@ -121,14 +128,21 @@ class SimCluster:
                 self._release_task(job, task)
             msg = f"policy placed job {job.spec.id} where it does not fit: {err}"
             raise ValueError(msg) from err
+        self.colocation.add(job.spec, placement)
 
     def unbind(self, job: JobRun) -> None:
         assert job.placement is not None
         for task in job.placement.tasks:
             self._release_task(job, task)
+        self.colocation.remove(job.spec, job.placement)
+
+    def speed_factor(self, job: JobRun) -> float:
+        """Share of its speed a running job keeps beside other jobs' auxiliary parts."""
+        assert job.placement is not None
+        return self.colocation.speed_factor(job.spec.id, job.placement)
 
     def _release_task(self, job: JobRun, task: TaskPlacement) -> None:
-        req = job.spec.task
+        req = task.request or job.spec.task
         node = self.state.node_index[task.node]
         self.state.release(node, task.gpus, task.gpu_milli, req.cpu_milli, req.mem_mib)
         self._count(node, -len(task.gpus) * task.gpu_milli)
@@ -140,3 +154,8 @@ class SimCluster:
 
     def gpus_by_model(self) -> tuple[float, ...]:
         return tuple(self.alloc_by_model[m] / MILLI for m in self.models)
+
+
+def _part_shape(task: TaskPlacement) -> PartShape:
+    cpu = task.request.cpu_milli if task.request is not None else 0
+    return PartShape(task.part, cpu, task.gpu_milli)
