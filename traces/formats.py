@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from policies import JobSpec, NodeSpec
-from traces import canonical, gavel, openb, philly
+from traces import canonical, gavel, openb, philly, rap
 from traces.errors import TraceError
 
 JobReader = Callable[..., Iterable[JobSpec]]
@@ -16,6 +16,7 @@ FORMATS: dict[str, JobReader] = {
     "openb": openb.read_jobs,
     "philly": philly.read_jobs,
     "gavel": gavel.read_jobs,
+    "dlrm": rap.read_jobs,
 }
 """Job readers by format name; other packages may add theirs (e.g. `sia`)."""
 
