@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import aiohttp
@@ -135,5 +135,11 @@ class Informer:
     async def wait_for_version(self, version: str) -> None:
         """Until this informer has seen `version` (resourceVersions of one resource
         compare as integers since Kubernetes 1.35, KEP-5504)."""
-        while not self.resource_version or int(self.resource_version) < int(version):
+        await self.wait_until(
+            lambda: bool(self.resource_version) and int(self.resource_version) >= int(version)
+        )
+
+    async def wait_until(self, condition: Callable[[], bool]) -> None:
+        """Until `condition()` holds, re-checked after every list and event handled."""
+        while not condition():
             await self._advanced.wait()

@@ -96,14 +96,13 @@ class Admin:
             await self.api.call("POST", f"/api/v1/namespaces/{NAMESPACE}/pods", body=manifest)
         )
 
-    async def delete_pod(self, name: str) -> str:
-        """Force-delete; returns the resourceVersion of the deletion."""
-        body = await self.api.call(
+    async def delete_pod(self, name: str) -> None:
+        """Force-delete (no grace period)."""
+        await self.api.call(
             "DELETE",
             f"/api/v1/namespaces/{NAMESPACE}/pods/{name}",
             params={"gracePeriodSeconds": "0"},
         )
-        return str(body["metadata"]["resourceVersion"])
 
     async def pod(self, name: str) -> dict[str, Any] | None:
         status, body = await self.api.request("GET", f"/api/v1/namespaces/{NAMESPACE}/pods/{name}")
