@@ -13,6 +13,8 @@ The trace is generated here, never copied from shared data.
 from __future__ import annotations
 
 import asyncio
+import csv
+import functools
 import heapq
 from pathlib import Path
 from typing import Any
@@ -20,8 +22,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from controller.encoders import WholeGpu
+from controller.informer import Informer
 from controller.objects import ASSIGNED_GPUS, ASSIGNED_MILLI
-from controller.runtime import Controller
+from controller.recorder import TraceRecorder
+from controller.runtime import NON_TERMINAL, Controller
 from policies import (
     FixedDuration,
     JobSpec,
@@ -38,6 +43,7 @@ from simulator.engine import Simulation
 from simulator.metrics import JOB_COLUMNS
 from tests.kube.controlplane import ControlPlane
 from tests.kube.helpers import Admin, RunningController, pod_manifest
+from traces.canonical import read_jobs, read_nodes
 
 pytestmark = pytest.mark.kube
 
@@ -123,14 +129,23 @@ def simulate(
 
 
 async def replay_through_controller(
-    kube: ControlPlane, nodes: list[NodeSpec], jobs: list[JobSpec], policy: str
+    kube: ControlPlane, nodes: list[NodeSpec], jobs: list[JobSpec], policy: str, out: Path
 ) -> dict[str, tuple[float, str, tuple[int, ...], int]]:
+    """Replays the trace; meanwhile `controller record` logic writes what it observed."""
     admin = Admin(str(kube.admin_kubeconfig))
     placed: dict[str, tuple[float, str, tuple[int, ...], int]] = {}
+    recorder = TraceRecorder(WholeGpu())
+    informers = [
+        Informer(admin.api, "nodes", "/api/v1/nodes", recorder),
+        Informer(admin.api, "pods", "/api/v1/pods", recorder, {"fieldSelector": NON_TERMINAL}),
+    ]
+    recording = [asyncio.create_task(i.run()) for i in informers]
     try:
         await admin.create_nodes(nodes)
         async with RunningController(str(kube.scheduler_kubeconfig), policy) as ctl:
             await lockstep(admin, ctl, jobs, placed)
+            await asyncio.wait_for(informers[1].wait_for_version(ctl.pods.resource_version), 30)
+            recorder.write(out)
             # Every pod the API server bound carries what the controller says it chose.
             for pod in await admin.pods():
                 name = pod["metadata"]["name"]
@@ -140,6 +155,9 @@ async def replay_through_controller(
                 assert (pod["spec"]["nodeName"], gpus) == (node, chosen)
                 assert int(notes[ASSIGNED_MILLI]) == milli
     finally:
+        for task in recording:
+            task.cancel()
+        await asyncio.gather(*recording, return_exceptions=True)
         await admin.close()
     return placed
 
@@ -174,7 +192,7 @@ async def lockstep(
                 uids[name] = created["metadata"]["uid"]
         if versions:
             await asyncio.wait_for(ctl.pods.wait_for_version(max(versions, key=int)), 30)
-        gone = lambda: not any(uid in ctl.cache.pods for uid in departed)  # noqa: E731
+        gone = functools.partial(_all_gone, ctl, tuple(departed))
         await asyncio.wait_for(ctl.pods.wait_until(gone), 30)
         scheduler.resume()
         await asyncio.wait_for(scheduler.wait_idle(), 30)
@@ -187,15 +205,46 @@ async def lockstep(
         bound_now.clear()
 
 
+def _all_gone(ctl: Controller, uids: tuple[str, ...]) -> bool:
+    return not any(uid in ctl.cache.pods for uid in uids)
+
+
 @pytest.mark.parametrize("policy", ["bestfit", "fgd"])
 def test_simulator_and_controller_place_every_task_identically(
-    kube: ControlPlane, policy: str
+    kube: ControlPlane, policy: str, tmp_path: Path
 ) -> None:
     nodes, jobs = openb_like()
     expected = simulate(nodes, jobs, policy)
-    actual = asyncio.run(replay_through_controller(kube, nodes, jobs, policy))
+    actual = asyncio.run(replay_through_controller(kube, nodes, jobs, policy, tmp_path))
     assert len(expected) == len(jobs)
     waited = sum(1 for job in jobs if expected[job.id][0] > job.submit_time)
     assert waited > 10, "the trace should make some tasks queue"
     mismatches = [(j, expected[j], actual.get(j)) for j in expected if expected[j] != actual.get(j)]
     assert not mismatches, mismatches[:5]
+    check_recorded_trace(tmp_path, nodes, jobs, actual)
+
+
+def check_recorded_trace(
+    out: Path, nodes: list[NodeSpec], jobs: list[JobSpec], placed: dict[str, Any]
+) -> None:
+    """What `controller record` wrote is the trace's cluster and tasks, in arrival order,
+    with the placements the controller made, and the simulator replays it to the end."""
+    recorded_nodes = read_nodes(out / "nodes.csv")
+    assert [(n.name, n.gpus, n.gpu_model) for n in recorded_nodes] == sorted(
+        (n.name, n.gpus, n.gpu_model) for n in nodes
+    )
+    recorded = list(read_jobs(out / "jobs.csv"))
+    by_id = {j.id: j for j in jobs}
+    assert sorted(j.id for j in recorded) == sorted(by_id)
+    assert all(j.task == by_id[j.id].task for j in recorded)
+    assert all(j.allowed_models == by_id[j.id].allowed_models for j in recorded)
+    arrival = [j.id for j in sorted(recorded, key=lambda j: j.submit_time)]
+    assert arrival == [j.id for j in sorted(jobs, key=lambda j: j.submit_time)]
+    with (out / "placements.csv").open() as handle:
+        rows = {r["pod"]: (r["node"], r["gpus"]) for r in csv.DictReader(handle)}
+    assert rows == {
+        name: (node, ",".join(map(str, gpus))) for name, (_, node, gpus, _) in placed.items()
+    }
+    replay = Simulation(recorded_nodes, recorded, make_policy("bestfit")).run()
+    status = JOB_COLUMNS.index("status")
+    assert [row[status] for row in replay.jobs] == ["completed"] * len(jobs)
