@@ -15,6 +15,7 @@ from policies import (
     gpu_packing,
     las,
     random_fit,
+    rap,
 )
 from policies.base import (
     Context,
@@ -95,4 +96,5 @@ __all__ = [
     "policy_class",
     "policy_names",
     "random_fit",
+    "rap",
 ]
