@@ -171,7 +171,8 @@ class TrainingAgent:
         epoch = work.profile.epochs.epoch_of(done)
         batch = self._choose_batch(shape.gpu_model, placement)
         self.batch = batch
-        self._observe(shape.gpu_model, placement, batch)
+        if work.mode != RIGID:  # a rigid job has nothing to tune, so it models nothing
+            self._observe(shape.gpu_model, placement, batch)
         sqr, var = work.profile.epochs.grad_stats(batch.global_batch(sum(placement)), epoch)
         self._set_grad(GradParams(sqr, var))
         return work._true_rate(shape, placement, batch, done)

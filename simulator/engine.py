@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -46,6 +47,9 @@ class EngineOptions:
     """Restart delay for jobs whose spec gives none (Sia's default restart cost)."""
     horizon_s: float = math.inf
     """Stop the clock here; jobs still pending or running are reported unfinished."""
+    startup_delay: bool = False
+    """Charge the restart delay on a job's first start too (checkpoint-restore jobs pay
+    it on every launch, as the Sia and Pollux simulators model)."""
 
 
 class Simulation:
@@ -188,13 +192,17 @@ class Simulation:
         self._pass_requested = False
         now = self.env.now
         self.pass_count += 1
+        self._refresh_agents(now)
         snapshot = Snapshot(
             cluster=self.cluster.state.view(),
             running=[j.view() for j in self.running.values()],
             pending=[j.view() for j in self.pending.values()],
             now=now,
         )
+        started = time.perf_counter()
         result = self.policy.schedule(snapshot, self.ctx)
+        wall_s = time.perf_counter() - started
+        self.recorder.on_pass(now, wall_s, len(snapshot.running), len(snapshot.pending), result)
         self._apply(result, now)
         self._retime_disturbed(now)
         # Nothing runs, nothing will arrive and the policy placed nothing: waiting jobs
@@ -221,9 +229,14 @@ class Simulation:
         for decision in result.decisions:
             if isinstance(decision, Preempt):
                 self._preempt(decision.job_id, now)
-        for decision in result.decisions:
-            if isinstance(decision, Resize):
-                self._resize(decision, now)
+        resizes = [d for d in result.decisions if isinstance(d, Resize)]
+        # Release every resized job first, so jobs may take each other's GPUs.
+        for decision in resizes:
+            job = self.running[decision.job_id]
+            job.sync(now)
+            self.cluster.unbind(job)
+        for decision in resizes:
+            self._resize(decision, now)
         for decision in result.decisions:
             if isinstance(decision, Place):
                 self._start(decision, now)
@@ -249,15 +262,14 @@ class Simulation:
     def _start(self, decision: Place, now: float) -> None:
         job = self.pending.pop(decision.job_id)
         self.cluster.bind(job, decision.placement)
-        restarting = job.first_start is not None
+        restarting = job.first_start is not None or self.options.startup_delay
         if job.first_start is None:
             job.first_start = now
         self._run_on(job, decision.placement, now, restarting)
 
     def _resize(self, decision: Resize, now: float) -> None:
+        """Move a job whose old placement `_apply` has already released."""
         job = self.running[decision.job_id]
-        job.sync(now)
-        self.cluster.unbind(job)
         self.cluster.bind(job, decision.placement)
         job.restarts += 1
         self._run_on(job, decision.placement, now, restarting=True)
@@ -269,7 +281,7 @@ class Simulation:
         job.models_used.add(job.shape.gpu_model)
         job.max_gpus = max(job.max_gpus, placement.num_gpus)
         job.last_placement = describe_placement(placement)
-        job.rate = job.spec.work.rate(job.shape, job.done) * self.cluster.speed_factor(job)
+        job.rate = job.work_rate() * self.cluster.speed_factor(job)
         if job.rate <= 0:
             raise ValueError(f"job {job.spec.id} has no throughput on {job.shape.gpu_model}")
         delay = self._restart_cost(job) if restarting else 0.0
@@ -281,8 +293,43 @@ class Simulation:
         self._schedule_completion(job, now)
 
     def _schedule_completion(self, job: JobRun, now: float) -> None:
-        completion = self.env.timeout(job.finish_time() - now)
+        """Schedule the job's completion, or first the point where its rate changes."""
+        finish = job.finish_time()
+        change = job.change_at
+        if change is not None and job.done < change < job.spec.work.total:
+            at = job.progress_since + (change - job.done) / job.rate
+            if at < finish:
+                event = self.env.timeout(at - now)
+                event.callbacks.append(
+                    functools.partial(self._on_rate_change, job.spec.id, job.epoch, change)
+                )
+                return
+        completion = self.env.timeout(finish - now)
         completion.callbacks.append(functools.partial(self._on_completion, job.spec.id, job.epoch))
+
+    def _on_rate_change(self, job_id: str, epoch: int, change: float, _e: simpy.Event) -> None:
+        job = self.running.get(job_id)
+        if job is None or job.epoch != epoch:
+            return  # stale: the job was preempted, resized or re-timed since
+        now = self.env.now
+        job.sync(now)
+        job.done = max(job.done, change)  # land exactly on the change point
+        self._retime(job, now)
+
+    def _retime(self, job: JobRun, now: float) -> None:
+        """Recompute a running job's rate at its current progress and reschedule."""
+        job.rate = job.work_rate() * self.cluster.speed_factor(job)
+        job.epoch += 1  # whatever was scheduled at the old rate is now stale
+        job._view = None
+        self._schedule_completion(job, now)
+
+    def _refresh_agents(self, now: float) -> None:
+        """Jobs that tune themselves (batch size) re-decide before every pass, as a job
+        would between rounds; the policy then sees their latest hints."""
+        for job in self.running.values():
+            if job.agent is not None:
+                job.sync(now)
+                self._retime(job, now)
 
     def _retime_disturbed(self, now: float) -> None:
         """Re-time running jobs whose GPUs gained or lost another job's auxiliary part
@@ -292,7 +339,7 @@ class Simulation:
             if job is None or job.shape is None:
                 continue
             job.sync(now)
-            rate = job.spec.work.rate(job.shape, job.done) * self.cluster.speed_factor(job)
+            rate = job.work_rate() * self.cluster.speed_factor(job)
             if rate == job.rate:
                 continue
             job.rate = rate

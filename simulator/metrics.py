@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from policies import Place, Preempt, Resize, SchedulingResult
 from simulator.state import JobRun
 
 JOB_COLUMNS = (
@@ -30,6 +31,8 @@ JOB_COLUMNS = (
     "placement",
 )
 """`placement` is the job's last placement as `node:gpu+gpu;node:gpu` (empty if never run)."""
+PASS_COLUMNS = ("time_s", "policy_wall_s", "running", "pending", "placed", "preempted", "resized")
+"""One row per scheduling pass (round); followed by the policy's own `notes` keys."""
 TIMELINE_COLUMNS = ("time_s", "alloc_gpu_pct", "running", "pending")
 """Followed by one `gpus_<model>` column per GPU model: GPUs allocated of that model."""
 
@@ -46,6 +49,8 @@ class Recorder:
     _last_t: float | None = None
     first_submit: float | None = None
     last_end: float | None = None
+    passes: list[tuple[object, ...]] = field(default_factory=list)
+    pass_notes: list[dict[str, float]] = field(default_factory=list)
     end_listeners: list[Callable[[JobRun, str], None]] = field(default_factory=list)
     """Called with each job and its final status as it is recorded (hosts that keep
     per-job bookkeeping, e.g. accuracy of continual-training streams, hook in here)."""
@@ -63,6 +68,19 @@ class Recorder:
             self.timeline[-1] = row
         else:
             self.timeline.append(row)
+
+    def on_pass(
+        self, now: float, wall_s: float, running: int, pending: int, result: SchedulingResult
+    ) -> None:
+        """Record one scheduling pass: its wall time and what it decided."""
+        counts = {Place: 0, Preempt: 0, Resize: 0}
+        for decision in result.decisions:
+            if type(decision) in counts:
+                counts[type(decision)] += 1
+        self.passes.append(
+            (now, wall_s, running, pending, counts[Place], counts[Preempt], counts[Resize])
+        )
+        self.pass_notes.append(dict(result.notes))
 
     def on_submit(self, now: float) -> None:
         if self.first_submit is None:

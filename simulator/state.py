@@ -9,6 +9,7 @@ completion time is known exactly and nothing is ticked.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from policies import (
     MILLI,
@@ -46,7 +47,28 @@ class JobRun:
     models_used: set[str] = field(default_factory=set)
     max_gpus: int = 0
     last_placement: str = ""
+    agent: Any = None
+    """Per-run companion of the work model (`work.agent()`, e.g. an adaptive job's own
+    batch tuning), asked for rates and hints in place of the work model."""
+    service_by_model: dict[str, float] = field(default_factory=dict)
+    change_at: float | None = None
+    """Progress at which the rate changes next (e.g. an epoch boundary), if known."""
     _view: JobView | None = None
+
+    def __post_init__(self) -> None:
+        make_agent = getattr(self.spec.work, "agent", None)
+        if self.agent is None and callable(make_agent):
+            self.agent = make_agent()
+
+    def work_rate(self) -> float:
+        """The work model's (or its agent's) rate on the current shape; also notes the
+        progress at which that rate next changes."""
+        assert self.shape is not None
+        source = self.agent if self.agent is not None else self.spec.work
+        rate = float(source.rate(self.shape, self.done))
+        next_change = getattr(source, "next_change", None)
+        self.change_at = next_change(self.done) if callable(next_change) else None
+        return rate
 
     def view(self) -> JobView:
         """Cached immutable view; rebuilt only after the job changes."""
@@ -62,6 +84,9 @@ class JobRun:
                 queued_since=self.queued_since,
                 restarts=self.restarts,
                 done=self.done,
+                restart_until=self.progress_since,
+                service_by_model=dict(self.service_by_model),
+                hints=self.agent.hints() if hasattr(self.agent, "hints") else None,
             )
         return self._view
 
@@ -74,7 +99,11 @@ class JobRun:
                 self.spec.work.total, self.done + self.rate * (now - self.progress_since)
             )
             self.progress_since = now
-        self.attained_gpu_s += self.placement.gpu_milli_total / MILLI * (now - self.service_since)
+        gpu_s = self.placement.gpu_milli_total / MILLI * (now - self.service_since)
+        self.attained_gpu_s += gpu_s
+        if self.shape is not None and gpu_s:
+            model = self.shape.gpu_model
+            self.service_by_model[model] = self.service_by_model.get(model, 0.0) + gpu_s
         self.service_since = now
         self._view = None
 
@@ -110,6 +139,10 @@ class SimCluster:
             num_nodes=len(nodes),
             gpu_milli=milli,
             replicas=len(replicas),
+            gpus_per_node=tuple(
+                sum(len(t.gpus) for t in replicas if t.node == n) for n in nodes
+            ),
+            gpu_models=tuple(sorted(models)),
             mode=placement.mode,
             parts=tuple(_part_shape(t) for t in placement.part_tasks),
         )

@@ -1,0 +1,687 @@
+"""Sia (SOSP'23): heterogeneity-aware, goodput-optimised allocation by an ILP each round.
+
+Every 60 s round:
+
+1. *Configurations*: per GPU model with R GPUs per node, powers of two up to R within a
+   node, then whole nodes (2R, 3R, ...), up to the node count the jobs' throughput models
+   reach (`GoodputHints.max_nodes`) and 64 GPUs.
+2. *Utility matrix G* (jobs × configurations): the job's batch-optimised goodput on each
+   valid configuration (its fitted model on that GPU model; before it has run there, its
+   model on another GPU model scaled by the 1-GPU probe ratio; before it has run
+   anywhere, 1 on each model's 1-GPU configuration), divided by the row's smallest
+   entry. Invalid entries get ε. Every configuration but the job's current one is scaled
+   by the restart factor r = max(T − N·S, 0)/(T + S) (age T, restarts N, restart cost S;
+   r = 1 while T < S). Then U = round(G^p, 2) clipped at 3000, with p = −0.5.
+3. *ILP* (scipy.optimize.milp, HiGHS): binary A_ij, at most one configuration per job,
+   GPUs per model within capacity, jobs still paying a restart delay pinned to their
+   configuration; minimise Σ A∘U + λ·(jobs left unallocated), λ = 1.1. Rigid jobs get
+   one variable per GPU model at their fixed GPU count.
+4. *Placement*: kept jobs stay put; moved and new jobs go largest first, multi-node
+   configurations on whole free nodes, single-node ones best-fit on one node, so no node
+   holds two distributed jobs. If a model is too fragmented, all its jobs are repacked
+   (each trying its old GPUs first).
+
+The policy is stateless between rounds: the current configuration, restarts and age come
+from the snapshot, the goodput models from the jobs' hints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+import numpy.typing as npt
+import scipy.optimize
+import scipy.sparse
+
+from policies.base import Context, PolicyConfig, RoundPolicy, Snapshot
+from policies.cluster import MILLI, ClusterState
+from policies.decisions import Decision, Place, Preempt, Resize, SchedulingResult
+from policies.elastic import RIGID, SCALE_GPUS, GoodputHints
+from policies.jobs import AllocationShape, JobSpec, JobStatus, JobView, Placement, TaskPlacement
+from policies.perf_models import packed_placement
+
+FloatArray = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class SiaConfig(PolicyConfig):
+    p: float = field(default=-0.5, metadata={"help": "fairness power applied to utilities"})
+    lambda_unallocated: float = field(
+        default=1.1, metadata={"help": "ILP cost of leaving a job without GPUs (λ_n)"}
+    )
+    round_s: float = field(default=60.0, metadata={"help": "seconds between rounds"})
+    clip: float = field(default=3000.0, metadata={"help": "cap on powered utilities"})
+    epsilon: float = field(default=1e-4, metadata={"help": "goodput of invalid configurations"})
+    project_throughputs: bool = field(
+        default=True,
+        metadata={"help": "estimate unseen GPU models from a seen one and the 1-GPU probes"},
+    )
+    share_max_replicas: bool = field(
+        default=True, metadata={"help": "one GPU-count limit across GPU models"}
+    )
+    max_gpus: int = field(default=64, metadata={"help": "largest configuration in GPUs"})
+    growth: float = field(
+        default=2.0, metadata={"help": "a job may grow to this multiple of its largest run"}
+    )
+    pin_restarting: bool = field(
+        default=True, metadata={"help": "keep jobs that are still restarting where they are"}
+    )
+    restart_penalty_s: float = field(
+        default=30.0, metadata={"help": "restart cost S for jobs that state none"}
+    )
+    mip_rel_gap: float = field(default=1e-4, metadata={"help": "ILP relative optimality gap"})
+    heterogeneity_aware: bool = field(
+        default=True,
+        metadata={"help": "false: every GPU model looks like the first (Sia-unaware)"},
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Configuration:
+    """`gpus` GPUs of `model` on `nodes` nodes."""
+
+    model: str
+    nodes: int
+    gpus: int
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """One GPU model of the cluster: node indices, GPUs per node, total GPUs."""
+
+    name: str
+    nodes: tuple[int, ...]
+    gpus_per_node: int
+    total_gpus: int
+
+
+def cluster_models(cluster: ClusterState) -> dict[str, ModelInfo]:
+    infos = {}
+    for index, model in enumerate(cluster.gpu_models):
+        nodes = tuple(int(n) for n in np.flatnonzero(cluster.model_idx == index))
+        counts = cluster.gpu_count[list(nodes)]
+        values, freq = np.unique(counts, return_counts=True)
+        infos[model] = ModelInfo(model, nodes, int(values[np.argmax(freq)]), int(counts.sum()))
+    return infos
+
+
+def build_configurations(
+    models: Mapping[str, ModelInfo], max_nodes: Mapping[str, int], max_gpus: int
+) -> list[Configuration]:
+    """Sia's configuration set. Within a node: the powers of two that divide R (an R that
+    is not a power of two acts as several virtual nodes); across nodes: whole nodes."""
+    configs = []
+    for model, info in models.items():
+        per_node = info.gpus_per_node
+        if per_node < 1:
+            continue
+        size = 1
+        while size <= per_node and per_node % size == 0:
+            configs.append(Configuration(model, 1, size))
+            size *= 2
+        if configs[-1].gpus != per_node:
+            configs.append(Configuration(model, 1, per_node))
+        node_cap = min(len(info.nodes), max_nodes.get(model, len(info.nodes)))
+        for nodes in range(2, node_cap + 1):
+            if nodes * per_node > max_gpus:
+                break
+            configs.append(Configuration(model, nodes, nodes * per_node))
+    return configs
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """The ILP's answer: per job, a configuration index (or a GPU model for rigid jobs),
+    or None when the job gets nothing this round."""
+
+    adaptive: tuple[int | None, ...]
+    rigid: tuple[int | None, ...]
+    objective: float
+
+
+def solve_allocation(
+    adaptive_cost: FloatArray,
+    config_gpus: Sequence[int],
+    config_model: Sequence[int],
+    rigid_cost: FloatArray,
+    rigid_gpus: Sequence[int],
+    capacity: Sequence[int],
+    pinned_adaptive: Mapping[int, int] | None = None,
+    pinned_rigid: Mapping[int, int] | None = None,
+    minimise: bool = True,
+    rel_gap: float = 1e-4,
+) -> Allocation:
+    """Sia's ILP. `adaptive_cost[i, j]` is the objective coefficient of giving job i
+    configuration j (U − λ); `rigid_cost[i, t]` of running rigid job i on model t. At most
+    one choice per job; per model, the GPUs chosen fit `capacity`; pins force a choice."""
+    n_adaptive, n_configs = adaptive_cost.shape if adaptive_cost.size else (0, len(config_gpus))
+    n_rigid, n_models = rigid_cost.shape if rigid_cost.size else (0, len(capacity))
+    n_a, n_r = n_adaptive * n_configs, n_rigid * n_models
+    if n_a + n_r == 0:
+        return Allocation((), (), 0.0)
+    cost = np.concatenate([adaptive_cost.ravel(), rigid_cost.ravel()])
+    rows, cols, vals = [], [], []
+    # One choice per job.
+    for i in range(n_adaptive):
+        rows += [i] * n_configs
+        cols += list(range(i * n_configs, (i + 1) * n_configs))
+        vals += [1.0] * n_configs
+    for i in range(n_rigid):
+        rows += [n_adaptive + i] * n_models
+        cols += list(range(n_a + i * n_models, n_a + (i + 1) * n_models))
+        vals += [1.0] * n_models
+    # GPUs per model.
+    base = n_adaptive + n_rigid
+    for i in range(n_adaptive):
+        for j in range(n_configs):
+            rows.append(base + int(config_model[j]))
+            cols.append(i * n_configs + j)
+            vals.append(float(config_gpus[j]))
+    for i in range(n_rigid):
+        for t in range(n_models):
+            rows.append(base + t)
+            cols.append(n_a + i * n_models + t)
+            vals.append(float(rigid_gpus[i]))
+    matrix = scipy.sparse.csr_array((vals, (rows, cols)), shape=(base + n_models, n_a + n_r))
+    upper = np.concatenate([np.ones(base), np.asarray(capacity, dtype=float)])
+    lower_bounds = np.zeros(n_a + n_r)
+    for i, j in (pinned_adaptive or {}).items():
+        lower_bounds[i * n_configs + j] = 1.0
+    for i, t in (pinned_rigid or {}).items():
+        lower_bounds[n_a + i * n_models + t] = 1.0
+    result = scipy.optimize.milp(
+        cost if minimise else -cost,
+        constraints=scipy.optimize.LinearConstraint(matrix, -np.inf, upper),
+        integrality=np.ones(n_a + n_r),
+        bounds=scipy.optimize.Bounds(lower_bounds, np.ones(n_a + n_r)),
+        options={"mip_rel_gap": rel_gap},
+    )
+    if result.x is None:
+        raise ValueError(f"Sia ILP failed: {result.message}")
+    chosen = np.round(result.x).astype(int)
+    return Allocation(
+        adaptive=_choices(chosen[:n_a], n_adaptive, n_configs),
+        rigid=_choices(chosen[n_a:], n_rigid, n_models),
+        objective=float(cost @ chosen),
+    )
+
+
+def _choices(flat: npt.NDArray[np.int64], jobs: int, width: int) -> tuple[int | None, ...]:
+    if jobs == 0:
+        return ()
+    grid = flat.reshape(jobs, width)
+    return tuple(int(np.argmax(row)) if row.any() else None for row in grid)
+
+
+def restart_factor(age_s: float, restarts: int, penalty_s: float) -> float:
+    """Pollux's re-allocation factor: the share of its life a job has not lost to
+    restarts, counting the one a move would cost; 1 while the job is younger than S."""
+    if age_s < penalty_s:
+        return 1.0
+    return max(age_s - restarts * penalty_s, 0.0) / (age_s + penalty_s)
+
+
+def powered_utility(goodput: FloatArray, p: float, clip: float) -> FloatArray:
+    powered = np.round(np.power(goodput, p), 2)
+    return np.asarray(np.minimum(powered, clip), dtype=float)
+
+
+class Sia(RoundPolicy):
+    name = "sia"
+    config_type = SiaConfig
+    adapts_jobs: ClassVar[bool] = True
+    """Jobs under Sia tune GPU count and batch size (hosts run them adaptive)."""
+
+    def __init__(self, config: PolicyConfig | None = None) -> None:
+        super().__init__(config)
+        assert isinstance(self.config, SiaConfig)
+        cfg = self.config
+        if cfg.p == 0:
+            raise ValueError("Sia's power p must not be 0")
+        if (cfg.p < 0) != (cfg.lambda_unallocated > 0):
+            raise ValueError("λ must be positive for p < 0 and negative for p > 0")
+        self.round_s = cfg.round_s
+        self._rows: dict[str, tuple[object, tuple[Configuration, ...], FloatArray]] = {}
+
+    @property
+    def cfg(self) -> SiaConfig:
+        assert isinstance(self.config, SiaConfig)
+        return self.config
+
+    def schedule(self, snapshot: Snapshot, ctx: Context) -> SchedulingResult:
+        jobs = sorted(
+            (*snapshot.running, *snapshot.pending), key=lambda j: (j.spec.submit_time, j.id)
+        )
+        if not jobs:
+            return SchedulingResult()
+        models = cluster_models(snapshot.cluster)
+        hints = {job.id: _hints_of(job) for job in jobs}
+        max_nodes = _max_nodes(models, hints.values())
+        configs = build_configurations(models, max_nodes, self.cfg.max_gpus)
+        adaptive = [j for j in jobs if _adaptive(hints[j.id])]
+        rigid = [j for j in jobs if not _adaptive(hints[j.id])]
+        model_names = list(models)
+        allocation = self._solve(snapshot, adaptive, rigid, configs, models, model_names, hints)
+        wanted: dict[str, tuple[str, tuple[int, ...]]] = {}
+        for job, choice in zip(adaptive, allocation.adaptive, strict=True):
+            if choice is not None:
+                config = configs[choice]
+                wanted[job.id] = (config.model, self._shape_of(config, models))
+        for job, choice in zip(rigid, allocation.rigid, strict=True):
+            if choice is not None:
+                model = models[model_names[choice]]
+                k = _rigid_gpus(job)
+                wanted[job.id] = (model.name, packed_placement(k, model.gpus_per_node))
+        self._forget_gone(jobs)
+        decisions = place_allocations(snapshot, wanted, models)
+        notes = {
+            "jobs": float(len(jobs)),
+            "allocated": float(len(wanted)),
+            "configs": float(len(configs)),
+            "objective": allocation.objective,
+        }
+        return SchedulingResult(tuple(decisions), notes=notes)
+
+    # -- utilities and the ILP ---------------------------------------------------------
+
+    def _solve(
+        self,
+        snapshot: Snapshot,
+        adaptive: Sequence[JobView],
+        rigid: Sequence[JobView],
+        configs: Sequence[Configuration],
+        models: Mapping[str, ModelInfo],
+        model_names: Sequence[str],
+        hints: Mapping[str, GoodputHints | None],
+    ) -> Allocation:
+        cfg = self.cfg
+        config_key = tuple(configs)
+        index_of = {c: i for i, c in enumerate(configs)}
+        adaptive_cost = np.zeros((len(adaptive), len(configs)))
+        pinned_a: dict[int, int] = {}
+        for i, job in enumerate(adaptive):
+            row = self._goodput_row(job, hints[job.id], config_key, models).copy()
+            current = _current_config(job, index_of)
+            self._apply_restart_factor(row, job, current, snapshot.now)
+            adaptive_cost[i] = powered_utility(row, cfg.p, cfg.clip) - cfg.lambda_unallocated
+            if current is not None and self._pinned(job, snapshot.now):
+                pinned_a[i] = current
+        rigid_cost = np.zeros((len(rigid), len(model_names)))
+        pinned_r: dict[int, int] = {}
+        for i, job in enumerate(rigid):
+            row = self._rigid_row(job, models, model_names)
+            current_model = job.shape.gpu_model if job.shape is not None else None
+            current = model_names.index(current_model) if current_model in models else None
+            self._apply_restart_factor(row, job, current, snapshot.now)
+            rigid_cost[i] = powered_utility(row, cfg.p, cfg.clip) - cfg.lambda_unallocated
+            if current is not None and self._pinned(job, snapshot.now):
+                pinned_r[i] = current
+        return solve_allocation(
+            adaptive_cost,
+            [c.gpus for c in configs],
+            [model_names.index(c.model) for c in configs],
+            rigid_cost,
+            [_rigid_gpus(j) for j in rigid],
+            [models[m].total_gpus for m in model_names],
+            pinned_a,
+            pinned_r,
+            minimise=cfg.p < 0,
+            rel_gap=cfg.mip_rel_gap,
+        )
+
+    def _pinned(self, job: JobView, now: float) -> bool:
+        return (
+            self.cfg.pin_restarting and job.status is JobStatus.RUNNING and job.restart_until > now
+        )
+
+    def _apply_restart_factor(
+        self, row: FloatArray, job: JobView, current: int | None, now: float
+    ) -> None:
+        if current is None:
+            return  # a job without GPUs loses nothing by being moved
+        penalty = _restart_penalty(job.spec, self.cfg.restart_penalty_s)
+        factor = restart_factor(now - job.spec.submit_time, job.restarts, penalty)
+        keep = row[current]
+        row *= factor
+        row[current] = keep
+        np.maximum(row, self.cfg.epsilon, out=row)
+
+    def _goodput_row(
+        self,
+        job: JobView,
+        hints: GoodputHints | None,
+        configs: tuple[Configuration, ...],
+        models: Mapping[str, ModelInfo],
+    ) -> FloatArray:
+        """Normalised goodput over the configurations, cached until the job's hints or
+        the configuration set change."""
+        cached = self._rows.get(job.id)
+        if cached is not None and cached[0] is hints and cached[1] == configs:
+            return cached[2]
+        assert hints is not None
+        row = normalised_goodput(job.spec, hints, configs, models, self.cfg)
+        self._rows[job.id] = (hints, configs, row)
+        return row
+
+    def _rigid_row(
+        self, job: JobView, models: Mapping[str, ModelInfo], model_names: Sequence[str]
+    ) -> FloatArray:
+        """True throughput at the job's fixed size on each model, scaled so the slowest
+        model is worth the job's GPU count; ε where the job cannot run."""
+        k = _rigid_gpus(job)
+        rates = np.zeros(len(model_names))
+        for t, name in enumerate(model_names):
+            info = models[name]
+            if job.spec.allows(name) and k <= info.total_gpus:
+                placement = packed_placement(k, info.gpus_per_node)
+                shape = AllocationShape(
+                    name,
+                    k,
+                    len(placement),
+                    replicas=k,
+                    gpus_per_node=placement,
+                    gpu_models=(name,),
+                )
+                rates[t] = job.spec.work.rate(shape, job.done)
+        if not self.cfg.heterogeneity_aware:
+            rates = np.where(rates > 0, 1.0, 0.0)
+        positive = rates > 0
+        if not positive.any():
+            return np.full(len(model_names), self.cfg.epsilon)
+        row = np.where(positive, rates * (k / rates[positive].min()), self.cfg.epsilon)
+        return np.asarray(row, dtype=float)
+
+    def _forget_gone(self, jobs: Sequence[JobView]) -> None:
+        active = {j.id for j in jobs}
+        for job_id in [k for k in self._rows if k not in active]:
+            del self._rows[job_id]
+
+    @staticmethod
+    def _shape_of(config: Configuration, models: Mapping[str, ModelInfo]) -> tuple[int, ...]:
+        per_node = models[config.model].gpus_per_node
+        return packed_placement(config.gpus, min(per_node, config.gpus))
+
+
+def normalised_goodput(
+    spec: JobSpec,
+    hints: GoodputHints,
+    configs: Sequence[Configuration],
+    models: Mapping[str, ModelInfo],
+    cfg: SiaConfig,
+) -> FloatArray:
+    """Row of G before the restart factor: goodput per configuration over the row's
+    smallest valid goodput (so the minimum is 1); ε where invalid."""
+    eps = cfg.epsilon
+    row = np.full(len(configs), eps)
+    limits = _replica_limits(spec, hints, models, cfg)
+    by_model: dict[str, list[int]] = {}
+    for j, config in enumerate(configs):
+        by_model.setdefault(config.model, []).append(j)
+    seen = [m for m in models if hints.goodput_fn(m) is not None]
+    if not cfg.heterogeneity_aware:
+        seen = seen[:1]
+    unknown: list[str] = []
+    for model, columns in by_model.items():
+        low, high = limits.get(model, (1, 0))
+        valid = [
+            j
+            for j in columns
+            if low <= configs[j].gpus <= high
+            and configs[j].nodes <= hints.max_nodes.get(model, configs[j].nodes)
+        ]
+        source = model if model in seen else (seen[0] if seen and cfg.project_throughputs else None)
+        if not valid or source is None or not spec.allows(model):
+            unknown.append(model)
+            continue
+        row[valid] = _goodputs(hints, model, source, [configs[j] for j in valid], models, cfg)
+    known = row[row > eps]
+    row /= known.min() if known.size else 1.0
+    for model in unknown:
+        ones = [j for j in by_model[model] if configs[j].gpus == 1]
+        if ones and spec.allows(model):
+            row[ones[0]] = 1.0
+    return np.asarray(np.maximum(row, eps), dtype=float)
+
+
+def _goodputs(
+    hints: GoodputHints,
+    model: str,
+    source: str,
+    configs: Sequence[Configuration],
+    models: Mapping[str, ModelInfo],
+    cfg: SiaConfig,
+) -> FloatArray:
+    """Batch-optimised goodput on `model`, from the job's model of `source` (scaled by
+    the 1-GPU probe ratio when the two differ, as Sia's bootstrapping does)."""
+    fn = hints.goodput_fn(source)
+    assert fn is not None
+    gpus = np.array([c.gpus for c in configs], dtype=float)
+    if source == model:
+        nodes = np.array([c.nodes for c in configs], dtype=float)
+        ratio = 1.0
+    else:
+        nodes = np.ceil(gpus / models[source].gpus_per_node) if source in models else gpus
+        probe = hints.probe_throughput
+        ratio = probe.get(model, 0.0) / probe[source] if probe.get(source) else 0.0
+        if not cfg.heterogeneity_aware:
+            ratio = 1.0
+    low, high = hints.local_bsz_bounds[source]
+    goodput, _, _ = fn.optimize(
+        nodes, gpus, hints.target_batch_size, (low, high), tune_batch=hints.tunes_batch
+    )
+    return np.asarray(goodput * ratio, dtype=float)
+
+
+def _replica_limits(
+    spec: JobSpec, hints: GoodputHints, models: Mapping[str, ModelInfo], cfg: SiaConfig
+) -> dict[str, tuple[int, int]]:
+    """GPU-count bounds per model: at most `growth`× the most GPUs the job has run on
+    there (at least 1), `max_gpus`, and what its largest batch can spread over."""
+    low = spec.elastic.min_replicas if spec.elastic is not None else 1
+    limits = {}
+    for model in models:
+        if model not in hints.local_bsz_bounds:
+            continue
+        min_local, _ = hints.local_bsz_bounds[model]
+        grown = max(int(cfg.growth * hints.max_profiled_replicas.get(model, 0)), 1)
+        limits[model] = min(grown, cfg.max_gpus, hints.max_batch_size // min_local)
+    if hints.mode == SCALE_GPUS:
+        limits = dict.fromkeys(limits, hints.target_replicas)
+    elif cfg.share_max_replicas and limits:
+        shared = max(limits.values())
+        limits = dict.fromkeys(limits, shared)
+    return {m: (max(low, 1), high) for m, high in limits.items()}
+
+
+def _hints_of(job: JobView) -> GoodputHints | None:
+    return job.hints if isinstance(job.hints, GoodputHints) else None
+
+
+def _adaptive(hints: GoodputHints | None) -> bool:
+    return hints is not None and hints.mode != RIGID
+
+
+def _max_nodes(
+    models: Mapping[str, ModelInfo], hints: Iterable[GoodputHints | None]
+) -> dict[str, int]:
+    reach: dict[str, int] = {}
+    for h in hints:
+        if h is None:
+            continue
+        for model, nodes in h.max_nodes.items():
+            reach[model] = max(reach.get(model, 0), nodes)
+    return {m: reach.get(m, len(info.nodes)) for m, info in models.items()}
+
+
+def _rigid_gpus(job: JobView) -> int:
+    hints = _hints_of(job)
+    return hints.target_replicas if hints is not None else job.spec.gpus
+
+
+def _restart_penalty(spec: JobSpec, default: float) -> float:
+    value = spec.attributes.get("restart_penalty_s")
+    if isinstance(value, int | float) and value > 0:
+        return float(value)
+    return spec.restart_cost_s or default
+
+
+def _current_config(job: JobView, index_of: Mapping[Configuration, int]) -> int | None:
+    if job.status is not JobStatus.RUNNING or job.shape is None:
+        return None
+    shape = job.shape
+    return index_of.get(Configuration(shape.gpu_model, shape.num_nodes, shape.num_gpus))
+
+
+# -- allocation → placement ----------------------------------------------------------------
+
+
+def place_allocations(
+    snapshot: Snapshot,
+    wanted: Mapping[str, tuple[str, tuple[int, ...]]],
+    models: Mapping[str, ModelInfo],
+) -> list[Decision]:
+    """Turn per-job (GPU model, GPUs per node) into decisions: preempt jobs left without
+    GPUs, keep jobs whose shape is unchanged, place the rest (resizing running ones)."""
+    state = snapshot.cluster.scratch()
+    decisions: list[Decision] = []
+    kept: dict[str, Placement] = {}
+    for job in snapshot.running:
+        if job.placement is None:
+            continue
+        target = wanted.get(job.id)
+        if target is not None and _same_shape(job, target):
+            kept[job.id] = job.placement
+            continue
+        _release(state, job.spec, job.placement)
+        if target is None:
+            decisions.append(Preempt(job.id, "sia: no configuration this round"))
+    views = {j.id: j for j in (*snapshot.running, *snapshot.pending)}
+    moving = sorted(
+        (job_id for job_id in wanted if job_id not in kept),
+        key=lambda j: (-sum(wanted[j][1]), views[j].spec.submit_time, j),
+    )
+    placements: dict[str, Placement] = {}
+    for model in models:
+        todo = [j for j in moving if wanted[j][0] == model]
+        if not todo:
+            continue
+        placed = _place_model(state, todo, wanted, views, models[model])
+        if placed is None:
+            placed = _repack_model(state, model, kept, wanted, views, models[model])
+        placements.update(placed)
+    for job_id, placement in placements.items():
+        job = views[job_id]
+        if job.status is JobStatus.RUNNING:
+            if job.placement != placement:
+                decisions.append(Resize(job_id, placement, _reason(wanted[job_id])))
+        else:
+            decisions.append(Place(job_id, placement, _reason(wanted[job_id])))
+    return decisions
+
+
+def _reason(target: tuple[str, tuple[int, ...]]) -> str:
+    model, per_node = target
+    return f"sia: {sum(per_node)} × {model} on {len(per_node)} node(s)"
+
+
+def _same_shape(job: JobView, target: tuple[str, tuple[int, ...]]) -> bool:
+    shape = job.shape
+    if shape is None:
+        return False
+    model, per_node = target
+    return (
+        shape.gpu_model == model
+        and shape.gpu_models in ((), (model,))
+        and sorted(shape.gpus_per_node) == sorted(per_node)
+    )
+
+
+def _place_model(
+    state: ClusterState,
+    todo: Sequence[str],
+    wanted: Mapping[str, tuple[str, tuple[int, ...]]],
+    views: Mapping[str, JobView],
+    info: ModelInfo,
+) -> dict[str, Placement] | None:
+    """Place `todo` on `state` (mutating it) or return None, leaving `state` as it was."""
+    placed: dict[str, Placement] = {}
+    for job_id in todo:
+        placement = _place_one(state, views[job_id], wanted[job_id][1], info)
+        if placement is None:
+            for done_id, done in placed.items():
+                _release(state, views[done_id].spec, done)
+            return None
+        placed[job_id] = placement
+    return placed
+
+
+def _repack_model(
+    state: ClusterState,
+    model: str,
+    kept: dict[str, Placement],
+    wanted: Mapping[str, tuple[str, tuple[int, ...]]],
+    views: Mapping[str, JobView],
+    info: ModelInfo,
+) -> dict[str, Placement]:
+    """Fragmentation: release every job of this model and place them all, largest first,
+    each preferring its previous GPUs. Jobs that still do not fit wait."""
+    for job_id in [j for j in kept if wanted[j][0] == model]:
+        _release(state, views[job_id].spec, kept.pop(job_id))
+    todo = sorted(
+        (j for j in wanted if wanted[j][0] == model and j not in kept),
+        key=lambda j: (-sum(wanted[j][1]), views[j].spec.submit_time, j),
+    )
+    placed = {}
+    for job_id in todo:
+        placement = _place_one(state, views[job_id], wanted[job_id][1], info, prefer_old=True)
+        if placement is not None:
+            placed[job_id] = placement
+    return placed
+
+
+def _place_one(
+    state: ClusterState,
+    job: JobView,
+    per_node: tuple[int, ...],
+    info: ModelInfo,
+    prefer_old: bool = False,
+) -> Placement | None:
+    """Whole free nodes for each part of a distributed job; best fit (fewest whole GPUs
+    free, lowest index) on one node otherwise. One task per GPU."""
+    free = {n: int((state.gpu_free[n, : state.gpu_count[n]] == MILLI).sum()) for n in info.nodes}
+    old = set(_old_nodes(job, state)) if prefer_old else set()
+    distributed = len(per_node) > 1
+    chosen: list[tuple[int, int]] = []
+    for need in sorted(per_node, reverse=True):
+        taken = {n for n, _ in chosen}
+        candidates = [n for n in info.nodes if n not in taken and free[n] >= need]
+        if distributed or need == info.gpus_per_node:
+            candidates = [n for n in candidates if free[n] == state.gpu_count[n]]
+        if not candidates:
+            return None
+        pool = [n for n in candidates if n in old] or candidates
+        chosen.append((min(pool, key=lambda n: (free[n], n)), need))
+    req = job.spec.task
+    tasks = []
+    for node, need in chosen:
+        whole = np.flatnonzero(state.gpu_free[node, : state.gpu_count[node]] == MILLI)[:need]
+        for gpu in (int(g) for g in whole):
+            state.allocate(node, (gpu,), MILLI, req.cpu_milli, req.mem_mib)
+            tasks.append(TaskPlacement(state.nodes[node].name, (gpu,), MILLI))
+    return Placement(tuple(tasks))
+
+
+def _old_nodes(job: JobView, state: ClusterState) -> list[int]:
+    if job.placement is None:
+        return []
+    return [state.node_index[t.node] for t in job.placement.tasks if t.node in state.node_index]
+
+
+def _release(state: ClusterState, spec: JobSpec, placement: Placement) -> None:
+    req = spec.task
+    for task in placement.tasks:
+        node = state.node_index[task.node]
+        state.release(node, task.gpus, task.gpu_milli, req.cpu_milli, req.mem_mib)
