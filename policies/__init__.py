@@ -16,6 +16,7 @@ from policies import (
     las,
     random_fit,
     rap,
+    sia,
 )
 from policies.base import (
     Context,
