@@ -48,10 +48,13 @@ from policies.continual import (
 )
 from policies.decisions import Decision, Place, Preempt, SchedulingResult
 from policies.fifo import FifoConfig, FifoFirstFit
-from policies.jobs import JobSpec, JobStatus, JobView, Placement, TaskPlacement
+from policies.jobs import JobSpec, JobStatus, JobView, Placement, TaskPlacement, TaskRequest
 
 LEVELS_MILLI = np.array([250, 500, 1000, 2000, 4000, 8000], dtype=np.int64)
 _LEVEL_INDEX = {int(level): i for i, level in enumerate(LEVELS_MILLI)}
+_TASKS = np.maximum(1, LEVELS_MILLI // MILLI)
+"""Tasks (one per whole GPU, one for a fraction) a share of each level places."""
+_MANY = 1 << 20
 _EPS = 1e-6
 
 
@@ -86,7 +89,7 @@ class _Plan:
     """Uplift of each (job, model, level), with the restart delay a move costs."""
     keep_value: np.ndarray
     """Uplift of a running job if it keeps its current share (0 if it has none)."""
-    capacity: np.ndarray
+    room: _Room
     price: np.ndarray
 
 
@@ -109,25 +112,35 @@ class ShareAllocator(Policy):
 
     def schedule(self, snapshot: Snapshot, ctx: Context) -> SchedulingResult:
         now = snapshot.now
-        if not self._due(snapshot):
+        # Arrivals join the tail of `pending` (arrival order), so the last one tells.
+        if snapshot.pending and snapshot.pending[-1].queued_since == now:
+            plan = self._table(snapshot, (*snapshot.running, *snapshot.pending))
+        elif self._on_tick(now):
+            plan = self._tick_table(snapshot)
+        else:
             return SchedulingResult(wake_at=self._next_tick(now))
-        plan = self._table(snapshot)
         targets = self.choose(plan) if plan.views else {}
         state = snapshot.cluster.scratch()
         decisions = self._realise(plan, targets, state)
         decisions += self._place_batch(snapshot, state, ctx)
         return SchedulingResult(tuple(decisions), wake_at=self._wake(snapshot, plan, state))
 
+    def _tick_table(self, snapshot: Snapshot) -> _Plan:
+        """Between arrivals, freed capacity goes to waiting jobs that can still gain; only
+        when none can does it go to running jobs (as larger shares). Running jobs are not
+        stolen from here, which keeps restarts to the arrivals' re-plans."""
+        waiting = self._table(snapshot, snapshot.pending)
+        if (waiting.value > 0).any():
+            return waiting
+        return self._table(snapshot, snapshot.running)
+
     def choose(self, plan: _Plan) -> dict[int, tuple[int, int]]:
         """Job row → (model index, level index) for every job that gets a share."""
         raise NotImplementedError
 
-    def _due(self, snapshot: Snapshot) -> bool:
-        now = snapshot.now
+    def _on_tick(self, now: float) -> bool:
         ticks = now / self._realloc_s
-        if abs(ticks - round(ticks)) * self._realloc_s < _EPS:
-            return True
-        return any(j.queued_since == now for j in snapshot.pending)
+        return abs(ticks - round(ticks)) * self._realloc_s < _EPS
 
     def _next_tick(self, now: float) -> float:
         return (math.floor(now / self._realloc_s + _EPS) + 1) * self._realloc_s
@@ -139,15 +152,17 @@ class ShareAllocator(Policy):
 
     # -- the table ----------------------------------------------------------------------
 
-    def _table(self, snapshot: Snapshot) -> _Plan:
+    def _table(self, snapshot: Snapshot, jobs: Sequence[JobView]) -> _Plan:
+        """The retraining jobs among `jobs`, with the capacity they may share: free GPUs
+        plus what they hold."""
         cluster = snapshot.cluster
         now = snapshot.now
         views: list[JobView] = []
         statics: list[_Static] = []
         current: list[tuple[int, int] | None] = []
         remaining: list[float] = []
-        capacity = _free_by_model(cluster)
-        for view in (*snapshot.running, *snapshot.pending):
+        room = _Room.free(cluster, jobs)
+        for view in jobs:
             static = self._static(view.spec, cluster.gpu_models)
             if static is None:
                 continue
@@ -156,12 +171,12 @@ class ShareAllocator(Policy):
             share = _share_of(view, cluster)
             current.append(share)
             if share is not None:
-                capacity[share[0]] += LEVELS_MILLI[share[1]]
+                room.give_back(*share)
             remaining.append(_remaining(view, now))
         rem = np.array(remaining, dtype=np.float64)
         started = [v.started_at is not None for v in views]
         value, keep = _values(now, statics, current, started, rem, len(cluster.gpu_models))
-        return _Plan(views, statics, current, rem, value, keep, capacity, _prices(statics))
+        return _Plan(views, statics, current, rem, value, keep, room, _prices(statics))
 
     def _static(self, spec: JobSpec, models: tuple[str, ...]) -> _Static | None:
         key = (spec.id, models)
@@ -194,25 +209,18 @@ class ShareAllocator(Policy):
             if view.status is JobStatus.RUNNING and targets.get(row) != plan.current[row]:
                 decisions.append(Preempt(view.id, f"{self.name}: share reassigned"))
                 _release(state, view)
+        fitter = ShareFitter(state)
         for row, (model, level) in targets.items():
             if targets[row] == plan.current[row]:
                 continue
             view = plan.views[row]
-            placed = self._fit_any(plan, row, model, level, state)
-            if placed is not None:
-                decisions.append(Place(view.id, placed, self._reason(placed)))
+            # The target share, else smaller shares on its model, else other models.
+            for m, lvl in self._fallbacks(plan, row, model, level):
+                placed = fitter.fit(view.spec, m, int(LEVELS_MILLI[lvl]))
+                if placed is not None:
+                    decisions.append(Place(view.id, placed, self._reason(placed)))
+                    break
         return decisions
-
-    def _fit_any(
-        self, plan: _Plan, row: int, model: int, level: int, state: ClusterState
-    ) -> Placement | None:
-        """The target share, else smaller shares on its model, else other models."""
-        spec = plan.views[row].spec
-        for m, lvl in self._fallbacks(plan, row, model, level):
-            placed = fit_share(spec, m, int(LEVELS_MILLI[lvl]), state)
-            if placed is not None:
-                return placed
-        return None
 
     def _fallbacks(self, plan: _Plan, row: int, model: int, level: int) -> list[tuple[int, int]]:
         models = [model, *(m for m in range(plan.value.shape[1]) if m != model)]
@@ -224,7 +232,7 @@ class ShareAllocator(Policy):
         ]
 
     def _reason(self, placement: Placement) -> str:
-        milli = placement.gpu_milli_total
+        milli = placed_milli(placement)
         return f"{self.name}: {milli} milli-GPU on {placement.tasks[0].node}"
 
     def _place_batch(self, snapshot: Snapshot, state: ClusterState, ctx: Context) -> list[Decision]:
@@ -242,44 +250,42 @@ class _ValueGreedy(ShareAllocator):
     """Admission in `order`, each job at `option_order`, then marginal-uplift upgrades."""
 
     def choose(self, plan: _Plan) -> dict[int, tuple[int, int]]:
-        capacity = plan.capacity.astype(np.float64)
+        room = plan.room.copy()
         levels = plan.value.shape[2]
         cost = LEVELS_MILLI[None, :] * plan.price[:, None]
         targets: dict[int, tuple[int, int]] = {}
         held: dict[int, float] = {}
+        ranks = self.option_ranks(plan, cost)
         for row in self.order(plan, cost):
-            pick = self._admit(plan, row, cost, capacity)
+            pick = self._admit(plan, row, ranks[row], room)
             if pick is None:
                 continue
-            model, level = pick
-            capacity[model] -= LEVELS_MILLI[level]
+            room.take(*pick)
             targets[row] = pick
             held[row] = _value_of(plan, row, pick)
-        _upgrade(plan, targets, held, capacity, cost, levels)
+        _upgrade(plan, targets, held, room, cost, levels)
         return targets
 
     def order(self, plan: _Plan, cost: np.ndarray) -> Sequence[int]:
         raise NotImplementedError
 
-    def option_order(self, plan: _Plan, row: int, cost: np.ndarray) -> np.ndarray:
+    def option_ranks(self, plan: _Plan, cost: np.ndarray) -> np.ndarray:
+        """Per job, its (model, level) options flattened and in order of preference."""
         raise NotImplementedError
 
     def _admit(
-        self, plan: _Plan, row: int, cost: np.ndarray, capacity: np.ndarray
+        self, plan: _Plan, row: int, ranked: np.ndarray, room: _Room
     ) -> tuple[int, int] | None:
         keep = plan.current[row]
-        if (
-            keep is not None
-            and plan.keep_value[row] > 0
-            and capacity[keep[0]] >= LEVELS_MILLI[keep[1]]
-        ):
+        if keep is not None and plan.keep_value[row] > 0 and room.fits(*keep):
             return keep
         levels = plan.value.shape[2]
-        for flat in self.option_order(plan, row, cost):
-            model, level = divmod(int(flat), levels)
-            if plan.value[row, model, level] <= 0:
+        values = plan.value[row].ravel()
+        for flat in ranked.tolist():
+            if values[flat] <= 0:
                 break
-            if capacity[model] >= LEVELS_MILLI[level]:
+            model, level = divmod(flat, levels)
+            if room.fits(model, level):
                 return model, level
         return None
 
@@ -317,8 +323,9 @@ class ThiefAllocator(_ValueGreedy):
         best = np.maximum(best, keep)
         return [int(r) for r in np.argsort(-best, kind="stable") if best[r] > 0]
 
-    def option_order(self, plan: _Plan, row: int, cost: np.ndarray) -> np.ndarray:
-        return np.argsort(-(plan.value[row] / cost).ravel(), kind="stable")
+    def option_ranks(self, plan: _Plan, cost: np.ndarray) -> np.ndarray:
+        density = (plan.value / cost[None, :, :]).reshape(len(plan.views), -1)
+        return np.argsort(-density, axis=1, kind="stable")
 
 
 class EdfAllocator(_ValueGreedy):
@@ -331,10 +338,10 @@ class EdfAllocator(_ValueGreedy):
         rows = [r for r in range(len(plan.views)) if feasible[r]]
         return sorted(rows, key=lambda r: (plan.statics[r].info.deadline, plan.views[r].id))
 
-    def option_order(self, plan: _Plan, row: int, cost: np.ndarray) -> np.ndarray:
+    def option_ranks(self, plan: _Plan, cost: np.ndarray) -> np.ndarray:
         # Infeasible options sort last, so the first non-positive one ends the scan.
-        priced = np.where(plan.value[row] > 0, cost, np.inf)
-        return np.argsort(priced.ravel(), kind="stable")
+        priced = np.where(plan.value > 0, cost[None, :, :], np.inf)
+        return np.argsort(priced.reshape(len(plan.views), -1), axis=1, kind="stable")
 
 
 class FairShareAllocator(ShareAllocator):
@@ -343,9 +350,12 @@ class FairShareAllocator(ShareAllocator):
 
     name = "fairshare"
 
+    def _tick_table(self, snapshot: Snapshot) -> _Plan:
+        return self._table(snapshot, (*snapshot.running, *snapshot.pending))
+
     def choose(self, plan: _Plan) -> dict[int, tuple[int, int]]:
-        capacity = plan.capacity.astype(np.float64)
-        fair = capacity.sum() / len(plan.views)
+        room = plan.room.copy()
+        fair = room.milli.sum() / len(plan.views)
         fair_level = max(0, int(np.searchsorted(LEVELS_MILLI, fair, side="right")) - 1)
         targets: dict[int, tuple[int, int]] = {}
         rows = sorted(range(len(plan.views)), key=lambda r: _arrival(plan.views[r]))
@@ -356,11 +366,11 @@ class FairShareAllocator(ShareAllocator):
                 targets[row] = keep  # within a factor of two of fair: not worth a restart
                 continue
             allowed = plan.statics[row].speed > 0
-            room = np.where(allowed, capacity, -1.0)
-            model = int(np.argmax(room))
-            if room[model] >= LEVELS_MILLI[level]:
+            space = np.where(allowed, room.milli, -1.0)
+            model = int(np.argmax(space))
+            if room.fits(model, level):
                 targets[row] = (model, level)
-                capacity[model] -= LEVELS_MILLI[level]
+                room.take(model, level)
         return targets
 
     def _fallbacks(self, plan: _Plan, row: int, model: int, level: int) -> list[tuple[int, int]]:
@@ -370,59 +380,131 @@ class FairShareAllocator(ShareAllocator):
 # -- helpers ----------------------------------------------------------------------------
 
 
-def fit_share(spec: JobSpec, model: int, milli: int, state: ClusterState) -> Placement | None:
-    """Place `milli` milli-GPU for `spec` on one node of GPU model index `model` (mutating
-    `state`): a fraction on the tightest GPU that fits, or whole GPUs on the node with the
-    fewest whole GPUs free that still has enough. None if nothing fits."""
-    nodes = np.flatnonzero(state.model_idx == model)
-    if spec.allowed_models is not None and state.gpu_models[model] not in spec.allowed_models:
-        return None
-    task = spec.task
-    count = max(1, milli // MILLI)
-    ok = (state.cpu_free[nodes] >= count * task.cpu_milli) & (
-        state.mem_free[nodes] >= count * task.mem_mib
-    )
-    free = state.gpu_free[nodes]
-    if milli < MILLI:
+class ShareFitter:
+    """Places shares on a scratch cluster state within one pass. Resources only shrink
+    while it works, so a share that failed on a model fails again at that size or more
+    for the same per-task CPU and memory; those attempts are skipped."""
+
+    def __init__(self, state: ClusterState) -> None:
+        self.state = state
+        self._nodes = [np.flatnonzero(state.model_idx == m) for m in range(len(state.gpu_models))]
+        self._failed: dict[tuple[int, int, int], int] = {}
+
+    def fit(self, spec: JobSpec, model: int, milli: int) -> Placement | None:
+        """Place `milli` milli-GPU for `spec` on one node of model index `model`: a
+        fraction on the tightest GPU that fits, or whole GPUs on the node with the fewest
+        whole GPUs free that still has enough. None if nothing fits."""
+        state = self.state
+        if spec.allowed_models is not None and state.gpu_models[model] not in spec.allowed_models:
+            return None
+        task = spec.task
+        key = (model, task.cpu_milli, task.mem_mib)
+        if milli >= self._failed.get(key, MILLI * 1000):
+            return None
+        nodes = self._nodes[model]
+        count = max(1, milli // MILLI)
+        ok = (state.cpu_free[nodes] >= count * task.cpu_milli) & (
+            state.mem_free[nodes] >= count * task.mem_mib
+        )
+        free = state.gpu_free[nodes]
+        placed = self._fraction(task, nodes, ok, free, milli) if milli < MILLI else None
+        if milli >= MILLI:
+            placed = self._whole(task, nodes, ok, free, count)
+        if placed is None:
+            self._failed[key] = milli
+        return placed
+
+    def _fraction(
+        self, task: TaskRequest, nodes: np.ndarray, ok: np.ndarray, free: np.ndarray, milli: int
+    ) -> Placement | None:
         fits = (free >= milli) & ok[:, None]
         if not fits.any():
             return None
         flat = int(np.argmin(np.where(fits, free, MILLI + 1)))
         row, gpu = divmod(flat, free.shape[1])
         node = int(nodes[row])
-        state.allocate(node, (gpu,), milli, task.cpu_milli, task.mem_mib)
-        return Placement((TaskPlacement(state.nodes[node].name, (gpu,), milli),))
-    whole = (free == MILLI).sum(axis=1)
-    candidates = np.flatnonzero(ok & (whole >= count))
-    if candidates.size == 0:
-        return None
-    row = int(candidates[np.argmin(whole[candidates])])
-    node = int(nodes[row])
-    gpus = [int(g) for g in np.flatnonzero(free[row] == MILLI)[:count]]
-    tasks = []
-    for gpu in gpus:
-        state.allocate(node, (gpu,), MILLI, task.cpu_milli, task.mem_mib)
-        tasks.append(TaskPlacement(state.nodes[node].name, (gpu,), MILLI))
-    return Placement(tuple(tasks))
+        self.state.allocate(node, (gpu,), milli, task.cpu_milli, task.mem_mib)
+        return Placement((TaskPlacement(self.state.nodes[node].name, (gpu,), milli),))
+
+    def _whole(
+        self, task: TaskRequest, nodes: np.ndarray, ok: np.ndarray, free: np.ndarray, count: int
+    ) -> Placement | None:
+        whole = (free == MILLI).sum(axis=1)
+        candidates = np.flatnonzero(ok & (whole >= count))
+        if candidates.size == 0:
+            return None
+        row = int(candidates[np.argmin(whole[candidates])])
+        node = int(nodes[row])
+        name = self.state.nodes[node].name
+        tasks = []
+        for gpu in np.flatnonzero(free[row] == MILLI)[:count].tolist():
+            self.state.allocate(node, (gpu,), MILLI, task.cpu_milli, task.mem_mib)
+            tasks.append(TaskPlacement(name, (gpu,), MILLI))
+        return Placement(tuple(tasks))
+
+
+def placed_milli(placement: Placement) -> int:
+    """Milli-GPU a placement holds over all its tasks."""
+    return sum(len(t.gpus) * t.gpu_milli for t in placement.tasks)
 
 
 def _level_shape(milli: int) -> tuple[int, int]:
     return (1, milli) if milli < MILLI else (milli // MILLI, MILLI)
 
 
-def _free_by_model(cluster: ClusterState) -> np.ndarray:
-    free = cluster.gpu_free.sum(axis=1)
-    capacity = np.zeros(len(cluster.gpu_models), dtype=np.int64)
-    has_model = cluster.model_idx >= 0
-    np.add.at(capacity, cluster.model_idx[has_model], free[has_model])
-    return capacity
+class _Room:
+    """What retraining may still take per GPU model: milli-GPUs and task slots (the tasks
+    that CPU and memory allow, for the jobs' typical per-task request)."""
+
+    def __init__(self, milli: np.ndarray, slots: np.ndarray) -> None:
+        self.milli = milli
+        self.slots = slots
+
+    @classmethod
+    def free(cls, cluster: ClusterState, jobs: Sequence[JobView]) -> _Room:
+        models = len(cluster.gpu_models)
+        has_model = cluster.model_idx >= 0
+        milli = np.zeros(models, dtype=np.float64)
+        np.add.at(milli, cluster.model_idx[has_model], cluster.gpu_free.sum(axis=1)[has_model])
+        cpu = int(np.median([j.spec.task.cpu_milli for j in jobs])) if jobs else 0
+        mem = int(np.median([j.spec.task.mem_mib for j in jobs])) if jobs else 0
+        many = np.full(cluster.num_nodes, _MANY)
+        by_cpu = cluster.cpu_free // cpu if cpu else many
+        per_node = np.minimum(by_cpu, cluster.mem_free // mem if mem else many)
+        slots = np.zeros(models, dtype=np.float64)
+        np.add.at(slots, cluster.model_idx[has_model], per_node[has_model])
+        return cls(milli, slots)
+
+    def copy(self) -> _Room:
+        return _Room(self.milli.copy(), self.slots.copy())
+
+    def fits(self, model: int, level: int) -> bool:
+        return bool(self.milli[model] >= LEVELS_MILLI[level] and self.slots[model] >= _TASKS[level])
+
+    def take(self, model: int, level: int) -> None:
+        self.milli[model] -= LEVELS_MILLI[level]
+        self.slots[model] -= _TASKS[level]
+
+    def give_back(self, model: int, level: int) -> None:
+        self.milli[model] += LEVELS_MILLI[level]
+        self.slots[model] += _TASKS[level]
+
+    def fits_step(self, model: int, level: int, bigger: int) -> bool:
+        milli = LEVELS_MILLI[bigger] - LEVELS_MILLI[level]
+        return bool(
+            self.milli[model] >= milli and self.slots[model] >= _TASKS[bigger] - _TASKS[level]
+        )
+
+    def take_step(self, model: int, level: int, bigger: int) -> None:
+        self.take(model, bigger)
+        self.give_back(model, level)
 
 
 def _share_of(view: JobView, cluster: ClusterState) -> tuple[int, int] | None:
     """(model index, level index) of a running job's placement, if it is a level."""
     if view.status is not JobStatus.RUNNING or view.placement is None:
         return None
-    level = _LEVEL_INDEX.get(view.placement.gpu_milli_total)
+    level = _LEVEL_INDEX.get(placed_milli(view.placement))
     if level is None:
         return None
     node = cluster.node_index[view.placement.tasks[0].node]
@@ -450,47 +532,60 @@ def _values(
     n = len(statics)
     if n == 0:
         return np.zeros((0, models, len(LEVELS_MILLI))), np.zeros(0)
+    windows = _WindowArrays(statics)
     speed = (
         np.array([s.speed for s in statics])[:, :, None]
         * np.array([s.level_speed for s in statics])[:, None, :]
     )
-    delay = np.array(
-        [s.restart_s if begun else 0.0 for s, begun in zip(statics, started, strict=True)]
+    restart = np.array([s.restart_s for s in statics])
+    delay = np.where(np.array(started, dtype=bool), restart, 0.0)
+    rem = remaining[:, None, None]
+    value = windows.uplift((now + delay)[:, None, None], rem, speed)
+    too_big = (
+        np.arange(len(LEVELS_MILLI))[None, :] > np.array([s.max_level for s in statics])[:, None]
     )
-    value = _uplift_at(statics, now + delay[:, None, None], remaining[:, None, None], speed)
-    max_level = np.array([s.max_level for s in statics])
-    value[np.arange(len(LEVELS_MILLI))[None, None, :] > max_level[:, None, None]] = 0.0
+    value[np.broadcast_to(too_big[:, None, :], value.shape)] = 0.0
     keep = np.zeros(n)
-    for row, share in enumerate(current):
-        if share is not None:
-            one = speed[row : row + 1, share[0] : share[0] + 1, share[1] : share[1] + 1]
-            kept = _uplift_at([statics[row]], np.full((1, 1, 1), now), remaining[row], one)
-            keep[row] = float(kept[0, 0, 0])
+    rows = [r for r, share in enumerate(current) if share is not None]
+    if rows:
+        at = np.array(rows)
+        share = np.array([current[r] for r in rows])
+        kept_speed = speed[at, share[:, 0], share[:, 1]]
+        kept = windows.subset(at).uplift(np.full(len(rows), now), remaining[at], kept_speed)
+        keep[at] = kept
     return value, keep
 
 
-def _uplift_at(
-    statics: Sequence[_Static],
-    begin: np.ndarray,
-    remaining: np.ndarray | float,
-    speed: np.ndarray,
-) -> np.ndarray:
-    """Window uplift (accuracy-seconds) of finishing `remaining` work at `speed` from
-    `begin`; zero past the deadline or without speed."""
-    start = np.array([s.info.start for s in statics])[:, None, None]
-    deadline = np.array([s.info.deadline for s in statics])[:, None, None]
-    end = np.array([s.info.end for s in statics])[:, None, None]
-    gain = np.array([s.info.gain for s in statics])[:, None, None]
-    rate = np.array([s.info.decay_per_h / 3600.0 for s in statics])[:, None, None]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        finish = begin + np.where(speed > 0, remaining / speed, np.inf)
-    since = np.maximum(finish - start, 0.0)
-    span = end - start
-    safe = np.where(rate > 0, rate, 1.0)
-    with np.errstate(invalid="ignore", over="ignore"):
-        decaying = gain * (np.exp(-safe * since) - np.exp(-safe * span)) / safe
-    value = np.where(rate > 0, decaying, gain * (span - since))
-    return np.where(finish <= deadline + _EPS, np.maximum(value, 0.0), 0.0)
+class _WindowArrays:
+    """Window facts of a pass's jobs as arrays, broadcastable against (job, model, level)."""
+
+    def __init__(self, statics: Sequence[_Static], shape: tuple[int, ...] = (1, 1)) -> None:
+        infos = [s.info for s in statics]
+        self._statics = statics
+        self.shape = shape
+        tail = (-1, *shape)
+        self.start = np.array([i.start for i in infos]).reshape(tail)
+        self.deadline = np.array([i.deadline for i in infos]).reshape(tail)
+        self.end = np.array([i.end for i in infos]).reshape(tail)
+        self.gain = np.array([i.gain for i in infos]).reshape(tail)
+        self.rate = np.array([i.decay_per_h / 3600.0 for i in infos]).reshape(tail)
+
+    def subset(self, rows: np.ndarray) -> _WindowArrays:
+        """The same facts for `rows` only, as flat (job,) arrays."""
+        return _WindowArrays([self._statics[int(r)] for r in rows], shape=())
+
+    def uplift(self, begin: np.ndarray, remaining: np.ndarray, speed: np.ndarray) -> np.ndarray:
+        """Window uplift (accuracy-seconds) of finishing `remaining` work at `speed` from
+        `begin`; zero past the deadline or without speed."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            finish = begin + np.where(speed > 0, remaining / speed, np.inf)
+        since = np.maximum(finish - self.start, 0.0)
+        span = self.end - self.start
+        safe = np.where(self.rate > 0, self.rate, 1.0)
+        with np.errstate(invalid="ignore", over="ignore"):
+            decaying = self.gain * (np.exp(-safe * since) - np.exp(-safe * span)) / safe
+        value = np.where(self.rate > 0, decaying, self.gain * (span - since))
+        return np.where(finish <= self.deadline + _EPS, np.maximum(value, 0.0), 0.0)
 
 
 def _prices(statics: Sequence[_Static]) -> np.ndarray:
@@ -516,7 +611,7 @@ def _upgrade(
     plan: _Plan,
     targets: dict[int, tuple[int, int]],
     held: dict[int, float],
-    capacity: np.ndarray,
+    room: _Room,
     cost: np.ndarray,
     levels: int,
 ) -> None:
@@ -539,10 +634,9 @@ def _upgrade(
     while heap:
         _, row = heapq.heappop(heap)
         model, level = targets[row]
-        step = LEVELS_MILLI[level + 1] - LEVELS_MILLI[level]
-        if capacity[model] < step:
+        if not room.fits_step(model, level, level + 1):
             continue
-        capacity[model] -= step
+        room.take_step(model, level, level + 1)
         targets[row] = (model, level + 1)
         held[row] = float(plan.value[row, model, level + 1])
         offer(row)
