@@ -16,7 +16,9 @@ from traces.synthetic import SyntheticSpec, generate_jobs
 
 # Trace kinds beyond `synthetic` that other modules provide: kind → (module, add-args
 # function, generate function). Listed by name so `traces` imports none of them eagerly.
-EXTRA_KINDS: dict[str, tuple[str, str, str]] = {}
+EXTRA_KINDS: dict[str, tuple[str, str, str]] = {
+    "dlrm-mix": ("traces.rap", "add_generate_arguments", "generate_command"),
+}
 
 
 def add_traces_commands(commands: argparse._SubParsersAction) -> None:

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import os
@@ -345,3 +346,35 @@ def _dlrm_jobs(
             dlrm_job(f"dlrm-{i:05d}", round(float(submits[i]), 3), profile, iterations, model)
         )
     return jobs
+
+
+# -- `gpufleet traces generate --kind dlrm-mix` ----------------------------------------------
+
+
+def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("dlrm-mix")
+    group.add_argument(
+        "--dlrm-fraction",
+        type=float,
+        default=MixedTraceSpec.dlrm_fraction,
+        help="dlrm-mix: share of jobs that are DLRM (default: %(default)s)",
+    )
+    group.add_argument(
+        "--rap-data",
+        metavar="DIR",
+        help="dlrm-mix: RAP profile directory (default: $GPUFLEET_DATA_DIR/rap)",
+    )
+
+
+def generate_command(args: argparse.Namespace) -> int:
+    """Write a seeded mixed trace for the `dlrm` format."""
+    spec = MixedTraceSpec(
+        num_jobs=args.jobs,
+        jobs_per_hour=args.rate,
+        dlrm_fraction=args.dlrm_fraction,
+        sharing_fraction=args.sharing,
+    )
+    jobs = generate_mixed_jobs(spec, load_profiles(args.rap_data), args.seed)
+    count = write_jobs(jobs, args.out)
+    print(f"wrote {count} jobs to {args.out} (read it with --format dlrm)")
+    return 0
