@@ -12,8 +12,9 @@ from __future__ import annotations
 import functools
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import overload
 
 import numpy as np
 import simpy
@@ -23,6 +24,7 @@ from policies import (
     Context,
     JobSpec,
     JobStatus,
+    JobView,
     NodeSpec,
     Place,
     Placement,
@@ -195,8 +197,8 @@ class Simulation:
         self._refresh_agents(now)
         snapshot = Snapshot(
             cluster=self.cluster.state.view(),
-            running=[j.view() for j in self.running.values()],
-            pending=[j.view() for j in self.pending.values()],
+            running=JobViews(list(self.running.values())),
+            pending=JobViews(list(self.pending.values())),
             now=now,
         )
         started = time.perf_counter()
@@ -363,3 +365,30 @@ class Simulation:
 def describe_placement(placement: Placement) -> str:
     """`node:gpu+gpu;node:gpu`, the form job records use."""
     return ";".join(f"{t.node}:{'+'.join(map(str, t.gpus))}" for t in placement.tasks)
+
+
+class JobViews(Sequence[JobView]):
+    """Views of the given jobs, built only when a policy reads them: placement policies
+    never look at running jobs, and building 10^7 views would dominate a long replay."""
+
+    __slots__ = ("_jobs",)
+
+    def __init__(self, jobs: list[JobRun]) -> None:
+        self._jobs = jobs
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    @overload
+    def __getitem__(self, index: int) -> JobView: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[JobView]: ...
+
+    def __getitem__(self, index: int | slice) -> JobView | list[JobView]:
+        if isinstance(index, slice):
+            return [job.view() for job in self._jobs[index]]
+        return self._jobs[index].view()
+
+    def __iter__(self) -> Iterator[JobView]:
+        return (job.view() for job in self._jobs)
