@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from simulator.cli import main
+from simulator.progress import ProgressBar
 
 SUMMARY_KEYS = {
     "policy",
@@ -148,3 +150,16 @@ def test_help_answers_for_every_command() -> None:
             check=False,
         )
         assert done.returncode == 0 and "usage: gpufleet" in done.stdout
+
+
+def test_progress_bar_draws_and_finishes_a_line() -> None:
+    stream = io.StringIO()
+    bar = ProgressBar(total=4, label="fifo", enabled=True, stream=stream, interval=0.0)
+    bar.update(1)
+    bar.update(2)
+    bar.close()
+    text = stream.getvalue()
+    assert "25.0% 1/4" in text and "100.0% 4/4" in text and text.endswith("\n")
+    quiet = io.StringIO()
+    ProgressBar(total=4, label="x", enabled=False, stream=quiet).update(4)
+    assert quiet.getvalue() == ""
