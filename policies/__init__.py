@@ -11,6 +11,7 @@ from policies import (
     dot_product,
     fgd,
     fifo,
+    gavel,
     gpu_clustering,
     gpu_packing,
     las,
