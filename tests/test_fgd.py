@@ -3,6 +3,9 @@ workload comes from (config, a trace replay's job list, or the snapshot)."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -27,7 +30,10 @@ from policies.fragmentation import (
     node_fragmentation,
     workload_from_jobs,
 )
+from simulator.cli import main
+from simulator.engine import Simulation
 from tests.conftest import job, node
+from traces.openb import read_jobs, read_nodes
 
 SHARE_500 = TaskType(TaskRequest(1000, 0, 1, 500), None, 0.5)
 WHOLE_1 = TaskType(TaskRequest(1000, 0, 1, 1000), None, 0.5)
@@ -260,15 +266,63 @@ def brute_force_deltas(state: ClusterState, task: TaskRequest, before: np.ndarra
         if state.cpu_free[index] < task.cpu_milli or state.mem_free[index] < task.mem_mib:
             continue
         free = state.gpu_free[index, : state.gpu_count[index]]
+        choices: list[tuple[int, ...]] = [()]
         if task.is_sharing:
-            choices = [(g,) for g in np.flatnonzero(free >= task.gpu_milli)]
+            choices = [(int(g),) for g in np.flatnonzero(free >= task.gpu_milli)]
         elif task.num_gpus:
-            whole = np.flatnonzero(free == 1000)
-            choices = [tuple(whole[: task.num_gpus])] if whole.size >= task.num_gpus else []
-        else:
-            choices = [()]
+            whole = [int(g) for g in np.flatnonzero(free == 1000)]
+            choices = [tuple(whole[: task.num_gpus])] if len(whole) >= task.num_gpus else []
         for gpus in choices:
             trial = state.copy()
-            trial.allocate(index, tuple(int(g) for g in gpus), task.gpu_milli, task.cpu_milli, 0)
+            trial.allocate(index, gpus, task.gpu_milli, task.cpu_milli, 0)
             out[(index, gpus)] = node_fragmentation(trial, WORKLOAD)[index] - before[index]
     return out
+
+
+REPLAY_PODS = """name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec,creation_time,deletion_time
+p0,4000,8192,1,500,,0,100
+p1,8000,16384,1,1000,,0,50
+p2,2000,4096,0,0,,10,60
+p3,16000,32768,2,1000,,20,200
+p4,4000,8192,1,300,T4,30,90
+p5,6000,8192,1,1000,G2|V100M16,30,300
+p6,4000,8192,1,500,,40,80
+p7,4000,8192,4,1000,,60,120
+"""
+REPLAY_NODES = """sn,cpu_milli,memory_mib,gpu,model
+node-b,32000,131072,4,V100M16
+node-a,64000,262144,8,G2
+node-c,16000,65536,2,T4
+"""
+
+
+@pytest.fixture
+def replay_files(tmp_path: Path) -> tuple[Path, Path]:
+    pods = tmp_path / "pods.csv"
+    pods.write_text(REPLAY_PODS)
+    nodes = tmp_path / "nodes.csv"
+    nodes.write_text(REPLAY_NODES)
+    return pods, nodes
+
+
+@pytest.mark.parametrize("mode", ["exact", "artifact"])
+def test_replay_of_an_openb_trace_through_the_cli(replay_files, tmp_path, mode) -> None:
+    """`gpufleet simulate --format openb --policy fgd`: tasks arrive and leave at their
+    creation and deletion times; FGD builds M from the trace tasks in each snapshot."""
+    pods, nodes = replay_files
+    out = tmp_path / "run"
+    argv = ["simulate", "--trace", str(pods), "--format", "openb", "--cluster", str(nodes)]
+    assert main([*argv, "--policy", "fgd", "-o", f"mode={mode}", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["completed"] == 8 and summary["unfinished"] == 0
+
+
+def test_replay_through_the_engine_with_the_whole_trace_as_workload(replay_files) -> None:
+    pods, nodes = replay_files
+    jobs = list(read_jobs(pods))
+    policy = Fgd()
+    policy.prepare(jobs)
+    recorder = Simulation(read_nodes(nodes), jobs, policy).run()
+    assert recorder.summary()["completed"] == len(jobs)
+    assert policy._fragmentation is not None
+    assert policy._fragmentation.workload == workload_from_jobs(jobs)

@@ -1,0 +1,539 @@
+"""The FGD paper's inflation study (ATC'23 §6, docs/fgd.md).
+
+For every trace, policy and seed: shuffle the trace's tasks, append clones drawn with
+replacement until the GPU requested reaches `--inflate` × the cluster's GPU capacity,
+and submit them one by one to an initially empty cluster; tasks never leave, and a task
+that does not fit is dropped. After each task the cluster is measured; one row per whole
+percent of arrived workload (0..100·inflate) goes to `curves.csv`.
+
+There is no clock here, so no simpy: each task is a one-job `Snapshot` handed to the
+same policy objects the simulator and the controller use, and the `Place` decision is
+applied to a `ClusterState`. The workload's RNG stream (shuffle, clones) is separate
+from the policy's (Random-fit), so every policy sees the same task sequence per seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from policies import (
+    MILLI,
+    ClusterState,
+    Context,
+    FixedDuration,
+    JobSpec,
+    JobStatus,
+    JobView,
+    NodeSpec,
+    Place,
+    Policy,
+    Snapshot,
+    TaskRequest,
+    make_policy,
+    policy_class,
+)
+from policies.fragmentation import NodeFragmentation, TargetWorkload, workload_from_jobs
+from simulator.run import staged_directory
+from traces.errors import TraceError
+from traces.openb import read_nodes, read_pods
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from matplotlib.axes import Axes
+
+NAME = "fgd-inflation"
+HELP = "FGD paper's inflation study: unallocated GPUs and fragmentation vs arrived load"
+
+CURVE_COLUMNS = (
+    "trace",
+    "policy",
+    "seed",
+    "arrived_pct",
+    "alloc_pct",
+    "unallocated_gpus",
+    "frag_amount_pct",
+    "frag_ratio_pct",
+)
+FAILURE_COLUMNS = (
+    "trace",
+    "policy",
+    "seed",
+    "task_class",
+    "cpu_milli",
+    "num_gpus",
+    "gpu_milli",
+    "gpu_models",
+    "failed",
+)
+SUMMARY_COLUMNS = (
+    "trace",
+    "policy",
+    "seeds",
+    "unallocated_gpus_mean",
+    "unallocated_gpus_std",
+    "alloc_pct_mean",
+    "frag_amount_pct_mean",
+    "frag_ratio_pct_mean",
+    "run_s_median",
+)
+DEFAULT_POLICIES = "fgd,bestfit,packing,clustering,dotprod,random"
+TRACE_PREFIX = "openb_pod_list_"
+
+
+# -- inputs ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Trace:
+    """A pod list: jobs sorted by name (the artifact's order before shuffling)."""
+
+    name: str
+    jobs: tuple[JobSpec, ...]
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    trace: str
+    policy: str
+    seed: int
+
+
+@dataclass
+class RunOutput:
+    spec: RunSpec
+    curve: list[tuple[object, ...]]
+    failures: list[tuple[object, ...]]
+    seconds: float
+
+
+def load_trace(path: Path) -> Trace:
+    jobs = [
+        JobSpec(
+            id=pod.name,
+            submit_time=0.0,
+            task=pod.task,
+            work=FixedDuration(1.0),
+            allowed_models=pod.allowed_models,
+            kind="pod",
+        )
+        for pod in read_pods(path)
+    ]
+    if not jobs:
+        raise TraceError(path, "no pods")
+    jobs.sort(key=lambda j: j.id)
+    name = path.stem.removeprefix(TRACE_PREFIX)
+    return Trace(name, tuple(jobs))
+
+
+def expand_pod_paths(patterns: Sequence[str]) -> list[Path]:
+    """Files named by --pods: a file, a directory (its openb pod lists) or a glob."""
+    paths: list[Path] = []
+    for pattern in patterns:
+        path = Path(pattern)
+        if path.is_dir():
+            found = sorted(path.glob(f"{TRACE_PREFIX}*.csv"))
+        elif path.is_file():
+            found = [path]
+        else:
+            found = sorted(Path(p) for p in glob.glob(pattern))
+        if not found:
+            raise TraceError(pattern, "no pod list matches")
+        paths.extend(p for p in found if p not in paths)
+    return paths
+
+
+def parse_seeds(text: str) -> list[int]:
+    """`42-51`, `42,43,50` or a mix."""
+    seeds: list[int] = []
+    for part in text.split(","):
+        first, sep, last = part.strip().partition("-")
+        try:
+            lo = int(first)
+            hi = int(last) if sep else lo
+        except ValueError:
+            raise ValueError(f"--seeds: cannot read {part!r} (use e.g. 42-51)") from None
+        if hi < lo:
+            raise ValueError(f"--seeds: empty range {part!r}")
+        seeds.extend(range(lo, hi + 1))
+    return list(dict.fromkeys(seeds))
+
+
+def parse_policy(label: str) -> tuple[str, dict[str, str]]:
+    """`name` or `name:key=value;key=value` (e.g. `fgd:mode=artifact`)."""
+    name, _, rest = label.partition(":")
+    options: dict[str, str] = {}
+    for pair in filter(None, rest.split(";")):
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--policies: option {pair!r} of {label!r} is not KEY=VALUE")
+        options[key.strip()] = value.strip()
+    return name.strip(), options
+
+
+def build_policy(label: str, target: TargetWorkload) -> Policy:
+    """The policy for `label`; a policy with a `workload` option gets the trace's."""
+    name, options = parse_policy(label)
+    wants_workload = any(f.name == "workload" for f in fields(policy_class(name).config_type))
+    config: dict[str, object] = dict(options)
+    if wants_workload:
+        config["workload"] = target
+    return make_policy(name, config)
+
+
+# -- one run --------------------------------------------------------------------------
+
+
+def inflated_order(
+    trace: Trace, capacity_milli: int, ratio: float, rng: np.random.Generator
+) -> list[JobSpec]:
+    """The trace shuffled, then clones sampled with replacement while the total GPU
+    request stays within `ratio` × capacity (the artifact's `tuneUpPods`)."""
+    originals = trace.jobs
+    order = [originals[i] for i in rng.permutation(len(originals))]
+    target = ratio * capacity_milli
+    requested = sum(j.gpu_milli_total for j in originals)
+    clone = 0
+    while True:
+        pick = originals[int(rng.integers(len(originals)))]
+        if requested + pick.gpu_milli_total > target:
+            break
+        requested += pick.gpu_milli_total
+        order.append(_clone(pick, clone))
+        clone += 1
+    return order
+
+
+def _clone(job: JobSpec, index: int) -> JobSpec:
+    return JobSpec(
+        id=f"{job.id}-tuned-{index}",
+        submit_time=0.0,
+        task=job.task,
+        work=job.work,
+        allowed_models=job.allowed_models,
+        kind=job.kind,
+    )
+
+
+def run_inflation(
+    trace: Trace, nodes: Sequence[NodeSpec], label: str, seed: int, ratio: float
+) -> RunOutput:
+    start = time.perf_counter()
+    state = ClusterState(sorted(nodes, key=lambda n: n.name))
+    capacity = state.total_gpus * MILLI
+    workload_seed, policy_seed = np.random.SeedSequence(seed).spawn(2)
+    jobs = inflated_order(trace, capacity, ratio, np.random.default_rng(workload_seed))
+    target = workload_from_jobs(trace.jobs)
+    policy = build_policy(label, target)
+    ctx = Context(np.random.default_rng(policy_seed))
+    meter = _Meter(state, target, RunSpec(trace.name, label, seed))
+    last_pct = round(ratio * 100)
+    failed: Counter[tuple[TaskRequest, frozenset[str] | None]] = Counter()
+    for job in jobs:
+        meter.record_until(meter.arrived + job.gpu_milli_total, last_pct)
+        meter.arrived += job.gpu_milli_total
+        if not _submit(policy, ctx, state, job):
+            failed[(job.task, job.allowed_models)] += 1
+    meter.record_until(None, last_pct)
+    failures = [(trace.name, label, seed, *_describe(*key), count) for key, count in failed.items()]
+    return RunOutput(meter.spec, meter.rows, failures, time.perf_counter() - start)
+
+
+def _submit(policy: Policy, ctx: Context, state: ClusterState, job: JobSpec) -> bool:
+    pending = (JobView(job, JobStatus.PENDING),)
+    result = policy.schedule(Snapshot(state.view(), (), pending, 0.0), ctx)
+    placed = False
+    for decision in result.decisions:
+        if isinstance(decision, Place):
+            for task in decision.placement.tasks:
+                state.allocate(
+                    state.node_index[task.node],
+                    task.gpus,
+                    task.gpu_milli,
+                    job.task.cpu_milli,
+                    job.task.mem_mib,
+                )
+            placed = True
+    return placed
+
+
+def _describe(task: TaskRequest, allowed_models: frozenset[str] | None) -> tuple[object, ...]:
+    if not task.num_gpus:
+        kind = "cpu"
+    elif task.is_sharing:
+        kind = "share"
+    else:
+        kind = f"{task.num_gpus}-gpu"
+    models = "|".join(sorted(allowed_models or ()))
+    return (kind, task.cpu_milli, task.num_gpus, task.gpu_milli, models)
+
+
+class _Meter:
+    """Takes one curve row per whole percent of arrived GPU request."""
+
+    def __init__(self, state: ClusterState, target: TargetWorkload, spec: RunSpec) -> None:
+        self.state = state
+        self.spec = spec
+        self.capacity = state.total_gpus * MILLI
+        self.fragmentation = NodeFragmentation(target)
+        self.arrived = 0
+        self.next_pct = 0
+        self.rows: list[tuple[object, ...]] = []
+
+    def record_until(self, arrived_next: int | None, last_pct: int) -> None:
+        """Rows for every percent the next task's arrival passes (state before it), or
+        for all remaining percents when `arrived_next` is None (the run is over)."""
+        while self.next_pct <= last_pct and (
+            arrived_next is None or self.next_pct * self.capacity < arrived_next * 100
+        ):
+            self.rows.append(self._row(self.next_pct))
+            self.next_pct += 1
+
+    def _row(self, pct: int) -> tuple[object, ...]:
+        self.fragmentation.sync(self.state)
+        idle = self.fragmentation.idle_milli()
+        frag = self.fragmentation.cluster_amount()
+        allocated = self.capacity - idle
+        return (
+            self.spec.trace,
+            self.spec.policy,
+            self.spec.seed,
+            pct,
+            round(100.0 * allocated / self.capacity, 4),
+            round(idle / MILLI, 3),
+            round(100.0 * frag / self.capacity, 4),
+            round(100.0 * frag / idle, 4) if idle else 0.0,
+        )
+
+
+# -- many runs --------------------------------------------------------------------------
+
+_WORKER_DATA: dict[str, object] = {}
+
+
+def _init_worker(traces: dict[str, Trace], nodes: list[NodeSpec], ratio: float) -> None:
+    _WORKER_DATA.update(traces=traces, nodes=nodes, ratio=ratio)
+
+
+def _run_in_worker(spec: RunSpec) -> RunOutput:
+    traces = _WORKER_DATA["traces"]
+    assert isinstance(traces, dict)
+    nodes = _WORKER_DATA["nodes"]
+    assert isinstance(nodes, list)
+    ratio = _WORKER_DATA["ratio"]
+    assert isinstance(ratio, float)
+    return run_inflation(traces[spec.trace], nodes, spec.policy, spec.seed, ratio)
+
+
+def run_all(
+    traces: dict[str, Trace],
+    nodes: list[NodeSpec],
+    specs: Sequence[RunSpec],
+    ratio: float,
+    workers: int,
+) -> Iterator[RunOutput]:
+    """Outputs in completion order; in-process when `workers` is 1."""
+    if workers <= 1:
+        _init_worker(traces, nodes, ratio)
+        for spec in specs:
+            yield _run_in_worker(spec)
+        return
+    with ProcessPoolExecutor(
+        workers, initializer=_init_worker, initargs=(traces, nodes, ratio)
+    ) as pool:
+        futures = [pool.submit(_run_in_worker, spec) for spec in specs]
+        for future in as_completed(futures):
+            yield future.result()
+
+
+# -- CLI -------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--pods",
+        action="append",
+        required=True,
+        metavar="CSV",
+        help="openb pod list; a directory or glob for several; repeatable",
+    )
+    parser.add_argument("--nodes", required=True, metavar="CSV", help="openb node list")
+    parser.add_argument(
+        "--policies",
+        default=DEFAULT_POLICIES,
+        help="comma-separated; NAME or NAME:KEY=VALUE;... (default: %(default)s)",
+    )
+    parser.add_argument("--seeds", default="42-51", help="e.g. 42-51 or 1,2,3 (default: 42-51)")
+    parser.add_argument(
+        "--inflate", type=float, default=1.3, help="GPU request ÷ capacity to reach (default 1.3)"
+    )
+    parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    parser.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 1, help="processes (default: all cores)"
+    )
+    parser.add_argument(
+        "--plots", action=argparse.BooleanOptionalAction, default=True, help="write PNG plots"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    if not 0 < args.inflate <= 5:
+        raise ValueError("--inflate must be in (0, 5]")
+    if args.workers < 1:
+        raise ValueError("--workers must be >= 1")
+    seeds = parse_seeds(args.seeds)
+    labels = [p.strip() for p in args.policies.split(",") if p.strip()]
+    if not labels:
+        raise ValueError("--policies names no policy")
+    nodes = read_nodes(args.nodes, gpu_only=True)
+    traces = _load_traces(expand_pod_paths(args.pods))
+    dummy = next(iter(traces.values()))
+    for label in labels:
+        build_policy(label, workload_from_jobs(dummy.jobs))  # fail fast on bad names/options
+    specs = [RunSpec(t, p, s) for t in traces for p in labels for s in seeds]
+    outputs = _run_with_progress(traces, nodes, specs, float(args.inflate), args.workers)
+    _write_outputs(Path(args.out), outputs, args.plots, round(args.inflate * 100))
+    print(f"wrote {len(outputs)} runs to {args.out}")
+    return 0
+
+
+def _load_traces(paths: Sequence[Path]) -> dict[str, Trace]:
+    traces: dict[str, Trace] = {}
+    for path in paths:
+        trace = load_trace(path)
+        if trace.name in traces:
+            raise TraceError(path, f"two pod lists are both named {trace.name!r}")
+        traces[trace.name] = trace
+    return traces
+
+
+def _run_with_progress(
+    traces: dict[str, Trace],
+    nodes: list[NodeSpec],
+    specs: Sequence[RunSpec],
+    ratio: float,
+    workers: int,
+) -> list[RunOutput]:
+    outputs = []
+    start = time.perf_counter()
+    for done, output in enumerate(run_all(traces, nodes, specs, ratio, workers), 1):
+        outputs.append(output)
+        s = output.spec
+        at_100 = next((r[5] for r in output.curve if r[3] == 100), None)
+        print(
+            f"[{done}/{len(specs)}] {s.trace} {s.policy} seed {s.seed}: "
+            f"{output.seconds:.1f} s, unallocated GPUs at 100%: {at_100} "
+            f"({time.perf_counter() - start:.0f} s elapsed)",
+            file=sys.stderr,
+            flush=True,
+        )
+    order = {spec: i for i, spec in enumerate(specs)}
+    outputs.sort(key=lambda o: order[o.spec])
+    return outputs
+
+
+def _write_outputs(out: Path, outputs: Sequence[RunOutput], plots: bool, last_pct: int) -> None:
+    with staged_directory(out) as stage:
+        _write_csv(stage / "curves.csv", CURVE_COLUMNS, (r for o in outputs for r in o.curve))
+        _write_csv(
+            stage / "failures.csv", FAILURE_COLUMNS, (r for o in outputs for r in o.failures)
+        )
+        read_at = min(100, last_pct)
+        _write_csv(stage / "summary.csv", SUMMARY_COLUMNS, summarise(outputs, read_at))
+        if plots:
+            plot_curves(outputs, stage / "plots", read_at)
+
+
+def _write_csv(path: Path, columns: Sequence[str], rows: Iterable[tuple[object, ...]]) -> None:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows(rows)
+
+
+def summarise(outputs: Sequence[RunOutput], pct: int) -> list[tuple[object, ...]]:
+    """Per trace and policy: mean (and spread) over seeds at `pct` arrived."""
+    groups: dict[tuple[str, str], list[RunOutput]] = {}
+    for output in outputs:
+        groups.setdefault((output.spec.trace, output.spec.policy), []).append(output)
+    rows: list[tuple[object, ...]] = []
+    for (trace, policy), runs in groups.items():
+        at = np.array([next(r for r in o.curve if r[3] == pct)[4:] for o in runs], dtype=float)
+        seconds = [o.seconds for o in runs]
+        rows.append(
+            (
+                trace,
+                policy,
+                len(runs),
+                round(float(at[:, 1].mean()), 2),
+                round(float(at[:, 1].std()), 2),
+                round(float(at[:, 0].mean()), 3),
+                round(float(at[:, 2].mean()), 3),
+                round(float(at[:, 3].mean()), 3),
+                round(float(np.median(seconds)), 2),
+            )
+        )
+    return rows
+
+
+# -- plots ------------------------------------------------------------------------------
+
+PANELS = (
+    ("unallocated_pct", "unallocated GPU (% of capacity)"),
+    ("frag_amount_pct", "fragmented GPU (% of capacity)"),
+    ("frag_ratio_pct", "fragmented share of idle GPU (%)"),
+)
+
+
+def plot_curves(outputs: Sequence[RunOutput], out_dir: Path, read_at: int) -> None:
+    """One PNG per trace: the three curves vs arrived workload (mean over seeds, band
+    from min to max) and bars of unallocated GPUs at `read_at`% arrived."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    frame = pd.DataFrame([r for o in outputs for r in o.curve], columns=list(CURVE_COLUMNS)).assign(
+        unallocated_pct=lambda d: 100.0 - d.alloc_pct
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for trace, data in frame.groupby("trace", sort=False):
+        fig, axes = plt.subplots(1, 4, figsize=(20, 4.2))
+        stats = data.groupby(["policy", "arrived_pct"], sort=False)
+        for (column, title), ax in zip(PANELS, axes, strict=False):
+            agg = stats[column].agg(["mean", "min", "max"]).reset_index()
+            for policy, rows in agg.groupby("policy", sort=False):
+                ax.plot(rows.arrived_pct, rows["mean"], label=str(policy))
+                ax.fill_between(rows.arrived_pct, rows["min"], rows["max"], alpha=0.2)
+            ax.set_xlabel("arrived workload (% of GPU capacity)")
+            ax.set_title(title)
+            ax.grid(alpha=0.3)
+        top = int(data.arrived_pct.max())
+        axes[0].plot([0, top], [100, 100 - top], "k--", lw=0.8, label="ideal")
+        axes[0].legend(fontsize=8)
+        _bars(axes[3], data[data.arrived_pct == read_at], read_at)
+        fig.suptitle(f"{trace}: inflation study")
+        fig.tight_layout()
+        fig.savefig(out_dir / f"{trace}.png", dpi=90)
+        plt.close(fig)
+
+
+def _bars(ax: Axes, at: pd.DataFrame, read_at: int) -> None:
+    per_policy = at.groupby("policy", sort=False).unallocated_gpus.agg(["mean", "std"])
+    labels = [str(p) for p in per_policy.index]
+    ax.bar(labels, per_policy["mean"], yerr=per_policy["std"].fillna(0), capsize=3)
+    ax.set_title(f"unallocated GPUs at {read_at}% arrived")
+    ax.tick_params(axis="x", rotation=30)

@@ -1,0 +1,151 @@
+"""`gpufleet experiment fgd-inflation` end to end on an invented trace, its bad-input
+handling, the workload inflation, and the paper's ordering on one seed of openb."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from simulator.cli import main
+from simulator.experiments.fgd_inflation import (
+    CURVE_COLUMNS,
+    FAILURE_COLUMNS,
+    Trace,
+    inflated_order,
+    load_trace,
+    parse_seeds,
+    run_inflation,
+)
+from tests.conftest import job, shared_data
+from traces.openb import read_nodes
+
+NODES = """sn,cpu_milli,memory_mib,gpu,model
+node-b,32000,131072,4,V100M16
+node-a,64000,262144,8,G2
+node-c,16000,65536,2,T4
+"""
+PODS = """name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec
+p0,4000,8192,1,500,
+p1,8000,16384,1,1000,
+p2,2000,4096,0,0,
+p3,16000,32768,2,1000,
+p4,4000,8192,1,300,T4
+p5,6000,8192,1,1000,G2|V100M16
+"""
+
+
+@pytest.fixture
+def inputs(tmp_path: Path) -> tuple[Path, Path]:
+    nodes = tmp_path / "nodes.csv"
+    nodes.write_text(NODES)
+    pods = tmp_path / "openb_pod_list_tiny.csv"
+    pods.write_text(PODS)
+    return pods, nodes
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_cli_writes_curves_failures_summary_and_plots(inputs, tmp_path: Path) -> None:
+    pods, nodes = inputs
+    out = tmp_path / "out"
+    argv = ["experiment", "fgd-inflation", "--pods", str(pods), "--nodes", str(nodes)]
+    argv += ["--policies", "fgd,bestfit,random", "--seeds", "1-2", "--out", str(out)]
+    assert main([*argv, "--workers", "2"]) == 0
+    with (out / "curves.csv").open() as handle:
+        assert tuple(next(csv.reader(handle))) == CURVE_COLUMNS
+    rows = read_csv(out / "curves.csv")
+    assert len(rows) == 3 * 2 * 131  # policies × seeds × percents 0..130
+    for group in group_rows(rows).values():
+        assert [int(r["arrived_pct"]) for r in group] == list(range(131))
+        alloc = [float(r["alloc_pct"]) for r in group]
+        assert alloc[0] == 0 and alloc == sorted(alloc) and alloc[-1] <= 100
+        for r in group:  # 14 GPUs in all
+            assert float(r["unallocated_gpus"]) == pytest.approx(
+                14 * (1 - float(r["alloc_pct"]) / 100), abs=1e-2
+            )
+    with (out / "failures.csv").open() as handle:
+        assert tuple(next(csv.reader(handle))) == FAILURE_COLUMNS
+    assert {r["policy"] for r in read_csv(out / "summary.csv")} == {"fgd", "bestfit", "random"}
+    assert (out / "plots" / "tiny.png").stat().st_size > 1000
+
+
+def group_rows(rows: list[dict[str, str]]) -> dict[tuple[str, str], list[dict[str, str]]]:
+    groups: dict[tuple[str, str], list[dict[str, str]]] = {}
+    for r in rows:
+        groups.setdefault((r["policy"], r["seed"]), []).append(r)
+    return groups
+
+
+def test_runs_are_reproducible_and_policies_see_the_same_workload(inputs, tmp_path) -> None:
+    pods, nodes = inputs
+    trace = load_trace(pods)
+    node_list = read_nodes(nodes, gpu_only=True)
+    first = run_inflation(trace, node_list, "random", 7, 1.3)
+    again = run_inflation(trace, node_list, "random", 7, 1.3)
+    assert first.curve == again.curve and first.failures == again.failures
+    # The workload stream does not depend on the policy: arrivals line up row for row.
+    capacity = 14_000
+    order = inflated_order(trace, capacity, 1.3, np.random.default_rng(3))
+    assert order == inflated_order(trace, capacity, 1.3, np.random.default_rng(3))
+
+
+def test_inflation_appends_clones_up_to_the_target() -> None:
+    jobs = tuple(job(f"p{i}", milli=500) for i in range(4))  # 2 GPUs requested
+    order = inflated_order(Trace("t", jobs), 4000, 1.3, np.random.default_rng(0))
+    assert sorted(j.id for j in order[:4]) == ["p0", "p1", "p2", "p3"]
+    assert all("-tuned-" in j.id for j in order[4:])
+    assert sum(j.gpu_milli_total for j in order) == 5000  # 5.2 GPUs is the target
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"--pods": "missing.csv"}, "no pod list matches"),
+        ({"--seeds": "9-1"}, "--seeds"),
+        ({"--policies": "fgd,nosuch"}, "unknown policy"),
+        ({"--policies": "fgd:mode=fast"}, "mode"),
+        ({"--inflate": "0"}, "--inflate"),
+    ],
+)
+def test_bad_input_is_one_line_and_leaves_no_output(inputs, tmp_path, capsys, change, message):
+    pods, nodes = inputs
+    args = {"--pods": str(pods), "--nodes": str(nodes), "--seeds": "1", "--inflate": "1.3"}
+    args.update({k: (str(tmp_path / v) if k == "--pods" else v) for k, v in change.items()})
+    out = tmp_path / "out"
+    argv = ["experiment", "fgd-inflation", "--out", str(out), "--workers", "1", "--no-plots"]
+    for key, value in args.items():
+        argv += [key, value]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
+def test_bad_pod_row_names_file_and_line(inputs, tmp_path, capsys) -> None:
+    pods, nodes = inputs
+    pods.write_text(PODS + "p6,1000,100,2,500,\n")
+    argv = ["experiment", "fgd-inflation", "--pods", str(pods), "--nodes", str(nodes)]
+    assert main([*argv, "--out", str(tmp_path / "out"), "--workers", "1"]) == 2
+    assert f"{pods}:8" in capsys.readouterr().err
+
+
+def test_seed_ranges() -> None:
+    assert parse_seeds("42-45,50") == [42, 43, 44, 45, 50]
+
+
+@pytest.mark.shared_data
+def test_paper_ordering_on_one_seed_of_the_default_trace() -> None:
+    trace = load_trace(shared_data("alibaba-gpu-2023/openb_pod_list_default.csv"))
+    nodes = read_nodes(shared_data("alibaba-gpu-2023/openb_node_list_gpu_node.csv"), gpu_only=True)
+    at_100: dict[str, float] = {}
+    for policy in ("random", "packing", "bestfit", "fgd", "fgd:mode=artifact"):
+        curve = run_inflation(trace, nodes, policy, 42, 1.3).curve
+        at_100[policy] = float(next(r[5] for r in curve if r[3] == 100))  # type: ignore[arg-type]
+    assert at_100["random"] > at_100["packing"] > at_100["bestfit"]
+    assert at_100["bestfit"] > max(at_100["fgd"], at_100["fgd:mode=artifact"])
