@@ -72,7 +72,7 @@ STREAM_COLUMNS = (
     "default_config",
 )
 
-SIA_SPEEDS: tuple[tuple[str, float], ...] = (("A100", 1.0), ("RTX2080Ti", 0.33), ("T4", 0.145))
+SIA_SPEEDS: tuple[tuple[str, float], ...] = (("a100", 1.0), ("rtx2080ti", 0.33), ("t4", 0.145))
 """Per-sample training speed of a small CNN relative to an A100, from the Sia artifact's
 cifar10 profiles at maximum batch (A100 4096/0.407 s, RTX 2080Ti 1024/0.310 s, T4
 1024/0.702 s per step)."""
@@ -106,8 +106,8 @@ class ContinualSpec:
     restart_cost_s: float = 10.0
     scaling: float = 0.9
     speeds: tuple[tuple[str, float], ...] = SIA_SPEEDS
-    cpu_milli: int = 4000
-    mem_mib: int = 16384
+    cpu_milli: int = 2000
+    mem_mib: int = 8192
 
     def validate(self) -> None:
         if self.streams < 1 or self.windows < 1 or self.window_s <= 0:
