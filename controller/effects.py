@@ -14,6 +14,8 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
+
 from controller.kubeapi import STRATEGIC_MERGE_PATCH, KubeApi
 from controller.objects import (
     ASSIGNED_GPUS,
@@ -76,7 +78,7 @@ class ApiEffects:
         path = f"/api/v1/namespaces/{pod.namespace}/pods/{pod.name}/binding"
         try:
             status, answer = await self.api.request("POST", path, body=body)
-        except (OSError, TimeoutError) as err:
+        except (aiohttp.ClientError, OSError, TimeoutError) as err:
             log.warning("bind %s → %s: no answer (%s)", pod.key, node, err)
             return BindOutcome.RETRY
         if 200 <= status < 300:

@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import numpy as np
 
 from controller.cache import ClusterCache
@@ -260,16 +261,27 @@ class Scheduler:
     async def _bind_pod(
         self, pod: PodRecord, node: str, gpus: tuple[int, ...], milli: int, now: float
     ) -> bool:
-        annotations = placement_annotations(gpus, milli, now)
-        annotations.update(
-            self.cache.encoder.annotations(pod, self.cache.nodes[node], gpus, milli, now)
-            if node in self.cache.nodes
-            else {}
-        )
         async with self._limit:
+            held = self.cache.assumed.get(pod.uid)
+            if held is None or held.charge.node != node or node not in self.cache.nodes:
+                # The assumption was dropped or replaced meanwhile (e.g. its node went away).
+                log.info("bind %s → %s skipped: assumption no longer held", pod.key, node)
+                return False
+            annotations = placement_annotations(gpus, milli, now)
+            encoded = self.cache.encoder.annotations(pod, self.cache.nodes[node], gpus, milli, now)
+            annotations.update(encoded)
             outcome = await self.effects.bind(pod, node, annotations)
             if outcome is BindOutcome.RETRY:
                 outcome = await self._settle_unknown(pod, node)
+        if outcome is BindOutcome.RETRY:
+            log.warning("bind %s → %s unconfirmed; assumed until it expires", pod.key, node)
+            return False
+        if outcome is BindOutcome.BOUND and node not in self.cache.nodes:
+            # The node vanished while the bind was on its way: the pod would never run
+            # (and pod GC would delete it), so it goes back to the queue as a new pod.
+            log.warning("bound %s to %s, which is gone; recreating the pod", pod.key, node)
+            await self._evict_pod(pod, job_id(pod), pod.created, 0.0)
+            return False
         if outcome is BindOutcome.BOUND:
             self.stats.bound += 1
             record = BindRecord(pod, node, gpus, milli, self.clock())
@@ -285,14 +297,21 @@ class Scheduler:
 
     async def _settle_unknown(self, pod: PodRecord, node: str) -> BindOutcome:
         """After an unclear answer, the pod itself says whether the bind happened."""
-        current = await self.effects.read_pod(pod.namespace, pod.name)
+        try:
+            current = await self.effects.read_pod(pod.namespace, pod.name)
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            return BindOutcome.RETRY
         if current is None or current["metadata"].get("uid") != pod.uid:
             return BindOutcome.GONE
         return BindOutcome.BOUND if current["spec"].get("nodeName") == node else BindOutcome.RETRY
 
     async def _refresh(self, pod: PodRecord) -> None:
         """Re-read a pod whose state we are unsure of and feed it to the cache."""
-        current = await self.effects.read_pod(pod.namespace, pod.name)
+        try:
+            current = await self.effects.read_pod(pod.namespace, pod.name)
+        except (aiohttp.ClientError, OSError, TimeoutError) as err:
+            log.warning("re-reading %s failed (%s); the watch will tell", pod.key, err)
+            return
         if current is not None and current["metadata"].get("uid") == pod.uid:
             self.cache.apply("pods", "MODIFIED", current)
 

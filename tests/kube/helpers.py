@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -154,11 +155,14 @@ class RunningController:
     """`async with RunningController(kubeconfig, policy) as ctl:` runs the controller in
     this event loop (as the scheduler user, so RBAC applies) and stops it afterwards."""
 
-    def __init__(self, kubeconfig: str, policy: str = "bestfit", **options: Any) -> None:
+    def __init__(
+        self, kubeconfig: str, policy: str = "bestfit", server: str = "", **options: Any
+    ) -> None:
         from controller.runtime import Controller, ControllerOptions
         from policies import make_policy
 
-        self.api = KubeApi(load_config(kubeconfig))
+        config = load_config(kubeconfig)
+        self.api = KubeApi(dataclasses.replace(config, server=server) if server else config)
         self.controller = Controller(self.api, make_policy(policy), ControllerOptions(**options))
 
     async def __aenter__(self) -> Any:
