@@ -19,6 +19,8 @@ import numpy as np
 import numpy.typing as npt
 from scipy.interpolate import LinearNDInterpolator, NearestNDInterpolator
 
+from policies.jobs import AllocationShape
+
 FloatArray = npt.NDArray[np.float64]
 
 
@@ -312,3 +314,24 @@ def progress_rate(
     iteration = step + (step - sync) * batch.accum_steps
     gain = profile.epochs.gain(batch.global_batch(sum(placement)), epoch)
     return gain / iteration / profile.slowdown
+
+
+@dataclass(frozen=True, eq=False)
+class PlacementThroughput:
+    """`steps` of work at measured steps/s per GPU model, consolidated (one node) or
+    unconsolidated (spread over nodes), as Gavel's throughput file gives them. A model
+    missing from a table (or at 0) cannot run the job."""
+
+    steps: float
+    consolidated: Mapping[str, float]
+    unconsolidated: Mapping[str, float] = field(default_factory=dict)
+
+    @property
+    def total(self) -> float:
+        return self.steps
+
+    def rate(self, shape: AllocationShape, done: float) -> float:
+        table = self.unconsolidated if shape.num_nodes > 1 else self.consolidated
+        models = shape.gpu_models or (shape.gpu_model,)
+        # A job straddling GPU models runs at the pace of its slowest GPUs.
+        return min(table.get(m, self.consolidated.get(m, 0.0)) for m in models)

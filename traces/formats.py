@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from policies import JobSpec, NodeSpec
-from traces import canonical, gavel, openb, philly, rap
+from traces import canonical, gavel, openb, philly, rap, sia
 from traces.errors import TraceError
 
 JobReader = Callable[..., Iterable[JobSpec]]
@@ -17,6 +17,7 @@ FORMATS: dict[str, JobReader] = {
     "philly": philly.read_jobs,
     "gavel": gavel.read_jobs,
     "dlrm": rap.read_jobs,
+    "sia": sia.read_jobs,
 }
 """Job readers by format name; other packages may add theirs (e.g. `sia`)."""
 
