@@ -1,0 +1,363 @@
+"""`gpufleet experiment hetero`: Sia vs Gavel vs baselines on heterogeneous clusters.
+
+Runs every workload (each `*.csv` in the `--workloads` folders, Sia's format; and/or
+`--gavel-traces N` traces generated from Gavel's throughput file) under every policy on
+one named cluster. Policies that adapt jobs (Sia) get adaptive jobs; every other policy
+runs each job rigidly at its TunedJobs GPUs and batch, as in the Sia paper. Every start
+pays the job's checkpoint-restore delay.
+
+Output directory:
+
+- `summary.csv`: workload,policy,jobs,avg_jct_h,p99_jct_h,makespan_h,gpu_hours_per_job,
+  restarts_per_job (p99 is the sorted JCT at index ⌊0.99·n⌋, as Sia's scripts take it);
+- `policy_timing.csv`: per run, policy wall time per pass (median, p95) and completions;
+- `jobs.csv`: one row per job and run; `rounds.csv`: one row per scheduling pass;
+  `timeline.csv`: GPUs allocated per GPU model after each change;
+- `jct_cdf.png` (JCT CDF per policy, all workloads pooled) and
+  `gpus_by_model_<policy>.png` (GPUs per model over time, first workload).
+
+Everything is written to a temporary sibling directory and moved into place at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from policies import JobSpec, NodeSpec, Policy, make_policy, policy_class
+from simulator.clusters import cluster_names, named_cluster
+from simulator.engine import EngineOptions, Simulation
+from simulator.metrics import JOB_COLUMNS, PASS_COLUMNS, Recorder
+from traces import sia as sia_traces
+from traces.errors import TraceError
+from traces.gavel_throughputs import generate_jobs, read_throughputs
+
+NAME = "hetero"
+HELP = "Sia vs Gavel vs baselines on heterogeneous clusters (Sia or Gavel workloads)"
+SUMMARY_COLUMNS = (
+    "workload",
+    "policy",
+    "jobs",
+    "avg_jct_h",
+    "p99_jct_h",
+    "makespan_h",
+    "gpu_hours_per_job",
+    "restarts_per_job",
+)
+TIMING_COLUMNS = (
+    "workload",
+    "policy",
+    "completed",
+    "unfinished",
+    "passes",
+    "policy_ms_median",
+    "policy_ms_p95",
+    "wall_s",
+)
+DEFAULT_GAVEL_FILE = "../shared/data/gavel/simulation_throughputs.json"
+
+
+@dataclass(frozen=True)
+class Workload:
+    """A Sia workload file, or a generated Gavel trace (file, seed, jobs, rate)."""
+
+    name: str
+    path: Path
+    profiles: Path | None = None
+    gavel_seed: int | None = None
+    gavel_jobs: int = 0
+    gavel_rate: float = 0.0
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    workload: Workload
+    policy: str
+    options: tuple[tuple[str, str], ...]
+    cluster: str
+    scale: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class RunOutput:
+    spec: RunSpec
+    summary: tuple[object, ...]
+    timing: tuple[object, ...]
+    jobs: list[tuple[object, ...]]
+    rounds: list[tuple[object, ...]]
+    timeline: list[tuple[object, ...]]
+    models: tuple[str, ...]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--workloads", nargs="+", default=[], metavar="DIR", help="folders of Sia workload CSVs"
+    )
+    parser.add_argument("--profiles", metavar="DIR", help="Sia profile folder (default: beside)")
+    parser.add_argument(
+        "--gavel-traces", type=int, default=0, metavar="N", help="also run N generated traces"
+    )
+    parser.add_argument("--gavel-file", default=DEFAULT_GAVEL_FILE, metavar="JSON")
+    parser.add_argument("--gavel-jobs", type=int, default=300, help="jobs per Gavel trace")
+    parser.add_argument("--gavel-rate", type=float, default=10.0, help="Gavel jobs per hour")
+    parser.add_argument("--cluster", default="sia-64", help=f"one of {', '.join(cluster_names())}")
+    parser.add_argument("--scale", type=int, default=1, help="multiply node counts by k")
+    parser.add_argument(
+        "--policies",
+        default="sia,gavel,las,fifo",
+        help="comma-separated; options as name:key=value:key=value",
+    )
+    parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    parser.add_argument("--workers", type=int, default=1, help="parallel processes")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.workers < 1:
+        raise ValueError("--workers must be >= 1")
+    named_cluster(args.cluster, args.scale)  # fail fast on a bad name or scale
+    policies = [parse_policy(label) for label in args.policies.split(",") if label]
+    if not policies:
+        raise ValueError("--policies names no policy")
+    for name, options in policies:
+        make_policy(name, dict(options))
+    workloads = find_workloads(args)
+    specs = [
+        RunSpec(w, name, options, args.cluster, args.scale, args.seed)
+        for w in workloads
+        for name, options in policies
+    ]
+    outputs = run_all(specs, args.workers)
+    write_results(Path(args.out), outputs)
+    return 0
+
+
+def parse_policy(label: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+    name, *parts = label.strip().split(":")
+    options = []
+    for part in parts:
+        key, sep, value = part.partition("=")
+        if not sep or not key:
+            raise ValueError(f"policy option {part!r} in {label!r} is not key=value")
+        options.append((key, value))
+    policy_class(name)
+    return name, tuple(options)
+
+
+def find_workloads(args: argparse.Namespace) -> list[Workload]:
+    workloads = []
+    profiles = Path(args.profiles) if args.profiles else None
+    for folder in args.workloads:
+        path = Path(folder)
+        if not path.is_dir():
+            raise TraceError(path, "no such workload folder")
+        files = sorted(path.glob("*.csv"), key=_natural)
+        if not files:
+            raise TraceError(path, "no *.csv workload files")
+        workloads += [Workload(f"{path.name}/{f.stem}", f, profiles) for f in files]
+    if args.gavel_traces:
+        gavel_file = Path(args.gavel_file)
+        read_throughputs(gavel_file)  # validate before any run starts
+        workloads += [
+            Workload(f"gavel/seed-{seed}", gavel_file, None, seed, args.gavel_jobs, args.gavel_rate)
+            for seed in range(args.gavel_traces)
+        ]
+    if not workloads:
+        raise ValueError("nothing to run: give --workloads DIR and/or --gavel-traces N")
+    return workloads
+
+
+def _natural(path: Path) -> tuple[object, ...]:
+    stem = path.stem
+    digits = "".join(c for c in stem if c.isdigit())
+    return (stem.rstrip("0123456789"), int(digits) if digits else -1, stem)
+
+
+def load_jobs(workload: Workload, policy: Policy) -> list[JobSpec]:
+    if workload.gavel_seed is not None:
+        table = read_throughputs(workload.path)
+        return generate_jobs(table, workload.gavel_jobs, workload.gavel_rate, workload.gavel_seed)
+    mode = None if getattr(policy, "adapts_jobs", False) else "rigid"
+    return sia_traces.read_jobs(workload.path, workload.profiles, mode=mode)
+
+
+def run_one(spec: RunSpec) -> RunOutput:
+    policy = make_policy(spec.policy, dict(spec.options))
+    nodes: list[NodeSpec] = named_cluster(spec.cluster, spec.scale)
+    jobs = load_jobs(spec.workload, policy)
+    started = time.perf_counter()
+    sim = Simulation(nodes, jobs, policy, EngineOptions(seed=spec.seed, startup_delay=True))
+    recorder = sim.run()
+    wall = time.perf_counter() - started
+    label = policy_label(spec)
+    return RunOutput(
+        spec=spec,
+        summary=(spec.workload.name, label, *summarise(recorder)),
+        timing=(spec.workload.name, label, *timing(recorder), round(wall, 2)),
+        jobs=[(spec.workload.name, label, *row) for row in recorder.jobs],
+        rounds=[(spec.workload.name, label, *row) for row in recorder.passes],
+        timeline=[(spec.workload.name, label, *row) for row in recorder.timeline],
+        models=sim.cluster.models,
+    )
+
+
+def policy_label(spec: RunSpec) -> str:
+    return ":".join([spec.policy, *(f"{k}={v}" for k, v in spec.options)])
+
+
+def summarise(recorder: Recorder) -> tuple[object, ...]:
+    """jobs, avg/p99 JCT (h), makespan (h), GPU-hours per job, restarts per job."""
+    rows = recorder.jobs
+    done = [r for r in rows if r[JOB_COLUMNS.index("status")] == "completed"]
+    jcts = np.sort(_column(done, "jct_s"))
+    count = len(rows)
+    avg = float(jcts.mean()) / 3600 if jcts.size else float("nan")
+    p99 = float(jcts[int(0.99 * jcts.size)]) / 3600 if jcts.size else float("nan")
+    ends = _column(done, "end_s")
+    makespan = (ends.max() - _column(rows, "submit_s").min()) / 3600 if ends.size else np.nan
+    per_job = max(count, 1)
+    return (
+        count,
+        round(avg, 4),
+        round(p99, 4),
+        round(float(makespan), 4),
+        round(float(_column(rows, "attained_gpu_s").sum()) / 3600 / per_job, 4),
+        round(float(_column(rows, "restarts").sum()) / per_job, 4),
+    )
+
+
+def _column(rows: Sequence[tuple[object, ...]], name: str) -> np.ndarray:
+    index = JOB_COLUMNS.index(name)
+    return np.array([float(str(r[index])) for r in rows], dtype=float)
+
+
+def timing(recorder: Recorder) -> tuple[object, ...]:
+    status = [r[JOB_COLUMNS.index("status")] for r in recorder.jobs]
+    walls = np.array([float(str(p[1])) for p in recorder.passes])
+    median = float(np.median(walls)) * 1000 if walls.size else 0.0
+    p95 = float(np.percentile(walls, 95)) * 1000 if walls.size else 0.0
+    return (
+        status.count("completed"),
+        status.count("unfinished"),
+        len(recorder.passes),
+        round(median, 3),
+        round(p95, 3),
+    )
+
+
+def run_all(specs: Sequence[RunSpec], workers: int) -> list[RunOutput]:
+    outputs: list[RunOutput] = []
+    started = time.perf_counter()
+
+    def report(output: RunOutput) -> None:
+        outputs.append(output)
+        elapsed = time.perf_counter() - started
+        print(
+            f"[{len(outputs)}/{len(specs)}] {output.spec.workload.name} "
+            f"{policy_label(output.spec)} done ({elapsed:.0f}s)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    if workers == 1:
+        for spec in specs:
+            report(run_one(spec))
+    else:
+        with ProcessPoolExecutor(workers) as pool:
+            futures = [pool.submit(run_one, spec) for spec in specs]
+            for future in as_completed(futures):
+                report(future.result())
+    order = {spec: i for i, spec in enumerate(specs)}
+    return sorted(outputs, key=lambda o: order[o.spec])
+
+
+def write_results(out: Path, outputs: Sequence[RunOutput]) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        models = outputs[0].models
+        _write_csv(tmp / "summary.csv", SUMMARY_COLUMNS, [o.summary for o in outputs])
+        _write_csv(tmp / "policy_timing.csv", TIMING_COLUMNS, [o.timing for o in outputs])
+        head = ("workload", "policy")
+        _write_csv(tmp / "jobs.csv", (*head, *JOB_COLUMNS), [r for o in outputs for r in o.jobs])
+        _write_csv(
+            tmp / "rounds.csv", (*head, *PASS_COLUMNS), [r for o in outputs for r in o.rounds]
+        )
+        timeline_cols = (
+            *head,
+            "time_s",
+            "alloc_gpu_pct",
+            "running",
+            "pending",
+            *(f"gpus_{m}" for m in models),
+        )
+        _write_csv(tmp / "timeline.csv", timeline_cols, [r for o in outputs for r in o.timeline])
+        plot_results(tmp, outputs)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _write_csv(path: Path, columns: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    writer.writerows(rows)
+    path.write_text(buffer.getvalue(), encoding="utf-8")
+
+
+def plot_results(out: Path, outputs: Sequence[RunOutput]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    status, jct = JOB_COLUMNS.index("status"), JOB_COLUMNS.index("jct_s")
+    by_policy: dict[str, list[float]] = {}
+    for o in outputs:
+        label = policy_label(o.spec)
+        by_policy.setdefault(label, []).extend(
+            float(str(r[2 + jct])) / 3600 for r in o.jobs if r[2 + status] == "completed"
+        )
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, values in by_policy.items():
+        xs = np.sort(values)
+        ax.plot(xs, np.arange(1, xs.size + 1) / max(xs.size, 1), label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("job completion time (h)")
+    ax.set_ylabel("fraction of jobs")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "jct_cdf.png", dpi=120)
+    plt.close(fig)
+    first = outputs[0].spec.workload.name
+    for o in outputs:
+        if o.spec.workload.name != first or not o.timeline:
+            continue
+        rows = np.array([r[2:] for r in o.timeline], dtype=float)
+        fig, ax = plt.subplots(figsize=(7, 3.5))
+        hours = rows[:, 0] / 3600
+        ax.stackplot(hours, rows[:, 4:].T, labels=list(o.models), step="post")
+        ax.set_xlabel("time (h)")
+        ax.set_ylabel("GPUs allocated")
+        ax.set_title(f"{first}: {policy_label(o.spec)}")
+        ax.legend(loc="upper right")
+        fig.tight_layout()
+        safe = policy_label(o.spec).replace(":", "_").replace("=", "-")
+        fig.savefig(out / f"gpus_by_model_{safe}.png", dpi=120)
+        plt.close(fig)
