@@ -15,6 +15,8 @@ Semantics of decisions the simulator applies instantly but a cluster cannot:
   submit time, attained service and restart count in annotations; it queues again.
 * `Resize`: like `Preempt`, and the new placement is remembered as a plan. Once the
   recreated pods are pending and the plan fits the ledger, they are bound to it.
+* A `Place` that needs GPUs still held by pods being evicted in the same pass becomes a
+  plan too, bound as soon as the evicted pods are gone.
 """
 
 from __future__ import annotations
@@ -206,9 +208,16 @@ class Scheduler:
                 self._evict_job(decision.job_id, decision.reason, None)
             elif isinstance(decision, Resize):
                 self._evict_job(decision.job_id, decision.reason, decision.placement)
+        state = self.cache.ledger.state
         for decision in result.decisions:
             if isinstance(decision, Place) and decision.job_id in pending:
-                self.place(pending[decision.job_id], decision.placement, decision.reason, now)
+                job = pending[decision.job_id]
+                if state is not None and _fits(decision.placement, job, state):
+                    self.place(job, decision.placement, decision.reason, now)
+                else:
+                    # Its GPUs are still held by pods being evicted: bind once they leave.
+                    log.info("plan %s: waiting for evicted pods to leave", decision.job_id)
+                    self._plans[decision.job_id] = decision.placement
             elif isinstance(decision, Unschedulable) and decision.job_id in pending:
                 message = decision.reason
                 if decision.plugin:

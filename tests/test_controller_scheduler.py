@@ -1,0 +1,202 @@
+"""The scheduling loop against an in-memory stand-in for the API effects: what it binds,
+what it does when a bind fails, gangs all-or-nothing, reports, evictions and plans."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from controller.cache import NODES, PODS, ClusterCache
+from controller.effects import BindOutcome
+from controller.encoders import WholeGpu
+from controller.objects import (
+    ASSIGNED_GPUS,
+    ATTAINED_GPU_S,
+    BOUND_AT,
+    GANG_SIZE,
+    JOB_LABEL,
+    PodRecord,
+)
+from controller.scheduler import Scheduler, SchedulerOptions
+from policies import make_policy
+
+
+class FakeEffects:
+    """Records calls; binds answer from `outcomes` (default: bound)."""
+
+    def __init__(self, cache: ClusterCache) -> None:
+        self.cache = cache
+        self.binds: list[tuple[str, str, dict[str, str]]] = []
+        self.reports: list[tuple[str, str]] = []
+        self.evicted: list[tuple[str, str, float]] = []
+        self.outcomes: dict[str, BindOutcome] = {}
+        self.pods: dict[str, dict[str, Any]] = {}
+
+    async def bind(self, pod: PodRecord, node: str, annotations: dict[str, str]) -> BindOutcome:
+        self.binds.append((pod.name, node, annotations))
+        return self.outcomes.get(pod.name, BindOutcome.BOUND)
+
+    async def read_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.pods.get(name)
+
+    async def mark_unschedulable(self, pod: PodRecord, message: str, now: float) -> None:
+        self.reports.append((pod.name, message))
+
+    async def evict_and_recreate(
+        self, pod: PodRecord, job_id: str, attained: float, submit: float
+    ) -> str:
+        self.evicted.append((pod.name, job_id, attained))
+        return f"{pod.name}-r1"
+
+
+def node_json(name: str, gpus: int) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "labels": {"nvidia.com/gpu.product": "A100"}},
+        "status": {"allocatable": {"cpu": "32", "memory": "128Gi", "nvidia.com/gpu": str(gpus)}},
+    }
+
+
+def pod_json(
+    name: str,
+    gpus: int = 1,
+    node: str = "",
+    labels: dict[str, str] | None = None,
+    notes: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "schedulerName": "gpufleet",
+        "containers": [
+            {
+                "resources": {
+                    "requests": {"cpu": "1", "memory": "1Gi"},
+                    "limits": {"nvidia.com/gpu": str(gpus)},
+                }
+            }
+        ],
+    }
+    if node:
+        spec["nodeName"] = node
+    return {
+        "metadata": {
+            "uid": f"u-{name}",
+            "name": name,
+            "namespace": "ns",
+            "labels": labels or {},
+            "annotations": notes or {},
+            "creationTimestamp": "2026-01-01T00:00:00Z",
+        },
+        "spec": spec,
+        "status": {"phase": "Running" if node else "Pending"},
+    }
+
+
+Scenario = Callable[[Scheduler, ClusterCache, FakeEffects], Awaitable[None]]
+
+
+def run(scenario: Scenario, policy: str = "bestfit", nodes: dict[str, int] | None = None) -> None:
+    async def main() -> None:
+        cache = ClusterCache(WholeGpu())
+        cache.replace(NODES, [node_json(n, g) for n, g in (nodes or {"a": 2, "b": 4}).items()])
+        effects = FakeEffects(cache)
+        scheduler = Scheduler(
+            make_policy(policy), cache, effects, SchedulerOptions(), clock=lambda: 1000.0
+        )  # type: ignore[arg-type]
+        loop = asyncio.create_task(scheduler.run())
+        try:
+            await scenario(scheduler, cache, effects)
+        finally:
+            loop.cancel()
+
+    asyncio.run(main())
+
+
+def test_binds_best_fit_node_with_gpu_annotations() -> None:
+    async def scenario(scheduler: Scheduler, cache: ClusterCache, effects: FakeEffects) -> None:
+        cache.apply(PODS, "ADDED", pod_json("p", gpus=2))
+        await scheduler.wait_idle()
+        ((name, node, notes),) = effects.binds
+        assert (name, node, notes[ASSIGNED_GPUS], notes[BOUND_AT]) == ("p", "a", "0,1", "1000.000")
+        assert scheduler.stats.bound == 1 and cache.assumed  # held until the watch echoes it
+
+    run(scenario)
+
+
+def test_conflict_drops_the_assumption() -> None:
+    async def scenario(scheduler: Scheduler, cache: ClusterCache, effects: FakeEffects) -> None:
+        effects.outcomes["p"] = BindOutcome.CONFLICT
+        effects.pods["p"] = pod_json("p", node="b")  # someone else bound it to b
+        cache.apply(PODS, "ADDED", pod_json("p"))
+        await scheduler.wait_idle()
+        assert scheduler.stats.conflicts == 1 and not cache.assumed
+        state = cache.ledger.state
+        assert state is not None
+        assert int(state.gpu_free[state.node_index["a"]].sum()) == 2000
+        assert int(state.gpu_free[state.node_index["b"]].sum()) == 3000
+        assert len(effects.binds) == 1  # not retried: the pod is bound now
+
+    run(scenario)
+
+
+def test_gang_member_failing_to_bind_evicts_the_bound_members() -> None:
+    async def scenario(scheduler: Scheduler, cache: ClusterCache, effects: FakeEffects) -> None:
+        effects.outcomes["g-1"] = BindOutcome.GONE
+        gang = {JOB_LABEL: "g"}
+        for i in range(2):
+            cache.apply(PODS, "ADDED", pod_json(f"g-{i}", labels=gang, notes={GANG_SIZE: "2"}))
+        await scheduler.wait_idle()
+        assert sorted(b[0] for b in effects.binds) == ["g-0", "g-1"]
+        assert effects.evicted == [("g-0", "ns/g", 0.0)]
+
+    run(scenario)
+
+
+def test_unschedulable_is_reported_once_per_reason() -> None:
+    async def scenario(scheduler: Scheduler, cache: ClusterCache, effects: FakeEffects) -> None:
+        cache.apply(PODS, "ADDED", pod_json("huge", gpus=8))
+        await scheduler.wait_idle()
+        cache.apply(NODES, "ADDED", node_json("c", 1))  # a change, so another pass runs
+        await scheduler.wait_idle()
+        assert scheduler.stats.passes == 2
+        assert effects.reports == [("huge", "bestfit: no node fits the request")]
+
+    run(scenario)
+
+
+def test_paused_scheduler_decides_nothing_until_resumed() -> None:
+    async def scenario(scheduler: Scheduler, cache: ClusterCache, effects: FakeEffects) -> None:
+        scheduler.pause()
+        cache.apply(PODS, "ADDED", pod_json("p"))
+        await scheduler.wait_idle()
+        assert effects.binds == []
+        scheduler.resume()
+        await scheduler.wait_idle()
+        assert [b[0] for b in effects.binds] == ["p"]
+
+    run(scenario)
+
+
+def test_preemption_evicts_then_places_once_the_gpus_are_free() -> None:
+    async def scenario(scheduler: Scheduler, cache: ClusterCache, effects: FakeEffects) -> None:
+        # A job that has had lots of service holds the only GPU; LAS prefers a new one.
+        veteran = pod_json(
+            "old",
+            node="a",
+            notes={
+                ASSIGNED_GPUS: "0",
+                "gpufleet.io/assigned-milli": "1000",
+                BOUND_AT: "0",
+                ATTAINED_GPU_S: "50000",
+            },
+        )
+        cache.apply(PODS, "ADDED", veteran)
+        cache.apply(PODS, "ADDED", pod_json("new"))
+        await scheduler.wait_idle()
+        assert [(e[0], e[1]) for e in effects.evicted] == [("old", "ns/old")]
+        assert effects.evicted[0][2] == 50000 + 1000.0  # carried service grows while running
+        assert effects.binds == []
+        cache.apply(PODS, "DELETED", veteran)  # the eviction lands
+        await scheduler.wait_idle()
+        assert [(b[0], b[1]) for b in effects.binds] == [("new", "a")]
+
+    run(scenario, policy="las", nodes={"a": 1})

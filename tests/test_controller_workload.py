@@ -1,0 +1,107 @@
+"""Pods to the policy's jobs: gangs, queue order, what a pod states about itself."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from controller.encoders import WholeGpu
+from controller.objects import (
+    GANG_SIZE,
+    GPU_MODELS,
+    JOB_LABEL,
+    POD_GROUP_LABEL,
+    RUNTIME,
+    pod_from_json,
+)
+from controller.workload import build_workload, parse_duration
+from policies import FixedDuration, TaskRequest
+
+
+def pod(
+    name: str,
+    created: str = "2026-01-01T00:00:00Z",
+    gpus: int = 1,
+    labels: dict[str, str] | None = None,
+    notes: dict[str, str] | None = None,
+) -> Any:
+    return pod_from_json(
+        {
+            "metadata": {
+                "uid": f"u-{name}",
+                "name": name,
+                "namespace": "ns",
+                "creationTimestamp": created,
+                "labels": labels or {},
+                "annotations": notes or {},
+            },
+            "spec": {
+                "schedulerName": "gpufleet",
+                "containers": [
+                    {
+                        "resources": {
+                            "requests": {"cpu": "2", "memory": "4Gi"},
+                            "limits": {"nvidia.com/gpu": str(gpus)},
+                        }
+                    }
+                ],
+            },
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("90s", 90.0), ("1h30m", 5400.0), ("250ms", 0.25), ("1.5m", 90.0)]
+)
+def test_go_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+def test_bad_duration_is_rejected() -> None:
+    with pytest.raises(ValueError):
+        parse_duration("90 seconds")
+
+
+def test_single_pods_become_jobs_in_creation_then_arrival_order() -> None:
+    pods = [pod("late", "2026-01-01T00:00:05Z"), pod("b"), pod("a")]
+    seq = {"u-late": 0, "u-b": 1, "u-a": 2}
+    work = build_workload(pods, seq, WholeGpu())
+    assert [j.spec.id for j in work.pending] == ["ns/b", "ns/a", "ns/late"]
+    spec = work.pending[0].spec
+    assert spec.task == TaskRequest(2000, 4096, 1, 1000)
+    assert spec.work == FixedDuration(3600.0)
+
+
+def test_stated_runtime_and_models_reach_the_job() -> None:
+    notes = {RUNTIME: "2m", GPU_MODELS: "A100|V100"}
+    (job,) = build_workload([pod("x", notes=notes)], {}, WholeGpu()).pending
+    assert job.spec.work == FixedDuration(120.0)
+    assert job.spec.allowed_models == frozenset({"A100", "V100"})
+
+
+def test_gang_waits_for_all_members_then_is_one_job() -> None:
+    labels = {POD_GROUP_LABEL: "train"}
+    size = {GANG_SIZE: "3"}
+    members = [pod(f"train-{i}", labels=labels, notes=size) for i in (1, 0)]
+    work = build_workload(members, {}, WholeGpu())
+    assert work.pending == [] and work.waiting == {"ns/train": "gang has 2 of 3 pods"}
+    members.append(pod("train-2", labels=labels, notes=size))
+    (job,) = build_workload(members, {}, WholeGpu()).pending
+    assert job.spec.replicas == 3
+    assert [p.name for p in job.pods] == ["train-0", "train-1", "train-2"]
+
+
+def test_gang_members_must_ask_for_the_same_resources() -> None:
+    labels = {JOB_LABEL: "mixed"}
+    work = build_workload(
+        [pod("m-0", labels=labels), pod("m-1", gpus=2, labels=labels)], {}, WholeGpu()
+    )
+    (rejected,) = work.rejected
+    assert "ask for different resources" in rejected.reason
+    assert work.pending == []
+
+
+def test_bad_share_annotation_is_rejected_not_crashing() -> None:
+    work = build_workload([pod("bad", notes={"gpufleet.io/gpu-milli": "1500"})], {}, WholeGpu())
+    assert work.pending == [] and "1..1000" in work.rejected[0].reason
