@@ -193,7 +193,7 @@ def stream_row(stream: StreamSpec) -> dict[str, object]:
         "shift_prob": stream.drift.shift_prob,
         "shift_mean": stream.drift.shift_mean,
         "drift_seed": stream.drift_seed,
-        "configs": ";".join(f"{c.name}={c.work_gpu_s:g}:{c.quality:g}" for c in stream.configs),
+        "configs": ";".join(f"{c.name}={c.work_gpu_s!r}:{c.quality!r}" for c in stream.configs),
         "default_config": stream.default_config,
     }
 
@@ -272,7 +272,7 @@ def _stream_from_row(row: Row) -> StreamSpec:
 
 
 def _pairs(table: Mapping[str, float]) -> str:
-    return ";".join(f"{k}={v:g}" for k, v in sorted(table.items()))
+    return ";".join(f"{k}={v!r}" for k, v in sorted(table.items()))
 
 
 def _parse_pairs(row: Row, field: str) -> dict[str, float]:
