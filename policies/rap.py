@@ -345,6 +345,7 @@ def calibrate_cpu_factor(
 
 SHARING = ("none", "own", "cross_job")
 OFFLOAD_RULES = ("gain", "always")
+FALLBACKS = (Mode.RAP.value, Mode.SEQUENTIAL.value)
 NEAR_TIE_MILLI = 1e-9
 """Fragmentation changes this close count as equal."""
 
@@ -368,6 +369,13 @@ class RapSharingConfig(PlacementConfig):
             "whenever a spare place exists"
         },
     )
+    fallback: str = field(
+        default="rap",
+        metadata={
+            "help": "cross_job: how preprocessing runs when it stays on the job's GPUs "
+            "(rap, or sequential where co-running there is not possible)"
+        },
+    )
     max_guest_milli: int = field(
         default=500, metadata={"help": "largest GPU share a remote preprocessing part takes"}
     )
@@ -379,6 +387,13 @@ class RapSharingConfig(PlacementConfig):
     cpu_mem_mib_per_core: int = field(
         default=1024, metadata={"help": "memory per core of a CPU-node part"}
     )
+    idle_gpus: bool = field(
+        default=False,
+        metadata={
+            "help": "remote parts may also take a fully idle GPU (default: only GPUs other "
+            "jobs already share)"
+        },
+    )
     coverage: float = field(
         default=DEFAULT_COVERAGE,
         metadata={"help": "share of tasks FGD's target workload covers (fragmentation)"},
@@ -387,6 +402,8 @@ class RapSharingConfig(PlacementConfig):
     def __post_init__(self) -> None:
         if self.sharing not in SHARING:
             raise ValueError(f"rap sharing must be one of {', '.join(SHARING)}")
+        if self.fallback not in FALLBACKS:
+            raise ValueError(f"rap fallback must be one of {', '.join(FALLBACKS)}")
         if self.offload not in OFFLOAD_RULES:
             raise ValueError(f"rap offload must be one of {', '.join(OFFLOAD_RULES)}")
         if not 0 < self.milli_step <= self.max_guest_milli < MILLI:
@@ -437,8 +454,9 @@ class RapSharing(PlacementPolicy):
     Every job's own tasks are placed by the `base` policy. Then, for each DLRM job placed
     in the pass, the policy picks where its preprocessing runs: `none` keeps it
     sequential on the job's GPUs, `own` co-runs it there (RAP), `cross_job` also weighs
-    a share of another GPU (the one whose take least raises FGD's fragmentation, then
-    the one slowing the fewest host GPUs) and a CPU-only node, by predicted net gain.
+    a share of a GPU other jobs already use (the one whose take least raises FGD's
+    fragmentation, then the one slowing the fewest host GPUs) and a CPU-only node, by
+    predicted net gain.
     Remote parts take only free milli-GPU, after every job of the pass is placed.
     """
 
@@ -535,10 +553,10 @@ class RapSharing(PlacementPolicy):
         sharing = self.settings.sharing
         if sharing == "none":
             return Offload(Mode.SEQUENTIAL, 0.0)
-        own = Offload(Mode.RAP, 0.0)
         if sharing == "own":
-            return own
-        own_ms = work.iteration_ms(Mode.RAP)
+            return Offload(Mode.RAP, 0.0)
+        own = Offload(Mode(self.settings.fallback), 0.0)
+        own_ms = work.iteration_ms(own.mode)
         # CPU first: on equal gain it leaves the GPU fragment to GPU jobs.
         offloads = [
             o
@@ -575,8 +593,13 @@ class RapSharing(PlacementPolicy):
         nodes = feasible_nodes(spec, request, state)
         if nodes.size == 0:
             return None
-        fragmentation = self._measure(snapshot, state)
-        deltas = fragmentation.placement_deltas(state, request, nodes)
+        deltas = self._measure(snapshot, state).placement_deltas(state, request, nodes)
+        if not cfg.idle_gpus:
+            # Only spare milli of GPUs that other jobs already use: a fragment of an idle
+            # GPU would break it for whole-GPU and gang jobs.
+            deltas = np.where(state.gpu_free[nodes] < MILLI, deltas, np.inf)
+        if not np.isfinite(deltas).any():
+            return None
         node, gpu = _least_harm(deltas, nodes, state, hosts)
         part_shape = PartShape(PREPROCESS_PART, request.cpu_milli, milli)
         remote_ms = work.iteration_ms(Mode.REMOTE_GPU, part_shape)

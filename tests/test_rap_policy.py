@@ -120,6 +120,15 @@ def test_cross_job_stays_home_when_the_host_would_lose_more() -> None:
     assert forced.placement.mode == "remote_gpu"
 
 
+def test_without_co_running_at_home_offloading_pays_against_sequential() -> None:
+    # Host loss 0.4 GPUs, but staying home now means sequential (12.5 ms):
+    # 2·(12.5/8 − 1) − 0.4 = 0.725 > 0.
+    options = {"sharing": "cross_job", "fallback": "sequential"}
+    assert decide(options, dlrm(host_slowdown=0.5)).placement.mode == "remote_gpu"
+    options["max_guest_milli"] = "50"  # 50 milli: 0.9/0.05 = 18 ms, worse than 12.5 ms
+    assert decide(options, dlrm(host_slowdown=0.5)).placement.mode == "sequential"
+
+
 def test_cpu_node_wins_when_it_keeps_up_without_a_host() -> None:
     # CPU keeps up from ⌈2·100·1.5/8⌉ = 38 cores: gain 0.1 with no host loss.
     state = ClusterState(
@@ -138,11 +147,18 @@ def test_alone_on_a_cluster_the_job_runs_at_each_modes_speed() -> None:
     # 1000 iterations: sequential 12.5 ms, RAP 1.05·8 = 8.4 ms, remote on n1 8 ms.
     nodes = [node("n0", gpus=4, model="A100"), node("n1", gpus=4, model="A100")]
     jct = {}
-    for sharing in ("none", "own", "cross_job"):
-        policy = make_policy("rap", {"sharing": sharing})
+    for sharing, idle in (("none", "false"), ("own", "false"), ("cross_job", "true")):
+        policy = make_policy("rap", {"sharing": sharing, "idle_gpus": idle})
         rows = Simulation(nodes, [dlrm()], policy).run().jobs
         jct[sharing] = rows[0][5]
     assert jct == pytest.approx({"none": 12.5, "own": 8.4, "cross_job": 8.0})
+
+
+def test_cross_job_leaves_idle_gpus_whole_unless_allowed() -> None:
+    # With every other GPU idle, the only spare milli would break a whole GPU.
+    nodes = [node("n0", gpus=4, model="A100"), node("n1", gpus=4, model="A100")]
+    rows = Simulation(nodes, [dlrm()], make_policy("rap")).run().jobs
+    assert rows[0][5] == pytest.approx(8.4)
 
 
 def test_bad_options_are_rejected() -> None:
@@ -152,6 +168,8 @@ def test_bad_options_are_rejected() -> None:
         make_policy("rap", {"max_guest_milli": "1000"})
     with pytest.raises(ValueError):
         make_policy("rap", {"base": "las"})
+    with pytest.raises(ValueError):
+        make_policy("rap", {"fallback": "naive_corun"})
 
 
 # -- capacity property ---------------------------------------------------------------------

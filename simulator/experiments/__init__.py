@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-EXPERIMENT_MODULES: tuple[str, ...] = ("fgd_inflation", "continual", "hetero")
+EXPERIMENT_MODULES: tuple[str, ...] = ("fgd_inflation", "continual", "rap", "hetero")
 
 
 def experiment_modules() -> list[ModuleType]:
