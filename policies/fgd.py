@@ -4,14 +4,18 @@ Each task goes where it increases the expected GPU fragmentation of the cluster 
 for every feasible node (and, for a sharing task, every GPU on it with room) Δ =
 F_n'(M) − F_n(M) under the target workload M (see `policies.fragmentation`).
 
-Two modes:
+Three modes (docs/fgd.md compares them on the openb traces):
 
-* `exact` (default): minimise the float Δ; nodes within `tolerance_milli` of the best
-  are near-ties, broken by packing: least idle GPU left on the node, then least CPU
-  left, then the first node name. Within the node a sharing task takes the GPU of least
-  Δ, near-ties to the tightest GPU.
-* `artifact`: the upstream simulator's rule: integer score int(100·σ((F_n − F_n')/1000)),
-  highest wins, ties to the first node name; the GPU is the first with the best score.
+* `score` (default): the paper's integer score int(100·σ((F_n − F_n')/1000)), highest
+  wins; equal scores are broken by Best-fit (least weighted CPU and GPU left), then by
+  the first node name. Within the node a sharing task takes a GPU of the best score,
+  the tightest on ties.
+* `artifact`: the upstream simulator exactly: the same score, ties to the first node
+  name (its forked kube-scheduler's rule); the GPU is the first with the best score.
+* `exact`: minimise the float Δ; nodes within `tolerance_milli` of the best are
+  near-ties, broken by packing: least idle GPU, then least free CPU, then the first
+  node name. Within the node a sharing task takes the GPU of least Δ, near-ties to the
+  tightest GPU.
 
 Where M comes from, in order: the `workload` config field (the inflation experiment
 builds it from the trace before inflation); the job list a host passes to `prepare()`
@@ -29,6 +33,7 @@ from typing import ClassVar
 import numpy as np
 
 from policies.base import Context, PlacementConfig, PlacementPolicy, PolicyConfig, Snapshot
+from policies.best_fit import MAX_SPEC_CPU, MAX_SPEC_GPU
 from policies.cluster import ClusterState, IntArray
 from policies.decisions import SchedulingResult
 from policies.fragmentation import (
@@ -41,7 +46,7 @@ from policies.fragmentation import (
 from policies.jobs import JobSpec, Placement, TaskPlacement, TaskRequest
 from policies.placement import feasible_nodes, select_gpus
 
-MODES = ("exact", "artifact")
+MODES = ("score", "artifact", "exact")
 FLOAT_SLACK = 1e-9
 """Δ values this close count as equal in exact mode even with zero tolerance."""
 DELTA_CACHE_SIZE = 256
@@ -51,8 +56,11 @@ DELTA_CACHE_SIZE = 256
 @dataclass(frozen=True)
 class FgdConfig(PlacementConfig):
     mode: str = field(
-        default="exact",
-        metadata={"help": "exact: float Δ, near-ties by best-fit; artifact: int sigmoid score"},
+        default="score",
+        metadata={
+            "help": "score: int sigmoid score, best-fit ties; artifact: same, first-name "
+            "ties; exact: float Δ with tolerance, packing ties"
+        },
     )
     tolerance_milli: float = field(
         default=100.0,
@@ -123,10 +131,10 @@ class Fgd(PlacementPolicy):
         if candidates.size == 0:
             return None
         deltas = self._candidate_deltas(task, state, candidates)
-        if self.settings.mode == "artifact":
-            node, gpus = self._pick_artifact(task, state, candidates, deltas)
-        else:
+        if self.settings.mode == "exact":
             node, gpus = self._pick_exact(task, state, candidates, deltas)
+        else:
+            node, gpus = self._pick_by_score(task, state, candidates, deltas)
         state.allocate(node, gpus, task.gpu_milli, task.cpu_milli, task.mem_mib)
         return TaskPlacement(state.nodes[node].name, gpus, task.gpu_milli)
 
@@ -138,11 +146,11 @@ class Fgd(PlacementPolicy):
         candidates: np.ndarray,
         ctx: Context,
     ) -> np.ndarray:
-        """Artifact mode: the integer score; exact mode: −Δ (higher is better in both)."""
+        """The integer score, or −Δ in exact mode (higher is better in both)."""
         deltas = self._candidate_deltas(task, state, candidates)
-        if self.settings.mode == "artifact":
-            return artifact_scores(deltas).max(axis=1).astype(np.float64)
-        return -deltas.min(axis=1)
+        if self.settings.mode == "exact":
+            return -deltas.min(axis=1)
+        return artifact_scores(deltas).max(axis=1).astype(np.float64)
 
     def _candidate_deltas(
         self, task: TaskRequest, state: ClusterState, candidates: IntArray
@@ -151,16 +159,24 @@ class Fgd(PlacementPolicy):
             raise RuntimeError("fgd: schedule() sets the target workload before placing")
         return self._deltas.get(task, state, candidates)
 
-    def _pick_artifact(
+    def _pick_by_score(
         self, task: TaskRequest, state: ClusterState, candidates: IntArray, deltas: FloatArray
     ) -> tuple[int, tuple[int, ...]]:
         scores = artifact_scores(deltas)
-        best_gpu = scores.argmax(axis=1)  # first GPU with the best score
-        row = int(scores.max(axis=1).argmax())  # first node (name order) with the best
+        node_scores = scores.max(axis=1)
+        if self.settings.mode == "artifact":
+            row = int(node_scores.argmax())  # the first node (name order) with the best
+        else:
+            best = np.flatnonzero(node_scores == node_scores.max())
+            row = int(best[best_fit_order(task, state, candidates[best])[0]])
         node = int(candidates[row])
-        if task.is_sharing:
-            return node, (int(best_gpu[row]),)
-        return node, select_gpus(task, state.gpu_free[node], state.gpu_count[node])
+        if not task.is_sharing:
+            return node, select_gpus(task, state.gpu_free[node], state.gpu_count[node])
+        if self.settings.mode == "artifact":
+            return node, (int(scores[row].argmax()),)  # the first GPU with the best score
+        top = scores[row] == scores[row].max()
+        free = state.gpu_free[node].astype(np.float64)
+        return node, (int(np.argmin(np.where(top, free, np.inf))),)
 
     def _pick_exact(
         self, task: TaskRequest, state: ClusterState, candidates: IntArray, deltas: FloatArray
@@ -187,6 +203,15 @@ def artifact_scores(deltas: FloatArray) -> IntArray:
         sigmoid = 1.0 / (1.0 + np.exp(deltas / 1000.0))
     scores = np.trunc(sigmoid * 100.0).astype(np.int64)
     return np.where(np.isfinite(deltas), scores, -1)
+
+
+def best_fit_order(task: TaskRequest, state: ClusterState, nodes: IntArray) -> IntArray:
+    """Positions in `nodes` by Best-fit's weighted leftover after the task, 0.5·CPU/128
+    cores + 0.5·GPU/8 GPUs (least first), then the order given (node names)."""
+    cpu_left = state.cpu_free[nodes] - task.cpu_milli
+    gpu_left = state.gpu_free[nodes].sum(axis=1) - task.gpu_total_milli
+    leftover = cpu_left / MAX_SPEC_CPU * 0.5 + gpu_left / MAX_SPEC_GPU * 0.5
+    return np.lexsort((np.arange(nodes.size), leftover))
 
 
 def packing_order(state: ClusterState, nodes: IntArray) -> IntArray:

@@ -81,9 +81,9 @@ def test_sharing_task_worked_by_hand() -> None:
     deltas = cache.placement_deltas(state, task.task, np.arange(3))
     np.testing.assert_allclose(deltas[:, :2], [[300, 300], [-100, 300], [-150, 300]])
     assert artifact_scores(deltas[:, :2]).tolist() == [[42, 42], [52, 42], [53, 42]]
-    for mode in ("exact", "artifact"):
+    for mode in ("score", "artifact", "exact"):
         assert place(state, task, workload=workload, mode=mode) == ("n2", (0,))
-    assert place(state, task, workload=workload, tolerance_milli=0) == ("n2", (0,))
+    assert place(state, task, workload=workload, mode="exact", tolerance_milli=0) == ("n2", (0,))
 
 
 def test_multi_gpu_task_worked_by_hand() -> None:
@@ -103,7 +103,7 @@ def test_multi_gpu_task_worked_by_hand() -> None:
     cache.sync(state)
     deltas = cache.placement_deltas(state, task.task, np.arange(3))
     assert deltas[:, 0] == pytest.approx([0, 500, 500])
-    for mode in ("exact", "artifact"):
+    for mode in ("score", "artifact", "exact"):
         assert place(state, task, workload=workload, mode=mode) == ("n0", (0, 1))
     packing = make_policy("packing")
     pending = [JobView(task, JobStatus.PENDING)]
@@ -121,8 +121,8 @@ def test_artifact_score_quantises_and_ties_go_to_the_first_name() -> None:
       GPU0 on either node leaves no fully free GPU: the whole type then sees all
       idle GPU (+960 · ¾)                                                   Δ = +720
     Scores int(100σ(−Δ/1000)): 50, 50 and 32, so the artifact takes the first name (n0);
-    exact Δ takes n1, and so does the default tolerance with its packing tie-break
-    (n1 has less idle GPU).
+    the default breaks the tie by Best-fit (n1 leaves less idle GPU), and exact Δ takes
+    n1 with or without its tolerance (with it, by packing: n1 has less idle GPU).
     """
     assert artifact_scores(np.array([[0.0, 1.0, -1000.0, np.inf]])).tolist() == [[50, 49, 73, -1]]
     workload = TargetWorkload(
@@ -136,8 +136,9 @@ def test_artifact_score_quantises_and_ties_go_to_the_first_name() -> None:
     np.testing.assert_allclose(deltas, [[720, -30], [720, -40]])
     assert artifact_scores(deltas).tolist() == [[32, 50], [32, 50]]
     assert place(state, task, workload=workload, mode="artifact") == ("n0", (1,))
-    assert place(state, task, workload=workload, tolerance_milli=0) == ("n1", (1,))
     assert place(state, task, workload=workload) == ("n1", (1,))
+    assert place(state, task, workload=workload, mode="exact", tolerance_milli=0) == ("n1", (1,))
+    assert place(state, task, workload=workload, mode="exact") == ("n1", (1,))
 
 
 def test_cpu_only_task_avoids_stranding_gpus() -> None:
@@ -211,7 +212,10 @@ def small_cluster() -> ClusterState:
 
 
 @settings(max_examples=40, deadline=None)
-@given(tasks=st.lists(TASKS, min_size=1, max_size=40), mode=st.sampled_from(["exact", "artifact"]))
+@given(
+    tasks=st.lists(TASKS, min_size=1, max_size=40),
+    mode=st.sampled_from(["score", "artifact", "exact"]),
+)
 def test_capacity_is_never_exceeded(tasks, mode) -> None:
     state = small_cluster()
     policy = make_policy("fgd", {"workload": WORKLOAD, "mode": mode})
@@ -239,7 +243,7 @@ def test_capacity_is_never_exceeded(tasks, mode) -> None:
 @given(history=st.lists(TASKS, max_size=25), task=TASKS)
 def test_exact_mode_picks_a_node_of_least_delta(history, task) -> None:
     state = small_cluster()
-    policy = make_policy("fgd", {"workload": WORKLOAD, "tolerance_milli": 0})
+    policy = make_policy("fgd", {"workload": WORKLOAD, "mode": "exact", "tolerance_milli": 0})
     ctx = Context(np.random.default_rng(0))
     for i, earlier in enumerate([*history, task]):
         spec = JobSpec(f"j{i}", 0.0, earlier, job("x").work)
@@ -305,7 +309,7 @@ def replay_files(tmp_path: Path) -> tuple[Path, Path]:
     return pods, nodes
 
 
-@pytest.mark.parametrize("mode", ["exact", "artifact"])
+@pytest.mark.parametrize("mode", ["score", "exact"])
 def test_replay_of_an_openb_trace_through_the_cli(replay_files, tmp_path, mode) -> None:
     """`gpufleet simulate --format openb --policy fgd`: tasks arrive and leave at their
     creation and deletion times; FGD builds M from the trace tasks in each snapshot."""

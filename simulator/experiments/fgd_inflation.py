@@ -88,6 +88,7 @@ SUMMARY_COLUMNS = (
     "frag_amount_pct_mean",
     "frag_ratio_pct_mean",
     "run_s_median",
+    "run_cpu_s_median",
 )
 DEFAULT_POLICIES = "fgd,bestfit,packing,clustering,dotprod,random"
 TRACE_PREFIX = "openb_pod_list_"
@@ -117,6 +118,7 @@ class RunOutput:
     curve: list[tuple[object, ...]]
     failures: list[tuple[object, ...]]
     seconds: float
+    cpu_seconds: float
 
 
 def load_trace(path: Path) -> Trace:
@@ -231,6 +233,7 @@ def run_inflation(
     trace: Trace, nodes: Sequence[NodeSpec], label: str, seed: int, ratio: float
 ) -> RunOutput:
     start = time.perf_counter()
+    cpu_start = time.process_time()
     state = ClusterState(sorted(nodes, key=lambda n: n.name))
     capacity = state.total_gpus * MILLI
     workload_seed, policy_seed = np.random.SeedSequence(seed).spawn(2)
@@ -248,7 +251,13 @@ def run_inflation(
             failed[(job.task, job.allowed_models)] += 1
     meter.record_until(None, last_pct)
     failures = [(trace.name, label, seed, *_describe(*key), count) for key, count in failed.items()]
-    return RunOutput(meter.spec, meter.rows, failures, time.perf_counter() - start)
+    return RunOutput(
+        meter.spec,
+        meter.rows,
+        failures,
+        time.perf_counter() - start,
+        time.process_time() - cpu_start,
+    )
 
 
 def _submit(policy: Policy, ctx: Context, state: ClusterState, job: JobSpec) -> bool:
@@ -434,7 +443,8 @@ def _run_with_progress(
         at_100 = next((r[5] for r in output.curve if r[3] == 100), None)
         print(
             f"[{done}/{len(specs)}] {s.trace} {s.policy} seed {s.seed}: "
-            f"{output.seconds:.1f} s, unallocated GPUs at 100%: {at_100} "
+            f"{output.seconds:.1f} s ({output.cpu_seconds:.1f} s CPU), "
+            f"unallocated GPUs at 100%: {at_100} "
             f"({time.perf_counter() - start:.0f} s elapsed)",
             file=sys.stderr,
             flush=True,
@@ -472,6 +482,7 @@ def summarise(outputs: Sequence[RunOutput], pct: int) -> list[tuple[object, ...]
     for (trace, policy), runs in groups.items():
         at = np.array([next(r for r in o.curve if r[3] == pct)[4:] for o in runs], dtype=float)
         seconds = [o.seconds for o in runs]
+        cpu_seconds = [o.cpu_seconds for o in runs]
         rows.append(
             (
                 trace,
@@ -483,6 +494,7 @@ def summarise(outputs: Sequence[RunOutput], pct: int) -> list[tuple[object, ...]
                 round(float(at[:, 2].mean()), 3),
                 round(float(at[:, 3].mean()), 3),
                 round(float(np.median(seconds)), 2),
+                round(float(np.median(cpu_seconds)), 2),
             )
         )
     return rows
