@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -40,7 +41,9 @@ PODS = "pods"
 @dataclass(frozen=True, slots=True)
 class Assumption:
     charge: Charge
-    deadline: float
+    deadline: float = math.inf
+    """Set when the bind call returns; until then the assumption cannot expire (a long
+    bind queue must not free GPUs whose bind is still on its way)."""
 
 
 class ClusterCache:
@@ -91,9 +94,16 @@ class ClusterCache:
 
     # -- assume cache -----------------------------------------------------------------
 
-    def assume(self, pod: PodRecord, charge: Charge, deadline: float) -> None:
-        self.assumed[pod.uid] = Assumption(charge, deadline)
+    def assume(self, pod: PodRecord, charge: Charge) -> None:
+        self.assumed[pod.uid] = Assumption(charge)
         self.ledger.charge(pod.uid, charge)
+
+    def finish_binding(self, uid: str, deadline: float) -> None:
+        """The bind call has returned: expire the assumption at `deadline` unless the
+        watch confirms it first."""
+        held = self.assumed.get(uid)
+        if held is not None:
+            self.assumed[uid] = Assumption(held.charge, deadline)
 
     def forget(self, uid: str) -> None:
         """Drop an assumption (bind failed or expired); the pod's GPUs are free again

@@ -231,11 +231,10 @@ class Scheduler:
         if len(placement.tasks) != len(job.pods):
             count = f"{len(placement.tasks)} tasks for {len(job.pods)} pods"
             raise ValueError(f"{job.spec.id}: {count}")
-        deadline = now + self.options.assume_timeout_s
         task = job.spec.task
         for pod, where in zip(job.pods, placement.tasks, strict=True):
             charge = Charge(where.node, where.gpus, where.gpu_milli, task.cpu_milli, task.mem_mib)
-            self.cache.assume(pod, charge, deadline)
+            self.cache.assume(pod, charge)
             self._reported.pop(pod.uid, None)
             log.info(
                 "place %s → %s GPUs %s at %d milli: %s",
@@ -282,6 +281,7 @@ class Scheduler:
             outcome = await self.effects.bind(pod, node, annotations)
             if outcome is BindOutcome.RETRY:
                 outcome = await self._settle_unknown(pod, node)
+        self.cache.finish_binding(pod.uid, self.clock() + self.options.assume_timeout_s)
         if outcome is BindOutcome.RETRY:
             log.warning("bind %s → %s unconfirmed; assumed until it expires", pod.key, node)
             return False

@@ -76,7 +76,7 @@ def test_assumed_pod_echoed_by_the_watch_is_counted_once() -> None:
     cache = cache_with("a")
     cache.apply(PODS, "ADDED", pod_json("p"))
     pending = cache.pods["uid-p"]
-    cache.assume(pending, Charge("a", (1,), 1000, 1000, 1024), deadline=10.0)
+    cache.assume(pending, Charge("a", (1,), 1000, 1000, 1024))
     assert free(cache, "a") == [1000, 0, 1000, 1000]
     assert cache.pending_pods() == []
     cache.apply(PODS, "MODIFIED", pod_json("p", node="a", assigned="1"))
@@ -87,7 +87,9 @@ def test_assumed_pod_echoed_by_the_watch_is_counted_once() -> None:
 def test_forgotten_assumption_frees_the_gpu_unless_the_pod_is_bound() -> None:
     cache = cache_with("a")
     cache.apply(PODS, "ADDED", pod_json("p"))
-    cache.assume(cache.pods["uid-p"], Charge("a", (0,), 1000, 1000, 1024), deadline=10.0)
+    cache.assume(cache.pods["uid-p"], Charge("a", (0,), 1000, 1000, 1024))
+    assert cache.expired(1e9) == []  # no deadline while the bind is on its way
+    cache.finish_binding("uid-p", 10.0)
     assert cache.expired(9.0) == [] and cache.expired(10.0) == ["uid-p"]
     cache.forget("uid-p")
     assert free(cache, "a") == [1000] * 4
@@ -113,7 +115,7 @@ def test_pods_bound_before_their_node_is_known_are_recharged_when_it_appears() -
 def test_deleted_node_drops_its_assumptions() -> None:
     cache = cache_with("a", "b")
     cache.apply(PODS, "ADDED", pod_json("p"))
-    cache.assume(cache.pods["uid-p"], Charge("b", (0,), 1000, 1000, 1024), deadline=10.0)
+    cache.assume(cache.pods["uid-p"], Charge("b", (0,), 1000, 1000, 1024))
     cache.apply(NODES, "DELETED", node_json("b"))
     assert cache.assumed == {}
     assert not cache.ledger.has_node("b")
@@ -167,7 +169,7 @@ def test_ledger_always_equals_a_fresh_count(steps: list[tuple[str, int]]) -> Non
             and cache.pods[uid].wants("gpufleet")
             and uid not in cache.assumed
         ):
-            cache.assume(cache.pods[uid], Charge(node, (gpu,), 1000, 1000, 1024), 1.0)
+            cache.assume(cache.pods[uid], Charge(node, (gpu,), 1000, 1000, 1024))
         elif action == "echo" and uid in cache.assumed:
             api[name] = pod_json(name, node=node, assigned=str(gpu))
             cache.apply(PODS, "MODIFIED", api[name])
@@ -184,4 +186,3 @@ def test_ledger_always_equals_a_fresh_count(steps: list[tuple[str, int]]) -> Non
     assert cache.ledger.state is not None and expected.ledger.state is not None
     assert np.array_equal(cache.ledger.state.gpu_free, expected.ledger.state.gpu_free)
     assert np.array_equal(cache.ledger.state.cpu_free, expected.ledger.state.cpu_free)
-
