@@ -1,0 +1,108 @@
+"""The CRD's structural schema (fast tier): the example validates, what the reconciler
+writes as status validates, printer columns point at real fields, and the example
+parses into the value objects the reconciler uses. The CEL rules are enforced only by
+a real API server: tests/kube/test_ctj_manifests.py checks them there."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from controller.crd import API_VERSION, GROUP, KIND, PLURAL, VERSION, ctj_from_json
+from controller.ctj_plan import plan
+from policies.continual import AccuracyCurve, RetrainConfig
+
+ROOT = Path(__file__).parents[1]
+CRD = ROOT / "deploy" / "crd" / "continualtrainingjobs.yaml"
+EXAMPLE = ROOT / "examples" / "continualtrainingjob.yaml"
+
+
+def crd() -> dict[str, Any]:
+    return dict(yaml.safe_load(CRD.read_text()))
+
+
+def schema() -> dict[str, Any]:
+    (version,) = crd()["spec"]["versions"]
+    return dict(version["schema"]["openAPIV3Schema"])
+
+
+def example() -> dict[str, Any]:
+    return dict(yaml.safe_load(EXAMPLE.read_text()))
+
+
+def validate(obj: dict[str, Any], subschema: dict[str, Any] | None = None) -> None:
+    # Kubernetes schemas are OpenAPI v3.0: boolean exclusiveMinimum, as in draft 4.
+    jsonschema.Draft4Validator(subschema or schema()).validate(obj)
+
+
+def test_crd_names_match_the_code() -> None:
+    doc = crd()
+    assert doc["metadata"]["name"] == f"{PLURAL}.{GROUP}"
+    assert doc["spec"]["names"]["kind"] == KIND
+    (version,) = doc["spec"]["versions"]
+    assert version["name"] == VERSION and version["subresources"] == {"status": {}}
+    assert example()["apiVersion"] == API_VERSION
+
+
+def test_example_validates_and_parses() -> None:
+    obj = example()
+    validate(obj)
+    job = ctj_from_json({**obj, "metadata": {**obj["metadata"], "uid": "u"}})
+    spec = job.spec
+    assert (spec.retrain.window_s, spec.retrain.deadline_s) == (600, 480)
+    assert (spec.min_replicas, spec.max_replicas, spec.gang) == (2, 4, True)
+    assert spec.gpu_types == {"A100": 1.0, "V100": 0.5}
+    assert spec.configs[0] == RetrainConfig("last-layers", 600.0, 0.7)
+    assert spec.accuracy == AccuracyCurve(0.92, 0.55, 0.4, 900.0)
+    assert spec.initial_accuracy == 0.85
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        (("spec", "image"), None),
+        (("spec", "retrain", "deadlineSeconds"), "soon"),
+        (("spec", "resources", "gpu", "count"), 0),
+        (("spec", "resources", "gpu", "milli"), 1500),
+        (("spec", "tolerations"), [{"operator": "Maybe"}]),
+        (("spec", "resources", "cpu"), "lots"),
+    ],
+)
+def test_structural_schema_rejects_malformed_fields(path: tuple[str, ...], value: Any) -> None:
+    obj = example()
+    parent = obj
+    for key in path[:-1]:
+        parent = parent[key]
+    if value is None:
+        del parent[path[-1]]
+    else:
+        parent[path[-1]] = value
+    with pytest.raises(jsonschema.ValidationError):
+        validate(obj)
+
+
+def test_status_the_reconciler_writes_fits_the_schema() -> None:
+    obj = example()
+    obj["metadata"].update(uid="u", creationTimestamp="2026-01-01T00:00:00Z", generation=1)
+    job = ctj_from_json(obj)
+    status = plan(job, [], job.created + 1, "gpufleet").status.to_json()
+    validate(status, schema()["properties"]["status"])
+    assert status["phase"] == "Retraining" and status["currentWindow"]["index"] == 0
+
+
+def test_printer_columns_point_at_schema_fields() -> None:
+    (version,) = crd()["spec"]["versions"]
+    root = schema()
+    for column in version["additionalPrinterColumns"]:
+        node = root
+        parts = column["jsonPath"].lstrip(".").split(".")
+        if parts[0] == "metadata":
+            continue
+        for part in parts:
+            node = node["properties"][part]
+        kind = {"integer": "integer", "string": "string", "date": "string"}[column["type"]]
+        assert node["type"] == kind, column
