@@ -280,7 +280,7 @@ class ControlPlane:
             "kube-controller-manager",
             [
                 f"--kubeconfig={self.admin_kubeconfig}",
-                "--controllers=podgc,garbagecollector",
+                "--controllers=pod-garbage-collector-controller,garbage-collector-controller",
                 "--leader-elect=false",
                 "--bind-address=127.0.0.1",
                 "--secure-port=0",
