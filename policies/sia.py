@@ -441,7 +441,7 @@ def normalised_goodput(
     row /= known.min() if known.size else 1.0
     for model in unknown:
         ones = [j for j in by_model[model] if configs[j].gpus == 1]
-        if ones and spec.allows(model):
+        if ones and spec.allows(model) and model in hints.local_bsz_bounds:
             row[ones[0]] = 1.0
     return np.asarray(np.maximum(row, eps), dtype=float)
 

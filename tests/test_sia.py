@@ -1,0 +1,196 @@
+"""Sia: configurations, utilities, the ILP on a hand-worked case, placement rules."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from policies import ClusterState, Context, JobSpec, JobStatus, JobView, TaskRequest
+from policies.base import Snapshot
+from policies.decisions import Place, Preempt, Resize
+from policies.elastic import GoodputHints
+from policies.jobs import AllocationShape, FixedDuration, Placement, TaskPlacement
+from policies.sia import (
+    Configuration,
+    SiaConfig,
+    build_configurations,
+    cluster_models,
+    normalised_goodput,
+    place_allocations,
+    powered_utility,
+    restart_factor,
+    solve_allocation,
+)
+from simulator.clusters import named_cluster
+
+# Hand-worked case: models A and B with 2 GPUs each; configurations A1, A2, B1, B2.
+GOODPUT = np.array(
+    [
+        [1.0, 1.8, 3.0, 5.4],  # job 1 is much faster on B
+        [1.0, 1.9, 1.2, 2.2],
+        [1.0, 1.5, 1.05, 1.6],
+    ]
+)
+CONFIG_GPUS = [1, 2, 1, 2]
+CONFIG_MODEL = [0, 0, 1, 1]
+
+
+def costs(goodput: np.ndarray) -> np.ndarray:
+    return powered_utility(goodput, -0.5, 3000.0) - 1.1
+
+
+def test_powered_utility_rounds_and_clips() -> None:
+    # 1.8^-0.5 = 0.745 → 0.75; 1e-4^-0.5 = 100; 1e-8^-0.5 = 1e4 → clipped to 3000.
+    assert powered_utility(np.array([1.8, 1e-4, 1e-8]), -0.5, 3000.0).tolist() == [
+        0.75,
+        100.0,
+        3000.0,
+    ]
+
+
+def test_ilp_matches_the_hand_worked_optimum() -> None:
+    # U − λ: job1 [-.10 -.35 -.52 -.67], job2 [-.10 -.37 -.19 -.43],
+    # job3 [-.10 -.28 -.12 -.31]. B2 for job 1 (−0.67) and A2 for job 2 (−0.37) beat every
+    # other packing (e.g. job1 B1 + job3 B1 + job2 A2 = −1.01); job 3 waits.
+    alloc = solve_allocation(
+        costs(GOODPUT), CONFIG_GPUS, CONFIG_MODEL, np.zeros((0, 2)), [], [2, 2]
+    )
+    assert alloc.adaptive == (3, 1, None)
+    assert alloc.objective == pytest.approx(-1.04)
+
+
+def test_ilp_respects_a_pinned_job() -> None:
+    # Job 3 mid-restart on A1 leaves one A GPU: job 2 takes A1, job 1 keeps B2.
+    alloc = solve_allocation(
+        costs(GOODPUT), CONFIG_GPUS, CONFIG_MODEL, np.zeros((0, 2)), [], [2, 2], {2: 0}
+    )
+    assert alloc.adaptive == (3, 0, 0)
+    assert alloc.objective == pytest.approx(-0.87)
+
+
+def test_rigid_jobs_share_capacity_with_adaptive_ones() -> None:
+    # A rigid 2-GPU job that much prefers B takes all of B.
+    rigid = costs(np.array([[2.0, 8.0]]))
+    alloc = solve_allocation(costs(GOODPUT), CONFIG_GPUS, CONFIG_MODEL, rigid, [2], [2, 2])
+    assert alloc.rigid == (1,)
+    used_b = sum(CONFIG_GPUS[c] for c in alloc.adaptive if c is not None and CONFIG_MODEL[c])
+    assert used_b == 0
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.floats(1.0, 20.0), min_size=12, max_size=12), st.integers(1, 3))
+def test_ilp_equals_brute_force(values: list[float], capacity: int) -> None:
+    goodput = np.array(values).reshape(3, 4)
+    cost = costs(goodput)
+    alloc = solve_allocation(cost, CONFIG_GPUS, CONFIG_MODEL, np.zeros((0, 2)), [], [capacity] * 2)
+    best = np.inf
+    for choice in itertools.product([None, 0, 1, 2, 3], repeat=3):
+        used = [0, 0]
+        for c in choice:
+            if c is not None:
+                used[CONFIG_MODEL[c]] += CONFIG_GPUS[c]
+        if max(used) <= capacity:
+            best = min(best, sum(cost[i, c] for i, c in enumerate(choice) if c is not None))
+    assert alloc.objective == pytest.approx(best, abs=1e-9)
+
+
+def test_restart_factor() -> None:
+    assert restart_factor(1000.0, 2, 100.0) == pytest.approx(800 / 1100)
+    assert restart_factor(50.0, 3, 100.0) == 1.0  # younger than one restart
+    assert restart_factor(300.0, 5, 100.0) == 0.0
+
+
+def test_sia_64_has_the_papers_nineteen_configurations() -> None:
+    models = cluster_models(ClusterState(named_cluster("sia-64")))
+    configs = build_configurations(models, {"t4": 16, "rtx2080ti": 3, "a100": 2}, 64)
+    per_model = {m: [(c.nodes, c.gpus) for c in configs if c.model == m] for m in models}
+    assert per_model["t4"] == [(1, 1), (1, 2), (1, 4), (2, 8), (3, 12), (4, 16), (5, 20), (6, 24)]
+    assert per_model["rtx2080ti"] == [(1, 1), (1, 2), (1, 4), (1, 8), (2, 16), (3, 24)]
+    assert per_model["a100"] == [(1, 1), (1, 2), (1, 4), (1, 8), (2, 16)]
+    assert len(configs) == 19
+
+
+def hints(**changes: object) -> GoodputHints:
+    base = {
+        "mode": "adaptive",
+        "init_batch_size": 32,
+        "max_batch_size": 1024,
+        "target_batch_size": 256,
+        "target_replicas": 4,
+        "local_bsz_bounds": {"t4": (8, 64), "a100": (8, 256)},
+        "probe_throughput": {"t4": 100.0, "a100": 400.0},
+        "max_nodes": {"t4": 4, "a100": 2},
+    }
+    base.update(changes)
+    return GoodputHints(**base)  # type: ignore[arg-type]
+
+
+def job(job_id: str = "j", gpus: int = 4) -> JobSpec:
+    return JobSpec(job_id, 0.0, TaskRequest(num_gpus=1, gpu_milli=1000), FixedDuration(1e4), gpus)
+
+
+def test_a_job_that_never_ran_bootstraps_on_one_gpu_of_each_model() -> None:
+    models = cluster_models(ClusterState(named_cluster("sia-64")))
+    configs = build_configurations(models, {"t4": 4, "rtx2080ti": 3, "a100": 2}, 64)
+    row = normalised_goodput(job(), hints(), configs, models, SiaConfig())
+    ones = [i for i, c in enumerate(configs) if c.gpus == 1 and c.model in ("t4", "a100")]
+    assert np.flatnonzero(row == 1.0).tolist() == ones
+    assert np.all(np.delete(row, ones) == SiaConfig().epsilon)
+
+
+def snapshot_with(running: list[JobView], pending: list[JobView]) -> Snapshot:
+    state = ClusterState(named_cluster("sia-64"))
+    for view in running:
+        assert view.placement is not None
+        for task in view.placement.tasks:
+            state.allocate(state.node_index[task.node], task.gpus, task.gpu_milli, 0, 0)
+    return Snapshot(state.view(), running, pending, now=100.0)
+
+
+def running_view(spec: JobSpec, node: str, gpus: tuple[int, ...], model: str) -> JobView:
+    placement = Placement(tuple(TaskPlacement(node, (g,), 1000) for g in gpus))
+    shape = AllocationShape(model, len(gpus), 1, gpus_per_node=(len(gpus),), gpu_models=(model,))
+    return JobView(spec, JobStatus.RUNNING, placement, shape)
+
+
+def test_placement_keeps_unchanged_jobs_and_gives_distributed_ones_whole_nodes() -> None:
+    stay = running_view(job("stay", 2), "a100-0", (0, 1), "a100")
+    move = running_view(job("move", 1), "a100-1", (0,), "a100")
+    drop = running_view(job("drop", 1), "rtx2080ti-0", (0,), "rtx2080ti")
+    new = JobView(job("new", 16), JobStatus.PENDING)
+    snap = snapshot_with([stay, move, drop], [new])
+    wanted = {
+        "stay": ("a100", (2,)),
+        "move": ("a100", (4,)),
+        "new": ("rtx2080ti", (8, 8)),
+    }
+    models = cluster_models(snap.cluster)
+    decisions = {d.job_id: d for d in place_allocations(snap, wanted, models)}
+    assert "stay" not in decisions
+    assert isinstance(decisions["drop"], Preempt)
+    assert isinstance(decisions["move"], Resize)
+    # Best fit: a100-0 has 6 whole GPUs free, a100-1 (after the move) 8.
+    assert {t.node for t in decisions["move"].placement.tasks} == {"a100-0"}
+    placed = decisions["new"]
+    assert isinstance(placed, Place)
+    nodes = [t.node for t in placed.placement.tasks]
+    assert len(set(nodes)) == 2 and all(nodes.count(n) == 8 for n in set(nodes))
+
+
+def test_policy_round_places_bootstrapping_jobs_on_one_gpu() -> None:
+    from policies.sia import Sia
+
+    views = [JobView(job(f"j{i}"), JobStatus.PENDING, hints=hints()) for i in range(3)]
+    snap = snapshot_with([], views)
+    result = Sia().schedule(snap, Context(np.random.default_rng(0)))
+    placed = [d for d in result.decisions if isinstance(d, Place)]
+    assert len(placed) == 3
+    assert all(d.placement.num_gpus == 1 for d in placed)
+
+
+def test_configuration_is_hashable_value() -> None:
+    assert Configuration("t4", 1, 2) == Configuration("t4", 1, 2)
