@@ -103,6 +103,11 @@ class Scheduler:
         self.round_s = self.options.round_s or policy.round_s
         self.stats = SchedulerStats()
         self.on_bound: Callable[[BindRecord], None] = lambda _record: None
+        self.on_pass: Callable[[SchedulingResult, float], None] = lambda _result, _seconds: None
+        """Called after each policy decision with its result and wall seconds (metrics)."""
+        self.may_bind: Callable[[], bool] = lambda: True
+        """Checked before each pass and right before each bind: False while this replica
+        is not the leader, so a replica that lost its lease binds nothing more."""
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._paused = False
@@ -176,7 +181,7 @@ class Scheduler:
         now = self.clock()
         self._expire(now)
         state = self.cache.ledger.state
-        if state is None:
+        if state is None or not self.may_bind():
             return None
         workload = build_workload(self.cache.pending_pods(), self.cache.seq, self.cache.encoder)
         for rejected in workload.rejected:
@@ -196,7 +201,9 @@ class Scheduler:
             pending=[job.view() for job in pending],
             now=now,
         )
+        started = time.perf_counter()
         result = self.policy.schedule(snapshot, self.ctx)
+        self.on_pass(result, time.perf_counter() - started)
         self.apply(result, {job.spec.id: job for job in pending}, now)
         if result.wake_at is not None and result.wake_at > now:
             asyncio.get_running_loop().call_later(result.wake_at - now, self.wake)
@@ -274,6 +281,10 @@ class Scheduler:
             if held is None or held.charge.node != node or node not in self.cache.nodes:
                 # The assumption was dropped or replaced meanwhile (e.g. its node went away).
                 log.info("bind %s → %s skipped: assumption no longer held", pod.key, node)
+                return False
+            if not self.may_bind():
+                log.warning("bind %s → %s withheld: not the leader", pod.key, node)
+                self.cache.forget(pod.uid)
                 return False
             annotations = placement_annotations(gpus, milli, now)
             encoded = self.cache.encoder.annotations(pod, self.cache.nodes[node], gpus, milli, now)
