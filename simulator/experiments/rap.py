@@ -425,7 +425,7 @@ def plot_single_job(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
     ax.set_yscale("log")
     ax.set_ylabel("throughput / ideal (log)")
     ax.set_title("DLRM iteration throughput per preprocessing mode (batch 4096; plans 2-3 extrap.)")
-    ax.legend(ncols=len(modes), fontsize=8)
+    ax.legend(ncols=len(modes), fontsize=8, loc="center")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
