@@ -105,7 +105,9 @@ class ShareAllocator(Policy):
         if self.config.realloc_s <= 0:
             raise ValueError("realloc_s must be positive")
         self._realloc_s = self.config.realloc_s
-        self._statics: dict[tuple[str, tuple[str, ...]], _Static] = {}
+        self._models: tuple[str, ...] = ()
+        self._statics: dict[str, _Static] = {}
+        self._speeds: dict[tuple[object, ...], tuple[np.ndarray, np.ndarray]] = {}
         self._backfill = FifoFirstFit(FifoConfig(blocking=False))
 
     # -- the pass -------------------------------------------------------------------
@@ -123,16 +125,13 @@ class ShareAllocator(Policy):
         state = snapshot.cluster.scratch()
         decisions = self._realise(plan, targets, state)
         decisions += self._place_batch(snapshot, state, ctx)
-        return SchedulingResult(tuple(decisions), wake_at=self._wake(snapshot, plan, state))
+        return SchedulingResult(tuple(decisions), wake_at=self._wake(snapshot, decisions))
 
     def _tick_table(self, snapshot: Snapshot) -> _Plan:
-        """Between arrivals, freed capacity goes to waiting jobs that can still gain; only
-        when none can does it go to running jobs (as larger shares). Running jobs are not
-        stolen from here, which keeps restarts to the arrivals' re-plans."""
-        waiting = self._table(snapshot, snapshot.pending)
-        if (waiting.value > 0).any():
-            return waiting
-        return self._table(snapshot, snapshot.running)
+        """Between arrivals, freed capacity goes to waiting jobs. Running jobs are neither
+        stolen from nor enlarged here: measured, that changed accuracy by under 0.1
+        point while restarting thousands of jobs a day (docs/continual.md)."""
+        return self._table(snapshot, snapshot.pending)
 
     def choose(self, plan: _Plan) -> dict[int, tuple[int, int]]:
         """Job row → (model index, level index) for every job that gets a share."""
@@ -145,10 +144,13 @@ class ShareAllocator(Policy):
     def _next_tick(self, now: float) -> float:
         return (math.floor(now / self._realloc_s + _EPS) + 1) * self._realloc_s
 
-    def _wake(self, snapshot: Snapshot, plan: _Plan, state: ClusterState) -> float | None:
-        waiting = any(window_info(j.spec) is not None for j in snapshot.pending)
-        room = bool(plan.views) and int(state.gpu_free.max()) >= LEVELS_MILLI[0]
-        return self._next_tick(snapshot.now) if waiting or room else None
+    def _wake(self, snapshot: Snapshot, decisions: Sequence[Decision]) -> float | None:
+        """The next tick while retraining jobs still wait after this pass."""
+        placed = {d.job_id for d in decisions if isinstance(d, Place)}
+        waiting = any(
+            j.id not in placed and window_info(j.spec) is not None for j in snapshot.pending
+        )
+        return self._next_tick(snapshot.now) if waiting else None
 
     # -- the table ----------------------------------------------------------------------
 
@@ -179,25 +181,40 @@ class ShareAllocator(Policy):
         return _Plan(views, statics, current, rem, value, keep, room, _prices(statics))
 
     def _static(self, spec: JobSpec, models: tuple[str, ...]) -> _Static | None:
-        key = (spec.id, models)
-        static = self._statics.get(key)
+        if models != self._models:
+            self._statics.clear()
+            self._speeds.clear()
+            self._models = models
+        static = self._statics.get(spec.id)
         if static is not None:
             return static
         info = window_info(spec)
         work = spec.work
         if info is None or not isinstance(work, RetrainingWork):
             return None
-        speed = np.array(
-            [work.model_speed(m) if spec.allows(m) else 0.0 for m in models], dtype=np.float64
-        )
-        levels = np.array([speedup(*_level_shape(int(x)), work.scaling) for x in LEVELS_MILLI])
         max_gpus = spec.elastic.max_replicas if spec.elastic else 1
         max_level = int(np.searchsorted(LEVELS_MILLI, max_gpus * MILLI, side="right")) - 1
         if len(self._statics) > 50_000:
             self._statics.clear()  # jobs of long-past windows
+        speed, levels = self._speed_of(spec, work, models)
         static = _Static(info, speed, levels, max_level, spec.restart_cost_s)
-        self._statics[key] = static
+        self._statics[spec.id] = static
         return static
+
+    def _speed_of(
+        self, spec: JobSpec, work: RetrainingWork, models: tuple[str, ...]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Per-model speed and per-level speed-up; shared by a stream's window jobs."""
+        key = (tuple(work.throughput.items()), work.default, work.scaling, spec.allowed_models)
+        cached = self._speeds.get(key)
+        if cached is None:
+            speed = np.array(
+                [work.model_speed(m) if spec.allows(m) else 0.0 for m in models], dtype=np.float64
+            )
+            shapes = [_level_shape(int(x)) for x in LEVELS_MILLI]
+            levels = np.array([speedup(n, milli, work.scaling) for n, milli in shapes])
+            cached = self._speeds[key] = (speed, levels)
+        return cached
 
     # -- realising targets on nodes ---------------------------------------------------------
 
@@ -257,6 +274,8 @@ class _ValueGreedy(ShareAllocator):
         held: dict[int, float] = {}
         ranks = self.option_ranks(plan, cost)
         for row in self.order(plan, cost):
+            if not room.any():
+                break
             pick = self._admit(plan, row, ranks[row], room)
             if pick is None:
                 continue
@@ -477,6 +496,10 @@ class _Room:
 
     def copy(self) -> _Room:
         return _Room(self.milli.copy(), self.slots.copy())
+
+    def any(self) -> bool:
+        """Whether the smallest share still fits somewhere."""
+        return bool(((self.milli >= LEVELS_MILLI[0]) & (self.slots >= 1)).any())
 
     def fits(self, model: int, level: int) -> bool:
         return bool(self.milli[model] >= LEVELS_MILLI[level] and self.slots[model] >= _TASKS[level])

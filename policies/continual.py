@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
@@ -259,14 +260,25 @@ class StreamSpec:
             id=self.window_job_id(index),
             submit_time=start,
             task=self.task,
-            work=RetrainingWork(chosen.work_gpu_s, self.throughput, self.scaling),
+            work=self._works[config],
             allowed_models=self.allowed_models,
             priority=self.priority,
             restart_cost_s=self.restart_cost_s,
             kind=RETRAIN_KIND,
-            elastic=Elasticity(1, self.max_gpus),
+            elastic=self._elastic,
             attributes={WINDOW_KEY: info},
         )
+
+    @cached_property
+    def _works(self) -> tuple[RetrainingWork, ...]:
+        # One immutable work model per config, shared by all of the stream's windows.
+        return tuple(
+            RetrainingWork(c.work_gpu_s, self.throughput, self.scaling) for c in self.configs
+        )
+
+    @cached_property
+    def _elastic(self) -> Elasticity:
+        return Elasticity(1, self.max_gpus)
 
 
 def window_info(job: JobSpec) -> WindowInfo | None:
