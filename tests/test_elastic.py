@@ -1,0 +1,135 @@
+"""Adaptive jobs: profile tables, the training agent, and progress in the engine across a
+reallocation with its restart delay. Profiles here are small invented tables."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+
+from policies import Context, JobSpec, Place, Resize, SchedulingResult, TaskRequest
+from policies.base import RoundPolicy, Snapshot
+from policies.elastic import ADAPTIVE, RIGID, AdaptiveTraining, GoodputHints
+from policies.jobs import AllocationShape, Placement, TaskPlacement
+from policies.perf_models import AppProfile, EpochTable, StepRow, StepTable, canonical_placement
+from simulator.clusters import NodeGroup, build_nodes
+from simulator.engine import EngineOptions, Simulation
+
+
+def step_table(model: str = "gpu") -> StepTable:
+    # Step time = 1 s per 32 samples per GPU, no sync cost, on 1 or 2 GPUs of one node.
+    rows = [
+        StepRow(placement, bsz, bsz / 32, 0.0) for placement in ((1,), (2,)) for bsz in (16, 32)
+    ]
+    return StepTable(model, rows, [])
+
+
+def profile(batch_sizes: Sequence[int] = (32,), restart: float = 10.0) -> AppProfile:
+    epochs = EpochTable(
+        batch_sizes=tuple(batch_sizes),
+        progress=np.array([[100.0, 200.0]] * len(batch_sizes)),
+        grad_sqr=np.ones((len(batch_sizes), 2)),
+        grad_var=np.zeros((len(batch_sizes), 2)),
+    )
+    return AppProfile("toy", epochs, {"gpu": step_table()}, restart_delay_s=restart)
+
+
+def shape(gpus: int) -> AllocationShape:
+    return AllocationShape("gpu", gpus, 1, gpus_per_node=(gpus,), gpu_models=("gpu",))
+
+
+def test_placements_are_keyed_by_their_smallest_rotation() -> None:
+    assert canonical_placement((4, 1, 3)) == (1, 3, 4)
+    assert canonical_placement((2, 0, 1)) == (1, 2)
+
+
+def test_step_table_interpolates_in_the_batch_and_clamps_outside() -> None:
+    table = step_table()
+    assert table.step_sync((1,), 24) == pytest.approx((0.75, 0.0))
+    assert table.step_sync((1,), 64) == pytest.approx((1.0, 0.0))  # clamped to 32
+    assert table.max_local_on((2,)) == 32
+    assert table.probe_throughput == pytest.approx(32 / 1.0)
+
+
+def test_epoch_table_boundaries_and_completion() -> None:
+    epochs = profile().epochs
+    assert epochs.total == 200.0
+    assert epochs.epoch_of(99.0) == 0 and epochs.epoch_of(100.0) == 1
+    assert epochs.next_boundary(150.0) == 200.0
+    assert epochs.next_boundary(200.0) is None
+
+
+def test_rigid_job_runs_its_tuned_batch() -> None:
+    work = AdaptiveTraining(profile(), target_replicas=2, target_batch_size=32, mode=RIGID)
+    # 32 samples over 2 GPUs: 16 each, 0.5 s per step, gain 1 (batch = initial batch).
+    assert work.rate(shape(2), 0.0) == pytest.approx(2.0)
+    assert work.rate(shape(1), 0.0) == pytest.approx(1.0)
+
+
+def test_agent_learns_a_model_and_reports_hints() -> None:
+    work = AdaptiveTraining(profile((32, 64)), target_replicas=2, target_batch_size=64)
+    agent = work.agent()
+    assert agent.hints().perf == {} and agent.hints().grad is None
+    agent.rate(shape(2), 0.0)
+    hints = agent.hints()
+    assert isinstance(hints, GoodputHints) and hints.mode == ADAPTIVE
+    assert set(hints.perf) == {"gpu"} and hints.max_profiled_replicas == {"gpu": 2}
+    assert hints.grad is not None
+    # A second agent of the same work starts from scratch: runs never share state.
+    assert work.agent().hints().perf == {}
+
+
+def test_rigid_agent_does_not_model_itself() -> None:
+    agent = AdaptiveTraining(profile(), 1, 32, mode=RIGID).agent()
+    agent.rate(shape(1), 0.0)
+    assert agent.hints().perf == {}
+
+
+class Scripted(RoundPolicy):
+    """Place at t=0 on one GPU, move to two GPUs at t=50, then leave the job alone."""
+
+    name = "test-scripted-elastic"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.round_s = 50.0
+
+    def schedule(self, snapshot: Snapshot, ctx: Context) -> SchedulingResult:
+        if snapshot.pending and snapshot.now == 0.0:
+            job = snapshot.pending[0]
+            return SchedulingResult((Place(job.id, gpus_on(1), "start on one GPU"),))
+        if snapshot.running and snapshot.now == 50.0:
+            job = snapshot.running[0]
+            return SchedulingResult((Resize(job.id, gpus_on(2), "grow to two GPUs"),))
+        return SchedulingResult()
+
+
+def gpus_on(count: int) -> Placement:
+    return Placement(tuple(TaskPlacement("gpu-0", (g,), 1000) for g in range(count)))
+
+
+def test_progress_across_a_reallocation_includes_the_restart_delay() -> None:
+    # Rigid job, 200 progress units (two epochs of 100), batch 32, restart delay 10 s.
+    # t=0: starts on 1 GPU, pays 10 s, then 1 unit/s → 40 units by t=50.
+    # t=50: moves to 2 GPUs (16 each, 0.5 s/step → 2 units/s), pays 10 s again;
+    # from t=60 the remaining 160 units take 80 s (crossing the epoch at t=90): done at 140.
+    work = AdaptiveTraining(profile(restart=10.0), 1, 32, mode=RIGID)
+    spec = JobSpec("job", 0.0, TaskRequest(num_gpus=1, gpu_milli=1000), work, restart_cost_s=10.0)
+    nodes = build_nodes([NodeGroup("gpu", 1, 2)])
+    sim = Simulation(nodes, [spec], Scripted(), EngineOptions(startup_delay=True))
+    recorder = sim.run()
+    (row,) = recorder.jobs
+    columns = dict(zip(("job_id", "kind", "submit_s", "start_s", "end_s"), row, strict=False))
+    assert columns["end_s"] == pytest.approx(140.0)
+    assert row[10] == 1  # one restart (the resize)
+    assert row[11] == pytest.approx(1 * 50 + 2 * 90)  # GPU-seconds, delays included
+
+
+def test_without_startup_delay_the_first_start_is_free() -> None:
+    work = AdaptiveTraining(profile(restart=10.0), 1, 32, mode=RIGID)
+    spec = JobSpec("job", 0.0, TaskRequest(num_gpus=1, gpu_milli=1000), work, restart_cost_s=10.0)
+    sim = Simulation(build_nodes([NodeGroup("gpu", 1, 2)]), [spec], Scripted())
+    (row,) = sim.run().jobs
+    # 50 units by t=50, then 150 units at 2/s after the 10 s delay: 60 + 75 = 135.
+    assert row[4] == pytest.approx(135.0)
