@@ -64,6 +64,10 @@ class ShareConfig(PolicyConfig):
         default=30.0,
         metadata={"help": "seconds between re-plans of capacity freed by completions"},
     )
+    choose_configs: bool = field(
+        default=True,
+        metadata={"help": "pick each window's retraining config (else the stream's default)"},
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,6 +314,9 @@ class _ValueGreedy(ShareAllocator):
 
     def plan_windows(self, openings: Sequence[WindowOpening], snapshot: Snapshot) -> list[int]:
         """Each stream's config for the speed a fair split of its capacity would give."""
+        assert isinstance(self.config, ShareConfig)
+        if not self.config.choose_configs:
+            return [o.stream.default_config for o in openings]
         gpus = snapshot.cluster.gpus_of_model()
         active = len(openings) + sum(
             1 for j in (*snapshot.running, *snapshot.pending) if window_info(j.spec) is not None

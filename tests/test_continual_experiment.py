@@ -47,8 +47,24 @@ def test_experiment_writes_summary_runs_and_plots(tmp_path: Path) -> None:
     assert (out / "accuracy_by_policy.png").stat().st_size > 0
 
 
+def test_policy_entries_take_options(tmp_path: Path) -> None:
+    out = tmp_path / "continual"
+    entry = "thief:choose_configs=false"
+    args = _args(out, "--windows", "1", "--scenarios", "light", "--policies", entry)
+    assert experiment.run(args) == 0
+    streams = pq.read_table(out / "light" / "thief_choose_configs=false" / "streams.parquet")
+    assert set(streams.column("config").to_pylist()) <= {"medium", ""}  # the default config
+
+
 @pytest.mark.parametrize(
-    "extra", [("--scenarios", "medium"), ("--policies", "nosuch"), ("--windows", "0")]
+    "extra",
+    [
+        ("--scenarios", "medium"),
+        ("--policies", "nosuch"),
+        ("--policies", "thief:nosuch=1"),
+        ("--policies", "thief:realloc_s"),
+        ("--windows", "0"),
+    ],
 )
 def test_experiment_rejects_bad_arguments_without_output(
     tmp_path: Path, extra: tuple[str, ...]

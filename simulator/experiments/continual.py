@@ -29,7 +29,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from policies import JobSpec, make_policy, policy_names
+from policies import JobSpec, Policy, make_policy, policy_names
 from policies.continual import StreamSpec
 from simulator.clusters import named_cluster
 from simulator.continual import ContinualResult, accuracy_over_time, simulate_continual
@@ -43,6 +43,9 @@ CLUSTER = "sia-64"
 SCENARIOS = {"light": 20, "heavy": 200}
 POLICY_ORDER = ("fifo", "las", "fgd", "sia", "gavel", "fairshare", "edf", "thief")
 """Policies compared when registered (FGD, Sia and Gavel come from other modules)."""
+ABLATIONS = ("thief:choose_configs=false",)
+"""The thief allocator with every stream's default config, separating the gain of
+choosing configs from that of allocating shares."""
 SUMMARY_COLUMNS = ("scenario", "policy", "mean_accuracy", "deadline_miss_rate", "gpu_hours")
 
 
@@ -124,14 +127,28 @@ def _scenarios(args: argparse.Namespace) -> list[Scenario]:
 
 
 def _policies(spec: str | None) -> list[str]:
+    """Policy entries `NAME[:KEY=VALUE[:KEY=VALUE...]]`, each run under its full label."""
     known = set(policy_names())
     if spec is None:
-        return [p for p in POLICY_ORDER if p in known]
+        return [p for p in POLICY_ORDER if p in known] + list(ABLATIONS)
     chosen = [p.strip() for p in spec.split(",") if p.strip()]
-    unknown = [p for p in chosen if p not in known]
+    unknown = [p for p in chosen if p.split(":")[0] not in known]
     if unknown or not chosen:
         raise ValueError(f"unknown policy {unknown}; known: {', '.join(sorted(known))}")
+    for entry in chosen:
+        build_policy(entry)  # bad options fail here, before any run
     return chosen
+
+
+def build_policy(entry: str) -> Policy:
+    name, *pairs = entry.split(":")
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"policy option {pair!r} in {entry!r} is not KEY=VALUE")
+        options[key] = value
+    return make_policy(name, options)
 
 
 def _run_one(
@@ -153,9 +170,9 @@ def _run_one(
         config,
         named_cluster(CLUSTER),
         streams,
-        make_policy(policy),
+        build_policy(policy),
         batch_jobs=batch,
-        out_dir=stage / scenario.name / policy,
+        out_dir=stage / scenario.name / policy.replace(":", "_"),
     )
     summary = result.summary
     print(
