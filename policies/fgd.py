@@ -106,6 +106,8 @@ class Fgd(PlacementPolicy):
         self._prepared = workload_from_jobs(jobs, self.settings.coverage)
 
     def schedule(self, snapshot: Snapshot, ctx: Context) -> SchedulingResult:
+        if not snapshot.pending:
+            return SchedulingResult()
         self._use_workload(self._workload_for(snapshot))
         return super().schedule(snapshot, ctx)
 

@@ -161,6 +161,11 @@ def test_unschedulable_when_nothing_fits() -> None:
     assert not [d for d in result.decisions if isinstance(d, Place)]
 
 
+def test_a_pass_with_nothing_pending_decides_nothing() -> None:
+    snapshot = Snapshot(gpu_cluster([[1000]]).view(), [], [], 0.0)
+    assert make_policy("fgd").schedule(snapshot, Context(np.random.default_rng(0))).decisions == ()
+
+
 def test_config_is_validated() -> None:
     with pytest.raises(ValueError):
         FgdConfig(mode="fast")
