@@ -1,0 +1,112 @@
+"""One replica of the in-cluster controller: the scheduler loop, the ContinualTrainingJob
+reconciler, leader election, metrics and probes, wired together.
+
+Every replica keeps its caches warm (informers run from the start, and `/readyz`
+answers once they have synced), but only the lease holder schedules and reconciles.
+Both check `is_leader()` right before each write, so the moment a renewal deadline
+passes this replica binds and writes nothing more. Losing the lease ends `run()` with
+`LeadershipLostError` (the process exits and its container restarts as a candidate, as
+kube-scheduler does); cancelling `run()` releases the lease for a fast handover.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+from controller.kubeapi import KubeApi
+from controller.leader import LeaderElector, LeaseConfig
+from controller.metrics import ControllerMetrics, ProbeServer
+from controller.reconciler import CtjReconciler
+from controller.runtime import Controller, ControllerOptions
+from policies import Policy
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ManagerOptions:
+    controller: ControllerOptions = field(default_factory=ControllerOptions)
+    lease: LeaseConfig | None = field(default_factory=LeaseConfig)
+    """None: no leader election (a single replica that always leads)."""
+    reconcile_ctjs: bool = True
+    probe_host: str = "0.0.0.0"
+    probe_port: int | None = 8080
+    """None: no metrics/probe server; 0: any free port."""
+
+
+class Manager:
+    def __init__(self, api: KubeApi, policy: Policy, options: ManagerOptions | None = None):
+        self.options = options or ManagerOptions()
+        self.identity = self.options.lease.identity if self.options.lease else "single"
+        self.controller = Controller(api, policy, self.options.controller)
+        self.elector = LeaderElector(api, self.options.lease) if self.options.lease else None
+        self.reconciler = (
+            CtjReconciler(
+                api,
+                self.options.controller.scheduler_name,
+                gate=self.is_leader,
+                instance=self.identity,
+                resync_s=self.options.controller.resync_s,
+            )
+            if self.options.reconcile_ctjs
+            else None
+        )
+        self.controller.scheduler.may_bind = self.is_leader
+        self.metrics = ControllerMetrics()
+        self.metrics.watch_scheduler(self.controller.scheduler)
+        self.metrics.watch_leader(self.identity, self.is_leader)
+        if self.reconciler is not None:
+            self.metrics.watch_ctjs(self.reconciler.ctjs)
+            self.reconciler.on_result = lambda result: self.metrics.reconciles.labels(result).inc()
+        self.probes = ProbeServer(self.metrics, self.ready)
+        self.synced = asyncio.Event()
+        self.leading = asyncio.Event()
+
+    def is_leader(self) -> bool:
+        return self.elector is None or self.elector.is_leader()
+
+    def ready(self) -> bool:
+        return self.synced.is_set()
+
+    async def run(self) -> None:
+        """Serve until cancelled, or until the lease is lost (`LeadershipLostError`)."""
+        if self.options.probe_port is not None:
+            await self.probes.start(self.options.probe_host, self.options.probe_port)
+        try:
+            await self._sync()
+            if self.elector is not None:
+                await self.elector.acquire()
+            self._lead()
+            if self.elector is not None:
+                await self.elector.hold()
+            else:
+                await asyncio.Event().wait()
+        finally:
+            await self._shut_down()
+
+    async def _sync(self) -> None:
+        self.controller.scheduler.pause()
+        await self.controller.start()
+        if self.reconciler is not None:
+            await self.reconciler.start_informers()
+        self.synced.set()
+        log.info("%s: caches synced; waiting for leadership", self.identity)
+
+    def _lead(self) -> None:
+        log.info("%s: leading: scheduling and reconciling", self.identity)
+        self.leading.set()
+        self.controller.scheduler.resume()
+        if self.reconciler is not None:
+            self.reconciler.start_reconciling()
+
+    async def _shut_down(self) -> None:
+        self.controller.scheduler.pause()
+        self.leading.clear()
+        if self.elector is not None:
+            await self.elector.release()
+        if self.reconciler is not None:
+            await self.reconciler.stop()
+        await self.controller.stop()
+        await self.probes.stop()

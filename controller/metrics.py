@@ -1,0 +1,188 @@
+"""Prometheus metrics of one controller replica, and the HTTP endpoint that serves them
+beside the liveness and readiness probes.
+
+Counters the scheduler already keeps (binds, conflicts, expired assumptions) and state
+that lives elsewhere (pending pods, leadership, each ContinualTrainingJob's status) are
+read at scrape time, so they cannot drift from their source; what only passes through
+(policy decisions, latencies, reconcile results) is counted as it happens.
+
+The metrics and their labels are listed in docs/in-cluster.md.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator
+
+from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from controller.crd import Ctj
+from controller.scheduler import BindRecord, Scheduler
+from policies import Place, SchedulingResult, Unschedulable
+
+log = logging.getLogger(__name__)
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class ControllerMetrics:
+    """Metrics in a registry of their own (several replicas may share a test process)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.attempts = Counter(
+            "gpufleet_scheduling_attempts",
+            "Jobs the policy decided on, by result",
+            ["result"],
+            registry=self.registry,
+        )
+        self.pass_seconds = Histogram(
+            "gpufleet_scheduling_pass_duration_seconds",
+            "Wall time of one policy decision over the pending queue",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.pod_seconds = Histogram(
+            "gpufleet_pod_scheduling_duration_seconds",
+            "From a pod's creation to its successful bind",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.reconciles = Counter(
+            "gpufleet_ctj_reconciles",
+            "ContinualTrainingJob reconciles, by result",
+            ["result"],
+            registry=self.registry,
+        )
+        self.unschedulable = 0
+
+    def watch_scheduler(self, scheduler: Scheduler) -> None:
+        """Count the scheduler's decisions and binds, and read its stats and queue."""
+        scheduler.on_pass = self._on_pass
+        previous = scheduler.on_bound
+
+        def on_bound(record: BindRecord) -> None:
+            previous(record)
+            self.pod_seconds.observe(max(0.0, record.at - record.pod.created))
+
+        scheduler.on_bound = on_bound
+        self.registry.register(_SchedulerCollector(scheduler, self))
+
+    def watch_leader(self, identity: str, is_leader: Callable[[], bool]) -> None:
+        self.registry.register(_LeaderCollector(identity, is_leader))
+
+    def watch_ctjs(self, ctjs: Callable[[], Iterable[Ctj]]) -> None:
+        self.registry.register(_CtjCollector(ctjs))
+
+    def _on_pass(self, result: SchedulingResult, seconds: float) -> None:
+        self.pass_seconds.observe(seconds)
+        placed = sum(isinstance(d, Place) for d in result.decisions)
+        rejected = sum(isinstance(d, Unschedulable) for d in result.decisions)
+        if placed:
+            self.attempts.labels("scheduled").inc(placed)
+        if rejected:
+            self.attempts.labels("unschedulable").inc(rejected)
+            self.unschedulable += rejected
+
+
+class _SchedulerCollector:
+    def __init__(self, scheduler: Scheduler, metrics: ControllerMetrics) -> None:
+        self.scheduler = scheduler
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self.scheduler.stats
+        bindings = CounterMetricFamily("gpufleet_bindings", "Pods bound by this replica")
+        bindings.add_metric([], stats.bound)
+        yield bindings
+        failures = CounterMetricFamily(
+            "gpufleet_scheduling_failures", "Scheduling failures, by reason", labels=["reason"]
+        )
+        failures.add_metric(["unschedulable"], self.metrics.unschedulable)
+        failures.add_metric(["bind_conflict"], stats.conflicts)
+        failures.add_metric(["assumption_expired"], stats.expired)
+        yield failures
+        pending = GaugeMetricFamily("gpufleet_pending_pods", "Pods waiting for this scheduler")
+        pending.add_metric([], len(self.scheduler.cache.pending_pods()))
+        yield pending
+
+
+class _LeaderCollector:
+    def __init__(self, identity: str, is_leader: Callable[[], bool]) -> None:
+        self.identity = identity
+        self.is_leader = is_leader
+
+    def collect(self) -> Iterator[Metric]:
+        leader = GaugeMetricFamily(
+            "gpufleet_leader", "1 while this replica holds the lease", labels=["identity"]
+        )
+        leader.add_metric([self.identity], 1.0 if self.is_leader() else 0.0)
+        yield leader
+
+
+class _CtjCollector:
+    def __init__(self, ctjs: Callable[[], Iterable[Ctj]]) -> None:
+        self.ctjs = ctjs
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["namespace", "name"]
+        missed = CounterMetricFamily(
+            "gpufleet_ctj_deadline_misses", "Windows that missed their deadline", labels=labels
+        )
+        completed = CounterMetricFamily(
+            "gpufleet_ctj_windows_completed", "Windows retrained in time", labels=labels
+        )
+        for ctj in self.ctjs():
+            missed.add_metric([ctj.namespace, ctj.name], ctj.status.missed_deadlines)
+            completed.add_metric([ctj.namespace, ctj.name], ctj.status.completed_windows)
+        yield missed
+        yield completed
+
+
+class ProbeServer:
+    """`/metrics`, `/healthz` (the event loop answers) and `/readyz` (caches synced),
+    served from the controller's own event loop: a wedged loop fails its probe."""
+
+    def __init__(self, metrics: ControllerMetrics, ready: Callable[[], bool]) -> None:
+        self.metrics = metrics
+        self.ready = ready
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    async def start(self, host: str, port: int) -> int:
+        """Listen on host:port (0: any free port); returns the port."""
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        self.port = int(self._runner.addresses[0][1])
+        log.info("metrics and probes on http://%s:%d", host, self.port)
+        return self.port
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _metrics(self, _request: web.Request) -> web.Response:
+        body = generate_latest(self.metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _healthz(self, _request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def _readyz(self, _request: web.Request) -> web.Response:
+        if self.ready():
+            return web.Response(text="ok")
+        return web.Response(status=503, text="caches not synced")
