@@ -534,7 +534,7 @@ def plot_curves(outputs: Sequence[RunOutput], out_dir: Path, read_at: int) -> No
             ax.set_title(title)
             ax.grid(alpha=0.3)
         top = int(data.arrived_pct.max())
-        axes[0].plot([0, top], [100, 100 - top], "k--", lw=0.8, label="ideal")
+        axes[0].plot([0, 100, max(top, 100)], [100, 0, 0], "k--", lw=0.8, label="ideal")
         axes[0].legend(fontsize=8)
         _bars(axes[3], data[data.arrived_pct == read_at], read_at)
         fig.suptitle(f"{trace}: inflation study")
@@ -546,6 +546,7 @@ def plot_curves(outputs: Sequence[RunOutput], out_dir: Path, read_at: int) -> No
 def _bars(ax: Axes, at: pd.DataFrame, read_at: int) -> None:
     per_policy = at.groupby("policy", sort=False).unallocated_gpus.agg(["mean", "std"])
     labels = [str(p) for p in per_policy.index]
-    ax.bar(labels, per_policy["mean"], yerr=per_policy["std"].fillna(0), capsize=3)
+    colors = [f"C{i}" for i in range(len(labels))]  # the line plots' colours, same order
+    ax.bar(labels, per_policy["mean"], yerr=per_policy["std"].fillna(0), capsize=3, color=colors)
     ax.set_title(f"unallocated GPUs at {read_at}% arrived")
     ax.tick_params(axis="x", rotation=30)
