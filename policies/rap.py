@@ -60,7 +60,7 @@ from policies.fragmentation import (
     workload_from_jobs,
 )
 from policies.jobs import JobSpec, JobView, PartShape, Placement, TaskPlacement, TaskRequest
-from policies.placement import feasible_nodes
+from policies.placement import feasible_mask, feasible_nodes
 from policies.registry import make_policy
 
 PAPER_GAP_BELOW_IDEAL = 0.0324
@@ -615,8 +615,10 @@ class RapSharing(PlacementPolicy):
     ) -> Offload | None:
         cfg = self.settings
         per_core_mem = cfg.cpu_mem_mib_per_core
-        usable = np.minimum(state.cpu_free // 1000, state.mem_free // max(1, per_core_mem))
-        usable = np.where(state.gpu_count == 0, usable, 0)
+        one_core = TaskRequest(1000, per_core_mem)
+        cpu_nodes = feasible_mask(spec, one_core, state) & (state.gpu_count == 0)
+        free_cores = np.minimum(state.cpu_free // 1000, state.mem_free // max(1, per_core_mem))
+        usable = np.where(cpu_nodes, free_cores, 0)
         if usable.max(initial=0) < 1:
             return None
         node = int(np.argmax(usable))  # the first CPU node offering the most cores
