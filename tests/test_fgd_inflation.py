@@ -149,3 +149,14 @@ def test_paper_ordering_on_one_seed_of_the_default_trace() -> None:
         at_100[policy] = float(next(r[5] for r in curve if r[3] == 100))  # type: ignore[arg-type]
     assert at_100["random"] > at_100["packing"] > at_100["bestfit"]
     assert at_100["bestfit"] > max(at_100["fgd"], at_100["fgd:mode=artifact"])
+
+
+def test_pods_by_directory_and_glob_cover_several_traces(inputs, tmp_path) -> None:
+    pods, nodes = inputs
+    (tmp_path / "openb_pod_list_other.csv").write_text(PODS)
+    for spec in (str(tmp_path), str(tmp_path / "openb_pod_list_*.csv")):
+        out = tmp_path / "out"
+        argv = ["experiment", "fgd-inflation", "--pods", spec, "--nodes", str(nodes)]
+        argv += ["--policies", "bestfit", "--seeds", "1", "--workers", "1", "--no-plots"]
+        assert main([*argv, "--out", str(out)]) == 0
+        assert {r["trace"] for r in read_csv(out / "curves.csv")} == {"tiny", "other"}
