@@ -152,7 +152,7 @@ def test_paper_ordering_on_one_seed_of_the_default_trace() -> None:
 
 
 def test_pods_by_directory_and_glob_cover_several_traces(inputs, tmp_path) -> None:
-    pods, nodes = inputs
+    _, nodes = inputs
     (tmp_path / "openb_pod_list_other.csv").write_text(PODS)
     for spec in (str(tmp_path), str(tmp_path / "openb_pod_list_*.csv")):
         out = tmp_path / "out"
