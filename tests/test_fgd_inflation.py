@@ -141,14 +141,15 @@ def test_seed_ranges() -> None:
 
 @pytest.mark.shared_data
 def test_paper_ordering_on_one_seed_of_the_default_trace() -> None:
+    """Inflating only to 100% draws the same shuffle and clones as 130% up to that point,
+    so the reading at 100% is the study's, at a quarter less work."""
     trace = load_trace(shared_data("alibaba-gpu-2023/openb_pod_list_default.csv"))
     nodes = read_nodes(shared_data("alibaba-gpu-2023/openb_node_list_gpu_node.csv"), gpu_only=True)
     at_100: dict[str, float] = {}
-    for policy in ("random", "packing", "bestfit", "fgd", "fgd:mode=artifact"):
-        curve = run_inflation(trace, nodes, policy, 42, 1.3).curve
-        at_100[policy] = float(next(r[5] for r in curve if r[3] == 100))  # type: ignore[arg-type]
-    assert at_100["random"] > at_100["packing"] > at_100["bestfit"]
-    assert at_100["bestfit"] > max(at_100["fgd"], at_100["fgd:mode=artifact"])
+    for policy in ("random", "packing", "bestfit", "fgd"):
+        curve = run_inflation(trace, nodes, policy, 42, 1.0).curve
+        at_100[policy] = float(curve[-1][5])  # type: ignore[arg-type]
+    assert at_100["random"] > at_100["packing"] > at_100["bestfit"] > at_100["fgd"]
 
 
 def test_pods_by_directory_and_glob_cover_several_traces(inputs, tmp_path) -> None:
