@@ -1,0 +1,184 @@
+"""deploy/ and the CRD on the real API server: every manifest passes a server-side
+dry-run apply, the controller's pod template passes the namespace's `restricted` Pod
+Security level, the CRD's validation rejects malformed jobs with messages that say
+what to fix, `retrain` cannot change, and `kubectl get ctj` has its columns."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from typing import Any
+
+import pytest
+import yaml
+
+from controller.crd import API_VERSION, KIND
+from controller.kubeapi import KubeApi
+from tests.kube.controlplane import REPO
+from tests.kube.ctj_helpers import (
+    CTJS,
+    SYSTEM_NAMESPACE,
+    Applier,
+    CtjEnvironment,
+    create_ctj,
+    ctj_env,  # noqa: F401 - fixture
+    ctj_manifest,
+    deploy_documents,
+)
+from tests.kube.helpers import Admin
+
+pytestmark = pytest.mark.kube
+
+TABLE = "application/json;as=Table;v=v1;g=meta.k8s.io"
+
+
+def run(env: CtjEnvironment, scenario: Any) -> None:
+    async def main() -> None:
+        admin = Admin(str(env.plane.admin_kubeconfig))
+        try:
+            await scenario(admin)
+        finally:
+            await admin.close()
+
+    asyncio.run(main())
+
+
+def template_pod(deployment: dict[str, Any]) -> dict[str, Any]:
+    template = copy.deepcopy(deployment["spec"]["template"])
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {**template["metadata"], "name": "template-check"},
+        "spec": template["spec"],
+    }
+
+
+async def dry_run_pod(api: KubeApi, pod: dict[str, Any]) -> tuple[int, Any]:
+    return await api.request(
+        "POST",
+        f"/api/v1/namespaces/{SYSTEM_NAMESPACE}/pods",
+        params={"dryRun": "All"},
+        body=pod,
+    )
+
+
+def test_deploy_manifests_pass_a_server_side_dry_run(ctj_env: CtjEnvironment) -> None:  # noqa: F811
+    async def scenario(admin: Admin) -> None:
+        applier = Applier(admin.api)
+        docs = deploy_documents()
+        kinds = sorted(d["kind"] for d in docs)
+        assert kinds == sorted(
+            [
+                "ClusterRole",
+                "ClusterRoleBinding",
+                "CustomResourceDefinition",
+                "Deployment",
+                "Namespace",
+                "PodDisruptionBudget",
+                "Role",
+                "RoleBinding",
+                "Service",
+                "ServiceAccount",
+            ]
+        )
+        for doc in docs:
+            status, answer = await applier.apply(doc, dry_run=True)
+            assert status == 200, f"{doc['kind']} {doc['metadata']['name']}: {answer}"
+        deployment = next(d for d in docs if d["kind"] == "Deployment")
+        assert deployment["spec"]["replicas"] == 2
+        # The namespace enforces Pod Security "restricted"; the controller's pod passes it...
+        status, answer = await dry_run_pod(admin.api, template_pod(deployment))
+        assert status == 201, answer
+        # ...and the check is real: the same pod running as root is refused.
+        rooted = template_pod(deployment)
+        rooted["spec"]["securityContext"] = {"runAsNonRoot": False, "runAsUser": 0}
+        del rooted["spec"]["containers"][0]["securityContext"]["runAsNonRoot"]
+        status, answer = await dry_run_pod(admin.api, rooted)
+        assert status == 403 and "violates PodSecurity" in answer["message"]
+
+    run(ctj_env, scenario)
+
+
+def malformed(change: str) -> dict[str, Any]:
+    job = ctj_manifest("bad")
+    spec = job["spec"]
+    if change == "deadline-after-window":
+        spec["retrain"] = {"windowSeconds": 60, "deadlineSeconds": 90}
+    elif change == "window-and-schedule":
+        spec["retrain"] = {"windowSeconds": 60, "schedule": "*/5 * * * *", "deadlineSeconds": 30}
+    elif change == "fraction-without-memory":
+        spec["resources"]["gpu"] = {"count": 1, "milli": 250}
+    elif change == "max-below-min":
+        spec["replicas"] = {"min": 4, "max": 2}
+    elif change == "floor-above-ceiling":
+        spec["accuracy"] = {
+            "ceiling": 0.6,
+            "floor": 0.8,
+            "decayPerHour": 1,
+            "halfGainGpuSeconds": 9,
+        }
+    elif change == "no-image":
+        del spec["image"]
+    elif change == "long-name":
+        job["metadata"]["name"] = "x" * 51
+    elif change == "bad-schedule":
+        spec["retrain"] = {"schedule": "every hour", "deadlineSeconds": 30}
+    return job
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("deadline-after-window", "retrain.deadlineSeconds must lie within the window"),
+        ("window-and-schedule", "set exactly one of retrain.windowSeconds and retrain.schedule"),
+        ("fraction-without-memory", "a fractional GPU (resources.gpu.milli < 1000) needs"),
+        ("max-below-min", "replicas.max must be at least replicas.min"),
+        ("floor-above-ceiling", "accuracy.floor must not exceed accuracy.ceiling"),
+        ("no-image", "spec.image: Required value"),
+        ("long-name", "metadata.name must be at most 50 characters"),
+        ("bad-schedule", "spec.retrain.schedule in body should match"),
+    ],
+)
+def test_crd_rejects_a_malformed_ctj_saying_why(
+    ctj_env: CtjEnvironment,  # noqa: F811
+    change: str,
+    message: str,
+) -> None:
+    async def scenario(admin: Admin) -> None:
+        status, answer = await admin.api.request("POST", CTJS, body=malformed(change))
+        assert status == 422, answer
+        assert message in answer["message"], answer["message"]
+        assert answer["details"]["kind"] == "ContinualTrainingJob"
+
+    run(ctj_env, scenario)
+
+
+def test_retrain_cannot_change_and_columns_are_served(ctj_env: CtjEnvironment) -> None:  # noqa: F811
+    async def scenario(admin: Admin) -> None:
+        example = yaml.safe_load((REPO / "examples" / "continualtrainingjob.yaml").read_text())
+        assert (example["apiVersion"], example["kind"]) == (API_VERSION, KIND)
+        status, answer = await admin.api.request(
+            "POST", CTJS, params={"dryRun": "All"}, body=example
+        )
+        assert status == 201, answer
+        created = await create_ctj(admin.api, ctj_manifest("fixed"))
+        changed = copy.deepcopy(created)
+        changed["spec"]["retrain"]["deadlineSeconds"] = 4
+        status, answer = await admin.api.request("PUT", f"{CTJS}/fixed", body=changed)
+        assert status == 422
+        assert "retrain is immutable; create a new ContinualTrainingJob" in answer["message"]
+        async with admin.api.session.get(CTJS, headers={"Accept": TABLE}) as response:
+            table = await response.json()
+        columns = [c["name"] for c in table["columnDefinitions"]]
+        assert columns == [
+            "Name",
+            "Phase",
+            "Window",
+            "Deadline",
+            "Completed",
+            "Missed",
+            "Last-Retrain",
+            "Age",
+        ]
+
+    run(ctj_env, scenario)
