@@ -6,8 +6,11 @@ Two shapes of directory are understood, and only through the files in them:
   `jobs.parquet`, `timeline.parquet`, `config.json`, `summary.json`, and any further
   `*.parquet` / `*.csv` a host adds (e.g. `streams.parquet`);
 - an **experiment directory** (`gpufleet compare`, `gpufleet experiment NAME`): tables
-  at its top level (`summary.csv`, `curves.csv`, …), an optional `config.json`, and any
-  number of run directories beneath it.
+  at its top level (`summary.csv`, `curves.csv`, …), JSON documents (`config.json`,
+  `calibration.json`, …), and any number of run directories beneath it. Some
+  experiments write one run directory per run (compare, continual), others write every
+  run's rows into one top-level table with the run's labels as leading columns (hetero's
+  `jobs.csv`); `ExperimentResults.jobs()` and `timeline()` read either.
 
 Nothing here imports the simulator: the files are the interface.
 """
@@ -15,7 +18,7 @@ Nothing here imports the simulator: the files are the interface.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,9 +66,12 @@ class ExperimentResults:
 
     path: Path
     config: dict[str, Any]
+    """`config.json` at the top, if the experiment wrote one (else empty)."""
     tables: dict[str, pd.DataFrame]
     runs: dict[str, RunResults]
-    """Keyed by the run directory's path relative to the experiment (`fifo`, `sia/seed-1`)."""
+    """Keyed by the run directory's path relative to the experiment (`fifo`, `light/edf`)."""
+    documents: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Other top-level JSON objects by file stem (e.g. RAP's `calibration`)."""
 
     def table(self, name: str) -> pd.DataFrame:
         """A top-level table by file stem (`summary`, `curves`, `failures`, …)."""
@@ -84,23 +90,39 @@ class ExperimentResults:
         return pd.DataFrame(rows)
 
     def jobs(self, config_keys: Sequence[str] = ("policy",)) -> pd.DataFrame:
-        """Every run's jobs in one frame, tagged with `run` and the named config keys."""
-        return self._stack(lambda run: run.jobs, config_keys)
+        """Every run's jobs in one frame (see `stacked`)."""
+        return self.stacked("jobs", config_keys)
 
     def timeline(self, config_keys: Sequence[str] = ("policy",)) -> pd.DataFrame:
-        """Every run's timeline in one frame, tagged like `jobs()`."""
-        return self._stack(lambda run: run.timeline, config_keys)
+        """Every run's timeline in one frame (see `stacked`)."""
+        return self.stacked("timeline", config_keys)
 
-    def _stack(
-        self, part: Callable[[RunResults], pd.DataFrame], config_keys: Sequence[str]
-    ) -> pd.DataFrame:
+    def stacked(self, name: str, config_keys: Sequence[str] = ("policy",)) -> pd.DataFrame:
+        """Per-run table `name` (`jobs`, `timeline`, `streams`, …) of every run directory
+        in one frame, tagged with `run` and the named keys of each run's config. An
+        experiment without run directories that wrote `name` as one top-level table
+        (already labelled per run) returns that table."""
         if not self.runs:
-            raise ResultsError(f"{self.path} holds no run directories")
+            if name in self.tables:
+                return self.tables[name]
+            raise ResultsError(f"{self.path} holds no run directories and no {name} table")
         frames = []
         for key, run in self.runs.items():
+            table = _run_table(run, name)
             tags = {"run": key, **{k: run.config.get(k) for k in config_keys}}
-            frames.append(part(run).assign(**tags))
+            frames.append(table.assign(**tags))
         return pd.concat(frames, ignore_index=True)
+
+
+def _run_table(run: RunResults, name: str) -> pd.DataFrame:
+    if name == "jobs":
+        return run.jobs
+    if name == "timeline":
+        return run.timeline
+    try:
+        return run.tables[name]
+    except KeyError:
+        raise ResultsError(f"run {run.path} has no {name} table") from None
 
 
 def load_run(path: str | Path) -> RunResults:
@@ -130,9 +152,9 @@ def load_experiment(path: str | Path) -> ExperimentResults:
     runs = {key: load_run(directory / key) for key in _run_keys(directory)}
     if not tables and not runs:
         raise ResultsError(f"{directory} holds no result tables and no run directories")
-    config_path = directory / "config.json"
-    config = _read_json(config_path) if config_path.is_file() else {}
-    return ExperimentResults(directory, config, tables, runs)
+    documents = {path.stem: _read_json(path) for path in sorted(directory.glob("*.json"))}
+    config = documents.pop("config", {})
+    return ExperimentResults(directory, config, tables, runs, documents)
 
 
 def ecdf(values: pd.Series | Sequence[float]) -> pd.DataFrame:

@@ -114,8 +114,40 @@ def test_table_only_experiment(tmp_path: Path) -> None:
     assert list(study.summary.columns) == ["policy", "alloc_pct_mean"]
     with pytest.raises(KeyError, match="tables: curves, failures, summary"):
         study.table("cluster")
-    with pytest.raises(ResultsError, match="no run directories"):
+    with pytest.raises(ResultsError, match="no run directories and no jobs table"):
         study.jobs()
+
+
+def test_flat_experiment_tables_stand_in_for_runs(tmp_path: Path) -> None:
+    """Hetero's layout: every run's rows in one top-level table, labelled per run."""
+    root = tmp_path / "hetero"
+    root.mkdir()
+    (root / "jobs.csv").write_text("workload,policy,job_id,jct_s\nw1,sia,a,10\nw1,fifo,a,30\n")
+    (root / "calibration.json").write_text(json.dumps({"delta_ms": 0.145}))
+    study = load_experiment(root)
+    assert study.jobs().groupby("policy")["jct_s"].sum().to_dict() == {"fifo": 30, "sia": 10}
+    assert study.documents == {"calibration": {"delta_ms": 0.145}}
+    assert study.config == {}
+    with pytest.raises(ResultsError, match="no timeline table"):
+        study.timeline()
+
+
+def test_stacked_reads_a_per_run_table(tmp_path: Path) -> None:
+    root = tmp_path / "continual"
+    for policy, accuracy in (("fifo", 0.7), ("las", 0.8)):
+        path = run_dir(root / "light", policy)
+        pd.DataFrame({"stream_id": ["s0", "s1"], "mean_acc": [accuracy] * 2}).to_parquet(
+            path / "streams.parquet"
+        )
+    study = load_experiment(root)
+    streams = study.stacked("streams")
+    assert streams.groupby("run")["mean_acc"].mean().to_dict() == {
+        "light/fifo": 0.7,
+        "light/las": 0.8,
+    }
+    assert set(streams["policy"]) == {"fifo", "las"}
+    with pytest.raises(ResultsError, match="has no rounds table"):
+        study.stacked("rounds")
 
 
 @pytest.mark.parametrize("setup", ["missing", "empty", "duplicate"])
