@@ -311,23 +311,29 @@ def _pin_unidentifiable(
         pin(5, TINY)
 
 
-@dataclass(frozen=True, slots=True)
 class _FitData:
-    nodes: FloatArray
-    replicas: FloatArray
-    atomic: FloatArray
-    comp: FloatArray
-    step: FloatArray
+    """Observations as arrays, with everything the loss needs that does not depend on
+    the parameters computed once (a fit evaluates the loss tens of times)."""
+
+    def __init__(self, observations: Sequence[StepObservation]) -> None:
+        self.nodes = np.array([o.nodes for o in observations], dtype=float)
+        self.replicas = np.array([o.replicas for o in observations], dtype=float)
+        self.atomic = np.array([o.atomic_bsz for o in observations], dtype=float)
+        self.comp = np.array([o.compute_time for o in observations], dtype=float)
+        self.step = np.array([max(o.step_time, TINY) for o in observations], dtype=float)
+        self.count = self.comp.size
+        self.log_comp = np.log(self.comp)
+        self.log_step = np.log(self.step)
+        inter = self.nodes > 1
+        intra = ~inter & (self.replicas > 1)
+        self.inter = inter.astype(float)
+        self.intra = intra.astype(float)
+        self.neither = 1.0 - self.inter - self.intra
+        self.retro = np.maximum(self.replicas - 2, TINY)
 
     @staticmethod
     def of(observations: Sequence[StepObservation]) -> _FitData:
-        return _FitData(
-            nodes=np.array([o.nodes for o in observations], dtype=float),
-            replicas=np.array([o.replicas for o in observations], dtype=float),
-            atomic=np.array([o.atomic_bsz for o in observations], dtype=float),
-            comp=np.array([o.compute_time for o in observations], dtype=float),
-            step=np.array([max(o.step_time, TINY) for o in observations], dtype=float),
-        )
+        return _FitData(observations)
 
     def guess(self) -> FloatArray:
         """Least-squares start: compute time linear in the atomic batch, and network time
@@ -351,41 +357,40 @@ class _FitData:
 
     def loss_and_grad(self, x: FloatArray) -> tuple[float, FloatArray]:
         """Pollux's loss and its exact gradient with respect to the 7 parameters."""
-        a_c, b_c, a_n, b_n, a_r, b_r, gamma = x
-        grad = np.zeros(7)
-        count = self.comp.size
+        a_c, b_c, a_n, b_n, a_r, b_r, gamma = (float(v) for v in x)
+        count, atomic, retro = self.count, self.atomic, self.retro
         # Compute-time error.
-        comp = a_c + b_c * self.atomic
-        r1 = np.log(comp) - np.log(self.comp)
-        err1 = math.sqrt(float(np.mean(r1**2)) + _SMOOTH)
+        comp = a_c + b_c * atomic
+        log_c = np.log(comp)
+        r1 = log_c - self.log_comp
+        err1 = math.sqrt(float(r1 @ r1) / count + _SMOOTH)
         w1 = r1 / (err1 * count) / comp
-        grad[0] += w1.sum()
-        grad[1] += (w1 * self.atomic).sum()
         # Step-time error.
-        inter = self.nodes > 1
-        intra = ~inter & (self.replicas > 1)
-        retro = np.maximum(self.replicas - 2, TINY)
-        alpha = np.where(inter, a_n, np.where(intra, a_r, TINY))
-        beta = np.where(inter, b_n, np.where(intra, b_r, TINY))
+        alpha = a_n * self.inter + a_r * self.intra + TINY * self.neither
+        beta = b_n * self.inter + b_r * self.intra + TINY * self.neither
         net = alpha + beta * retro
-        log_c, log_n = np.log(comp), np.log(net)
+        log_n = np.log(net)
         log_sum = np.logaddexp(gamma * log_c, gamma * log_n)
-        pred = log_sum / gamma
-        r2 = pred - np.log(self.step)
-        err2 = math.sqrt(float(np.mean(r2**2)) + _SMOOTH)
+        r2 = log_sum / gamma - self.log_step
+        err2 = math.sqrt(float(r2 @ r2) / count + _SMOOTH)
         w2 = r2 / (err2 * count)
         share_c = np.exp(gamma * log_c - log_sum)  # c^γ / (c^γ + n^γ)
         share_n = 1.0 - share_c
-        d_comp = w2 * share_c / comp
+        d_comp = w1 + w2 * share_c / comp
         d_net = w2 * share_n / net
-        grad[0] += d_comp.sum()
-        grad[1] += (d_comp * self.atomic).sum()
-        grad[2] += d_net[inter].sum()
-        grad[3] += (d_net * retro)[inter].sum()
-        grad[4] += d_net[intra].sum()
-        grad[5] += (d_net * retro)[intra].sum()
+        d_net_retro = d_net * retro
         d_gamma = (share_c * log_c + share_n * log_n) / gamma - log_sum / gamma**2
-        grad[6] += (w2 * d_gamma).sum()
+        grad = np.array(
+            [
+                d_comp.sum(),
+                d_comp @ atomic,
+                d_net @ self.inter,
+                d_net_retro @ self.inter,
+                d_net @ self.intra,
+                d_net_retro @ self.intra,
+                w2 @ d_gamma,
+            ]
+        )
         # Regularisers.
         reg = _REG_GAMMA * (gamma - 1) ** 2 + _REG_RETRO * ((b_n / a_n) ** 2 + (b_r / a_r) ** 2)
         grad[6] += 2 * _REG_GAMMA * (gamma - 1)
