@@ -42,7 +42,7 @@ from policies.continual import (
     RetrainingWork,
     WindowInfo,
     WindowOpening,
-    best_config,
+    plan_configs,
     speedup,
     window_info,
 )
@@ -313,23 +313,11 @@ class _ValueGreedy(ShareAllocator):
         return None
 
     def plan_windows(self, openings: Sequence[WindowOpening], snapshot: Snapshot) -> list[int]:
-        """Each stream's config for the speed a fair split of its capacity would give."""
+        """Configs for the openings from a fluid model of the free capacity."""
         assert isinstance(self.config, ShareConfig)
         if not self.config.choose_configs:
             return [o.stream.default_config for o in openings]
-        gpus = snapshot.cluster.gpus_of_model()
-        active = len(openings) + sum(
-            1 for j in (*snapshot.running, *snapshot.pending) if window_info(j.spec) is not None
-        )
-        choices = []
-        for opening in openings:
-            stream = opening.stream
-            rates = {m: stream.throughput.get(m, 0.0) for m in gpus}
-            capacity = sum(n * rates[m] for m, n in gpus.items())
-            fastest = max(rates.values(), default=0.0) * speedup(stream.max_gpus, MILLI, 0.9)
-            speed = min(capacity / max(1, active), fastest)
-            choices.append(best_config(opening, speed))
-        return choices
+        return plan_configs(openings, _retraining_rate(openings, snapshot.cluster))
 
 
 class ThiefAllocator(_ValueGreedy):
@@ -467,6 +455,24 @@ class ShareFitter:
             self.state.allocate(node, (gpu,), MILLI, task.cpu_milli, task.mem_mib)
             tasks.append(TaskPlacement(name, (gpu,), MILLI))
         return Placement(tuple(tasks))
+
+
+def _retraining_rate(openings: Sequence[WindowOpening], cluster: ClusterState) -> float:
+    """Reference-GPU-seconds per second the free GPUs give the typical opening stream
+    (median speed per model over the openings)."""
+    free = _free_gpus_by_model(cluster)
+    rate = 0.0
+    for m, model in enumerate(cluster.gpu_models):
+        speeds = [o.stream.throughput.get(model, 0.0) for o in openings]
+        rate += free[m] * float(np.median(speeds))
+    return rate
+
+
+def _free_gpus_by_model(cluster: ClusterState) -> np.ndarray:
+    has_model = cluster.model_idx >= 0
+    free = np.zeros(len(cluster.gpu_models), dtype=np.float64)
+    np.add.at(free, cluster.model_idx[has_model], cluster.gpu_free.sum(axis=1)[has_model])
+    return free / MILLI
 
 
 def placed_milli(placement: Placement) -> int:

@@ -305,20 +305,82 @@ class WindowPlanner(Protocol):
         ...
 
 
-def best_config(opening: WindowOpening, speed: float) -> int:
-    """The config with the largest window uplift if the job runs at `speed`
-    reference-GPU-seconds per second from the opening; ties go to the cheaper config, and
-    the cheapest config when none would finish by the deadline."""
-    stream = opening.stream
-    order = sorted(range(len(stream.configs)), key=lambda i: stream.configs[i].work_gpu_s)
-    best, best_value = order[0], -1.0
-    for i in order:
-        config = stream.configs[i]
-        gain = stream.curve.gain(opening.acc_start, config)
-        finish = config.work_gpu_s / speed if speed > 0 else math.inf
+def plan_configs(openings: Sequence[WindowOpening], rate: float, sweeps: int = 2) -> list[int]:
+    """Jointly pick each opening window's config (Ekya's config choice under contention).
+
+    Fluid model of the window: the free GPUs retrain `rate` reference-GPU-seconds per
+    second, one job after another in Smith's order (work per gain ascending, which
+    maximises the total `G·(e − c)` for fixed configs), but no job faster than its own
+    largest share allows on its fastest GPU model (optimistic: those GPUs may be taken).
+    Starting from each stream's cheapest config, every sweep visits
+    the jobs in that order and gives each the config that most raises its own uplift
+    (zero past its deadline) minus the delay its extra work adds to the later jobs that
+    still meet their deadlines (extra work / `rate`, times their gains).
+    """
+    if not openings:
+        return []
+    plan = _FluidPlan(openings, rate)
+    if rate > 0:
+        for _ in range(sweeps):
+            plan.sweep()
+    return plan.choice
+
+
+class _FluidPlan:
+    def __init__(self, openings: Sequence[WindowOpening], rate: float) -> None:
+        self.openings = openings
+        self.rate = rate
+        self.gains = [
+            [o.stream.curve.gain(o.acc_start, c) for c in o.stream.configs] for o in openings
+        ]
+        self.works = [[c.work_gpu_s for c in o.stream.configs] for o in openings]
+        self.fastest = [_fastest(o.stream) for o in openings]
+        self.choice = [_cheapest(o.stream) for o in openings]
+
+    def sweep(self) -> None:
+        order = sorted(range(len(self.openings)), key=self._work_per_gain)
+        finish = np.cumsum([self._work(i) for i in order]) / self.rate
+        meets = [finish[k] <= self.openings[i].stream.deadline_s for k, i in enumerate(order)]
+        gains = np.array([self.gains[i][self.choice[i]] for i in order]) * np.array(meets)
+        behind = np.concatenate((np.cumsum(gains[::-1])[::-1][1:], [0.0]))
+        shift = 0.0
+        for k, i in enumerate(order):
+            start = float(finish[k]) + shift - self._work(i) / self.rate
+            best = self._best(i, start, float(behind[k]))
+            shift += (self.works[i][best] - self._work(i)) / self.rate
+            self.choice[i] = best
+
+    def _best(self, i: int, start: float, behind: float) -> int:
+        current = self._work(i)
+        best, best_value = self.choice[i], -math.inf
+        for c, work in enumerate(self.works[i]):
+            delay = (work - current) / self.rate * behind
+            value = self._uplift(i, c, start) - delay
+            if value > best_value + 1e-12 or (value > best_value - 1e-12 and work < current):
+                best, best_value = c, value
+        return best
+
+    def _uplift(self, i: int, config: int, start: float) -> float:
+        stream = self.openings[i].stream
+        work = self.works[i][config]
+        finish = max(start + work / self.rate, work / self.fastest[i])
         if finish > stream.deadline_s:
-            continue
-        value = float(uplift(gain, stream.curve.decay_per_s, finish, stream.window_s))
-        if value > best_value:
-            best, best_value = i, value
-    return best
+            return 0.0
+        return float(
+            uplift(self.gains[i][config], stream.curve.decay_per_s, finish, stream.window_s)
+        )
+
+    def _work(self, i: int) -> float:
+        return self.works[i][self.choice[i]]
+
+    def _work_per_gain(self, i: int) -> float:
+        return self._work(i) / max(self.gains[i][self.choice[i]], 1e-12)
+
+
+def _fastest(stream: StreamSpec) -> float:
+    """Reference speed of the stream's largest share on its fastest GPU model."""
+    return max(stream.throughput.values()) * speedup(stream.max_gpus, MILLI, stream.scaling)
+
+
+def _cheapest(stream: StreamSpec) -> int:
+    return min(range(len(stream.configs)), key=lambda i: stream.configs[i].work_gpu_s)

@@ -101,7 +101,7 @@ def test_mean_accuracy_of_the_two_stream_window(policy: str, expected: float) ->
     assert run.summary()["deadline_miss_rate"] == 0.0
 
 
-def test_thief_picks_each_window_config_for_its_expected_share() -> None:
+def test_thief_plans_configs_on_the_free_capacity() -> None:
     stream = two_streams()[0]
     two = StreamSpec(
         **{
@@ -112,6 +112,6 @@ def test_thief_picks_each_window_config_for_its_expected_share() -> None:
     )
     openings = [WindowOpening(two, 0, 0.5)]
     snapshot = Snapshot(ClusterState([NODE]).view(), [], [], 0.0)
-    # Alone on one A100 (speed 1): cheap G = 0.4·⅓ by 50 s → 73.3 beats expensive
+    # Alone on one free A100 (rate 1): cheap G = 0.4·⅓ by 50 s → 73.3 beats expensive
     # G = 0.4·0.8 by 400 s → 64 (see test_continual_model).
     assert ThiefAllocator().plan_windows(openings, snapshot) == [0]

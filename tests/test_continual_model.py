@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 from hypothesis import given
@@ -17,7 +18,7 @@ from policies.continual import (
     StreamSpec,
     WindowInfo,
     WindowOpening,
-    best_config,
+    plan_configs,
     speedup,
     window_info,
 )
@@ -114,15 +115,27 @@ def _stream(**overrides: object) -> StreamSpec:
     return StreamSpec(**fields)  # type: ignore[arg-type]
 
 
-def test_best_config_trades_gain_against_deployment_time() -> None:
-    opening = WindowOpening(_stream(), 0, acc_start=0.5)
-    # cheap: G = 0.4·50/150 = 0.1333, done at 50/speed; expensive: G = 0.4·0.8 = 0.32.
-    # speed 1: cheap 0.1333·550 = 73.3 beats expensive 0.32·200 = 64.
-    assert best_config(opening, speed=1.0) == 0
-    # speed 2: expensive 0.32·400 = 128 beats cheap 0.1333·575 = 76.7.
-    assert best_config(opening, speed=2.0) == 1
+def test_config_plan_trades_gain_against_deployment_time() -> None:
+    stream = _stream(max_gpus=2, scaling=1.0)  # at most 2 reference-GPU-s per second
+    alone = [WindowOpening(stream, 0, acc_start=0.5)]
+    # cheap: G = 0.4·50/150 = 0.1333; expensive: G = 0.4·400/500 = 0.32 (λ = 0).
+    # rate 1: cheap done at 50 → 0.1333·550 = 73.3 beats expensive at 400 → 0.32·200 = 64.
+    assert plan_configs(alone, rate=1.0) == [0]
+    # rate 2: expensive done at 200 → 128 beats cheap at 25 → 76.7.
+    assert plan_configs(alone, rate=2.0) == [1]
     # Nothing finishes in time: the cheapest config.
-    assert best_config(opening, speed=0.01) == 0
+    assert plan_configs(alone, rate=0.01) == [0]
+
+
+def test_config_plan_accounts_for_the_delay_it_imposes() -> None:
+    stream = _stream(max_gpus=2, scaling=1.0)
+    pair = [WindowOpening(stream, 0, 0.5), WindowOpening(replace(stream, id="t"), 0, 0.5)]
+    # Sweep 1 from (cheap, cheap): the first job goes expensive (128 − 175 s·0.1333 = 104.7
+    # > 76.7), and so does the second (done at 400: 64 > 50). Sweep 2: the first job back
+    # to cheap lets the second finish at 225 (0.32·375 = 120): 76.7 + 120 = 196.7 beats
+    # 128 + 64 = 192 — the first job's own 128 − 76.7 is less than the 56 it costs the other.
+    assert plan_configs(pair, rate=2.0, sweeps=1) == [1, 1]
+    assert plan_configs(pair, rate=2.0, sweeps=2) == [0, 1]
 
 
 def test_window_job_carries_its_window() -> None:
