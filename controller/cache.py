@@ -60,6 +60,11 @@ class ClusterCache:
         self.assumed: dict[str, Assumption] = {}
         self.on_change: Callable[[], None] = lambda: None
         self._counter = itertools.count()
+        self._wanted: dict[str, PodRecord] = {}
+        self._ours: dict[str, PodRecord] = {}
+        """Our bound pods, kept incrementally for the same reason."""
+        """Pods this scheduler should place, kept incrementally: a pass must not scan
+        every pod in the cluster."""
 
     # -- informer handler -------------------------------------------------------------
 
@@ -123,19 +128,12 @@ class ClusterCache:
     # -- queries ----------------------------------------------------------------------
 
     def pending_pods(self) -> list[PodRecord]:
-        return [
-            p
-            for p in self.pods.values()
-            if p.wants(self.scheduler_name) and p.uid not in self.assumed
-        ]
+        return [p for p in self._wanted.values() if p.uid not in self.assumed]
 
     def placed_pods(self) -> list[PodRecord]:
         """Our pods that hold resources (bound, or assumed and not yet echoed)."""
-        return [
-            p
-            for p in self.pods.values()
-            if p.scheduler_name == self.scheduler_name and (p.node_name or p.uid in self.assumed)
-        ]
+        assumed = [self.pods[u] for u in self.assumed if u in self.pods and u not in self._ours]
+        return [*self._ours.values(), *assumed]
 
     def charges(self) -> dict[str, Charge]:
         return self.ledger.charges()
@@ -153,13 +151,23 @@ class ClusterCache:
             self._charge_bound(pod)
         elif pod.uid not in self.assumed:
             self.ledger.release(pod.uid)
-        if old != pod:
+        if pod.wants(self.scheduler_name):
+            self._wanted[pod.uid] = pod
+        else:
+            self._wanted.pop(pod.uid, None)
+        if pod.node_name and pod.scheduler_name == self.scheduler_name:
+            self._ours[pod.uid] = pod
+        else:
+            self._ours.pop(pod.uid, None)
+        if _matters(old, pod):
             self.on_change()
 
     def _remove_pod(self, uid: str) -> None:
         pod = self.pods.pop(uid, None)
         self.seq.pop(uid, None)
         self.assumed.pop(uid, None)
+        self._wanted.pop(uid, None)
+        self._ours.pop(uid, None)
         self.ledger.release(uid)
         if pod is not None:
             self.on_change()
@@ -204,3 +212,16 @@ class ClusterCache:
                 self.ledger.release(pod.uid)
                 self._charge_bound(pod)
         self.on_change()
+
+
+def _matters(old: PodRecord | None, new: PodRecord) -> bool:
+    """Whether a pod update can change a pass: any change while unbound; once bound,
+    only a move or a different charge (a phase change to Running is not news)."""
+    if old is None or not new.node_name or old.node_name != new.node_name:
+        return old != new
+    return (
+        old.annotations.get(ASSIGNED_GPUS) != new.annotations.get(ASSIGNED_GPUS)
+        or (old.cpu_milli, old.mem_mib, old.resources)
+        != (new.cpu_milli, new.mem_mib, new.resources)
+        or old.scheduler_name != new.scheduler_name
+    )

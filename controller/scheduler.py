@@ -35,7 +35,13 @@ from controller.cache import ClusterCache
 from controller.effects import ApiEffects, BindOutcome, placement_annotations
 from controller.ledger import Charge
 from controller.objects import PodRecord
-from controller.workload import PendingJob, build_workload, job_id, running_views
+from controller.workload import (
+    PendingJob,
+    RunningMemo,
+    build_workload,
+    job_id,
+    running_views,
+)
 from policies import (
     ClusterState,
     Context,
@@ -116,6 +122,7 @@ class Scheduler:
         self._limit = asyncio.Semaphore(self.options.bind_concurrency)
         self._reported: dict[str, str] = {}
         self._plans: dict[str, Placement] = {}
+        self._running_memo: dict[str, RunningMemo] = {}
         cache.on_change = self.wake
 
     # -- control ----------------------------------------------------------------------
@@ -196,7 +203,11 @@ class Scheduler:
         snapshot = Snapshot(
             cluster=state.view(),
             running=running_views(
-                self.cache.placed_pods(), self.cache.charges(), self.cache.encoder, now
+                self.cache.placed_pods(),
+                self.cache.charges(),
+                self.cache.encoder,
+                now,
+                self._running_memo,
             ),
             pending=[job.view() for job in pending],
             now=now,

@@ -174,24 +174,54 @@ def _pending_job(
     return PendingJob(spec, tuple(members), min(seq.get(p.uid, 0) for p in members))
 
 
+@dataclass(frozen=True, slots=True)
+class RunningMemo:
+    """A running job's view and the exact records it was built from."""
+
+    pods: tuple[PodRecord, ...]
+    charges: tuple[Charge, ...]
+    view: JobView
+
+    def matches(self, pods: list[PodRecord], charges: tuple[Charge, ...]) -> bool:
+        same_records = len(pods) == len(self.pods) and all(
+            a is b for a, b in zip(pods, self.pods, strict=True)
+        )
+        return same_records and charges == self.charges
+
+
 def running_views(
     pods: Iterable[PodRecord],
     charges: Mapping[str, Charge],
     encoder: GpuEncoder,
     now: float,
+    memo: dict[str, RunningMemo] | None = None,
 ) -> list[JobView]:
-    """Our placed pods (bound or assumed) as running jobs, grouped like pending ones."""
+    """Our placed pods (bound or assumed) as running jobs, grouped like pending ones.
+
+    With `memo`, a job's view is rebuilt only when one of its pod records or charges
+    changed (records are replaced, never mutated, so identity says "unchanged"); at
+    thousands of running pods this keeps a pass from rebuilding every view."""
     groups: dict[str, list[PodRecord]] = {}
     for pod in pods:
         if pod.uid in charges:
             groups.setdefault(job_id(pod), []).append(pod)
+    memo = {} if memo is None else memo
+    for stale in memo.keys() - groups.keys():
+        del memo[stale]
     views = []
     for jid, members in groups.items():
         members.sort(key=lambda p: p.name)
+        held = tuple(charges[p.uid] for p in members)
+        cached = memo.get(jid)
+        if cached is not None and cached.matches(members, held):
+            views.append(cached.view)
+            continue
         try:
-            views.append(_running_view(jid, members, charges, encoder, now))
+            view = _running_view(jid, members, charges, encoder, now)
         except ValueError:
             continue  # a running pod with unreadable requests: capacity is still counted
+        memo[jid] = RunningMemo(tuple(members), held, view)
+        views.append(view)
     views.sort(key=lambda v: (v.started_at or 0.0, v.id))
     return views
 

@@ -83,8 +83,8 @@ def pod_manifest(
 class Admin:
     """Calls made as cluster admin (test setup and the 'other schedulers')."""
 
-    def __init__(self, kubeconfig: str) -> None:
-        self.api = KubeApi(load_config(kubeconfig), connections=32)
+    def __init__(self, kubeconfig: str, timeout_s: float = 30.0) -> None:
+        self.api = KubeApi(load_config(kubeconfig), timeout_s=timeout_s, connections=32)
 
     async def close(self) -> None:
         await self.api.close()

@@ -164,7 +164,7 @@ def test_apiserver_restart_mid_run_places_every_pod_once(kube: ControlPlane) -> 
             ctl.scheduler.on_bound = bound.append
             for i in range(15):
                 await admin.create_pod(pod_manifest(f"early-{i}", ONE_GPU))
-            kube.stop_apiserver()  # some binds are in flight or not yet sent
+            await asyncio.to_thread(kube.stop_apiserver)  # binds in flight or queued
             await asyncio.sleep(2.0)
             await asyncio.to_thread(kube.start_apiserver)
             for i in range(15):

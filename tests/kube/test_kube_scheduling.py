@@ -73,9 +73,13 @@ def test_unschedulable_pod_gets_condition_and_event(kube: ControlPlane) -> None:
             (cond,) = await eventually(condition, what="PodScheduled=False")
             assert cond["reason"] == "Unschedulable"
             assert "no node fits" in cond["message"]
+            uid = (await admin.pod("huge"))["metadata"]["uid"]
             events = await admin.api.call("GET", "/apis/events.k8s.io/v1/namespaces/default/events")
-            reasons = [e["reason"] for e in events["items"] if e["regarding"]["name"] == "huge"]
-            assert reasons == ["FailedScheduling"]
+            ours = [e for e in events["items"] if e["regarding"].get("uid") == uid]
+            # One report per distinct reason, not one per pass.
+            assert [(e["reason"], e["reportingController"]) for e in ours] == [
+                ("FailedScheduling", "gpufleet.io/scheduler")
+            ], [(e["reportingInstance"], e["note"]) for e in ours]
 
     run(kube, scenario)
 
