@@ -383,16 +383,27 @@ class Scheduler:
             log.info("evicted %s; recreated as %s/%s", pod.key, pod.namespace, name)
 
     def _carry_out_plans(self, pending: list[PendingJob], now: float) -> list[PendingJob]:
-        """Bind jobs whose resize plan fits now; returns the jobs without a plan."""
+        """Bind jobs whose plan fits now; returns the jobs without a plan. A plan for a
+        different number of pods than the job now has is dropped (the job is asked
+        about again), so a job never waits on a plan that cannot be carried out."""
         state = self.cache.ledger.state
         rest = []
         for job in pending:
             plan = self._plans.get(job.spec.id)
+            if plan is not None and len(plan.tasks) != len(job.pods):
+                log.info(
+                    "plan %s dropped: it has %d tasks, the job %d pods",
+                    job.spec.id,
+                    len(plan.tasks),
+                    len(job.pods),
+                )
+                del self._plans[job.spec.id]
+                plan = None
             if plan is None:
                 rest.append(job)
-            elif state is not None and len(plan.tasks) == len(job.pods) and _fits(plan, job, state):
+            elif state is not None and _fits(plan, job, state):
                 del self._plans[job.spec.id]
-                self.place(job, plan, "carrying out the resize decided last round", now)
+                self.place(job, plan, "carrying out a plan decided earlier", now)
         return rest
 
     # -- reports ----------------------------------------------------------------------
