@@ -12,14 +12,26 @@ from controller.effects import BindOutcome
 from controller.encoders import WholeGpu
 from controller.objects import (
     ASSIGNED_GPUS,
+    ASSIGNED_MILLI,
     ATTAINED_GPU_S,
     BOUND_AT,
     GANG_SIZE,
+    JOB_ID,
     JOB_LABEL,
     PodRecord,
 )
 from controller.scheduler import Scheduler, SchedulerOptions
-from policies import make_policy
+from policies import (
+    Context,
+    Placement,
+    Policy,
+    PolicyConfig,
+    Resize,
+    SchedulingResult,
+    Snapshot,
+    TaskPlacement,
+    make_policy,
+)
 
 
 class FakeEffects:
@@ -200,3 +212,44 @@ def test_preemption_evicts_then_places_once_the_gpus_are_free() -> None:
         assert [(b[0], b[1]) for b in effects.binds] == [("new", "a")]
 
     run(scenario, policy="las", nodes={"a": 1})
+
+
+class ResizeOnce(Policy):
+    """Moves job `ns/r` to GPU 1 of node a on its first pass, then decides nothing."""
+
+    def __init__(self) -> None:
+        super().__init__(PolicyConfig())
+        self.calls = 0
+
+    def schedule(self, snapshot: Snapshot, ctx: Context) -> SchedulingResult:
+        self.calls += 1
+        if self.calls > 1:
+            return SchedulingResult()
+        target = Placement((TaskPlacement("a", (1,), 1000),))
+        return SchedulingResult((Resize("ns/r", target, "move to GPU 1"),))
+
+
+def test_resize_evicts_then_binds_the_recreated_pod_to_the_plan() -> None:
+    async def main() -> None:
+        cache = ClusterCache(WholeGpu())
+        cache.replace(NODES, [node_json("a", 2)])
+        effects = FakeEffects(cache)
+        options = SchedulerOptions(round_s=3600.0)
+        scheduler = Scheduler(ResizeOnce(), cache, effects, options, clock=lambda: 5.0)  # type: ignore[arg-type]
+        running = pod_json(
+            "r", node="a", notes={ASSIGNED_GPUS: "0", "gpufleet.io/assigned-milli": "1000"}
+        )
+        cache.apply(PODS, "ADDED", running)
+        loop = asyncio.create_task(scheduler.run())
+        try:
+            await scheduler.wait_idle()
+            assert [(e[0], e[1]) for e in effects.evicted] == [("r", "ns/r")]
+            cache.apply(PODS, "DELETED", running)
+            cache.apply(PODS, "ADDED", pod_json("r-r1", notes={JOB_ID: "ns/r"}))
+            await scheduler.wait_idle()
+            ((name, node, notes),) = effects.binds
+            assert (name, node, notes[ASSIGNED_GPUS]) == ("r-r1", "a", "1")
+        finally:
+            loop.cancel()
+
+    asyncio.run(main())
