@@ -236,9 +236,7 @@ def test_resize_evicts_then_binds_the_recreated_pod_to_the_plan() -> None:
         effects = FakeEffects(cache)
         options = SchedulerOptions(round_s=3600.0)
         scheduler = Scheduler(ResizeOnce(), cache, effects, options, clock=lambda: 5.0)  # type: ignore[arg-type]
-        running = pod_json(
-            "r", node="a", notes={ASSIGNED_GPUS: "0", "gpufleet.io/assigned-milli": "1000"}
-        )
+        running = pod_json("r", node="a", notes={ASSIGNED_GPUS: "0", ASSIGNED_MILLI: "1000"})
         cache.apply(PODS, "ADDED", running)
         loop = asyncio.create_task(scheduler.run())
         try:
