@@ -192,21 +192,54 @@ def solve_allocation(
         lower_bounds[i * n_configs + j] = 1.0
     for i, t in (pinned_rigid or {}).items():
         lower_bounds[n_a + i * n_models + t] = 1.0
-    result = scipy.optimize.milp(
+    solution = _solve_binary(
         cost if minimise else -cost,
-        constraints=scipy.optimize.LinearConstraint(matrix, -np.inf, upper),
-        integrality=np.ones(n_a + n_r),
-        bounds=scipy.optimize.Bounds(lower_bounds, np.ones(n_a + n_r)),
-        options={"mip_rel_gap": rel_gap},
+        scipy.optimize.LinearConstraint(matrix, -np.inf, upper),
+        lower_bounds,
+        rel_gap,
     )
-    if result.x is None:
-        raise ValueError(f"Sia ILP failed: {result.message}")
-    chosen = np.round(result.x).astype(int)
+    chosen = np.round(solution).astype(int)
     return Allocation(
         adaptive=_choices(chosen[:n_a], n_adaptive, n_configs),
         rigid=_choices(chosen[n_a:], n_rigid, n_models),
         objective=float(cost @ chosen),
     )
+
+
+def _solve_binary(
+    cost: FloatArray,
+    constraint: scipy.optimize.LinearConstraint,
+    lower: FloatArray,
+    rel_gap: float,
+) -> FloatArray:
+    """Minimise over binaries, LP relaxation first. With one choice per job and one
+    capacity row per GPU model, a basic LP solution has at most as many fractional jobs
+    as GPU models and is often integral, and then it is optimal for the ILP too; only
+    otherwise is the ILP solved (HiGHS can spend seconds proving an optimum that the
+    relaxation already shows on thousands of GPUs)."""
+    upper = np.ones_like(lower)
+    relaxed = scipy.optimize.milp(
+        cost,
+        constraints=constraint,
+        integrality=np.zeros_like(cost),
+        bounds=scipy.optimize.Bounds(lower, upper),
+    )
+    if relaxed.x is None:
+        raise ValueError(f"Sia ILP relaxation failed: {relaxed.message}")
+    values = np.asarray(relaxed.x, dtype=float)
+    fractional = np.abs(values - np.round(values)) > 1e-6
+    if not fractional.any():
+        return values
+    result = scipy.optimize.milp(
+        cost,
+        constraints=constraint,
+        integrality=np.ones_like(cost),
+        bounds=scipy.optimize.Bounds(lower, upper),
+        options={"mip_rel_gap": rel_gap},
+    )
+    if result.x is None:
+        raise ValueError(f"Sia ILP failed: {result.message}")
+    return np.asarray(result.x, dtype=float)
 
 
 def _choices(flat: npt.NDArray[np.int64], jobs: int, width: int) -> tuple[int | None, ...]:
