@@ -206,9 +206,14 @@ async def check_missed(admin: Admin, name: str, reason: str) -> None:
     condition = {c["type"]: c for c in status["conditions"]}["DeadlineMet"]
     assert (condition["status"], condition["reason"]) == ("False", reason)
     assert await events_about(admin, name) == ["DeadlineMissed"] * 2
-    # The unfinished pods of a missed window are withdrawn.
-    left = [p for p in await admin.pods() if p["metadata"]["labels"].get(NAME_LABEL) == name]
-    assert left == []
+
+    # The unfinished pods of a missed window are withdrawn (after the status is written).
+    async def withdrawn() -> bool:
+        return not [
+            p for p in await admin.pods() if p["metadata"]["labels"].get(NAME_LABEL) == name
+        ]
+
+    await eventually(withdrawn, timeout_s=5, what=f"{name}'s pods withdrawn")
 
 
 def check_metrics(before: dict[str, float], after: dict[str, float]) -> None:

@@ -164,9 +164,14 @@ def test_a_full_run_uses_exactly_the_granted_rules(ctj_env: CtjEnvironment) -> N
 
             async def both_done() -> bool:
                 jobs = [await get_ctj(admin.api, n) for n in ("ok", "starved")]
-                return all((j or {}).get("status", {}).get("phase") == "Completed" for j in jobs)
+                completed = all(
+                    (j or {}).get("status", {}).get("phase") == "Completed" for j in jobs
+                )
+                # The status is written before the missed window's pods are withdrawn.
+                names = {p["metadata"]["name"] for p in await admin.pods()}
+                return completed and not any(n.startswith("starved-") for n in names)
 
-            await eventually(both_done, timeout_s=20, what="both CTJs Completed")
+            await eventually(both_done, timeout_s=20, what="both CTJs done, pods withdrawn")
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
