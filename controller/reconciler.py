@@ -274,7 +274,8 @@ class CtjReconciler:
         status, answer = await self.api.request("DELETE", path, body=body)
         if status not in (200, 202, 404, 409):
             raise ApiError(status, answer, f"delete pod {pod.name}")
-        log.info("deleted pod %s/%s (window %d)", pod.namespace, pod.name, pod.window)
+        if status in (200, 202):
+            log.info("deleted pod %s/%s (window %d)", pod.namespace, pod.name, pod.window)
 
     async def _delete_orphans(self, key: str) -> None:
         """Pods whose owning CTJ no longer exists (checked against the API, not the cache)."""
