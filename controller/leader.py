@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import socket
 import time
@@ -175,7 +176,8 @@ class LeaderElector:
         transitions = int(old.get("leaseTransitions", 0))
         return {
             "holderIdentity": self.config.identity,
-            "leaseDurationSeconds": max(1, round(self.config.lease_duration_s)),
+            # Whole seconds in the API: round up, never advertise less than we assume.
+            "leaseDurationSeconds": max(1, math.ceil(self.config.lease_duration_s)),
             "acquireTime": old.get("acquireTime", now) if ours else now,
             "renewTime": now,
             "leaseTransitions": transitions if ours or not old else transitions + 1,

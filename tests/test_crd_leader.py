@@ -1,0 +1,123 @@
+"""Leader election logic against a minimal in-memory Lease endpoint (resourceVersion
+preconditions only). The real-apiserver behaviour is tests/kube/test_ctj_leader.py;
+these pin down what is hard to provoke there: expiry judged on the candidate's own
+clock whatever the holder's `renewTime` says, and a hung renewal closing the gate."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import time
+from typing import Any
+
+import pytest
+
+from controller.leader import LeaderElector, LeadershipLostError, LeaseConfig
+
+
+class LeaseEndpoint:
+    """GET/POST/PUT of one Lease; PUT with a stale resourceVersion answers 409.
+    Requests from identities in `hung` never return."""
+
+    def __init__(self) -> None:
+        self.lease: dict[str, Any] | None = None
+        self.version = 0
+        self.hung: set[str] = set()
+
+    def client(self, identity: str) -> Any:
+        endpoint = self
+
+        class Client:
+            async def request(self, method: str, path: str, **kw: Any) -> tuple[int, Any]:
+                if identity in endpoint.hung:
+                    await asyncio.Event().wait()
+                return endpoint.handle(method, kw.get("body"))
+
+        return Client()
+
+    def handle(self, method: str, body: Any) -> tuple[int, Any]:
+        if method == "GET":
+            return (200, copy.deepcopy(self.lease)) if self.lease else (404, {})
+        if method == "POST" and self.lease is not None:
+            return 409, {}
+        if method == "PUT" and body["metadata"]["resourceVersion"] != str(self.version):
+            return 409, {}
+        self.version += 1
+        self.lease = {
+            **body,
+            "metadata": {**body["metadata"], "resourceVersion": str(self.version)},
+        }
+        return 200 if method == "PUT" else 201, copy.deepcopy(self.lease)
+
+
+def elector(endpoint: LeaseEndpoint, identity: str) -> LeaderElector:
+    config = LeaseConfig(
+        namespace="ns",
+        identity=identity,
+        lease_duration_s=1.0,
+        renew_deadline_s=0.4,
+        retry_period_s=0.05,
+    )
+    return LeaderElector(endpoint.client(identity), config)
+
+
+def test_a_held_lease_is_taken_only_after_the_candidate_saw_it_unchanged_for_its_duration() -> None:
+    async def scenario() -> None:
+        endpoint = LeaseEndpoint()
+        a, b = elector(endpoint, "a"), elector(endpoint, "b")
+        await a.acquire()
+        assert endpoint.lease is not None
+        # The holder's clock says it renewed long ago: irrelevant to b, which has only
+        # just seen the lease.
+        endpoint.lease["spec"]["renewTime"] = "2000-01-01T00:00:00.000000Z"
+        endpoint.hung.add("a")  # a stops renewing from now on
+        started = time.monotonic()
+        await asyncio.wait_for(b.acquire(), 2)
+        waited = time.monotonic() - started
+        assert 1.0 <= waited <= 1.0 + 3 * 0.05, waited
+        assert endpoint.lease["spec"]["holderIdentity"] == "b"
+        assert endpoint.lease["spec"]["leaseTransitions"] == 1
+
+    asyncio.run(scenario())
+
+
+def test_a_hung_renewal_closes_the_gate_at_the_renew_deadline_and_hold_raises() -> None:
+    async def scenario() -> None:
+        endpoint = LeaseEndpoint()
+        a = elector(endpoint, "a")
+        await a.acquire()
+        holding = asyncio.create_task(a.hold())
+        await asyncio.sleep(0.2)
+        assert a.is_leader()
+        endpoint.hung.add("a")
+        hung_at = time.monotonic()
+        while a.is_leader():
+            await asyncio.sleep(0.005)
+        # At most one renew deadline after the last renewal that started before the hang.
+        assert time.monotonic() - hung_at <= 0.4 + 0.02
+        with pytest.raises(LeadershipLostError):
+            await asyncio.wait_for(holding, 1)
+
+    asyncio.run(scenario())
+
+
+def test_release_hands_the_lease_to_a_waiting_candidate_at_once() -> None:
+    async def scenario() -> None:
+        endpoint = LeaseEndpoint()
+        a, b = elector(endpoint, "a"), elector(endpoint, "b")
+        await a.acquire()
+        waiting = asyncio.create_task(b.acquire())
+        await asyncio.sleep(0.1)
+        await a.release()
+        assert not a.is_leader()
+        started = time.monotonic()
+        await asyncio.wait_for(waiting, 1)
+        assert time.monotonic() - started <= 2 * 0.05 + 0.02
+        assert b.is_leader()
+
+    asyncio.run(scenario())
+
+
+def test_lease_timings_must_nest() -> None:
+    with pytest.raises(ValueError, match="lease duration > renew deadline > retry period"):
+        LeaseConfig(lease_duration_s=10, renew_deadline_s=10, retry_period_s=2)
