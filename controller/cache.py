@@ -29,7 +29,7 @@ from controller.objects import (
     node_from_json,
     pod_from_json,
 )
-from controller.workload import node_spec, task_request
+from controller.workload import RunningJobs, node_spec, task_request
 from policies import TaskRequest
 
 log = logging.getLogger(__name__)
@@ -61,8 +61,7 @@ class ClusterCache:
         self.on_change: Callable[[], None] = lambda: None
         self._counter = itertools.count()
         self._wanted: dict[str, PodRecord] = {}
-        self._ours: dict[str, PodRecord] = {}
-        """Our bound pods, kept incrementally for the same reason."""
+        self.running = RunningJobs(encoder)
         """Pods this scheduler should place, kept incrementally: a pass must not scan
         every pod in the cluster."""
 
@@ -102,6 +101,7 @@ class ClusterCache:
     def assume(self, pod: PodRecord, charge: Charge) -> None:
         self.assumed[pod.uid] = Assumption(charge)
         self.ledger.charge(pod.uid, charge)
+        self._sync_running(pod.uid)
 
     def finish_binding(self, uid: str, deadline: float) -> None:
         """The bind call has returned: expire the assumption at `deadline` unless the
@@ -120,6 +120,7 @@ class ClusterCache:
             self._charge_bound(pod)
         else:
             self.ledger.release(uid)
+        self._sync_running(uid)
         self.on_change()
 
     def expired(self, now: float) -> list[str]:
@@ -129,11 +130,6 @@ class ClusterCache:
 
     def pending_pods(self) -> list[PodRecord]:
         return [p for p in self._wanted.values() if p.uid not in self.assumed]
-
-    def placed_pods(self) -> list[PodRecord]:
-        """Our pods that hold resources (bound, or assumed and not yet echoed)."""
-        assumed = [self.pods[u] for u in self.assumed if u in self.pods and u not in self._ours]
-        return [*self._ours.values(), *assumed]
 
     def charges(self) -> dict[str, Charge]:
         return self.ledger.charges()
@@ -155,10 +151,7 @@ class ClusterCache:
             self._wanted[pod.uid] = pod
         else:
             self._wanted.pop(pod.uid, None)
-        if pod.node_name and pod.scheduler_name == self.scheduler_name:
-            self._ours[pod.uid] = pod
-        else:
-            self._ours.pop(pod.uid, None)
+        self._sync_running(pod.uid)
         if _matters(old, pod):
             self.on_change()
 
@@ -167,12 +160,13 @@ class ClusterCache:
         self.seq.pop(uid, None)
         self.assumed.pop(uid, None)
         self._wanted.pop(uid, None)
-        self._ours.pop(uid, None)
+        self.running.drop(uid)
         self.ledger.release(uid)
         if pod is not None:
             self.on_change()
 
     def _charge_bound(self, pod: PodRecord) -> None:
+        self.running.touch(pod.uid)
         charge = self._recorded_charge(pod)
         if charge is not None:
             self.ledger.charge(pod.uid, charge)
@@ -185,6 +179,15 @@ class ClusterCache:
         previous = self.ledger.charge_of(pod.uid)
         if previous is None or previous.node != pod.node_name:
             self.ledger.charge_unindexed(pod.uid, pod.node_name, task)
+
+    def _sync_running(self, uid: str) -> None:
+        """Keep `running` to our pods that hold resources (bound or assumed)."""
+        pod = self.pods.get(uid)
+        ours = pod is not None and pod.scheduler_name == self.scheduler_name
+        if ours and pod is not None and (pod.node_name or uid in self.assumed):
+            self.running.put(pod)
+        else:
+            self.running.drop(uid)
 
     def _recorded_charge(self, pod: PodRecord) -> Charge | None:
         """The charge our own Binding annotations record, if the pod has them."""
@@ -205,6 +208,7 @@ class ClusterCache:
                 log.warning("node %s is gone: dropping the assumption for pod %s", node, uid)
                 del self.assumed[uid]
                 self.ledger.release(uid)
+                self._sync_running(uid)
         # Pods charged before their node was known had no GPUs to pick from: recharge.
         for pod in self.pods.values():
             new_node = pod.node_name and pod.node_name not in before

@@ -78,6 +78,13 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--resync-seconds", type=float, default=300.0, help="full re-list period (default: 300)"
     )
+    parser.add_argument(
+        "--min-pass-interval",
+        type=float,
+        default=0.05,
+        help="seconds between scheduling passes at least; changes in between are coalesced "
+        "(default: 0.05)",
+    )
     _common(parser)
     parser.set_defaults(handler=_run)
 
@@ -115,7 +122,10 @@ def _run(args: argparse.Namespace) -> int:
     policy = make_policy(args.policy, parse_options(args.option))
     options = ControllerOptions(
         scheduler=SchedulerOptions(
-            seed=args.seed, bind_concurrency=args.bind_concurrency, round_s=args.round_seconds
+            seed=args.seed,
+            bind_concurrency=args.bind_concurrency,
+            round_s=args.round_seconds,
+            min_pass_interval_s=args.min_pass_interval,
         ),
         scheduler_name=args.scheduler_name,
         backend=args.backend,

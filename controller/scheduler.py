@@ -35,13 +35,7 @@ from controller.cache import ClusterCache
 from controller.effects import ApiEffects, BindOutcome, placement_annotations
 from controller.ledger import Charge
 from controller.objects import PodRecord
-from controller.workload import (
-    PendingJob,
-    RunningMemo,
-    build_workload,
-    job_id,
-    running_views,
-)
+from controller.workload import PendingJob, build_workload, job_id
 from policies import (
     ClusterState,
     Context,
@@ -68,6 +62,10 @@ class SchedulerOptions:
     round_s: float | None = None
     """Overrides the policy's own round length (None: the policy's)."""
     report_unschedulable: bool = True
+    min_pass_interval_s: float = 0.05
+    """Passes start at most this often; changes in between are coalesced into the next
+    pass (with thousands of running jobs a pass costs milliseconds, and one pass per
+    watch event would fall behind)."""
 
 
 @dataclass
@@ -122,7 +120,6 @@ class Scheduler:
         self._limit = asyncio.Semaphore(self.options.bind_concurrency)
         self._reported: dict[str, str] = {}
         self._plans: dict[str, Placement] = {}
-        self._running_memo: dict[str, RunningMemo] = {}
         cache.on_change = self.wake
 
     # -- control ----------------------------------------------------------------------
@@ -160,6 +157,8 @@ class Scheduler:
                 self._wake.clear()
                 self.run_pass()
                 self._set_idle()
+                if self.options.min_pass_interval_s > 0:
+                    await asyncio.sleep(self.options.min_pass_interval_s)
         finally:
             for timer in timers:
                 timer.cancel()
@@ -202,13 +201,7 @@ class Scheduler:
         self.stats.passes += 1
         snapshot = Snapshot(
             cluster=state.view(),
-            running=running_views(
-                self.cache.placed_pods(),
-                self.cache.charges(),
-                self.cache.encoder,
-                now,
-                self._running_memo,
-            ),
+            running=self.cache.running.views(self.cache.charges(), now),
             pending=[job.view() for job in pending],
             now=now,
         )
@@ -359,16 +352,13 @@ class Scheduler:
     # -- evictions and plans ----------------------------------------------------------
 
     def _evict_job(self, jid: str, reason: str, plan: Placement | None) -> None:
-        pods = [p for p in self.cache.placed_pods() if job_id(p) == jid]
+        pods = self.cache.running.pods_of(jid)
         if not pods:
             return
         if plan is not None:
             self._plans[jid] = plan
         now = self.clock()
-        views = {
-            v.id: v for v in running_views(pods, self.cache.charges(), self.cache.encoder, now)
-        }
-        view = views.get(jid)
+        view = self.cache.running.view_of(jid, self.cache.charges(), now)
         attained = view.attained(now) if view is not None else 0.0
         submit = view.spec.submit_time if view is not None else now
         log.info("%s %s: %s", "resize" if plan else "preempt", jid, reason)

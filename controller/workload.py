@@ -174,56 +174,73 @@ def _pending_job(
     return PendingJob(spec, tuple(members), min(seq.get(p.uid, 0) for p in members))
 
 
-@dataclass(frozen=True, slots=True)
-class RunningMemo:
-    """A running job's view and the exact records it was built from."""
+class RunningJobs:
+    """Our placed pods (bound, or assumed and not yet echoed) grouped into running jobs,
+    kept up to date as pods change: a pass reads the views without regrouping thousands
+    of pods, and only jobs that changed since the last pass are rebuilt."""
 
-    pods: tuple[PodRecord, ...]
-    charges: tuple[Charge, ...]
-    view: JobView
+    def __init__(self, encoder: GpuEncoder) -> None:
+        self.encoder = encoder
+        self._members: dict[str, dict[str, PodRecord]] = {}
+        self._job_of: dict[str, str] = {}
+        self._views: dict[str, JobView] = {}
+        self._dirty: set[str] = set()
 
-    def matches(self, pods: list[PodRecord], charges: tuple[Charge, ...]) -> bool:
-        same_records = len(pods) == len(self.pods) and all(
-            a is b for a, b in zip(pods, self.pods, strict=True)
-        )
-        return same_records and charges == self.charges
+    def put(self, pod: PodRecord) -> None:
+        jid = job_id(pod)
+        if self._job_of.get(pod.uid, jid) != jid:
+            self.drop(pod.uid)
+        self._job_of[pod.uid] = jid
+        self._members.setdefault(jid, {})[pod.uid] = pod
+        self._dirty.add(jid)
 
+    def drop(self, uid: str) -> None:
+        jid = self._job_of.pop(uid, None)
+        if jid is None:
+            return
+        members = self._members[jid]
+        del members[uid]
+        if not members:
+            del self._members[jid]
+        self._dirty.add(jid)
 
-def running_views(
-    pods: Iterable[PodRecord],
-    charges: Mapping[str, Charge],
-    encoder: GpuEncoder,
-    now: float,
-    memo: dict[str, RunningMemo] | None = None,
-) -> list[JobView]:
-    """Our placed pods (bound or assumed) as running jobs, grouped like pending ones.
+    def touch(self, uid: str) -> None:
+        """The pod's charge changed."""
+        if uid in self._job_of:
+            self._dirty.add(self._job_of[uid])
 
-    With `memo`, a job's view is rebuilt only when one of its pod records or charges
-    changed (records are replaced, never mutated, so identity says "unchanged"); at
-    thousands of running pods this keeps a pass from rebuilding every view."""
-    groups: dict[str, list[PodRecord]] = {}
-    for pod in pods:
-        if pod.uid in charges:
-            groups.setdefault(job_id(pod), []).append(pod)
-    memo = {} if memo is None else memo
-    for stale in memo.keys() - groups.keys():
-        del memo[stale]
-    views = []
-    for jid, members in groups.items():
-        members.sort(key=lambda p: p.name)
-        held = tuple(charges[p.uid] for p in members)
-        cached = memo.get(jid)
-        if cached is not None and cached.matches(members, held):
-            views.append(cached.view)
-            continue
+    def pods_of(self, jid: str) -> list[PodRecord]:
+        return sorted(self._members.get(jid, {}).values(), key=lambda p: p.name)
+
+    def view_of(self, jid: str, charges: Mapping[str, Charge], now: float) -> JobView | None:
+        self.views(charges, now)
+        return self._views.get(jid)
+
+    def views(self, charges: Mapping[str, Charge], now: float) -> list[JobView]:
+        """Running jobs in the order they started (as this controller saw them: jobs that
+        change keep their place, new ones join at the end in start order)."""
+        joined = []
+        for jid in self._dirty:
+            view = self._build(jid, charges, now)
+            if view is None:
+                self._views.pop(jid, None)
+            elif jid in self._views:
+                self._views[jid] = view
+            else:
+                joined.append(view)
+        self._dirty.clear()
+        for view in sorted(joined, key=lambda v: (v.started_at or 0.0, v.id)):
+            self._views[view.id] = view
+        return list(self._views.values())
+
+    def _build(self, jid: str, charges: Mapping[str, Charge], now: float) -> JobView | None:
+        members = self.pods_of(jid)
+        if not members or any(p.uid not in charges for p in members):
+            return None  # pods holding nothing (e.g. on a deleted node) are not running
         try:
-            view = _running_view(jid, members, charges, encoder, now)
+            return _running_view(jid, members, charges, self.encoder, now)
         except ValueError:
-            continue  # a running pod with unreadable requests: capacity is still counted
-        memo[jid] = RunningMemo(tuple(members), held, view)
-        views.append(view)
-    views.sort(key=lambda v: (v.started_at or 0.0, v.id))
-    return views
+            return None  # unreadable requests: the capacity is still counted
 
 
 def _running_view(

@@ -27,6 +27,7 @@ from controller.informer import Informer
 from controller.objects import ASSIGNED_GPUS, ASSIGNED_MILLI
 from controller.recorder import TraceRecorder
 from controller.runtime import NON_TERMINAL, Controller
+from controller.scheduler import SchedulerOptions
 from policies import (
     FixedDuration,
     JobSpec,
@@ -142,7 +143,11 @@ async def replay_through_controller(
     recording = [asyncio.create_task(i.run()) for i in informers]
     try:
         await admin.create_nodes(nodes)
-        async with RunningController(str(kube.scheduler_kubeconfig), policy) as ctl:
+        # Lockstep steps are short; coalescing passes would only slow the replay down.
+        eager = SchedulerOptions(min_pass_interval_s=0.0)
+        async with RunningController(
+            str(kube.scheduler_kubeconfig), policy, scheduler=eager
+        ) as ctl:
             await lockstep(admin, ctl, jobs, placed)
             await asyncio.wait_for(informers[1].wait_for_version(ctl.pods.resource_version), 30)
             recorder.write(out)
