@@ -43,7 +43,12 @@ def code_cells(notebook: nbformat.NotebookNode) -> list[nbformat.NotebookNode]:
 
 def test_the_stories_exist() -> None:
     names = {path.stem for path in NOTEBOOKS}
-    assert names >= {"01-policy-comparison", "02-fragmentation", "03-heterogeneity"}
+    assert names >= {
+        "01-policy-comparison",
+        "02-fragmentation",
+        "03-heterogeneity",
+        "04-continual-training",
+    }
 
 
 def execute(path: Path, out_dir: Path, monkeypatch: pytest.MonkeyPatch) -> nbformat.NotebookNode:
