@@ -48,6 +48,7 @@ def test_the_stories_exist() -> None:
         "02-fragmentation",
         "03-heterogeneity",
         "04-continual-training",
+        "05-rap-sharing",
     }
 
 
