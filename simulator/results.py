@@ -59,6 +59,17 @@ class RunResults:
     def completed_jobs(self) -> pd.DataFrame:
         return self.jobs[self.jobs["status"] == "completed"]
 
+    def table(self, name: str) -> pd.DataFrame:
+        """`jobs`, `timeline` or a further table by file stem."""
+        if name == "jobs":
+            return self.jobs
+        if name == "timeline":
+            return self.timeline
+        try:
+            return self.tables[name]
+        except KeyError:
+            raise ResultsError(f"run {self.path} has no {name} table") from None
+
 
 @dataclass(frozen=True)
 class ExperimentResults:
@@ -108,21 +119,10 @@ class ExperimentResults:
             raise ResultsError(f"{self.path} holds no run directories and no {name} table")
         frames = []
         for key, run in self.runs.items():
-            table = _run_table(run, name)
+            table = run.table(name)
             tags = {"run": key, **{k: run.config.get(k) for k in config_keys}}
             frames.append(table.assign(**tags))
         return pd.concat(frames, ignore_index=True)
-
-
-def _run_table(run: RunResults, name: str) -> pd.DataFrame:
-    if name == "jobs":
-        return run.jobs
-    if name == "timeline":
-        return run.timeline
-    try:
-        return run.tables[name]
-    except KeyError:
-        raise ResultsError(f"run {run.path} has no {name} table") from None
 
 
 def load_run(path: str | Path) -> RunResults:
