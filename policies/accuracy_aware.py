@@ -29,7 +29,6 @@ bounds the planning work on long runs.
 from __future__ import annotations
 
 import heapq
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -39,6 +38,7 @@ import numpy as np
 from policies.base import Context, Policy, PolicyConfig, Snapshot
 from policies.cluster import MILLI, ClusterState
 from policies.continual import (
+    RETRAIN_KIND,
     RetrainingWork,
     WindowInfo,
     WindowOpening,
@@ -52,7 +52,8 @@ from policies.jobs import JobSpec, JobStatus, JobView, Placement, TaskPlacement,
 
 LEVELS_MILLI = np.array([250, 500, 1000, 2000, 4000, 8000], dtype=np.int64)
 _LEVEL_INDEX = {int(level): i for i, level in enumerate(LEVELS_MILLI)}
-_TASKS = np.maximum(1, LEVELS_MILLI // MILLI)
+_LEVELS = [int(x) for x in LEVELS_MILLI]
+_TASKS = [max(1, x // MILLI) for x in _LEVELS]
 """Tasks (one per whole GPU, one for a fraction) a share of each level places."""
 _MANY = 1 << 20
 _EPS = 1e-6
@@ -80,6 +81,11 @@ class _Static:
     max_level: int
     restart_s: float
 
+    @property
+    def top_speed(self) -> float:
+        """Its largest share on its fastest model."""
+        return float(self.speed.max() * self.level_speed[self.max_level])
+
 
 @dataclass
 class _Plan:
@@ -98,17 +104,18 @@ class _Plan:
 
 
 class ShareAllocator(Policy):
-    """Common pass: gate on arrivals/ticks, plan shares, realise them, backfill."""
+    """Common pass every `realloc_s`: plan shares, realise them, backfill batch jobs."""
 
     config_type: ClassVar[type[PolicyConfig]] = ShareConfig
-    round_s = None
 
     def __init__(self, config: PolicyConfig | None = None) -> None:
         super().__init__(config)
         assert isinstance(self.config, ShareConfig)
         if self.config.realloc_s <= 0:
             raise ValueError("realloc_s must be positive")
+        # A round policy: passes on completions would cost more than they gain.
         self._realloc_s = self.config.realloc_s
+        self.round_s = self._realloc_s
         self._models: tuple[str, ...] = ()
         self._statics: dict[str, _Static] = {}
         self._speeds: dict[tuple[object, ...], tuple[np.ndarray, np.ndarray]] = {}
@@ -117,44 +124,34 @@ class ShareAllocator(Policy):
     # -- the pass -------------------------------------------------------------------
 
     def schedule(self, snapshot: Snapshot, ctx: Context) -> SchedulingResult:
-        now = snapshot.now
-        # Arrivals join the tail of `pending` (arrival order), so the last one tells.
-        if snapshot.pending and snapshot.pending[-1].queued_since == now:
+        if self._arrived_since_last_round(snapshot):
             plan = self._table(snapshot, (*snapshot.running, *snapshot.pending))
-        elif self._on_tick(now):
-            plan = self._tick_table(snapshot)
         else:
-            return SchedulingResult(wake_at=self._next_tick(now))
+            plan = self._round_table(snapshot)
         targets = self.choose(plan) if plan.views else {}
         state = snapshot.cluster.scratch()
         decisions = self._realise(plan, targets, state)
         decisions += self._place_batch(snapshot, state, ctx)
-        return SchedulingResult(tuple(decisions), wake_at=self._wake(snapshot, decisions))
+        return SchedulingResult(tuple(decisions))
 
-    def _tick_table(self, snapshot: Snapshot) -> _Plan:
+    def _arrived_since_last_round(self, snapshot: Snapshot) -> bool:
+        # Arrivals join the tail of `pending` (arrival order), so the last one tells.
+        if not snapshot.pending:
+            return False
+        last = snapshot.pending[-1]
+        return last.started_at is None and last.queued_since > snapshot.now - self._realloc_s
+
+    def _round_table(self, snapshot: Snapshot) -> _Plan:
         """Between arrivals, freed capacity goes to waiting jobs. Running jobs are neither
         stolen from nor enlarged here: measured, that changed accuracy by under 0.1
         point while restarting thousands of jobs a day (docs/continual.md)."""
+        if int(snapshot.cluster.gpu_free.max()) < LEVELS_MILLI[0]:
+            return self._table(snapshot, ())  # nothing was freed
         return self._table(snapshot, snapshot.pending)
 
     def choose(self, plan: _Plan) -> dict[int, tuple[int, int]]:
         """Job row → (model index, level index) for every job that gets a share."""
         raise NotImplementedError
-
-    def _on_tick(self, now: float) -> bool:
-        ticks = now / self._realloc_s
-        return abs(ticks - round(ticks)) * self._realloc_s < _EPS
-
-    def _next_tick(self, now: float) -> float:
-        return (math.floor(now / self._realloc_s + _EPS) + 1) * self._realloc_s
-
-    def _wake(self, snapshot: Snapshot, decisions: Sequence[Decision]) -> float | None:
-        """The next tick while retraining jobs still wait after this pass."""
-        placed = {d.job_id for d in decisions if isinstance(d, Place)}
-        waiting = any(
-            j.id not in placed and window_info(j.spec) is not None for j in snapshot.pending
-        )
-        return self._next_tick(snapshot.now) if waiting else None
 
     # -- the table ----------------------------------------------------------------------
 
@@ -170,7 +167,7 @@ class ShareAllocator(Policy):
         room = _Room.free(cluster, jobs)
         for view in jobs:
             static = self._static(view.spec, cluster.gpu_models)
-            if static is None:
+            if static is None or _hopeless(view, static, now):
                 continue
             views.append(view)
             statics.append(static)
@@ -259,7 +256,7 @@ class ShareAllocator(Policy):
     def _place_batch(self, snapshot: Snapshot, state: ClusterState, ctx: Context) -> list[Decision]:
         decisions: list[Decision] = []
         for view in snapshot.pending:
-            if window_info(view.spec) is not None:
+            if _is_window_job(view.spec):
                 continue
             placement = self._backfill.place(view.spec, state, ctx)
             if placement is not None:
@@ -364,12 +361,12 @@ class FairShareAllocator(ShareAllocator):
 
     name = "fairshare"
 
-    def _tick_table(self, snapshot: Snapshot) -> _Plan:
+    def _round_table(self, snapshot: Snapshot) -> _Plan:
         return self._table(snapshot, (*snapshot.running, *snapshot.pending))
 
     def choose(self, plan: _Plan) -> dict[int, tuple[int, int]]:
         room = plan.room.copy()
-        fair = room.milli.sum() / len(plan.views)
+        fair = sum(room.milli) / len(plan.views)
         fair_level = max(0, int(np.searchsorted(LEVELS_MILLI, fair, side="right")) - 1)
         targets: dict[int, tuple[int, int]] = {}
         rows = sorted(range(len(plan.views)), key=lambda r: _arrival(plan.views[r]))
@@ -380,7 +377,7 @@ class FairShareAllocator(ShareAllocator):
                 targets[row] = keep  # within a factor of two of fair: not worth a restart
                 continue
             allowed = plan.statics[row].speed > 0
-            space = np.where(allowed, room.milli, -1.0)
+            space = np.where(allowed, np.array(room.milli, dtype=np.float64), -1.0)
             model = int(np.argmax(space))
             if room.fits(model, level):
                 targets[row] = (model, level)
@@ -486,9 +483,10 @@ def _level_shape(milli: int) -> tuple[int, int]:
 
 class _Room:
     """What retraining may still take per GPU model: milli-GPUs and task slots (the tasks
-    that CPU and memory allow, for the jobs' typical per-task request)."""
+    that CPU and memory allow, for the jobs' typical per-task request). Plain lists: a
+    handful of models, touched once per admission, where numpy scalars are slow."""
 
-    def __init__(self, milli: np.ndarray, slots: np.ndarray) -> None:
+    def __init__(self, milli: list[int], slots: list[int]) -> None:
         self.milli = milli
         self.slots = slots
 
@@ -496,40 +494,39 @@ class _Room:
     def free(cls, cluster: ClusterState, jobs: Sequence[JobView]) -> _Room:
         models = len(cluster.gpu_models)
         has_model = cluster.model_idx >= 0
-        milli = np.zeros(models, dtype=np.float64)
+        milli = np.zeros(models, dtype=np.int64)
         np.add.at(milli, cluster.model_idx[has_model], cluster.gpu_free.sum(axis=1)[has_model])
         cpu = int(np.median([j.spec.task.cpu_milli for j in jobs])) if jobs else 0
         mem = int(np.median([j.spec.task.mem_mib for j in jobs])) if jobs else 0
         many = np.full(cluster.num_nodes, _MANY)
         by_cpu = cluster.cpu_free // cpu if cpu else many
         per_node = np.minimum(by_cpu, cluster.mem_free // mem if mem else many)
-        slots = np.zeros(models, dtype=np.float64)
+        slots = np.zeros(models, dtype=np.int64)
         np.add.at(slots, cluster.model_idx[has_model], per_node[has_model])
-        return cls(milli, slots)
+        return cls(milli.tolist(), slots.tolist())
 
     def copy(self) -> _Room:
-        return _Room(self.milli.copy(), self.slots.copy())
+        return _Room(list(self.milli), list(self.slots))
 
     def any(self) -> bool:
         """Whether the smallest share still fits somewhere."""
-        return bool(((self.milli >= LEVELS_MILLI[0]) & (self.slots >= 1)).any())
+        smallest = _LEVELS[0]
+        return any(m >= smallest and s >= 1 for m, s in zip(self.milli, self.slots, strict=True))
 
     def fits(self, model: int, level: int) -> bool:
-        return bool(self.milli[model] >= LEVELS_MILLI[level] and self.slots[model] >= _TASKS[level])
+        return self.milli[model] >= _LEVELS[level] and self.slots[model] >= _TASKS[level]
 
     def take(self, model: int, level: int) -> None:
-        self.milli[model] -= LEVELS_MILLI[level]
+        self.milli[model] -= _LEVELS[level]
         self.slots[model] -= _TASKS[level]
 
     def give_back(self, model: int, level: int) -> None:
-        self.milli[model] += LEVELS_MILLI[level]
+        self.milli[model] += _LEVELS[level]
         self.slots[model] += _TASKS[level]
 
     def fits_step(self, model: int, level: int, bigger: int) -> bool:
-        milli = LEVELS_MILLI[bigger] - LEVELS_MILLI[level]
-        return bool(
-            self.milli[model] >= milli and self.slots[model] >= _TASKS[bigger] - _TASKS[level]
-        )
+        milli = _LEVELS[bigger] - _LEVELS[level]
+        return self.milli[model] >= milli and self.slots[model] >= _TASKS[bigger] - _TASKS[level]
 
     def take_step(self, model: int, level: int, bigger: int) -> None:
         self.take(model, bigger)
@@ -545,6 +542,20 @@ def _share_of(view: JobView, cluster: ClusterState) -> tuple[int, int] | None:
         return None
     node = cluster.node_index[view.placement.tasks[0].node]
     return int(cluster.model_idx[node]), level
+
+
+def _is_window_job(spec: JobSpec) -> bool:
+    return spec.kind == RETRAIN_KIND and window_info(spec) is not None
+
+
+def _hopeless(view: JobView, static: _Static, now: float) -> bool:
+    """A waiting job that cannot meet its deadline even alone on its best share."""
+    if view.status is JobStatus.RUNNING:
+        return False
+    restart = static.restart_s if view.started_at is not None else 0.0
+    left = static.info.deadline - now - restart
+    need = (view.spec.work.total - view.done) / max(static.top_speed, 1e-12)
+    return need > left
 
 
 def _remaining(view: JobView, now: float) -> float:

@@ -366,9 +366,10 @@ class _FluidPlan:
         finish = max(start + work / self.rate, work / self.fastest[i])
         if finish > stream.deadline_s:
             return 0.0
-        return float(
-            uplift(self.gains[i][config], stream.curve.decay_per_s, finish, stream.window_s)
-        )
+        gain, rate, window = self.gains[i][config], stream.curve.decay_per_s, stream.window_s
+        if rate == 0.0:
+            return gain * max(window - finish, 0.0)
+        return max(gain * (math.exp(-rate * finish) - math.exp(-rate * window)) / rate, 0.0)
 
     def _work(self, i: int) -> float:
         return self.works[i][self.choice[i]]
