@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from policies import NodeSpec, make_policy
 from simulator.continual import STREAM_COLUMNS, ContinualRun
 from simulator.experiments import continual as experiment
-from traces.continual import ContinualSpec, generate_streams
+from traces.continual import ContinualSpec, generate_streams, write_streams
 
 
 def _args(out: Path, *extra: str) -> argparse.Namespace:
@@ -45,6 +45,17 @@ def test_experiment_writes_summary_runs_and_plots(tmp_path: Path) -> None:
     assert streams.num_rows == 20 * 2
     assert (out / "accuracy_light.png").stat().st_size > 0
     assert (out / "accuracy_by_policy.png").stat().st_size > 0
+
+
+def test_experiment_runs_a_given_trace(tmp_path: Path) -> None:
+    trace = tmp_path / "streams.csv"
+    write_streams(generate_streams(ContinualSpec(streams=3, windows=2), seed=5), trace)
+    out = tmp_path / "continual"
+    assert experiment.run(_args(out, "--trace", str(trace), "--policies", "fifo")) == 0
+    with (out / "summary.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["scenario"], r["policy"]) for r in rows] == [("trace", "fifo")]
+    assert pq.read_table(out / "trace" / "fifo" / "streams.parquet").num_rows == 6
 
 
 def test_policy_entries_take_options(tmp_path: Path) -> None:

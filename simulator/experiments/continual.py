@@ -34,7 +34,7 @@ from policies.continual import StreamSpec
 from simulator.clusters import named_cluster
 from simulator.continual import ContinualResult, accuracy_over_time, simulate_continual
 from simulator.run import RunConfig, staged_directory
-from traces.continual import ContinualSpec, generate_streams, mix_jobs
+from traces.continual import ContinualSpec, generate_streams, load_continual, mix_jobs
 
 NAME = "continual"
 HELP = "continual-training streams (light and heavy load) under every policy"
@@ -50,16 +50,25 @@ SUMMARY_COLUMNS = ("scenario", "policy", "mean_accuracy", "deadline_miss_rate", 
 
 
 @dataclass(frozen=True)
-class Scenario:
-    name: str
-    streams: int
-    windows: int
-    mix_jobs: int
-    seed: int
+class Workload:
+    """One scenario's streams and batch jobs, and how to label it."""
 
-    def label(self) -> str:
-        mix = f", {self.mix_jobs} batch jobs" if self.mix_jobs else ""
-        return f"{self.name}: {self.streams} streams x {self.windows} windows{mix}"
+    name: str
+    label: str
+    streams: Sequence[StreamSpec]
+    batch: Sequence[JobSpec]
+
+
+def generated(name: str, streams: int, windows: int, mix_jobs: int, seed: int) -> Workload:
+    spec = ContinualSpec(streams=streams, windows=windows)
+    batch = mix_jobs_for(spec, mix_jobs, seed)
+    mix = f", {mix_jobs} batch jobs" if mix_jobs else ""
+    label = f"{name}: {streams} streams x {windows} windows{mix}, seed {seed}"
+    return Workload(name, label, generate_streams(spec, seed), batch)
+
+
+def mix_jobs_for(spec: ContinualSpec, count: int, seed: int) -> list[JobSpec]:
+    return mix_jobs(spec.windows * spec.window_s, num_jobs=count, seed=seed)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -83,31 +92,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--mix-jobs", type=int, default=0, help="synthetic batch jobs mixed into each scenario"
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument(
+        "--trace",
+        metavar="STREAMS_CSV",
+        help="run this continual trace (and its .batch.csv) instead of the scenarios",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    scenarios = _scenarios(args)
+    workloads = _workloads(args)
     policies = _policies(args.policies)
     out = Path(args.out)
     rows: list[dict[str, object]] = []
     results: dict[str, dict[str, ContinualResult]] = {}
     with staged_directory(out) as stage:
-        for scenario in scenarios:
-            streams = generate_streams(
-                ContinualSpec(streams=scenario.streams, windows=scenario.windows), scenario.seed
-            )
-            horizon = scenario.windows * ContinualSpec.window_s
-            batch = mix_jobs(horizon, num_jobs=scenario.mix_jobs, seed=scenario.seed)
-            results[scenario.name] = {}
+        for workload in workloads:
+            results[workload.name] = {}
             for policy in policies:
                 try:
-                    result = _run_one(stage, scenario, policy, streams, batch)
+                    result = _run_one(stage, workload, policy, args.seed)
                 except ValueError as err:
                     # One policy failing on this workload should not hide the others.
-                    print(f"{scenario.name} {policy}: skipped ({err})", file=sys.stderr)
+                    print(f"{workload.name} {policy}: skipped ({err})", file=sys.stderr)
                     continue
-                results[scenario.name][policy] = result
-                rows.append(summary_row(scenario.name, policy, result.summary))
+                results[workload.name][policy] = result
+                rows.append(summary_row(workload.name, policy, result.summary))
         write_summary(stage / "summary.csv", rows)
         for name, by_policy in results.items():
             plot_accuracy_over_time(stage / f"accuracy_{name}.png", name, by_policy)
@@ -116,14 +125,17 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _scenarios(args: argparse.Namespace) -> list[Scenario]:
+def _workloads(args: argparse.Namespace) -> list[Workload]:
+    if args.trace:
+        streams, batch = load_continual(args.trace)
+        return [Workload("trace", str(args.trace), streams, batch)]
     if args.windows < 1 or args.mix_jobs < 0:
         raise ValueError("--windows must be >= 1 and --mix-jobs >= 0")
     names = [n.strip() for n in args.scenarios.split(",") if n.strip()]
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown or not names:
         raise ValueError(f"unknown scenario(s) {unknown}; known: {', '.join(SCENARIOS)}")
-    return [Scenario(n, SCENARIOS[n], args.windows, args.mix_jobs, args.seed) for n in names]
+    return [generated(n, SCENARIOS[n], args.windows, args.mix_jobs, args.seed) for n in names]
 
 
 def _policies(spec: str | None) -> list[str]:
@@ -151,32 +163,26 @@ def build_policy(entry: str) -> Policy:
     return make_policy(name, options)
 
 
-def _run_one(
-    stage: Path,
-    scenario: Scenario,
-    policy: str,
-    streams: Sequence[StreamSpec],
-    batch: Sequence[JobSpec],
-) -> ContinualResult:
+def _run_one(stage: Path, workload: Workload, policy: str, seed: int) -> ContinualResult:
     started = time.monotonic()
     config = RunConfig(
-        trace=f"continual({scenario.label()})",
+        trace=f"continual({workload.label})",
         trace_format="continual",
         cluster=CLUSTER,
         policy=policy,
-        seed=scenario.seed,
+        seed=seed,
     )
     result = simulate_continual(
         config,
         named_cluster(CLUSTER),
-        streams,
+        workload.streams,
         build_policy(policy),
-        batch_jobs=batch,
-        out_dir=stage / scenario.name / policy.replace(":", "_"),
+        batch_jobs=workload.batch,
+        out_dir=stage / workload.name / policy.replace(":", "_"),
     )
     summary = result.summary
     print(
-        f"{scenario.name:>6} {policy:>10}: accuracy {summary['mean_accuracy']:.3f}, "
+        f"{workload.name:>6} {policy:>10}: accuracy {summary['mean_accuracy']:.3f}, "
         f"misses {summary['deadline_miss_rate']:.3f} ({time.monotonic() - started:.1f} s)",
         file=sys.stderr,
     )
