@@ -191,7 +191,7 @@ def main() -> int:
     runs = []
     for _ in range(args.repeat):
         workdir = Path(tempfile.mkdtemp(prefix="gpufleet-bench-"))
-        plane = ControlPlane(bin_dir, workdir)
+        plane = ControlPlane(bin_dir, workdir, pods_watch_cache=True)
         try:
             plane.start()
             runs.append(asyncio.run(benchmark(plane, args, workdir)))
