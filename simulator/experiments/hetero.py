@@ -10,7 +10,8 @@ Output directory:
 
 - `summary.csv`: workload,policy,jobs,avg_jct_h,p99_jct_h,makespan_h,gpu_hours_per_job,
   restarts_per_job (p99 is the sorted JCT at index ⌊0.99·n⌋, as Sia's scripts take it);
-- `policy_timing.csv`: per run, policy wall time per pass (median, p95) and completions;
+- `policy_timing.csv`: per run, policy wall time per pass (median, p95), completions, and
+  the run's wall and CPU seconds;
 - `jobs.csv`: one row per job and run; `rounds.csv`: one row per scheduling pass;
   `timeline.csv`: GPUs allocated per GPU model after each change;
 - `jct_cdf.png` (JCT CDF per policy, all workloads pooled) and
@@ -64,6 +65,7 @@ TIMING_COLUMNS = (
     "policy_ms_median",
     "policy_ms_p95",
     "wall_s",
+    "cpu_s",
 )
 DEFAULT_GAVEL_FILE = "../shared/data/gavel/simulation_throughputs.json"
 
@@ -197,15 +199,15 @@ def run_one(spec: RunSpec) -> RunOutput:
     policy = make_policy(spec.policy, dict(spec.options))
     nodes: list[NodeSpec] = named_cluster(spec.cluster, spec.scale)
     jobs = load_jobs(spec.workload, policy)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     sim = Simulation(nodes, jobs, policy, EngineOptions(seed=spec.seed, startup_delay=True))
     recorder = sim.run()
-    wall = time.perf_counter() - started
+    wall, cpu = time.perf_counter() - started, time.process_time() - cpu
     label = policy_label(spec)
     return RunOutput(
         spec=spec,
         summary=(spec.workload.name, label, *summarise(recorder)),
-        timing=(spec.workload.name, label, *timing(recorder), round(wall, 2)),
+        timing=(spec.workload.name, label, *timing(recorder), round(wall, 2), round(cpu, 2)),
         jobs=[(spec.workload.name, label, *row) for row in recorder.jobs],
         rounds=[(spec.workload.name, label, *row) for row in recorder.passes],
         timeline=[(spec.workload.name, label, *row) for row in recorder.timeline],
