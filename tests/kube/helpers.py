@@ -31,7 +31,12 @@ def node_manifest(spec: NodeSpec) -> dict[str, Any]:
         "apiVersion": "v1",
         "kind": "Node",
         "metadata": {"name": spec.name, "labels": labels, "annotations": {FAKE: "fake"}},
-        "spec": {"taints": [{"key": FAKE, "value": "fake", "effect": "NoSchedule"}]},
+        "spec": {
+            "taints": [
+                {"key": FAKE, "value": "fake", "effect": "NoSchedule"},
+                *({"key": t.key, "value": t.value, "effect": t.effect} for t in spec.taints),
+            ]
+        },
         "status": {"capacity": resources, "allocatable": resources},
     }
 

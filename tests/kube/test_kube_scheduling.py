@@ -7,10 +7,18 @@ import asyncio
 
 import pytest
 
-from controller.objects import ASSIGNED_GPUS, ASSIGNED_MILLI, GANG_SIZE, JOB_LABEL
-from policies import NodeSpec, TaskRequest
+from controller.objects import (
+    ASSIGNED_GPUS,
+    ASSIGNED_MILLI,
+    ATTAINED_GPU_S,
+    GANG_SIZE,
+    JOB_ID,
+    JOB_LABEL,
+    RESTARTS,
+)
+from policies import NodeSpec, Taint, TaskRequest
 from tests.kube.controlplane import ControlPlane
-from tests.kube.helpers import Admin, RunningController, eventually, pod_manifest
+from tests.kube.helpers import Admin, RunningController, eventually, node_manifest, pod_manifest
 
 pytestmark = pytest.mark.kube
 
@@ -178,3 +186,99 @@ def test_scheduler_identity_is_limited_by_rbac(kube: ControlPlane) -> None:
             await api.close()
 
     run(kube, scenario)
+
+
+def test_taints_tolerations_and_node_selectors_are_honoured(kube: ControlPlane) -> None:
+    async def scenario(admin: Admin) -> None:
+        plain = NodeSpec("node-000", 32_000, 131_072, 4, "V100")
+        reserved = NodeSpec(
+            "node-001",
+            32_000,
+            131_072,
+            4,
+            "V100",
+            labels={"pool": "inference"},
+            taints=(Taint("dedicated", "inference"),),
+        )
+        await admin.create_nodes([plain, reserved])
+        async with RunningController(str(kube.scheduler_kubeconfig)):
+            # Best-fit would pack onto either node; only the selector decides.
+            selected = pod_manifest("serving", WHOLE, node_selector={"pool": "inference"})
+            selected["spec"]["tolerations"].append(
+                {"key": "dedicated", "operator": "Equal", "value": "inference"}
+            )
+            await admin.create_pod(selected)
+            untolerated = pod_manifest("stray", WHOLE, node_selector={"pool": "inference"})
+            await admin.create_pod(untolerated)
+            for i in range(5):
+                await admin.create_pod(pod_manifest(f"batch-{i}", WHOLE))
+
+            async def settled():  # type: ignore[no-untyped-def]
+                placed = {
+                    p["metadata"]["name"]: p["spec"].get("nodeName", "") for p in await admin.pods()
+                }
+                return placed if sum(1 for n in placed.values() if n) == 5 else None
+
+            placed = await eventually(settled, what="five pods placed")
+            assert placed["serving"] == "node-001"
+            assert placed["stray"] == ""  # selects the tainted pool without tolerating it
+            batch = [placed[f"batch-{i}"] for i in range(5)]
+            assert sorted(batch) == ["", "node-000", "node-000", "node-000", "node-000"]
+
+    run(kube, scenario)
+
+
+def test_hami_backend_writes_its_device_annotations_at_bind(kube: ControlPlane) -> None:
+    async def scenario(admin: Admin) -> None:
+        node = node_manifest(NodeSpec("node-000", 32_000, 131_072, 2, "A100"))
+        node["metadata"]["labels"]["nvidia.com/gpu.memory"] = "40960"
+        node["metadata"]["annotations"]["gpufleet.io/gpu-uuids"] = "GPU-aaa,GPU-bbb"
+        await admin.api.call("POST", "/api/v1/nodes", body=node)
+        async with RunningController(str(kube.scheduler_kubeconfig), backend="hami"):
+            shared = pod_manifest("shared", TaskRequest(1000, 1024, 1, 1000))
+            limits = shared["spec"]["containers"][0]["resources"]["limits"]
+            limits["nvidia.com/gpucores"] = "25"
+            await admin.create_pod(shared)
+
+            async def notes():  # type: ignore[no-untyped-def]
+                pod = await admin.pod("shared")
+                return pod["spec"].get("nodeName") and pod["metadata"]["annotations"]
+
+            annotations = await eventually(notes, what="bound with annotations")
+            assert annotations[ASSIGNED_MILLI] == "250"
+            assert annotations["hami.io/vgpu-node"] == "node-000"
+            gpu = int(annotations[ASSIGNED_GPUS])
+            uuid = ("GPU-aaa", "GPU-bbb")[gpu]
+            assert annotations["hami.io/vgpu-devices-to-allocate"] == f"{uuid},NVIDIA,10240,25:;"
+
+    run(kube, scenario)
+
+
+def test_preemption_evicts_and_recreates_the_pod_through_the_api(kube: ControlPlane) -> None:
+    async def scenario(admin: Admin) -> None:
+        await admin.create_nodes(gpu_nodes(1, gpus=1))
+        async with RunningController(str(kube.scheduler_kubeconfig), "las") as ctl:
+            veteran = pod_manifest("old", WHOLE, annotations={ATTAINED_GPU_S: "50000"})
+            await admin.create_pod(veteran)
+            await eventually(lambda: _is_bound(admin, "old"), what="old bound")
+            await admin.create_pod(pod_manifest("new", WHOLE))
+
+            async def swapped():  # type: ignore[no-untyped-def]
+                placed = {p["metadata"]["name"]: p for p in await admin.pods()}
+                ready = "old" not in placed and "old-r1" in placed
+                return ready and placed["new"]["spec"].get("nodeName") and placed
+
+            placed = await eventually(swapped, timeout_s=30, what="old evicted, new placed")
+            again = placed["old-r1"]
+            notes = again["metadata"]["annotations"]
+            assert not again["spec"].get("nodeName")
+            assert (notes[JOB_ID], notes[RESTARTS]) == ("default/old", "1")
+            assert float(notes[ATTAINED_GPU_S]) >= 50000
+            assert ASSIGNED_GPUS not in notes
+            assert ctl.scheduler.stats.evicted == 1
+
+    run(kube, scenario)
+
+
+async def _is_bound(admin: Admin, name: str) -> bool:
+    return (await bound(admin, [name])) == [True]
