@@ -4,6 +4,8 @@ annotations, unschedulable reporting, gangs, other schedulers' pods, KWOK comple
 from __future__ import annotations
 
 import asyncio
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -16,9 +18,10 @@ from controller.objects import (
     JOB_LABEL,
     RESTARTS,
 )
-from policies import NodeSpec, Taint, TaskRequest
+from policies import FixedDuration, NodeSpec, Taint, TaskRequest
 from tests.kube.controlplane import ControlPlane
 from tests.kube.helpers import Admin, RunningController, eventually, node_manifest, pod_manifest
+from traces.canonical import read_jobs, read_nodes
 
 pytestmark = pytest.mark.kube
 
@@ -282,3 +285,33 @@ def test_preemption_evicts_and_recreates_the_pod_through_the_api(kube: ControlPl
 
 async def _is_bound(admin: Admin, name: str) -> bool:
     return (await bound(admin, [name])) == [True]
+
+
+def test_record_command_writes_a_replayable_trace(kube: ControlPlane, tmp_path: Path) -> None:
+    async def scenario(admin: Admin) -> None:
+        await admin.create_nodes(gpu_nodes(1, gpus=2))
+        recorder = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            "from simulator.cli import main; raise SystemExit(main())",
+            "controller",
+            "record",
+            "--out",
+            str(tmp_path),
+            "--duration",
+            "6",
+            "--kubeconfig",
+            str(kube.scheduler_kubeconfig),
+        )
+        async with RunningController(str(kube.scheduler_kubeconfig)):
+            await asyncio.sleep(1.5)  # the recorder has listed
+            await admin.create_pod(pod_manifest("observed", WHOLE, runtime="30s"))
+            await eventually(lambda: _is_bound(admin, "observed"), what="bound")
+            assert await asyncio.wait_for(recorder.wait(), 30) == 0
+        (job,) = read_jobs(tmp_path / "jobs.csv")
+        assert (job.id, job.task, job.work) == ("observed", WHOLE, FixedDuration(30.0))
+        assert [n.name for n in read_nodes(tmp_path / "nodes.csv")] == ["node-000"]
+        rows = (tmp_path / "placements.csv").read_text().splitlines()
+        assert rows[1].startswith("observed,observed,node-000,0,1000,")
+
+    run(kube, scenario)
