@@ -13,17 +13,17 @@ use (free GPUs plus those retraining jobs hold), then realises the plan on nodes
   be admitted is stolen from: if running, it is preempted. Leftover capacity then goes,
   one share step at a time, to the job with the largest marginal uplift per cost.
   Running jobs keep their share when it still meets their deadline (moving costs a
-  restart). Per window it picks each stream's retraining config (Ekya's per-camera
-  config choice) for the share it can expect: a fair split of the stream's capacity.
+  restart). Per window it picks the streams' retraining configs jointly
+  (`policies.continual.plan_configs`, a fluid model of the free capacity).
 * `edf`: the same, but jobs are admitted earliest deadline first, each at its cheapest
   option that meets its deadline.
 * `fairshare` (Ekya's fair baseline): every retraining job gets an equal share of the
   cluster's milli-GPUs, on the model with the most room, blind to deadlines and speed.
 
 Ordinary jobs mixed in are placed first-fit in arrival order on what retraining leaves,
-and are never preempted. Arrivals are planned at once; capacity freed by completions is
-re-planned every `realloc_s` seconds (a pass between ticks only asks to be woken), which
-bounds the planning work on long runs.
+and are never preempted. The allocators are round policies (a pass every `realloc_s`
+seconds): a round after arrivals re-plans running and waiting jobs together; other
+rounds only give freed capacity to waiting jobs, which bounds the work on long runs.
 """
 
 from __future__ import annotations
