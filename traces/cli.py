@@ -18,6 +18,11 @@ from traces.synthetic import SyntheticSpec, generate_jobs
 # function, generate function). Listed by name so `traces` imports none of them eagerly.
 EXTRA_KINDS: dict[str, tuple[str, str, str]] = {
     "dlrm-mix": ("traces.rap", "add_generate_arguments", "generate_command"),
+    "continual": (
+        "traces.continual",
+        "add_continual_generate_arguments",
+        "generate_continual_trace",
+    ),
 }
 
 
