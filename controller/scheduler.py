@@ -25,7 +25,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -52,6 +52,7 @@ from policies import (
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
+REPORTED_PRUNE_AT = 10_000
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,6 @@ class SchedulerStats:
     conflicts: int = 0
     expired: int = 0
     evicted: int = 0
-    binds: list[BindRecord] = field(default_factory=list)
 
 
 class Scheduler:
@@ -309,7 +309,6 @@ class Scheduler:
         if outcome is BindOutcome.BOUND:
             self.stats.bound += 1
             record = BindRecord(pod, node, gpus, milli, self.clock())
-            self.stats.binds.append(record)
             self.on_bound(record)
             return True
         if outcome is BindOutcome.CONFLICT:
@@ -403,6 +402,9 @@ class Scheduler:
             return
         if pod.unschedulable_message == message or self._reported.get(pod.uid) == message:
             return
+        if len(self._reported) > REPORTED_PRUNE_AT:
+            # Forget pods that are gone, so a long-running scheduler does not grow.
+            self._reported = {u: m for u, m in self._reported.items() if u in self.cache.pods}
         self._reported[pod.uid] = message
         self._spawn(self._guarded(self.effects.mark_unschedulable(pod, message, now)))
 
