@@ -33,6 +33,10 @@ def add_controller_commands(commands: argparse._SubParsersAction) -> None:
     sub = parser.add_subparsers(title="controller commands", metavar="COMMAND")
     _add_run(sub)
     _add_record(sub)
+    # Imported here: ctj_cli reuses this module's option parsing.
+    from controller.ctj_cli import add_serve_command
+
+    add_serve_command(sub)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
