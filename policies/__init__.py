@@ -90,7 +90,9 @@ __all__ = [
     "best_fit",
     "continual",
     "dot_product",
+    "fgd",
     "fifo",
+    "gavel",
     "gpu_clustering",
     "gpu_packing",
     "las",
@@ -99,4 +101,5 @@ __all__ = [
     "policy_names",
     "random_fit",
     "rap",
+    "sia",
 ]
