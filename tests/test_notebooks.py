@@ -22,6 +22,7 @@ CELL_TIMEOUT_S = 240
 OUR_PACKAGES = {"policies", "traces", "simulator", "controller"}
 PUBLIC_SIMULATOR_MODULES = {"simulator.run", "simulator.compare", "simulator.results"}
 PUBLIC_SIMULATOR_PREFIXES = ("simulator.experiments",)
+FIGURE = re.compile(r"plt\.(subplots|show)\(")
 MAGIC = re.compile(r"^\s*[%!].*$", re.MULTILINE)
 
 
@@ -73,7 +74,7 @@ def test_notebook_runs_and_renders_its_figures(
     path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     notebook = execute(path, tmp_path, monkeypatch)
-    figure_cells = [c for c in code_cells(notebook) if "plt.subplots(" in c.source]
+    figure_cells = [c for c in code_cells(notebook) if FIGURE.search(c.source)]
     assert figure_cells, "a notebook tells its story with at least one figure"
     for cell in figure_cells:
         images = [o for o in cell.outputs if "image/png" in o.get("data", {})]
