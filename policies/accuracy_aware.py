@@ -40,10 +40,14 @@ from policies.cluster import MILLI, ClusterState
 from policies.continual import (
     RETRAIN_KIND,
     RetrainingWork,
+    Serving,
     WindowInfo,
     WindowOpening,
+    fluid_uplifts,
+    inference_models,
     plan_configs,
     speedup,
+    split_inference,
     window_info,
 )
 from policies.decisions import Decision, Place, Preempt, SchedulingResult
@@ -311,16 +315,48 @@ class _ValueGreedy(ShareAllocator):
 
     def plan_windows(self, openings: Sequence[WindowOpening], snapshot: Snapshot) -> list[int]:
         """Configs for the openings from a fluid model of the free capacity."""
+        return self.plan_windows_at(openings, _retraining_rate(openings, snapshot.cluster))
+
+    def plan_windows_at(self, openings: Sequence[WindowOpening], rate: float) -> list[int]:
         assert isinstance(self.config, ShareConfig)
         if not self.config.choose_configs:
             return [o.stream.default_config for o in openings]
-        return plan_configs(openings, _retraining_rate(openings, snapshot.cluster))
+        return plan_configs(openings, rate)
 
 
 class ThiefAllocator(_ValueGreedy):
     """Ekya's thief: densest value first; low-value shares are stolen."""
 
     name = "thief"
+
+    def plan_inference(
+        self, serving: Sequence[Serving], openings: Sequence[WindowOpening], snapshot: Snapshot
+    ) -> list[int]:
+        """Per stream the grant maximising `s(x)·M − price·x` (`split_inference`): `M` is
+        the stale accuracy-seconds plus its own fluid-plan uplift, and the price what the
+        fluid plan's retraining loses per milli-GPU if inference takes its whole demand
+        (a secant: one plan at each rate) on the model hosts place inference on."""
+        demand = sum(item.stream.inference_milli for item in serving)
+        if demand == 0 or not openings:
+            return [item.stream.inference_milli for item in serving]  # nothing to trade
+        cluster = snapshot.cluster
+        full = _retraining_rate(openings, cluster)
+        streams = [o.stream for o in openings]
+        model = cluster.gpu_models[inference_models(streams, cluster.gpu_models)[0]]
+        speed = float(np.median([s.throughput.get(model, 0.0) for s in streams]))
+        uplifts = self._fluid(openings, full)
+        reduced = self._fluid(openings, max(full - demand / MILLI * speed, 0.0))
+        price = (sum(uplifts) - sum(reduced)) / demand
+        own = {o.stream.id: u for o, u in zip(openings, uplifts, strict=True)}
+        expected = [
+            item.stream.curve.integral(item.accuracy, item.stream.window_s)
+            + own.get(item.stream.id, 0.0)
+            for item in serving
+        ]
+        return split_inference(serving, expected, price)
+
+    def _fluid(self, openings: Sequence[WindowOpening], rate: float) -> list[float]:
+        return fluid_uplifts(openings, self.plan_windows_at(openings, rate), rate)
 
     def order(self, plan: _Plan, cost: np.ndarray) -> Sequence[int]:
         density = plan.value / cost[None, :, :]
@@ -614,7 +650,7 @@ class _WindowArrays:
         self.start = np.array([i.start for i in infos]).reshape(tail)
         self.deadline = np.array([i.deadline for i in infos]).reshape(tail)
         self.end = np.array([i.end for i in infos]).reshape(tail)
-        self.gain = np.array([i.gain for i in infos]).reshape(tail)
+        self.gain = np.array([i.gain * i.serving for i in infos]).reshape(tail)  # delivered
         self.rate = np.array([i.decay_per_h / 3600.0 for i in infos]).reshape(tail)
 
     def subset(self, rows: np.ndarray) -> _WindowArrays:

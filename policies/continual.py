@@ -16,6 +16,12 @@ Accuracy model (all accuracies in [0, 1], times in seconds):
   retrained in window `k` is anchored at `a_k + (ceiling − a_k)·f(W)` at the window's
   opening `t_k`, where `a_k` is the accuracy at the opening; it ages from `t_k` (it learned
   the data of `t_k`), whenever it is deployed. `f` is concave in `W`: diminishing returns.
+* Drift trigger (optional, `DriftTrigger`): instead of one retraining per window, a
+  stream retrains when its accuracy falls to a threshold (absolute, or a drop since the
+  last deployment), at least `min_gap_s` after the previous trigger; the deadline is
+  `deadline_s` after the trigger. Its windows then only pace the abrupt drift.
+* Inference share (optional): a stream serving with `inference_milli` milli-GPU delivers
+  its model's accuracy times `serving_quality(grant) = (grant / demand)^γ`.
 * Deploying that model at time `c` lifts accuracy by `G·exp(−λ(t − t_k))` for `t ≥ c`,
   with `G = (ceiling − a_k)·f(W)`; integrated to the window's end `e` the *uplift* is
   `G·(exp(−λ(c − t_k)) − exp(−λ(e − t_k)))/λ` accuracy-seconds (`G·(e − c)` if `λ = 0`).
@@ -121,6 +127,37 @@ class DriftProfile:
         return np.where(hits, sizes, 0.0)
 
 
+@dataclass(frozen=True, slots=True)
+class DriftTrigger:
+    """Retrain when accuracy falls to `below`, or to `drop` under what the last retraining
+    deployed, whichever comes first (0 turns a criterion off); triggers are at least
+    `min_gap_s` apart, so a model that cannot recover does not retrain back to back."""
+
+    below: float = 0.0
+    drop: float = 0.0
+    min_gap_s: float = 600.0
+
+    def __post_init__(self) -> None:
+        if self.below < 0 or self.drop < 0 or self.below == self.drop == 0:
+            raise ValueError("drift trigger needs below > 0 or drop > 0 (and neither < 0)")
+        if self.min_gap_s <= 0:
+            raise ValueError("drift trigger needs min_gap_s > 0")
+
+    def threshold(self, deployed: float) -> float:
+        """Accuracy at or below which it fires, given what the last retraining deployed."""
+        return max(self.below, deployed - self.drop if self.drop > 0 else 0.0)
+
+    @staticmethod
+    def crossing_s(curve: AccuracyCurve, accuracy: float, threshold: float) -> float:
+        """Seconds until a model now at `accuracy` decays to `threshold`: 0 if it is there
+        already, infinite if staleness alone never takes it there (only a shift can)."""
+        if accuracy <= threshold:
+            return 0.0
+        if threshold <= curve.floor or curve.decay_per_s == 0.0:
+            return math.inf
+        return math.log((accuracy - curve.floor) / (threshold - curve.floor)) / curve.decay_per_s
+
+
 def speedup(num_gpus: int, gpu_milli: int, scaling: float) -> float:
     """Reference speed of an allocation relative to one whole GPU of the same model."""
     if num_gpus <= 1:
@@ -163,13 +200,18 @@ class WindowInfo:
     decay_per_h: float
     config: str
     acc_start: float
+    serving: float = 1.0
+    """Serving quality of the stream's inference share: the uplift it delivers is scaled
+    by it (1 without an inference share)."""
 
     def uplift(self, completion: float) -> float:
-        """Accuracy-seconds added over the window if the job completes at `completion`."""
+        """Delivered accuracy-seconds added over the window if the job completes at
+        `completion`."""
         if completion > self.deadline or self.gain <= 0.0:
             return 0.0
         rate = self.decay_per_h / 3600.0
-        return float(uplift(self.gain, rate, completion - self.start, self.end - self.start))
+        since, span = completion - self.start, self.end - self.start
+        return float(uplift(self.gain * self.serving, rate, since, span))
 
 
 def uplift(
@@ -213,6 +255,11 @@ class StreamSpec:
     priority: int = 0
     drift: DriftProfile = field(default_factory=DriftProfile)
     drift_seed: int = 0
+    trigger: DriftTrigger | None = None
+    """None: one retraining per window; else retrain on drift (the windows pace the
+    abrupt shifts and the inference re-plans only)."""
+    inference_milli: int = 0
+    inference_gamma: float = 0.5
 
     def __post_init__(self) -> None:
         if self.window_s <= 0 or self.windows < 1:
@@ -225,6 +272,15 @@ class StreamSpec:
             raise ValueError(f"stream {self.id}: request one GPU (or a fraction), max_gpus >= 1")
         if not any(v > 0 for v in self.throughput.values()):
             raise ValueError(f"stream {self.id}: throughput needs a positive entry")
+        if not 0 <= self.inference_milli <= MILLI or not 0 < self.inference_gamma <= 1:
+            raise ValueError(f"stream {self.id}: need 0 <= inference_milli <= 1000, 0 < γ <= 1")
+
+    def serving_quality(self, grant_milli: float) -> float:
+        """Share of the model's accuracy delivered when inference gets `grant_milli` of its
+        demand: (grant / demand)^γ, concave (skipped frames reuse nearby results)."""
+        if self.inference_milli == 0:
+            return 1.0
+        return min(grant_milli / self.inference_milli, 1.0) ** self.inference_gamma
 
     @property
     def start_accuracy(self) -> float:
@@ -240,21 +296,30 @@ class StreamSpec:
     def window_job_id(self, index: int) -> str:
         return f"{self.id}/w{index:05d}"
 
-    def window_job(self, index: int, config: int, acc_start: float) -> JobSpec:
+    def window_job(
+        self,
+        index: int,
+        config: int,
+        acc_start: float,
+        start: float | None = None,
+        serving: float = 1.0,
+    ) -> JobSpec:
         """The retraining job of window `index` using `configs[config]`, given the
-        accuracy `acc_start` the stream has at the window's opening."""
+        accuracy `acc_start` the stream has at the window's opening. A drift-triggered
+        window opens at `start` and is valued over one window length (or to the end)."""
         chosen = self.configs[config]
-        start = self.window_start(index)
+        start = self.window_start(index) if start is None else start
         info = WindowInfo(
             stream_id=self.id,
             index=index,
             start=start,
             deadline=start + self.deadline_s,
-            end=start + self.window_s,
+            end=min(start + self.window_s, self.end_s),
             gain=self.curve.gain(acc_start, chosen),
             decay_per_h=self.curve.decay_per_h,
             config=chosen.name,
             acc_start=acc_start,
+            serving=serving,
         )
         return JobSpec(
             id=self.window_job_id(index),
@@ -295,6 +360,44 @@ class WindowOpening:
     acc_start: float
 
 
+@dataclass(frozen=True, slots=True)
+class Serving:
+    """A stream with an inference demand and its model's accuracy now."""
+
+    stream: StreamSpec
+    accuracy: float
+
+
+@runtime_checkable
+class InferencePlanner(Protocol):
+    """A policy that splits GPU between streams' inference and retraining at each window
+    (Ekya's thief). Hosts without one grant every stream its full inference demand."""
+
+    def plan_inference(
+        self, serving: Sequence[Serving], openings: Sequence[WindowOpening], snapshot: Snapshot
+    ) -> list[int]:
+        """Milli-GPU granted to each serving stream's inference, in order."""
+        ...
+
+
+INFERENCE_STEPS = (0.0, 0.25, 0.5, 0.75, 1.0)
+"""Inference grants the thief considers, as shares of a stream's demand."""
+
+
+def split_inference(
+    serving: Sequence[Serving], expected: Sequence[float], price: float
+) -> list[int]:
+    """Per stream, the grant `x` (a step of its demand) maximising `s(x)·M − price·x`:
+    `M` is the model accuracy-seconds it is `expected` to serve over the window and
+    `price` the accuracy-seconds retraining loses per milli-GPU inference takes."""
+    grants = []
+    for item, model_s in zip(serving, expected, strict=True):
+        stream = item.stream
+        options = [round(step * stream.inference_milli) for step in INFERENCE_STEPS]
+        grants.append(max(options, key=lambda x: stream.serving_quality(x) * model_s - price * x))
+    return grants
+
+
 @runtime_checkable
 class WindowPlanner(Protocol):
     """A policy that picks each opening window's retraining configuration (Ekya's
@@ -303,6 +406,25 @@ class WindowPlanner(Protocol):
     def plan_windows(self, openings: Sequence[WindowOpening], snapshot: Snapshot) -> list[int]:
         """One config index per opening, in order."""
         ...
+
+
+def inference_models(streams: Sequence[StreamSpec], models: Sequence[str]) -> list[int]:
+    """Indices of `models` in the order hosts place inference shares: slowest for
+    retraining first (median speed over `streams`), where inference displaces least."""
+    speeds = [float(np.median([s.throughput.get(m, 0.0) for s in streams])) for m in models]
+    return sorted(range(len(models)), key=lambda m: (speeds[m], models[m]))
+
+
+def fluid_uplifts(
+    openings: Sequence[WindowOpening], choices: Sequence[int], rate: float
+) -> list[float]:
+    """Each opening's uplift (model accuracy-seconds) in the fluid model of `plan_configs`
+    when the free GPUs retrain `rate` reference-GPU-seconds per second."""
+    if rate <= 0 or not openings:
+        return [0.0] * len(openings)
+    plan = _FluidPlan(openings, rate)
+    plan.choice = list(choices)
+    return plan.uplifts()
 
 
 def plan_configs(openings: Sequence[WindowOpening], rate: float, sweeps: int = 2) -> list[int]:
@@ -336,6 +458,15 @@ class _FluidPlan:
         self.works = [[c.work_gpu_s for c in o.stream.configs] for o in openings]
         self.fastest = [_fastest(o.stream) for o in openings]
         self.choice = [_cheapest(o.stream) for o in openings]
+
+    def uplifts(self) -> list[float]:
+        order = sorted(range(len(self.openings)), key=self._work_per_gain)
+        finish = np.cumsum([self._work(i) for i in order]) / self.rate
+        values = [0.0] * len(order)
+        for k, i in enumerate(order):
+            start = float(finish[k]) - self._work(i) / self.rate
+            values[i] = self._uplift(i, self.choice[i], start)
+        return values
 
     def sweep(self) -> None:
         order = sorted(range(len(self.openings)), key=self._work_per_gain)

@@ -7,6 +7,13 @@ deadline it withdraws a job that has not finished (status `expired`, a miss). A 
 job deploys its model (see `policies.continual` for the accuracy model). Accuracy is
 integrated exactly between these events, so nothing is sampled or ticked.
 
+A drift-triggered stream (`StreamSpec.trigger`) opens a retraining window instead at the
+instant its accuracy reaches the trigger's threshold (computed in closed form from the
+decay, or at a shift), one at a time and at least `min_gap_s` apart; its windows only
+pace the shifts. At every window boundary the host also re-plans inference shares: the
+policy's split if it is an `InferencePlanner`, else every stream's full demand, held as
+reservations on the GPUs (slowest for retraining first) that retraining cannot use.
+
 Outputs beside the usual run files: `streams.parquet` (one row per stream window) and
 the summary keys `mean_accuracy`, `deadline_miss_rate` and the `retrain_*` figures.
 """
@@ -22,12 +29,15 @@ from typing import Any
 import numpy as np
 import simpy
 
-from policies import JobSpec, NodeSpec, Policy, Snapshot
+from policies import ClusterState, JobSpec, NodeSpec, Policy, Snapshot
 from policies.continual import (
     RETRAIN_KIND,
+    InferencePlanner,
+    Serving,
     StreamSpec,
     WindowOpening,
     WindowPlanner,
+    inference_models,
     window_info,
 )
 from simulator.engine import EngineOptions, ProgressHook, Simulation
@@ -56,8 +66,12 @@ STREAM_COLUMNS = (
 """`status`: completed, expired (missed its deadline), rejected (fits no node) or
 unfinished (the run stopped first). `gpu_s` is the GPU-seconds the window's job got."""
 
-_DEADLINE, _OPEN = 0, 1  # at one instant, deadlines are settled before windows open
+# At one instant deadlines are settled first, then window boundaries (openings, shifts),
+# then drift triggers.
+_DEADLINE, _EPOCH, _TRIGGER = 0, 1, 2
 _FINISH_EPS = 1e-9
+_Event = tuple[float, int, int, str, int]
+"""(time, kind, window or boundary index, stream id, trigger version)."""
 
 
 @dataclass
@@ -80,7 +94,8 @@ class _Window:
 
 @dataclass
 class _Stream:
-    """A stream's deployed model (anchored accuracy) and its integrated accuracy."""
+    """A stream's deployed model (anchored accuracy), its inference grant and its
+    integrated accuracy (delivered: the model's times the serving quality)."""
 
     spec: StreamSpec
     shifts: np.ndarray
@@ -88,18 +103,54 @@ class _Stream:
     anchor_t: float
     clock: float
     integral: float = 0.0
+    model_integral: float = 0.0
+    grant_integral: float = 0.0
     window_integral: float = 0.0
     window: _Window | None = None
+    grant: int = 0
+    reservation: tuple[int, int] | None = None
+    """(node, GPU) holding the inference grant."""
+    deployed: float = 0.0
+    """Accuracy right after the last deployment (the drift trigger's reference)."""
+    last_trigger: float = float("-inf")
+    trigger_version: int = 0
+    triggers: int = 0
+    busy: bool = False
+    """A triggered retraining is outstanding (no new trigger until it ends)."""
+    shifts_since: list[tuple[float, float]] = field(default_factory=list)
+    """Shifts since the outstanding trigger, replayed on the model it deploys."""
+
+    @property
+    def quality(self) -> float:
+        return self.spec.serving_quality(self.grant)
 
     def accuracy(self, t: float) -> float:
         return self.spec.curve.decayed(self.anchor_acc, t - self.anchor_t)
 
     def advance(self, t: float) -> None:
         if t > self.clock:
-            served = self.spec.curve.integral(self.accuracy(self.clock), t - self.clock)
+            model = self.spec.curve.integral(self.accuracy(self.clock), t - self.clock)
+            served = model * self.quality
             self.integral += served
+            self.model_integral += model
             self.window_integral += served
+            if self.spec.inference_milli:
+                self.grant_integral += self.grant / self.spec.inference_milli * (t - self.clock)
             self.clock = t
+
+    def shift(self, t: float, drop: float) -> None:
+        """An abrupt drop at `t`, clamped at the floor."""
+        self.anchor_acc = max(self.spec.curve.floor, self.accuracy(t) - drop)
+        self.anchor_t = t
+
+    def deploy(self, acc: float, data_t: float, now: float) -> None:
+        """Deploy a model that had `acc` on the data of `data_t`, then replay the shifts
+        that came after that data."""
+        self.anchor_acc, self.anchor_t = acc, data_t
+        for at, drop in self.shifts_since:
+            self.shift(at, drop)
+        self.shifts_since.clear()
+        self.deployed = self.accuracy(now)
 
 
 @dataclass(frozen=True)
@@ -127,18 +178,27 @@ class ContinualRun:
         if len(set(ids)) != len(ids):
             raise ValueError("stream ids must be unique")
         self.sim = Simulation(self.nodes, self.batch_jobs, self.policy, self.options, self.progress)
-        self.sim.expect_arrivals(sum(s.windows for s in self.streams))
+        # A triggered stream's job count is unknown: one arrival stays announced per
+        # stream until its last trigger could fire, so round timers keep going.
+        self.sim.expect_arrivals(sum(1 if s.trigger else s.windows for s in self.streams))
         self.sim.recorder.end_listeners.append(self._on_job_end)
-        self._state = {
-            s.id: _Stream(
-                s, s.drift.shifts(s.windows, s.drift_seed), s.start_accuracy, s.start_s, s.start_s
-            )
-            for s in self.streams
-        }
+        self._state = {s.id: self._initial(s) for s in self.streams}
         self._planner = self.policy if isinstance(self.policy, WindowPlanner) else None
+        self._splitter = self.policy if isinstance(self.policy, InferencePlanner) else None
+        cluster = self.sim.cluster.state
+        self._inference_order = inference_models(self.streams, cluster.gpu_models)
+        self._events: list[_Event] = []
+        self._sleeping_until: float | None = None
+        self._process: simpy.Process | None = None
+
+    @staticmethod
+    def _initial(spec: StreamSpec) -> _Stream:
+        shifts = spec.drift.shifts(spec.windows, spec.drift_seed)
+        start = spec.start_accuracy
+        return _Stream(spec, shifts, start, spec.start_s, spec.start_s, deployed=start)
 
     def run(self) -> Recorder:
-        self.sim.env.process(self._windows())
+        self._process = self.sim.env.process(self._windows())
         recorder = self.sim.run()
         for state in self._state.values():
             if state.window is not None:  # the horizon stopped the run mid-window
@@ -146,37 +206,80 @@ class ContinualRun:
         return recorder
 
     def summary(self) -> dict[str, float | int]:
-        accuracy_s = sum(s.integral for s in self._state.values())
-        served_s = sum(s.clock - s.spec.start_s for s in self._state.values())
-        return continual_summary(self.rows, accuracy_s, served_s)
+        states = self._state.values()
+        accuracy_s = sum(s.integral for s in states)
+        served_s = sum(s.clock - s.spec.start_s for s in states)
+        summary = continual_summary(self.rows, accuracy_s, served_s)
+        serving = [s for s in states if s.spec.inference_milli]
+        summary["mean_model_accuracy"] = (
+            sum(s.model_integral for s in states) / served_s if served_s > 0 else 0.0
+        )
+        serving_s = sum(s.clock - s.spec.start_s for s in serving)
+        summary["inference_grant_share"] = (
+            sum(s.grant_integral for s in serving) / serving_s if serving_s > 0 else 1.0
+        )
+        return summary
 
     # -- window events ------------------------------------------------------------------
 
     def _windows(self) -> simpy.events.ProcessGenerator:
-        events: list[tuple[float, int, int, str]] = []
         for s in self.streams:
-            for k in range(s.windows):
-                start = s.window_start(k)
-                heapq.heappush(events, (start, _OPEN, k, s.id))
-                heapq.heappush(events, (start + s.deadline_s, _DEADLINE, k, s.id))
-            heapq.heappush(events, (s.end_s, _OPEN, s.windows, s.id))
+            for k in range(s.windows + 1):  # the last boundary closes the stream
+                self._push((s.window_start(k), _EPOCH, k, s.id, 0))
         env = self.sim.env
-        while events:
-            now = events[0][0]
+        while self._events:
+            now = self._events[0][0]
             if now > env.now:
-                yield env.timeout(now - env.now)
-            openings: list[WindowOpening] = []
-            while events and events[0][0] == now:
-                _, kind, index, stream_id = heapq.heappop(events)
-                state = self._state[stream_id]
-                if kind == _DEADLINE:
-                    self._deadline(state, index)
-                else:
-                    opening = self._open(state, index, now)
-                    if opening is not None:
-                        openings.append(opening)
-            if openings:
-                self._submit(openings)
+                self._sleeping_until = now
+                try:
+                    yield env.timeout(now - env.now)
+                except simpy.Interrupt:
+                    continue  # an earlier trigger was armed meanwhile
+                finally:
+                    self._sleeping_until = None
+            self._instant(now)
+
+    def _instant(self, now: float) -> None:
+        """Settle every event at `now`; openings are planned and submitted together."""
+        openings: list[WindowOpening] = []
+        boundary: list[_Stream] = []
+        while self._events and self._events[0][0] == now:
+            _, kind, index, stream_id, version = heapq.heappop(self._events)
+            state = self._state[stream_id]
+            if kind == _DEADLINE:
+                self._deadline(state, index)
+            elif kind == _EPOCH:
+                boundary.append(state)
+                opening = self._boundary(state, index, now)
+                if opening is not None:
+                    openings.append(opening)
+            elif version == state.trigger_version:
+                openings.append(self._trigger(state, now))
+        self._serve([s for s in boundary if s.spec.inference_milli], openings)
+        if openings:
+            self._submit(openings)
+
+    def _push(self, event: _Event) -> None:
+        heapq.heappush(self._events, event)
+        until = self._sleeping_until
+        if until is not None and event[0] < until and self._process is not None:
+            self._sleeping_until = None  # one wake-up is enough: the loop re-reads the heap
+            self._process.interrupt()
+
+    def _boundary(self, state: _Stream, index: int, now: float) -> WindowOpening | None:
+        if state.spec.trigger is None:
+            return self._open(state, index, now)
+        state.advance(now)
+        if index >= state.spec.windows:
+            self._end_triggers(state, now)
+            return None
+        drop = float(state.shifts[index])
+        if drop > 0:
+            state.shift(now, drop)
+            if state.busy:
+                state.shifts_since.append((now, drop))
+        self._arm(state, now)
+        return None
 
     def _open(self, state: _Stream, index: int, now: float) -> WindowOpening | None:
         """Close the previous window; open window `index` (none past the last)."""
@@ -185,28 +288,116 @@ class ContinualRun:
         if index >= state.spec.windows:
             return None
         drop = float(state.shifts[index])
-        state.anchor_acc = max(state.spec.curve.floor, state.accuracy(now) - drop)
-        state.anchor_t = now
+        state.shift(now, drop)
         deadline = now + state.spec.deadline_s
         state.window = _Window(index, now, deadline)
         state.window_integral = 0.0
+        self._push((deadline, _DEADLINE, index, state.spec.id, 0))
         return WindowOpening(state.spec, index, state.anchor_acc)
+
+    # -- drift triggers -------------------------------------------------------------------
+
+    def _arm(self, state: _Stream, now: float) -> None:
+        """Schedule the stream's next trigger (replacing any armed one): when accuracy
+        reaches the threshold, but not within `min_gap_s` of the last trigger, and only
+        if its deadline falls before the stream ends."""
+        trigger = state.spec.trigger
+        if trigger is None or state.busy:
+            return
+        state.trigger_version += 1
+        threshold = trigger.threshold(state.deployed)
+        crossing = trigger.crossing_s(state.spec.curve, state.accuracy(now), threshold)
+        at = max(now + crossing, state.last_trigger + trigger.min_gap_s)
+        if at + state.spec.deadline_s <= state.spec.end_s:
+            self._push((at, _TRIGGER, state.triggers, state.spec.id, state.trigger_version))
+
+    def _trigger(self, state: _Stream, now: float) -> WindowOpening:
+        """Open a retraining window at `now` (closing the previous one)."""
+        state.advance(now)
+        if state.window is not None:
+            self._close(state, now)
+        index = state.triggers
+        state.triggers += 1
+        state.last_trigger = now
+        state.busy = True
+        state.window = _Window(index, now, now + state.spec.deadline_s)
+        state.window_integral = 0.0
+        self._push((now + state.spec.deadline_s, _DEADLINE, index, state.spec.id, 0))
+        return WindowOpening(state.spec, index, state.accuracy(now))
+
+    def _end_triggers(self, state: _Stream, now: float) -> None:
+        state.trigger_version += 1  # disarm
+        if state.window is not None:
+            self._close(state, now)
+        self.sim.expect_arrivals(-1)
+
+    def _retrain_ended(self, state: _Stream, now: float) -> None:
+        if state.spec.trigger is not None:
+            state.busy = False
+            state.shifts_since.clear()
+            self._arm(state, now)
+
+    # -- inference shares -----------------------------------------------------------------
+
+    def _serve(self, streams: list[_Stream], openings: list[WindowOpening]) -> None:
+        """Re-plan the inference grants of `streams` at a window boundary."""
+        if not streams:
+            return
+        now = self.sim.env.now
+        for state in streams:
+            state.advance(now)
+        if self._splitter is None:
+            grants = [s.spec.inference_milli for s in streams]
+        else:
+            for state in streams:  # the planner splits everything inference holds
+                self._reserve(state, 0)
+            serving = [Serving(s.spec, s.accuracy(now)) for s in streams]
+            grants = self._splitter.plan_inference(serving, openings, self._snapshot())
+        for state, grant in zip(streams, grants, strict=True):
+            self._reserve(state, grant)
+
+    def _reserve(self, state: _Stream, grant: int) -> None:
+        """Hold `grant` milli-GPU for the stream's inference on one GPU (tightest fit,
+        slowest GPU model for retraining first); less if none has room. Reservations are
+        the host's, not jobs: policies only see the GPU as partly taken."""
+        if grant == state.grant and (state.reservation is not None or grant == 0):
+            return
+        cluster = self.sim.cluster.state
+        if state.reservation is not None:
+            node, gpu = state.reservation
+            cluster.release(node, (gpu,), state.grant, 0, 0)
+            state.reservation, state.grant = None, 0
+        if grant > 0:
+            place = _tightest_gpu(cluster, self._inference_order, grant)
+            if place is not None:
+                cluster.allocate(place[0], (place[1],), grant, 0, 0)
+                state.reservation, state.grant = place, grant
 
     def _submit(self, openings: list[WindowOpening]) -> None:
         if self._planner is not None:
             choices = self._planner.plan_windows(openings, self._snapshot())
         else:
             choices = [o.stream.default_config for o in openings]
+        now = self.sim.env.now
         for opening, choice in zip(openings, choices, strict=True):
-            job = opening.stream.window_job(opening.index, choice, opening.acc_start)
+            state = self._state[opening.stream.id]
+            job = opening.stream.window_job(
+                opening.index, choice, opening.acc_start, start=now, serving=state.quality
+            )
             info = window_info(job)
-            window = self._state[opening.stream.id].window
+            window = state.window
             assert info is not None and window is not None
             window.config, window.work, window.gain = info.config, job.work.total, info.gain
             window.acc_start = opening.acc_start
-            if info.gain <= 0:
-                self.sim.expect_arrivals(-1)  # at its ceiling: nothing to retrain
+            triggered = opening.stream.trigger is not None
+            if info.gain <= 0:  # at its ceiling: nothing to retrain
+                if triggered:
+                    self._retrain_ended(state, now)
+                else:
+                    self.sim.expect_arrivals(-1)
                 continue
+            if triggered:
+                self.sim.expect_arrivals(1)  # the stream's standing announcement stays
             window.status = "submitted"
             self.sim.submit(job)
 
@@ -228,7 +419,7 @@ class ContinualRun:
         window = state.window
         assert window is not None
         span = now - window.start
-        mean = state.window_integral / span if span > 0 else state.accuracy(now)
+        mean = state.window_integral / span if span > 0 else state.accuracy(now) * state.quality
         jct = None if window.end is None else window.end - window.start
         self.rows.append(
             (
@@ -269,8 +460,9 @@ class ContinualRun:
             window.end = now
             state.advance(now)
             # The new model learned the opening's data, so it ages from the opening.
-            state.anchor_acc = info.acc_start + info.gain
-            state.anchor_t = info.start
+            state.deploy(info.acc_start + info.gain, info.start, now)
+        if status != "unfinished":
+            self._retrain_ended(state, now)
 
     def _snapshot(self) -> Snapshot:
         sim = self.sim
@@ -280,6 +472,21 @@ class ContinualRun:
             pending=[j.view() for j in sim.pending.values()],
             now=sim.env.now,
         )
+
+
+def _tightest_gpu(
+    cluster: ClusterState, model_order: Sequence[int], milli: int
+) -> tuple[int, int] | None:
+    """(node, GPU) with the least free milli-GPU that still fits `milli`, on the first
+    model in `model_order` that has one."""
+    for model in model_order:
+        nodes = np.flatnonzero(cluster.model_idx == model)
+        free = cluster.gpu_free[nodes]
+        fits = np.where(free >= milli, free, np.iinfo(np.int64).max)
+        if nodes.size and (fits < np.iinfo(np.int64).max).any():
+            row, gpu = divmod(int(np.argmin(fits)), free.shape[1])
+            return int(nodes[row]), gpu
+    return None
 
 
 def continual_summary(
