@@ -315,13 +315,16 @@ class _ValueGreedy(ShareAllocator):
 
     def plan_windows(self, openings: Sequence[WindowOpening], snapshot: Snapshot) -> list[int]:
         """Configs for the openings from a fluid model of the free capacity."""
-        return self.plan_windows_at(openings, _retraining_rate(openings, snapshot.cluster))
+        rate = _retraining_rate(openings, snapshot.cluster)
+        return self.plan_windows_at(openings, rate, _backlog(snapshot) / max(rate, _EPS))
 
-    def plan_windows_at(self, openings: Sequence[WindowOpening], rate: float) -> list[int]:
+    def plan_windows_at(
+        self, openings: Sequence[WindowOpening], rate: float, delay_s: float = 0.0
+    ) -> list[int]:
         assert isinstance(self.config, ShareConfig)
         if not self.config.choose_configs:
             return [o.stream.default_config for o in openings]
-        return plan_configs(openings, rate)
+        return plan_configs(openings, rate, delay_s=delay_s)
 
 
 class ThiefAllocator(_ValueGreedy):
@@ -499,6 +502,13 @@ def _retraining_rate(openings: Sequence[WindowOpening], cluster: ClusterState) -
         speeds = [o.stream.throughput.get(model, 0.0) for o in openings]
         rate += free[m] * float(np.median(speeds))
     return rate
+
+
+def _backlog(snapshot: Snapshot) -> float:
+    """Reference-GPU-seconds of retraining still waiting (none at aligned openings: the
+    previous windows' jobs are past their deadlines)."""
+    waiting = [v for v in snapshot.pending if _is_window_job(v.spec)]
+    return sum(max(v.spec.work.total - v.done, 0.0) for v in waiting)
 
 
 def _free_gpus_by_model(cluster: ClusterState) -> np.ndarray:

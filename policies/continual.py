@@ -427,7 +427,9 @@ def fluid_uplifts(
     return plan.uplifts()
 
 
-def plan_configs(openings: Sequence[WindowOpening], rate: float, sweeps: int = 2) -> list[int]:
+def plan_configs(
+    openings: Sequence[WindowOpening], rate: float, sweeps: int = 2, delay_s: float = 0.0
+) -> list[int]:
     """Jointly pick each opening window's config (Ekya's config choice under contention).
 
     Fluid model of the window: the free GPUs retrain `rate` reference-GPU-seconds per
@@ -437,11 +439,12 @@ def plan_configs(openings: Sequence[WindowOpening], rate: float, sweeps: int = 2
     Starting from each stream's cheapest config, every sweep visits
     the jobs in that order and gives each the config that most raises its own uplift
     (zero past its deadline) minus the delay its extra work adds to the later jobs that
-    still meet their deadlines (extra work / `rate`, times their gains).
+    still meet their deadlines (extra work / `rate`, times their gains). `delay_s` is the
+    time the retraining already waiting takes first (drift triggers open one by one).
     """
     if not openings:
         return []
-    plan = _FluidPlan(openings, rate)
+    plan = _FluidPlan(openings, rate, delay_s)
     if rate > 0:
         for _ in range(sweeps):
             plan.sweep()
@@ -449,9 +452,12 @@ def plan_configs(openings: Sequence[WindowOpening], rate: float, sweeps: int = 2
 
 
 class _FluidPlan:
-    def __init__(self, openings: Sequence[WindowOpening], rate: float) -> None:
+    def __init__(
+        self, openings: Sequence[WindowOpening], rate: float, delay_s: float = 0.0
+    ) -> None:
         self.openings = openings
         self.rate = rate
+        self.delay_s = delay_s
         self.gains = [
             [o.stream.curve.gain(o.acc_start, c) for c in o.stream.configs] for o in openings
         ]
@@ -461,7 +467,7 @@ class _FluidPlan:
 
     def uplifts(self) -> list[float]:
         order = sorted(range(len(self.openings)), key=self._work_per_gain)
-        finish = np.cumsum([self._work(i) for i in order]) / self.rate
+        finish = self.delay_s + np.cumsum([self._work(i) for i in order]) / self.rate
         values = [0.0] * len(order)
         for k, i in enumerate(order):
             start = float(finish[k]) - self._work(i) / self.rate
@@ -470,7 +476,7 @@ class _FluidPlan:
 
     def sweep(self) -> None:
         order = sorted(range(len(self.openings)), key=self._work_per_gain)
-        finish = np.cumsum([self._work(i) for i in order]) / self.rate
+        finish = self.delay_s + np.cumsum([self._work(i) for i in order]) / self.rate
         meets = [finish[k] <= self.openings[i].stream.deadline_s for k, i in enumerate(order)]
         gains = np.array([self.gains[i][self.choice[i]] for i in order]) * np.array(meets)
         behind = np.concatenate((np.cumsum(gains[::-1])[::-1][1:], [0.0]))

@@ -20,6 +20,12 @@ Streams file (`STREAM_COLUMNS`, CSV):
 | `shift_prob`, `shift_mean`, `drift_seed` | abrupt drift at window openings |
 | `configs` | `name=work_gpu_s:quality;...` retraining configurations |
 | `default_config` | index into `configs` used by policies that do not choose |
+| `trigger_below`, `trigger_drop` | optional drift trigger (empty or 0: off; both off: periodic) |
+| `trigger_min_gap_s` | least seconds between a stream's triggers (default 600) |
+| `inference_milli`, `inference_gamma` | optional inference demand (default 0) and its γ (0.5) |
+
+The last five columns are optional, so older streams files read as periodic streams
+without inference.
 
 Batch jobs mixed in live in a canonical jobs file beside it: `NAME.batch.csv` for
 `NAME.csv` (`batch_path`).
@@ -38,7 +44,13 @@ from pathlib import Path
 import numpy as np
 
 from policies import JobSpec, TaskRequest
-from policies.continual import AccuracyCurve, DriftProfile, RetrainConfig, StreamSpec
+from policies.continual import (
+    AccuracyCurve,
+    DriftProfile,
+    DriftTrigger,
+    RetrainConfig,
+    StreamSpec,
+)
 from traces import canonical
 from traces.csvio import Row, read_rows
 from traces.errors import TraceError
@@ -70,6 +82,11 @@ STREAM_COLUMNS = (
     "drift_seed",
     "configs",
     "default_config",
+    "trigger_below",
+    "trigger_drop",
+    "trigger_min_gap_s",
+    "inference_milli",
+    "inference_gamma",
 )
 
 SIA_SPEEDS: tuple[tuple[str, float], ...] = (("a100", 1.0), ("rtx2080ti", 0.33), ("t4", 0.145))
@@ -108,6 +125,11 @@ class ContinualSpec:
     speeds: tuple[tuple[str, float], ...] = SIA_SPEEDS
     cpu_milli: int = 2000
     mem_mib: int = 8192
+    trigger_drop: float = 0.0
+    """> 0: every stream retrains on a drop of this much accuracy, not per window."""
+    trigger_min_gap_s: float = 600.0
+    inference_milli: int = 0
+    inference_gamma: float = 0.5
 
     def validate(self) -> None:
         if self.streams < 1 or self.windows < 1 or self.window_s <= 0:
@@ -160,9 +182,18 @@ def generate_streams(spec: ContinualSpec, seed: int = 0) -> list[StreamSpec]:
                 restart_cost_s=spec.restart_cost_s,
                 drift=drift,
                 drift_seed=int(drift_seeds[i]),
+                trigger=_trigger(spec),
+                inference_milli=spec.inference_milli,
+                inference_gamma=spec.inference_gamma,
             )
         )
     return streams
+
+
+def _trigger(spec: ContinualSpec) -> DriftTrigger | None:
+    if spec.trigger_drop <= 0:
+        return None
+    return DriftTrigger(drop=spec.trigger_drop, min_gap_s=spec.trigger_min_gap_s)
 
 
 # -- the streams file -----------------------------------------------------------------
@@ -195,6 +226,19 @@ def stream_row(stream: StreamSpec) -> dict[str, object]:
         "drift_seed": stream.drift_seed,
         "configs": ";".join(f"{c.name}={c.work_gpu_s!r}:{c.quality!r}" for c in stream.configs),
         "default_config": stream.default_config,
+        **_trigger_fields(stream.trigger),
+        "inference_milli": stream.inference_milli,
+        "inference_gamma": stream.inference_gamma,
+    }
+
+
+def _trigger_fields(trigger: DriftTrigger | None) -> dict[str, object]:
+    if trigger is None:
+        return {"trigger_below": "", "trigger_drop": "", "trigger_min_gap_s": ""}
+    return {
+        "trigger_below": trigger.below,
+        "trigger_drop": trigger.drop,
+        "trigger_min_gap_s": trigger.min_gap_s,
     }
 
 
@@ -264,11 +308,22 @@ def _stream_from_row(row: Row) -> StreamSpec:
                 row.number("shift_prob", float, 0.0), row.number("shift_mean", float, 0.0)
             ),
             drift_seed=row.number("drift_seed", int, 0),
+            trigger=_parse_trigger(row),
+            inference_milli=row.number("inference_milli", int, 0),
+            inference_gamma=row.number("inference_gamma", float, 0.5),
         )
     except ValueError as err:
         if isinstance(err, TraceError):
             raise
         raise row.error("", str(err)) from None
+
+
+def _parse_trigger(row: Row) -> DriftTrigger | None:
+    below = row.number("trigger_below", float, 0.0)
+    drop = row.number("trigger_drop", float, 0.0)
+    if below == drop == 0:
+        return None
+    return DriftTrigger(below, drop, row.number("trigger_min_gap_s", float, 600.0))
 
 
 def _pairs(table: Mapping[str, float]) -> str:
@@ -362,6 +417,31 @@ def add_continual_generate_arguments(parser: argparse.ArgumentParser) -> None:
         help="milli-GPU each retraining job requests (default: one whole GPU)",
     )
     group.add_argument("--max-gpus", type=int, default=defaults.max_gpus, help="largest share")
+    group.add_argument(
+        "--trigger-drop",
+        type=float,
+        default=defaults.trigger_drop,
+        help="retrain on this accuracy drop since the last deployment instead of every "
+        "window (default: 0, periodic)",
+    )
+    group.add_argument(
+        "--trigger-min-gap-s",
+        type=float,
+        default=defaults.trigger_min_gap_s,
+        help="least seconds between a stream's drift triggers (default: %(default)s)",
+    )
+    group.add_argument(
+        "--inference-milli",
+        type=int,
+        default=defaults.inference_milli,
+        help="milli-GPU each stream's inference asks for (default: 0, none)",
+    )
+    group.add_argument(
+        "--inference-gamma",
+        type=float,
+        default=defaults.inference_gamma,
+        help="serving quality (grant/demand)^gamma (default: %(default)s)",
+    )
     group.add_argument("--mix-trace", help="batch jobs to mix in, from any supported trace")
     group.add_argument("--mix-format", default="canonical", choices=sorted(FORMATS))
     group.add_argument("--mix-jobs", type=int, default=0, help="synthetic batch jobs to mix in")
@@ -377,6 +457,10 @@ def generate_continual_trace(args: argparse.Namespace) -> int:
         deadline_fraction=args.deadline_fraction,
         request_milli=args.request_milli,
         max_gpus=args.max_gpus,
+        trigger_drop=args.trigger_drop,
+        trigger_min_gap_s=args.trigger_min_gap_s,
+        inference_milli=args.inference_milli,
+        inference_gamma=args.inference_gamma,
     )
     streams = generate_streams(spec, args.seed)
     horizon = spec.windows * spec.window_s

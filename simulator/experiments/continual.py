@@ -10,7 +10,8 @@ Writes `DIR/summary.csv` (`scenario,policy,mean_accuracy,deadline_miss_rate,gpu_
 avg_jct_h`; GPU-hours and JCT are those of the retraining jobs), one run directory per
 scenario and policy (`DIR/<scenario>/<policy>/`, with `streams.parquet`), and PNG plots:
 `DIR/accuracy_<scenario>.png` (mean accuracy per window over time, one line per policy)
-and `DIR/accuracy_by_policy.png`.
+and `DIR/accuracy_by_policy.png`. `--trigger-drop` makes every stream drift-triggered and
+`--inference-milli` gives every stream an inference demand (docs/continual.md).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import csv
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,12 +60,25 @@ class Workload:
     batch: Sequence[JobSpec]
 
 
-def generated(name: str, streams: int, windows: int, mix_jobs: int, seed: int) -> Workload:
-    spec = ContinualSpec(streams=streams, windows=windows)
+def generated(
+    name: str,
+    streams: int,
+    windows: int,
+    mix_jobs: int,
+    seed: int,
+    variant: ContinualSpec | None = None,
+) -> Workload:
+    """Scenario `name` with the trigger and inference settings of `variant`, if given."""
+    base = variant or ContinualSpec()
+    spec = replace(base, streams=streams, windows=windows)
     batch = mix_jobs_for(spec, mix_jobs, seed)
-    mix = f", {mix_jobs} batch jobs" if mix_jobs else ""
-    label = f"{name}: {streams} streams x {windows} windows{mix}, seed {seed}"
-    return Workload(name, label, generate_streams(spec, seed), batch)
+    extras = [f"{mix_jobs} batch jobs"] if mix_jobs else []
+    if spec.trigger_drop > 0:
+        extras.append(f"drift trigger {spec.trigger_drop}")
+    if spec.inference_milli:
+        extras.append(f"inference {spec.inference_milli} milli-GPU")
+    label = f"{name}: {streams} streams x {windows} windows" + "".join(f", {e}" for e in extras)
+    return Workload(name, f"{label}, seed {seed}", generate_streams(spec, seed), batch)
 
 
 def mix_jobs_for(spec: ContinualSpec, count: int, seed: int) -> list[JobSpec]:
@@ -90,6 +104,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--mix-jobs", type=int, default=0, help="synthetic batch jobs mixed into each scenario"
+    )
+    parser.add_argument(
+        "--trigger-drop",
+        type=float,
+        default=0.0,
+        help="streams retrain on this accuracy drop since their last deployment, "
+        "not every window (default: 0, periodic)",
+    )
+    parser.add_argument(
+        "--inference-milli",
+        type=int,
+        default=0,
+        help="milli-GPU each stream's inference asks for (default: 0, none)",
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument(
@@ -135,7 +162,10 @@ def _workloads(args: argparse.Namespace) -> list[Workload]:
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown or not names:
         raise ValueError(f"unknown scenario(s) {unknown}; known: {', '.join(SCENARIOS)}")
-    return [generated(n, SCENARIOS[n], args.windows, args.mix_jobs, args.seed) for n in names]
+    variant = ContinualSpec(trigger_drop=args.trigger_drop, inference_milli=args.inference_milli)
+    return [
+        generated(n, SCENARIOS[n], args.windows, args.mix_jobs, args.seed, variant) for n in names
+    ]
 
 
 def _policies(spec: str | None) -> list[str]:
