@@ -358,8 +358,8 @@ class ContinualRun:
 
     def _reserve(self, state: _Stream, grant: int) -> None:
         """Hold `grant` milli-GPU for the stream's inference on one GPU (tightest fit,
-        slowest GPU model for retraining first); less if none has room. Reservations are
-        the host's, not jobs: policies only see the GPU as partly taken."""
+        slowest GPU model for retraining first); if none has room, what the roomiest GPU
+        has. Reservations are the host's, not jobs: policies see the GPU as partly taken."""
         if grant == state.grant and (state.reservation is not None or grant == 0):
             return
         cluster = self.sim.cluster.state
@@ -367,11 +367,12 @@ class ContinualRun:
             node, gpu = state.reservation
             cluster.release(node, (gpu,), state.grant, 0, 0)
             state.reservation, state.grant = None, 0
-        if grant > 0:
-            place = _tightest_gpu(cluster, self._inference_order, grant)
-            if place is not None:
-                cluster.allocate(place[0], (place[1],), grant, 0, 0)
-                state.reservation, state.grant = place, grant
+        place = _tightest_gpu(cluster, self._inference_order, grant) if grant > 0 else None
+        if place is None and grant > 0:
+            place, grant = _roomiest_gpu(cluster)
+        if place is not None and grant > 0:
+            cluster.allocate(place[0], (place[1],), grant, 0, 0)
+            state.reservation, state.grant = place, grant
 
     def _submit(self, openings: list[WindowOpening]) -> None:
         if self._planner is not None:
@@ -487,6 +488,12 @@ def _tightest_gpu(
             row, gpu = divmod(int(np.argmin(fits)), free.shape[1])
             return int(nodes[row]), gpu
     return None
+
+
+def _roomiest_gpu(cluster: ClusterState) -> tuple[tuple[int, int], int]:
+    """(node, GPU) with the most free milli-GPU, and that amount."""
+    node, gpu = divmod(int(np.argmax(cluster.gpu_free)), cluster.gpu_free.shape[1])
+    return (node, gpu), int(cluster.gpu_free[node, gpu])
 
 
 def continual_summary(
