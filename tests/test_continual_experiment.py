@@ -47,6 +47,18 @@ def test_experiment_writes_summary_runs_and_plots(tmp_path: Path) -> None:
     assert (out / "accuracy_by_policy.png").stat().st_size > 0
 
 
+def test_experiment_runs_drift_triggered_streams_with_inference(tmp_path: Path) -> None:
+    out = tmp_path / "continual"
+    flags = ("--trigger-drop", "0.05", "--inference-milli", "100", "--windows", "3")
+    args = _args(out, *flags, "--scenarios", "light", "--policies", "fifo,thief")
+    assert experiment.run(args) == 0
+    with (out / "summary.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert all(0 < float(r["mean_accuracy"]) <= 1 for r in rows)
+    config = (out / "light" / "thief" / "config.json").read_text()
+    assert "drift trigger 0.05" in config and "inference 100 milli-GPU" in config
+
+
 def test_experiment_runs_a_given_trace(tmp_path: Path) -> None:
     trace = tmp_path / "streams.csv"
     write_streams(generate_streams(ContinualSpec(streams=3, windows=2), seed=5), trace)
