@@ -23,11 +23,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from policies.goodput import (
+    TINY,
     GoodputFunction,
     GradParams,
     PerfParams,
     StepObservation,
+    compute_time,
     fit_perf_params,
+    network_time,
+    step_time,
 )
 from policies.jobs import AllocationShape
 from policies.perf_models import (
@@ -143,6 +147,22 @@ class AdaptiveTraining:
         return min(progress_rate(self.profile, m, placement, batch, epoch) for m in models)
 
 
+REFIT_TOLERANCE = 0.02
+"""An observation at an already-seen GPU count that the fitted model predicts within 2%
+(step and compute time) is kept without refitting."""
+
+
+def _predicts(perf: PerfParams, key: tuple[int, int, int], step: float, sync: float) -> bool:
+    nodes, replicas, atomic = key
+    comp = compute_time(perf, atomic)
+    predicted = step_time(perf, comp, network_time(perf, nodes, replicas))
+    observed_comp = max(step - sync, TINY)
+    return bool(
+        abs(float(predicted[()]) / step - 1) <= REFIT_TOLERANCE
+        and abs(float(comp[()]) / observed_comp - 1) <= REFIT_TOLERANCE
+    )
+
+
 def placement_of(shape: AllocationShape) -> tuple[int, ...]:
     if shape.gpus_per_node:
         return tuple(shape.gpus_per_node)
@@ -221,9 +241,14 @@ class TrainingAgent:
         if key in observed:
             return
         table = self.work.profile.table(gpu_model)
-        observed[key] = table.step_sync(placement, batch.atomic_bsz)
+        step, sync = table.step_sync(placement, batch.atomic_bsz)
+        seen_size = any(k[:2] == key[:2] for k in observed)
+        observed[key] = (step, sync)
+        perf = self._perf.get(gpu_model)
+        if perf is not None and seen_size and _predicts(perf, key, step, sync):
+            return  # the model already explains this point: a refit would not move it
         rows = [StepObservation(n, k, m, s, y) for (n, k, m), (s, y) in observed.items()]
-        self._perf[gpu_model] = fit_perf_params(rows, start=self._perf.get(gpu_model))
+        self._perf[gpu_model] = fit_perf_params(rows, start=perf)
         self._hints = None
 
     def _set_grad(self, grad: GradParams) -> None:

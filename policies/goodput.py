@@ -33,6 +33,7 @@ TINY = 1e-8
 parameter, as in Pollux, so logarithms and ratios stay finite."""
 BATCH_GRID = 50
 """Global batch sizes tried, geometrically spaced, when optimising goodput."""
+_GRID_STEPS = np.linspace(0.0, 1.0, BATCH_GRID)[:, None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,10 +77,11 @@ def compute_time(params: PerfParams, atomic_bsz: npt.ArrayLike) -> FloatArray:
 def network_time(params: PerfParams, nodes: npt.ArrayLike, replicas: npt.ArrayLike) -> FloatArray:
     nodes = np.asarray(nodes, dtype=float)
     replicas = np.asarray(replicas, dtype=float)
-    conds = [nodes > 1, replicas > 1]
-    alpha = np.select(conds, [params.alpha_n, params.alpha_r], TINY)
-    beta = np.select(conds, [params.beta_n, params.beta_r], TINY)
-    return alpha + beta * np.maximum(replicas - 2, TINY)
+    inter = nodes > 1
+    intra = ~inter & (replicas > 1)
+    alpha = np.where(inter, params.alpha_n, np.where(intra, params.alpha_r, TINY))
+    beta = np.where(inter, params.beta_n, np.where(intra, params.beta_r, TINY))
+    return np.asarray(alpha + beta * np.maximum(replicas - 2, TINY), dtype=float)
 
 
 def step_time(params: PerfParams, comp: FloatArray, net: FloatArray) -> FloatArray:
@@ -179,7 +181,8 @@ class GoodputFunction:
         min_atomic, max_atomic = atomic_bsz_range
         if tune_batch:
             low = np.maximum(self.init_batch_size, min_atomic * replicas_a)
-            batch = np.geomspace(low, np.maximum(low, max_batch_size), BATCH_GRID)
+            ratio = np.maximum(low, max_batch_size) / low
+            batch = low * ratio**_GRID_STEPS  # geometric grid from low to the maximum
         else:
             batch = np.full((1, replicas_a.size), float(max_batch_size))
         local = batch / replicas_a
