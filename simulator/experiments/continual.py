@@ -76,7 +76,7 @@ def generated(
     if spec.trigger_drop > 0:
         extras.append(f"drift trigger {spec.trigger_drop}")
     if spec.inference_milli:
-        extras.append(f"inference {spec.inference_milli} milli-GPU")
+        extras.append(f"inference {spec.inference_milli} milli-GPU, γ {spec.inference_gamma}")
     label = f"{name}: {streams} streams x {windows} windows" + "".join(f", {e}" for e in extras)
     return Workload(name, f"{label}, seed {seed}", generate_streams(spec, seed), batch)
 
@@ -117,6 +117,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=0,
         help="milli-GPU each stream's inference asks for (default: 0, none)",
+    )
+    parser.add_argument(
+        "--inference-gamma",
+        type=float,
+        default=ContinualSpec().inference_gamma,
+        help="serving quality (grant/demand)^gamma (default: %(default)s)",
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument(
@@ -162,7 +168,11 @@ def _workloads(args: argparse.Namespace) -> list[Workload]:
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown or not names:
         raise ValueError(f"unknown scenario(s) {unknown}; known: {', '.join(SCENARIOS)}")
-    variant = ContinualSpec(trigger_drop=args.trigger_drop, inference_milli=args.inference_milli)
+    variant = ContinualSpec(
+        trigger_drop=args.trigger_drop,
+        inference_milli=args.inference_milli,
+        inference_gamma=args.inference_gamma,
+    )
     return [
         generated(n, SCENARIOS[n], args.windows, args.mix_jobs, args.seed, variant) for n in names
     ]
