@@ -23,6 +23,7 @@ from traces import TraceError
 from traces.cli import add_traces_commands
 
 Handler = Callable[[argparse.Namespace], int]
+OURS = {"policies", "simulator", "traces", "controller"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -136,10 +137,31 @@ def _add_controller(commands: argparse._SubParsersAction) -> None:
     try:
         module = importlib.import_module("controller.cli")
     except ModuleNotFoundError as err:
-        if err.name != "controller.cli":
+        if err.name is None or err.name.split(".")[0] in OURS:
             raise
+        _add_controller_placeholder(commands, err.name)
         return
     module.add_controller_commands(commands)
+
+
+def _add_controller_placeholder(commands: argparse._SubParsersAction, missing: str) -> None:
+    """The simulator installs without the controller's extras; say how to get them."""
+    parser = commands.add_parser(
+        "controller",
+        help="Kubernetes controller (needs: pip install 'gpufleet[controller]')",
+        description="The Kubernetes controller needs optional dependencies.",
+    )
+    parser.add_argument("args", nargs=argparse.REMAINDER)
+
+    def explain(_args: argparse.Namespace) -> int:
+        print(
+            f"gpufleet: error: the controller needs module {missing!r}: "
+            "pip install -e '.[controller]'",
+            file=sys.stderr,
+        )
+        return 2
+
+    parser.set_defaults(handler=explain)
 
 
 def _parse_options(pairs: Sequence[str]) -> dict[str, str]:
