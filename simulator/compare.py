@@ -7,12 +7,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 
+from simulator.plotting import subplots
 from simulator.run import RunResult, staged_directory
 
 TABLE_KEYS = (
@@ -49,7 +46,7 @@ def write_summary_csv(path: Path, summaries: Sequence[dict[str, Any]]) -> None:
 
 
 def plot_comparison(path: Path, results: Sequence[RunResult]) -> None:
-    fig, (cdf, util, bars) = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig, (cdf, util, bars) = subplots(1, 3, figsize=(15, 4.2))
     for result in results:
         name = str(result.summary["policy"])
         jct = np.sort([row[5] for row in result.recorder.jobs if row[12] == "completed"])
@@ -67,7 +64,6 @@ def plot_comparison(path: Path, results: Sequence[RunResult]) -> None:
     cdf.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def format_table(summaries: Sequence[dict[str, Any]]) -> str:

@@ -25,15 +25,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-
 from policies import JobSpec, Policy, make_policy, policy_names
 from policies.continual import StreamSpec
 from simulator.clusters import named_cluster
 from simulator.continual import ContinualResult, accuracy_over_time, simulate_continual
+from simulator.plotting import subplots
 from simulator.run import RunConfig, staged_directory
 from traces.continual import ContinualSpec, generate_streams, load_continual, mix_jobs
 
@@ -248,7 +244,7 @@ def write_summary(path: Path, rows: Sequence[dict[str, object]]) -> None:
 
 
 def plot_accuracy_over_time(path: Path, scenario: str, results: dict[str, ContinualResult]) -> None:
-    fig, ax = plt.subplots(figsize=(9, 4.5))
+    fig, ax = subplots(figsize=(9, 4.5))
     for policy, result in results.items():
         times, accuracy = accuracy_over_time(result.windows)
         ax.plot(times / 3600.0, accuracy, label=policy, linewidth=1.0)
@@ -260,12 +256,11 @@ def plot_accuracy_over_time(path: Path, scenario: str, results: dict[str, Contin
     ax.legend(fontsize=8, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def plot_accuracy_by_policy(path: Path, rows: Sequence[dict[str, object]]) -> None:
     scenarios = list(dict.fromkeys(str(r["scenario"]) for r in rows))
-    fig, axes = plt.subplots(1, len(scenarios), figsize=(5 * len(scenarios), 4), squeeze=False)
+    fig, axes = subplots(1, len(scenarios), figsize=(5 * len(scenarios), 4), squeeze=False)
     for ax, scenario in zip(axes[0], scenarios, strict=True):
         mine = [r for r in rows if r["scenario"] == scenario]
         names = [str(r["policy"]) for r in mine]
@@ -275,4 +270,3 @@ def plot_accuracy_by_policy(path: Path, rows: Sequence[dict[str, object]]) -> No
         ax.tick_params(axis="x", rotation=30)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)

@@ -29,10 +29,6 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 
 from policies import AllocationShape, JobSpec, make_policy
@@ -49,6 +45,7 @@ from policies.rap import (
     corun_overhead_for_gap,
 )
 from simulator.metrics import JOB_COLUMNS
+from simulator.plotting import subplots
 from simulator.run import RunConfig, simulate, staged_directory
 from traces.rap import (
     MixedTraceSpec,
@@ -415,7 +412,7 @@ def plot_single_job(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
     configs = sorted({(r["plan"], r["num_gpus"]) for r in rows})
     modes = [m.value for m in SINGLE_JOB_MODES]
     ratio = {(r["plan"], r["num_gpus"], r["mode"]): r["throughput_ratio_vs_ideal"] for r in rows}
-    fig, ax = plt.subplots(figsize=(11, 4.5))
+    fig, ax = subplots(figsize=(11, 4.5))
     width = 0.8 / len(modes)
     x = np.arange(len(configs))
     for i, mode in enumerate(modes):
@@ -428,12 +425,11 @@ def plot_single_job(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
     ax.legend(ncols=len(modes), fontsize=8, loc="center")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def plot_sensitivity(path: Path, rows: Sequence[Mapping[str, Any]], default_ms: float) -> None:
     delta = [r["dispatch_overhead_ms"] for r in rows]
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = subplots(figsize=(6, 4))
     ax.plot(delta, [r["mean_speedup_vs_sequential"] for r in rows], marker="o", label="mean")
     ax.fill_between(
         delta,
@@ -449,12 +445,11 @@ def plot_sensitivity(path: Path, rows: Sequence[Mapping[str, Any]], default_ms: 
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def plot_cluster(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
     rates = sorted({r["rate_per_h"] for r in rows})
-    fig, axes = plt.subplots(1, len(rates), figsize=(6 * len(rates), 4.5), squeeze=False)
+    fig, axes = subplots(1, len(rates), figsize=(6 * len(rates), 4.5), squeeze=False)
     for ax, rate in zip(axes[0], rates, strict=True):
         subset = [r for r in rows if r["rate_per_h"] == rate]
         labels = [_label(r) for r in subset]
@@ -467,7 +462,6 @@ def plot_cluster(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def _label(row: Mapping[str, Any]) -> str:
