@@ -225,8 +225,9 @@ _REG_GAMMA = 1e-3
 _REG_RETRO = 1e-2
 _SMOOTH = 1e-12
 """Keeps the RMSE differentiable at a perfect fit (zero residuals)."""
-_FTOL, _MAX_ITER = 1e-12, 300
-"""Pollux's tol=1e-5 stops far from the minimum of this loss (see tests)."""
+_FTOL, _MAX_ITER = 1e-9, 300
+"""Pollux's tol=1e-5 stops far from the minimum of this loss; 1e-9 recovers synthetic
+parameters to well within 1% (tests) at a third fewer iterations than 1e-12."""
 
 
 @dataclass(frozen=True, slots=True)

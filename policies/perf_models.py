@@ -52,11 +52,13 @@ class StepRow:
 class StepTable:
     """Step and sync time of one application on one GPU model.
 
-    Exact placements interpolate linearly in the per-GPU batch; other placements
-    interpolate linearly over (nodes, GPUs, batch) through the exact rows (averaged per
-    point) and the scalability rows, as the Sia simulator does. Where that cannot reach,
-    the batch is clamped to the profiled range and the node count to the largest
-    profiled one, and failing that the nearest profiled point is used.
+    Exact placements interpolate linearly in the per-GPU batch. Other placements use the
+    exact rows (averaged per point) and the scalability rows: linearly in the batch along
+    the rows with the same node and GPU count when there are any, else linearly over
+    (nodes, GPUs, batch) as the Sia simulator does. The batch is clamped to the profiled
+    range and the node count to the largest profiled one; failing all that, the nearest
+    profiled point is used. (Querying the 3-D interpolator outside its hull can take
+    seconds, and along a profiled line it gives the 1-D answer anyway.)
     """
 
     def __init__(self, gpu_model: str, placements: Sequence[StepRow], scaling: Sequence[StepRow]):
@@ -87,6 +89,7 @@ class StepTable:
             )
         self._scaling = list(scaling)
         self._grid: tuple[LinearNDInterpolator, NearestNDInterpolator] | None = None
+        self._lines: dict[tuple[int, int], tuple[FloatArray, FloatArray, FloatArray]] = {}
         self._cache: dict[tuple[tuple[int, ...], float], tuple[float, float]] = {}
         singles = [r for r in placements if sum(r.placement) == 1]
         self.probe_throughput = (
@@ -135,8 +138,13 @@ class StepTable:
             local = float(np.clip(local_bsz, bsz[0], bsz[-1]))
             return float(np.interp(local, bsz, step)), float(np.interp(local, bsz, sync))
         linear, nearest = self._interpolators()
-        local = float(np.clip(local_bsz, self.min_local_bsz, self.max_local_bsz))
         nodes = min(len(key), self.max_nodes)
+        line = self._lines.get((nodes, sum(key)))
+        if line is not None:
+            bsz, step, sync = line
+            local = float(np.clip(local_bsz, bsz[0], bsz[-1]))
+            return float(np.interp(local, bsz, step)), float(np.interp(local, bsz, sync))
+        local = float(np.clip(local_bsz, self.min_local_bsz, self.max_local_bsz))
         point = np.array([[nodes, sum(key), local]], dtype=float)
         value = linear(point)[0]
         if not np.all(np.isfinite(value)):
@@ -159,6 +167,10 @@ class StepTable:
             table = np.array(points, dtype=float)
             xs, ys = table[:, :3], table[:, 3:]
             self._grid = (LinearNDInterpolator(xs, ys), NearestNDInterpolator(xs, ys))
+            for nodes, gpus in {(int(r[0]), int(r[1])) for r in table}:
+                rows = table[(table[:, 0] == nodes) & (table[:, 1] == gpus)]
+                rows = rows[np.argsort(rows[:, 2])]
+                self._lines[(nodes, gpus)] = (rows[:, 2], rows[:, 3], rows[:, 4])
         return self._grid
 
 
