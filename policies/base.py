@@ -112,7 +112,7 @@ class PlacementPolicy(Policy):
         blocking = getattr(self.config, "blocking", False)
         for job in self.queue_order(snapshot):
             spec = job.spec
-            shape_key = _shape_key(spec)
+            shape_key = request_key(spec)
             placement = None if shape_key in failed_shapes else self.place(spec, state, ctx)
             if placement is None:
                 # Resources only shrink within a pass, so an identical request fails too.
@@ -179,7 +179,9 @@ class RoundPolicy(Policy):
     round_s: float | None = 60.0
 
 
-def _shape_key(spec: JobSpec) -> tuple[object, ...]:
+def request_key(spec: JobSpec) -> tuple[object, ...]:
+    """Everything about a job that decides where it fits: jobs with equal keys fit on
+    exactly the same nodes."""
     return (
         spec.task,
         spec.replicas,

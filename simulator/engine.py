@@ -34,6 +34,7 @@ from policies import (
     SchedulingResult,
     Snapshot,
 )
+from policies.base import request_key
 from policies.placement import feasible_mask
 from simulator.metrics import Recorder
 from simulator.state import JobRun, SimCluster
@@ -82,6 +83,8 @@ class Simulation:
         self._next_seq = len(self.jobs)
         self.pass_count = 0
         self._stuck = False
+        self._has_agents = False
+        self._fits_memo: dict[tuple[object, ...], bool] = {}
 
     # -- public -------------------------------------------------------------------
 
@@ -145,6 +148,7 @@ class Simulation:
         now = self.env.now
         self.recorder.on_submit(now)
         job = JobRun(spec=spec, seq=seq, queued_since=now)
+        self._has_agents = self._has_agents or job.agent is not None
         if not self._fits_empty_cluster(spec):
             self.recorder.on_job_end(job, "rejected")
             return
@@ -153,10 +157,13 @@ class Simulation:
             self._request_pass()
 
     def _fits_empty_cluster(self, spec: JobSpec) -> bool:
-        mask = feasible_mask(spec, spec.task, self._empty)
-        if not mask.any():
-            return False
-        return spec.gpus <= int(self._empty.gpu_count[mask].sum())
+        key = request_key(spec)
+        fits = self._fits_memo.get(key)
+        if fits is None:
+            mask = feasible_mask(spec, spec.task, self._empty)
+            fits = bool(mask.any()) and spec.gpus <= int(self._empty.gpu_count[mask].sum())
+            self._fits_memo[key] = fits
+        return fits
 
     def _on_completion(self, job_id: str, epoch: int, _event: simpy.Event) -> None:
         self._complete(job_id, epoch)
@@ -328,6 +335,8 @@ class Simulation:
     def _refresh_agents(self, now: float) -> None:
         """Jobs that tune themselves (batch size) re-decide before every pass, as a job
         would between rounds; the policy then sees their latest hints."""
+        if not self._has_agents:
+            return
         for job in self.running.values():
             if job.agent is not None:
                 job.sync(now)
