@@ -182,6 +182,7 @@ class TrainingAgent:
         self._hints: GoodputHints | None = None
         self.batch: BatchConfig | None = None
         """The batch configuration of the last `rate` call."""
+        self._last_choice: tuple[tuple[object, ...], BatchConfig] | None = None
 
     def rate(self, shape: AllocationShape, done: float) -> float:
         """Pick the batch for this allocation, observe the true step time there (learning
@@ -225,10 +226,21 @@ class TrainingAgent:
         perf = self._perf.get(gpu_model)
         if work.mode != ADAPTIVE or perf is None or self._grad is None:
             return work.untuned_batch(gpu_model, placement)
+        key = (gpu_model, placement, perf, self._grad)
+        if self._last_choice is not None and self._last_choice[0] == key:
+            return self._last_choice[1]  # nothing it decides on has changed
+        choice = self._tuned_batch(gpu_model, placement, perf, self._grad)
+        self._last_choice = (key, choice)
+        return choice
+
+    def _tuned_batch(
+        self, gpu_model: str, placement: tuple[int, ...], perf: PerfParams, grad: GradParams
+    ) -> BatchConfig:
+        work = self.work
         profile = work.profile
         low, _ = profile.local_bsz_bounds(gpu_model)
         high = profile.table(gpu_model).max_local_on(placement)
-        fn = GoodputFunction(perf, self._grad, profile.epochs.init_batch_size)
+        fn = GoodputFunction(perf, grad, profile.epochs.init_batch_size)
         replicas = sum(placement)
         choice = fn.best_batch(len(placement), replicas, profile.epochs.max_batch_size, (low, high))
         if choice.goodput <= 0:

@@ -44,6 +44,8 @@ from policies.jobs import AllocationShape, JobSpec, JobStatus, JobView, Placemen
 from policies.perf_models import packed_placement
 
 FloatArray = npt.NDArray[np.float64]
+_SMALL_ILP = 2000
+"""Variables below which the ILP is solved directly rather than relaxation first."""
 
 
 @dataclass(frozen=True)
@@ -216,8 +218,11 @@ def _solve_binary(
     capacity row per GPU model, a basic LP solution has at most as many fractional jobs
     as GPU models and is often integral, and then it is optimal for the ILP too; only
     otherwise is the ILP solved (HiGHS can spend seconds proving an optimum that the
-    relaxation already shows on thousands of GPUs)."""
+    relaxation already shows on thousands of GPUs). Small ILPs, whose relaxation is often
+    fractional, go to the ILP directly."""
     upper = np.ones_like(lower)
+    if cost.size <= _SMALL_ILP:
+        return _solve_ilp(cost, constraint, lower, upper, rel_gap)
     relaxed = scipy.optimize.milp(
         cost,
         constraints=constraint,
@@ -230,6 +235,16 @@ def _solve_binary(
     fractional = np.abs(values - np.round(values)) > 1e-6
     if not fractional.any():
         return values
+    return _solve_ilp(cost, constraint, lower, upper, rel_gap)
+
+
+def _solve_ilp(
+    cost: FloatArray,
+    constraint: scipy.optimize.LinearConstraint,
+    lower: FloatArray,
+    upper: FloatArray,
+    rel_gap: float,
+) -> FloatArray:
     result = scipy.optimize.milp(
         cost,
         constraints=constraint,
