@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable
 from pathlib import Path
 
 from controller.encoders import ENCODERS, make_encoder
@@ -22,6 +22,7 @@ from controller.recorder import TraceRecorder
 from controller.runtime import NON_TERMINAL, Controller, ControllerOptions
 from controller.scheduler import SchedulerOptions
 from policies import make_policy, policy_names
+from policies.registry import parse_options
 
 
 def add_controller_commands(commands: argparse._SubParsersAction) -> None:
@@ -103,16 +104,6 @@ def _add_record(sub: argparse._SubParsersAction) -> None:
     )
     _common(parser)
     parser.set_defaults(handler=_record)
-
-
-def parse_options(pairs: Sequence[str]) -> dict[str, str]:
-    options = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--option expects KEY=VALUE, got {pair!r}")
-        options[key.strip()] = value.strip()
-    return options
 
 
 def _setup_logging(level: str) -> None:

@@ -19,7 +19,6 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from controller.cli import parse_options
 from controller.encoders import ENCODERS
 from controller.kubeapi import KubeApi, load_config
 from controller.leader import LeadershipLostError, LeaseConfig, default_namespace
@@ -29,6 +28,7 @@ from controller.objects import SCHEDULER_NAME
 from controller.runtime import ControllerOptions
 from controller.scheduler import SchedulerOptions
 from policies import make_policy, policy_names
+from policies.registry import parse_options
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ import dataclasses
 import enum
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -48,6 +48,17 @@ def make_policy(name: str, options: Mapping[str, Any] | None = None) -> Policy:
     cls = policy_class(name)
     config = build_config(cls.config_type, options or {})
     return cls(config)
+
+
+def parse_options(pairs: Iterable[str], where: str = "policy option") -> dict[str, str]:
+    """`KEY=VALUE` strings (command-line policy options) as a dict of strings."""
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{where} {pair!r} is not KEY=VALUE")
+        options[key.strip()] = value.strip()
+    return options
 
 
 def build_config(config_type: type[PolicyConfig], options: Mapping[str, Any]) -> PolicyConfig:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from policies import make_policy, policy_class, policy_names
-from policies.registry import config_help
+from policies.registry import config_help, parse_options
 from simulator.compare import format_table, write_comparison
 from simulator.experiments import experiment_modules
 from simulator.inputs import add_input_arguments, load_inputs
@@ -164,19 +164,9 @@ def _add_controller_placeholder(commands: argparse._SubParsersAction, missing: s
     parser.set_defaults(handler=explain)
 
 
-def _parse_options(pairs: Sequence[str]) -> dict[str, str]:
-    options = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"policy option {pair!r} is not KEY=VALUE")
-        options[key.strip()] = value.strip()
-    return options
-
-
 def _run_one(args: argparse.Namespace, policy_name: str, out_dir: Path) -> RunResult:
     inputs = load_inputs(args)
-    options = _parse_options(args.option)
+    options = parse_options(args.option)
     policy = make_policy(policy_name, options)
     config = RunConfig(
         trace=inputs.trace_label,

@@ -27,6 +27,7 @@ from typing import Any
 
 from policies import JobSpec, Policy, make_policy, policy_names
 from policies.continual import StreamSpec
+from policies.registry import parse_options
 from simulator.clusters import named_cluster
 from simulator.continual import ContinualResult, accuracy_over_time, simulate_continual
 from simulator.plotting import subplots
@@ -190,13 +191,7 @@ def _policies(spec: str | None) -> list[str]:
 
 def build_policy(entry: str) -> Policy:
     name, *pairs = entry.split(":")
-    options = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise ValueError(f"policy option {pair!r} in {entry!r} is not KEY=VALUE")
-        options[key] = value
-    return make_policy(name, options)
+    return make_policy(name, parse_options(pairs, f"in {entry!r}, policy option"))
 
 
 def _run_one(stage: Path, workload: Workload, policy: str, seed: int) -> ContinualResult:
