@@ -22,13 +22,11 @@ Clusters (`NODE_COLUMNS`): `name,cpu_milli,mem_mib,gpus,gpu_model,rack`.
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from policies import FixedDuration, JobSpec, ModelThroughput, NodeSpec, TaskRequest
-from traces.csvio import Row, read_rows
+from traces.csvio import Row, read_rows, write_rows
 from traces.errors import TraceError
 
 JOB_COLUMNS = (
@@ -142,17 +140,8 @@ def job_row(job: JobSpec) -> dict[str, object]:
 
 
 def write_jobs(jobs: Iterable[JobSpec], path: str | Path) -> int:
-    """Write jobs in the canonical schema; returns the row count. Written to a temporary
-    name first so a failure leaves no partial file."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=JOB_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    count = 0
-    for job in jobs:
-        writer.writerow(job_row(job))
-        count += 1
-    _atomic_write(Path(path), buffer.getvalue())
-    return count
+    """Write jobs in the canonical schema (atomically); returns the row count."""
+    return write_rows(path, JOB_COLUMNS, (job_row(job) for job in jobs))
 
 
 def read_nodes(path: str | Path) -> list[NodeSpec]:
@@ -178,15 +167,9 @@ def read_nodes(path: str | Path) -> list[NodeSpec]:
 
 
 def write_nodes(nodes: Iterable[NodeSpec], path: str | Path) -> None:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(NODE_COLUMNS)
-    for n in nodes:
-        writer.writerow((n.name, n.cpu_milli, n.mem_mib, n.gpus, n.gpu_model, n.rack))
-    _atomic_write(Path(path), buffer.getvalue())
+    rows = (dict(zip(NODE_COLUMNS, _node_fields(n), strict=True)) for n in nodes)
+    write_rows(path, NODE_COLUMNS, rows)
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+def _node_fields(n: NodeSpec) -> tuple[object, ...]:
+    return (n.name, n.cpu_milli, n.mem_mib, n.gpus, n.gpu_model, n.rack)

@@ -34,8 +34,6 @@ Batch jobs mixed in live in a canonical jobs file beside it: `NAME.batch.csv` fo
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -52,7 +50,7 @@ from policies.continual import (
     StreamSpec,
 )
 from traces import canonical
-from traces.csvio import Row, read_rows
+from traces.csvio import Row, read_rows, write_rows
 from traces.errors import TraceError
 from traces.formats import FORMATS, load_jobs
 from traces.synthetic import SyntheticSpec, generate_jobs
@@ -244,18 +242,7 @@ def _trigger_fields(trigger: DriftTrigger | None) -> dict[str, object]:
 
 def write_streams(streams: Iterable[StreamSpec], path: str | Path) -> int:
     """Write streams in the canonical streams schema (atomically); returns the count."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=STREAM_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    count = 0
-    for stream in streams:
-        writer.writerow(stream_row(stream))
-        count += 1
-    target = Path(path)
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(buffer.getvalue(), encoding="utf-8")
-    tmp.replace(target)
-    return count
+    return write_rows(path, STREAM_COLUMNS, (stream_row(s) for s in streams))
 
 
 def read_streams(path: str | Path) -> list[StreamSpec]:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import csv
+import io
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -95,3 +96,22 @@ def _integral(raw: str) -> str:
     except ValueError:
         return raw
     return str(int(as_float)) if as_float.is_integer() else raw
+
+
+def write_rows(
+    path: str | Path, columns: Sequence[str], rows: Iterable[Mapping[str, object]]
+) -> int:
+    """Write `rows` as CSV with a header; returns the row count. The text goes to a
+    temporary name first and is renamed into place, so a failure leaves no partial file."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator="\n")
+    writer.writeheader()
+    count = 0
+    for row in rows:
+        writer.writerow(row)
+        count += 1
+    target = Path(path)
+    staged = target.with_name(f".{target.name}.tmp")
+    staged.write_text(buffer.getvalue(), encoding="utf-8")
+    staged.replace(target)
+    return count

@@ -14,8 +14,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import os
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
@@ -36,7 +34,7 @@ from policies.dlrm import (
 )
 from policies.rap import CoRunCosts, CoRunModel
 from traces import canonical
-from traces.csvio import Row, read_rows
+from traces.csvio import Row, read_rows, write_rows
 from traces.errors import TraceError
 from traces.synthetic import SyntheticSpec, generate_jobs
 
@@ -239,19 +237,8 @@ def _dlrm_rows(path: Path) -> dict[str, tuple[int, int, int]]:
 def write_jobs(jobs: Iterable[JobSpec], path: str | Path) -> int:
     """Write a mixed trace: canonical columns plus `dlrm_plan`, `dlrm_batch`. A DLRM
     row's throughput is its ideal rate, so canonical readers get a plain job."""
-    buffer = io.StringIO()
     columns = (*canonical.JOB_COLUMNS, *DLRM_COLUMNS)
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    count = 0
-    for job in jobs:
-        writer.writerow(_row(job))
-        count += 1
-    target = Path(path)
-    staged = target.with_name(f".{target.name}.tmp")
-    staged.write_text(buffer.getvalue(), encoding="utf-8")
-    staged.replace(target)
-    return count
+    return write_rows(path, columns, (_row(job) for job in jobs))
 
 
 def _row(job: JobSpec) -> dict[str, object]:
