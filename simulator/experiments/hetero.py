@@ -40,6 +40,7 @@ from policies import JobSpec, NodeSpec, Policy, make_policy, policy_class
 from simulator.clusters import cluster_names, named_cluster
 from simulator.engine import EngineOptions, Simulation
 from simulator.metrics import JOB_COLUMNS, PASS_COLUMNS, Recorder
+from simulator.plotting import subplots
 from traces import sia as sia_traces
 from traces.errors import TraceError
 from traces.gavel_throughputs import generate_jobs, read_throughputs
@@ -324,11 +325,6 @@ def _write_csv(path: Path, columns: Sequence[str], rows: Sequence[Sequence[objec
 
 
 def plot_results(out: Path, outputs: Sequence[RunOutput]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     status, jct = JOB_COLUMNS.index("status"), JOB_COLUMNS.index("jct_s")
     by_policy: dict[str, list[float]] = {}
     for o in outputs:
@@ -336,7 +332,7 @@ def plot_results(out: Path, outputs: Sequence[RunOutput]) -> None:
         by_policy.setdefault(label, []).extend(
             float(str(r[2 + jct])) / 3600 for r in o.jobs if r[2 + status] == "completed"
         )
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = subplots(figsize=(6, 4))
     for label, values in by_policy.items():
         xs = np.sort(values)
         ax.plot(xs, np.arange(1, xs.size + 1) / max(xs.size, 1), label=label)
@@ -346,13 +342,12 @@ def plot_results(out: Path, outputs: Sequence[RunOutput]) -> None:
     ax.legend()
     fig.tight_layout()
     fig.savefig(out / "jct_cdf.png", dpi=120)
-    plt.close(fig)
     first = outputs[0].spec.workload.name
     for o in outputs:
         if o.spec.workload.name != first or not o.timeline:
             continue
         rows = np.array([r[2:] for r in o.timeline], dtype=float)
-        fig, ax = plt.subplots(figsize=(7, 3.5))
+        fig, ax = subplots(figsize=(7, 3.5))
         hours = rows[:, 0] / 3600
         ax.stackplot(hours, rows[:, 4:].T, labels=list(o.models), step="post")
         ax.set_xlabel("time (h)")
@@ -362,4 +357,3 @@ def plot_results(out: Path, outputs: Sequence[RunOutput]) -> None:
         fig.tight_layout()
         safe = policy_label(o.spec).replace(":", "_").replace("=", "-")
         fig.savefig(out / f"gpus_by_model_{safe}.png", dpi=120)
-        plt.close(fig)
