@@ -512,18 +512,16 @@ PANELS = (
 def plot_curves(outputs: Sequence[RunOutput], out_dir: Path, read_at: int) -> None:
     """One PNG per trace: the three curves vs arrived workload (mean over seeds, band
     from min to max) and bars of unallocated GPUs at `read_at`% arrived."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import pandas as pd
+
+    from simulator.plotting import subplots
 
     frame = pd.DataFrame([r for o in outputs for r in o.curve], columns=list(CURVE_COLUMNS)).assign(
         unallocated_pct=lambda d: 100.0 - d.alloc_pct
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     for trace, data in frame.groupby("trace", sort=False):
-        fig, axes = plt.subplots(1, 4, figsize=(20, 4.2))
+        fig, axes = subplots(1, 4, figsize=(20, 4.2))
         stats = data.groupby(["policy", "arrived_pct"], sort=False)
         for (column, title), ax in zip(PANELS, axes, strict=False):
             agg = stats[column].agg(["mean", "min", "max"]).reset_index()
@@ -540,7 +538,6 @@ def plot_curves(outputs: Sequence[RunOutput], out_dir: Path, read_at: int) -> No
         fig.suptitle(f"{trace}: inflation study")
         fig.tight_layout()
         fig.savefig(out_dir / f"{trace}.png", dpi=90)
-        plt.close(fig)
 
 
 def _bars(ax: Axes, at: pd.DataFrame, read_at: int) -> None:
