@@ -139,9 +139,7 @@ class SimCluster:
             num_nodes=len(nodes),
             gpu_milli=milli,
             replicas=len(replicas),
-            gpus_per_node=tuple(
-                sum(len(t.gpus) for t in replicas if t.node == n) for n in nodes
-            ),
+            gpus_per_node=tuple(sum(len(t.gpus) for t in replicas if t.node == n) for n in nodes),
             gpu_models=tuple(sorted(models)),
             mode=placement.mode,
             parts=tuple(_part_shape(t) for t in placement.part_tasks),
