@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 import logging
 import re
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -113,30 +114,15 @@ class ApiEffects:
         await self.event(pod, "FailedScheduling", message, "Warning", now)
 
     async def event(self, pod: PodRecord, reason: str, note: str, kind: str, now: float) -> None:
-        body = {
-            "apiVersion": "events.k8s.io/v1",
-            "kind": "Event",
-            "metadata": {"generateName": f"{pod.name}-", "namespace": pod.namespace},
-            "eventTime": now_rfc3339(now, micro=True),
-            "reportingController": REPORTING_CONTROLLER,
-            "reportingInstance": self.instance,
-            "action": "Scheduling",
-            "reason": reason,
-            "note": note[:1024],
-            "type": kind,
-            "regarding": {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "namespace": pod.namespace,
-                "name": pod.name,
-                "uid": pod.uid,
-            },
+        regarding = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "namespace": pod.namespace,
+            "name": pod.name,
+            "uid": pod.uid,
         }
-        status, answer = await self.api.request(
-            "POST", f"/apis/events.k8s.io/v1/namespaces/{pod.namespace}/events", body=body
-        )
-        if status >= 300:
-            log.warning("event for %s not recorded: HTTP %d %s", pod.key, status, answer)
+        reporter = (REPORTING_CONTROLLER, self.instance)
+        await post_event(self.api, reporter, regarding, "Scheduling", reason, note, kind, now)
 
     async def evict_and_recreate(
         self, pod: PodRecord, job_id: str, attained_gpu_s: float, submit_time: float
@@ -197,3 +183,38 @@ def recreated_pod(
         },
         "spec": spec,
     }
+
+
+async def post_event(
+    api: KubeApi,
+    reporter: tuple[str, str],
+    regarding: Mapping[str, str],
+    action: str,
+    reason: str,
+    note: str,
+    kind: str,
+    now: float,
+) -> None:
+    """Record an `events.k8s.io/v1` Event about `regarding` (apiVersion, kind, namespace,
+    name, uid); `reporter` is (reporting controller, instance). A failure is logged, not
+    raised: an Event is a courtesy to the operator, never a reason to stop."""
+    namespace, name = regarding["namespace"], regarding["name"]
+    controller, instance = reporter
+    body = {
+        "apiVersion": "events.k8s.io/v1",
+        "kind": "Event",
+        "metadata": {"generateName": f"{name}-", "namespace": namespace},
+        "eventTime": now_rfc3339(now, micro=True),
+        "reportingController": controller,
+        "reportingInstance": instance,
+        "action": action,
+        "reason": reason,
+        "note": note[:1024],
+        "type": kind,
+        "regarding": dict(regarding),
+    }
+    status, answer = await api.request(
+        "POST", f"/apis/events.k8s.io/v1/namespaces/{namespace}/events", body=body
+    )
+    if status >= 300:
+        log.warning("event for %s/%s not recorded: HTTP %d %s", namespace, name, status, answer)

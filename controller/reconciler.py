@@ -40,7 +40,7 @@ from controller.crd import (
     object_path,
 )
 from controller.ctj_plan import CtjPod, Plan, ctj_pod_from_json, plan
-from controller.effects import now_rfc3339
+from controller.effects import post_event
 from controller.informer import Informer
 from controller.kubeapi import ApiError, KubeApi
 from controller.objects import SCHEDULER_NAME
@@ -292,31 +292,18 @@ class CtjReconciler:
     async def _event(self, ctj: Ctj, outcome: WindowOutcome) -> None:
         reason = "RetrainCompleted" if outcome.completed else "DeadlineMissed"
         note = f"window {outcome.index}: {outcome.reason}"
-        now = self.clock()
-        body = {
-            "apiVersion": "events.k8s.io/v1",
-            "kind": "Event",
-            "metadata": {"generateName": f"{ctj.name}-", "namespace": ctj.namespace},
-            "eventTime": now_rfc3339(now, micro=True),
-            "reportingController": REPORTING_CONTROLLER,
-            "reportingInstance": self.instance,
-            "action": "Retraining",
-            "reason": reason,
-            "note": note,
-            "type": "Normal" if outcome.completed else "Warning",
-            "regarding": {
-                "apiVersion": API_VERSION,
-                "kind": KIND,
-                "namespace": ctj.namespace,
-                "name": ctj.name,
-                "uid": ctj.uid,
-            },
+        kind = "Normal" if outcome.completed else "Warning"
+        regarding = {
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "namespace": ctj.namespace,
+            "name": ctj.name,
+            "uid": ctj.uid,
         }
-        status, answer = await self.api.request(
-            "POST", f"/apis/events.k8s.io/v1/namespaces/{ctj.namespace}/events", body=body
+        reporter = (REPORTING_CONTROLLER, self.instance)
+        await post_event(
+            self.api, reporter, regarding, "Retraining", reason, note, kind, self.clock()
         )
-        if status >= 300:
-            log.warning("event for %s not recorded: HTTP %d %s", ctj.key, status, answer)
 
     def _requeue(self, key: str, at: float) -> None:
         old = self._timers.pop(key, None)
