@@ -76,8 +76,10 @@ _MUTABLE = ("cpu_free", "mem_free", "gpu_free", "pods_by_class", "version")
 
 
 class ClusterState:
-    """Mutable cluster resources. Every change bumps the node's `version`, so policies
-    can memoise per-node values (FGD's fragmentation) and recompute only what changed."""
+    """Mutable cluster resources. Every change gives the node a fresh `version` stamp,
+    drawn from a counter shared by all copies of one cluster, so equal stamps mean equal
+    node state even across a host's state and a policy's scratch copies; policies can
+    memoise per-node values on it and recompute only what changed."""
 
     def __init__(self, nodes: Sequence[NodeSpec]) -> None:
         if not nodes:
@@ -106,6 +108,7 @@ class ClusterState:
             self.gpu_free[i, : n.gpus] = MILLI
         self.pods_by_class: IntArray = np.zeros((count, MAX_GPUS_PER_TASK + 1), dtype=np.int64)
         self.version: IntArray = np.zeros(count, dtype=np.int64)
+        self._stamps = _StampCounter()  # shared by copies: stamps never repeat
         self.has_taints = any(n.taints for n in nodes)
         # Shared by copies on purpose: labels and taints never change for a node set.
         self.label_cache: dict[object, BoolArray] = {}
@@ -145,7 +148,7 @@ class ClusterState:
             self.gpu_free[node, g] -= gpu_milli
         if gpus:
             self.pods_by_class[node, task_class(len(gpus), gpu_milli)] += 1
-        self.version[node] += 1
+        self.version[node] = self._stamps.next()
 
     def release(
         self, node: int, gpus: Sequence[int], gpu_milli: int, cpu_milli: int, mem_mib: int
@@ -163,7 +166,7 @@ class ClusterState:
             or (self.gpu_free[node] > MILLI).any()
         ):
             raise ValueError(f"release on {self.nodes[node].name} returned more than was taken")
-        self.version[node] += 1
+        self.version[node] = self._stamps.next()
 
     def _check_fits(
         self, node: int, gpus: Sequence[int], gpu_milli: int, cpu_milli: int, mem_mib: int
@@ -219,6 +222,19 @@ class ClusterState:
 
     def rack_of(self, node: int) -> str:
         return self.nodes[node].rack or "default"
+
+
+class _StampCounter:
+    """Hands out increasing version stamps (a plain class, so states stay picklable)."""
+
+    __slots__ = ("last",)
+
+    def __init__(self) -> None:
+        self.last = 0
+
+    def next(self) -> int:
+        self.last += 1
+        return self.last
 
 
 def task_class(num_gpus: int, gpu_milli: int) -> int:

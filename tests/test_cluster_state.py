@@ -95,3 +95,12 @@ def test_invalid_clusters_are_rejected() -> None:
     with pytest.raises(ValueError, match="at least one node"):
         ClusterState([])
     assert ClusterState([NodeSpec("t", 1, 1, taints=(Taint("k"),))]).has_taints
+
+
+def test_version_stamps_never_repeat_across_copies(two_nodes: ClusterState) -> None:
+    scratch = two_nodes.scratch()
+    scratch.allocate(0, (0,), 1000, 0, 0)
+    two_nodes.allocate(0, (1,), 500, 0, 0)
+    # One change each, to different GPUs: the stamps must differ so a memo keyed on the
+    # version cannot mistake one state for the other.
+    assert scratch.version[0] != two_nodes.version[0]
