@@ -41,6 +41,7 @@ from policies.fragmentation import (
     FloatArray,
     NodeFragmentation,
     TargetWorkload,
+    live_workload,
     workload_from_jobs,
 )
 from policies.jobs import JobSpec, Placement, TaskPlacement, TaskRequest
@@ -116,8 +117,7 @@ class Fgd(PlacementPolicy):
             return self.settings.workload
         if self._prepared is not None:
             return self._prepared
-        jobs = [view.spec for view in (*snapshot.pending, *snapshot.running)]
-        return workload_from_jobs(jobs, self.settings.coverage)
+        return live_workload((*snapshot.pending, *snapshot.running), self.settings.coverage)
 
     def _use_workload(self, workload: TargetWorkload) -> None:
         if self._fragmentation is None or self._fragmentation.workload != workload:

@@ -25,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from policies.cluster import MILLI, ClusterState, IntArray
-from policies.jobs import JobSpec, TaskRequest
+from policies.jobs import JobSpec, JobView, TaskRequest
 
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
@@ -119,6 +119,12 @@ def workload_from_jobs(
         ((job.task, job.allowed_models) for job in jobs for _ in range(job.replicas)),
         coverage,
     )
+
+
+def live_workload(views: Iterable[JobView], coverage: float = DEFAULT_COVERAGE) -> TargetWorkload:
+    """The target workload implied by the jobs a snapshot shows (pending and running):
+    all a live controller knows of the arrival distribution."""
+    return workload_from_jobs((view.spec for view in views), coverage)
 
 
 def _order_key(key: TaskKey) -> tuple[int, int, int, str]:

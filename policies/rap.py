@@ -57,6 +57,7 @@ from policies.fragmentation import (
     DEFAULT_COVERAGE,
     NodeFragmentation,
     TargetWorkload,
+    live_workload,
     workload_from_jobs,
 )
 from policies.jobs import JobSpec, JobView, PartShape, Placement, TaskPlacement, TaskRequest
@@ -634,8 +635,8 @@ class RapSharing(PlacementPolicy):
         return Offload(Mode.CPU, gain, part, f"{name} ({cores} cores)")
 
     def _measure(self, snapshot: Snapshot, state: ClusterState) -> NodeFragmentation:
-        workload = self._prepared or workload_from_jobs(
-            [v.spec for v in (*snapshot.pending, *snapshot.running)], self.settings.coverage
+        workload = self._prepared or live_workload(
+            (*snapshot.pending, *snapshot.running), self.settings.coverage
         )
         if self._fragmentation is None or self._fragmentation.workload != workload:
             self._fragmentation = NodeFragmentation(workload)
