@@ -24,6 +24,8 @@ PUBLIC_SIMULATOR_MODULES = {"simulator.run", "simulator.compare", "simulator.res
 PUBLIC_SIMULATOR_PREFIXES = ("simulator.experiments",)
 FIGURE = re.compile(r"plt\.(subplots|show)\(")
 MAGIC = re.compile(r"^\s*[%!].*$", re.MULTILINE)
+SECTION_SKIPPED = "section skipped"
+"""What a notebook prints in place of a section whose public data is missing."""
 
 
 def load_strip_tool() -> ModuleType:
@@ -36,6 +38,10 @@ def load_strip_tool() -> ModuleType:
 
 def read(path: Path) -> nbformat.NotebookNode:
     return nbformat.read(path, as_version=4)
+
+
+def printed_text(cell: nbformat.NotebookNode) -> str:
+    return "".join(o.get("text", "") for o in cell.outputs)
 
 
 def code_cells(notebook: nbformat.NotebookNode) -> list[nbformat.NotebookNode]:
@@ -76,7 +82,10 @@ def test_notebook_runs_and_renders_its_figures(
     notebook = execute(path, tmp_path, monkeypatch)
     figure_cells = [c for c in code_cells(notebook) if FIGURE.search(c.source)]
     assert figure_cells, "a notebook tells its story with at least one figure"
-    for cell in figure_cells:
+    drawing = [c for c in figure_cells if SECTION_SKIPPED not in printed_text(c)]
+    if not drawing:
+        pytest.skip(f"{path.name}: every figure needs public data that is not here")
+    for cell in drawing:
         images = [o for o in cell.outputs if "image/png" in o.get("data", {})]
         assert images, f"no figure rendered by cell:\n{cell.source}"
 
@@ -88,7 +97,7 @@ def test_notebook_runs_without_public_data(
     """Without ../shared/data a notebook falls back to synthetic data or skips sections."""
     monkeypatch.setenv("GPUFLEET_DATA_DIR", str(tmp_path / "no-data"))
     notebook = execute(path, tmp_path, monkeypatch)
-    printed = "".join(o.get("text", "") for c in code_cells(notebook) for o in c.outputs)
+    printed = "".join(printed_text(c) for c in code_cells(notebook))
     assert "not found" in printed, "the fallback announces itself"
 
 

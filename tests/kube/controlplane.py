@@ -360,6 +360,7 @@ class ControlPlane:
         log = open(self.dir / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
         self.procs[name] = subprocess.Popen(
             [str(self.bin / name), *args],
+            stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,

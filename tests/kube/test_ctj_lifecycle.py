@@ -70,7 +70,11 @@ class ServeProcess:
         ]
         with open(log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                args, cwd=REPO, stderr=log, env={**os.environ, "PYTHONPATH": str(REPO)}
+                args,
+                cwd=REPO,
+                stdin=subprocess.DEVNULL,
+                stderr=log,
+                env={**os.environ, "PYTHONPATH": str(REPO)},
             )
 
     def get(self, path: str) -> tuple[int, str]:

@@ -302,6 +302,7 @@ def test_record_command_writes_a_replayable_trace(kube: ControlPlane, tmp_path: 
             "6",
             "--kubeconfig",
             str(kube.scheduler_kubeconfig),
+            stdin=asyncio.subprocess.DEVNULL,
         )
         async with RunningController(str(kube.scheduler_kubeconfig)):
             await asyncio.sleep(1.5)  # the recorder has listed
