@@ -81,21 +81,32 @@ def test_rigid_jobs_share_capacity_with_adaptive_ones() -> None:
     assert used_b == 0
 
 
-@settings(max_examples=30, deadline=None)
-@given(st.lists(st.floats(1.0, 20.0), min_size=12, max_size=12), st.integers(1, 3))
-def test_ilp_equals_brute_force(values: list[float], capacity: int) -> None:
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.floats(1e-4, 20.0), min_size=12, max_size=12),
+    st.integers(1, 3),
+    st.sampled_from([None, 0, 1, 2, 3]),
+)
+def test_ilp_equals_brute_force(values: list[float], capacity: int, pin: int | None) -> None:
+    """Small goodputs make choices worse than waiting, random ones make larger
+    configurations no better than smaller ones: the choices left out of the ILP
+    before solving must never lose the optimum, with or without a pinned job."""
     goodput = np.array(values).reshape(3, 4)
     cost = costs(goodput)
-    alloc = solve_allocation(cost, CONFIG_GPUS, CONFIG_MODEL, np.zeros((0, 2)), [], [capacity] * 2)
+    pins = {0: pin} if pin is not None and CONFIG_GPUS[pin] <= capacity else {}
+    alloc = solve_allocation(
+        cost, CONFIG_GPUS, CONFIG_MODEL, np.zeros((0, 2)), [], [capacity] * 2, pins
+    )
     best = np.inf
     for choice in itertools.product([None, 0, 1, 2, 3], repeat=3):
         used = [0, 0]
         for c in choice:
             if c is not None:
                 used[CONFIG_MODEL[c]] += CONFIG_GPUS[c]
-        if max(used) <= capacity:
+        if max(used) <= capacity and all(choice[i] == j for i, j in pins.items()):
             best = min(best, sum(cost[i, c] for i, c in enumerate(choice) if c is not None))
     assert alloc.objective == pytest.approx(best, abs=1e-9)
+    assert all(alloc.adaptive[i] == j for i, j in pins.items())
 
 
 def test_restart_factor() -> None:
