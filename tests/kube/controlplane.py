@@ -30,7 +30,7 @@ from cryptography.x509.oid import NameOID
 REPO = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO / "tools" / "controlplane" / "build.sh"
 STAGES = REPO / "deploy" / "kwok" / "stages.yaml"
-RBAC = REPO / "controller" / "manifests" / "rbac.yaml"
+CLUSTER_ROLE = REPO / "deploy" / "rbac" / "clusterrole.yaml"
 SCHEDULER_USER = "gpufleet-scheduler"
 HOW_TO_BUILD = (
     "real-apiserver tier skipped: control-plane binaries not built. Run "
@@ -306,13 +306,30 @@ class ControlPlane:
         )
 
     def kubectl_apply_rbac(self) -> None:
-        """Create the ClusterRole and binding from the manifest (admin credentials)."""
+        """The deployment's ClusterRole, bound to the restricted test user as well, so the
+        scheduler tests run with exactly the rights the deployed controller has."""
         import yaml
 
-        for doc in yaml.safe_load_all(RBAC.read_text()):
+        role = yaml.safe_load(CLUSTER_ROLE.read_text())
+        binding = {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": f"{SCHEDULER_USER}-tests"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": role["metadata"]["name"],
+            },
+            "subjects": [
+                {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": SCHEDULER_USER}
+            ],
+        }
+        for doc in (role, binding):
             kind = doc["kind"].lower() + "s"
             url = f"{self.server}/apis/rbac.authorization.k8s.io/v1/{kind}"
-            self.admin_request("POST", url, doc)
+            status, answer = self.admin_request("POST", url, doc)
+            if status != 201:
+                raise RuntimeError(f"creating {doc['kind']} answered {status}: {answer}")
 
     # -- helpers --------------------------------------------------------------------------
 
