@@ -7,10 +7,12 @@ line on stderr and exit code 2; no traceback, no partial output.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import ModuleType
 
 from policies import make_policy, policy_class, policy_names
 from policies.registry import config_help, parse_options
@@ -18,7 +20,7 @@ from simulator.compare import format_table, write_comparison
 from simulator.experiments import experiment_modules
 from simulator.inputs import add_input_arguments, load_inputs
 from simulator.progress import ProgressBar
-from simulator.run import RunConfig, RunResult, simulate
+from simulator.run import RunConfig, RunResult, simulate, write_json
 from traces import TraceError
 from traces.cli import add_traces_commands
 
@@ -130,7 +132,17 @@ def _add_experiments(commands: argparse._SubParsersAction) -> None:
     for module in experiment_modules():
         sub = names.add_parser(module.NAME, help=module.HELP, description=module.HELP)
         module.add_arguments(sub)
-        sub.set_defaults(handler=module.run)
+        sub.set_defaults(handler=functools.partial(_run_experiment, module))
+
+
+def _run_experiment(module: ModuleType, args: argparse.Namespace) -> int:
+    """Run it, then record how it was run in `OUT/config.json` (which
+    `simulator.results` attaches to the loaded experiment)."""
+    status = int(module.run(args))
+    if status == 0:
+        arguments = {key: value for key, value in vars(args).items() if key != "handler"}
+        write_json(Path(args.out) / "config.json", {"experiment": module.NAME, **arguments})
+    return status
 
 
 def _add_controller(commands: argparse._SubParsersAction) -> None:

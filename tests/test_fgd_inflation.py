@@ -19,6 +19,7 @@ from simulator.experiments.fgd_inflation import (
     parse_seeds,
     run_inflation,
 )
+from simulator.results import load_experiment
 from tests.conftest import job, shared_data
 from traces.openb import read_nodes
 
@@ -161,3 +162,14 @@ def test_pods_by_directory_and_glob_cover_several_traces(inputs, tmp_path) -> No
         argv += ["--policies", "bestfit", "--seeds", "1", "--workers", "1", "--no-plots"]
         assert main([*argv, "--out", str(out)]) == 0
         assert {r["trace"] for r in read_csv(out / "curves.csv")} == {"tiny", "other"}
+
+
+def test_the_experiment_records_its_configuration(inputs, tmp_path: Path) -> None:
+    pods, nodes = inputs
+    out = tmp_path / "out"
+    argv = ["experiment", "fgd-inflation", "--pods", str(pods), "--nodes", str(nodes)]
+    assert main([*argv, "--policies", "bestfit", "--seeds", "3", "--out", str(out)]) == 0
+    config = load_experiment(out).config
+    assert config["experiment"] == "fgd-inflation"
+    assert (config["policies"], config["seeds"], config["inflate"]) == ("bestfit", "3", 1.3)
+    assert str(pods) in str(config["pods"])
