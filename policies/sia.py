@@ -179,9 +179,9 @@ def solve_allocation(
             np.broadcast_to(np.asarray(rigid_gpus, dtype=float)[:, None], rigid_cost.shape),
             np.arange(n_models),
             pinned_rigid or {},
+            first_job=n_adaptive,
         ),
     ]
-    choices[1] = choices[1].after_jobs(n_adaptive)
     job = np.concatenate([c.job for c in choices])
     column = np.concatenate([c.column for c in choices])
     cost = np.concatenate([c.cost for c in choices])
@@ -232,19 +232,17 @@ class _Choices:
         gpus: FloatArray,
         model: npt.NDArray[np.int64],
         pins: Mapping[int, int],
+        first_job: int = 0,
     ) -> _Choices:
         """`gpus[i, j]`: GPUs of choice j for job i; `model[j]`: the GPU model of
-        column j. Dominance is checked within a model's columns in column order."""
+        column j; job i of this block is ILP row `first_job + i`."""
         pinned = np.zeros(cost.shape, dtype=bool)
         for i, j in pins.items():
             pinned[i, j] = True
         keep = _useful_choices(cost, gpus, model) | pinned
         job, column = np.nonzero(keep)
-        return _Choices(job, column, cost[keep], gpus[keep], model[column], pinned[keep])
-
-    def after_jobs(self, offset: int) -> _Choices:
         return _Choices(
-            self.job + offset, self.column, self.cost, self.gpus, self.model, self.pinned
+            first_job + job, column, cost[keep], gpus[keep], model[column], pinned[keep]
         )
 
 
@@ -253,7 +251,7 @@ def _useful_choices(
 ) -> npt.NDArray[np.bool_]:
     """Which (job, choice) entries some optimum may use, for a minimisation. Dropped:
     a choice that costs more than leaving the job out (cost > 0), and a choice that
-    costs more than one of the same job on the same GPU model with fewer GPUs, since
+    costs more than one of the same job on the same GPU model with no more GPUs, since
     swapping to that one frees GPUs and lowers the objective. Ties are kept, so every
     optimum of the full ILP remains. The GPUs of a column must be the same for every
     job (adaptive configurations) or the model's only column (rigid jobs)."""
