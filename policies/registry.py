@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import re
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -59,6 +60,14 @@ def parse_options(pairs: Iterable[str], where: str = "policy option") -> dict[st
             raise ValueError(f"{where} {pair!r} is not KEY=VALUE")
         options[key.strip()] = value.strip()
     return options
+
+
+def parse_policy_label(label: str) -> tuple[str, dict[str, str]]:
+    """An experiment's policy entry `NAME[:KEY=VALUE[:KEY=VALUE...]]` as (name, options);
+    `;` also separates options (the fgd-inflation experiment's original syntax)."""
+    name, _, rest = label.strip().partition(":")
+    pairs = [p for p in re.split(r"[:;]", rest) if p.strip()]
+    return name.strip(), parse_options(pairs, f"in {label!r}, policy option")
 
 
 def build_config(config_type: type[PolicyConfig], options: Mapping[str, Any]) -> PolicyConfig:

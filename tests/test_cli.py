@@ -11,6 +11,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from policies.registry import parse_policy_label
 from simulator.cli import main
 from simulator.progress import ProgressBar
 
@@ -163,3 +164,16 @@ def test_progress_bar_draws_and_finishes_a_line() -> None:
     quiet = io.StringIO()
     ProgressBar(total=4, label="x", enabled=False, stream=quiet).update(4)
     assert quiet.getvalue() == ""
+
+
+def test_experiment_policy_labels_share_one_syntax() -> None:
+    assert parse_policy_label("sia") == ("sia", {})
+    assert parse_policy_label(" fgd:mode=artifact:tolerance=0.5 ") == (
+        "fgd",
+        {"mode": "artifact", "tolerance": "0.5"},
+    )
+    assert parse_policy_label("fgd:mode=artifact;tolerance=0.5") == parse_policy_label(
+        "fgd:mode=artifact:tolerance=0.5"
+    )
+    with pytest.raises(ValueError, match="'mode' is not KEY=VALUE"):
+        parse_policy_label("fgd:mode")

@@ -27,7 +27,7 @@ from typing import Any
 
 from policies import JobSpec, Policy, make_policy, policy_names
 from policies.continual import StreamSpec
-from policies.registry import parse_options
+from policies.registry import parse_policy_label
 from simulator.clusters import named_cluster
 from simulator.continual import ContinualResult, accuracy_over_time, simulate_continual
 from simulator.plotting import subplots
@@ -190,8 +190,7 @@ def _policies(spec: str | None) -> list[str]:
 
 
 def build_policy(entry: str) -> Policy:
-    name, *pairs = entry.split(":")
-    return make_policy(name, parse_options(pairs, f"in {entry!r}, policy option"))
+    return make_policy(*parse_policy_label(entry))
 
 
 def _run_one(stage: Path, workload: Workload, policy: str, seed: int) -> ContinualResult:

@@ -46,6 +46,7 @@ from policies import (
     policy_class,
 )
 from policies.fragmentation import NodeFragmentation, TargetWorkload, workload_from_jobs
+from policies.registry import parse_policy_label
 from simulator.run import staged_directory
 from traces.errors import TraceError
 from traces.openb import read_nodes, read_pods
@@ -173,21 +174,9 @@ def parse_seeds(text: str) -> list[int]:
     return list(dict.fromkeys(seeds))
 
 
-def parse_policy(label: str) -> tuple[str, dict[str, str]]:
-    """`name` or `name:key=value;key=value` (e.g. `fgd:mode=artifact`)."""
-    name, _, rest = label.partition(":")
-    options: dict[str, str] = {}
-    for pair in filter(None, rest.split(";")):
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--policies: option {pair!r} of {label!r} is not KEY=VALUE")
-        options[key.strip()] = value.strip()
-    return name.strip(), options
-
-
 def build_policy(label: str, target: TargetWorkload) -> Policy:
     """The policy for `label`; a policy with a `workload` option gets the trace's."""
-    name, options = parse_policy(label)
+    name, options = parse_policy_label(label)
     wants_workload = any(f.name == "workload" for f in fields(policy_class(name).config_type))
     config: dict[str, object] = dict(options)
     if wants_workload:
@@ -382,7 +371,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--policies",
         default=DEFAULT_POLICIES,
-        help="comma-separated; NAME or NAME:KEY=VALUE;... (default: %(default)s)",
+        help="comma-separated; NAME or NAME:KEY=VALUE:... (default: %(default)s)",
     )
     parser.add_argument("--seeds", default="42-51", help="e.g. 42-51 or 1,2,3 (default: 42-51)")
     parser.add_argument(

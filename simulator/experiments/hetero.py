@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from policies import JobSpec, NodeSpec, Policy, make_policy, policy_class
+from policies.registry import parse_policy_label
 from simulator.clusters import cluster_names, named_cluster
 from simulator.engine import EngineOptions, Simulation
 from simulator.metrics import JOB_COLUMNS, PASS_COLUMNS, Recorder
@@ -120,7 +121,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--policies",
         default="sia,gavel,las,fifo",
-        help="comma-separated; options as name:key=value:key=value",
+        help="comma-separated; NAME or NAME:KEY=VALUE:...",
     )
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
     parser.add_argument("--workers", type=int, default=1, help="parallel processes")
@@ -148,15 +149,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def parse_policy(label: str) -> tuple[str, tuple[tuple[str, str], ...]]:
-    name, *parts = label.strip().split(":")
-    options = []
-    for part in parts:
-        key, sep, value = part.partition("=")
-        if not sep or not key:
-            raise ValueError(f"policy option {part!r} in {label!r} is not key=value")
-        options.append((key, value))
+    name, options = parse_policy_label(label)
     policy_class(name)
-    return name, tuple(options)
+    return name, tuple(options.items())
 
 
 def find_workloads(args: argparse.Namespace) -> list[Workload]:
