@@ -12,10 +12,11 @@ Every 60 s round:
    entry. Invalid entries get ε. Every configuration but the job's current one is scaled
    by the restart factor r = max(T − N·S, 0)/(T + S) (age T, restarts N, restart cost S;
    r = 1 while T < S). Then U = round(G^p, 2) clipped at 3000, with p = −0.5.
-3. *ILP* (scipy.optimize.milp, HiGHS): binary A_ij, at most one configuration per job,
-   GPUs per model within capacity, jobs still paying a restart delay pinned to their
+3. *ILP* (`policies.sia_ilp`): binary A_ij, at most one configuration per job, GPUs per
+   model within capacity, jobs still paying a restart delay pinned to their
    configuration; minimise Σ A∘U + λ·(jobs left unallocated), λ = 1.1. Rigid jobs get
-   one variable per GPU model at their fixed GPU count.
+   one variable per GPU model at their fixed GPU count. Solved exactly by a dynamic
+   program over GPUs used per model on small clusters, by HiGHS on large ones.
 4. *Placement*: kept jobs stay put; moved and new jobs go largest first, multi-node
    configurations on whole free nodes, single-node ones best-fit on one node, so no node
    holds two distributed jobs. If a model is too fragmented, all its jobs are repacked
@@ -33,8 +34,6 @@ from typing import ClassVar
 
 import numpy as np
 import numpy.typing as npt
-import scipy.optimize
-import scipy.sparse
 
 from policies.base import Context, PolicyConfig, RoundPolicy, Snapshot
 from policies.cluster import MILLI, ClusterState
@@ -42,6 +41,7 @@ from policies.decisions import Decision, Place, Preempt, Resize, SchedulingResul
 from policies.elastic import RIGID, SCALE_GPUS, GoodputHints
 from policies.jobs import AllocationShape, JobSpec, JobStatus, JobView, Placement, TaskPlacement
 from policies.perf_models import packed_placement
+from policies.sia_ilp import SOLVERS, Allocation, solve_allocation
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -72,7 +72,14 @@ class SiaConfig(PolicyConfig):
     restart_penalty_s: float = field(
         default=30.0, metadata={"help": "restart cost S for jobs that state none"}
     )
-    mip_rel_gap: float = field(default=1e-4, metadata={"help": "ILP relative optimality gap"})
+    solver: str = field(
+        default="auto",
+        metadata={
+            "help": "ILP solver: dp (exact dynamic program), highs, or auto "
+            "(dp on small clusters such as sia-64, highs on large ones)"
+        },
+    )
+    mip_rel_gap: float = field(default=1e-4, metadata={"help": "HiGHS's relative optimality gap"})
     heterogeneity_aware: bool = field(
         default=True,
         metadata={"help": "false: every GPU model looks like the first (Sia-unaware)"},
@@ -132,191 +139,6 @@ def build_configurations(
     return configs
 
 
-@dataclass(frozen=True)
-class Allocation:
-    """The ILP's answer: per job, a configuration index (or a GPU model for rigid jobs),
-    or None when the job gets nothing this round."""
-
-    adaptive: tuple[int | None, ...]
-    rigid: tuple[int | None, ...]
-    objective: float
-
-
-def solve_allocation(
-    adaptive_cost: FloatArray,
-    config_gpus: Sequence[int],
-    config_model: Sequence[int],
-    rigid_cost: FloatArray,
-    rigid_gpus: Sequence[int],
-    capacity: Sequence[int],
-    pinned_adaptive: Mapping[int, int] | None = None,
-    pinned_rigid: Mapping[int, int] | None = None,
-    minimise: bool = True,
-    rel_gap: float = 1e-4,
-) -> Allocation:
-    """Sia's ILP. `adaptive_cost[i, j]` is the objective coefficient of giving job i
-    configuration j (U − λ); `rigid_cost[i, t]` of running rigid job i on model t. At most
-    one choice per job; per model, the GPUs chosen fit `capacity`; pins force a choice.
-
-    Choices that no optimum needs are left out of the ILP before it is solved (see
-    `_useful_choices`), which roughly halves its size without changing its optimum."""
-    n_adaptive, n_configs = adaptive_cost.shape if adaptive_cost.size else (0, len(config_gpus))
-    n_rigid, n_models = rigid_cost.shape if rigid_cost.size else (0, len(capacity))
-    if n_adaptive * n_configs + n_rigid * n_models == 0:
-        return Allocation((), (), 0.0)
-    adaptive_cost = adaptive_cost.reshape(n_adaptive, n_configs)
-    rigid_cost = rigid_cost.reshape(n_rigid, n_models)
-    sign = 1.0 if minimise else -1.0
-    choices = [
-        _Choices.of(
-            sign * adaptive_cost,
-            np.broadcast_to(np.asarray(config_gpus, dtype=float), adaptive_cost.shape),
-            np.asarray(config_model, dtype=int),
-            pinned_adaptive or {},
-        ),
-        _Choices.of(
-            sign * rigid_cost,
-            np.broadcast_to(np.asarray(rigid_gpus, dtype=float)[:, None], rigid_cost.shape),
-            np.arange(n_models),
-            pinned_rigid or {},
-            first_job=n_adaptive,
-        ),
-    ]
-    job = np.concatenate([c.job for c in choices])
-    column = np.concatenate([c.column for c in choices])
-    cost = np.concatenate([c.cost for c in choices])
-    gpus = np.concatenate([c.gpus for c in choices])
-    model = np.concatenate([c.model for c in choices])
-    lower = np.concatenate([c.pinned for c in choices]).astype(float)
-    n_jobs, n_vars = n_adaptive + n_rigid, job.size
-    if n_vars == 0:
-        return Allocation((None,) * n_adaptive, (None,) * n_rigid, 0.0)
-    every = np.arange(n_vars)
-    matrix = scipy.sparse.csr_array(
-        (
-            np.concatenate([np.ones(n_vars), gpus]),
-            (np.concatenate([job, n_jobs + model]), np.tile(every, 2)),
-        ),
-        shape=(n_jobs + n_models, n_vars),
-    )
-    upper = np.concatenate([np.ones(n_jobs), np.asarray(capacity, dtype=float)])
-    solution = _solve_binary(
-        cost, scipy.optimize.LinearConstraint(matrix, -np.inf, upper), lower, rel_gap
-    )
-    chosen = np.round(solution) > 0
-    picked: list[int | None] = [None] * n_jobs
-    for var in np.flatnonzero(chosen):
-        picked[int(job[var])] = int(column[var])
-    return Allocation(
-        adaptive=tuple(picked[:n_adaptive]),
-        rigid=tuple(picked[n_adaptive:]),
-        objective=float(sign * cost[chosen].sum()),
-    )
-
-
-@dataclass(frozen=True)
-class _Choices:
-    """The ILP variables kept for one block of jobs: per variable its job (row), the
-    column of the cost matrix it stands for, cost, GPUs, GPU model and whether pinned."""
-
-    job: npt.NDArray[np.int64]
-    column: npt.NDArray[np.int64]
-    cost: FloatArray
-    gpus: FloatArray
-    model: npt.NDArray[np.int64]
-    pinned: npt.NDArray[np.bool_]
-
-    @staticmethod
-    def of(
-        cost: FloatArray,
-        gpus: FloatArray,
-        model: npt.NDArray[np.int64],
-        pins: Mapping[int, int],
-        first_job: int = 0,
-    ) -> _Choices:
-        """`gpus[i, j]`: GPUs of choice j for job i; `model[j]`: the GPU model of
-        column j; job i of this block is ILP row `first_job + i`."""
-        pinned = np.zeros(cost.shape, dtype=bool)
-        for i, j in pins.items():
-            pinned[i, j] = True
-        keep = _useful_choices(cost, gpus, model) | pinned
-        job, column = np.nonzero(keep)
-        return _Choices(
-            first_job + job, column, cost[keep], gpus[keep], model[column], pinned[keep]
-        )
-
-
-def _useful_choices(
-    cost: FloatArray, gpus: FloatArray, model: npt.NDArray[np.int64]
-) -> npt.NDArray[np.bool_]:
-    """Which (job, choice) entries some optimum may use, for a minimisation. Dropped:
-    a choice that costs more than leaving the job out (cost > 0), and a choice that
-    costs more than one of the same job on the same GPU model with no more GPUs, since
-    swapping to that one frees GPUs and lowers the objective. Ties are kept, so every
-    optimum of the full ILP remains. The GPUs of a column must be the same for every
-    job (adaptive configurations) or the model's only column (rigid jobs)."""
-    keep = cost <= 0
-    if cost.size == 0:
-        return keep
-    column_gpus = gpus[0]
-    for value in np.unique(model):
-        cols = np.flatnonzero(model == value)
-        if cols.size < 2:
-            continue
-        cols = cols[np.argsort(column_gpus[cols], kind="stable")]
-        sub = cost[:, cols]
-        shifted = np.concatenate([np.full((sub.shape[0], 1), np.inf), sub[:, :-1]], axis=1)
-        best_before = np.minimum.accumulate(shifted, axis=1)  # over no more GPUs
-        keep[:, cols] &= sub <= best_before
-    return keep
-
-
-def _solve_binary(
-    cost: FloatArray,
-    constraint: scipy.optimize.LinearConstraint,
-    lower: FloatArray,
-    rel_gap: float,
-) -> FloatArray:
-    """Minimise over binaries, LP relaxation first. With one choice per job and one
-    capacity row per GPU model, a basic LP solution has at most as many fractional jobs
-    as GPU models and is often integral (about half the rounds of a 64-GPU run), and then
-    it is optimal for the ILP too; only otherwise is the ILP solved. HiGHS spends ~5 ms
-    setting up even a MIP it solves at the root, against ~1 ms for the LP."""
-    upper = np.ones_like(lower)
-    relaxed = scipy.optimize.milp(
-        cost,
-        constraints=constraint,
-        integrality=np.zeros_like(cost),
-        bounds=scipy.optimize.Bounds(lower, upper),
-    )
-    if relaxed.x is None:
-        raise ValueError(f"Sia ILP relaxation failed: {relaxed.message}")
-    values = np.asarray(relaxed.x, dtype=float)
-    fractional = np.abs(values - np.round(values)) > 1e-6
-    if not fractional.any():
-        return values
-    return _solve_ilp(cost, constraint, lower, upper, rel_gap)
-
-
-def _solve_ilp(
-    cost: FloatArray,
-    constraint: scipy.optimize.LinearConstraint,
-    lower: FloatArray,
-    upper: FloatArray,
-    rel_gap: float,
-) -> FloatArray:
-    result = scipy.optimize.milp(
-        cost,
-        constraints=constraint,
-        integrality=np.ones_like(cost),
-        bounds=scipy.optimize.Bounds(lower, upper),
-        options={"mip_rel_gap": rel_gap},
-    )
-    if result.x is None:
-        raise ValueError(f"Sia ILP failed: {result.message}")
-    return np.asarray(result.x, dtype=float)
-
-
 def restart_factor(age_s: float, restarts: int, penalty_s: float) -> float:
     """Pollux's re-allocation factor: the share of its life a job has not lost to
     restarts, counting the one a move would cost; 1 while the job is younger than S."""
@@ -344,6 +166,8 @@ class Sia(RoundPolicy):
             raise ValueError("Sia's power p must not be 0")
         if (cfg.p < 0) != (cfg.lambda_unallocated > 0):
             raise ValueError("λ must be positive for p < 0 and negative for p > 0")
+        if cfg.solver not in SOLVERS:
+            raise ValueError(f"unknown Sia ILP solver {cfg.solver!r}; one of {', '.join(SOLVERS)}")
         self.round_s = cfg.round_s
         self._rows: dict[str, tuple[object, tuple[Configuration, ...], FloatArray]] = {}
 
@@ -431,6 +255,7 @@ class Sia(RoundPolicy):
             pinned_r,
             minimise=cfg.p < 0,
             rel_gap=cfg.mip_rel_gap,
+            solver=cfg.solver,
         )
 
     def _pinned(self, job: JobView, now: float) -> bool:

@@ -1,13 +1,9 @@
-"""Sia: configurations, utilities, the ILP on a hand-worked case, placement rules."""
+"""Sia: configurations, utilities, placement rules (the ILP: test_sia_ilp.py)."""
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from policies import ClusterState, Context, JobSpec, JobStatus, JobView, TaskRequest
 from policies.base import Snapshot
@@ -23,24 +19,8 @@ from policies.sia import (
     place_allocations,
     powered_utility,
     restart_factor,
-    solve_allocation,
 )
 from simulator.clusters import named_cluster
-
-# Hand-worked case: models A and B with 2 GPUs each; configurations A1, A2, B1, B2.
-GOODPUT = np.array(
-    [
-        [1.0, 1.8, 3.0, 5.4],  # job 1 is much faster on B
-        [1.0, 1.9, 1.2, 2.2],
-        [1.0, 1.5, 1.05, 1.6],
-    ]
-)
-CONFIG_GPUS = [1, 2, 1, 2]
-CONFIG_MODEL = [0, 0, 1, 1]
-
-
-def costs(goodput: np.ndarray) -> np.ndarray:
-    return powered_utility(goodput, -0.5, 3000.0) - 1.1
 
 
 def test_powered_utility_rounds_and_clips() -> None:
@@ -50,63 +30,6 @@ def test_powered_utility_rounds_and_clips() -> None:
         100.0,
         3000.0,
     ]
-
-
-def test_ilp_matches_the_hand_worked_optimum() -> None:
-    # U − λ: job1 [-.10 -.35 -.52 -.67], job2 [-.10 -.37 -.19 -.43],
-    # job3 [-.10 -.28 -.12 -.31]. B2 for job 1 (−0.67) and A2 for job 2 (−0.37) beat every
-    # other packing (e.g. job1 B1 + job3 B1 + job2 A2 = −1.01); job 3 waits.
-    alloc = solve_allocation(
-        costs(GOODPUT), CONFIG_GPUS, CONFIG_MODEL, np.zeros((0, 2)), [], [2, 2]
-    )
-    assert alloc.adaptive == (3, 1, None)
-    assert alloc.objective == pytest.approx(-1.04)
-
-
-def test_ilp_respects_a_pinned_job() -> None:
-    # Job 3 mid-restart on A1 leaves one A GPU: job 2 takes A1, job 1 keeps B2.
-    alloc = solve_allocation(
-        costs(GOODPUT), CONFIG_GPUS, CONFIG_MODEL, np.zeros((0, 2)), [], [2, 2], {2: 0}
-    )
-    assert alloc.adaptive == (3, 0, 0)
-    assert alloc.objective == pytest.approx(-0.87)
-
-
-def test_rigid_jobs_share_capacity_with_adaptive_ones() -> None:
-    # A rigid 2-GPU job that much prefers B takes all of B.
-    rigid = costs(np.array([[2.0, 8.0]]))
-    alloc = solve_allocation(costs(GOODPUT), CONFIG_GPUS, CONFIG_MODEL, rigid, [2], [2, 2])
-    assert alloc.rigid == (1,)
-    used_b = sum(CONFIG_GPUS[c] for c in alloc.adaptive if c is not None and CONFIG_MODEL[c])
-    assert used_b == 0
-
-
-@settings(max_examples=60, deadline=None)
-@given(
-    st.lists(st.floats(1e-4, 20.0), min_size=12, max_size=12),
-    st.integers(1, 3),
-    st.sampled_from([None, 0, 1, 2, 3]),
-)
-def test_ilp_equals_brute_force(values: list[float], capacity: int, pin: int | None) -> None:
-    """Small goodputs make choices worse than waiting, random ones make larger
-    configurations no better than smaller ones: the choices left out of the ILP
-    before solving must never lose the optimum, with or without a pinned job."""
-    goodput = np.array(values).reshape(3, 4)
-    cost = costs(goodput)
-    pins = {0: pin} if pin is not None and CONFIG_GPUS[pin] <= capacity else {}
-    alloc = solve_allocation(
-        cost, CONFIG_GPUS, CONFIG_MODEL, np.zeros((0, 2)), [], [capacity] * 2, pins
-    )
-    best = np.inf
-    for choice in itertools.product([None, 0, 1, 2, 3], repeat=3):
-        used = [0, 0]
-        for c in choice:
-            if c is not None:
-                used[CONFIG_MODEL[c]] += CONFIG_GPUS[c]
-        if max(used) <= capacity and all(choice[i] == j for i, j in pins.items()):
-            best = min(best, sum(cost[i, c] for i, c in enumerate(choice) if c is not None))
-    assert alloc.objective == pytest.approx(best, abs=1e-9)
-    assert all(alloc.adaptive[i] == j for i, j in pins.items())
 
 
 def test_restart_factor() -> None:
