@@ -317,7 +317,10 @@ def _pin_unidentifiable(
 
 class _FitData:
     """Observations as arrays, with everything the loss needs that does not depend on
-    the parameters computed once (a fit evaluates the loss tens of times)."""
+    the parameters computed once (a fit evaluates the loss tens of times). Compute and
+    network times are linear in the parameters, so each is one product with a design
+    matrix: comp = [1, m]·(α_c, β_c) and net = D·(α_n, β_n, α_r, β_r) + ε·(1 + r) on one
+    GPU, where a row of D is [inter, inter·r, intra, intra·r] with r = max(K − 2, ε)."""
 
     def __init__(self, observations: Sequence[StepObservation]) -> None:
         self.nodes = np.array([o.nodes for o in observations], dtype=float)
@@ -328,12 +331,12 @@ class _FitData:
         self.count = self.comp.size
         self.log_comp = np.log(self.comp)
         self.log_step = np.log(self.step)
-        inter = self.nodes > 1
-        intra = ~inter & (self.replicas > 1)
-        self.inter = inter.astype(float)
-        self.intra = intra.astype(float)
-        self.neither = 1.0 - self.inter - self.intra
-        self.retro = np.maximum(self.replicas - 2, TINY)
+        inter = (self.nodes > 1).astype(float)
+        intra = ((self.nodes <= 1) & (self.replicas > 1)).astype(float)
+        retro = np.maximum(self.replicas - 2, TINY)
+        self.comp_design = np.column_stack([np.ones(self.count), self.atomic])
+        self.net_design = np.column_stack([inter, inter * retro, intra, intra * retro])
+        self.net_single = TINY * (1 - inter - intra) * (1 + retro)
 
     @staticmethod
     def of(observations: Sequence[StepObservation]) -> _FitData:
@@ -361,18 +364,16 @@ class _FitData:
 
     def loss_and_grad(self, x: FloatArray) -> tuple[float, FloatArray]:
         """Pollux's loss and its exact gradient with respect to the 7 parameters."""
-        a_c, b_c, a_n, b_n, a_r, b_r, gamma = (float(v) for v in x)
-        count, atomic, retro = self.count, self.atomic, self.retro
+        count = self.count
+        gamma = float(x[6])
         # Compute-time error.
-        comp = a_c + b_c * atomic
+        comp = self.comp_design @ x[:2]
         log_c = np.log(comp)
         r1 = log_c - self.log_comp
         err1 = math.sqrt(float(r1 @ r1) / count + _SMOOTH)
         w1 = r1 / (err1 * count) / comp
         # Step-time error.
-        alpha = a_n * self.inter + a_r * self.intra + TINY * self.neither
-        beta = b_n * self.inter + b_r * self.intra + TINY * self.neither
-        net = alpha + beta * retro
+        net = self.net_design @ x[2:6] + self.net_single
         log_n = np.log(net)
         log_sum = np.logaddexp(gamma * log_c, gamma * log_n)
         r2 = log_sum / gamma - self.log_step
@@ -382,19 +383,12 @@ class _FitData:
         share_n = 1.0 - share_c
         d_comp = w1 + w2 * share_c / comp
         d_net = w2 * share_n / net
-        d_net_retro = d_net * retro
-        d_gamma = (share_c * log_c + share_n * log_n) / gamma - log_sum / gamma**2
-        grad = np.array(
-            [
-                d_comp.sum(),
-                d_comp @ atomic,
-                d_net @ self.inter,
-                d_net_retro @ self.inter,
-                d_net @ self.intra,
-                d_net_retro @ self.intra,
-                w2 @ d_gamma,
-            ]
-        )
+        d_gamma = (share_c * log_c + share_n * log_n - log_sum / gamma) / gamma
+        grad = np.empty(7)
+        grad[:2] = d_comp @ self.comp_design
+        grad[2:6] = d_net @ self.net_design
+        grad[6] = w2 @ d_gamma
+        a_n, b_n, a_r, b_r = x[2:6].tolist()
         # Regularisers.
         reg = _REG_GAMMA * (gamma - 1) ** 2 + _REG_RETRO * ((b_n / a_n) ** 2 + (b_r / a_r) ** 2)
         grad[6] += 2 * _REG_GAMMA * (gamma - 1)
