@@ -190,41 +190,52 @@ def _usable_capacity(problem: _Choices, n_jobs: int, capacity: IntArray) -> IntA
 
 def _solve_by_dp(problem: _Choices, usable: IntArray) -> npt.NDArray[np.bool_]:
     """Exact dynamic program over GPUs used per model. After each job, `least[u]` is the
-    least cost of the jobs so far using at most `u` GPUs of each model, and `pick[u]` the
-    variable that job took there (−1: left out). Ties keep the job out, then go to its
-    first choice, and an earlier job keeps what a later one would tie with."""
+    least cost of the jobs so far using at most `u` GPUs of each model. Walking back from
+    the full capacity, each job's choice is the one that reproduces its `least` (the same
+    float sum, so equality is exact). Ties keep the job out, then go to its first choice,
+    and an earlier job keeps what a later one would tie with."""
     shape = tuple(int(c) + 1 for c in usable)
     least = np.zeros(shape)
-    picks = []
+    steps = []
     for rows in _rows_by_job(problem.job):
         pinned = rows[problem.pinned[rows]]
         if pinned.size:
             rows, after = pinned, np.full(shape, np.inf)
         else:
             after = least.copy()  # the job left out
-        pick = np.full(shape, -1, dtype=np.int64)
         for var in rows:
             model, gpus = int(problem.model[var]), int(problem.gpus[var])
-            if gpus >= shape[model]:
-                continue
-            into, source = _shift(shape, model, gpus)
-            candidate = least[source] + problem.cost[var]
-            target = after[into]
-            better = candidate < target
-            np.copyto(target, candidate, where=better)
-            np.copyto(pick[into], var, where=better)
+            if gpus < shape[model]:
+                into, source = _shift(shape, model, gpus)
+                np.minimum(after[into], least[source] + problem.cost[var], out=after[into])
+        steps.append((rows, pinned.size > 0, least))
         least = after
-        picks.append(pick)
     usage = [int(c) for c in usable]
     if not np.isfinite(least[tuple(usage)]):
         raise ValueError("Sia ILP infeasible: the pinned jobs need more GPUs than there are")
     chosen = np.zeros(problem.size, dtype=bool)
-    for pick in reversed(picks):
-        var = int(pick[tuple(usage)])
-        if var >= 0:
-            chosen[var] = True
-            usage[int(problem.model[var])] -= int(problem.gpus[var])
+    for rows, pinned, before in reversed(steps):
+        value = least[tuple(usage)]
+        if not pinned and before[tuple(usage)] == value:
+            least = before
+            continue
+        var = next(v for v in rows if _reproduces(problem, int(v), before, usage, value))
+        chosen[var] = True
+        usage[int(problem.model[var])] -= int(problem.gpus[var])
+        least = before
     return chosen
+
+
+def _reproduces(
+    problem: _Choices, var: int, before: FloatArray, usage: list[int], value: float
+) -> bool:
+    """Whether taking `var` from the state before its job reaches `value` at `usage`."""
+    model, gpus = int(problem.model[var]), int(problem.gpus[var])
+    if gpus > usage[model]:
+        return False
+    source = list(usage)
+    source[model] -= gpus
+    return bool(before[tuple(source)] + problem.cost[var] == value)
 
 
 def _rows_by_job(job: IntArray) -> Iterator[IntArray]:
