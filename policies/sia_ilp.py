@@ -208,15 +208,15 @@ def _solve_by_dp(problem: _Choices, usable: IntArray) -> npt.NDArray[np.bool_]:
             if gpus < shape[model]:
                 into, source = _shift(shape, model, gpus)
                 np.minimum(after[into], least[source] + problem.cost[var], out=after[into])
-        steps.append((rows, pinned.size > 0, least))
+        steps.append((rows, bool(pinned.size), least))
         least = after
     usage = [int(c) for c in usable]
     if not np.isfinite(least[tuple(usage)]):
         raise ValueError("Sia ILP infeasible: the pinned jobs need more GPUs than there are")
     chosen = np.zeros(problem.size, dtype=bool)
-    for rows, pinned, before in reversed(steps):
+    for rows, forced, before in reversed(steps):
         value = least[tuple(usage)]
-        if not pinned and before[tuple(usage)] == value:
+        if not forced and before[tuple(usage)] == value:
             least = before
             continue
         var = next(v for v in rows if _reproduces(problem, int(v), before, usage, value))
