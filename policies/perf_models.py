@@ -190,6 +190,9 @@ class EpochTable:
     grad_sqr: FloatArray
     grad_var: FloatArray
     boundaries: FloatArray = field(init=False)
+    _sizes: FloatArray = field(init=False, repr=False, compare=False)
+    _stats_by_epoch: FloatArray = field(init=False, repr=False, compare=False)
+    """(epochs × 2 × batch sizes): sqr and var rows, contiguous per epoch."""
 
     def __post_init__(self) -> None:
         if len(self.batch_sizes) != self.progress.shape[0]:
@@ -197,6 +200,9 @@ class EpochTable:
         if list(self.batch_sizes) != sorted(self.batch_sizes):
             raise ValueError("batch sizes must ascend")
         object.__setattr__(self, "boundaries", self.progress.min(axis=0))
+        object.__setattr__(self, "_sizes", np.asarray(self.batch_sizes, dtype=float))
+        stats = np.stack([self.grad_sqr.T, self.grad_var.T], axis=1)
+        object.__setattr__(self, "_stats_by_epoch", np.ascontiguousarray(stats, dtype=float))
 
     @property
     def epochs(self) -> int:
@@ -228,11 +234,10 @@ class EpochTable:
 
     def grad_stats(self, batch_size: float, epoch: int) -> tuple[float, float]:
         """(sqr, var) during `epoch`, linear in batch size between the profiled ones."""
-        sizes = np.asarray(self.batch_sizes, dtype=float)
-        batch = float(np.clip(batch_size, sizes[0], sizes[-1]))
-        sqr = float(np.interp(batch, sizes, self.grad_sqr[:, epoch]))
-        var = float(np.interp(batch, sizes, self.grad_var[:, epoch]))
-        return sqr, var
+        sizes = self._sizes
+        batch = min(max(float(batch_size), sizes[0]), sizes[-1])
+        sqr, var = self._stats_by_epoch[epoch]
+        return float(np.interp(batch, sizes, sqr)), float(np.interp(batch, sizes, var))
 
     def gain(self, batch_size: float, epoch: int) -> float:
         """Progress (iterations at the initial batch) made by one step of `batch_size`."""
