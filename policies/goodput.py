@@ -77,12 +77,11 @@ def compute_time(params: PerfParams, atomic_bsz: npt.ArrayLike) -> FloatArray:
 
 
 def network_time(params: PerfParams, nodes: npt.ArrayLike, replicas: npt.ArrayLike) -> FloatArray:
-    nodes = np.asarray(nodes, dtype=float)
     replicas = np.asarray(replicas, dtype=float)
-    inter = nodes > 1
-    intra = ~inter & (replicas > 1)
-    alpha = np.where(inter, params.alpha_n, np.where(intra, params.alpha_r, TINY))
-    beta = np.where(inter, params.beta_n, np.where(intra, params.beta_r, TINY))
+    # Link kind: 0 one GPU, 1 within a node, 2 across nodes.
+    kind = np.where(np.asarray(nodes) > 1, 2, replicas > 1)
+    alpha = np.array([TINY, params.alpha_r, params.alpha_n])[kind]
+    beta = np.array([TINY, params.beta_r, params.beta_n])[kind]
     return np.asarray(alpha + beta * np.maximum(replicas - 2, TINY), dtype=float)
 
 
