@@ -52,6 +52,21 @@ def test_step_table_interpolates_in_the_batch_and_clamps_outside() -> None:
     assert table.probe_throughput == pytest.approx(32 / 1.0)
 
 
+def test_gradient_statistics_interpolate_per_epoch_and_clamp() -> None:
+    epochs = EpochTable(
+        batch_sizes=(32, 128),
+        progress=np.array([[100.0, 200.0], [100.0, 200.0]]),
+        grad_sqr=np.array([[1.0, 2.0], [3.0, 6.0]]),  # rows: batch sizes; columns: epochs
+        grad_var=np.array([[10.0, 20.0], [30.0, 60.0]]),
+    )
+    # Epoch 1 at batch 64, a third of the way from 32 to 128: sqr 2 + 4/3, var 20 + 40/3.
+    assert epochs.grad_stats(64, 1) == pytest.approx((10 / 3, 100 / 3))
+    assert epochs.grad_stats(16, 0) == (1.0, 10.0)  # below the profiled batches
+    assert epochs.grad_stats(512, 0) == (3.0, 30.0)  # above
+    # Gain at 64 (scale 2): (var + sqr) / (var/2 + sqr) = (110/3) / (50/3 + 10/3).
+    assert epochs.gain(64, 1) == pytest.approx(110 / 60)
+
+
 def test_epoch_table_boundaries_and_completion() -> None:
     epochs = profile().epochs
     assert epochs.total == 200.0
