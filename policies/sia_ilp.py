@@ -6,7 +6,7 @@ The objective is a sum of per-choice costs (U − λ), minimised.
 
 Every choice uses GPUs of one model only, so a solution is fixed by the jobs' choices and
 the problem's state is the GPUs used per model. On a small cluster (Sia's 64 GPUs: at most
-17 × 25 × 25 usage states) an exact dynamic program over that state is about three times
+17 × 25 × 25 usage states) an exact dynamic program over that state is about four times
 faster than HiGHS, which spends milliseconds setting up even a MIP it solves at the root.
 Its work grows with the product of the capacities, so larger clusters go to HiGHS
 (`scipy.optimize.milp`), the LP relaxation first. Both return an optimum; where several
@@ -29,9 +29,10 @@ IntArray = npt.NDArray[np.int64]
 
 SOLVERS = ("auto", "dp", "highs")
 DP_MAX_UPDATES = 4_000_000
-"""The dynamic program's work is (choices × usage states) updates at about 1.2 ns each.
-Replaying every round of a 64-GPU newtrace run, it beats HiGHS below about four million
-updates (≈ 5 ms) and loses above; `auto` switches there."""
+"""The dynamic program's work is (choices × usage states) updates at about 0.9 ns each.
+Replaying the rounds of a 64-GPU newtrace run at 1-3× its capacities, it beats HiGHS
+3-4× below four million updates (≈ 4 ms), wins or loses by instance up to about twelve
+million, and loses beyond; `auto` switches at four."""
 
 
 @dataclass(frozen=True)
