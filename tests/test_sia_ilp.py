@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -91,116 +92,103 @@ def test_an_unknown_solver_is_named_in_the_error() -> None:
         Sia(SiaConfig(solver="cbc"))
 
 
+Choice = tuple[int | None, ...]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One ILP in `solve_allocation`'s terms."""
+
+    adaptive_cost: np.ndarray
+    config_gpus: list[int]
+    config_model: list[int]
+    rigid_cost: np.ndarray
+    rigid_gpus: list[int]
+    capacity: list[int]
+    pinned_adaptive: dict[int, int]
+    pinned_rigid: dict[int, int]
+
+    def solve(self, solver: str) -> Allocation:
+        return solve_allocation(**vars(self), solver=solver)
+
+    def violates(self, adaptive: Choice, rigid: Choice) -> bool:
+        """Capacity or a pin broken."""
+        used = [0] * len(self.capacity)
+        for c in adaptive:
+            if c is not None:
+                used[self.config_model[c]] += self.config_gpus[c]
+        for i, t in enumerate(rigid):
+            if t is not None:
+                used[t] += self.rigid_gpus[i]
+        return (
+            any(u > c for u, c in zip(used, self.capacity, strict=True))
+            or any(adaptive[i] != j for i, j in self.pinned_adaptive.items())
+            or any(rigid[i] != j for i, j in self.pinned_rigid.items())
+        )
+
+    def objective_of(self, adaptive: Choice, rigid: Choice) -> float:
+        return float(
+            sum(self.adaptive_cost[i, c] for i, c in enumerate(adaptive) if c is not None)
+            + sum(self.rigid_cost[i, t] for i, t in enumerate(rigid) if t is not None)
+        )
+
+    def brute_force(self) -> float | None:
+        """Least objective over every assignment, or None when none is feasible."""
+        n_adaptive, n_configs = self.adaptive_cost.shape
+        n_rigid, n_models = self.rigid_cost.shape
+        options = [[None, *range(n_configs)]] * n_adaptive + [[None, *range(n_models)]] * n_rigid
+        best = None
+        for choice in itertools.product(*options):
+            adaptive, rigid = choice[:n_adaptive], choice[n_adaptive:]
+            if not self.violates(adaptive, rigid):
+                total = self.objective_of(adaptive, rigid)
+                best = total if best is None else min(best, total)
+        return best
+
+
 @st.composite
-def problems(draw: st.DrawFn) -> dict[str, object]:
+def problems(draw: st.DrawFn) -> Problem:
     """Small ILPs of every shape the policy builds: several GPU models with configurations
     of assorted sizes, rigid jobs, tied costs (two decimals, as U is rounded), costs above
     zero (worse than waiting), capacities down to zero and pinned jobs."""
     n_models = draw(st.integers(1, 3))
     config_model = draw(st.lists(st.integers(0, n_models - 1), min_size=1, max_size=5))
-    config_gpus = draw(
-        st.lists(st.integers(1, 4), min_size=len(config_model), max_size=len(config_model))
-    )
+    n_configs = len(config_model)
+    config_gpus = draw(st.lists(st.integers(1, 4), min_size=n_configs, max_size=n_configs))
     n_adaptive = draw(st.integers(0, 4))
     n_rigid = draw(st.integers(0, 2))
-    cost = st.integers(-150, 30).map(lambda c: c / 100)
-    adaptive = np.array(
-        draw(
-            st.lists(
-                cost,
-                min_size=n_adaptive * len(config_model),
-                max_size=n_adaptive * len(config_model),
-            )
-        )
-    ).reshape(n_adaptive, len(config_model))
-    rigid = np.array(
-        draw(st.lists(cost, min_size=n_rigid * n_models, max_size=n_rigid * n_models))
-    ).reshape(n_rigid, n_models)
-    rigid_gpus = draw(st.lists(st.integers(1, 4), min_size=n_rigid, max_size=n_rigid))
-    capacity = draw(st.lists(st.integers(0, 6), min_size=n_models, max_size=n_models))
-    pins_a = draw(
-        st.dictionaries(
-            st.integers(0, max(n_adaptive - 1, 0)),
-            st.integers(0, len(config_model) - 1),
-            max_size=min(n_adaptive, 2),
-        )
-    )
-    pins_r = draw(
-        st.dictionaries(
-            st.integers(0, max(n_rigid - 1, 0)),
-            st.integers(0, n_models - 1),
-            max_size=min(n_rigid, 1),
-        )
-    )
-    return {
-        "adaptive_cost": adaptive,
-        "config_gpus": config_gpus,
-        "config_model": config_model,
-        "rigid_cost": rigid,
-        "rigid_gpus": rigid_gpus,
-        "capacity": capacity,
-        "pinned_adaptive": pins_a,
-        "pinned_rigid": pins_r,
-    }
 
+    def costs(rows: int, cols: int) -> np.ndarray:
+        values = st.integers(-150, 30).map(lambda c: c / 100)
+        return np.array(draw(st.lists(values, min_size=rows * cols, max_size=rows * cols)))
 
-def brute_force(p: dict[str, object]) -> float | None:
-    """Least objective over every assignment, or None when none is feasible."""
-    adaptive, rigid = p["adaptive_cost"], p["rigid_cost"]
-    assert isinstance(adaptive, np.ndarray) and isinstance(rigid, np.ndarray)
-    options = [[None, *range(adaptive.shape[1])]] * adaptive.shape[0]
-    options += [[None, *range(rigid.shape[1])]] * rigid.shape[0]
-    best = None
-    for choice in itertools.product(*options):
-        if violates(p, choice[: adaptive.shape[0]], choice[adaptive.shape[0] :]):
-            continue
-        total = objective_of(p, choice[: adaptive.shape[0]], choice[adaptive.shape[0] :])
-        best = total if best is None else min(best, total)
-    return best
+    def pins(jobs: int, choices: int, most: int) -> dict[int, int]:
+        keys, values = st.integers(0, max(jobs - 1, 0)), st.integers(0, choices - 1)
+        return draw(st.dictionaries(keys, values, max_size=min(jobs, most)))
 
-
-def violates(
-    p: dict[str, object], adaptive: tuple[int | None, ...], rigid: tuple[int | None, ...]
-) -> bool:
-    """Capacity or a pin broken."""
-    used = [0] * len(p["capacity"])  # type: ignore[arg-type]
-    for c in adaptive:
-        if c is not None:
-            used[p["config_model"][c]] += p["config_gpus"][c]  # type: ignore[index]
-    for i, t in enumerate(rigid):
-        if t is not None:
-            used[t] += p["rigid_gpus"][i]  # type: ignore[index]
-    pins_a, pins_r = p["pinned_adaptive"], p["pinned_rigid"]
-    assert isinstance(pins_a, dict) and isinstance(pins_r, dict)
-    return (
-        any(u > c for u, c in zip(used, p["capacity"], strict=True))  # type: ignore[call-overload]
-        or any(adaptive[i] != j for i, j in pins_a.items())
-        or any(rigid[i] != j for i, j in pins_r.items())
-    )
-
-
-def objective_of(
-    p: dict[str, object], adaptive: tuple[int | None, ...], rigid: tuple[int | None, ...]
-) -> float:
-    a, r = p["adaptive_cost"], p["rigid_cost"]
-    assert isinstance(a, np.ndarray) and isinstance(r, np.ndarray)
-    return float(
-        sum(a[i, c] for i, c in enumerate(adaptive) if c is not None)
-        + sum(r[i, t] for i, t in enumerate(rigid) if t is not None)
+    return Problem(
+        adaptive_cost=costs(n_adaptive, n_configs).reshape(n_adaptive, n_configs),
+        config_gpus=config_gpus,
+        config_model=config_model,
+        rigid_cost=costs(n_rigid, n_models).reshape(n_rigid, n_models),
+        rigid_gpus=draw(st.lists(st.integers(1, 4), min_size=n_rigid, max_size=n_rigid)),
+        capacity=draw(st.lists(st.integers(0, 6), min_size=n_models, max_size=n_models)),
+        pinned_adaptive=pins(n_adaptive, n_configs, 2),
+        pinned_rigid=pins(n_rigid, n_models, 1),
     )
 
 
 @settings(max_examples=300, deadline=None)
 @given(problems(), st.sampled_from(SOLVERS))
-def test_both_solvers_find_the_brute_force_optimum(p: dict[str, object], solver: str) -> None:
+def test_both_solvers_find_the_brute_force_optimum(problem: Problem, solver: str) -> None:
     """Pruned choices, the DP's trimmed state space and HiGHS's LP-first shortcut must
     all keep the optimum; what is returned must be feasible and cost what it says."""
-    best = brute_force(p)
+    best = problem.brute_force()
     if best is None:
         with pytest.raises(ValueError, match="Sia ILP"):
-            solve_allocation(**p, solver=solver)  # type: ignore[arg-type]
+            problem.solve(solver)
         return
-    alloc: Allocation = solve_allocation(**p, solver=solver)  # type: ignore[arg-type]
-    assert not violates(p, alloc.adaptive, alloc.rigid)
-    assert alloc.objective == pytest.approx(objective_of(p, alloc.adaptive, alloc.rigid), abs=1e-9)
+    alloc = problem.solve(solver)
+    assert not problem.violates(alloc.adaptive, alloc.rigid)
+    assert alloc.objective == pytest.approx(problem.objective_of(alloc.adaptive, alloc.rigid))
     assert alloc.objective == pytest.approx(best, abs=1e-6)
