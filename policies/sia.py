@@ -41,7 +41,7 @@ from policies.decisions import Decision, Place, Preempt, Resize, SchedulingResul
 from policies.elastic import RIGID, SCALE_GPUS, GoodputHints
 from policies.jobs import AllocationShape, JobSpec, JobStatus, JobView, Placement, TaskPlacement
 from policies.perf_models import packed_placement
-from policies.sia_ilp import SOLVERS, Allocation, solve_allocation
+from policies.sia_ilp import Allocation, check_solver, solve_allocation
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -166,8 +166,7 @@ class Sia(RoundPolicy):
             raise ValueError("Sia's power p must not be 0")
         if (cfg.p < 0) != (cfg.lambda_unallocated > 0):
             raise ValueError("λ must be positive for p < 0 and negative for p > 0")
-        if cfg.solver not in SOLVERS:
-            raise ValueError(f"unknown Sia ILP solver {cfg.solver!r}; one of {', '.join(SOLVERS)}")
+        check_solver(cfg.solver)  # at construction, not at the first round
         self.round_s = cfg.round_s
         self._rows: dict[str, tuple[object, tuple[Configuration, ...], FloatArray]] = {}
 

@@ -35,6 +35,11 @@ Replaying the rounds of a 64-GPU newtrace run at 1-3× its capacities, it beats 
 million, and loses beyond; `auto` switches at four."""
 
 
+def check_solver(name: str) -> None:
+    if name not in SOLVERS:
+        raise ValueError(f"unknown Sia ILP solver {name!r}; one of {', '.join(SOLVERS)}")
+
+
 @dataclass(frozen=True)
 class Allocation:
     """The ILP's answer: per job, a configuration index (or a GPU model for rigid jobs),
@@ -66,8 +71,7 @@ def solve_allocation(
 
     Choices that no optimum needs are left out before solving (see `_useful_choices`),
     which roughly halves the problem without changing its optimum."""
-    if solver not in SOLVERS:
-        raise ValueError(f"unknown Sia ILP solver {solver!r}; one of {', '.join(SOLVERS)}")
+    check_solver(solver)
     n_adaptive, n_configs = adaptive_cost.shape if adaptive_cost.size else (0, len(config_gpus))
     n_rigid, n_models = rigid_cost.shape if rigid_cost.size else (0, len(capacity))
     adaptive_cost = adaptive_cost.reshape(n_adaptive, n_configs)
