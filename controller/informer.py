@@ -86,7 +86,8 @@ class Informer:
     async def _watch_until_resync(self) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.resync_s
-        while (left := deadline - loop.time()) > 0:
+        # Watches last whole seconds (see KubeApi.watch): under one second left, resync now.
+        while (left := deadline - loop.time()) >= 1:
             try:
                 await self._watch_once(min(left, self.watch_timeout_s))
             except WatchExpiredError:
