@@ -98,7 +98,10 @@ def _add_record(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "record", help="write what the cluster does with gpufleet's pods as a replayable trace"
     )
+    from traces.outputs import add_force_argument
+
     parser.add_argument("--out", required=True, type=Path, help="output directory")
+    add_force_argument(parser)
     parser.add_argument(
         "--duration", type=float, help="stop after this many seconds (default: until Ctrl-C)"
     )
@@ -140,6 +143,9 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _record(args: argparse.Namespace) -> int:
+    from traces.outputs import check_output_dir
+
+    check_output_dir(args.out, args.force)  # refuse before recording, not after
     _setup_logging(args.log_level)
     recorder = TraceRecorder(make_encoder(args.backend), args.scheduler_name)
     config = load_config(args.kubeconfig)
@@ -162,7 +168,7 @@ def _record(args: argparse.Namespace) -> int:
             await api.close()
 
     asyncio.run(main())
-    count = recorder.write(args.out)
+    count = recorder.write(args.out, args.force)
     logging.getLogger(__name__).info("recorded %d jobs to %s", count, args.out)
     return 0
 

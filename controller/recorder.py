@@ -38,6 +38,7 @@ from controller.objects import (
 from controller.workload import build_workload, job_id, node_spec, parse_duration
 from policies import FixedDuration, JobSpec
 from traces.canonical import write_jobs, write_nodes
+from traces.outputs import output_directory
 
 PLACEMENT_COLUMNS = ("job_id", "pod", "node", "gpus", "gpu_milli", "start_s", "end_s")
 
@@ -100,16 +101,17 @@ class TraceRecorder:
 
     # -- output -----------------------------------------------------------------------
 
-    def write(self, out_dir: Path) -> int:
-        """Write the three files; returns the number of jobs."""
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_nodes(
-            [node_spec(n, self.encoder) for n in sorted(self.nodes.values(), key=_name)],
-            out_dir / "nodes.csv",
-        )
+    def write(self, out_dir: Path, force: bool = False) -> int:
+        """Write the three files, staged, by the rules of `traces.outputs` (`force`: also
+        beside files gpufleet did not write); returns the number of jobs."""
         jobs = self.jobs()
-        write_jobs(jobs, out_dir / "jobs.csv")
-        (out_dir / "placements.csv").write_text(self._placements_csv())
+        with output_directory(out_dir, "controller record", force) as stage:
+            write_nodes(
+                [node_spec(n, self.encoder) for n in sorted(self.nodes.values(), key=_name)],
+                stage / "nodes.csv",
+            )
+            write_jobs(jobs, stage / "jobs.csv")
+            (stage / "placements.csv").write_text(self._placements_csv())
         return len(jobs)
 
     def jobs(self) -> list[JobSpec]:

@@ -7,12 +7,10 @@ line on stderr and exit code 2; no traceback, no partial output.
 from __future__ import annotations
 
 import argparse
-import functools
 import importlib
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import ModuleType
 
 from policies import make_policy, policy_class, policy_names
 from policies.registry import config_help, parse_options
@@ -20,9 +18,10 @@ from simulator.compare import format_table, write_comparison
 from simulator.experiments import experiment_modules
 from simulator.inputs import add_input_arguments, load_inputs
 from simulator.progress import ProgressBar
-from simulator.run import RunConfig, RunResult, simulate, write_json
+from simulator.run import RunConfig, RunResult, simulate
 from traces import TraceError
 from traces.cli import add_traces_commands
+from traces.outputs import add_force_argument, check_output_dir, output_directory
 
 Handler = Callable[[argparse.Namespace], int]
 OURS = {"policies", "simulator", "traces", "controller"}
@@ -96,7 +95,10 @@ def _add_simulate(commands: argparse._SubParsersAction) -> None:
     )
     _add_run_arguments(parser)
     parser.add_argument("--policy", default="fifo", help="policy name (default: fifo)")
-    parser.add_argument("--out", default="out/simulate", help="output directory")
+    parser.add_argument(
+        "--out", default="out/simulate", help="output directory (default: %(default)s)"
+    )
+    add_force_argument(parser)
     parser.set_defaults(handler=_simulate)
 
 
@@ -113,7 +115,10 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
         default="fifo,bestfit,las",
         help="comma-separated policy names (default: %(default)s)",
     )
-    parser.add_argument("--out", default="out/compare", help="output directory")
+    parser.add_argument(
+        "--out", default="out/compare", help="output directory (default: %(default)s)"
+    )
+    add_force_argument(parser)
     parser.set_defaults(handler=_compare)
 
 
@@ -132,17 +137,7 @@ def _add_experiments(commands: argparse._SubParsersAction) -> None:
     for module in experiment_modules():
         sub = names.add_parser(module.NAME, help=module.HELP, description=module.HELP)
         module.add_arguments(sub)
-        sub.set_defaults(handler=functools.partial(_run_experiment, module))
-
-
-def _run_experiment(module: ModuleType, args: argparse.Namespace) -> int:
-    """Run it, then record how it was run in `OUT/config.json` (which
-    `simulator.results` attaches to the loaded experiment)."""
-    status = int(module.run(args))
-    if status == 0:
-        arguments = {key: value for key, value in vars(args).items() if key != "handler"}
-        write_json(Path(args.out) / "config.json", {"experiment": module.NAME, **arguments})
-    return status
+        sub.set_defaults(handler=module.run)
 
 
 def _add_controller(commands: argparse._SubParsersAction) -> None:
@@ -192,12 +187,13 @@ def _run_one(args: argparse.Namespace, policy_name: str, out_dir: Path) -> RunRe
     )
     bar = ProgressBar(len(inputs.jobs), policy_name, enabled=args.progress)
     try:
-        return simulate(config, inputs.nodes, inputs.jobs, policy, out_dir, bar.update)
+        return simulate(config, inputs.nodes, inputs.jobs, policy, out_dir, bar.update, args.force)
     finally:
         bar.close()
 
 
 def _simulate(args: argparse.Namespace) -> int:
+    check_output_dir(args.out, args.force)  # before the run, not after
     result = _run_one(args, args.policy, Path(args.out))
     print(format_table([result.summary]))
     print(f"wrote {result.out_dir}")
@@ -211,8 +207,9 @@ def _compare(args: argparse.Namespace) -> int:
     for name in names:
         policy_class(name)
     out = Path(args.out)
-    results = [_run_one(args, name, out / name) for name in names]
-    write_comparison(out, results)
+    with output_directory(out, "compare", args.force) as stage:
+        results = [_run_one(args, name, stage / name) for name in names]
+        write_comparison(stage, results)
     print(format_table([r.summary for r in results]))
     print(f"wrote {out / 'summary.csv'} and {out / 'compare.png'}")
     return 0

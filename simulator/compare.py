@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 
 from simulator.plotting import subplots
-from simulator.run import RunResult, staged_directory
+from simulator.run import RunResult
+from traces.outputs import staged_file
 
 TABLE_KEYS = (
     "policy",
@@ -27,13 +28,14 @@ TABLE_KEYS = (
 
 
 def write_comparison(out_dir: Path, results: Sequence[RunResult]) -> None:
-    """`summary.csv` and `compare.png` beside the per-policy run directories."""
-    with staged_directory(out_dir / "_compare") as stage:
-        write_summary_csv(stage / "summary.csv", [r.summary for r in results])
-        plot_comparison(stage / "compare.png", results)
-    for name in ("summary.csv", "compare.png"):
-        (out_dir / "_compare" / name).replace(out_dir / name)
-    (out_dir / "_compare").rmdir()
+    """`summary.csv` and `compare.png` beside the per-policy run directories (files of
+    those names are replaced; neither is if either fails)."""
+    with (
+        staged_file(out_dir / "summary.csv") as table,
+        staged_file(out_dir / "compare.png") as plot,
+    ):
+        write_summary_csv(table, [r.summary for r in results])
+        plot_comparison(plot, results)
 
 
 def write_summary_csv(path: Path, summaries: Sequence[dict[str, Any]]) -> None:

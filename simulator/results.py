@@ -152,7 +152,7 @@ def load_experiment(path: str | Path) -> ExperimentResults:
     runs = {key: load_run(directory / key) for key in _run_keys(directory)}
     if not tables and not runs:
         raise ResultsError(f"{directory} holds no result tables and no run directories")
-    documents = {path.stem: _read_json(path) for path in sorted(directory.glob("*.json"))}
+    documents = {path.stem: _read_json(path) for path in _visible(directory, ".json")}
     config = documents.pop("config", {})
     return ExperimentResults(directory, config, tables, runs, documents)
 
@@ -177,12 +177,21 @@ def _run_keys(directory: Path) -> list[str]:
 
 def _read_tables(directory: Path) -> dict[str, pd.DataFrame]:
     tables: dict[str, pd.DataFrame] = {}
-    for path in sorted(directory.iterdir()):
-        if path.is_file() and path.suffix in TABLE_SUFFIXES:
-            if path.stem in tables:
-                raise ResultsError(f"{directory} has both {path.stem}.csv and .parquet")
-            tables[path.stem] = _read_table(path)
+    for path in _visible(directory, *TABLE_SUFFIXES):
+        if path.stem in tables:
+            raise ResultsError(f"{directory} has both {path.stem}.csv and .parquet")
+        tables[path.stem] = _read_table(path)
     return tables
+
+
+def _visible(directory: Path, *suffixes: str) -> list[Path]:
+    """Files directly in `directory` with one of `suffixes`, skipping hidden ones (the
+    output marker, staging leftovers)."""
+    return [
+        path
+        for path in sorted(directory.iterdir())
+        if path.is_file() and path.suffix in suffixes and not path.name.startswith(".")
+    ]
 
 
 def _read_table(path: Path) -> pd.DataFrame:

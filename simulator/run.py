@@ -3,16 +3,14 @@
 The directory holds `jobs.parquet` (one row per job), `timeline.parquet` (cluster after
 each change), `config.json` (the resolved configuration) and `summary.json`. Files are
 written to a temporary sibling first and moved into place at the end, so a failed run
-leaves nothing behind.
+leaves nothing behind; `traces.outputs` says what may already be in the directory.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ import pyarrow.parquet as pq
 from policies import JobSpec, NodeSpec, Policy
 from simulator.engine import EngineOptions, ProgressHook, Simulation
 from simulator.metrics import JOB_COLUMNS, TIMELINE_COLUMNS, Recorder
+from traces.outputs import output_directory
 
 
 @dataclass(frozen=True)
@@ -53,8 +52,10 @@ def simulate(
     policy: Policy,
     out_dir: str | Path | None = None,
     progress: ProgressHook | None = None,
+    force: bool = False,
 ) -> RunResult:
-    """Replay `jobs` on `nodes` with `policy`; write outputs when `out_dir` is given."""
+    """Replay `jobs` on `nodes` with `policy`; write outputs when `out_dir` is given
+    (`force`: also into a non-empty directory that is not a gpufleet output)."""
     options = EngineOptions(
         seed=config.seed,
         restart_cost_s=config.restart_cost_s,
@@ -74,7 +75,9 @@ def simulate(
     written = None
     if out_dir is not None:
         resolved = {**config.__dict__, "policy_config": policy.describe()}
-        written = write_outputs(Path(out_dir), recorder, sim.cluster.models, resolved, summary)
+        written = write_outputs(
+            Path(out_dir), recorder, sim.cluster.models, resolved, summary, force
+        )
     return RunResult(summary, recorder, written)
 
 
@@ -84,8 +87,9 @@ def write_outputs(
     models: Sequence[str],
     config: dict[str, Any],
     summary: dict[str, Any],
+    force: bool = False,
 ) -> Path:
-    with staged_directory(out_dir) as stage:
+    with staged_directory(out_dir, force) as stage:
         write_table(stage / "jobs.parquet", JOB_COLUMNS, recorder.jobs)
         timeline_columns = (*TIMELINE_COLUMNS, *(f"gpus_{m}" for m in models))
         write_table(stage / "timeline.parquet", timeline_columns, recorder.timeline)
@@ -103,16 +107,6 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
     path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
 
 
-@contextmanager
-def staged_directory(target: Path) -> Iterator[Path]:
-    """Yield a temporary directory that replaces `target` only if the block succeeds."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        yield stage
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
-    if target.exists():
-        shutil.rmtree(target)
-    stage.rename(target)
+def staged_directory(target: Path, force: bool = False) -> AbstractContextManager[Path]:
+    """Stage a run directory and move it into `target` by the rules of `traces.outputs`."""
+    return output_directory(target, "simulate", force)

@@ -35,6 +35,7 @@ def test_simulate_default_writes_every_output(
     out = tmp_path / "run"
     assert main(["simulate", "--jobs", "60", "--out", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == [
+        ".gpufleet-output.json",
         "config.json",
         "jobs.parquet",
         "summary.json",
@@ -137,6 +138,47 @@ def test_malformed_trace_leaves_no_output(
     assert not out.exists()
 
 
+def test_bad_trace_leaves_an_existing_output_as_it_was(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    assert main(["simulate", "--jobs", "20", "--out", str(out)]) == 0
+    (out / "thesis.tex").write_text("mine")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    trace = tmp_path / "t.csv"
+    trace.write_text("timestamp,duration,num_gpus\n0,10,1\n5,ten,1\n")
+    assert main(["simulate", "--trace", str(trace), "--format", "philly", "--out", str(out)]) == 2
+    assert f"{trace}:3: field 'duration'" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_out_dot_keeps_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "thesis.tex").write_text("mine")
+    monkeypatch.chdir(work)
+    assert main(["simulate", "--jobs", "20", "--out", "."]) == 2
+    assert "--out . is not empty" in capsys.readouterr().err
+    assert [p.name for p in work.iterdir()] == ["thesis.tex"]
+    assert main(["simulate", "--jobs", "20", "--out", ".", "--force"]) == 0
+    assert (work / "thesis.tex").read_text() == "mine"
+    assert (work / "summary.json").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["work"]  # no staging left beside it
+
+
+def test_traces_out_replaces_a_file_but_not_a_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    gen = tmp_path / "jobs.csv"
+    gen.write_text("an older trace\n")
+    assert main(["traces", "generate", "--jobs", "5", "--out", str(gen)]) == 0
+    assert gen.read_text().startswith("id,")
+    assert main(["traces", "generate", "--jobs", "5", "--out", str(tmp_path)]) == 2
+    assert f"{tmp_path} is a directory" in capsys.readouterr().err
+
+
 def test_help_answers_for_every_command() -> None:
     for args in (
         ["--help"],
@@ -151,6 +193,36 @@ def test_help_answers_for_every_command() -> None:
             check=False,
         )
         assert done.returncode == 0 and "usage: gpufleet" in done.stdout
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["simulate"],
+        ["compare"],
+        ["experiment", "continual"],
+        ["experiment", "fgd-inflation"],
+        ["experiment", "hetero"],
+        ["experiment", "rap"],
+        ["controller", "record"],
+    ],
+)
+def test_every_directory_writer_explains_force(
+    command: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit, match="0"):
+        main([*command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--force" in text and "nothing is deleted" in text and "other files are kept" in text
+
+
+@pytest.mark.parametrize("action", ["generate", "convert"])
+def test_file_writers_say_they_replace_the_named_file(
+    action: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit, match="0"):
+        main(["traces", action, "--help"])
+    assert "a file of that name is replaced" in " ".join(capsys.readouterr().out.split())
 
 
 def test_progress_bar_draws_and_finishes_a_line() -> None:

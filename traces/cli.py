@@ -42,7 +42,9 @@ def add_traces_commands(commands: argparse._SubParsersAction) -> None:
         description="Read a trace in any supported format and write the canonical CSV.",
     )
     _add_source(convert)
-    convert.add_argument("--out", required=True, help="canonical CSV to write")
+    convert.add_argument(
+        "--out", required=True, help="canonical CSV to write (a file of that name is replaced)"
+    )
     convert.set_defaults(handler=_convert)
 
     generate = sub.add_parser(
@@ -67,7 +69,12 @@ def add_traces_commands(commands: argparse._SubParsersAction) -> None:
         help="share of 1-GPU jobs asking for a GPU fraction",
     )
     generate.add_argument("--seed", type=int, default=0, help="random seed")
-    generate.add_argument("--out", required=True, help="file to write")
+    generate.add_argument(
+        "--out",
+        required=True,
+        help="file to write (a file of that name is replaced; --kind continual also "
+        "writes NAME.batch.csv beside NAME.csv when it has batch jobs)",
+    )
     for module, add_args, _ in EXTRA_KINDS.values():
         getattr(importlib.import_module(module), add_args)(generate)
     generate.set_defaults(handler=_generate)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import csv
-import io
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
 from traces.errors import TraceError
+from traces.outputs import staged_file
 
 T = TypeVar("T")
 
@@ -102,16 +102,16 @@ def write_rows(
     path: str | Path, columns: Sequence[str], rows: Iterable[Mapping[str, object]]
 ) -> int:
     """Write `rows` as CSV with a header; returns the row count. The text goes to a
-    temporary name first and is renamed into place, so a failure leaves no partial file."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator="\n")
-    writer.writeheader()
+    temporary name first and is renamed into place, so a failure leaves no partial file
+    (and an existing file of that name as it was)."""
     count = 0
-    for row in rows:
-        writer.writerow(row)
-        count += 1
-    target = Path(path)
-    staged = target.with_name(f".{target.name}.tmp")
-    staged.write_text(buffer.getvalue(), encoding="utf-8")
-    staged.replace(target)
+    with (
+        staged_file(path) as staged,
+        staged.open("w", newline="", encoding="utf-8") as handle,
+    ):
+        writer = csv.DictWriter(handle, fieldnames=list(columns), lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(row)
+            count += 1
     return count

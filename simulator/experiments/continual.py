@@ -30,9 +30,11 @@ from policies.continual import StreamSpec
 from policies.registry import parse_policy_label
 from simulator.clusters import named_cluster
 from simulator.continual import ContinualResult, accuracy_over_time, simulate_continual
+from simulator.experiments import experiment_output
 from simulator.plotting import subplots
-from simulator.run import RunConfig, staged_directory
+from simulator.run import RunConfig
 from traces.continual import ContinualSpec, generate_streams, load_continual, mix_jobs
+from traces.outputs import add_force_argument
 
 NAME = "continual"
 HELP = "continual-training streams (light and heavy load) under every policy"
@@ -83,7 +85,10 @@ def mix_jobs_for(spec: ContinualSpec, count: int, seed: int) -> list[JobSpec]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default="out/continual", help="output directory")
+    parser.add_argument(
+        "--out", default="out/continual", help="output directory (default: %(default)s)"
+    )
+    add_force_argument(parser)
     parser.add_argument(
         "--windows", type=int, default=144, help="10-minute windows per stream (default: a day)"
     )
@@ -132,10 +137,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     workloads = _workloads(args)
     policies = _policies(args.policies)
-    out = Path(args.out)
     rows: list[dict[str, object]] = []
     results: dict[str, dict[str, ContinualResult]] = {}
-    with staged_directory(out) as stage:
+    with experiment_output(NAME, args) as stage:
         for workload in workloads:
             results[workload.name] = {}
             for policy in policies:
@@ -151,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
         for name, by_policy in results.items():
             plot_accuracy_over_time(stage / f"accuracy_{name}.png", name, by_policy)
         plot_accuracy_by_policy(stage / "accuracy_by_policy.png", rows)
-    print(f"wrote {len(rows)} runs to {out}")
+    print(f"wrote {len(rows)} runs to {args.out}")
     return 0
 
 

@@ -47,9 +47,10 @@ from policies import (
 )
 from policies.fragmentation import NodeFragmentation, TargetWorkload, workload_from_jobs
 from policies.registry import parse_policy_label
-from simulator.run import staged_directory
+from simulator.experiments import experiment_output
 from traces.errors import TraceError
 from traces.openb import read_nodes, read_pods
+from traces.outputs import add_force_argument
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -378,6 +379,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--inflate", type=float, default=1.3, help="GPU request ÷ capacity to reach (default 1.3)"
     )
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    add_force_argument(parser)
     parser.add_argument(
         "--workers", type=int, default=os.cpu_count() or 1, help="processes (default: all cores)"
     )
@@ -401,8 +403,9 @@ def run(args: argparse.Namespace) -> int:
     for label in labels:
         build_policy(label, workload_from_jobs(dummy.jobs))  # fail fast on bad names/options
     specs = [RunSpec(t, p, s) for t in traces for p in labels for s in seeds]
-    outputs = _run_with_progress(traces, nodes, specs, float(args.inflate), args.workers)
-    _write_outputs(Path(args.out), outputs, args.plots, round(args.inflate * 100))
+    with experiment_output(NAME, args) as stage:
+        outputs = _run_with_progress(traces, nodes, specs, float(args.inflate), args.workers)
+        _write_outputs(stage, outputs, args.plots, round(args.inflate * 100))
     print(f"wrote {len(outputs)} runs to {args.out}")
     return 0
 
@@ -444,15 +447,12 @@ def _run_with_progress(
 
 
 def _write_outputs(out: Path, outputs: Sequence[RunOutput], plots: bool, last_pct: int) -> None:
-    with staged_directory(out) as stage:
-        _write_csv(stage / "curves.csv", CURVE_COLUMNS, (r for o in outputs for r in o.curve))
-        _write_csv(
-            stage / "failures.csv", FAILURE_COLUMNS, (r for o in outputs for r in o.failures)
-        )
-        read_at = min(100, last_pct)
-        _write_csv(stage / "summary.csv", SUMMARY_COLUMNS, summarise(outputs, read_at))
-        if plots:
-            plot_curves(outputs, stage / "plots", read_at)
+    _write_csv(out / "curves.csv", CURVE_COLUMNS, (r for o in outputs for r in o.curve))
+    _write_csv(out / "failures.csv", FAILURE_COLUMNS, (r for o in outputs for r in o.failures))
+    read_at = min(100, last_pct)
+    _write_csv(out / "summary.csv", SUMMARY_COLUMNS, summarise(outputs, read_at))
+    if plots:
+        plot_curves(outputs, out / "plots", read_at)
 
 
 def _write_csv(path: Path, columns: Sequence[str], rows: Iterable[tuple[object, ...]]) -> None:

@@ -17,7 +17,8 @@ Output directory:
 - `jct_cdf.png` (JCT CDF per policy, all workloads pooled) and
   `gpus_by_model_<policy>.png` (GPUs per model over time, first workload).
 
-Everything is written to a temporary sibling directory and moved into place at the end.
+Everything is written to a temporary sibling directory and moved into place at the end
+(see `traces.outputs` for what may already be in `--out`).
 """
 
 from __future__ import annotations
@@ -25,9 +26,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -40,11 +39,13 @@ from policies import JobSpec, NodeSpec, Policy, make_policy, policy_class
 from policies.registry import parse_policy_label
 from simulator.clusters import cluster_names, named_cluster
 from simulator.engine import EngineOptions, Simulation
+from simulator.experiments import experiment_output
 from simulator.metrics import JOB_COLUMNS, PASS_COLUMNS, Recorder
 from simulator.plotting import subplots
 from traces import sia as sia_traces
 from traces.errors import TraceError
 from traces.gavel_throughputs import generate_jobs, read_throughputs
+from traces.outputs import add_force_argument
 
 NAME = "hetero"
 HELP = "Sia vs Gavel vs baselines on heterogeneous clusters (Sia or Gavel workloads)"
@@ -124,6 +125,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="comma-separated; NAME or NAME:KEY=VALUE:...",
     )
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    add_force_argument(parser)
     parser.add_argument("--workers", type=int, default=1, help="parallel processes")
     parser.add_argument("--seed", type=int, default=0)
 
@@ -143,8 +145,8 @@ def run(args: argparse.Namespace) -> int:
         for w in workloads
         for name, options in policies
     ]
-    outputs = run_all(specs, args.workers)
-    write_results(Path(args.out), outputs)
+    with experiment_output(NAME, args) as stage:
+        write_results(stage, run_all(specs, args.workers))
     return 0
 
 
@@ -282,33 +284,23 @@ def run_all(specs: Sequence[RunSpec], workers: int) -> list[RunOutput]:
 
 
 def write_results(out: Path, outputs: Sequence[RunOutput]) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        models = outputs[0].models
-        _write_csv(tmp / "summary.csv", SUMMARY_COLUMNS, [o.summary for o in outputs])
-        _write_csv(tmp / "policy_timing.csv", TIMING_COLUMNS, [o.timing for o in outputs])
-        head = ("workload", "policy")
-        _write_csv(tmp / "jobs.csv", (*head, *JOB_COLUMNS), [r for o in outputs for r in o.jobs])
-        _write_csv(
-            tmp / "rounds.csv", (*head, *PASS_COLUMNS), [r for o in outputs for r in o.rounds]
-        )
-        timeline_cols = (
-            *head,
-            "time_s",
-            "alloc_gpu_pct",
-            "running",
-            "pending",
-            *(f"gpus_{m}" for m in models),
-        )
-        _write_csv(tmp / "timeline.csv", timeline_cols, [r for o in outputs for r in o.timeline])
-        plot_results(tmp, outputs)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    """The tables and plots of every run, into the existing directory `out`."""
+    models = outputs[0].models
+    _write_csv(out / "summary.csv", SUMMARY_COLUMNS, [o.summary for o in outputs])
+    _write_csv(out / "policy_timing.csv", TIMING_COLUMNS, [o.timing for o in outputs])
+    head = ("workload", "policy")
+    _write_csv(out / "jobs.csv", (*head, *JOB_COLUMNS), [r for o in outputs for r in o.jobs])
+    _write_csv(out / "rounds.csv", (*head, *PASS_COLUMNS), [r for o in outputs for r in o.rounds])
+    timeline_cols = (
+        *head,
+        "time_s",
+        "alloc_gpu_pct",
+        "running",
+        "pending",
+        *(f"gpus_{m}" for m in models),
+    )
+    _write_csv(out / "timeline.csv", timeline_cols, [r for o in outputs for r in o.timeline])
+    plot_results(out, outputs)
 
 
 def _write_csv(path: Path, columns: Sequence[str], rows: Sequence[Sequence[object]]) -> None:

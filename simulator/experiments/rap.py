@@ -1,6 +1,6 @@
 """`gpufleet experiment rap`: RAP's single-job fidelity and cluster-level sharing.
 
-Writes to `--out DIR` (all or nothing):
+Writes to `--out DIR` (all or nothing; `traces.outputs` says what may already be there):
 
 * `single_job.csv` — `plan,num_gpus,mode,iteration_ms,throughput_ratio_vs_ideal` for
   every plan and GPU count in the data at the reference batch 4096 (plans 2 and 3
@@ -44,9 +44,11 @@ from policies.rap import (
     calibrate_dispatch_overhead,
     corun_overhead_for_gap,
 )
+from simulator.experiments import experiment_output
 from simulator.metrics import JOB_COLUMNS
 from simulator.plotting import subplots
-from simulator.run import RunConfig, simulate, staged_directory
+from simulator.run import RunConfig, simulate
+from traces.outputs import add_force_argument
 from traces.rap import (
     MixedTraceSpec,
     ProfileKey,
@@ -95,6 +97,7 @@ CLUSTER_COLUMNS = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="out/rap", help="output directory (default: out/rap)")
+    add_force_argument(parser)
     parser.add_argument(
         "--data", metavar="DIR", help="RAP profile directory (default: $GPUFLEET_DATA_DIR/rap)"
     )
@@ -147,9 +150,9 @@ def run(args: argparse.Namespace) -> int:
     fidelity = fidelity_rows(profiles, model)
     sensitivity = sensitivity_rows(measured)
     calibration = calibration_report(measured)
-    cluster_runs, trace = cluster_experiment(profiles, setup, _progress)
-    cluster = summarise_runs(cluster_runs)
-    with staged_directory(Path(args.out)) as stage:
+    with experiment_output(NAME, args) as stage:
+        cluster_runs, trace = cluster_experiment(profiles, setup, _progress)
+        cluster = summarise_runs(cluster_runs)
         write_csv(stage / "single_job.csv", SINGLE_JOB_COLUMNS, single)
         write_csv(stage / "fidelity.csv", tuple(fidelity[0]), fidelity)
         write_csv(stage / "sensitivity.csv", tuple(sensitivity[0]), sensitivity)
