@@ -93,7 +93,9 @@ def _commit(stage: Path, target: Path, command: str, force: bool) -> None:
         stage.rename(target)  # one atomic step for a new directory
         return
     previous = _owned(target, force)
-    clashes = [rel for rel in written if rel not in previous and os.path.lexists(target / rel)]
+    clashes = [
+        rel for rel in sorted(written) if rel not in previous and os.path.lexists(target / rel)
+    ]
     if clashes and not force:
         raise OutputRefused(
             f"{target}/{clashes[0]} was not written by gpufleet; nothing written "
