@@ -22,7 +22,6 @@ from controller.encoders import GpuEncoder
 from controller.ledger import CapacityLedger, Charge
 from controller.objects import (
     ASSIGNED_GPUS,
-    ASSIGNED_MILLI,
     SCHEDULER_NAME,
     NodeRecord,
     PodRecord,
@@ -61,6 +60,8 @@ class ClusterCache:
         self.on_change: Callable[[], None] = lambda: None
         self._counter = itertools.count()
         self._wanted: dict[str, PodRecord] = {}
+        self.flagged: dict[str, PodRecord] = {}
+        """Bound pods with a field we read but cannot (charged by their requests)."""
         self.running = RunningJobs(encoder)
         """Pods this scheduler should place, kept incrementally: a pass must not scan
         every pod in the cluster."""
@@ -151,6 +152,10 @@ class ClusterCache:
             self._wanted[pod.uid] = pod
         else:
             self._wanted.pop(pod.uid, None)
+        if pod.node_name and pod.problems_for(self.scheduler_name):
+            self.flagged[pod.uid] = pod
+        else:
+            self.flagged.pop(pod.uid, None)
         self._sync_running(pod.uid)
         if _matters(old, pod):
             self.on_change()
@@ -160,6 +165,7 @@ class ClusterCache:
         self.seq.pop(uid, None)
         self.assumed.pop(uid, None)
         self._wanted.pop(uid, None)
+        self.flagged.pop(uid, None)
         self.running.drop(uid)
         self.ledger.release(uid)
         if pod is not None:
@@ -190,12 +196,11 @@ class ClusterCache:
             self.running.drop(uid)
 
     def _recorded_charge(self, pod: PodRecord) -> Charge | None:
-        """The charge our own Binding annotations record, if the pod has them."""
-        if ASSIGNED_GPUS not in pod.annotations:
+        """The charge our own Binding annotations record, if the pod has readable ones."""
+        gpus = pod.meta.assigned_gpus
+        if gpus is None:
             return None
-        gpus = tuple(int(g) for g in pod.annotations[ASSIGNED_GPUS].split(",") if g)
-        milli = int(pod.annotations.get(ASSIGNED_MILLI, "0")) if gpus else 0
-        return Charge(pod.node_name, gpus, milli, pod.cpu_milli, pod.mem_mib)
+        return Charge(pod.node_name, gpus, pod.meta.assigned_milli, pod.cpu_milli, pod.mem_mib)
 
     def _nodes_changed(self) -> None:
         before = set(self.ledger.state.node_index) if self.ledger.state is not None else set()

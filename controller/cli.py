@@ -1,7 +1,8 @@
-"""`gpufleet controller run` and `gpufleet controller record`.
+"""`gpufleet controller run|serve|record`.
 
 The top-level `gpufleet` parser calls `add_controller_commands(subparsers)`; each
-command sets `handler`, which returns the exit code.
+command sets `handler`, which returns the exit code. `run` and `serve` are two sets of
+defaults for the same manager (`controller.serve`).
 """
 
 from __future__ import annotations
@@ -19,10 +20,8 @@ from controller.informer import Informer
 from controller.kubeapi import KubeApi, load_config
 from controller.objects import SCHEDULER_NAME
 from controller.recorder import TraceRecorder
-from controller.runtime import NON_TERMINAL, Controller, ControllerOptions
-from controller.scheduler import SchedulerOptions
-from policies import make_policy, policy_names
-from policies.registry import parse_options
+from controller.runtime import NON_TERMINAL
+from controller.serve import add_run_command, add_serve_command
 
 
 def add_controller_commands(commands: argparse._SubParsersAction) -> None:
@@ -32,12 +31,9 @@ def add_controller_commands(commands: argparse._SubParsersAction) -> None:
         description="The Kubernetes side of gpufleet: the same policy objects as the simulator.",
     )
     sub = parser.add_subparsers(title="controller commands", metavar="COMMAND")
-    _add_run(sub)
-    _add_record(sub)
-    # Imported here: ctj_cli reuses this module's option parsing.
-    from controller.ctj_cli import add_serve_command
-
+    add_run_command(sub)
     add_serve_command(sub)
+    _add_record(sub)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -61,39 +57,6 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
 
 
-def _add_run(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("run", help="schedule pods with a gpufleet policy")
-    parser.add_argument("--policy", required=True, help=f"one of: {', '.join(policy_names())}")
-    parser.add_argument(
-        "--option",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="policy config option (repeatable); `gpufleet policies` lists them",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="policy random seed (default: 0)")
-    parser.add_argument(
-        "--round-seconds",
-        type=float,
-        help="round length for round-based policies (default: the policy's own)",
-    )
-    parser.add_argument(
-        "--bind-concurrency", type=int, default=32, help="binds in flight at most (default: 32)"
-    )
-    parser.add_argument(
-        "--resync-seconds", type=float, default=300.0, help="full re-list period (default: 300)"
-    )
-    parser.add_argument(
-        "--min-pass-interval",
-        type=float,
-        default=0.05,
-        help="seconds between scheduling passes at least; changes in between are coalesced "
-        "(default: 0.05)",
-    )
-    _common(parser)
-    parser.set_defaults(handler=_run)
-
-
 def _add_record(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "record", help="write what the cluster does with gpufleet's pods as a replayable trace"
@@ -113,33 +76,6 @@ def _setup_logging(level: str) -> None:
     logging.basicConfig(
         level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-
-
-def _run(args: argparse.Namespace) -> int:
-    _setup_logging(args.log_level)
-    policy = make_policy(args.policy, parse_options(args.option))
-    options = ControllerOptions(
-        scheduler=SchedulerOptions(
-            seed=args.seed,
-            bind_concurrency=args.bind_concurrency,
-            round_s=args.round_seconds,
-            min_pass_interval_s=args.min_pass_interval,
-        ),
-        scheduler_name=args.scheduler_name,
-        backend=args.backend,
-        resync_s=args.resync_seconds,
-    )
-    config = load_config(args.kubeconfig)
-
-    async def main() -> None:
-        api = KubeApi(config)
-        try:
-            await _until_signal(Controller(api, policy, options).run_forever())
-        finally:
-            await api.close()
-
-    asyncio.run(main())
-    return 0
 
 
 def _record(args: argparse.Namespace) -> int:

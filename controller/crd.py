@@ -8,12 +8,13 @@ defaults for objects written before a default existed. Field reference: docs/crd
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from controller.effects import now_rfc3339
-from controller.objects import parse_time
+from controller.objects import Problem, parse_time
 from policies import MILLI
 from policies.continual import AccuracyCurve, RetrainConfig
 
@@ -263,7 +264,9 @@ class CtjStatus:
 @dataclass(frozen=True)
 class Ctj:
     """One ContinualTrainingJob as read from the API; `raw` is the object as served
-    (status writes send it back with its resourceVersion as the precondition)."""
+    (status writes send it back with its resourceVersion as the precondition). A CTJ
+    whose spec or status cannot be read carries `problem`; its `spec` is then
+    `UNREADABLE_SPEC` and the reconciler acts on nothing but the problem."""
 
     namespace: str
     name: str
@@ -273,6 +276,7 @@ class Ctj:
     spec: CtjSpec
     status: CtjStatus
     raw: Mapping[str, Any]
+    problem: Problem | None = None
 
     @property
     def key(self) -> str:
@@ -283,74 +287,158 @@ class Ctj:
         return bool(self.raw.get("metadata", {}).get("deletionTimestamp"))
 
 
+UNREADABLE_SPEC = CtjSpec(image="", retrain=RetrainSchedule(deadline_s=0))
+"""Stands in for a spec that could not be read (see `Ctj.problem`)."""
+
+
+class FieldError(ValueError):
+    """A CTJ field that cannot be read as written."""
+
+    def __init__(self, problem: Problem) -> None:
+        super().__init__(str(problem))
+        self.problem = problem
+
+
+T = TypeVar("T")
+
+
+def _at(field: str, read: Callable[[], T]) -> T:
+    """`read()`, with any failure reported as a `FieldError` naming `field`."""
+    try:
+        return read()
+    except FieldError:
+        raise
+    except (KeyError, ValueError, TypeError, AttributeError, ArithmeticError) as err:
+        message = f"missing {err}" if isinstance(err, KeyError) else str(err) or repr(err)
+        raise FieldError(Problem(field, message)) from None
+
+
 def ctj_from_json(obj: Mapping[str, Any]) -> Ctj:
-    meta = obj.get("metadata", {})
+    """Never raises: an unreadable spec or status becomes the CTJ's `problem`."""
+    meta = obj.get("metadata") or {}
+    problem = None
+    try:
+        spec = _at("spec", lambda: spec_from_json(obj.get("spec") or {}))
+        status = _at("status", lambda: CtjStatus.from_json(obj.get("status")))
+    except FieldError as err:
+        spec, status, problem = UNREADABLE_SPEC, CtjStatus(), err.problem
     return Ctj(
-        namespace=meta.get("namespace", "default"),
-        name=meta["name"],
-        uid=meta.get("uid", ""),
-        generation=int(meta.get("generation", 1)),
+        namespace=str(meta.get("namespace", "default")),
+        name=str(meta.get("name", "")),
+        uid=str(meta.get("uid", "")),
+        generation=int(meta.get("generation") or 1),
         created=parse_time(meta.get("creationTimestamp")),
-        spec=spec_from_json(obj.get("spec") or {}),
-        status=CtjStatus.from_json(obj.get("status")),
+        spec=spec,
+        status=status,
         raw=obj,
+        problem=problem,
     )
 
 
 def spec_from_json(spec: Mapping[str, Any]) -> CtjSpec:
-    resources = spec.get("resources") or {}
-    replicas = spec.get("replicas") or {}
-    low = int(replicas.get("min", 1))
-    pod_meta = spec.get("podMetadata") or {}
+    """The spec as typed values; a field that cannot be read raises `FieldError`."""
+    resources = _at("spec.resources", lambda: dict(spec.get("resources") or {}))
+    replicas = _at("spec.replicas", lambda: dict(spec.get("replicas") or {}))
+    low = _at("spec.replicas.min", lambda: _positive(replicas.get("min", 1)))
+    pod_meta = _at("spec.podMetadata", lambda: dict(spec.get("podMetadata") or {}))
     accuracy = spec.get("accuracy")
+    retrain = _at("spec.retrain", lambda: dict(spec["retrain"]))
     return CtjSpec(
-        image=spec["image"],
-        retrain=_retrain(spec["retrain"]),
-        gpu=_gpu(resources.get("gpu") or {}),
-        command=tuple(spec.get("command") or ()),
-        args=tuple(spec.get("args") or ()),
-        env=tuple((e["name"], e.get("value", "")) for e in spec.get("env") or ()),
-        model_uri=(spec.get("model") or {}).get("checkpointURI", ""),
-        data_source=(spec.get("data") or {}).get("source", ""),
+        image=_at("spec.image", lambda: _text(spec["image"])),
+        retrain=_retrain(retrain),
+        gpu=_gpu(_at("spec.resources.gpu", lambda: dict(resources.get("gpu") or {}))),
+        command=_at("spec.command", lambda: tuple(map(str, spec.get("command") or ()))),
+        args=_at("spec.args", lambda: tuple(map(str, spec.get("args") or ()))),
+        env=_at(
+            "spec.env",
+            lambda: tuple((e["name"], str(e.get("value", ""))) for e in spec.get("env") or ()),
+        ),
+        model_uri=str((spec.get("model") or {}).get("checkpointURI", "")),
+        data_source=str((spec.get("data") or {}).get("source", "")),
         cpu=str(resources.get("cpu", "1")),
         memory=str(resources.get("memory", "1Gi")),
-        gpu_types={
-            t["model"]: float(t.get("relativeThroughput", 1.0))
-            for t in resources.get("gpuTypes") or ()
-        },
+        gpu_types=_at(
+            "spec.resources.gpuTypes",
+            lambda: {
+                str(t["model"]): _finite(t.get("relativeThroughput", 1.0))
+                for t in resources.get("gpuTypes") or ()
+            },
+        ),
         min_replicas=low,
-        max_replicas=int(replicas.get("max", low)),
+        max_replicas=_at("spec.replicas.max", lambda: _positive(replicas.get("max", low))),
         gang=bool(spec.get("gang", True)),
-        priority_class=spec.get("priorityClassName", ""),
+        priority_class=str(spec.get("priorityClassName", "")),
         preemptible=bool(spec.get("preemptible", True)),
-        configs=_configs((spec.get("retrain") or {}).get("configs") or ()),
-        accuracy=_curve(accuracy) if accuracy else None,
-        initial_accuracy=float(accuracy["initial"]) if accuracy and "initial" in accuracy else None,
-        history_limit=int(spec.get("historyLimit", 1)),
-        pod_labels=dict(pod_meta.get("labels") or {}),
-        pod_annotations=dict(pod_meta.get("annotations") or {}),
-        node_selector=dict(spec.get("nodeSelector") or {}),
-        tolerations=tuple(dict(t) for t in spec.get("tolerations") or ()),
+        configs=_at("spec.retrain.configs", lambda: _configs(retrain.get("configs") or ())),
+        accuracy=_at("spec.accuracy", lambda: _curve(accuracy)) if accuracy else None,
+        initial_accuracy=(
+            _at("spec.accuracy.initial", lambda: _finite(accuracy["initial"]))
+            if accuracy and "initial" in accuracy
+            else None
+        ),
+        history_limit=_at("spec.historyLimit", lambda: int(spec.get("historyLimit", 1))),
+        pod_labels=_at("spec.podMetadata.labels", lambda: _strings(pod_meta.get("labels"))),
+        pod_annotations=_at(
+            "spec.podMetadata.annotations", lambda: _strings(pod_meta.get("annotations"))
+        ),
+        node_selector=_at("spec.nodeSelector", lambda: _strings(spec.get("nodeSelector"))),
+        tolerations=_at(
+            "spec.tolerations", lambda: tuple(dict(t) for t in spec.get("tolerations") or ())
+        ),
     )
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"must be a non-empty string, got {value!r}")
+    return value
+
+
+def _positive(value: Any) -> int:
+    number = int(value)
+    if number < 1:
+        raise ValueError(f"must be at least 1, got {number}")
+    return number
+
+
+def _finite(value: Any) -> float:
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"must be a finite number, got {value!r}")
+    return number
+
+
+def _strings(value: Any) -> dict[str, str]:
+    return {str(k): str(v) for k, v in dict(value or {}).items()}
 
 
 def _retrain(obj: Mapping[str, Any]) -> RetrainSchedule:
     start = obj.get("startTime")
     return RetrainSchedule(
-        deadline_s=int(obj["deadlineSeconds"]),
-        window_s=int(obj["windowSeconds"]) if "windowSeconds" in obj else None,
-        cron=obj.get("schedule"),
-        start_time=parse_time(start) if start else None,
-        windows=int(obj["windows"]) if "windows" in obj else None,
+        deadline_s=_at("spec.retrain.deadlineSeconds", lambda: _positive(obj["deadlineSeconds"])),
+        window_s=(
+            _at("spec.retrain.windowSeconds", lambda: _positive(obj["windowSeconds"]))
+            if "windowSeconds" in obj
+            else None
+        ),
+        cron=_at("spec.retrain.schedule", lambda: _text(obj["schedule"]))
+        if "schedule" in obj
+        else None,
+        start_time=_at("spec.retrain.startTime", lambda: parse_time(start)) if start else None,
+        windows=_at("spec.retrain.windows", lambda: _positive(obj["windows"]))
+        if "windows" in obj
+        else None,
     )
 
 
 def _gpu(obj: Mapping[str, Any]) -> GpuRequest:
     memory = obj.get("memoryMiB")
     return GpuRequest(
-        count=int(obj.get("count", 1)),
-        milli=int(obj.get("milli", MILLI)),
-        memory_mib=int(memory) if memory is not None else None,
+        count=_at("spec.resources.gpu.count", lambda: int(obj.get("count", 1))),
+        milli=_at("spec.resources.gpu.milli", lambda: int(obj.get("milli", MILLI))),
+        memory_mib=(
+            _at("spec.resources.gpu.memoryMiB", lambda: int(memory)) if memory is not None else None
+        ),
     )
 
 

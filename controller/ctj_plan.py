@@ -17,6 +17,7 @@ Per window:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -50,15 +51,15 @@ from controller.crd import (
     WindowOutcome,
 )
 from controller.objects import (
-    ASSIGNED_GPUS,
-    ASSIGNED_MILLI,
     GANG_SIZE,
     GPU_MILLI,
     GPU_MODELS,
     GPU_RESOURCE,
     POD_GROUP_LABEL,
     SUBMIT_TIME,
+    Problem,
     parse_time,
+    pod_from_json,
 )
 from controller.windows import window_clock
 from policies import MILLI
@@ -109,7 +110,7 @@ def ctj_pod_from_json(obj: Mapping[str, Any]) -> CtjPod | None:
     if not labels.get(WINDOW_LABEL, "").isdigit():
         return None
     status = obj.get("status") or {}
-    deadline = annotations.get(WINDOW_DEADLINE)
+    decoded = pod_from_json(obj)
     return CtjPod(
         namespace=meta.get("namespace", "default"),
         name=meta.get("name", ""),
@@ -118,13 +119,22 @@ def ctj_pod_from_json(obj: Mapping[str, Any]) -> CtjPod | None:
         owner_uid=_controller_uid(meta.get("ownerReferences") or ()),
         phase=status.get("phase", ""),
         node=(obj.get("spec") or {}).get("nodeName", ""),
-        gpus=annotations.get(ASSIGNED_GPUS, ""),
-        gpu_milli=int(annotations.get(ASSIGNED_MILLI, "0") or 0),
+        gpus=",".join(map(str, decoded.meta.assigned_gpus or ())),
+        gpu_milli=decoded.meta.assigned_milli,
         deleting=bool(meta.get("deletionTimestamp")),
-        deadline=float(deadline) if deadline else None,
+        deadline=_seconds(annotations.get(WINDOW_DEADLINE)),
         finished_at=_finished_at(status),
         unschedulable=_unschedulable(status),
     )
+
+
+def _seconds(text: str | None) -> float | None:
+    """A time we wrote as Unix seconds; None if absent or no longer readable."""
+    try:
+        value = float(text) if text else None
+    except ValueError:
+        return None
+    return value if value is not None and math.isfinite(value) else None
 
 
 def _controller_uid(owners: Iterable[Mapping[str, Any]]) -> str:
@@ -160,6 +170,8 @@ class Plan:
     recorded: tuple[WindowOutcome, ...]
     """Outcomes recorded by this plan (for events and metrics)."""
     requeue_at: float | None
+    problem: Problem | None = None
+    """Why the CTJ cannot be acted on (its status then says so)."""
 
 
 @dataclass
@@ -202,12 +214,14 @@ def plan(ctj: Ctj, pods: Sequence[CtjPod], now: float, scheduler_name: str) -> P
     own = [p for p in pods if p.owner_uid == ctj.uid]
     # Pods of an earlier object of the same name (the garbage collector may lag).
     stale = tuple(p for p in pods if p.owner_uid not in ("", ctj.uid) and not p.deleting)
+    if ctj.problem is not None:
+        return _invalid(ctj, stale, ctj.problem, now, "InvalidSpec")
     try:
         clock = window_clock(ctj.spec.retrain, ctj.created)
         window = clock.current(now, ctj.status.current_window)
         first_opening = clock.first_opening()
     except ValueError as err:
-        return _invalid(ctj, stale, str(err), now)
+        return _invalid(ctj, stale, Problem("spec.retrain", str(err)), now)
     limit = ctj.spec.retrain.windows
     if window is None:
         closed_before = ctj.status.windows_recorded
@@ -489,13 +503,19 @@ def _stamped(condition: Condition, old: Condition | None, now: float) -> Conditi
     return replace(condition, last_transition=since)
 
 
-def _invalid(ctj: Ctj, stale: tuple[CtjPod, ...], message: str, now: float) -> Plan:
+def _invalid(
+    ctj: Ctj,
+    stale: tuple[CtjPod, ...],
+    problem: Problem,
+    now: float,
+    reason: str = "InvalidSchedule",
+) -> Plan:
     old = ctj.status
-    condition = Condition(SCHEDULE_VALID, "False", "InvalidSchedule", message)
+    condition = Condition(SCHEDULE_VALID, "False", reason, str(problem))
     status = replace(
         old,
         phase=PHASE_INVALID,
         observed_generation=ctj.generation,
         conditions=(_stamped(condition, old.condition(SCHEDULE_VALID), now),),
     )
-    return Plan((), stale, status, (), None)
+    return Plan((), stale, status, (), None, problem)

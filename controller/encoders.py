@@ -14,16 +14,14 @@ from decimal import Decimal
 from typing import ClassVar, Protocol
 
 from controller.objects import (
+    GPU_COUNT_LABEL,
     GPU_MEMORY_LABEL,
-    GPU_MILLI,
     GPU_RESOURCE,
     GPU_UUIDS_ANNOTATION,
     NodeRecord,
     PodRecord,
 )
 from policies import MILLI
-
-GPU_COUNT_LABEL = "nvidia.com/gpu.count"
 
 
 class GpuEncoder(Protocol):
@@ -50,12 +48,9 @@ def gpu_uuids(node: NodeRecord, count: int) -> list[str]:
 
 def _share_milli(pod: PodRecord, num_gpus: int) -> int:
     """Our share annotation applies to one-GPU pods; anything else takes whole GPUs."""
-    if num_gpus != 1 or GPU_MILLI not in pod.annotations:
+    if num_gpus != 1 or pod.meta.share_milli is None:
         return MILLI if num_gpus else 0
-    milli = int(pod.annotations[GPU_MILLI])
-    if not 0 < milli <= MILLI:
-        raise ValueError(f"{pod.key}: {GPU_MILLI} must be in 1..1000, got {milli}")
-    return milli
+    return pod.meta.share_milli
 
 
 def _count(value: Decimal | None) -> int:

@@ -7,6 +7,11 @@ Both check `is_leader()` right before each write, so the moment a renewal deadli
 passes this replica binds and writes nothing more. Losing the lease ends `run()` with
 `LeadershipLostError` (the process exits and its container restarts as a candidate, as
 kube-scheduler does); cancelling `run()` releases the lease for a fast handover.
+
+Every task of the replica runs under one `Supervisor`: a task that dies ends `run()`
+with `TaskDiedError` after the lease is released, so a standby takes over at once, and
+`/healthz` fails while any task is dead. Objects set aside by the scheduler and the
+reconciler go through one `Quarantine`, which the metrics read.
 """
 
 from __future__ import annotations
@@ -18,8 +23,10 @@ from dataclasses import dataclass, field
 from controller.kubeapi import KubeApi
 from controller.leader import LeaderElector, LeaseConfig
 from controller.metrics import ControllerMetrics, ProbeServer
+from controller.quarantine import Quarantine
 from controller.reconciler import CtjReconciler
 from controller.runtime import Controller, ControllerOptions
+from controller.supervisor import Supervisor
 from policies import Policy
 
 log = logging.getLogger(__name__)
@@ -31,7 +38,7 @@ class ManagerOptions:
     lease: LeaseConfig | None = field(default_factory=LeaseConfig)
     """None: no leader election (a single replica that always leads)."""
     reconcile_ctjs: bool = True
-    probe_host: str = "0.0.0.0"
+    probe_host: str = "127.0.0.1"
     probe_port: int | None = 8080
     """None: no metrics/probe server; 0: any free port."""
 
@@ -40,7 +47,11 @@ class Manager:
     def __init__(self, api: KubeApi, policy: Policy, options: ManagerOptions | None = None):
         self.options = options or ManagerOptions()
         self.identity = self.options.lease.identity if self.options.lease else "single"
-        self.controller = Controller(api, policy, self.options.controller)
+        self.supervisor = Supervisor()
+        self.quarantine = Quarantine()
+        self.controller = Controller(
+            api, policy, self.options.controller, self.supervisor, self.quarantine
+        )
         self.elector = LeaderElector(api, self.options.lease) if self.options.lease else None
         self.reconciler = (
             CtjReconciler(
@@ -49,6 +60,8 @@ class Manager:
                 gate=self.is_leader,
                 instance=self.identity,
                 resync_s=self.options.controller.resync_s,
+                supervisor=self.supervisor,
+                quarantine=self.quarantine,
             )
             if self.options.reconcile_ctjs
             else None
@@ -57,10 +70,11 @@ class Manager:
         self.metrics = ControllerMetrics()
         self.metrics.watch_scheduler(self.controller.scheduler)
         self.metrics.watch_leader(self.identity, self.is_leader)
+        self.metrics.watch_quarantine(self.quarantine)
         if self.reconciler is not None:
             self.metrics.watch_ctjs(self.reconciler.ctjs)
             self.reconciler.on_result = lambda result: self.metrics.reconciles.labels(result).inc()
-        self.probes = ProbeServer(self.metrics, self.ready)
+        self.probes = ProbeServer(self.metrics, self.ready, self.supervisor.dead)
         self.synced = asyncio.Event()
         self.leading = asyncio.Event()
 
@@ -71,18 +85,17 @@ class Manager:
         return self.synced.is_set()
 
     async def run(self) -> None:
-        """Serve until cancelled, or until the lease is lost (`LeadershipLostError`)."""
+        """Serve until cancelled, until the lease is lost (`LeadershipLostError`), or
+        until a task dies (`TaskDiedError`)."""
         if self.options.probe_port is not None:
             await self.probes.start(self.options.probe_host, self.options.probe_port)
         try:
             await self._sync()
             if self.elector is not None:
-                await self.elector.acquire()
+                await self.supervisor.until(self.elector.acquire())
             self._lead()
-            if self.elector is not None:
-                await self.elector.hold()
-            else:
-                await asyncio.Event().wait()
+            holding = self.elector.hold() if self.elector is not None else asyncio.Event().wait()
+            await self.supervisor.until(holding)
         finally:
             await self._shut_down()
 
@@ -109,4 +122,5 @@ class Manager:
         if self.reconciler is not None:
             await self.reconciler.stop()
         await self.controller.stop()
+        await self.supervisor.stop()
         await self.probes.stop()

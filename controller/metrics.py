@@ -25,6 +25,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from controller.crd import Ctj
+from controller.quarantine import Quarantine
 from controller.scheduler import BindRecord, Scheduler
 from policies import Place, SchedulingResult, Unschedulable
 
@@ -82,6 +83,9 @@ class ControllerMetrics:
     def watch_ctjs(self, ctjs: Callable[[], Iterable[Ctj]]) -> None:
         self.registry.register(_CtjCollector(ctjs))
 
+    def watch_quarantine(self, quarantine: Quarantine) -> None:
+        self.registry.register(_QuarantineCollector(quarantine))
+
     def _on_pass(self, result: SchedulingResult, seconds: float) -> None:
         self.pass_seconds.observe(seconds)
         placed = sum(isinstance(d, Place) for d in result.decisions)
@@ -109,10 +113,31 @@ class _SchedulerCollector:
         failures.add_metric(["unschedulable"], self.metrics.unschedulable)
         failures.add_metric(["bind_conflict"], stats.conflicts)
         failures.add_metric(["assumption_expired"], stats.expired)
+        failures.add_metric(["policy_error"], stats.policy_errors)
         yield failures
+        retries = CounterMetricFamily(
+            "gpufleet_bind_retries", "Binds with no clear answer, settled by re-reading the pod"
+        )
+        retries.add_metric([], stats.bind_retries)
+        yield retries
         pending = GaugeMetricFamily("gpufleet_pending_pods", "Pods waiting for this scheduler")
         pending.add_metric([], len(self.scheduler.cache.pending_pods()))
         yield pending
+
+
+class _QuarantineCollector:
+    def __init__(self, quarantine: Quarantine) -> None:
+        self.quarantine = quarantine
+
+    def collect(self) -> Iterator[Metric]:
+        rejected = CounterMetricFamily(
+            "gpufleet_rejected_objects",
+            "Objects set aside instead of served, by kind and the field that was wrong",
+            labels=["kind", "reason"],
+        )
+        for (kind, reason), count in sorted(self.quarantine.counts.items()):
+            rejected.add_metric([kind, reason], count)
+        yield rejected
 
 
 class _LeaderCollector:
@@ -148,12 +173,19 @@ class _CtjCollector:
 
 
 class ProbeServer:
-    """`/metrics`, `/healthz` (the event loop answers) and `/readyz` (caches synced),
-    served from the controller's own event loop: a wedged loop fails its probe."""
+    """`/metrics`, `/healthz` (the event loop answers and no task has died) and `/readyz`
+    (caches synced), served from the controller's own event loop: a wedged loop fails
+    its probe."""
 
-    def __init__(self, metrics: ControllerMetrics, ready: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        metrics: ControllerMetrics,
+        ready: Callable[[], bool],
+        dead: Callable[[], list[str]] = list,
+    ) -> None:
         self.metrics = metrics
         self.ready = ready
+        self.dead = dead
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -180,6 +212,9 @@ class ProbeServer:
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _healthz(self, _request: web.Request) -> web.Response:
+        dead = self.dead()
+        if dead:
+            return web.Response(status=503, text=f"dead tasks: {', '.join(dead)}")
         return web.Response(text="ok")
 
     async def _readyz(self, _request: web.Request) -> web.Response:

@@ -1,4 +1,11 @@
-"""Slotted records extracted from raw API JSON: only the fields the scheduler reads.
+"""The controller's validating decoder for pods and nodes: raw API JSON in, slotted
+records out, holding only the fields the scheduler reads, already typed.
+
+Decoding never raises. Whatever cannot be read as written (an annotation that is not a
+number, a negative restart count, a malformed quantity) becomes a `Problem` naming the
+field, the field takes its default, and the record carries the problem: the cache and
+the scheduler set such objects aside and report them, and nothing malformed reaches a
+policy. Anyone who can annotate a pod must not be able to stop the scheduler.
 
 Decoding into typed client models costs 10-15× more than `json.loads` at thousands of
 pods (reference kubernetes.md §1.7), so the cache keeps these small records instead.
@@ -7,13 +14,14 @@ pods (reference kubernetes.md §1.7), so the cache keeps these small records ins
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
-from policies import Taint, Toleration
+from policies import MILLI, Taint, Toleration
 
 DOMAIN = "gpufleet.io"
 SCHEDULER_NAME = "gpufleet"
@@ -43,6 +51,8 @@ GPU_RESOURCE = "nvidia.com/gpu"
 MODEL_LABELS = (f"{DOMAIN}/gpu-model", "nvidia.com/gpu.product")
 GPU_MEMORY_LABEL = "nvidia.com/gpu.memory"
 """GPU Feature Discovery's per-GPU memory in MiB."""
+GPU_COUNT_LABEL = "nvidia.com/gpu.count"
+"""GPU Feature Discovery's count of physical GPUs."""
 GPU_UUIDS_ANNOTATION = f"{DOMAIN}/gpu-uuids"
 RACK_LABELS = (f"{DOMAIN}/rack", "topology.kubernetes.io/zone")
 UNSCHEDULABLE_TAINT = Taint("node.kubernetes.io/unschedulable", "", "NoSchedule")
@@ -66,6 +76,13 @@ _SUFFIX: dict[str, Decimal | int] = {
     "E": 10**18,
 }
 _QUANTITY = re.compile(r"^([+-]?[0-9.]+(?:[eE][+-]?[0-9]+)?)([a-zA-Z]*)$")
+_DURATION_PART = re.compile(r"([0-9]*\.?[0-9]+)(ns|us|µs|ms|s|m|h)")
+_DURATION_UNIT = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+MAX_SECONDS = 1e11
+"""Upper bound for times and durations we accept (about 3,000 years)."""
+MAX_GANG = 10_000
+MAX_GPU_INDEX = 1024
 
 
 def parse_quantity(text: str | int | float) -> Decimal:
@@ -73,7 +90,13 @@ def parse_quantity(text: str | int | float) -> Decimal:
     match = _QUANTITY.match(str(text).strip())
     if match is None or match.group(2) not in _SUFFIX:
         raise ValueError(f"not a resource quantity: {text!r}")
-    return Decimal(match.group(1)) * Decimal(_SUFFIX[match.group(2)])
+    try:
+        value = Decimal(match.group(1)) * Decimal(_SUFFIX[match.group(2)])
+    except ArithmeticError:
+        raise ValueError(f"not a resource quantity: {text!r}") from None
+    if not value.is_finite() or value < 0 or value > Decimal(10) ** 21:
+        raise ValueError(f"quantity out of range: {text!r}")
+    return value
 
 
 def cpu_milli(text: str | int | float) -> int:
@@ -89,6 +112,53 @@ def parse_time(text: str | None) -> float:
     if not text:
         return 0.0
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def parse_duration(text: str) -> float:
+    """A Go duration (`90s`, `1h30m`, `250ms`) in seconds."""
+    text = text.strip()
+    parts = _DURATION_PART.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"not a Go duration: {text!r}")
+    return sum(float(n) * _DURATION_UNIT[u] for n, u in parts)
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """Why an object was set aside: the field as written in the object, and what is
+    wrong with its value."""
+
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}"
+
+
+@dataclass(frozen=True, slots=True)
+class PodAnnotations:
+    """gpufleet's pod annotations, typed. Defaults stand where an annotation is absent
+    or unreadable (then the pod's `problems` say which)."""
+
+    job_id: str = ""
+    submit_time: float | None = None
+    attained_gpu_s: float = 0.0
+    restarts: int = 0
+    gang_size: int | None = None
+    runtime_s: float | None = None
+    gpu_models: frozenset[str] | None = None
+    share_milli: int | None = None
+    assigned_gpus: tuple[int, ...] | None = None
+    """GPU indices our Binding recorded (None: not bound by us, or unreadable)."""
+    assigned_milli: int = 0
+    bound_at: float | None = None
+
+
+OWN_ANNOTATIONS = frozenset(
+    {JOB_ID, SUBMIT_TIME, ATTAINED_GPU_S, RESTARTS, GANG_SIZE, RUNTIME, GPU_MODELS, GPU_MILLI}
+)
+"""Annotations read only on this scheduler's own pods (another scheduler's pod may carry
+anything there: it is not ours to judge)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +186,8 @@ class PodRecord:
     priority: int
     resource_version: str = field(compare=False)
     unschedulable_message: str = field(compare=False, default="")
+    meta: PodAnnotations = field(default_factory=PodAnnotations)
+    problems: tuple[Problem, ...] = ()
 
     @property
     def key(self) -> str:
@@ -135,6 +207,13 @@ class PodRecord:
             and self.phase in ("", "Pending")
         )
 
+    def problems_for(self, scheduler_name: str) -> tuple[Problem, ...]:
+        """The problems that matter to `scheduler_name`: all of them on its own pods; on
+        other schedulers' pods only what it reads there (requests, our Binding record)."""
+        if self.scheduler_name == scheduler_name:
+            return self.problems
+        return tuple(p for p in self.problems if p.field not in _OWN_FIELDS)
+
 
 @dataclass(frozen=True, slots=True)
 class NodeRecord:
@@ -148,74 +227,194 @@ class NodeRecord:
     labels: Mapping[str, str]
     annotations: Mapping[str, str]
     taints: tuple[Taint, ...]
+    problems: tuple[Problem, ...] = ()
+
+
+_OWN_FIELDS = frozenset(f"metadata.annotations[{key}]" for key in OWN_ANNOTATIONS)
+
+
+T = TypeVar("T")
+
+
+class _Reader:
+    """Collects problems while fields are read, so one bad field never hides the rest."""
+
+    def __init__(self) -> None:
+        self.problems: list[Problem] = []
+
+    def read(self, where: str, parse: Callable[[], T], default: T) -> T:
+        try:
+            return parse()
+        except (ValueError, TypeError, KeyError, AttributeError, ArithmeticError) as err:
+            self.problems.append(Problem(where, str(err) or type(err).__name__))
+            return default
 
 
 def pod_from_json(obj: Mapping[str, Any]) -> PodRecord:
-    meta = obj.get("metadata", {})
-    spec = obj.get("spec", {})
-    status = obj.get("status", {})
-    cpu, mem, extended = _pod_requests(spec)
+    reader = _Reader()
+    meta = _mapping(obj.get("metadata"))
+    spec = _mapping(obj.get("spec"))
+    status = _mapping(obj.get("status"))
+    cpu, mem, extended = _pod_requests(spec, reader)
+    annotations = _strings(meta.get("annotations"))
     return PodRecord(
-        uid=meta.get("uid", ""),
-        namespace=meta.get("namespace", "default"),
-        name=meta.get("name", ""),
-        scheduler_name=spec.get("schedulerName", "default-scheduler"),
-        node_name=spec.get("nodeName", ""),
-        phase=status.get("phase", ""),
+        uid=str(meta.get("uid", "")),
+        namespace=str(meta.get("namespace", "default")),
+        name=str(meta.get("name", "")),
+        scheduler_name=str(spec.get("schedulerName", "default-scheduler")),
+        node_name=str(spec.get("nodeName") or ""),
+        phase=str(status.get("phase") or ""),
         deleting=bool(meta.get("deletionTimestamp")),
         gated=bool(spec.get("schedulingGates")),
-        created=parse_time(meta.get("creationTimestamp")),
+        created=reader.read(
+            "metadata.creationTimestamp", lambda: parse_time(meta.get("creationTimestamp")), 0.0
+        ),
         cpu_milli=cpu,
         mem_mib=mem,
         resources=extended,
-        labels=dict(meta.get("labels") or {}),
-        annotations=dict(meta.get("annotations") or {}),
-        node_selector=dict(spec.get("nodeSelector") or {}),
-        tolerations=tuple(_toleration(t) for t in spec.get("tolerations") or ()),
-        priority=int(spec.get("priority") or 0),
-        resource_version=meta.get("resourceVersion", ""),
+        labels=_strings(meta.get("labels")),
+        annotations=annotations,
+        node_selector=_strings(spec.get("nodeSelector")),
+        tolerations=reader.read(
+            "spec.tolerations", lambda: tuple(map(_toleration, spec.get("tolerations") or ())), ()
+        ),
+        priority=reader.read("spec.priority", lambda: int(spec.get("priority") or 0), 0),
+        resource_version=str(meta.get("resourceVersion", "")),
         unschedulable_message=_unschedulable_message(status),
+        meta=_pod_annotations(annotations, reader),
+        problems=tuple(reader.problems),
     )
 
 
-def _pod_requests(spec: Mapping[str, Any]) -> tuple[int, int, dict[str, Decimal]]:
+def _pod_annotations(annotations: Mapping[str, str], reader: _Reader) -> PodAnnotations:
+    def read(key: str, parse: Callable[[str], Any], default: Any = None) -> Any:
+        if key not in annotations:
+            return default
+        return reader.read(f"metadata.annotations[{key}]", lambda: parse(annotations[key]), default)
+
+    gpus = read(ASSIGNED_GPUS, _gpu_indices)
+    return PodAnnotations(
+        job_id=annotations.get(JOB_ID, ""),
+        submit_time=read(SUBMIT_TIME, lambda t: _number(t, 0.0, MAX_SECONDS)),
+        attained_gpu_s=read(ATTAINED_GPU_S, lambda t: _number(t, 0.0, MAX_SECONDS), 0.0),
+        restarts=read(RESTARTS, lambda t: _integer(t, 0, 1_000_000), 0),
+        gang_size=read(GANG_SIZE, lambda t: _integer(t, 1, MAX_GANG)),
+        runtime_s=read(RUNTIME, _runtime),
+        gpu_models=read(GPU_MODELS, _models),
+        share_milli=read(GPU_MILLI, lambda t: _integer(t, 1, MILLI)),
+        assigned_gpus=gpus,
+        assigned_milli=read(ASSIGNED_MILLI, lambda t: _integer(t, 0, MILLI), 0) if gpus else 0,
+        bound_at=read(BOUND_AT, lambda t: _number(t, 0.0, MAX_SECONDS)),
+    )
+
+
+def _number(text: str, low: float, high: float) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{_shown(text)} is not a number") from None
+    if not low <= value <= high:  # also refuses nan
+        raise ValueError(f"{_shown(text)} is outside {low:g}..{high:g}")
+    return value
+
+
+def _integer(text: str, low: int, high: int) -> int:
+    if not text.strip().lstrip("+-").isdigit() or not text.isascii():
+        raise ValueError(f"{_shown(text)} is not a whole number")
+    value = int(text)
+    if not low <= value <= high:
+        raise ValueError(f"{_shown(text)} is outside {low}..{high}")
+    return value
+
+
+def _runtime(text: str) -> float:
+    seconds = parse_duration(text)
+    if not 0 < seconds <= MAX_SECONDS:
+        raise ValueError(f"{_shown(text)} must be a positive duration")
+    return seconds
+
+
+def _models(text: str) -> frozenset[str]:
+    models = frozenset(m.strip() for m in text.split("|") if m.strip())
+    if not models:
+        raise ValueError(f"{_shown(text)} names no GPU model (`|`-separated names)")
+    return models
+
+
+def _gpu_indices(text: str) -> tuple[int, ...]:
+    gpus = tuple(_integer(g, 0, MAX_GPU_INDEX) for g in text.split(",") if g.strip())
+    if len(set(gpus)) != len(gpus):
+        raise ValueError(f"{_shown(text)} repeats a GPU index")
+    return gpus
+
+
+def _shown(text: str) -> str:
+    """A value quoted for a message, cut short (annotations may be huge)."""
+    return repr(text if len(text) <= 40 else text[:40] + "…")
+
+
+def _mapping(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _strings(value: object) -> dict[str, str]:
+    return {str(k): str(v) for k, v in _mapping(value).items()}
+
+
+def _pod_requests(spec: Mapping[str, Any], reader: _Reader) -> tuple[int, int, dict[str, Decimal]]:
     """Effective requests: the sum over containers, or the largest init container if
     that is larger (kube-scheduler's rule, without pod overhead)."""
     cpu = mem = 0
     extended: dict[str, Decimal] = {}
-    for container in spec.get("containers") or ():
-        c, m, ext = _container_requests(container)
+    for i, container in enumerate(spec.get("containers") or ()):
+        c, m, ext = _container_requests(container, f"spec.containers[{i}]", reader)
         cpu, mem = cpu + c, mem + m
         for name, value in ext.items():
             extended[name] = extended.get(name, Decimal(0)) + value
-    for container in spec.get("initContainers") or ():
-        c, m, ext = _container_requests(container)
+    for i, container in enumerate(spec.get("initContainers") or ()):
+        c, m, ext = _container_requests(container, f"spec.initContainers[{i}]", reader)
         cpu, mem = max(cpu, c), max(mem, m)
         for name, value in ext.items():
             extended[name] = max(extended.get(name, Decimal(0)), value)
     return cpu, mem, extended
 
 
-def _container_requests(container: Mapping[str, Any]) -> tuple[int, int, dict[str, Decimal]]:
-    resources = container.get("resources") or {}
+def _container_requests(
+    container: Mapping[str, Any], where: str, reader: _Reader
+) -> tuple[int, int, dict[str, Decimal]]:
+    resources = _mapping(_mapping(container).get("resources"))
     # A limit without a request implies an equal request.
-    merged = {**(resources.get("limits") or {}), **(resources.get("requests") or {})}
-    cpu = cpu_milli(merged["cpu"]) if "cpu" in merged else 0
-    mem = mem_mib(merged["memory"]) if "memory" in merged else 0
-    extended = {
-        name: parse_quantity(value)
-        for name, value in merged.items()
-        if name not in ("cpu", "memory", "ephemeral-storage")
-    }
+    merged = {**_mapping(resources.get("limits")), **_mapping(resources.get("requests"))}
+    at = f"{where}.resources"
+    cpu = reader.read(f"{at}[cpu]", lambda: cpu_milli(merged["cpu"]), 0) if "cpu" in merged else 0
+    mem = (
+        reader.read(f"{at}[memory]", lambda: mem_mib(merged["memory"]), 0)
+        if "memory" in merged
+        else 0
+    )
+    extended = _quantities(merged, at, ("cpu", "memory", "ephemeral-storage"), reader)
     return cpu, mem, extended
+
+
+def _quantities(
+    values: Mapping[str, Any], where: str, skip: tuple[str, ...], reader: _Reader
+) -> dict[str, Decimal]:
+    """Every quantity in `values` but the `skip` names; unreadable ones are left out."""
+    parsed: dict[str, Decimal] = {}
+    for name, value in values.items():
+        if name not in skip:
+            quantity = reader.read(f"{where}[{name}]", partial(parse_quantity, value), None)
+            if quantity is not None:
+                parsed[str(name)] = quantity
+    return parsed
 
 
 def _toleration(obj: Mapping[str, Any]) -> Toleration:
     return Toleration(
-        key=obj.get("key", ""),
-        value=obj.get("value", ""),
+        key=str(obj.get("key", "")),
+        value=str(obj.get("value", "")),
         exists=obj.get("operator") == "Exists",
-        effect=obj.get("effect", ""),
+        effect=str(obj.get("effect", "")),
     )
 
 
@@ -227,28 +426,46 @@ def _unschedulable_message(status: Mapping[str, Any]) -> str:
 
 
 def node_from_json(obj: Mapping[str, Any]) -> NodeRecord:
-    meta = obj.get("metadata", {})
-    spec = obj.get("spec", {})
-    allocatable = obj.get("status", {}).get("allocatable") or {}
+    reader = _Reader()
+    meta = _mapping(obj.get("metadata"))
+    spec = _mapping(obj.get("spec"))
+    allocatable = _mapping(_mapping(obj.get("status")).get("allocatable"))
     taints = tuple(
-        Taint(t.get("key", ""), t.get("value", ""), t.get("effect", "NoSchedule"))
+        Taint(str(t.get("key", "")), str(t.get("value", "")), str(t.get("effect", "NoSchedule")))
         for t in spec.get("taints") or ()
     )
     if spec.get("unschedulable"):
         taints += (UNSCHEDULABLE_TAINT,)
+    skip = ("cpu", "memory", "pods", "ephemeral-storage")
+    resources = _quantities(allocatable, "status.allocatable", skip, reader)
     return NodeRecord(
-        name=meta.get("name", ""),
-        cpu_milli=cpu_milli(allocatable.get("cpu", 0)),
-        mem_mib=mem_mib(allocatable.get("memory", 0)),
-        resources={
-            name: parse_quantity(value)
-            for name, value in allocatable.items()
-            if name not in ("cpu", "memory", "pods", "ephemeral-storage")
-        },
-        labels=dict(meta.get("labels") or {}),
-        annotations=dict(meta.get("annotations") or {}),
+        name=str(meta.get("name", "")),
+        cpu_milli=reader.read(
+            "status.allocatable[cpu]", lambda: cpu_milli(allocatable.get("cpu", 0)), 0
+        ),
+        mem_mib=reader.read(
+            "status.allocatable[memory]", lambda: mem_mib(allocatable.get("memory", 0)), 0
+        ),
+        resources=resources,
+        labels=_node_labels(_strings(meta.get("labels")), reader),
+        annotations=_strings(meta.get("annotations")),
         taints=taints,
+        problems=tuple(reader.problems),
     )
+
+
+def _node_labels(labels: dict[str, str], reader: _Reader) -> dict[str, str]:
+    """Labels whose numbers we read (GPU count and memory) must be numbers; an unreadable
+    one is dropped, as if the node did not say."""
+    for key in (GPU_COUNT_LABEL, GPU_MEMORY_LABEL):
+        if key in labels:
+            text = labels[key]
+            if (
+                reader.read(f"metadata.labels[{key}]", partial(_integer, text, 0, 2**40), None)
+                is None
+            ):
+                del labels[key]
+    return labels
 
 
 def first_label(labels: Mapping[str, str], keys: tuple[str, ...], default: str = "") -> str:

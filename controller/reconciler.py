@@ -20,7 +20,6 @@ Only the leader reconciles (`gate`), and the gate is checked again before each w
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -43,7 +42,9 @@ from controller.ctj_plan import CtjPod, Plan, ctj_pod_from_json, plan
 from controller.effects import post_event
 from controller.informer import Informer
 from controller.kubeapi import ApiError, KubeApi
-from controller.objects import SCHEDULER_NAME
+from controller.objects import SCHEDULER_NAME, Problem
+from controller.quarantine import Quarantine
+from controller.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,8 @@ REPORTING_CONTROLLER = "gpufleet.io/ctj-controller"
 _REQUEUE_SLACK_S = 0.05
 """Wake a little after a deadline, so the deadline has passed by our clock too."""
 _FAILURES = (aiohttp.ClientError, ApiError, OSError, TimeoutError)
+_BROKEN_RETRY_S = 30.0
+"""A CTJ whose reconcile fails for a reason other than the API is retried this late."""
 
 
 def _key(namespace: str, name: str) -> str:
@@ -129,8 +132,12 @@ class CtjReconciler:
         clock: Callable[[], float] = time.time,
         instance: str = "gpufleet",
         resync_s: float = 300.0,
+        supervisor: Supervisor | None = None,
+        quarantine: Quarantine | None = None,
     ) -> None:
         self.api = api
+        self.supervisor = supervisor or Supervisor()
+        self.quarantine = quarantine or Quarantine()
         self.scheduler_name = scheduler_name
         self.gate = gate
         self.clock = clock
@@ -145,7 +152,6 @@ class CtjReconciler:
         self._queue: dict[str, None] = {}
         self._wake = asyncio.Event()
         self._timers: dict[str, asyncio.TimerHandle] = {}
-        self._tasks: list[asyncio.Task[None]] = []
 
     @property
     def synced(self) -> bool:
@@ -154,25 +160,20 @@ class CtjReconciler:
     async def start_informers(self) -> None:
         """Start watching and wait for the first lists (standby replicas do this too,
         so a takeover starts from warm caches)."""
-        self._tasks.append(asyncio.create_task(self.ctj_informer.run(), name="ctj-informer"))
-        self._tasks.append(asyncio.create_task(self.pod_informer.run(), name="ctj-pod-informer"))
-        await self.ctj_informer.synced.wait()
-        await self.pod_informer.synced.wait()
+        self.supervisor.spawn("ctj-informer", self.ctj_informer.run())
+        self.supervisor.spawn("ctj-pod-informer", self.pod_informer.run())
+        await self.supervisor.until(self.ctj_informer.synced.wait())
+        await self.supervisor.until(self.pod_informer.synced.wait())
 
     def start_reconciling(self) -> None:
         for key in [*self.cache.ctjs, *self.cache.pods]:
             self.enqueue(key)
-        self._tasks.append(asyncio.create_task(self._work(), name="ctj-reconciler"))
+        self.supervisor.spawn("ctj-reconciler", self._work())
 
     async def stop(self) -> None:
         for timer in self._timers.values():
             timer.cancel()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks.clear()
+        await self.supervisor.stop(["ctj-reconciler", "ctj-pod-informer", "ctj-informer"])
 
     def enqueue(self, key: str) -> None:
         self._queue[key] = None
@@ -197,6 +198,13 @@ class CtjReconciler:
             log.warning("reconcile %s failed (%s); retrying in 1s", key, err)
             self._requeue(key, self.clock() + 1.0)
             result = "error"
+        except Exception as err:  # one CTJ's failure must not stop the others' reconciles
+            log.exception("reconcile %s failed unexpectedly", key)
+            ctj = self.cache.ctjs.get(key)
+            uid = ctj.uid if ctj is not None else key
+            self.quarantine.reject(KIND, key, uid, Problem("reconcile", repr(err)))
+            self._requeue(key, self.clock() + _BROKEN_RETRY_S)
+            result = "error"
         self.on_result(result)
 
     async def reconcile(self, key: str) -> str:
@@ -211,6 +219,8 @@ class CtjReconciler:
             return "ok"
         now = self.clock()
         result = plan(ctj, self.cache.pods_of(key), now, self.scheduler_name)
+        if result.problem is not None:
+            self.quarantine.reject(KIND, key, ctj.uid, result.problem)
         if result.recorded or result.delete:
             result = plan(ctj, await self._list_pods(ctj), now, self.scheduler_name)
         if not await self._write_status(ctj, result.status):

@@ -26,16 +26,13 @@ from typing import Any
 from controller.cache import NODES
 from controller.encoders import GpuEncoder
 from controller.objects import (
-    ASSIGNED_GPUS,
-    ASSIGNED_MILLI,
-    RUNTIME,
     SCHEDULER_NAME,
     NodeRecord,
     PodRecord,
     node_from_json,
     pod_from_json,
 )
-from controller.workload import build_workload, job_id, node_spec, parse_duration
+from controller.workload import build_workload, job_id, node_spec
 from policies import FixedDuration, JobSpec
 from traces.canonical import write_jobs, write_nodes
 from traces.outputs import output_directory
@@ -94,8 +91,8 @@ class TraceRecorder:
         if pod.node_name and life.started is None:
             life.started = now
             life.node = pod.node_name
-            life.gpus = pod.annotations.get(ASSIGNED_GPUS, "")
-            life.gpu_milli = int(pod.annotations.get(ASSIGNED_MILLI, "0"))
+            life.gpus = ",".join(map(str, pod.meta.assigned_gpus or ()))
+            life.gpu_milli = pod.meta.assigned_milli
         if (event == "DELETED" or pod.terminal) and life.ended is None:
             life.ended = now
 
@@ -143,9 +140,9 @@ class TraceRecorder:
         return jobs
 
     def _duration(self, lives: list[PodLife]) -> float:
-        stated = lives[0].pod.annotations.get(RUNTIME)
-        if stated:
-            return parse_duration(stated)
+        stated = lives[0].pod.meta.runtime_s
+        if stated is not None:
+            return stated
         now = self.clock()
         spans = [(life.ended or now) - life.started for life in lives if life.started is not None]
         return max(1.0, round(max(spans, default=1.0), 3))

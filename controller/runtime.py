@@ -1,10 +1,9 @@
 """Wiring: one API session, the node and pod informers feeding one cache, and the
-scheduler on top. Nodes are listed before pods so that bound pods find their nodes."""
+scheduler on top. Nodes are listed before pods so that bound pods find their nodes.
+Every task runs under the replica's supervisor (`controller.supervisor`)."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass, field
 
@@ -14,7 +13,9 @@ from controller.encoders import make_encoder
 from controller.informer import Informer
 from controller.kubeapi import KubeApi
 from controller.objects import SCHEDULER_NAME
+from controller.quarantine import Quarantine
 from controller.scheduler import Scheduler, SchedulerOptions
+from controller.supervisor import Supervisor
 from policies import Policy
 
 log = logging.getLogger(__name__)
@@ -33,8 +34,16 @@ class ControllerOptions:
 
 
 class Controller:
-    def __init__(self, api: KubeApi, policy: Policy, options: ControllerOptions | None = None):
+    def __init__(
+        self,
+        api: KubeApi,
+        policy: Policy,
+        options: ControllerOptions | None = None,
+        supervisor: Supervisor | None = None,
+        quarantine: Quarantine | None = None,
+    ):
         self.api = api
+        self.supervisor = supervisor or Supervisor()
         self.options = options or ControllerOptions()
         self.cache = ClusterCache(make_encoder(self.options.backend), self.options.scheduler_name)
         opts = self.options
@@ -46,16 +55,17 @@ class Controller:
         self.pods = Informer(
             api, PODS, "/api/v1/pods", self.cache, selector, opts.resync_s, opts.watch_timeout_s
         )
-        self.scheduler = Scheduler(policy, self.cache, ApiEffects(api), self.options.scheduler)
-        self._tasks: list[asyncio.Task[None]] = []
+        self.scheduler = Scheduler(
+            policy, self.cache, ApiEffects(api), self.options.scheduler, quarantine=quarantine
+        )
 
     async def start(self) -> None:
         """Start the informers, wait for their first lists, then start scheduling."""
-        self._tasks.append(asyncio.create_task(self.nodes.run(), name="nodes-informer"))
-        await self.nodes.synced.wait()
-        self._tasks.append(asyncio.create_task(self.pods.run(), name="pods-informer"))
-        await self.pods.synced.wait()
-        self._tasks.append(asyncio.create_task(self.scheduler.run(), name="scheduler"))
+        self.supervisor.spawn("nodes-informer", self.nodes.run())
+        await self.supervisor.until(self.nodes.synced.wait())
+        self.supervisor.spawn("pods-informer", self.pods.run())
+        await self.supervisor.until(self.pods.synced.wait())
+        self.supervisor.spawn("scheduler", self.scheduler.run())
         log.info(
             "scheduling as %r with policy %s: %d nodes, %d pods in cache",
             self.options.scheduler_name,
@@ -65,19 +75,7 @@ class Controller:
         )
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks.clear()
-
-    async def run_forever(self) -> None:
-        await self.start()
-        try:
-            await asyncio.gather(*self._tasks)
-        finally:
-            await self.stop()
+        await self.supervisor.stop(["scheduler", "pods-informer", "nodes-informer"])
 
     async def settle(self, version: str = "") -> None:
         """Until the pod cache has seen `version` (if given) and the scheduler is idle."""

@@ -17,6 +17,12 @@ Semantics of decisions the simulator applies instantly but a cluster cannot:
   recreated pods are pending and the plan fits the ledger, they are bound to it.
 * A `Place` that needs GPUs still held by pods being evicted in the same pass becomes a
   plan too, bound as soon as the evicted pods are gone.
+
+Nothing one job does stops the loop that serves every other job. Pods the decoder could
+not read are reported (FailedScheduling naming the field) and never reach the policy. A
+policy that raises is asked again without the jobs it fails on (found by halving the
+queue), and those jobs are reported. A decision that breaks the placement contract
+(`policies.contract`) is refused and reported for its job alone.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import aiohttp
@@ -34,11 +40,13 @@ import numpy as np
 from controller.cache import ClusterCache
 from controller.effects import ApiEffects, BindOutcome, placement_annotations
 from controller.ledger import Charge
-from controller.objects import PodRecord
+from controller.objects import PodRecord, Problem
+from controller.quarantine import Quarantine
 from controller.workload import PendingJob, build_workload, job_id
 from policies import (
     ClusterState,
     Context,
+    JobView,
     Place,
     Placement,
     Policy,
@@ -48,6 +56,7 @@ from policies import (
     Snapshot,
     Unschedulable,
 )
+from policies.contract import PlacementError, check_fits, check_shape
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +96,9 @@ class SchedulerStats:
     conflicts: int = 0
     expired: int = 0
     evicted: int = 0
+    policy_errors: int = 0
+    bind_retries: int = 0
+    """Binds whose answer was unclear (no answer, 5xx) and were settled by re-reading."""
 
 
 class Scheduler:
@@ -97,12 +109,14 @@ class Scheduler:
         effects: ApiEffects,
         options: SchedulerOptions | None = None,
         clock: Clock = time.time,
+        quarantine: Quarantine | None = None,
     ) -> None:
         self.policy = policy
         self.cache = cache
         self.effects = effects
         self.options = options or SchedulerOptions()
         self.clock = clock
+        self.quarantine = quarantine or Quarantine()
         self.ctx = Context(np.random.default_rng(self.options.seed))
         self.round_s = self.options.round_s or policy.round_s
         self.stats = SchedulerStats()
@@ -192,7 +206,9 @@ class Scheduler:
         workload = build_workload(self.cache.pending_pods(), self.cache.seq, self.cache.encoder)
         for rejected in workload.rejected:
             for pod in rejected.pods:
-                self._report(pod, rejected.reason, now)
+                self._reject(pod, rejected.problem, now)
+        for pod in list(self.cache.flagged.values()):
+            self._flag_bound(pod, now)
         pending = self._carry_out_plans(workload.pending, now)
         full_round = self.round_s is None or self._round_due
         if not full_round or not (pending or self.round_s is not None):
@@ -205,13 +221,55 @@ class Scheduler:
             pending=[job.view() for job in pending],
             now=now,
         )
+        by_id = {job.spec.id: job for job in pending}
         started = time.perf_counter()
-        result = self.policy.schedule(snapshot, self.ctx)
+        result = self._decide(snapshot, by_id, now)
         self.on_pass(result, time.perf_counter() - started)
-        self.apply(result, {job.spec.id: job for job in pending}, now)
+        self.apply(result, by_id, now)
         if result.wake_at is not None and result.wake_at > now:
             asyncio.get_running_loop().call_later(result.wake_at - now, self.wake)
         return result
+
+    def _decide(
+        self, snapshot: Snapshot, pending: dict[str, PendingJob], now: float
+    ) -> SchedulingResult:
+        """The policy's decisions; if it raises, the jobs it fails on are set aside
+        and it is asked again without them."""
+        try:
+            return self.policy.schedule(snapshot, self.ctx)
+        except Exception as err:  # a policy bug must cost its jobs, not the scheduler
+            self.stats.policy_errors += 1
+            log.exception("policy %s failed on a pass; isolating the jobs", self.policy.name)
+            culprits = self._culprits(snapshot, list(snapshot.pending))
+            for view in culprits:
+                problem = Problem("policy", f"{self.policy.name} failed on this job: {err!r}")
+                for pod in pending[view.id].pods:
+                    self._reject(pod, problem, now)
+            rest = [v for v in snapshot.pending if v not in culprits]
+            try:
+                return self.policy.schedule(replace(snapshot, pending=rest), self.ctx)
+            except Exception:
+                log.exception(
+                    "policy %s fails even without those jobs: pass skipped", self.policy.name
+                )
+                return SchedulingResult()
+
+    def _culprits(self, snapshot: Snapshot, jobs: list[JobView]) -> list[JobView]:
+        """The pending jobs the policy raises on when asked about them alone or in a
+        half of the queue (a bisection: O(culprits · log jobs) policy calls)."""
+        if not jobs or not self._raises(replace(snapshot, pending=jobs)):
+            return []
+        if len(jobs) == 1:
+            return jobs
+        middle = len(jobs) // 2
+        return self._culprits(snapshot, jobs[:middle]) + self._culprits(snapshot, jobs[middle:])
+
+    def _raises(self, snapshot: Snapshot) -> bool:
+        try:
+            self.policy.schedule(snapshot, self.ctx)
+        except Exception:
+            return True
+        return False
 
     def apply(self, result: SchedulingResult, pending: dict[str, PendingJob], now: float) -> None:
         for decision in result.decisions:
@@ -223,7 +281,9 @@ class Scheduler:
         for decision in result.decisions:
             if isinstance(decision, Place) and decision.job_id in pending:
                 job = pending[decision.job_id]
-                if state is not None and _fits(decision.placement, job, state):
+                if state is None or not self._keeps_contract(job, decision.placement, now):
+                    continue
+                if _fits(decision.placement, job, state):
                     self.place(job, decision.placement, decision.reason, now)
                 else:
                     # Its GPUs are still held by pods being evicted: bind once they leave.
@@ -237,11 +297,26 @@ class Scheduler:
                 for pod in pending[decision.job_id].pods:
                     self._report(pod, message, now)
 
+    def _keeps_contract(self, job: PendingJob, placement: Placement, now: float) -> bool:
+        """Whether the placement is one this job's pods can take (else it is reported)."""
+        state = self.cache.ledger.state
+        try:
+            if state is None:
+                return False
+            check_shape(job.spec, placement, state)
+            if len(placement.tasks) != len(job.pods):
+                raise PlacementError(f"{len(placement.tasks)} tasks for {len(job.pods)} pods")
+        except PlacementError as err:
+            problem = Problem(
+                "placement", f"{self.policy.name} broke the placement contract: {err}"
+            )
+            for pod in job.pods:
+                self._reject(pod, problem, now)
+            return False
+        return True
+
     def place(self, job: PendingJob, placement: Placement, reason: str, now: float) -> None:
         """Assume every task of the job now; bind in the background."""
-        if len(placement.tasks) != len(job.pods):
-            count = f"{len(placement.tasks)} tasks for {len(job.pods)} pods"
-            raise ValueError(f"{job.spec.id}: {count}")
         task = job.spec.task
         for pod, where in zip(job.pods, placement.tasks, strict=True):
             charge = Charge(where.node, where.gpus, where.gpu_milli, task.cpu_milli, task.mem_mib)
@@ -295,6 +370,7 @@ class Scheduler:
             annotations.update(encoded)
             outcome = await self.effects.bind(pod, node, annotations)
             if outcome is BindOutcome.RETRY:
+                self.stats.bind_retries += 1
                 outcome = await self._settle_unknown(pod, node)
         self.cache.finish_binding(pod.uid, self.clock() + self.options.assume_timeout_s)
         if outcome is BindOutcome.RETRY:
@@ -397,6 +473,21 @@ class Scheduler:
 
     # -- reports ----------------------------------------------------------------------
 
+    def _reject(self, pod: PodRecord, problem: Problem, now: float) -> None:
+        """A pending pod set aside: counted, logged, and FailedScheduling naming why."""
+        if self.quarantine.reject("Pod", pod.key, pod.uid, problem):
+            self._report(pod, f"invalid {problem}", now)
+
+    def _flag_bound(self, pod: PodRecord, now: float) -> None:
+        """A bound pod with a field we cannot read: it keeps running (charged by its
+        requests), and its owner hears why once."""
+        problem = pod.problems_for(self.cache.scheduler_name)[0]
+        if self.quarantine.reject("Pod", pod.key, pod.uid, problem):
+            note = f"gpufleet cannot read {problem}; counting the pod by its requests"
+            self._spawn(
+                self._guarded(self.effects.event(pod, "InvalidObject", note, "Warning", now))
+            )
+
     def _report(self, pod: PodRecord, message: str, now: float) -> None:
         if not self.options.report_unschedulable:
             return
@@ -426,12 +517,8 @@ class Scheduler:
 
 
 def _fits(plan: Placement, job: PendingJob, state: ClusterState) -> bool:
-    scratch = state.scratch()
-    task = job.spec.task
     try:
-        for where in plan.tasks:
-            index = scratch.node_index[where.node]
-            scratch.allocate(index, where.gpus, where.gpu_milli, task.cpu_milli, task.mem_mib)
-    except (KeyError, ValueError):
+        check_fits(job.spec, plan, state)
+    except PlacementError:
         return False
     return True

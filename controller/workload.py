@@ -5,27 +5,19 @@ running `JobView`s with their placements.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from controller.encoders import GpuEncoder
 from controller.ledger import Charge
 from controller.objects import (
-    ATTAINED_GPU_S,
-    BOUND_AT,
-    GANG_SIZE,
-    GPU_MODELS,
-    JOB_ID,
     JOB_LABEL,
     MODEL_LABELS,
     POD_GROUP_LABEL,
     RACK_LABELS,
-    RESTARTS,
-    RUNTIME,
-    SUBMIT_TIME,
     NodeRecord,
     PodRecord,
+    Problem,
     first_label,
 )
 from policies import (
@@ -42,18 +34,6 @@ from policies import (
 DEFAULT_RUNTIME_S = 3600.0
 """What policies that estimate remaining work assume for a pod that states no runtime."""
 UNKNOWN_MODEL = "unknown"
-
-_DURATION_PART = re.compile(r"([0-9]*\.?[0-9]+)(ns|us|µs|ms|s|m|h)")
-_DURATION_UNIT = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def parse_duration(text: str) -> float:
-    """A Go duration (`90s`, `1h30m`, `250ms`) in seconds."""
-    text = text.strip()
-    parts = _DURATION_PART.findall(text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        raise ValueError(f"not a Go duration: {text!r}")
-    return sum(float(n) * _DURATION_UNIT[u] for n, u in parts)
 
 
 def node_spec(node: NodeRecord, encoder: GpuEncoder) -> NodeSpec:
@@ -77,8 +57,8 @@ def task_request(pod: PodRecord, encoder: GpuEncoder) -> TaskRequest:
 
 def job_id(pod: PodRecord) -> str:
     """The job a pod belongs to: an explicit id, else its gang label, else the pod."""
-    if pod.annotations.get(JOB_ID):
-        return pod.annotations[JOB_ID]
+    if pod.meta.job_id:
+        return pod.meta.job_id
     group = pod.labels.get(JOB_LABEL) or pod.labels.get(POD_GROUP_LABEL)
     return f"{pod.namespace}/{group or pod.name}"
 
@@ -95,9 +75,9 @@ class PendingJob:
         return JobView(
             spec=self.spec,
             status=JobStatus.PENDING,
-            attained_gpu_s=float(self.pods[0].annotations.get(ATTAINED_GPU_S, 0.0)),
+            attained_gpu_s=self.pods[0].meta.attained_gpu_s,
             queued_since=min(p.created for p in self.pods),
-            restarts=int(self.pods[0].annotations.get(RESTARTS, 0)),
+            restarts=self.pods[0].meta.restarts,
         )
 
 
@@ -107,7 +87,7 @@ class RejectedJob:
 
     job_id: str
     pods: tuple[PodRecord, ...]
-    reason: str
+    problem: Problem
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,10 +110,9 @@ def build_workload(
     waiting: dict[str, str] = {}
     for jid, members in groups.items():
         members.sort(key=lambda p: p.name)
-        try:
-            job = _pending_job(jid, members, seq, encoder)
-        except ValueError as err:
-            rejected.append(RejectedJob(jid, tuple(members), str(err)))
+        job = _decode_job(jid, members, seq, encoder)
+        if isinstance(job, Problem):
+            rejected.append(RejectedJob(jid, tuple(members), job))
             continue
         if job.spec.replicas < _gang_size(members):
             waiting[jid] = f"gang has {job.spec.replicas} of {_gang_size(members)} pods"
@@ -143,8 +122,21 @@ def build_workload(
     return Workload(pending, rejected, waiting)
 
 
+def _decode_job(
+    jid: str, members: list[PodRecord], seq: Mapping[str, int], encoder: GpuEncoder
+) -> PendingJob | Problem:
+    """The job the pods make, or the first problem that stops them making one."""
+    for member in members:
+        if member.problems:
+            return member.problems[0]
+    try:
+        return _pending_job(jid, members, seq, encoder)
+    except ValueError as err:
+        return Problem("spec.containers[].resources", str(err))
+
+
 def _gang_size(members: list[PodRecord]) -> int:
-    sizes = {int(p.annotations[GANG_SIZE]) for p in members if GANG_SIZE in p.annotations}
+    sizes = {p.meta.gang_size for p in members if p.meta.gang_size is not None}
     return max(sizes) if sizes else len(members)
 
 
@@ -157,15 +149,14 @@ def _pending_job(
         if task_request(other, encoder) != task:
             pair = f"{first.name} and {other.name}"
             raise ValueError(f"gang {jid}: pods {pair} ask for different resources")
-    models = first.annotations.get(GPU_MODELS, "")
-    runtime = first.annotations.get(RUNTIME)
+    submitted = first.meta.submit_time
     spec = JobSpec(
         id=jid,
-        submit_time=float(first.annotations.get(SUBMIT_TIME, min(p.created for p in members))),
+        submit_time=min(p.created for p in members) if submitted is None else submitted,
         task=task,
-        work=FixedDuration(parse_duration(runtime) if runtime else DEFAULT_RUNTIME_S),
+        work=FixedDuration(first.meta.runtime_s or DEFAULT_RUNTIME_S),
         replicas=len(members),
-        allowed_models=frozenset(m for m in models.split("|") if m) if models else None,
+        allowed_models=first.meta.gpu_models,
         priority=max(p.priority for p in members),
         node_selector=first.node_selector,
         tolerations=first.tolerations,
@@ -255,14 +246,14 @@ def _running_view(
         TaskPlacement(charges[p.uid].node, charges[p.uid].gpus, charges[p.uid].gpu_milli)
         for p in members
     )
-    started = min(float(p.annotations.get(BOUND_AT, now)) for p in members)
+    started = min(now if p.meta.bound_at is None else p.meta.bound_at for p in members)
     return JobView(
         spec=job.spec,
         status=JobStatus.RUNNING,
         placement=Placement(tasks),
-        attained_gpu_s=float(members[0].annotations.get(ATTAINED_GPU_S, 0.0)),
+        attained_gpu_s=members[0].meta.attained_gpu_s,
         service_since=started,
         started_at=started,
         queued_since=job.spec.submit_time,
-        restarts=int(members[0].annotations.get(RESTARTS, 0)),
+        restarts=members[0].meta.restarts,
     )

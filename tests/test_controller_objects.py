@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from controller.crd import UNREADABLE_SPEC, ctj_from_json
 from controller.encoders import GpuShare, Hami, WholeGpu, make_encoder
 from controller.objects import (
     GPU_MILLI,
     UNSCHEDULABLE_TAINT,
+    Problem,
     cpu_milli,
     mem_mib,
     node_from_json,
@@ -191,3 +196,114 @@ def test_unknown_backend_is_an_error() -> None:
     assert make_encoder("hami").name == "hami"
     with pytest.raises(ValueError, match="known: gpushare, hami, whole"):
         make_encoder("dra")
+
+
+# -- the decoder never raises --------------------------------------------------------
+
+JUNK = st.one_of(
+    st.text(max_size=12),
+    st.sampled_from(["-1", "nan", "inf", "1e400", "0", "١٢", "1.5", "", "9" * 40, "0,0,1"]),
+)
+OUR_KEYS = st.sampled_from(
+    [
+        "gpufleet.io/attained-gpu-s",
+        "gpufleet.io/restarts",
+        "gpufleet.io/gang-size",
+        "gpufleet.io/submit-time",
+        "gpufleet.io/sim-runtime",
+        "gpufleet.io/gpu-models",
+        "gpufleet.io/gpu-milli",
+        "gpufleet.io/assigned-gpus",
+        "gpufleet.io/assigned-milli",
+        "gpufleet.io/bound-at",
+    ]
+)
+ANYTHING = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    notes=st.dictionaries(OUR_KEYS, JUNK, max_size=4),
+    quantity=JUNK,
+    priority=ANYTHING,
+    tolerations=ANYTHING,
+)
+def test_the_pod_decoder_never_raises_and_names_each_bad_field(
+    notes: dict[str, str], quantity: str, priority: object, tolerations: object
+) -> None:
+    obj = {
+        "metadata": {"uid": "u", "name": "p", "annotations": notes},
+        "spec": {
+            "schedulerName": "gpufleet",
+            "priority": priority,
+            "tolerations": tolerations,
+            "containers": [{"resources": {"requests": {"cpu": quantity, "nvidia.com/gpu": "1"}}}],
+        },
+    }
+    pod = pod_from_json(obj)
+    fields = {p.field for p in pod.problems}
+    assert fields <= {f"metadata.annotations[{k}]" for k in notes} | {
+        "spec.containers[0].resources[cpu]",
+        "spec.priority",
+        "spec.tolerations",
+    }
+    for key, value in notes.items():
+        if f"metadata.annotations[{key}]" not in fields and key.endswith("restarts"):
+            assert pod.meta.restarts == int(value)  # a value accepted is the value written
+
+
+def test_an_unreadable_gpu_count_label_is_dropped_and_named() -> None:
+    node = node_from_json(
+        {
+            "metadata": {"name": "n", "labels": {"nvidia.com/gpu.count": "eight"}},
+            "status": {"allocatable": {"cpu": "4", "nvidia.com/gpu": "8"}},
+        }
+    )
+    assert "nvidia.com/gpu.count" not in node.labels
+    (problem,) = node.problems
+    assert problem.field == "metadata.labels[nvidia.com/gpu.count]"
+    assert Hami().node_gpus(node) == 8  # falls back to the extended resource
+
+
+CTJ_FIELDS = {
+    "spec.image": "spec.image",
+    "spec.retrain.deadlineSeconds": "spec.retrain",
+    "spec.retrain.windowSeconds": "spec.retrain",
+    "spec.replicas.min": "spec.replicas",
+    "spec.replicas.max": "spec.replicas",
+    "spec.resources.gpu": "spec.resources.gpu",
+    "spec.resources.gpuTypes": "spec.resources",
+    "spec.env": "spec.env",
+    "spec.historyLimit": "spec.historyLimit",
+    "spec.accuracy": "spec.accuracy",
+}
+
+
+@settings(max_examples=300, deadline=None)
+@given(path=st.sampled_from(list(CTJ_FIELDS)), value=ANYTHING)
+def test_the_ctj_decoder_never_raises_and_names_the_field(path: str, value: object) -> None:
+    spec: dict[str, Any] = {
+        "image": "trainer:1",
+        "retrain": {"windowSeconds": 3600, "deadlineSeconds": 1800},
+        "resources": {"gpu": {"count": 1}},
+        "replicas": {"min": 1},
+    }
+    parent = spec
+    *parents, leaf = path.split(".")[1:]
+    for name in parents:
+        parent = parent.setdefault(name, {})
+    parent[leaf] = value
+    ctj = ctj_from_json({"metadata": {"name": "c", "uid": "u"}, "spec": spec})
+    if ctj.problem is not None:
+        assert ctj.problem.field.startswith(CTJ_FIELDS[path])
+        assert ctj.spec is UNREADABLE_SPEC
+
+
+def test_a_ctj_with_a_negative_deadline_names_it() -> None:
+    spec = {"image": "t", "retrain": {"windowSeconds": 60, "deadlineSeconds": -5}}
+    ctj = ctj_from_json({"metadata": {"name": "c"}, "spec": spec})
+    assert ctj.problem == Problem("spec.retrain.deadlineSeconds", "must be at least 1, got -5")

@@ -23,6 +23,7 @@ from controller.objects import (
 from controller.scheduler import Scheduler, SchedulerOptions
 from policies import (
     Context,
+    Place,
     Placement,
     Policy,
     PolicyConfig,
@@ -44,6 +45,10 @@ class FakeEffects:
         self.evicted: list[tuple[str, str, float]] = []
         self.outcomes: dict[str, BindOutcome] = {}
         self.pods: dict[str, dict[str, Any]] = {}
+        self.events: list[tuple[str, str, str]] = []
+
+    async def event(self, pod: PodRecord, reason: str, note: str, kind: str, now: float) -> None:
+        self.events.append((pod.name, reason, note))
 
     async def bind(self, pod: PodRecord, node: str, annotations: dict[str, str]) -> BindOutcome:
         self.binds.append((pod.name, node, annotations))
@@ -106,14 +111,15 @@ def pod_json(
 Scenario = Callable[[Scheduler, ClusterCache, FakeEffects], Awaitable[None]]
 
 
-def run(scenario: Scenario, policy: str = "bestfit", nodes: dict[str, int] | None = None) -> None:
+def run(
+    scenario: Scenario, policy: str | Policy = "bestfit", nodes: dict[str, int] | None = None
+) -> None:
     async def main() -> None:
         cache = ClusterCache(WholeGpu())
         cache.replace(NODES, [node_json(n, g) for n, g in (nodes or {"a": 2, "b": 4}).items()])
         effects = FakeEffects(cache)
-        scheduler = Scheduler(
-            make_policy(policy), cache, effects, SchedulerOptions(), clock=lambda: 1000.0
-        )  # type: ignore[arg-type]
+        chosen = make_policy(policy) if isinstance(policy, str) else policy
+        scheduler = Scheduler(chosen, cache, effects, SchedulerOptions(), clock=lambda: 1000.0)  # type: ignore[arg-type]
         loop = asyncio.create_task(scheduler.run())
         try:
             await scenario(scheduler, cache, effects)
@@ -251,3 +257,103 @@ def test_resize_evicts_then_binds_the_recreated_pod_to_the_plan() -> None:
             loop.cancel()
 
     asyncio.run(main())
+
+
+class FailsOn(Policy):
+    """Best fit, except that it raises whenever job `bad` is in the queue (a stand-in
+    for a policy bug that one job's shape triggers). No `name`: not registered."""
+
+    def __init__(self, bad: str) -> None:
+        super().__init__(PolicyConfig())
+        self.bad = bad
+        self.inner = make_policy("bestfit")
+
+    def schedule(self, snapshot: Snapshot, ctx: Context) -> SchedulingResult:
+        if any(job.id == self.bad for job in snapshot.pending):
+            raise ZeroDivisionError("a bug this job's shape triggers")
+        return self.inner.schedule(snapshot, ctx)
+
+
+FailsOn.name = "fails-on"  # set after the class body, so the registry does not see it
+
+
+def test_a_policy_that_raises_on_one_job_costs_that_job_alone() -> None:
+    async def scenario(scheduler: Scheduler, cache: ClusterCache, effects: FakeEffects) -> None:
+        for name in ("a1", "a2", "bad", "b1", "b2"):
+            cache.apply(PODS, "ADDED", pod_json(name))
+        await scheduler.wait_idle()
+        assert sorted(b[0] for b in effects.binds) == ["a1", "a2", "b1", "b2"]
+        ((name, message),) = effects.reports
+        assert name == "bad" and message.startswith("invalid policy:")
+        assert "ZeroDivisionError" in message
+        assert scheduler.stats.policy_errors == 1
+        assert scheduler.quarantine.counts == {("Pod", "policy"): 1}
+
+    run(scenario, FailsOn("ns/bad"), nodes={"a": 8})
+
+
+class OverAsks(Policy):
+    """Places job `greedy` on two GPUs although its pod asks for one (breaking the
+    placement contract), and everything else by best fit."""
+
+    def __init__(self) -> None:
+        super().__init__(PolicyConfig())
+        self.inner = make_policy("bestfit")
+
+    def schedule(self, snapshot: Snapshot, ctx: Context) -> SchedulingResult:
+        result = self.inner.schedule(snapshot, ctx)
+        wrong = Placement((TaskPlacement("a", (0, 1), 1000),))
+        decisions = tuple(
+            Place(d.job_id, wrong, "too much") if d.job_id == "ns/greedy" else d
+            for d in result.decisions
+        )
+        return SchedulingResult(decisions)
+
+
+OverAsks.name = "over-asks"
+
+
+def test_a_decision_that_breaks_the_placement_contract_is_refused_for_its_job() -> None:
+    async def scenario(scheduler: Scheduler, cache: ClusterCache, effects: FakeEffects) -> None:
+        cache.apply(PODS, "ADDED", pod_json("greedy"))
+        cache.apply(PODS, "ADDED", pod_json("modest"))
+        await scheduler.wait_idle()
+        assert [b[0] for b in effects.binds] == ["modest"]
+        ((name, message),) = effects.reports
+        assert name == "greedy" and message.startswith("invalid placement:")
+        assert scheduler.quarantine.counts == {("Pod", "placement"): 1}
+
+    run(scenario, OverAsks(), nodes={"a": 4})
+
+
+def test_a_pending_pod_with_a_bad_annotation_is_reported_once_and_others_bind() -> None:
+    async def scenario(scheduler: Scheduler, cache: ClusterCache, effects: FakeEffects) -> None:
+        cache.apply(PODS, "ADDED", pod_json("bad", notes={ATTAINED_GPU_S: "abc"}))
+        cache.apply(PODS, "ADDED", pod_json("good"))
+        await scheduler.wait_idle()
+        cache.apply(NODES, "ADDED", node_json("c", 1))  # another pass: not reported again
+        await scheduler.wait_idle()
+        assert [b[0] for b in effects.binds] == ["good"]
+        field = f"metadata.annotations[{ATTAINED_GPU_S}]"
+        assert effects.reports == [("bad", f"invalid {field}: 'abc' is not a number")]
+        assert scheduler.quarantine.counts == {("Pod", field): 1}
+
+    run(scenario)
+
+
+def test_a_bound_pod_with_unreadable_gpus_is_charged_by_its_request_and_flagged() -> None:
+    async def scenario(scheduler: Scheduler, cache: ClusterCache, effects: FakeEffects) -> None:
+        notes = {ASSIGNED_GPUS: "zero", ASSIGNED_MILLI: "1000"}
+        cache.apply(PODS, "ADDED", pod_json("odd", node="a", notes=notes))
+        for name in ("p1", "p2"):
+            cache.apply(PODS, "ADDED", pod_json(name))
+        await scheduler.wait_idle()
+        state = cache.ledger.state
+        assert state is not None
+        assert int(state.gpu_free[state.node_index["a"]].sum()) == 0  # 1 by request + p1
+        assert sorted((b[0], b[1]) for b in effects.binds) == [("p1", "a"), ("p2", "b")]
+        ((name, reason, note),) = effects.events
+        assert (name, reason) == ("odd", "InvalidObject")
+        assert f"[{ASSIGNED_GPUS}]" in note and "counting the pod by its requests" in note
+
+    run(scenario)

@@ -13,9 +13,10 @@ from controller.objects import (
     JOB_LABEL,
     POD_GROUP_LABEL,
     RUNTIME,
+    parse_duration,
     pod_from_json,
 )
-from controller.workload import build_workload, parse_duration
+from controller.workload import build_workload
 from policies import FixedDuration, TaskRequest
 
 
@@ -59,7 +60,7 @@ def test_go_durations(text: str, seconds: float) -> None:
 
 
 def test_bad_duration_is_rejected() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="not a Go duration"):
         parse_duration("90 seconds")
 
 
@@ -98,10 +99,46 @@ def test_gang_members_must_ask_for_the_same_resources() -> None:
         [pod("m-0", labels=labels), pod("m-1", gpus=2, labels=labels)], {}, WholeGpu()
     )
     (rejected,) = work.rejected
-    assert "ask for different resources" in rejected.reason
+    assert "ask for different resources" in rejected.problem.message
     assert work.pending == []
 
 
 def test_bad_share_annotation_is_rejected_not_crashing() -> None:
     work = build_workload([pod("bad", notes={"gpufleet.io/gpu-milli": "1500"})], {}, WholeGpu())
-    assert work.pending == [] and "1..1000" in work.rejected[0].reason
+    assert work.pending == []
+    assert work.rejected[0].problem.field == "metadata.annotations[gpufleet.io/gpu-milli]"
+    assert "1..1000" in work.rejected[0].problem.message
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "says"),
+    [
+        ("gpufleet.io/attained-gpu-s", "abc", "not a number"),
+        ("gpufleet.io/attained-gpu-s", "-5", "outside"),
+        ("gpufleet.io/attained-gpu-s", "nan", "outside"),
+        ("gpufleet.io/restarts", "1.5", "not a whole number"),
+        ("gpufleet.io/gang-size", "0", "outside"),
+        ("gpufleet.io/gang-size", "٣", "not a whole number"),
+        ("gpufleet.io/submit-time", "1e400", "outside"),
+        ("gpufleet.io/sim-runtime", "0s", "positive duration"),
+        ("gpufleet.io/gpu-models", "||", "names no GPU model"),
+    ],
+)
+def test_a_bad_annotation_rejects_the_whole_gang_naming_the_field(
+    key: str, value: str, says: str
+) -> None:
+    labels = {JOB_LABEL: "g"}
+    members = [pod("g-0", labels=labels), pod("g-1", labels=labels, notes={key: value})]
+    work = build_workload(members, {}, WholeGpu())
+    assert work.pending == [] and work.waiting == {}
+    (rejected,) = work.rejected
+    assert rejected.problem.field == f"metadata.annotations[{key}]"
+    assert says in rejected.problem.message
+    assert {p.name for p in rejected.pods} == {"g-0", "g-1"}
+
+
+def test_a_bad_pod_does_not_hold_back_the_good_ones() -> None:
+    pods = [pod("bad", notes={"gpufleet.io/restarts": "many"}), pod("good")]
+    work = build_workload(pods, {}, WholeGpu())
+    assert [j.spec.id for j in work.pending] == ["ns/good"]
+    assert [r.job_id for r in work.rejected] == ["ns/bad"]

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from controller.ctj_cli import add_serve_command, manager_options
+from controller.serve import add_serve_command, manager_options
 
 ROOT = Path(__file__).parents[1]
 DEPLOY = ROOT / "deploy"

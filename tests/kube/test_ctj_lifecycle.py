@@ -1,5 +1,5 @@
 """ContinualTrainingJobs end to end on the real API server, with the controller run
-exactly as the Deployment runs it: `python -m controller.ctj_cli serve` authenticating
+exactly as the Deployment runs it: `python -m controller.serve serve` authenticating
 with the ServiceAccount's token (RBAC applies), JSON logs, metrics on HTTP.
 
 Three jobs share KWOK GPU nodes: one retrains in time every window, one asks for a GPU
@@ -59,7 +59,7 @@ class ServeProcess:
         args = [
             sys.executable,
             "-m",
-            "controller.ctj_cli",
+            "controller.serve",
             "serve",
             "--policy=bestfit",
             f"--kubeconfig={env.sa_kubeconfig}",
