@@ -29,6 +29,7 @@ from policies.base import (
     Snapshot,
 )
 from policies.cluster import MILLI, ClusterState, NodeSpec, Taint, Toleration
+from policies.contract import PlacementError, check_fits, check_placement, check_shape
 from policies.decisions import (
     Decision,
     Place,
@@ -71,6 +72,7 @@ __all__ = [
     "Place",
     "Placement",
     "PlacementConfig",
+    "PlacementError",
     "PlacementPolicy",
     "Policy",
     "PolicyConfig",
@@ -88,6 +90,9 @@ __all__ = [
     "WorkModel",
     "accuracy_aware",
     "best_fit",
+    "check_fits",
+    "check_placement",
+    "check_shape",
     "continual",
     "dot_product",
     "fgd",

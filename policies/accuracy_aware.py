@@ -21,9 +21,10 @@ use (free GPUs plus those retraining jobs hold), then realises the plan on nodes
   cluster's milli-GPUs, on the model with the most room, blind to deadlines and speed.
 
 Ordinary jobs mixed in are placed first-fit in arrival order on what retraining leaves,
-and are never preempted. The allocators are round policies (a pass every `realloc_s`
-seconds): a round after arrivals re-plans running and waiting jobs together; other
-rounds only give freed capacity to waiting jobs, which bounds the work on long runs.
+and are never preempted; nor is a retraining job whose spec says it may not be (it keeps
+its share). The allocators are round policies (a pass every `realloc_s` seconds): a
+round after arrivals re-plans running and waiting jobs together; other rounds only give
+freed capacity to waiting jobs, which bounds the work on long runs.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ from policies.continual import (
 from policies.decisions import Decision, Place, Preempt, SchedulingResult
 from policies.fifo import FifoConfig, FifoFirstFit
 from policies.jobs import JobSpec, JobStatus, JobView, Placement, TaskPlacement, TaskRequest
+from policies.placement import label_mask, release
 
 LEVELS_MILLI = np.array([250, 500, 1000, 2000, 4000, 8000], dtype=np.int64)
 _LEVEL_INDEX = {int(level): i for i, level in enumerate(LEVELS_MILLI)}
@@ -87,8 +89,8 @@ class _Static:
 
     @property
     def top_speed(self) -> float:
-        """Its largest share on its fastest model."""
-        return float(self.speed.max() * self.level_speed[self.max_level])
+        """Its largest share on its fastest model (0 on a cluster without GPUs)."""
+        return float(self.speed.max(initial=0.0) * self.level_speed[self.max_level])
 
 
 @dataclass
@@ -168,6 +170,8 @@ class ShareAllocator(Policy):
         statics: list[_Static] = []
         current: list[tuple[int, int] | None] = []
         remaining: list[float] = []
+        # A running job that may not be preempted keeps its share, out of the room.
+        jobs = [v for v in jobs if v.spec.preemptible or v.status is not JobStatus.RUNNING]
         room = _Room.free(cluster, jobs)
         for view in jobs:
             static = self._static(view.spec, cluster.gpu_models)
@@ -230,7 +234,8 @@ class ShareAllocator(Policy):
         for row, view in enumerate(plan.views):
             if view.status is JobStatus.RUNNING and targets.get(row) != plan.current[row]:
                 decisions.append(Preempt(view.id, f"{self.name}: share reassigned"))
-                _release(state, view)
+                assert view.placement is not None
+                release(state, view.spec, view.placement)
         fitter = ShareFitter(state)
         for row, (model, level) in targets.items():
             if targets[row] == plan.current[row]:
@@ -433,12 +438,12 @@ class FairShareAllocator(ShareAllocator):
 class ShareFitter:
     """Places shares on a scratch cluster state within one pass. Resources only shrink
     while it works, so a share that failed on a model fails again at that size or more
-    for the same per-task CPU and memory; those attempts are skipped."""
+    for the same per-task CPU, memory, selector and tolerations; those attempts are skipped."""
 
     def __init__(self, state: ClusterState) -> None:
         self.state = state
         self._nodes = [np.flatnonzero(state.model_idx == m) for m in range(len(state.gpu_models))]
-        self._failed: dict[tuple[int, int, int], int] = {}
+        self._failed: dict[tuple[object, ...], int] = {}
 
     def fit(self, spec: JobSpec, model: int, milli: int) -> Placement | None:
         """Place `milli` milli-GPU for `spec` on one node of model index `model`: a
@@ -448,7 +453,8 @@ class ShareFitter:
         if spec.allowed_models is not None and state.gpu_models[model] not in spec.allowed_models:
             return None
         task = spec.task
-        key = (model, task.cpu_milli, task.mem_mib)
+        labels = (tuple(sorted(spec.node_selector.items())), spec.tolerations)
+        key = (model, task.cpu_milli, task.mem_mib, labels)
         if milli >= self._failed.get(key, MILLI * 1000):
             return None
         nodes = self._nodes[model]
@@ -456,6 +462,8 @@ class ShareFitter:
         ok = (state.cpu_free[nodes] >= count * task.cpu_milli) & (
             state.mem_free[nodes] >= count * task.mem_mib
         )
+        if spec.node_selector or state.has_taints:
+            ok &= label_mask(spec, state)[nodes]
         free = state.gpu_free[nodes]
         placed = self._fraction(task, nodes, ok, free, milli) if milli < MILLI else None
         if milli >= MILLI:
@@ -737,11 +745,3 @@ def _upgrade(
 
 def _arrival(view: JobView) -> tuple[float, str]:
     return view.spec.submit_time, view.id
-
-
-def _release(state: ClusterState, view: JobView) -> None:
-    assert view.placement is not None
-    req = view.spec.task
-    for task in view.placement.tasks:
-        node = state.node_index[task.node]
-        state.release(node, task.gpus, task.gpu_milli, req.cpu_milli, req.mem_mib)

@@ -25,7 +25,7 @@ import numpy as np
 from policies.cluster import ClusterState
 from policies.decisions import Decision, Place, SchedulingResult, Unschedulable
 from policies.jobs import JobSpec, JobView, Placement, TaskPlacement, TaskRequest
-from policies.placement import feasible_nodes, select_gpus
+from policies.placement import feasible_nodes, release, select_gpus
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,8 +134,7 @@ class PlacementPolicy(Policy):
         for _ in range(spec.replicas):
             task = self.place_task(spec, spec.task, state, ctx)
             if task is None:
-                for done in tasks:
-                    _release(state, spec.task, done)
+                release(state, spec, Placement(tuple(tasks)))
                 return None
             tasks.append(task)
         return Placement(tuple(tasks))
@@ -189,8 +188,3 @@ def request_key(spec: JobSpec) -> tuple[object, ...]:
         tuple(sorted(spec.node_selector.items())),
         spec.tolerations,
     )
-
-
-def _release(state: ClusterState, task: TaskRequest, placed: TaskPlacement) -> None:
-    node = state.node_index[placed.node]
-    state.release(node, placed.gpus, placed.gpu_milli, task.cpu_milli, task.mem_mib)

@@ -4,8 +4,8 @@ Each 360 s round:
 
 1. Throughputs T[i, j]: each job's work rate at its requested size on a packed placement
    of GPU model j (Gavel's oracle throughputs: the work model's rate), 0 where it may
-   not or cannot run. The heterogeneity-agnostic variant replaces every positive
-   throughput by 1.
+   not or cannot run (no node of model j could hold one of its tasks). The
+   heterogeneity-agnostic variant replaces every positive throughput by 1.
 2. X from the chosen objective (`policies.gavel_lp`): max-min fairness (Gavel's LAS),
    finish-time fairness, or max-sum throughput.
 3. Priorities: X[i, j] divided by the share of model-j time job i has received among
@@ -13,8 +13,15 @@ Each 360 s round:
 4. Greedy: (job, model) pairs by priority, then X, each job at most once, while its
    scale factor fits the model's free GPUs.
 5. Placement: a job that stays on the same GPU model keeps its GPUs (lease extension);
-   others go largest first, on one node when one has room (best fit), else spread.
-   Jobs not chosen are preempted: Gavel time-shares by checkpoint and restore.
+   others go largest first, on one node when one has room for all its tasks (best fit),
+   else whole tasks spread over the nodes with the most room, each task where its CPU,
+   memory, GPUs, selector and taints fit (`policies.placement.place_on_nodes`); a job
+   that fits nowhere this round waits. Jobs not chosen are preempted: Gavel time-shares
+   by checkpoint and restore.
+
+A running job that may not be preempted keeps its placement, outside the LP, and its
+GPUs are taken from the capacity; CPU-only jobs need no GPU time and are placed best-fit
+after the GPU jobs. A sharing (fractional) task counts as one GPU in the LP.
 
 The policy keeps no state between rounds: time received per model comes from the
 snapshot (`JobView.service_by_model`).
@@ -29,7 +36,7 @@ import numpy as np
 import numpy.typing as npt
 
 from policies.base import Context, PolicyConfig, RoundPolicy, Snapshot
-from policies.cluster import MILLI, ClusterState
+from policies.cluster import ClusterState
 from policies.decisions import Decision, Place, Preempt, Resize, SchedulingResult
 from policies.gavel_lp import (
     finish_time_fairness,
@@ -37,9 +44,17 @@ from policies.gavel_lp import (
     max_min_fairness,
     max_sum_throughput,
 )
-from policies.jobs import AllocationShape, JobStatus, JobView, Placement, TaskPlacement
+from policies.jobs import AllocationShape, JobStatus, JobView
 from policies.perf_models import packed_placement
-from policies.sia import ModelInfo, cluster_models
+from policies.placement import capacity_mask, place_on_nodes, release
+from policies.sia import (
+    ModelInfo,
+    cluster_models,
+    free_capacity,
+    held_jobs,
+    place_cpu_only,
+    unplaced,
+)
 
 FloatArray = npt.NDArray[np.float64]
 OBJECTIVES = ("max_min_fairness", "finish_time_fairness", "max_sum_throughput")
@@ -83,23 +98,27 @@ class Gavel(RoundPolicy):
         return self.config
 
     def schedule(self, snapshot: Snapshot, ctx: Context) -> SchedulingResult:
-        jobs = sorted(
+        every = sorted(
             (*snapshot.running, *snapshot.pending), key=lambda j: (j.spec.submit_time, j.id)
         )
-        if not jobs:
+        if not every:
             return SchedulingResult()
         models = cluster_models(snapshot.cluster)
         names = list(models)
-        throughputs = job_throughputs(jobs, models, names)
+        held = held_jobs(snapshot)
+        # Held jobs keep their GPUs; CPU-only jobs need none: neither enters the LP.
+        jobs = [j for j in every if j.spec.task.num_gpus and j.id not in held]
+        throughputs = job_throughputs(jobs, models, names, snapshot.cluster)
         if not self.cfg.heterogeneity_aware:
             throughputs = np.where(throughputs > 0, 1.0, 0.0)
         scale = np.array([float(j.spec.gpus) for j in jobs])
-        capacity = np.array([float(models[m].total_gpus) for m in names])
+        free = free_capacity(snapshot.cluster, held.values(), models)
+        capacity = np.array([float(free[m]) for m in names])
         x = self._allocate(jobs, throughputs, scale, capacity, snapshot.now)
         priorities = priority_matrix(x, time_received(jobs, names, snapshot.now))
         chosen = greedy_assignment(priorities, x, throughputs, scale, capacity)
         decisions = place_rounds(snapshot, jobs, chosen, names, models)
-        notes = {"jobs": float(len(jobs)), "scheduled": float(len(chosen))}
+        notes = {"jobs": float(len(every)), "scheduled": float(len(chosen))}
         return SchedulingResult(tuple(decisions), notes=notes)
 
     def _allocate(
@@ -140,26 +159,34 @@ def _weight(job: JobView) -> float:
 
 
 def job_throughputs(
-    jobs: Sequence[JobView], models: Mapping[str, ModelInfo], names: Sequence[str]
+    jobs: Sequence[JobView],
+    models: Mapping[str, ModelInfo],
+    names: Sequence[str],
+    cluster: ClusterState,
 ) -> FloatArray:
-    """T[i, j]: the job's work rate at its requested size, packed onto model j's nodes."""
+    """T[i, j]: the job's work rate at its requested size, packed onto model j's nodes;
+    0 where no node of model j could ever hold one of its tasks."""
     table = np.zeros((len(jobs), len(names)))
     for i, job in enumerate(jobs):
-        gpus = job.spec.gpus
+        spec = job.spec
+        gpus = spec.gpus
+        fits = capacity_mask(spec, spec.task, cluster)
         for j, name in enumerate(names):
             info = models[name]
-            if not job.spec.allows(name) or gpus > info.total_gpus or gpus < 1:
+            if not spec.allows(name) or gpus > info.total_gpus or gpus < 1:
+                continue
+            if not fits[list(info.nodes)].any():
                 continue
             placement = packed_placement(gpus, info.gpus_per_node)
             shape = AllocationShape(
                 name,
                 gpus,
                 len(placement),
-                replicas=job.spec.replicas,
+                replicas=spec.replicas,
                 gpus_per_node=placement,
                 gpu_models=(name,),
             )
-            table[i, j] = max(job.spec.work.rate(shape, job.done), 0.0)
+            table[i, j] = max(spec.work.rate(shape, job.done), 0.0)
     return table
 
 
@@ -221,64 +248,40 @@ def place_rounds(
     models: Mapping[str, ModelInfo],
 ) -> list[Decision]:
     """Lease extension for jobs staying on their model; everyone else is placed afresh,
-    largest first; jobs left out are preempted."""
+    largest first; jobs left out are preempted. Held jobs stay; CPU-only jobs go last."""
     state = snapshot.cluster.scratch()
     decisions: list[Decision] = []
     kept: set[str] = set()
+    held = held_jobs(snapshot)
     target = {jobs[i].id: names[j] for i, j in chosen.items()}
     for job in snapshot.running:
-        if job.placement is None:
+        if job.placement is None or job.id in held:
             continue
         model = target.get(job.id)
         if model is not None and job.shape is not None and job.shape.gpu_models == (model,):
             kept.add(job.id)
             continue
-        _release(state, job, job.placement)
+        release(state, job.spec, job.placement)
         if model is None:
             decisions.append(Preempt(job.id, "gavel: not scheduled this round"))
     order = sorted(
         (i for i in chosen if jobs[i].id not in kept),
         key=lambda i: (-jobs[i].spec.gpus, jobs[i].spec.submit_time, jobs[i].id),
     )
+    unplaced_jobs = []
     for i in order:
         job = jobs[i]
         info = models[names[chosen[i]]]
-        placement = _place(state, job, info)
-        if placement is None:
-            continue  # fragmented this round; the job waits (Gavel's mechanism may too)
         reason = f"gavel: {job.spec.gpus} × {info.name} this round"
-        if job.status is JobStatus.RUNNING:
+        nodes = np.array(info.nodes, dtype=np.int64)
+        placement = place_on_nodes(job.spec, state, nodes, job.spec.replicas, spread=True)
+        if placement is None:
+            unplaced_jobs.append((job, reason))  # fragmented this round: the job waits
+        elif job.status is JobStatus.RUNNING:
             decisions.append(Resize(job.id, placement, reason))
         else:
             decisions.append(Place(job.id, placement, reason))
+    for job, reason in unplaced_jobs:
+        decisions += unplaced(state, job, reason)
+    decisions += place_cpu_only(snapshot, state, "gavel")
     return decisions
-
-
-def _place(state: ClusterState, job: JobView, info: ModelInfo) -> Placement | None:
-    need = job.spec.gpus
-    free = {
-        n: [int(g) for g in np.flatnonzero(state.gpu_free[n, : state.gpu_count[n]] == MILLI)]
-        for n in info.nodes
-    }
-    fits = [n for n in info.nodes if len(free[n]) >= need]
-    if fits:
-        node = min(fits, key=lambda n: (len(free[n]), n))
-        picks = [(node, g) for g in free[node][:need]]
-    else:
-        spread = sorted(info.nodes, key=lambda n: (-len(free[n]), n))
-        picks = [(n, g) for n in spread for g in free[n]][:need]
-        if len(picks) < need:
-            return None
-    req = job.spec.task
-    tasks = []
-    for node, gpu in picks:
-        state.allocate(node, (gpu,), MILLI, req.cpu_milli, req.mem_mib)
-        tasks.append(TaskPlacement(state.nodes[node].name, (gpu,), MILLI))
-    return Placement(tuple(tasks))
-
-
-def _release(state: ClusterState, job: JobView, placement: Placement) -> None:
-    req = job.spec.task
-    for task in placement.tasks:
-        node = state.node_index[task.node]
-        state.release(node, task.gpus, task.gpu_milli, req.cpu_milli, req.mem_mib)

@@ -161,6 +161,8 @@ class JobSpec:
     node_selector: Mapping[str, str] = field(default_factory=dict)
     tolerations: tuple[Toleration, ...] = ()
     attributes: Mapping[str, object] = field(default_factory=dict)
+    preemptible: bool = True
+    """False: once running, no policy preempts or resizes the job (it keeps its placement)."""
     gpu_milli_total: int = field(init=False, repr=False, compare=False)
     """Milli-GPU over all replicas; precomputed because schedulers read it constantly."""
 

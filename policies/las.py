@@ -4,7 +4,8 @@ Jobs sit in priority queues by attained service (GPU-seconds): queue k holds job
 service lies between thresholds k−1 and k. Higher queues run first and FIFO (submit time)
 orders jobs within a queue. Each pass admits jobs in that order while their GPUs fit the
 cluster's total, preempts running jobs that fell out of the admitted set, and places the
-newly admitted ones with a placement policy. Running jobs only change queue when they
+newly admitted ones with a placement policy. A job that may not be preempted stays
+admitted, its GPUs taken. Running jobs only change queue when they
 cross a threshold, so the policy asks to be woken at the next crossing.
 """
 
@@ -17,6 +18,7 @@ from policies.base import Context, PlacementPolicy, Policy, PolicyConfig, Snapsh
 from policies.cluster import MILLI
 from policies.decisions import Decision, Place, Preempt, SchedulingResult, Unschedulable
 from policies.jobs import JobView
+from policies.placement import release
 from policies.registry import make_policy
 
 
@@ -56,11 +58,14 @@ class LeastAttainedService(Policy):
         if sum(j.spec.gpu_milli_total for j in snapshot.pending) <= free:
             # Everything waiting fits beside the running jobs: no one needs preempting.
             return self._place(snapshot, list(snapshot.pending), [], ctx)
+        # Jobs that may not be preempted stay admitted, and their GPUs stay taken.
+        held = {j.id for j in snapshot.running if not j.spec.preemptible}
+        taken = sum(j.spec.gpu_milli_total for j in snapshot.running if j.id in held)
         ranked = sorted(
-            (*snapshot.running, *snapshot.pending),
+            (j for j in (*snapshot.running, *snapshot.pending) if j.id not in held),
             key=lambda j: (self.queue_of(j.attained(now)), j.spec.submit_time, j.id),
         )
-        admitted = self._admit(ranked, snapshot.cluster.total_gpus * MILLI)
+        admitted = held | self._admit(ranked, snapshot.cluster.total_gpus * MILLI - taken)
         victims = [j for j in snapshot.running if j.id not in admitted]
         chosen = [j for j in snapshot.pending if j.id in admitted]
         return self._place(snapshot, chosen, victims, ctx)
@@ -86,10 +91,7 @@ class LeastAttainedService(Policy):
         for job in victims:
             assert job.placement is not None
             decisions.append(Preempt(job.id, self._why_preempted(job, now)))
-            req = job.spec.task
-            for task in job.placement.tasks:
-                node = state.node_index[task.node]
-                state.release(node, task.gpus, task.gpu_milli, req.cpu_milli, req.mem_mib)
+            release(state, job.spec, job.placement)
         placed: list[JobView] = []
         for job in chosen:
             placement = self._placer.place(job.spec, state, ctx)

@@ -1,4 +1,5 @@
-"""Vectorised feasibility and GPU choice shared by every placement policy."""
+"""Vectorised feasibility and GPU choice shared by every placement policy, and whole jobs
+placed on a chosen subset of nodes for the round policies (Sia, Gavel)."""
 
 from __future__ import annotations
 
@@ -6,13 +7,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from policies.cluster import MILLI, ClusterState, IntArray
+from policies.cluster import MILLI, BoolArray, ClusterState, IntArray
+from policies.jobs import Placement, TaskPlacement
 
 if TYPE_CHECKING:
     from policies.jobs import JobSpec, TaskRequest
 
 
-def feasible_mask(spec: JobSpec, task: TaskRequest, state: ClusterState) -> np.ndarray:
+def feasible_mask(spec: JobSpec, task: TaskRequest, state: ClusterState) -> BoolArray:
     """Nodes where one task of `spec` fits now: CPU, memory, enough GPUs with
     `gpu_milli` free each, an allowed GPU model, node selector and taints."""
     ok = (state.cpu_free >= task.cpu_milli) & (state.mem_free >= task.mem_mib)
@@ -31,21 +33,47 @@ def feasible_nodes(spec: JobSpec, task: TaskRequest, state: ClusterState) -> Int
     return np.flatnonzero(feasible_mask(spec, task, state))
 
 
-def model_mask(allowed: frozenset[str], state: ClusterState) -> np.ndarray:
+def model_mask(allowed: frozenset[str], state: ClusterState) -> BoolArray:
     wanted = [i for i, m in enumerate(state.gpu_models) if m in allowed]
     return np.isin(state.model_idx, wanted)
 
 
-def label_mask(spec: JobSpec, state: ClusterState) -> np.ndarray:
-    """Node selector and taint/toleration check; cached per cluster (labels and taints
-    do not change while a cluster state lives)."""
+def label_mask(spec: JobSpec, state: ClusterState) -> BoolArray:
+    """Nodes whose labels match the job's node selector and whose taints it tolerates;
+    cached per cluster, as are its two halves."""
     key = (tuple(sorted(spec.node_selector.items())), spec.tolerations)
+    cached = state.label_cache.get(key)
+    if cached is None:
+        cached = selector_mask(spec, state) & taint_mask(spec, state)
+        state.label_cache[key] = cached
+    return cached
+
+
+def selector_mask(spec: JobSpec, state: ClusterState) -> BoolArray:
+    """Nodes carrying every label of the job's node selector. Cached per cluster: labels
+    and taints do not change while a cluster state lives."""
+    key = ("selector", tuple(sorted(spec.node_selector.items())))
     cached = state.label_cache.get(key)
     if cached is None:
         cached = np.array(
             [
                 all(node.labels.get(k) == v for k, v in spec.node_selector.items())
-                and all(
+                for node in state.nodes
+            ],
+            dtype=bool,
+        )
+        state.label_cache[key] = cached
+    return cached
+
+
+def taint_mask(spec: JobSpec, state: ClusterState) -> BoolArray:
+    """Nodes whose NoSchedule and NoExecute taints the job tolerates (cached likewise)."""
+    key = ("taints", spec.tolerations)
+    cached = state.label_cache.get(key)
+    if cached is None:
+        cached = np.array(
+            [
+                all(
                     any(t.tolerates(taint) for t in spec.tolerations)
                     for taint in node.taints
                     if taint.effect in ("NoSchedule", "NoExecute")
@@ -82,3 +110,109 @@ def residual_after(
     cpu_left = state.cpu_free[nodes] - task.cpu_milli
     gpu_left = state.gpu_free[nodes].sum(axis=1) - task.gpu_total_milli
     return cpu_left, gpu_left
+
+
+# -- whole jobs on a subset of nodes (round policies) -------------------------------------
+
+_UNBOUNDED = np.iinfo(np.int64).max
+
+
+def capacity_mask(spec: JobSpec, task: TaskRequest, state: ClusterState) -> BoolArray:
+    """Nodes that could hold one task of `spec` if nothing else ran there."""
+    ok = (state.cpu_cap >= task.cpu_milli) & (state.mem_cap >= task.mem_mib)
+    if task.num_gpus:
+        ok &= state.gpu_count >= task.num_gpus
+        if spec.allowed_models is not None:
+            ok &= model_mask(spec.allowed_models, state)
+    if spec.node_selector or state.has_taints:
+        ok &= label_mask(spec, state)
+    return ok
+
+
+def task_room(spec: JobSpec, task: TaskRequest, state: ClusterState, nodes: IntArray) -> IntArray:
+    """How many more tasks of `task` each of `nodes` can take now. Identical tasks use
+    CPU, memory and GPUs independently, so the room is the least of the three: whole free
+    GPUs for whole-GPU tasks, tasks per GPU summed for sharing ones; zero where the GPU
+    model, node selector or taints rule the node out."""
+    room = np.full(nodes.size, _UNBOUNDED, dtype=np.int64)
+    if task.cpu_milli:
+        room = np.minimum(room, state.cpu_free[nodes] // task.cpu_milli)
+    if task.mem_mib:
+        room = np.minimum(room, state.mem_free[nodes] // task.mem_mib)
+    if task.num_gpus:
+        free = state.gpu_free[nodes]
+        if task.gpu_milli >= MILLI:
+            gpus = (free == MILLI).sum(axis=1) // task.num_gpus
+        else:
+            gpus = (free // task.gpu_milli).sum(axis=1)
+        room = np.minimum(room, gpus)
+        if spec.allowed_models is not None:
+            room[~model_mask(spec.allowed_models, state)[nodes]] = 0
+    if spec.node_selector or state.has_taints:
+        room[~label_mask(spec, state)[nodes]] = 0
+    return room
+
+
+def place_on_nodes(
+    spec: JobSpec, state: ClusterState, nodes: IntArray, count: int, spread: bool = False
+) -> Placement | None:
+    """Place `count` tasks of `spec` on the node subset `nodes`, all or none, taking them
+    from `state`. Best fit: the node with the fewest whole GPUs free, then the least free
+    milli-GPU, then the lowest index, among those that can take every task; with `spread`,
+    when none can, the nodes with the most room take them in turn. Every task is feasible
+    (CPU, memory, GPUs, model, selector, taints), so the placement keeps the contract."""
+    task = spec.task
+    nodes = np.asarray(nodes, dtype=np.int64)
+    room = task_room(spec, task, state, nodes)
+    fits = np.flatnonzero(room >= count)
+    if fits.size:
+        free = state.gpu_free[nodes[fits]]
+        whole = (free == MILLI).sum(axis=1)
+        best = fits[np.lexsort((nodes[fits], free.sum(axis=1), whole))[0]]
+        plan = [(int(nodes[best]), count)]
+    elif spread and int(room.sum()) >= count:
+        plan = _spread(nodes, room, count)
+    else:
+        return None
+    return Placement(tuple(t for node, k in plan for t in fill_node(spec, state, node, k)))
+
+
+def _spread(nodes: IntArray, room: IntArray, count: int) -> list[tuple[int, int]]:
+    """(node, tasks) over the nodes with the most room first (lowest index on ties)."""
+    plan = []
+    for i in np.lexsort((nodes, -room)).tolist():
+        take = min(int(room[i]), count)
+        if take:
+            plan.append((int(nodes[i]), take))
+            count -= take
+        if not count:
+            break
+    return plan
+
+
+def fill_node(spec: JobSpec, state: ClusterState, node: int, count: int) -> list[TaskPlacement]:
+    """Take `count` tasks of `spec` on `node`, each on `select_gpus`'s GPUs."""
+    task = spec.task
+    name = state.nodes[node].name
+    placed = []
+    for _ in range(count):
+        gpus = select_gpus(task, state.gpu_free[node], state.gpu_count[node])
+        state.allocate(node, gpus, task.gpu_milli, task.cpu_milli, task.mem_mib)
+        placed.append(TaskPlacement(name, gpus, task.gpu_milli))
+    return placed
+
+
+def take(state: ClusterState, spec: JobSpec, placement: Placement) -> None:
+    """Allocate every task of `placement` (auxiliary parts at their own request)."""
+    for task in placement.tasks:
+        request = task.request or spec.task
+        node = state.node_index[task.node]
+        state.allocate(node, task.gpus, task.gpu_milli, request.cpu_milli, request.mem_mib)
+
+
+def release(state: ClusterState, spec: JobSpec, placement: Placement) -> None:
+    """Return every task of `placement` to `state` (auxiliary parts at their own request)."""
+    for task in placement.tasks:
+        request = task.request or spec.task
+        node = state.node_index[task.node]
+        state.release(node, task.gpus, task.gpu_milli, request.cpu_milli, request.mem_mib)

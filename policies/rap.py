@@ -61,7 +61,7 @@ from policies.fragmentation import (
     workload_from_jobs,
 )
 from policies.jobs import JobSpec, JobView, PartShape, Placement, TaskPlacement, TaskRequest
-from policies.placement import feasible_mask, feasible_nodes
+from policies.placement import feasible_mask, feasible_nodes, take
 from policies.registry import make_policy
 
 PAPER_GAP_BELOW_IDEAL = 0.0324
@@ -494,7 +494,7 @@ class RapSharing(PlacementPolicy):
         state = snapshot.cluster.scratch()
         hosts = HostIndex.of_running(snapshot.running)
         for place in placed:
-            _allocate(state, pending[place.job_id], place.placement)
+            take(state, pending[place.job_id], place.placement)
             hosts.add(place.job_id, place.placement)
         decisions: list[Decision] = []
         for decision in result.decisions:
@@ -660,13 +660,6 @@ def _smallest_sufficient(sizes: range, iteration_ms: Callable[[int], float]) -> 
         else:
             low = mid + 1
     return sizes[low]
-
-
-def _allocate(state: ClusterState, spec: JobSpec, placement: Placement) -> None:
-    for task in placement.tasks:
-        request = task.request or spec.task
-        node = state.node_index[task.node]
-        state.allocate(node, task.gpus, task.gpu_milli, request.cpu_milli, request.mem_mib)
 
 
 def _least_harm(

@@ -15,12 +15,20 @@ Every 60 s round:
 3. *ILP* (`policies.sia_ilp`): binary A_ij, at most one configuration per job, GPUs per
    model within capacity, jobs still paying a restart delay pinned to their
    configuration; minimise Σ A∘U + λ·(jobs left unallocated), λ = 1.1. Rigid jobs get
-   one variable per GPU model at their fixed GPU count. Solved exactly by a dynamic
-   program over GPUs used per model on small clusters, by HiGHS on large ones.
+   one variable per GPU model at their fixed GPU count (a sharing task counts as one
+   GPU; ε on models where no node could hold one of their tasks). Solved exactly by a
+   dynamic program over GPUs used per model on small clusters, by HiGHS on large ones.
 4. *Placement*: kept jobs stay put; moved and new jobs go largest first, multi-node
    configurations on whole free nodes, single-node ones best-fit on one node, so no node
-   holds two distributed jobs. If a model is too fragmented, all its jobs are repacked
-   (each trying its old GPUs first).
+   holds two distributed jobs; every task where its CPU, memory, GPUs, selector and
+   taints fit (`policies.placement.place_on_nodes`), whole tasks per node. If a model is
+   too fragmented, all its jobs are repacked (each trying its old GPUs first); a job
+   that still fits nowhere waits.
+
+Only elastic jobs of one-GPU replicas that report goodput hints are resized; the rest
+run at their requested size. A running job that may not be preempted keeps its
+placement and its GPUs stay out of the ILP's capacity; CPU-only jobs take no part in
+the ILP and are placed best-fit after the GPU jobs.
 
 The policy is stateless between rounds: the current configuration, restarts and age come
 from the snapshot, the goodput models from the jobs' hints.
@@ -28,6 +36,7 @@ from the snapshot, the goodput models from the jobs' hints.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -36,11 +45,28 @@ import numpy as np
 import numpy.typing as npt
 
 from policies.base import Context, PolicyConfig, RoundPolicy, Snapshot
-from policies.cluster import MILLI, ClusterState
-from policies.decisions import Decision, Place, Preempt, Resize, SchedulingResult
+from policies.cluster import MILLI, ClusterState, IntArray
+from policies.contract import PlacementError, check_fits
+from policies.decisions import (
+    Decision,
+    Place,
+    Preempt,
+    Resize,
+    SchedulingResult,
+    Unschedulable,
+)
 from policies.elastic import RIGID, SCALE_GPUS, GoodputHints
-from policies.jobs import AllocationShape, JobSpec, JobStatus, JobView, Placement, TaskPlacement
+from policies.jobs import (
+    AllocationShape,
+    Elasticity,
+    JobSpec,
+    JobStatus,
+    JobView,
+    Placement,
+    TaskPlacement,
+)
 from policies.perf_models import packed_placement
+from policies.placement import capacity_mask, place_on_nodes, release, take
 from policies.sia_ilp import Allocation, check_solver, solve_allocation
 
 FloatArray = npt.NDArray[np.float64]
@@ -182,13 +208,20 @@ class Sia(RoundPolicy):
         if not jobs:
             return SchedulingResult()
         models = cluster_models(snapshot.cluster)
-        hints = {job.id: _hints_of(job) for job in jobs}
+        held = held_jobs(snapshot)
+        # Held jobs keep their GPUs; CPU-only jobs need none: neither enters the ILP (nor
+        # does anyone on a cluster without GPUs).
+        gpu_jobs = [j for j in jobs if j.spec.task.num_gpus and j.id not in held and models]
+        hints = {job.id: _hints_of(job) for job in gpu_jobs}
         max_nodes = _max_nodes(models, hints.values())
         configs = build_configurations(models, max_nodes, self.cfg.max_gpus)
-        adaptive = [j for j in jobs if _adaptive(hints[j.id])]
-        rigid = [j for j in jobs if not _adaptive(hints[j.id])]
+        adaptive = [j for j in gpu_jobs if _adaptive(j.spec, hints[j.id])]
+        rigid = [j for j in gpu_jobs if not _adaptive(j.spec, hints[j.id])]
         model_names = list(models)
-        allocation = self._solve(snapshot, adaptive, rigid, configs, models, model_names, hints)
+        capacity = free_capacity(snapshot.cluster, held.values(), models)
+        allocation = self._solve(
+            snapshot, adaptive, rigid, configs, models, model_names, hints, capacity
+        )
         wanted: dict[str, tuple[str, tuple[int, ...]]] = {}
         for job, choice in zip(adaptive, allocation.adaptive, strict=True):
             if choice is not None:
@@ -197,8 +230,7 @@ class Sia(RoundPolicy):
         for job, choice in zip(rigid, allocation.rigid, strict=True):
             if choice is not None:
                 model = models[model_names[choice]]
-                k = _rigid_gpus(job)
-                wanted[job.id] = (model.name, packed_placement(k, model.gpus_per_node))
+                wanted[job.id] = (model.name, rigid_shape(job.spec, model))
         self._forget_gone(jobs)
         decisions = place_allocations(snapshot, wanted, models)
         notes = {
@@ -220,6 +252,7 @@ class Sia(RoundPolicy):
         models: Mapping[str, ModelInfo],
         model_names: Sequence[str],
         hints: Mapping[str, GoodputHints | None],
+        capacity: Mapping[str, int],
     ) -> Allocation:
         cfg = self.cfg
         config_key = tuple(configs)
@@ -236,7 +269,7 @@ class Sia(RoundPolicy):
         rigid_cost = np.zeros((len(rigid), len(model_names)))
         pinned_r: dict[int, int] = {}
         for i, job in enumerate(rigid):
-            row = self._rigid_row(job, models, model_names)
+            row = self._rigid_row(job, models, model_names, snapshot.cluster)
             current_model = job.shape.gpu_model if job.shape is not None else None
             current = model_names.index(current_model) if current_model in models else None
             self._apply_restart_factor(row, job, current, snapshot.now)
@@ -248,8 +281,8 @@ class Sia(RoundPolicy):
             [c.gpus for c in configs],
             [model_names.index(c.model) for c in configs],
             rigid_cost,
-            [_rigid_gpus(j) for j in rigid],
-            [models[m].total_gpus for m in model_names],
+            [j.spec.gpus for j in rigid],
+            [capacity[m] for m in model_names],
             pinned_a,
             pinned_r,
             minimise=cfg.p < 0,
@@ -292,25 +325,31 @@ class Sia(RoundPolicy):
         return row
 
     def _rigid_row(
-        self, job: JobView, models: Mapping[str, ModelInfo], model_names: Sequence[str]
+        self,
+        job: JobView,
+        models: Mapping[str, ModelInfo],
+        model_names: Sequence[str],
+        cluster: ClusterState,
     ) -> FloatArray:
         """True throughput at the job's fixed size on each model, scaled so the slowest
         model is worth the job's GPU count; ε where the job cannot run."""
-        k = _rigid_gpus(job)
+        spec = job.spec
+        k = spec.gpus
         rates = np.zeros(len(model_names))
+        fits = capacity_mask(spec, spec.task, cluster)
         for t, name in enumerate(model_names):
             info = models[name]
-            if job.spec.allows(name) and k <= info.total_gpus:
-                placement = packed_placement(k, info.gpus_per_node)
+            if spec.allows(name) and k <= info.total_gpus and fits[list(info.nodes)].any():
+                placement = rigid_shape(spec, info)
                 shape = AllocationShape(
                     name,
                     k,
                     len(placement),
-                    replicas=k,
+                    replicas=spec.replicas,
                     gpus_per_node=placement,
                     gpu_models=(name,),
                 )
-                rates[t] = job.spec.work.rate(shape, job.done)
+                rates[t] = spec.work.rate(shape, job.done)
         if not self.cfg.heterogeneity_aware:
             rates = np.where(rates > 0, 1.0, 0.0)
         positive = rates > 0
@@ -366,7 +405,8 @@ def normalised_goodput(
     row /= known.min() if known.size else 1.0
     for model in unknown:
         ones = [j for j in by_model[model] if configs[j].gpus == 1]
-        if ones and spec.allows(model) and model in hints.local_bsz_bounds:
+        low, _ = limits.get(model, (1, 0))
+        if ones and low <= 1 and spec.allows(model) and model in hints.local_bsz_bounds:
             row[ones[0]] = 1.0
     return np.asarray(np.maximum(row, eps), dtype=float)
 
@@ -404,8 +444,9 @@ def _replica_limits(
     spec: JobSpec, hints: GoodputHints, models: Mapping[str, ModelInfo], cfg: SiaConfig
 ) -> dict[str, tuple[int, int]]:
     """GPU-count bounds per model: at most `growth`× the most GPUs the job has run on
-    there (at least 1), `max_gpus`, and what its largest batch can spread over."""
-    low = spec.elastic.min_replicas if spec.elastic is not None else 1
+    there (at least 1), `max_gpus`, what its largest batch can spread over and its
+    elastic bounds."""
+    low, top = (1, cfg.max_gpus) if spec.elastic is None else _bounds(spec.elastic)
     limits = {}
     for model in models:
         if model not in hints.local_bsz_bounds:
@@ -418,15 +459,27 @@ def _replica_limits(
     elif cfg.share_max_replicas and limits:
         shared = max(limits.values())
         limits = dict.fromkeys(limits, shared)
-    return {m: (max(low, 1), high) for m, high in limits.items()}
+    return {m: (max(low, 1), min(high, top)) for m, high in limits.items()}
+
+
+def _bounds(elastic: Elasticity) -> tuple[int, int]:
+    return elastic.min_replicas, elastic.max_replicas
 
 
 def _hints_of(job: JobView) -> GoodputHints | None:
     return job.hints if isinstance(job.hints, GoodputHints) else None
 
 
-def _adaptive(hints: GoodputHints | None) -> bool:
-    return hints is not None and hints.mode != RIGID
+def _adaptive(spec: JobSpec, hints: GoodputHints | None) -> bool:
+    """Sia resizes a job only if it reports goodput hints, is elastic and runs one whole
+    GPU per replica (Sia's configurations count GPUs)."""
+    return (
+        hints is not None
+        and hints.mode != RIGID
+        and spec.elastic is not None
+        and spec.task.num_gpus == 1
+        and spec.task.gpu_milli == MILLI
+    )
 
 
 def _max_nodes(
@@ -441,9 +494,11 @@ def _max_nodes(
     return {m: reach.get(m, len(info.nodes)) for m, info in models.items()}
 
 
-def _rigid_gpus(job: JobView) -> int:
-    hints = _hints_of(job)
-    return hints.target_replicas if hints is not None else job.spec.gpus
+def rigid_shape(spec: JobSpec, info: ModelInfo) -> tuple[int, ...]:
+    """GPUs per node of a rigid job packed on `info`'s nodes, whole tasks on each node."""
+    width = max(spec.task.num_gpus, 1)  # a sharing task counts as one GPU
+    per_node = packed_placement(spec.replicas, max(info.gpus_per_node // width, 1))
+    return tuple(width * tasks for tasks in per_node)
 
 
 def _restart_penalty(spec: JobSpec, default: float) -> float:
@@ -463,24 +518,51 @@ def _current_config(job: JobView, index_of: Mapping[Configuration, int]) -> int 
 # -- allocation → placement ----------------------------------------------------------------
 
 
+def held_jobs(snapshot: Snapshot) -> dict[str, JobView]:
+    """Running jobs a round leaves where they are: those that may not be preempted, and
+    CPU-only ones (they hold no GPUs)."""
+    return {
+        j.id: j
+        for j in snapshot.running
+        if j.placement is not None and (not j.spec.preemptible or not j.spec.task.num_gpus)
+    }
+
+
+def free_capacity(
+    cluster: ClusterState, held: Iterable[JobView], models: Mapping[str, ModelInfo]
+) -> dict[str, int]:
+    """GPUs of each model not held by `held` jobs (a shared GPU counts once)."""
+    taken = {
+        (cluster.node_index[t.node], g)
+        for job in held
+        if job.placement is not None
+        for t in job.placement.tasks
+        for g in t.gpus
+    }
+    used = Counter(cluster.nodes[node].gpu_model for node, _ in taken)
+    return {m: info.total_gpus - used[m] for m, info in models.items()}
+
+
 def place_allocations(
     snapshot: Snapshot,
     wanted: Mapping[str, tuple[str, tuple[int, ...]]],
     models: Mapping[str, ModelInfo],
 ) -> list[Decision]:
     """Turn per-job (GPU model, GPUs per node) into decisions: preempt jobs left without
-    GPUs, keep jobs whose shape is unchanged, place the rest (resizing running ones)."""
+    GPUs, keep jobs whose shape is unchanged (and held jobs), place the rest (resizing
+    running ones), then CPU-only jobs on what is left."""
     state = snapshot.cluster.scratch()
     decisions: list[Decision] = []
     kept: dict[str, Placement] = {}
+    held = held_jobs(snapshot)
     for job in snapshot.running:
-        if job.placement is None:
+        if job.placement is None or job.id in held:
             continue
         target = wanted.get(job.id)
         if target is not None and _same_shape(job, target):
             kept[job.id] = job.placement
             continue
-        _release(state, job.spec, job.placement)
+        release(state, job.spec, job.placement)
         if target is None:
             decisions.append(Preempt(job.id, "sia: no configuration this round"))
     views = {j.id: j for j in (*snapshot.running, *snapshot.pending)}
@@ -504,6 +586,40 @@ def place_allocations(
                 decisions.append(Resize(job_id, placement, _reason(wanted[job_id])))
         else:
             decisions.append(Place(job_id, placement, _reason(wanted[job_id])))
+    for job_id in wanted:
+        if job_id not in kept and job_id not in placements:
+            decisions += unplaced(state, views[job_id], _reason(wanted[job_id]))
+    decisions += place_cpu_only(snapshot, state, "sia")
+    return decisions
+
+
+def unplaced(state: ClusterState, job: JobView, target: str) -> list[Decision]:
+    """A job the allocation chose but no node can take this round. A waiting job waits;
+    a running one stays where it was if that is still free on `state` (taking it), else
+    it stops, since the GPUs it held went to others."""
+    reason = f"{target}, but no node fits it this round"
+    if job.status is not JobStatus.RUNNING or job.placement is None:
+        return [Unschedulable(job.id, reason, "allocation")]
+    try:
+        check_fits(job.spec, job.placement, state)
+    except PlacementError:
+        return [Preempt(job.id, reason)]
+    take(state, job.spec, job.placement)
+    return []
+
+
+def place_cpu_only(snapshot: Snapshot, state: ClusterState, policy: str) -> list[Decision]:
+    """Waiting CPU-only jobs, best fit on any node, after the GPU jobs of the round."""
+    everywhere = np.arange(state.num_nodes)
+    decisions: list[Decision] = []
+    for job in snapshot.pending:
+        if job.spec.task.num_gpus:
+            continue
+        placement = place_on_nodes(job.spec, state, everywhere, job.spec.replicas, spread=True)
+        if placement is None:
+            decisions.append(Unschedulable(job.id, f"{policy}: no node has the CPU", policy))
+        else:
+            decisions.append(Place(job.id, placement, f"{policy}: CPU only, best fit"))
     return decisions
 
 
@@ -537,7 +653,7 @@ def _place_model(
         placement = _place_one(state, views[job_id], wanted[job_id][1], info)
         if placement is None:
             for done_id, done in placed.items():
-                _release(state, views[done_id].spec, done)
+                release(state, views[done_id].spec, done)
             return None
         placed[job_id] = placement
     return placed
@@ -554,7 +670,7 @@ def _repack_model(
     """Fragmentation: release every job of this model and place them all, largest first,
     each preferring its previous GPUs. Jobs that still do not fit wait."""
     for job_id in [j for j in kept if wanted[j][0] == model]:
-        _release(state, views[job_id].spec, kept.pop(job_id))
+        release(state, views[job_id].spec, kept.pop(job_id))
     todo = sorted(
         (j for j in wanted if wanted[j][0] == model and j not in kept),
         key=lambda j: (-sum(wanted[j][1]), views[j].spec.submit_time, j),
@@ -574,39 +690,39 @@ def _place_one(
     info: ModelInfo,
     prefer_old: bool = False,
 ) -> Placement | None:
-    """Whole free nodes for each part of a distributed job; best fit (fewest whole GPUs
-    free, lowest index) on one node otherwise. One task per GPU."""
-    free = {n: int((state.gpu_free[n, : state.gpu_count[n]] == MILLI).sum()) for n in info.nodes}
+    """Whole free nodes for each part of a distributed job; best fit on one node
+    otherwise (`place_on_nodes`), all or nothing."""
+    spec = job.spec
+    width = max(spec.task.num_gpus, 1)
+    nodes = np.array(info.nodes, dtype=np.int64)
     old = set(_old_nodes(job, state)) if prefer_old else set()
     distributed = len(per_node) > 1
-    chosen: list[tuple[int, int]] = []
+    tasks: list[TaskPlacement] = []
     for need in sorted(per_node, reverse=True):
-        taken = {n for n, _ in chosen}
-        candidates = [n for n in info.nodes if n not in taken and free[n] >= need]
+        candidates = nodes
         if distributed or need == info.gpus_per_node:
-            candidates = [n for n in candidates if free[n] == state.gpu_count[n]]
-        if not candidates:
+            free = state.gpu_free[nodes] == MILLI
+            candidates = nodes[free.sum(axis=1) == state.gpu_count[nodes]]
+        part = _place_part(state, spec, candidates, need // width, old)
+        if part is None:
+            release(state, spec, Placement(tuple(tasks)))
             return None
-        pool = [n for n in candidates if n in old] or candidates
-        chosen.append((min(pool, key=lambda n: (free[n], n)), need))
-    req = job.spec.task
-    tasks = []
-    for node, need in chosen:
-        whole = np.flatnonzero(state.gpu_free[node, : state.gpu_count[node]] == MILLI)[:need]
-        for gpu in (int(g) for g in whole):
-            state.allocate(node, (gpu,), MILLI, req.cpu_milli, req.mem_mib)
-            tasks.append(TaskPlacement(state.nodes[node].name, (gpu,), MILLI))
+        tasks += part.tasks
     return Placement(tuple(tasks))
+
+
+def _place_part(
+    state: ClusterState, spec: JobSpec, candidates: IntArray, count: int, old: set[int]
+) -> Placement | None:
+    """`count` tasks on one node, one of the job's previous nodes if any can take them."""
+    previous = np.array([n for n in candidates.tolist() if n in old], dtype=np.int64)
+    placed = place_on_nodes(spec, state, previous, count) if previous.size else None
+    if placed is None:
+        placed = place_on_nodes(spec, state, candidates, count)
+    return placed
 
 
 def _old_nodes(job: JobView, state: ClusterState) -> list[int]:
     if job.placement is None:
         return []
     return [state.node_index[t.node] for t in job.placement.tasks if t.node in state.node_index]
-
-
-def _release(state: ClusterState, spec: JobSpec, placement: Placement) -> None:
-    req = spec.task
-    for task in placement.tasks:
-        node = state.node_index[task.node]
-        state.release(node, task.gpus, task.gpu_milli, req.cpu_milli, req.mem_mib)

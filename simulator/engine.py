@@ -28,6 +28,7 @@ from policies import (
     NodeSpec,
     Place,
     Placement,
+    PlacementError,
     Policy,
     Preempt,
     Resize,
@@ -270,7 +271,7 @@ class Simulation:
 
     def _start(self, decision: Place, now: float) -> None:
         job = self.pending.pop(decision.job_id)
-        self.cluster.bind(job, decision.placement)
+        self._bind(job, decision.placement)
         restarting = job.first_start is not None or self.options.startup_delay
         if job.first_start is None:
             job.first_start = now
@@ -279,9 +280,17 @@ class Simulation:
     def _resize(self, decision: Resize, now: float) -> None:
         """Move a job whose old placement `_apply` has already released."""
         job = self.running[decision.job_id]
-        self.cluster.bind(job, decision.placement)
+        self._bind(job, decision.placement)
         job.restarts += 1
         self._run_on(job, decision.placement, now, restarting=True)
+
+    def _bind(self, job: JobRun, placement: Placement) -> None:
+        try:
+            self.cluster.bind(job, placement)
+        except PlacementError as err:
+            # A policy bug: name the policy, not only the job and the rule.
+            name = getattr(self.policy, "name", type(self.policy).__name__)
+            raise PlacementError(f"policy {name}: {err}") from err
 
     def _run_on(self, job: JobRun, placement: Placement, now: float, restarting: bool) -> None:
         job.status = JobStatus.RUNNING

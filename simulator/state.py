@@ -21,6 +21,7 @@ from policies import (
     PartShape,
     Placement,
     TaskPlacement,
+    check_placement,
 )
 from simulator.colocation import Colocation
 
@@ -146,19 +147,14 @@ class SimCluster:
         )
 
     def bind(self, job: JobRun, placement: Placement) -> None:
-        taken = []
-        try:
-            for task in placement.tasks:
-                req = task.request or job.spec.task
-                node = self.state.node_index[task.node]
-                self.state.allocate(node, task.gpus, task.gpu_milli, req.cpu_milli, req.mem_mib)
-                self._count(node, len(task.gpus) * task.gpu_milli)
-                taken.append(task)
-        except (KeyError, ValueError) as err:
-            for task in taken:
-                self._release_task(job, task)
-            msg = f"policy placed job {job.spec.id} where it does not fit: {err}"
-            raise ValueError(msg) from err
+        """Take the placement's resources. One that breaks the placement contract raises
+        `PlacementError` and changes nothing."""
+        check_placement(job.spec, placement, self.state)
+        for task in placement.tasks:
+            req = task.request or job.spec.task
+            node = self.state.node_index[task.node]
+            self.state.allocate(node, task.gpus, task.gpu_milli, req.cpu_milli, req.mem_mib)
+            self._count(node, len(task.gpus) * task.gpu_milli)
         self.colocation.add(job.spec, placement)
 
     def unbind(self, job: JobRun) -> None:

@@ -20,6 +20,8 @@ Fair share gives each 500: a would finish exactly at 600 (no uplift), b at 120.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -30,12 +32,17 @@ from policies import (
     JobView,
     NodeSpec,
     Place,
+    Placement,
+    Preempt,
     Snapshot,
+    TaskPlacement,
     TaskRequest,
     make_policy,
 )
 from policies.accuracy_aware import ThiefAllocator
 from policies.continual import AccuracyCurve, RetrainConfig, StreamSpec, WindowOpening
+from policies.jobs import AllocationShape
+from policies.placement import take
 from simulator.continual import ContinualRun
 
 NODE = NodeSpec("a100-0", cpu_milli=8000, mem_mib=8000, gpus=1, gpu_model="a100")
@@ -115,3 +122,29 @@ def test_thief_plans_configs_on_the_free_capacity() -> None:
     # Alone on one free A100 (rate 1): cheap G = 0.4·⅓ by 50 s → 73.3 beats expensive
     # G = 0.4·0.8 by 400 s → 64 (see test_continual_model).
     assert ThiefAllocator().plan_windows(openings, snapshot) == [0]
+
+
+@pytest.mark.parametrize("policy", ["thief", "edf", "fairshare"])
+@pytest.mark.parametrize("preemptible", [True, False])
+def test_a_job_that_may_not_be_preempted_keeps_its_share(policy: str, preemptible: bool) -> None:
+    # `a` runs on the whole GPU; `b` (deadline 300 s, so EDF puts it first) and a copy of
+    # it arrive. Each allocator then takes the GPU from `a`, unless `a` may not be
+    # preempted: it keeps the GPU and the newcomers wait.
+    a, b = two_streams()
+    b = dataclasses.replace(b, deadline_s=300.0)
+    spec = dataclasses.replace(a.window_job(0, 0, a.start_accuracy), preemptible=preemptible)
+    state = ClusterState([NODE])
+    placement = Placement((TaskPlacement("a100-0", (0,), 1000),))
+    take(state, spec, placement)
+    shape = AllocationShape("a100", 1, 1, gpus_per_node=(1,), gpu_models=("a100",))
+    running = JobView(spec, JobStatus.RUNNING, placement, shape, started_at=0.0)
+    waiting = [
+        JobView(s.window_job(0, 0, s.start_accuracy), JobStatus.PENDING)
+        for s in (b, dataclasses.replace(b, id="c"))
+    ]
+    snapshot = Snapshot(state.view(), [running], waiting, now=0.0)
+    result = make_policy(policy).schedule(snapshot, Context(np.random.default_rng(0)))
+    preempted = [d.job_id for d in result.of_type(Preempt)]
+    assert preempted == ([spec.id] if preemptible else [])
+    if not preemptible:
+        assert result.decisions == ()

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from policies import Context, JobSpec, Place, Resize, SchedulingResult, TaskRequest
+from policies import Context, Elasticity, JobSpec, Place, Resize, SchedulingResult, TaskRequest
 from policies.base import RoundPolicy, Snapshot
 from policies.elastic import ADAPTIVE, RIGID, AdaptiveTraining, GoodputHints
 from policies.jobs import AllocationShape, Placement, TaskPlacement
@@ -120,6 +120,12 @@ class Scripted(RoundPolicy):
         return SchedulingResult()
 
 
+def elastic_job(work: AdaptiveTraining) -> JobSpec:
+    """One GPU per replica, 1 or 2 replicas (Scripted resizes it to 2)."""
+    task = TaskRequest(num_gpus=1, gpu_milli=1000)
+    return JobSpec("job", 0.0, task, work, restart_cost_s=10.0, elastic=Elasticity(1, 2))
+
+
 def gpus_on(count: int) -> Placement:
     return Placement(tuple(TaskPlacement("gpu-0", (g,), 1000) for g in range(count)))
 
@@ -130,7 +136,7 @@ def test_progress_across_a_reallocation_includes_the_restart_delay() -> None:
     # t=50: moves to 2 GPUs (16 each, 0.5 s/step → 2 units/s), pays 10 s again;
     # from t=60 the remaining 160 units take 80 s (crossing the epoch at t=90): done at 140.
     work = AdaptiveTraining(profile(restart=10.0), 1, 32, mode=RIGID)
-    spec = JobSpec("job", 0.0, TaskRequest(num_gpus=1, gpu_milli=1000), work, restart_cost_s=10.0)
+    spec = elastic_job(work)
     nodes = build_nodes([NodeGroup("gpu", 1, 2)])
     sim = Simulation(nodes, [spec], Scripted(), EngineOptions(startup_delay=True))
     recorder = sim.run()
@@ -143,7 +149,7 @@ def test_progress_across_a_reallocation_includes_the_restart_delay() -> None:
 
 def test_without_startup_delay_the_first_start_is_free() -> None:
     work = AdaptiveTraining(profile(restart=10.0), 1, 32, mode=RIGID)
-    spec = JobSpec("job", 0.0, TaskRequest(num_gpus=1, gpu_milli=1000), work, restart_cost_s=10.0)
+    spec = elastic_job(work)
     sim = Simulation(build_nodes([NodeGroup("gpu", 1, 2)]), [spec], Scripted())
     (row,) = sim.run().jobs
     # 50 units by t=50, then 150 units at 2/s after the 10 s delay: 60 + 75 = 135.

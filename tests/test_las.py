@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -71,3 +73,19 @@ def test_thresholds_are_validated() -> None:
         make_policy("las", {"thresholds_gpu_s": "100,10"})
     with pytest.raises(ValueError, match="placement policy"):
         make_policy("las", {"placement": "las"})
+
+
+def test_a_job_that_may_not_be_preempted_keeps_its_gpus() -> None:
+    # As the first test, but "old" may not be preempted: it keeps all four GPUs, so
+    # "new" (2 GPUs) is not admitted and nothing is placed over it.
+    state = ClusterState([node("n0", 4)])
+    old = dataclasses.replace(job("old", gpus=4), preemptible=False)
+    state.allocate(0, (0, 1, 2, 3), 1000, old.task.cpu_milli, old.task.mem_mib)
+    snapshot = Snapshot(
+        cluster=state.view(),
+        running=[running(old, 4, attained=4000.0, now=100.0)],
+        pending=[JobView(spec=job("new", gpus=2, submit=100.0), status=JobStatus.PENDING)],
+        now=100.0,
+    )
+    result = make_policy("las").schedule(snapshot, Context(np.random.default_rng(0)))
+    assert not result.of_type(Preempt) and not result.of_type(Place)

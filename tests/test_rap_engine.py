@@ -61,11 +61,13 @@ class Scripted(Policy):
 PART_REQUEST = TaskRequest(cpu_milli=3000, mem_mib=100, num_gpus=1, gpu_milli=200)
 
 
-def guest(job_id: str, seconds: float, slowdown: float, submit: float = 0.0) -> JobSpec:
+def guest(
+    job_id: str, seconds: float, slowdown: float, submit: float = 0.0, milli: int = 1000
+) -> JobSpec:
     return JobSpec(
         id=job_id,
         submit_time=submit,
-        task=TaskRequest(cpu_milli=1000, num_gpus=1, gpu_milli=1000),
+        task=TaskRequest(cpu_milli=1000, num_gpus=1, gpu_milli=milli),
         work=GuestWork(seconds, slowdown),
     )
 
@@ -111,7 +113,7 @@ def test_a_part_arriving_later_slows_only_from_then_on() -> None:
 def test_a_part_on_another_gpu_does_not_slow_the_job() -> None:
     host = job("host", milli=500, duration=100.0)
     rows = run(
-        [host, guest("guest", 50.0, 0.5)],
+        [host, guest("guest", 50.0, 0.5, milli=400)],
         {
             "host": Placement((TaskPlacement("n0", (0,), 500),)),
             "guest": Placement(

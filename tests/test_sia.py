@@ -2,16 +2,31 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Sequence
+
 import numpy as np
 import pytest
 
-from policies import ClusterState, Context, JobSpec, JobStatus, JobView, TaskRequest
+from policies import (
+    ClusterState,
+    Context,
+    Elasticity,
+    JobSpec,
+    JobStatus,
+    JobView,
+    ModelThroughput,
+    NodeSpec,
+    TaskRequest,
+)
 from policies.base import Snapshot
-from policies.decisions import Place, Preempt, Resize
+from policies.decisions import Decision, Place, Preempt, Resize
 from policies.elastic import GoodputHints
 from policies.jobs import AllocationShape, FixedDuration, Placement, TaskPlacement
+from policies.placement import take
 from policies.sia import (
     Configuration,
+    Sia,
     SiaConfig,
     build_configurations,
     cluster_models,
@@ -20,7 +35,8 @@ from policies.sia import (
     powered_utility,
     restart_factor,
 )
-from simulator.clusters import named_cluster
+from simulator.clusters import NodeGroup, build_nodes, named_cluster
+from tests.test_contract import apply_as_host
 
 
 def test_powered_utility_rounds_and_clips() -> None:
@@ -64,7 +80,9 @@ def hints(**changes: object) -> GoodputHints:
 
 
 def job(job_id: str = "j", gpus: int = 4) -> JobSpec:
-    return JobSpec(job_id, 0.0, TaskRequest(num_gpus=1, gpu_milli=1000), FixedDuration(1e4), gpus)
+    """An elastic job of `gpus` one-GPU replicas (Sia may resize it)."""
+    task = TaskRequest(num_gpus=1, gpu_milli=1000)
+    return JobSpec(job_id, 0.0, task, FixedDuration(1e4), gpus, elastic=Elasticity(1, 64))
 
 
 def test_a_job_that_never_ran_bootstraps_on_one_gpu_of_each_model() -> None:
@@ -116,8 +134,6 @@ def test_placement_keeps_unchanged_jobs_and_gives_distributed_ones_whole_nodes()
 
 
 def test_policy_round_places_bootstrapping_jobs_on_one_gpu() -> None:
-    from policies.sia import Sia
-
     views = [JobView(job(f"j{i}"), JobStatus.PENDING, hints=hints()) for i in range(3)]
     snap = snapshot_with([], views)
     result = Sia().schedule(snap, Context(np.random.default_rng(0)))
@@ -128,3 +144,78 @@ def test_policy_round_places_bootstrapping_jobs_on_one_gpu() -> None:
 
 def test_configuration_is_hashable_value() -> None:
     assert Configuration("t4", 1, 2) == Configuration("t4", 1, 2)
+
+
+# -- every pod shape, placed where it fits (issue 13) ---------------------------------------
+
+CTX = Context(np.random.default_rng(0))
+
+
+def pod(
+    job_id: str, gpus: int = 1, replicas: int = 1, cpu: int = 0, milli: int = 1000, **kw: object
+) -> JobSpec:
+    task = TaskRequest(cpu_milli=cpu, num_gpus=gpus, gpu_milli=milli if gpus else 0)
+    return JobSpec(job_id, 0.0, task, FixedDuration(100.0), replicas, **kw)  # type: ignore[arg-type]
+
+
+def sia_round(
+    nodes: list[NodeSpec], pending: list[JobSpec], running: Sequence[JobView] = ()
+) -> dict[str, Decision]:
+    """One Sia round's decisions by job, each checked against the placement contract."""
+    state = ClusterState(nodes)
+    for view in running:
+        assert view.placement is not None
+        take(state, view.spec, view.placement)
+    waiting = [JobView(s, JobStatus.PENDING) for s in pending]
+    snap = Snapshot(state.view(), list(running), waiting, 0.0)
+    result = Sia().schedule(snap, CTX)
+    apply_as_host(state, snap, result)
+    return {d.job_id: d for d in result.decisions}
+
+
+def test_a_two_gpu_pod_gets_both_gpus_on_one_node() -> None:
+    nodes = build_nodes([NodeGroup("t4", 2, 2)])
+    (task,) = sia_round(nodes, [pod("p", gpus=2)])["p"].placement.tasks
+    assert task.gpus == (0, 1) and task.gpu_milli == 1000
+
+
+def test_a_gang_of_two_gpu_pods_keeps_whole_pods_per_node() -> None:
+    # Three 2-GPU pods on 4-GPU nodes: two pods on one node, the third on another.
+    decision = sia_round(build_nodes([NodeGroup("t4", 2, 4)]), [pod("g", gpus=2, replicas=3)])["g"]
+    tasks = decision.placement.tasks
+    assert [len(t.gpus) for t in tasks] == [2, 2, 2]
+    assert sorted(Counter(t.node for t in tasks).values()) == [1, 2]
+
+
+def test_a_node_whose_cpu_does_not_fit_is_skipped() -> None:
+    # Best fit by GPUs alone picks t4-0 (fewer GPUs free); it has too little CPU.
+    nodes = [NodeSpec("t4-0", 2000, 8000, 2, "t4"), NodeSpec("t4-1", 64_000, 8000, 4, "t4")]
+    (task,) = sia_round(nodes, [pod("p", cpu=8000)])["p"].placement.tasks
+    assert task.node == "t4-1"
+
+
+def test_fractional_and_cpu_only_pods_are_placed() -> None:
+    nodes = [*build_nodes([NodeGroup("t4", 1, 1)]), NodeSpec("cpu-0", 16_000, 16_000)]
+    decisions = sia_round(nodes, [pod("f", milli=500), pod("c", gpus=0, cpu=4000)])
+    assert decisions["f"].placement.tasks[0].gpu_milli == 500
+    assert decisions["c"].placement.tasks == (TaskPlacement("cpu-0"),)
+
+
+def test_a_job_that_may_not_be_preempted_keeps_its_gpu() -> None:
+    # On the slow GPU, the job would move to the fast one, 4× faster, if it may.
+    nodes = build_nodes([NodeGroup("fast", 1, 1), NodeGroup("slow", 1, 1)])
+    work = ModelThroughput(1e5, {"fast": 4.0, "slow": 1.0})
+    newcomer = JobSpec("new", 0.0, TaskRequest(num_gpus=1, gpu_milli=1000), work)
+    for preemptible in (True, False):
+        spec = JobSpec(
+            "old", 0.0, TaskRequest(num_gpus=1, gpu_milli=1000), work, preemptible=preemptible
+        )
+        placement = Placement((TaskPlacement("slow-0", (0,), 1000),))
+        shape = AllocationShape("slow", 1, 1, gpus_per_node=(1,), gpu_models=("slow",))
+        old = JobView(spec, JobStatus.RUNNING, placement, shape, started_at=0.0)
+        decisions = sia_round(nodes, [newcomer], [old])
+        if preemptible:
+            assert isinstance(decisions["old"], Resize)
+        else:
+            assert "old" not in decisions
+            assert decisions["new"].placement.tasks[0].node == "fast-0"
