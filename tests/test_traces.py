@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -132,11 +133,12 @@ def test_canonical_round_trip(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("row", "field"),
     [
-        ("a,0,batch,1,0,0,1,1000,,0,,,100,", "throughput"),
-        ("a,0,batch,1,0,0,1,1000,,0,,,100,V100=fast", "throughput"),
-        ("a,0,batch,1,0,0,2,500,,0,,100,,", "gpu_milli"),
-        ("a,x,batch,1,0,0,1,1000,,0,,100,,", "submit_s"),
-        ("a,0,batch,0,0,0,1,1000,,0,,100,,", "replicas"),
+        ("a,0,batch,1,0,0,1,1000,,0,,,100,,", "throughput"),
+        ("a,0,batch,1,0,0,1,1000,,0,,,100,V100=fast,", "throughput"),
+        ("a,0,batch,1,0,0,2,500,,0,,100,,,", "gpu_milli"),
+        ("a,x,batch,1,0,0,1,1000,,0,,100,,,", "submit_s"),
+        ("a,0,batch,0,0,0,1,1000,,0,,100,,,", "replicas"),
+        ("a,0,batch,1,0,0,1,1000,,0,,100,,,no", "preemptible"),
     ],
 )
 def test_canonical_bad_rows(tmp_path: Path, row: str, field: str) -> None:
@@ -147,10 +149,25 @@ def test_canonical_bad_rows(tmp_path: Path, row: str, field: str) -> None:
 
 
 def test_canonical_duplicate_ids(tmp_path: Path) -> None:
-    row = "a,0,batch,1,0,0,1,1000,,0,,100,,"
+    row = "a,0,batch,1,0,0,1,1000,,0,,100,,,"
     path = write(tmp_path, "d.csv", ",".join(canonical.JOB_COLUMNS) + f"\n{row}\n{row}\n")
     with pytest.raises(TraceError, match="duplicate"):
         load_jobs(path)
+
+
+def test_canonical_preemptible_round_trips_and_defaults_to_true(tmp_path: Path) -> None:
+    jobs = generate_jobs(SyntheticSpec(num_jobs=4), seed=5)
+    jobs[1] = dataclasses.replace(jobs[1], preemptible=False)
+    canonical.write_jobs(jobs, tmp_path / "jobs.csv")
+    assert [j.preemptible for j in load_jobs(tmp_path / "jobs.csv", "canonical")] == [
+        True,
+        False,
+        True,
+        True,
+    ]
+    # An older file without the column: every job may be preempted.
+    path = write(tmp_path, "old.csv", "id,submit_s,num_gpus,duration_s\na,0,1,100\n")
+    assert load_jobs(path, "canonical")[0].preemptible is True
 
 
 def test_canonical_nodes_round_trip(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ Jobs (`JOB_COLUMNS`):
 | `duration_s` | fixed run time; or leave empty and give `work` and `throughput` |
 | `work` | work units (e.g. iterations) |
 | `throughput` | `MODEL=units_per_s;...` at the job's full request |
+| `preemptible` | `false`: once running, no policy preempts or resizes it (default `true`) |
 
 Clusters (`NODE_COLUMNS`): `name,cpu_milli,mem_mib,gpus,gpu_model,rack`.
 """
@@ -44,6 +45,7 @@ JOB_COLUMNS = (
     "duration_s",
     "work",
     "throughput",
+    "preemptible",
 )
 NODE_COLUMNS = ("name", "cpu_milli", "mem_mib", "gpus", "gpu_model", "rack")
 
@@ -82,7 +84,17 @@ def _job_from_row(row: Row) -> JobSpec:
         priority=row.number("priority", int, 0, minimum=None),
         restart_cost_s=float(restart) if restart else 0.0,
         kind=row.text("kind", "batch"),
+        preemptible=_flag(row, "preemptible", default=True),
     )
+
+
+def _flag(row: Row, field: str, default: bool) -> bool:
+    raw = row.text(field, "").lower()
+    if not raw:
+        return default
+    if raw not in ("true", "false"):
+        raise row.error(field, f"{raw!r} is not true or false")
+    return raw == "true"
 
 
 def _work(row: Row) -> FixedDuration | ModelThroughput:
@@ -136,6 +148,7 @@ def job_row(job: JobSpec) -> dict[str, object]:
         "duration_s": duration,
         "work": units,
         "throughput": rates,
+        "preemptible": "true" if job.preemptible else "false",
     }
 
 
