@@ -1,5 +1,6 @@
 """Faults on the real API server: a watch cut that comes back to 410 Gone, a bind that
-loses a race (409), kube-apiserver restarted mid-run, a node deleted under assumed pods.
+loses a race (409), kube-apiserver stopped under a wave of binds and restarted, a node
+deleted under assumed pods.
 
 After each, the controller's ledger must equal one rebuilt from a fresh LIST (nothing
 double-counted, nothing lost) and every pod must be bound once.
@@ -154,27 +155,63 @@ def test_bind_conflict_drops_the_assumption_and_frees_the_gpu(kube: ControlPlane
     run(kube, scenario)
 
 
+class OutageOnFirstBind(ApiEffects):
+    """The first bind stops kube-apiserver before it is sent, and every bind waits for
+    that, so the whole first wave of binds goes out into the outage: deterministic,
+    whatever the machine's speed."""
+
+    def __init__(self, effects: ApiEffects, stop: Callable[[], None]) -> None:
+        super().__init__(effects.api, effects.instance)
+        self.stop = stop
+        self.down = asyncio.Event()
+        self.outcomes: list[BindOutcome] = []
+        self._stopping = False
+
+    async def bind(self, pod: PodRecord, node: str, annotations: dict[str, str]) -> BindOutcome:
+        if not self._stopping:
+            self._stopping = True
+            await asyncio.to_thread(self.stop)
+            self.down.set()
+        await self.down.wait()
+        outcome = await super().bind(pod, node, annotations)
+        self.outcomes.append(outcome)
+        return outcome
+
+
 def test_apiserver_restart_mid_run_places_every_pod_once(kube: ControlPlane) -> None:
+    early = [f"early-{i}" for i in range(15)]
+    late = [f"late-{i}" for i in range(15)]
+
     async def scenario(admin: Admin) -> None:
         await admin.create_nodes(nodes(4, gpus=8))
-        async with RunningController(
-            str(kube.scheduler_kubeconfig), scheduler=_fast_expiry()
-        ) as ctl:
-            bound: list[Any] = []
-            ctl.scheduler.on_bound = bound.append
-            for i in range(15):
-                await admin.create_pod(pod_manifest(f"early-{i}", ONE_GPU))
-            await asyncio.to_thread(kube.stop_apiserver)  # binds in flight or queued
+        for name in early:  # pending before the controller starts: one pass places all
+            await admin.create_pod(pod_manifest(name, ONE_GPU))
+        running = RunningController(str(kube.scheduler_kubeconfig), scheduler=_fast_expiry())
+        ctl = running.controller
+        outage = OutageOnFirstBind(ctl.scheduler.effects, kube.stop_apiserver)
+        ctl.scheduler.effects = outage
+        bound: list[Any] = []
+        ctl.scheduler.on_bound = bound.append
+        async with running:
+            await asyncio.wait_for(outage.down.wait(), 30)
             await asyncio.sleep(2.0)
             await asyncio.to_thread(kube.start_apiserver)
-            for i in range(15):
-                await admin.create_pod(pod_manifest(f"late-{i}", ONE_GPU))
+            for name in late:
+                await admin.create_pod(pod_manifest(name, ONE_GPU))
             placed = await eventually(lambda: all_bound(admin, 30), timeout_s=60, what="all bound")
             await assert_ledger_matches_api(admin, ctl)
+            stats = ctl.scheduler.stats
+            # Every early pod's first bind met the outage: no answer, and the re-read
+            # that would settle it had none either, so its assumption had to expire.
+            assert outage.outcomes[: len(early)] == [BindOutcome.RETRY] * len(early)
+            assert stats.bind_retries >= len(early)
+            assert stats.expired >= len(early)
+            assert stats.conflicts == 0
             names = [record.pod.name for record in bound]
             assert len(names) == len(set(names)), "a pod was bound twice"
-            assert set(names) <= set(placed)
+            assert sorted(names) == sorted(placed) == sorted(early + late)
             assert int(ctl.cache.ledger.state.gpu_free.sum()) == (32 - 30) * 1000
+            print(f"restart: {stats}")
 
     run(kube, scenario)
 
