@@ -1,17 +1,25 @@
-"""Controller throughput and latency on a real kube-apiserver with KWOK GPU nodes.
+"""Controller throughput and latency on a real kube-apiserver with KWOK GPU nodes, through
+the deployed path: `python -m controller.serve serve` (the Deployment's command) as the
+controller ServiceAccount with deploy/'s RBAC, leader election on (the Lease in
+gpufleet-system), ContinualTrainingJobs reconciled (the CRD is installed), JSON logs at
+INFO, metrics on a port of 127.0.0.1. Two replicas by default, as the Deployment runs.
 
 Two phases on one throwaway control plane (etcd, kube-apiserver, kwok on 127.0.0.1):
 
-1. burst: 1,000 fake 8-GPU nodes and 5,000 pending pods exist before the controller
-   starts; measured: pods bound per second until all are bound.
-2. steady: with the burst pods still running, pods arrive at a steady 50/s for 40 s
-   (the cluster ends about 90 % full); measured: p50/p99 time from pod creation (just
-   before the POST) to the binding being seen on a watch.
+1. burst: 1,000 fake 8-GPU nodes and 5,000 pending pods exist before the replicas start;
+   measured: valid pods bound per second until all are bound.
+2. steady: with the burst pods still running, pods arrive at a steady 50/s for 40 s;
+   measured: p50/p99 time from pod creation (just before the POST) to the binding being
+   seen on a watch, over the valid pods.
 
-The controller runs as `gpufleet controller run` in its own process, as it would in a
-cluster; this process creates pods and watches for bindings.
+In both phases every tenth pod is malformed (`gpufleet.io/attained-gpu-s: "abc"`,
+`gpufleet.io/gang-size: "0"` or `gpufleet.io/gpu-milli: "1500"`, in turn). Checked at the
+end: every valid pod bound, no malformed pod bound, each malformed pod has a
+FailedScheduling Event naming its annotation, and the replicas' /metrics count each in
+`gpufleet_rejected_objects_total{kind="Pod"}` under that annotation.
 
     python benchmarks/controller_throughput.py [--policy fgd] [--nodes 1000] [--pods 5000]
+        [--replicas 2] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -24,6 +32,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +42,23 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from controller.kubeapi import KubeApi  # noqa: E402
+from controller.objects import ATTAINED_GPU_S, GANG_SIZE, GPU_MILLI  # noqa: E402
 from policies import NodeSpec, TaskRequest  # noqa: E402
-from tests.kube.controlplane import HOW_TO_BUILD, ControlPlane, find_binaries  # noqa: E402
-from tests.kube.helpers import Admin, pod_manifest  # noqa: E402
+from tests.kube.controlplane import (  # noqa: E402
+    HOW_TO_BUILD,
+    ControlPlane,
+    find_binaries,
+    free_port,
+)
+from tests.kube.ctj_helpers import SYSTEM_NAMESPACE, ctj_environment  # noqa: E402
+from tests.kube.helpers import (  # noqa: E402
+    NAMESPACE,
+    Admin,
+    BindWatcher,
+    ServeReplica,
+    metric,
+    pod_manifest,
+)
 
 MODELS = ("A100", "V100", "T4")
 SHAPES = (
@@ -43,6 +66,44 @@ SHAPES = (
     (0.3, TaskRequest(1000, 4096, 1, 500)),
     (0.1, TaskRequest(4000, 16384, 2, 1000)),
 )
+MALFORMED_EVERY = 10
+MALFORMED = (
+    (ATTAINED_GPU_S, "abc"),
+    (GANG_SIZE, "0"),
+    (GPU_MILLI, "1500"),
+)
+"""One bad annotation per malformed pod, in turn (on a whole-GPU pod, so the share
+annotation is the pod's own)."""
+EVENTS = f"/apis/events.k8s.io/v1/namespaces/{NAMESPACE}/events"
+_PLANES: list[ControlPlane] = []
+"""Every control plane of this process stays referenced: ctj_environment() caches by
+id(), and a freed plane's id could come back for the next run's plane."""
+
+
+@dataclass(frozen=True)
+class PodPlan:
+    name: str
+    task: TaskRequest
+    bad: tuple[str, str] | None = None
+    """(annotation, value) that makes the pod malformed."""
+
+    def manifest(self) -> dict[str, Any]:
+        notes = dict([self.bad]) if self.bad else None
+        return pod_manifest(self.name, self.task, annotations=notes)
+
+
+@dataclass
+class Workload:
+    pods: list[PodPlan] = field(default_factory=list)
+
+    @property
+    def valid(self) -> set[str]:
+        return {p.name for p in self.pods if p.bad is None}
+
+    @property
+    def malformed(self) -> dict[str, str]:
+        """Malformed pod name → its bad annotation."""
+        return {p.name: p.bad[0] for p in self.pods if p.bad is not None}
 
 
 def cluster(count: int) -> list[NodeSpec]:
@@ -52,127 +113,206 @@ def cluster(count: int) -> list[NodeSpec]:
     ]
 
 
-def requests(count: int, seed: int = 0) -> list[TaskRequest]:
+def workload(prefix: str, count: int, seed: int) -> Workload:
     rng = np.random.default_rng(seed)
-    probabilities = [p for p, _ in SHAPES]
-    picks = rng.choice(len(SHAPES), size=count, p=probabilities)
-    return [SHAPES[i][1] for i in picks]
+    picks = rng.choice(len(SHAPES), size=count, p=[p for p, _ in SHAPES])
+    pods = []
+    for i, pick in enumerate(picks):
+        name = f"{prefix}-{i:05d}"
+        if i % MALFORMED_EVERY == MALFORMED_EVERY - 1:
+            bad = MALFORMED[(i // MALFORMED_EVERY) % len(MALFORMED)]
+            pods.append(PodPlan(name, SHAPES[0][1], bad))
+        else:
+            pods.append(PodPlan(name, SHAPES[pick][1]))
+    return Workload(pods)
 
 
-class BindWatcher:
-    """Watches pods and notes when each is first seen bound."""
-
-    def __init__(self, api: KubeApi) -> None:
-        self.api = api
-        self.bound_at: dict[str, float] = {}
-        self.changed = asyncio.Event()
-
-    async def run(self) -> None:
-        _, version = await self.api.list_all("/api/v1/namespaces/default/pods")
-        while True:
-            params = {"resourceVersion": version, "allowWatchBookmarks": "true"}
-            async for event in self.api.watch("/api/v1/namespaces/default/pods", params, 300):
-                obj = event["object"]
-                version = obj["metadata"].get("resourceVersion", version)
-                name = obj["metadata"].get("name", "")
-                if obj.get("spec", {}).get("nodeName") and name not in self.bound_at:
-                    self.bound_at[name] = time.time()
-                    self.changed.set()
-
-    async def wait_for(self, names: set[str], timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not names <= self.bound_at.keys():
-            self.changed.clear()
-            left = deadline - time.monotonic()
-            if left <= 0:
-                missing = len(names - self.bound_at.keys())
-                raise TimeoutError(f"{missing} pods still unbound")
-            await asyncio.wait_for(self.changed.wait(), left)
-
-
-async def create_pods(
-    admin: Admin, prefix: str, tasks: list[TaskRequest], rate: float | None
-) -> dict[str, float]:
+async def create_pods(admin: Admin, plans: list[PodPlan], rate: float | None) -> dict[str, float]:
     """Create pods (at `rate` per second, or as fast as 16 connections allow); returns
     each pod's creation time (taken just before its POST)."""
     created: dict[str, float] = {}
     gate = asyncio.Semaphore(16)
 
-    async def one(i: int, task: TaskRequest) -> None:
-        name = f"{prefix}-{i:05d}"
+    async def one(plan: PodPlan) -> None:
         async with gate:
-            created[name] = time.time()
-            await admin.create_pod(pod_manifest(name, task))
+            created[plan.name] = time.time()
+            await admin.create_pod(plan.manifest())
 
     if rate is None:
-        await asyncio.gather(*(one(i, t) for i, t in enumerate(tasks)))
+        await asyncio.gather(*map(one, plans))
         return created
     start = time.monotonic()
     pending = []
-    for i, task in enumerate(tasks):
+    for i, plan in enumerate(plans):
         delay = start + i / rate - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
-        pending.append(asyncio.create_task(one(i, task)))
+        pending.append(asyncio.create_task(one(plan)))
     await asyncio.gather(*pending)
     return created
 
 
-def start_controller(plane: ControlPlane, policy: str, log: Path) -> subprocess.Popen[bytes]:
-    command = [
-        sys.executable,
-        "-c",
-        "from simulator.cli import main; raise SystemExit(main())",
-        "controller",
-        "run",
-        "--policy",
-        policy,
-        "--kubeconfig",
-        str(plane.scheduler_kubeconfig),
-        "--log-level",
-        "WARNING",
+def replicas(plane: ControlPlane, args: argparse.Namespace, workdir: Path) -> list[ServeReplica]:
+    """The Deployment's replicas: deploy/ applied (CRD, ServiceAccount, RBAC), each replica
+    authenticating with the ServiceAccount's token."""
+    env = ctj_environment(plane)
+    flags = [
+        *("--policy", args.policy, "--kubeconfig", str(env.sa_kubeconfig)),
+        *("--lease-namespace", SYSTEM_NAMESPACE, "--log-level", args.log_level),
     ]
-    with log.open("wb") as out:
-        return subprocess.Popen(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+    return [
+        ServeReplica(flags, free_port(), workdir / f"replica-{i}.log") for i in range(args.replicas)
+    ]
 
 
-async def benchmark(plane: ControlPlane, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+async def leader(pair: list[ServeReplica], timeout_s: float = 120) -> ServeReplica:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for replica in pair:
+            if not replica.running():
+                raise RuntimeError(f"a replica exited:\n{replica.log_tail()}")
+            if await replica.identity_if_leading():
+                return replica
+        await asyncio.sleep(0.5)
+    raise TimeoutError("no replica leads")
+
+
+async def burst_phase(
+    admin: Admin, watcher: BindWatcher, pair: list[ServeReplica], load: Workload
+) -> dict[str, Any]:
+    started = time.time()
+    for replica in pair:
+        replica.start()
+    await watcher.wait_for(load.valid, timeout_s=600)
+    times = sorted(watcher.bound_at[n] for n in load.valid)
+    return {
+        "burst_bound_per_s": round(len(times) / (times[-1] - started), 1),
+        "burst_wall_s": round(times[-1] - started, 2),
+        # Process start, imports, the initial LISTs and the lease come before the first bind.
+        "burst_first_bind_s": round(times[0] - started, 2),
+        "burst_bound_per_s_after_first": round(len(times) / (times[-1] - times[0]), 1),
+    }
+
+
+async def steady_phase(
+    admin: Admin, watcher: BindWatcher, load: Workload, rate: float
+) -> dict[str, Any]:
+    created = await create_pods(admin, load.pods, rate=rate)
+    await watcher.wait_for(load.valid, timeout_s=120)
+    latency = np.array([watcher.bound_at[n] - created[n] for n in load.valid])
+    return {
+        "steady_rate_per_s": rate,
+        "steady_valid_pods": len(load.valid),
+        "latency_p50_s": round(float(np.percentile(latency, 50)), 3),
+        "latency_p99_s": round(float(np.percentile(latency, 99)), 3),
+        "latency_max_s": round(float(latency.max()), 3),
+    }
+
+
+async def failed_scheduling(admin: Admin) -> dict[str, str]:
+    """Pod name → note of its FailedScheduling Events (joined)."""
+    items, _ = await admin.api.list_all(EVENTS)
+    notes: dict[str, str] = {}
+    for event in items:
+        if event.get("reason") == "FailedScheduling":
+            name = event["regarding"]["name"]
+            notes[name] = notes.get(name, "") + event.get("note", "")
+    return notes
+
+
+async def check_rejections(
+    admin: Admin, watcher: BindWatcher, pair: list[ServeReplica], loads: list[Workload]
+) -> dict[str, Any]:
+    """Every malformed pod unbound, with an Event naming its annotation and counted
+    under that annotation in gpufleet_rejected_objects_total."""
+    malformed = {name: bad for load in loads for name, bad in load.malformed.items()}
+    assert not malformed.keys() & watcher.bound_at.keys(), "a malformed pod was bound"
+    deadline = time.monotonic() + 60
+    while True:
+        notes = await failed_scheduling(admin)
+        missing = [n for n, bad in malformed.items() if bad not in notes.get(n, "")]
+        if not missing or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(1)
+    assert not missing, f"{len(missing)} malformed pods without their Event, e.g. {missing[:3]}"
+    samples = [await replica.metrics() for replica in pair]
+    counted = {
+        bad: sum(
+            metric(s, "gpufleet_rejected_objects_total", kind="Pod", reason=_field(bad))
+            for s in samples
+        )
+        for bad in set(malformed.values())
+    }
+    expected = Counter(malformed.values())
+    assert counted == expected, f"rejected_objects_total {counted}, expected {dict(expected)}"
+    return {"malformed_pods": len(malformed), "malformed_with_event_and_count": len(malformed)}
+
+
+def _field(annotation: str) -> str:
+    return f"metadata.annotations[{annotation}]"
+
+
+async def leader_stats(pair: list[ServeReplica]) -> dict[str, Any]:
+    lead = await leader(pair, timeout_s=10)
+    samples = await lead.metrics()
+    failures = "gpufleet_scheduling_failures_total"
+    return {
+        "leader_bindings": int(metric(samples, "gpufleet_bindings_total")),
+        "leader_bind_retries": int(metric(samples, "gpufleet_bind_retries_total")),
+        "leader_conflicts": int(metric(samples, failures, reason="bind_conflict")),
+        "leader_expired": int(metric(samples, failures, reason="assumption_expired")),
+    }
+
+
+async def benchmark(
+    plane: ControlPlane, pair: list[ServeReplica], args: argparse.Namespace
+) -> dict[str, Any]:
     admin = Admin(str(plane.admin_kubeconfig), timeout_s=600)
     watcher = BindWatcher(admin.api)
-    watch_task = asyncio.create_task(watcher.run())
-    result: dict[str, Any] = {"policy": args.policy, "nodes": args.nodes, "pods": args.pods}
-    controller = None
+    watching = asyncio.create_task(watcher.run())
+    result: dict[str, Any] = {
+        "policy": args.policy,
+        "replicas": args.replicas,
+        "nodes": args.nodes,
+        "pods": args.pods,
+    }
+    burst = workload("burst", args.pods, seed=1)
+    steady = workload("steady", int(args.rate * args.steady_s), seed=2)
     try:
         t0 = time.monotonic()
         await admin.create_nodes(cluster(args.nodes))
-        burst = await create_pods(admin, "burst", requests(args.pods, seed=1), rate=None)
+        await create_pods(admin, burst.pods, rate=None)
         result["setup_s"] = round(time.monotonic() - t0, 1)
-        started = time.time()
-        controller = start_controller(plane, args.policy, workdir / "controller.log")
-        await watcher.wait_for(set(burst), timeout_s=600)
-        times = sorted(watcher.bound_at[n] for n in burst)
-        result["burst_bound_per_s"] = round(len(burst) / (times[-1] - started), 1)
-        result["burst_wall_s"] = round(times[-1] - started, 2)
-        # Process start, imports and the initial LISTs come before the first bind.
-        result["burst_first_bind_s"] = round(times[0] - started, 2)
-        result["burst_bound_per_s_after_first"] = round(len(burst) / (times[-1] - times[0]), 1)
+        result.update(await burst_phase(admin, watcher, pair, burst))
         print(json.dumps(result), file=sys.stderr, flush=True)
-        steady_tasks = requests(int(args.rate * args.steady_s), seed=2)
-        steady = await create_pods(admin, "steady", steady_tasks, rate=args.rate)
-        await watcher.wait_for(set(steady), timeout_s=120)
-        latency = np.array([watcher.bound_at[n] - steady[n] for n in steady])
-        result["steady_rate_per_s"] = args.rate
-        result["steady_pods"] = len(steady)
-        result["latency_p50_s"] = round(float(np.percentile(latency, 50)), 3)
-        result["latency_p99_s"] = round(float(np.percentile(latency, 99)), 3)
-        result["latency_max_s"] = round(float(latency.max()), 3)
+        result.update(await steady_phase(admin, watcher, steady, args.rate))
+        result.update(await check_rejections(admin, watcher, pair, [burst, steady]))
+        result.update(await leader_stats(pair))
     finally:
-        if controller is not None:
-            controller.terminate()
-            controller.wait(timeout=30)
-        watch_task.cancel()
+        watching.cancel()
         await admin.close()
     return result
+
+
+def one_run(bin_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
+    workdir = Path(tempfile.mkdtemp(prefix="gpufleet-bench-"))
+    plane = ControlPlane(bin_dir, workdir, pods_watch_cache=True)
+    _PLANES.append(plane)
+    pair: list[ServeReplica] = []
+    try:
+        plane.start()
+        pair = replicas(plane, args, workdir)
+        return asyncio.run(benchmark(plane, pair, args))
+    except Exception:
+        for replica in pair:
+            print(f"--- {replica.log}:\n{replica.log_tail()}", file=sys.stderr)
+        raise
+    finally:
+        codes = [replica.stop() for replica in pair]
+        if any(code not in (0, None) for code in codes):
+            print(f"replica exit codes {codes} (expected 0 after SIGTERM)", file=sys.stderr)
+        plane.stop()
+        plane.cleanup_dir()
 
 
 def main() -> int:
@@ -180,6 +320,8 @@ def main() -> int:
     parser.add_argument("--policy", default="fgd")
     parser.add_argument("--nodes", type=int, default=1000)
     parser.add_argument("--pods", type=int, default=5000)
+    parser.add_argument("--replicas", type=int, default=2, help="the Deployment runs 2")
+    parser.add_argument("--log-level", default="INFO", help="the Deployment's: INFO")
     parser.add_argument("--rate", type=float, default=50.0, help="steady arrivals per second")
     parser.add_argument("--steady-s", type=float, default=40.0)
     parser.add_argument("--repeat", type=int, default=1)
@@ -190,26 +332,15 @@ def main() -> int:
         return 2
     runs = []
     for _ in range(args.repeat):
-        workdir = Path(tempfile.mkdtemp(prefix="gpufleet-bench-"))
-        plane = ControlPlane(bin_dir, workdir, pods_watch_cache=True)
-        try:
-            plane.start()
-            runs.append(asyncio.run(benchmark(plane, args, workdir)))
-        finally:
-            plane.stop()
-            plane.cleanup_dir()
+        runs.append(one_run(bin_dir, args))
         print(json.dumps(runs[-1]), flush=True)
     keys = [k for k, v in runs[0].items() if isinstance(v, float)]
     medians = {k: float(np.median([r[k] for r in runs])) for k in keys}
-    print(
-        json.dumps(
-            {
-                "machine": platform.processor() or platform.machine(),
-                "runs": len(runs),
-                "median": medians,
-            }
-        )
-    )
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+    ).stdout.strip()
+    machine = {"machine": platform.processor() or platform.machine(), "commit": commit}
+    print(json.dumps({**machine, "runs": len(runs), "median": medians}))
     return 0
 
 
