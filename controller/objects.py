@@ -13,6 +13,7 @@ pods (reference kubernetes.md §1.7), so the cache keeps these small records ins
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -310,10 +311,13 @@ def _pod_annotations(annotations: Mapping[str, str], reader: _Reader) -> PodAnno
 
 def _number(text: str, low: float, high: float) -> float:
     try:
-        value = float(text)
+        # ASCII only, as Go's strconv reads it: Python alone would take "１２" as 12.
+        value = float(text) if text.isascii() else math.nan
     except ValueError:
         raise ValueError(f"{_shown(text)} is not a number") from None
-    if not low <= value <= high:  # also refuses nan
+    if math.isnan(value):
+        raise ValueError(f"{_shown(text)} is not a number")
+    if not low <= value <= high:
         raise ValueError(f"{_shown(text)} is outside {low:g}..{high:g}")
     return value
 

@@ -115,7 +115,8 @@ def test_bad_share_annotation_is_rejected_not_crashing() -> None:
     [
         ("gpufleet.io/attained-gpu-s", "abc", "not a number"),
         ("gpufleet.io/attained-gpu-s", "-5", "outside"),
-        ("gpufleet.io/attained-gpu-s", "nan", "outside"),
+        ("gpufleet.io/attained-gpu-s", "nan", "not a number"),
+        ("gpufleet.io/attained-gpu-s", "１２", "not a number"),
         ("gpufleet.io/restarts", "1.5", "not a whole number"),
         ("gpufleet.io/gang-size", "0", "outside"),
         ("gpufleet.io/gang-size", "٣", "not a whole number"),
