@@ -17,7 +17,7 @@ from typing import Any
 
 import aiohttp
 
-from controller.kubeapi import STRATEGIC_MERGE_PATCH, KubeApi
+from controller.kubeapi import STRATEGIC_MERGE_PATCH, ApiError, KubeApi
 from controller.objects import (
     ASSIGNED_GPUS,
     ASSIGNED_MILLI,
@@ -129,7 +129,10 @@ class ApiEffects:
     ) -> str | None:
         """Delete the pod (uid precondition, no grace) and create an unbound copy that
         carries the job's identity, submit time, service so far and restart count.
-        Returns the new pod's name, or None if the pod was already gone."""
+        Returns the new pod's name, or None if the pod was already gone (or its copy
+        already made). A pod with a controlling owner (a ContinualTrainingJob, a Job, a
+        ReplicaSet) is only deleted, and "" returned: its owner recreates it, and a copy
+        of ours beside the owner's would make the job one pod too large."""
         current = await self.read_pod(pod.namespace, pod.name)
         if current is None or current["metadata"]["uid"] != pod.uid:
             return None
@@ -148,9 +151,21 @@ class ApiEffects:
         if status >= 300:
             log.warning("evict %s: HTTP %d %s", pod.key, status, answer)
             return None
+        if _has_controller(current):
+            return ""
         copy = recreated_pod(current, job_id, attained_gpu_s, submit_time)
-        await self.api.call("POST", f"/api/v1/namespaces/{pod.namespace}/pods", body=copy)
+        path = f"/api/v1/namespaces/{pod.namespace}/pods"
+        status, answer = await self.api.request("POST", path, body=copy)
+        if status == 409:  # a concurrent eviction of the same pod made the copy already
+            return None
+        if status >= 300:
+            raise ApiError(status, answer, f"recreate {copy['metadata']['name']}")
         return str(copy["metadata"]["name"])
+
+
+def _has_controller(pod: Mapping[str, Any]) -> bool:
+    owners = pod["metadata"].get("ownerReferences") or ()
+    return any(owner.get("controller") for owner in owners)
 
 
 def recreated_pod(

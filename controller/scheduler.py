@@ -12,7 +12,8 @@ Semantics of decisions the simulator applies instantly but a cluster cannot:
   fails after others succeeded, the bound members are evicted and recreated (binding is
   irreversible), so the gang is all-or-nothing.
 * `Preempt`: each pod of the job is deleted and recreated unbound, carrying the job id,
-  submit time, attained service and restart count in annotations; it queues again.
+  submit time, attained service and restart count in annotations; it queues again. A
+  pod with a controlling owner (a CTJ, a Job) is only deleted: its owner recreates it.
 * `Resize`: like `Preempt`, and the new placement is remembered as a plan. Once the
   recreated pods are pending and the plan fits the ledger, they are bound to it.
 * A `Place` that needs GPUs still held by pods being evicted in the same pass becomes a
@@ -217,7 +218,7 @@ class Scheduler:
         self.stats.passes += 1
         snapshot = Snapshot(
             cluster=state.view(),
-            running=self.cache.running.views(self.cache.charges(), now),
+            running=self.cache.running.views(self.cache.charges(), state, now),
             pending=[job.view() for job in pending],
             now=now,
         )
@@ -433,7 +434,12 @@ class Scheduler:
         if plan is not None:
             self._plans[jid] = plan
         now = self.clock()
-        view = self.cache.running.view_of(jid, self.cache.charges(), now)
+        state = self.cache.ledger.state
+        view = (
+            self.cache.running.view_of(jid, self.cache.charges(), state, now)
+            if state is not None
+            else None
+        )
         attained = view.attained(now) if view is not None else 0.0
         submit = view.spec.submit_time if view is not None else now
         log.info("%s %s: %s", "resize" if plan else "preempt", jid, reason)
@@ -445,7 +451,8 @@ class Scheduler:
             name = await self.effects.evict_and_recreate(pod, jid, attained, submit)
         if name is not None:
             self.stats.evicted += 1
-            log.info("evicted %s; recreated as %s/%s", pod.key, pod.namespace, name)
+            again = f"recreated as {pod.namespace}/{name}" if name else "its owner recreates it"
+            log.info("evicted %s; %s", pod.key, again)
 
     def _carry_out_plans(self, pending: list[PendingJob], now: float) -> list[PendingJob]:
         """Bind jobs whose plan fits now; returns the jobs without a plan. A plan for a

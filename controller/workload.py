@@ -21,6 +21,7 @@ from controller.objects import (
     first_label,
 )
 from policies import (
+    ClusterState,
     FixedDuration,
     JobSpec,
     JobStatus,
@@ -30,6 +31,7 @@ from policies import (
     TaskPlacement,
     TaskRequest,
 )
+from policies.placement import allocation_shape
 
 DEFAULT_RUNTIME_S = 3600.0
 """What policies that estimate remaining work assume for a pod that states no runtime."""
@@ -203,16 +205,20 @@ class RunningJobs:
     def pods_of(self, jid: str) -> list[PodRecord]:
         return sorted(self._members.get(jid, {}).values(), key=lambda p: p.name)
 
-    def view_of(self, jid: str, charges: Mapping[str, Charge], now: float) -> JobView | None:
-        self.views(charges, now)
+    def view_of(
+        self, jid: str, charges: Mapping[str, Charge], cluster: ClusterState, now: float
+    ) -> JobView | None:
+        self.views(charges, cluster, now)
         return self._views.get(jid)
 
-    def views(self, charges: Mapping[str, Charge], now: float) -> list[JobView]:
+    def views(
+        self, charges: Mapping[str, Charge], cluster: ClusterState, now: float
+    ) -> list[JobView]:
         """Running jobs in the order they started (as this controller saw them: jobs that
         change keep their place, new ones join at the end in start order)."""
         joined = []
         for jid in self._dirty:
-            view = self._build(jid, charges, now)
+            view = self._build(jid, charges, cluster, now)
             if view is None:
                 self._views.pop(jid, None)
             elif jid in self._views:
@@ -224,12 +230,16 @@ class RunningJobs:
             self._views[view.id] = view
         return list(self._views.values())
 
-    def _build(self, jid: str, charges: Mapping[str, Charge], now: float) -> JobView | None:
+    def _build(
+        self, jid: str, charges: Mapping[str, Charge], cluster: ClusterState, now: float
+    ) -> JobView | None:
         members = self.pods_of(jid)
         if not members or any(p.uid not in charges for p in members):
             return None  # pods holding nothing (e.g. on a deleted node) are not running
+        if any(charges[p.uid].node not in cluster.node_index for p in members):
+            return None  # on a node that is gone: not running anywhere a policy can see
         try:
-            return _running_view(jid, members, charges, self.encoder, now)
+            return _running_view(jid, members, charges, cluster, self.encoder, now)
         except ValueError:
             return None  # unreadable requests: the capacity is still counted
 
@@ -238,6 +248,7 @@ def _running_view(
     jid: str,
     members: list[PodRecord],
     charges: Mapping[str, Charge],
+    cluster: ClusterState,
     encoder: GpuEncoder,
     now: float,
 ) -> JobView:
@@ -246,11 +257,13 @@ def _running_view(
         TaskPlacement(charges[p.uid].node, charges[p.uid].gpus, charges[p.uid].gpu_milli)
         for p in members
     )
+    placement = Placement(tasks)
     started = min(now if p.meta.bound_at is None else p.meta.bound_at for p in members)
     return JobView(
         spec=job.spec,
         status=JobStatus.RUNNING,
-        placement=Placement(tasks),
+        placement=placement,
+        shape=allocation_shape(placement, cluster),
         attained_gpu_s=members[0].meta.attained_gpu_s,
         service_since=started,
         started_at=started,

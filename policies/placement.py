@@ -1,5 +1,6 @@
-"""Vectorised feasibility and GPU choice shared by every placement policy, and whole jobs
-placed on a chosen subset of nodes for the round policies (Sia, Gavel)."""
+"""Vectorised feasibility and GPU choice shared by every placement policy, whole jobs
+placed on a chosen subset of nodes for the round policies (Sia, Gavel), and the shape
+both hosts give a running job's placement."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from policies.cluster import MILLI, BoolArray, ClusterState, IntArray
-from policies.jobs import Placement, TaskPlacement
+from policies.jobs import AllocationShape, PartShape, Placement, TaskPlacement
 
 if TYPE_CHECKING:
     from policies.jobs import JobSpec, TaskRequest
@@ -216,3 +217,33 @@ def release(state: ClusterState, spec: JobSpec, placement: Placement) -> None:
         request = task.request or spec.task
         node = state.node_index[task.node]
         state.release(node, task.gpus, task.gpu_milli, request.cpu_milli, request.mem_mib)
+
+
+def allocation_shape(placement: Placement, cluster: ClusterState) -> AllocationShape:
+    """What a work model (and a round policy deciding whether a job keeps its place)
+    sees of `placement`: the job's own tasks, with auxiliary parts listed in `parts`.
+    Both hosts describe running jobs with it, so a policy reads the same shape live as
+    in the simulator."""
+    replicas = placement.replica_tasks
+    nodes = tuple(dict.fromkeys(t.node for t in replicas))
+    models = {cluster.nodes[cluster.node_index[n]].gpu_model for n in nodes}
+    # A job spread over several models runs at the pace of the slowest; work models
+    # see the first (sorted) one, and mixed placements are rare by policy design.
+    model = sorted(models)[0] if models else ""
+    milli = replicas[0].gpu_milli if replicas else MILLI
+    return AllocationShape(
+        gpu_model=model,
+        num_gpus=sum(len(t.gpus) for t in replicas),
+        num_nodes=len(nodes),
+        gpu_milli=milli,
+        replicas=len(replicas),
+        gpus_per_node=tuple(sum(len(t.gpus) for t in replicas if t.node == n) for n in nodes),
+        gpu_models=tuple(sorted(models)),
+        mode=placement.mode,
+        parts=tuple(_part_shape(t) for t in placement.part_tasks),
+    )
+
+
+def _part_shape(task: TaskPlacement) -> PartShape:
+    cpu = task.request.cpu_milli if task.request is not None else 0
+    return PartShape(task.part, cpu, task.gpu_milli)

@@ -18,11 +18,11 @@ from policies import (
     JobSpec,
     JobStatus,
     JobView,
-    PartShape,
     Placement,
     TaskPlacement,
     check_placement,
 )
+from policies.placement import allocation_shape
 from simulator.colocation import Colocation
 
 
@@ -126,25 +126,7 @@ class SimCluster:
         self.colocation = Colocation()
 
     def shape_of(self, placement: Placement) -> AllocationShape:
-        """The shape of the job's own tasks; auxiliary parts are listed in `parts`."""
-        replicas = placement.replica_tasks
-        nodes = tuple(dict.fromkeys(t.node for t in replicas))
-        models = {self.model_of_node[self.state.node_index[n]] for n in nodes}
-        # A job spread over several models runs at the pace of the slowest; work models
-        # see the first (sorted) one, and mixed placements are rare by policy design.
-        model = sorted(models)[0] if models else ""
-        milli = replicas[0].gpu_milli if replicas else MILLI
-        return AllocationShape(
-            gpu_model=model,
-            num_gpus=sum(len(t.gpus) for t in replicas),
-            num_nodes=len(nodes),
-            gpu_milli=milli,
-            replicas=len(replicas),
-            gpus_per_node=tuple(sum(len(t.gpus) for t in replicas if t.node == n) for n in nodes),
-            gpu_models=tuple(sorted(models)),
-            mode=placement.mode,
-            parts=tuple(_part_shape(t) for t in placement.part_tasks),
-        )
+        return allocation_shape(placement, self.state)
 
     def bind(self, job: JobRun, placement: Placement) -> None:
         """Take the placement's resources. One that breaks the placement contract raises
@@ -181,8 +163,3 @@ class SimCluster:
 
     def gpus_by_model(self) -> tuple[float, ...]:
         return tuple(self.alloc_by_model[m] / MILLI for m in self.models)
-
-
-def _part_shape(task: TaskPlacement) -> PartShape:
-    cpu = task.request.cpu_milli if task.request is not None else 0
-    return PartShape(task.part, cpu, task.gpu_milli)
