@@ -42,6 +42,8 @@ JOB_ID = f"{DOMAIN}/job-id"
 SUBMIT_TIME = f"{DOMAIN}/submit-time"
 ATTAINED_GPU_S = f"{DOMAIN}/attained-gpu-s"
 RESTARTS = f"{DOMAIN}/restarts"
+PREEMPTIBLE = f"{DOMAIN}/preemptible"
+"""`false`: policies never preempt or resize the job once it runs (absent: `true`)."""
 
 # What the controller writes at bind time (Binding annotations).
 ASSIGNED_GPUS = f"{DOMAIN}/assigned-gpus"
@@ -153,10 +155,21 @@ class PodAnnotations:
     """GPU indices our Binding recorded (None: not bound by us, or unreadable)."""
     assigned_milli: int = 0
     bound_at: float | None = None
+    preemptible: bool = True
 
 
 OWN_ANNOTATIONS = frozenset(
-    {JOB_ID, SUBMIT_TIME, ATTAINED_GPU_S, RESTARTS, GANG_SIZE, RUNTIME, GPU_MODELS, GPU_MILLI}
+    {
+        JOB_ID,
+        SUBMIT_TIME,
+        ATTAINED_GPU_S,
+        RESTARTS,
+        GANG_SIZE,
+        RUNTIME,
+        GPU_MODELS,
+        GPU_MILLI,
+        PREEMPTIBLE,
+    }
 )
 """Annotations read only on this scheduler's own pods (another scheduler's pod may carry
 anything there: it is not ours to judge)."""
@@ -306,6 +319,7 @@ def _pod_annotations(annotations: Mapping[str, str], reader: _Reader) -> PodAnno
         assigned_gpus=gpus,
         assigned_milli=read(ASSIGNED_MILLI, lambda t: _integer(t, 0, MILLI), 0) if gpus else 0,
         bound_at=read(BOUND_AT, lambda t: _number(t, 0.0, MAX_SECONDS)),
+        preemptible=read(PREEMPTIBLE, _boolean, True),
     )
 
 
@@ -329,6 +343,12 @@ def _integer(text: str, low: int, high: int) -> int:
     if not low <= value <= high:
         raise ValueError(f"{_shown(text)} is outside {low}..{high}")
     return value
+
+
+def _boolean(text: str) -> bool:
+    if text.strip().lower() not in ("true", "false"):
+        raise ValueError(f"{_shown(text)} is neither true nor false")
+    return text.strip().lower() == "true"
 
 
 def _runtime(text: str) -> float:

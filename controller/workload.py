@@ -163,6 +163,7 @@ def _pending_job(
         node_selector=first.node_selector,
         tolerations=first.tolerations,
         kind="pod",
+        preemptible=all(p.meta.preemptible for p in members),
     )
     return PendingJob(spec, tuple(members), min(seq.get(p.uid, 0) for p in members))
 

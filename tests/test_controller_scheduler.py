@@ -18,6 +18,7 @@ from controller.objects import (
     GANG_SIZE,
     JOB_ID,
     JOB_LABEL,
+    PREEMPTIBLE,
     PodRecord,
 )
 from controller.scheduler import Scheduler, SchedulerOptions
@@ -216,6 +217,18 @@ def test_preemption_evicts_then_places_once_the_gpus_are_free() -> None:
         cache.apply(PODS, "DELETED", veteran)  # the eviction lands
         await scheduler.wait_idle()
         assert [(b[0], b[1]) for b in effects.binds] == [("new", "a")]
+
+    run(scenario, policy="las", nodes={"a": 1})
+
+
+def test_a_pod_that_may_not_be_preempted_keeps_its_gpu_under_las() -> None:
+    async def scenario(scheduler: Scheduler, cache: ClusterCache, effects: FakeEffects) -> None:
+        notes = {ASSIGNED_GPUS: "0", ASSIGNED_MILLI: "1000", BOUND_AT: "0"}
+        veteran = pod_json("old", node="a", notes={**notes, PREEMPTIBLE: "false"})
+        cache.apply(PODS, "ADDED", veteran)
+        cache.apply(PODS, "ADDED", pod_json("new"))
+        await scheduler.wait_idle()
+        assert effects.evicted == [] and effects.binds == []
 
     run(scenario, policy="las", nodes={"a": 1})
 

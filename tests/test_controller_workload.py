@@ -12,6 +12,7 @@ from controller.objects import (
     GPU_MODELS,
     JOB_LABEL,
     POD_GROUP_LABEL,
+    PREEMPTIBLE,
     RUNTIME,
     parse_duration,
     pod_from_json,
@@ -74,6 +75,15 @@ def test_single_pods_become_jobs_in_creation_then_arrival_order() -> None:
     assert spec.work == FixedDuration(3600.0)
 
 
+def test_a_gang_is_preemptible_only_if_every_pod_says_so() -> None:
+    labels = {JOB_LABEL: "g"}
+    pods = [pod("g-0", labels=labels), pod("g-1", labels=labels, notes={PREEMPTIBLE: "false"})]
+    (job,) = build_workload(pods, {}, WholeGpu()).pending
+    assert job.spec.preemptible is False
+    (alone,) = build_workload([pod("x", notes={PREEMPTIBLE: "TRUE"})], {}, WholeGpu()).pending
+    assert alone.spec.preemptible is True
+
+
 def test_stated_runtime_and_models_reach_the_job() -> None:
     notes = {RUNTIME: "2m", GPU_MODELS: "A100|V100"}
     (job,) = build_workload([pod("x", notes=notes)], {}, WholeGpu()).pending
@@ -123,6 +133,7 @@ def test_bad_share_annotation_is_rejected_not_crashing() -> None:
         ("gpufleet.io/submit-time", "1e400", "outside"),
         ("gpufleet.io/sim-runtime", "0s", "positive duration"),
         ("gpufleet.io/gpu-models", "||", "names no GPU model"),
+        ("gpufleet.io/preemptible", "maybe", "neither true nor false"),
     ],
 )
 def test_a_bad_annotation_rejects_the_whole_gang_naming_the_field(
