@@ -22,6 +22,7 @@ from controller.objects import SCHEDULER_NAME
 from controller.recorder import TraceRecorder
 from controller.runtime import NON_TERMINAL
 from controller.serve import add_run_command, add_serve_command
+from traces.outputs import add_force_argument, check_output_dir
 
 
 def add_controller_commands(commands: argparse._SubParsersAction) -> None:
@@ -61,8 +62,6 @@ def _add_record(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "record", help="write what the cluster does with gpufleet's pods as a replayable trace"
     )
-    from traces.outputs import add_force_argument
-
     parser.add_argument("--out", required=True, type=Path, help="output directory")
     add_force_argument(parser)
     parser.add_argument(
@@ -79,8 +78,6 @@ def _setup_logging(level: str) -> None:
 
 
 def _record(args: argparse.Namespace) -> int:
-    from traces.outputs import check_output_dir
-
     check_output_dir(args.out, args.force)  # refuse before recording, not after
     _setup_logging(args.log_level)
     recorder = TraceRecorder(make_encoder(args.backend), args.scheduler_name)
