@@ -63,6 +63,8 @@ log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
 REPORTED_PRUNE_AT = 10_000
+EVENT_CONCURRENCY = 4
+EVENT_BACKLOG = 1_000
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,7 @@ class SchedulerStats:
     expired: int = 0
     evicted: int = 0
     policy_errors: int = 0
+    events_dropped: int = 0
     bind_retries: int = 0
     """Binds whose answer was unclear (no answer, 5xx) and were settled by re-reading."""
 
@@ -133,6 +136,8 @@ class Scheduler:
         self._round_due = False
         self._inflight: set[asyncio.Task[None]] = set()
         self._limit = asyncio.Semaphore(self.options.bind_concurrency)
+        self._event_limit = asyncio.Semaphore(EVENT_CONCURRENCY)
+        self._event_backlog = 0
         self._reported: dict[str, str] = {}
         self._plans: dict[str, Placement] = {}
         cache.on_change = self.wake
@@ -387,6 +392,7 @@ class Scheduler:
             self.stats.bound += 1
             record = BindRecord(pod, node, gpus, milli, self.clock())
             self.on_bound(record)
+            self._announce(record)
             return True
         if outcome is BindOutcome.CONFLICT:
             self.stats.conflicts += 1
@@ -424,6 +430,25 @@ class Scheduler:
             self.cache.forget(uid)
             if pod is not None:
                 self._spawn(self._refresh(pod))
+
+    def _announce(self, record: BindRecord) -> None:
+        """A `Scheduled` Event, as kube-scheduler writes, so `kubectl describe pod` shows
+        who placed the pod where. Events are a courtesy: under a burst they queue behind
+        binds on their own small limit, and beyond `EVENT_BACKLOG` they are dropped."""
+        if self._event_backlog >= EVENT_BACKLOG:
+            self.stats.events_dropped += 1
+            return
+        gpus = ",".join(map(str, record.gpus)) or "none"
+        note = f"Successfully assigned {record.pod.key} to {record.node} (GPUs {gpus})"
+        self._event_backlog += 1
+        self._spawn(self._post_event(record.pod, note, record.at))
+
+    async def _post_event(self, pod: PodRecord, note: str, now: float) -> None:
+        try:
+            async with self._event_limit:
+                await self.effects.event(pod, "Scheduled", note, "Normal", now)
+        finally:
+            self._event_backlog -= 1
 
     # -- evictions and plans ----------------------------------------------------------
 

@@ -137,6 +137,7 @@ def test_binds_best_fit_node_with_gpu_annotations() -> None:
         ((name, node, notes),) = effects.binds
         assert (name, node, notes[ASSIGNED_GPUS], notes[BOUND_AT]) == ("p", "a", "0,1", "1000.000")
         assert scheduler.stats.bound == 1 and cache.assumed  # held until the watch echoes it
+        assert effects.events == [("p", "Scheduled", "Successfully assigned ns/p to a (GPUs 0,1)")]
 
     run(scenario)
 
@@ -365,7 +366,7 @@ def test_a_bound_pod_with_unreadable_gpus_is_charged_by_its_request_and_flagged(
         assert state is not None
         assert int(state.gpu_free[state.node_index["a"]].sum()) == 0  # 1 by request + p1
         assert sorted((b[0], b[1]) for b in effects.binds) == [("p1", "a"), ("p2", "b")]
-        ((name, reason, note),) = effects.events
+        ((name, reason, note),) = [e for e in effects.events if e[1] != "Scheduled"]
         assert (name, reason) == ("odd", "InvalidObject")
         assert f"[{ASSIGNED_GPUS}]" in note and "counting the pod by its requests" in note
 
