@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -177,15 +178,34 @@ async def leader(pair: list[ServeReplica], timeout_s: float = 120) -> ServeRepli
     raise TimeoutError("no replica leads")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_use(plane: ControlPlane, pair: list[ServeReplica]) -> dict[str, float]:
+    """CPU seconds so far of the replicas and the control plane's processes."""
+    pids = {"benchmark": os.getpid()}
+    pids.update({f"replica-{i}": r.pid for i, r in enumerate(pair) if r.running()})
+    pids.update({name: proc.pid for name, proc in plane.procs.items() if proc.poll() is None})
+    return {name: cpu_seconds(pid) for name, pid in pids.items()}
+
+
 async def burst_phase(
-    admin: Admin, watcher: BindWatcher, pair: list[ServeReplica], load: Workload
+    plane: ControlPlane, watcher: BindWatcher, pair: list[ServeReplica], load: Workload
 ) -> dict[str, Any]:
+    before = cpu_use(plane, [])
     started = time.time()
     for replica in pair:
         replica.start()
     await watcher.wait_for(load.valid, timeout_s=600)
+    after = cpu_use(plane, pair)
     times = sorted(watcher.bound_at[n] for n in load.valid)
+    # Where the burst's CPU went (2 cores: at most 2 s per second of wall time).
+    cpu = {name: round(used - before.get(name, 0.0), 1) for name, used in after.items()}
     return {
+        "burst_cpu_s": cpu,
         "burst_bound_per_s": round(len(times) / (times[-1] - started), 1),
         "burst_wall_s": round(times[-1] - started, 2),
         # Process start, imports, the initial LISTs and the lease come before the first bind.
@@ -283,7 +303,7 @@ async def benchmark(
         await admin.create_nodes(cluster(args.nodes))
         await create_pods(admin, burst.pods, rate=None)
         result["setup_s"] = round(time.monotonic() - t0, 1)
-        result.update(await burst_phase(admin, watcher, pair, burst))
+        result.update(await burst_phase(plane, watcher, pair, burst))
         print(json.dumps(result), file=sys.stderr, flush=True)
         result.update(await steady_phase(admin, watcher, steady, args.rate))
         result.update(await check_rejections(admin, watcher, pair, [burst, steady]))
@@ -312,7 +332,23 @@ def one_run(bin_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
         if any(code not in (0, None) for code in codes):
             print(f"replica exit codes {codes} (expected 0 after SIGTERM)", file=sys.stderr)
         plane.stop()
-        plane.cleanup_dir()
+        if args.keep:
+            print(f"control plane and replica logs kept in {workdir}", file=sys.stderr)
+        else:
+            plane.cleanup_dir()
+
+
+def code_version() -> str:
+    """The commit measured, marked dirty when the code the replicas run has uncommitted
+    changes (each run starts new replica processes from the working tree)."""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    dirty = git("status", "--porcelain", "--", "controller", "policies")
+    return f"{commit}+dirty" if dirty else commit
 
 
 def main() -> int:
@@ -325,21 +361,20 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=50.0, help="steady arrivals per second")
     parser.add_argument("--steady-s", type=float, default=40.0)
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--keep", action="store_true", help="keep logs and etcd data")
     args = parser.parse_args()
     bin_dir = find_binaries()
     if bin_dir is None:
         print(HOW_TO_BUILD, file=sys.stderr)
         return 2
+    code = code_version()
     runs = []
     for _ in range(args.repeat):
         runs.append(one_run(bin_dir, args))
         print(json.dumps(runs[-1]), flush=True)
     keys = [k for k, v in runs[0].items() if isinstance(v, float)]
     medians = {k: float(np.median([r[k] for r in runs])) for k in keys}
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
-    ).stdout.strip()
-    machine = {"machine": platform.processor() or platform.machine(), "commit": commit}
+    machine = {"machine": platform.processor() or platform.machine(), "code": code}
     print(json.dumps({**machine, "runs": len(runs), "median": medians}))
     return 0
 
