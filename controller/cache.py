@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from controller.encoders import GpuEncoder
-from controller.ledger import CapacityLedger, Charge
+from controller.ledger import Admission, CapacityLedger, Charge
 from controller.objects import (
     ASSIGNED_GPUS,
     SCHEDULER_NAME,
@@ -56,6 +56,7 @@ class ClusterCache:
         self.pods: dict[str, PodRecord] = {}
         self.seq: dict[str, int] = {}
         self.ledger = CapacityLedger()
+        self.admission = Admission()
         self.assumed: dict[str, Assumption] = {}
         self.on_change: Callable[[], None] = lambda: None
         self._counter = itertools.count()
@@ -102,6 +103,7 @@ class ClusterCache:
     def assume(self, pod: PodRecord, charge: Charge) -> None:
         self.assumed[pod.uid] = Assumption(charge)
         self.ledger.charge(pod.uid, charge)
+        self.admission.hold(pod.uid, charge.node, pod.resources)
         self._sync_running(pod.uid)
 
     def finish_binding(self, uid: str, deadline: float) -> None:
@@ -121,6 +123,7 @@ class ClusterCache:
             self._charge_bound(pod)
         else:
             self.ledger.release(uid)
+            self.admission.drop(uid)
         self._sync_running(uid)
         self.on_change()
 
@@ -148,6 +151,7 @@ class ClusterCache:
             self._charge_bound(pod)
         elif pod.uid not in self.assumed:
             self.ledger.release(pod.uid)
+            self.admission.drop(pod.uid)
         if pod.wants(self.scheduler_name):
             self._wanted[pod.uid] = pod
         else:
@@ -168,11 +172,13 @@ class ClusterCache:
         self.flagged.pop(uid, None)
         self.running.drop(uid)
         self.ledger.release(uid)
+        self.admission.drop(uid)
         if pod is not None:
             self.on_change()
 
     def _charge_bound(self, pod: PodRecord) -> None:
         self.running.touch(pod.uid)
+        self.admission.hold(pod.uid, pod.node_name, pod.resources)
         charge = self._recorded_charge(pod)
         if charge is not None:
             self.ledger.charge(pod.uid, charge)
@@ -213,6 +219,7 @@ class ClusterCache:
                 log.warning("node %s is gone: dropping the assumption for pod %s", node, uid)
                 del self.assumed[uid]
                 self.ledger.release(uid)
+                self.admission.drop(uid)
                 self._sync_running(uid)
         # Pods charged before their node was known had no GPUs to pick from: recharge.
         for pod in self.pods.values():

@@ -16,6 +16,7 @@ from typing import ClassVar, Protocol
 from controller.objects import (
     GPU_COUNT_LABEL,
     GPU_MEMORY_LABEL,
+    GPU_MILLI,
     GPU_RESOURCE,
     GPU_UUIDS_ANNOTATION,
     NodeRecord,
@@ -32,6 +33,10 @@ class GpuEncoder(Protocol):
         ...
 
     def node_gpus(self, node: NodeRecord) -> int: ...
+
+    def caveat(self, pod: PodRecord) -> str:
+        """What of the pod's request this backend cannot honour ("" if nothing)."""
+        ...
 
     def annotations(
         self, pod: PodRecord, node: NodeRecord, gpus: tuple[int, ...], milli: int, now: float
@@ -59,13 +64,24 @@ def _count(value: Decimal | None) -> int:
 
 class WholeGpu:
     """`nvidia.com/gpu: N`. The device plugin, not the scheduler, picks the devices, so
-    the GPU indices live only in gpufleet's annotations."""
+    the GPU indices live only in gpufleet's annotations. It hands every pod whole
+    devices, so a share (`gpufleet.io/gpu-milli`) cannot be honoured here: such a pod is
+    scheduled as the whole GPU it will get (share GPUs with `hami` or `gpushare`)."""
 
     name: ClassVar[str] = "whole"
 
     def request(self, pod: PodRecord) -> tuple[int, int]:
         gpus = _count(pod.resources.get(GPU_RESOURCE))
-        return gpus, _share_milli(pod, gpus)
+        return gpus, MILLI if gpus else 0
+
+    def caveat(self, pod: PodRecord) -> str:
+        share = pod.meta.share_milli
+        if share is None or share == MILLI or _count(pod.resources.get(GPU_RESOURCE)) != 1:
+            return ""
+        return (
+            f"{GPU_MILLI}={share} not honoured under --backend whole: the device plugin "
+            "hands out whole GPUs (share GPUs with --backend hami or gpushare)"
+        )
 
     def node_gpus(self, node: NodeRecord) -> int:
         return _count(node.resources.get(GPU_RESOURCE))
@@ -90,6 +106,9 @@ class Hami:
         if gpus == 1 and cores is not None and 0 < cores < 100:
             return 1, int(cores) * 10
         return gpus, _share_milli(pod, gpus)
+
+    def caveat(self, pod: PodRecord) -> str:
+        return ""
 
     def node_gpus(self, node: NodeRecord) -> int:
         # HAMi advertises vGPU slots as nvidia.com/gpu; the physical count is GFD's label.
@@ -124,6 +143,9 @@ class GpuShare:
     def request(self, pod: PodRecord) -> tuple[int, int]:
         gpus = _count(pod.resources.get(self.COUNT)) or (1 if self.MEM in pod.resources else 0)
         return gpus, _share_milli(pod, gpus)
+
+    def caveat(self, pod: PodRecord) -> str:
+        return ""
 
     def node_gpus(self, node: NodeRecord) -> int:
         return _count(node.resources.get(self.COUNT))

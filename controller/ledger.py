@@ -9,8 +9,10 @@ back by the watch is the same uid, so it is counted once.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 
 from policies import ClusterState, NodeSpec
 from policies.jobs import TaskRequest
@@ -116,3 +118,42 @@ class CapacityLedger:
             return False
         self._applied.add(uid)
         return True
+
+
+class Admission:
+    """What the kubelet counts on each node: the extended-resource requests (GPUs as the
+    device plugin sees them) of the pods bound or assumed there. The kubelet refuses a
+    pod whose requests exceed the node's allocatable minus these, whatever a scheduler
+    decided, so the scheduler checks the same sum before it binds."""
+
+    def __init__(self) -> None:
+        self._held: dict[str, tuple[str, Mapping[str, Decimal]]] = {}
+        self._totals: dict[str, Counter[str]] = {}
+
+    def hold(self, uid: str, node: str, requests: Mapping[str, Decimal]) -> None:
+        self.drop(uid)
+        if requests:
+            self._held[uid] = (node, requests)
+            self._totals.setdefault(node, Counter()).update(requests)
+
+    def drop(self, uid: str) -> None:
+        held = self._held.pop(uid, None)
+        if held is not None:
+            node, requests = held
+            self._totals[node].subtract(requests)
+
+    def shortfall(
+        self, node: str, allocatable: Mapping[str, Decimal], requests: Mapping[str, Decimal]
+    ) -> str:
+        """Why the node cannot admit `requests` on top of what it holds ("" if it can).
+        Only resources the node advertises are counted: the rest (HAMi's
+        `nvidia.com/gpucores`, say) are its device backend's to account for."""
+        held = self._totals.get(node, Counter())
+        for name, amount in requests.items():
+            if name not in allocatable:
+                continue
+            total = held[name] + amount
+            if total > allocatable.get(name, Decimal(0)):
+                have = allocatable.get(name, Decimal(0))
+                return f"{node} cannot admit {name} {amount}: {total} of {have} allocatable"
+        return ""

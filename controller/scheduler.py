@@ -33,6 +33,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, replace
+from decimal import Decimal
 from typing import Any
 
 import aiohttp
@@ -289,6 +290,11 @@ class Scheduler:
                 job = pending[decision.job_id]
                 if state is None or not self._keeps_contract(job, decision.placement, now):
                     continue
+                refused = self._kubelet_refuses(job, decision.placement)
+                if refused:
+                    for pod in job.pods:
+                        self._report(pod, refused, now)
+                    continue
                 if _fits(decision.placement, job, state):
                     self.place(job, decision.placement, decision.reason, now)
                 else:
@@ -320,6 +326,23 @@ class Scheduler:
                 self._reject(pod, problem, now)
             return False
         return True
+
+    def _kubelet_refuses(self, job: PendingJob, placement: Placement) -> str:
+        """Why a node's kubelet would refuse one of the job's pods (its extended-resource
+        requests, e.g. `nvidia.com/gpu`, beyond the node's allocatable), or ""."""
+        admission = self.cache.admission
+        taken: dict[str, dict[str, Decimal]] = {}
+        for pod, where in zip(job.pods, placement.tasks, strict=True):
+            node = self.cache.nodes.get(where.node)
+            if node is None:
+                return f"node {where.node} is gone"
+            before = taken.setdefault(where.node, {})
+            requests = {k: v + before.get(k, Decimal(0)) for k, v in pod.resources.items()}
+            why = admission.shortfall(where.node, node.resources, requests)
+            if why:
+                return why
+            taken[where.node] = requests
+        return ""
 
     def place(self, job: PendingJob, placement: Placement, reason: str, now: float) -> None:
         """Assume every task of the job now; bind in the background."""
@@ -440,6 +463,9 @@ class Scheduler:
             return
         gpus = ",".join(map(str, record.gpus)) or "none"
         note = f"Successfully assigned {record.pod.key} to {record.node} (GPUs {gpus})"
+        caveat = self.cache.encoder.caveat(record.pod)
+        if caveat:
+            note = f"{note}; {caveat}"
         self._event_backlog += 1
         self._spawn(self._post_event(record.pod, note, record.at))
 
@@ -498,7 +524,11 @@ class Scheduler:
                 plan = None
             if plan is None:
                 rest.append(job)
-            elif state is not None and _fits(plan, job, state):
+            elif (
+                state is not None
+                and _fits(plan, job, state)
+                and not self._kubelet_refuses(job, plan)
+            ):
                 del self._plans[job.spec.id]
                 self.place(job, plan, "carrying out a plan decided earlier", now)
         return rest

@@ -155,11 +155,13 @@ def test_node_record_and_cordon() -> None:
     assert node_from_json(heartbeat) == record
 
 
-def test_whole_gpu_encoder_reads_share_annotation_for_one_gpu_pods() -> None:
+def test_whole_gpu_encoder_schedules_a_share_as_the_whole_gpu_the_plugin_gives() -> None:
     record = pod_from_json(pod(containers=[{"resources": {"limits": {"nvidia.com/gpu": "1"}}}]))
-    assert WholeGpu().request(record) == (1, 250)
+    assert WholeGpu().request(record) == (1, 1000)
+    assert "gpufleet.io/gpu-milli=250 not honoured" in WholeGpu().caveat(record)
     assert WholeGpu().node_gpus(node_from_json(node())) == 8
-    assert WholeGpu().annotations(record, node_from_json(node()), (3,), 250, 0.0) == {}
+    assert WholeGpu().annotations(record, node_from_json(node()), (3,), 1000, 0.0) == {}
+    assert Hami().request(record) == (1, 250) and Hami().caveat(record) == ""
 
 
 def test_hami_encoder_names_device_memory_and_cores() -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.cache import NODES, PODS
-from controller.encoders import WholeGpu
+from controller.encoders import Hami
 from controller.objects import ASSIGNED_GPUS, ASSIGNED_MILLI, GPU_MILLI, RUNTIME
 from controller.recorder import TraceRecorder
 from policies import FixedDuration, TaskRequest
@@ -57,7 +57,7 @@ def pod(
 
 def test_recorded_trace_reads_back_with_observed_times(tmp_path: Path) -> None:
     clock = Clock()
-    recorder = TraceRecorder(WholeGpu(), clock=clock)
+    recorder = TraceRecorder(Hami(), clock=clock)  # a backend that shares GPUs
     recorder.replace(
         NODES,
         [

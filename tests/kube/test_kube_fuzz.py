@@ -220,7 +220,8 @@ def _no_gpu_twice(pods_now: list[dict[str, Any]]) -> None:
     holders: dict[tuple[str, int], list[str]] = {}
     for pod in pods_now:
         notes = pod["metadata"].get("annotations") or {}
-        if pod["spec"].get("nodeName") and notes.get(ASSIGNED_GPUS):
+        finished = (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+        if pod["spec"].get("nodeName") and notes.get(ASSIGNED_GPUS) and not finished:
             for gpu in notes[ASSIGNED_GPUS].split(","):
                 where = (pod["spec"]["nodeName"], int(gpu))
                 used[where] += int(notes[ASSIGNED_MILLI])

@@ -62,10 +62,11 @@ def test_binds_with_gpu_annotations_and_counts_the_gpus(kube: ControlPlane) -> N
             # Best-fit packs: the 2-GPU pod fills one node, the half-GPU pod the other.
             assert {half["spec"]["nodeName"], two["spec"]["nodeName"]} == {"node-000", "node-001"}
             assert two["metadata"]["annotations"][ASSIGNED_GPUS] == "0,1"
-            assert half["metadata"]["annotations"][ASSIGNED_MILLI] == "500"
+            # The whole backend's device plugin hands out whole GPUs: so does the scheduler.
+            assert half["metadata"]["annotations"][ASSIGNED_MILLI] == "1000"
             await ctl.settle()
             state = ctl.cache.ledger.state
-            assert int(state.gpu_free.sum()) == 4000 - 2000 - 500
+            assert int(state.gpu_free.sum()) == 4000 - 2000 - 1000
 
     run(kube, scenario)
 
@@ -316,3 +317,41 @@ def test_record_command_writes_a_replayable_trace(kube: ControlPlane, tmp_path: 
         assert rows[1].startswith("observed,observed,node-000,0,1000,")
 
     run(kube, scenario)
+
+
+def test_a_mixed_burst_never_asks_a_kubelet_for_more_gpus_than_it_has(
+    kube: ControlPlane,
+) -> None:
+    """Under `--backend whole` the device plugin hands out whole GPUs: 12 half-GPU pods,
+    6 one-GPU and 2 two-GPU pods (22 `nvidia.com/gpu` requested) on two 8-GPU nodes must
+    leave every node's requested `nvidia.com/gpu` within its allocatable, as the kubelet
+    counts it. (Before, the 12 half-GPU pods all went to one node: 12 of 8.)"""
+
+    shapes = [TaskRequest(500, 512, 1, 500)] * 12 + [WHOLE] * 6
+    shapes += [TaskRequest(1000, 1024, 2, 1000)] * 2
+
+    async def scenario(admin: Admin) -> None:
+        await admin.create_nodes(gpu_nodes(2, gpus=8))
+        async with RunningController(str(kube.scheduler_kubeconfig)) as ctl:
+            for i, shape in enumerate(shapes):
+                await admin.create_pod(pod_manifest(f"burst-{i:02d}", shape))
+            await eventually(lambda: _bound_slots(admin, 16), 30, "16 GPUs bound")
+            await ctl.settle()
+        requested: dict[str, int] = {}
+        for pod in await admin.pods():
+            node = pod["spec"].get("nodeName")
+            if node:
+                limits = pod["spec"]["containers"][0]["resources"].get("limits") or {}
+                requested[node] = requested.get(node, 0) + int(limits.get("nvidia.com/gpu", 0))
+        assert requested == {"node-000": 8, "node-001": 8}
+
+    run(kube, scenario)
+
+
+async def _bound_slots(admin: Admin, want: int) -> bool:
+    total = 0
+    for pod in await admin.pods():
+        if pod["spec"].get("nodeName"):
+            limits = pod["spec"]["containers"][0]["resources"].get("limits") or {}
+            total += int(limits.get("nvidia.com/gpu", 0))
+    return total >= want
