@@ -58,7 +58,9 @@ from policies import (
     Snapshot,
     Unschedulable,
 )
+from policies.base import NO_NODE_FITS
 from policies.contract import PlacementError, check_fits, check_shape
+from policies.diagnosis import why_no_node_fits
 
 log = logging.getLogger(__name__)
 
@@ -303,6 +305,8 @@ class Scheduler:
                     self._plans[decision.job_id] = decision.placement
             elif isinstance(decision, Unschedulable) and decision.job_id in pending:
                 message = decision.reason
+                if message == NO_NODE_FITS and state is not None:
+                    message = why_no_node_fits(pending[decision.job_id].spec, state)
                 if decision.plugin:
                     message = f"{decision.plugin}: {message}"
                 log.info("unschedulable %s: %s", decision.job_id, message)

@@ -27,6 +27,11 @@ from policies.decisions import Decision, Place, SchedulingResult, Unschedulable
 from policies.jobs import JobSpec, JobView, Placement, TaskPlacement, TaskRequest
 from policies.placement import feasible_nodes, release, select_gpus
 
+NO_NODE_FITS = "no node fits the request"
+"""A placement policy's reason when every node failed a filter; hosts that show reasons
+to people may replace it with `policies.diagnosis.why_no_node_fits` (the simulator
+does not pay for it)."""
+
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
@@ -117,7 +122,7 @@ class PlacementPolicy(Policy):
             if placement is None:
                 # Resources only shrink within a pass, so an identical request fails too.
                 failed_shapes.add(shape_key)
-                decisions.append(Unschedulable(spec.id, "no node fits the request", self.name))
+                decisions.append(Unschedulable(spec.id, NO_NODE_FITS, self.name))
                 if blocking:
                     break
                 continue

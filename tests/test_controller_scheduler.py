@@ -175,10 +175,15 @@ def test_unschedulable_is_reported_once_per_reason() -> None:
     async def scenario(scheduler: Scheduler, cache: ClusterCache, effects: FakeEffects) -> None:
         cache.apply(PODS, "ADDED", pod_json("huge", gpus=8))
         await scheduler.wait_idle()
-        cache.apply(NODES, "ADDED", node_json("c", 1))  # a change, so another pass runs
+        cache.apply(PODS, "ADDED", pod_json("small", gpus=1))  # another pass, same reason
         await scheduler.wait_idle()
-        assert scheduler.stats.passes == 2
-        assert effects.reports == [("huge", "bestfit: no node fits the request")]
+        cache.apply(NODES, "ADDED", node_json("c", 1))  # another pass, a new reason
+        await scheduler.wait_idle()
+        assert scheduler.stats.passes == 3
+        assert effects.reports == [
+            ("huge", "bestfit: 0/2 nodes are available: 2 insufficient GPUs"),
+            ("huge", "bestfit: 0/3 nodes are available: 3 insufficient GPUs"),
+        ]
 
     run(scenario)
 

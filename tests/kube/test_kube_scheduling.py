@@ -84,7 +84,7 @@ def test_unschedulable_pod_gets_condition_and_event(kube: ControlPlane) -> None:
 
             (cond,) = await eventually(condition, what="PodScheduled=False")
             assert cond["reason"] == "Unschedulable"
-            assert "no node fits" in cond["message"]
+            assert cond["message"] == "bestfit: 0/1 nodes are available: 1 insufficient GPUs"
             uid = (await admin.pod("huge"))["metadata"]["uid"]
             events = await admin.api.call("GET", "/apis/events.k8s.io/v1/namespaces/default/events")
             ours = [e for e in events["items"] if e["regarding"].get("uid") == uid]
