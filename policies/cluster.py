@@ -72,6 +72,67 @@ class NodeSpec:
             raise ValueError(f"node {self.name}: has GPUs but no GPU model")
 
 
+SCHEDULING_EFFECTS = ("NoSchedule", "NoExecute")
+"""Taint effects that keep a pod off a node unless it tolerates them."""
+
+
+@dataclass(frozen=True, slots=True)
+class LabelIndex:
+    """Which nodes carry each label and each scheduling taint, as read-only arrays
+    of node indices. None of these changes while a `ClusterState`
+    lives, so the index is built once with it and never written (copies and read-only
+    views share it); a mask costs a few numpy operations, not a scan of the nodes."""
+
+    num_nodes: int
+    by_label: Mapping[tuple[str, str], IntArray]
+    by_taint: tuple[tuple[Taint, IntArray], ...]
+
+    @classmethod
+    def of(cls, nodes: Sequence[NodeSpec]) -> LabelIndex:
+        labels: dict[tuple[str, str], list[int]] = {}
+        taints: dict[Taint, list[int]] = {}
+        for i, n in enumerate(nodes):
+            for pair in n.labels.items():
+                labels.setdefault(pair, []).append(i)
+            for taint in n.taints:
+                if taint.effect in SCHEDULING_EFFECTS:
+                    taints.setdefault(taint, []).append(i)
+        return cls(
+            len(nodes),
+            {pair: _frozen(rows) for pair, rows in labels.items()},
+            tuple((taint, _frozen(rows)) for taint, rows in taints.items()),
+        )
+
+    def selector_mask(self, selector: Mapping[str, str]) -> BoolArray:
+        """Nodes carrying every label of `selector`."""
+        mask = np.zeros(self.num_nodes, dtype=bool)
+        if not selector:
+            mask[:] = True
+            return mask
+        rows: IntArray | None = None
+        for pair in selector.items():
+            carriers = self.by_label.get(pair)
+            if carriers is None:
+                return mask
+            rows = carriers if rows is None else np.intersect1d(rows, carriers)
+        mask[rows] = True
+        return mask
+
+    def taint_mask(self, tolerations: Sequence[Toleration]) -> BoolArray:
+        """Nodes whose NoSchedule and NoExecute taints `tolerations` all tolerate."""
+        mask = np.ones(self.num_nodes, dtype=bool)
+        for taint, rows in self.by_taint:
+            if not any(t.tolerates(taint) for t in tolerations):
+                mask[rows] = False
+        return mask
+
+
+def _frozen(rows: list[int]) -> IntArray:
+    array = np.array(rows, dtype=np.int64)
+    array.flags.writeable = False
+    return array
+
+
 _MUTABLE = ("cpu_free", "mem_free", "gpu_free", "pods_by_class", "version")
 
 
@@ -110,8 +171,7 @@ class ClusterState:
         self.version: IntArray = np.zeros(count, dtype=np.int64)
         self._stamps = _StampCounter()  # shared by copies: stamps never repeat
         self.has_taints = any(n.taints for n in nodes)
-        # Shared by copies on purpose: labels and taints never change for a node set.
-        self.label_cache: dict[object, BoolArray] = {}
+        self.label_index = LabelIndex.of(self.nodes)  # immutable: copies and views share it
 
     # -- derived ------------------------------------------------------------------
 

@@ -40,51 +40,18 @@ def model_mask(allowed: frozenset[str], state: ClusterState) -> BoolArray:
 
 
 def label_mask(spec: JobSpec, state: ClusterState) -> BoolArray:
-    """Nodes whose labels match the job's node selector and whose taints it tolerates;
-    cached per cluster, as are its two halves."""
-    key = (tuple(sorted(spec.node_selector.items())), spec.tolerations)
-    cached = state.label_cache.get(key)
-    if cached is None:
-        cached = selector_mask(spec, state) & taint_mask(spec, state)
-        state.label_cache[key] = cached
-    return cached
+    """Nodes whose labels match the job's node selector and whose taints it tolerates."""
+    return selector_mask(spec, state) & taint_mask(spec, state)
 
 
 def selector_mask(spec: JobSpec, state: ClusterState) -> BoolArray:
-    """Nodes carrying every label of the job's node selector. Cached per cluster: labels
-    and taints do not change while a cluster state lives."""
-    key = ("selector", tuple(sorted(spec.node_selector.items())))
-    cached = state.label_cache.get(key)
-    if cached is None:
-        cached = np.array(
-            [
-                all(node.labels.get(k) == v for k, v in spec.node_selector.items())
-                for node in state.nodes
-            ],
-            dtype=bool,
-        )
-        state.label_cache[key] = cached
-    return cached
+    """Nodes carrying every label of the job's node selector."""
+    return state.label_index.selector_mask(spec.node_selector)
 
 
 def taint_mask(spec: JobSpec, state: ClusterState) -> BoolArray:
-    """Nodes whose NoSchedule and NoExecute taints the job tolerates (cached likewise)."""
-    key = ("taints", spec.tolerations)
-    cached = state.label_cache.get(key)
-    if cached is None:
-        cached = np.array(
-            [
-                all(
-                    any(t.tolerates(taint) for t in spec.tolerations)
-                    for taint in node.taints
-                    if taint.effect in ("NoSchedule", "NoExecute")
-                )
-                for node in state.nodes
-            ],
-            dtype=bool,
-        )
-        state.label_cache[key] = cached
-    return cached
+    """Nodes whose NoSchedule and NoExecute taints the job tolerates."""
+    return state.label_index.taint_mask(spec.tolerations)
 
 
 def select_gpus(task: TaskRequest, free: IntArray, count: int | np.integer) -> tuple[int, ...]:
