@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import FrozenInstanceError
+
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from policies import ClusterState, NodeSpec, Taint
+from policies import ClusterState, NodeSpec, Taint, Toleration
 from tests.conftest import node
 
 
@@ -104,3 +109,58 @@ def test_version_stamps_never_repeat_across_copies(two_nodes: ClusterState) -> N
     # One change each, to different GPUs: the stamps must differ so a memo keyed on the
     # version cannot mistake one state for the other.
     assert scratch.version[0] != two_nodes.version[0]
+
+
+LABELS = st.dictionaries(st.sampled_from(["zone", "pool"]), st.sampled_from(["a", "b"]), max_size=2)
+TAINTS = st.lists(
+    st.builds(
+        Taint,
+        st.sampled_from(["gpu", "spot"]),
+        st.sampled_from(["", "x"]),
+        st.sampled_from(["NoSchedule", "NoExecute", "PreferNoSchedule"]),
+    ),
+    max_size=2,
+    unique=True,
+)
+TOLERATIONS = st.lists(
+    st.builds(
+        Toleration,
+        st.sampled_from(["", "gpu", "spot"]),
+        st.sampled_from(["", "x"]),
+        st.booleans(),
+        st.sampled_from(["", "NoSchedule", "NoExecute"]),
+    ),
+    max_size=2,
+)
+
+
+@given(st.lists(st.tuples(LABELS, TAINTS), min_size=1, max_size=6), LABELS, TOLERATIONS)
+def test_label_index_masks_follow_the_node_by_node_rules(
+    nodes: list[tuple[dict[str, str], list[Taint]]],
+    selector: Mapping[str, str],
+    tolerations: list[Toleration],
+) -> None:
+    specs = [
+        NodeSpec(f"n{i}", 1000, 1000, labels=lb, taints=tuple(t)) for i, (lb, t) in enumerate(nodes)
+    ]
+    index = ClusterState(specs).view().label_index
+    selected = [all(n.labels.get(k) == v for k, v in selector.items()) for n in specs]
+    tolerated = [
+        all(
+            any(t.tolerates(taint) for t in tolerations)
+            for taint in n.taints
+            if taint.effect in ("NoSchedule", "NoExecute")
+        )
+        for n in specs
+    ]
+    assert index.selector_mask(selector).tolist() == selected
+    assert index.taint_mask(tuple(tolerations)).tolist() == tolerated
+
+
+def test_label_index_is_built_once_shared_by_copies_and_never_written() -> None:
+    state = ClusterState([NodeSpec("n0", 1000, 1000, labels={"zone": "a"})])
+    assert state.view().label_index is state.label_index is state.scratch().label_index
+    with pytest.raises(ValueError, match="read-only"):
+        state.label_index.by_label[("zone", "a")][0] = 1
+    with pytest.raises(FrozenInstanceError, match="cannot assign"):
+        state.label_index.num_nodes = 2  # type: ignore[misc]
