@@ -184,12 +184,20 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores have spent busy since boot (Linux /proc/stat)."""
+    ticks = [int(t) for t in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = ticks[3] + ticks[4]  # idle, iowait
+    return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def cpu_use(plane: ControlPlane, pair: list[ServeReplica]) -> dict[str, float]:
-    """CPU seconds so far of the replicas and the control plane's processes."""
+    """CPU seconds so far of the replicas and the control plane's processes, and of the
+    whole machine ("machine")."""
     pids = {"benchmark": os.getpid()}
     pids.update({f"replica-{i}": r.pid for i, r in enumerate(pair) if r.running()})
     pids.update({name: proc.pid for name, proc in plane.procs.items() if proc.poll() is None})
-    return {name: cpu_seconds(pid) for name, pid in pids.items()}
+    return {"machine": machine_busy_seconds()} | {n: cpu_seconds(p) for n, p in pids.items()}
 
 
 async def burst_phase(
@@ -202,8 +210,10 @@ async def burst_phase(
     await watcher.wait_for(load.valid, timeout_s=600)
     after = cpu_use(plane, pair)
     times = sorted(watcher.bound_at[n] for n in load.valid)
-    # Where the burst's CPU went (2 cores: at most 2 s per second of wall time).
+    # Where the burst's CPU went (2 cores: at most 2 s per second of wall time); "others"
+    # is everything else on the machine (other people's work on a shared box).
     cpu = {name: round(used - before.get(name, 0.0), 1) for name, used in after.items()}
+    cpu["others"] = round(cpu.pop("machine") - sum(cpu.values()), 1)
     return {
         "burst_cpu_s": cpu,
         "burst_bound_per_s": round(len(times) / (times[-1] - started), 1),
