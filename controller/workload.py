@@ -31,6 +31,7 @@ from policies import (
     TaskPlacement,
     TaskRequest,
 )
+from policies.gpu_models import node_model
 from policies.placement import allocation_shape
 
 DEFAULT_RUNTIME_S = 3600.0
@@ -40,15 +41,18 @@ UNKNOWN_MODEL = "unknown"
 
 def node_spec(node: NodeRecord, encoder: GpuEncoder) -> NodeSpec:
     gpus = encoder.node_gpus(node)
+    # GFD's `NVIDIA-A100-SXM4-40GB` is model `A100` to policies (policies/gpu_models.py).
+    product = first_label(node.labels, MODEL_LABELS, UNKNOWN_MODEL) if gpus else ""
     return NodeSpec(
         name=node.name,
         cpu_milli=node.cpu_milli,
         mem_mib=node.mem_mib,
         gpus=gpus,
-        gpu_model=first_label(node.labels, MODEL_LABELS, UNKNOWN_MODEL) if gpus else "",
+        gpu_model=node_model(product),
         labels=node.labels,
         taints=node.taints,
         rack=first_label(node.labels, RACK_LABELS),
+        gpu_product=product,
     )
 
 

@@ -53,8 +53,9 @@ from policies.continual import (
 )
 from policies.decisions import Decision, Place, Preempt, SchedulingResult
 from policies.fifo import FifoConfig, FifoFirstFit
+from policies.gpu_models import names_variant
 from policies.jobs import JobSpec, JobStatus, JobView, Placement, TaskPlacement, TaskRequest
-from policies.placement import label_mask, release
+from policies.placement import label_mask, model_mask, release
 
 LEVELS_MILLI = np.array([250, 500, 1000, 2000, 4000, 8000], dtype=np.int64)
 _LEVEL_INDEX = {int(level): i for i, level in enumerate(LEVELS_MILLI)}
@@ -450,20 +451,26 @@ class ShareFitter:
         fraction on the tightest GPU that fits, or whole GPUs on the node with the fewest
         whole GPUs free that still has enough. None if nothing fits."""
         state = self.state
-        if spec.allowed_models is not None and state.gpu_models[model] not in spec.allowed_models:
+        if not spec.allows(state.gpu_models[model]):
             return None
         task = spec.task
+        nodes = self._nodes[model]
+        # A variant request (`A100-80GB`) may take only some of a model's nodes.
+        wanted = spec.allowed_models
+        variant = wanted is not None and names_variant(wanted)
+        allowed = model_mask(wanted, state)[nodes] if wanted is not None and variant else None
         labels = (tuple(sorted(spec.node_selector.items())), spec.tolerations)
-        key = (model, task.cpu_milli, task.mem_mib, labels)
+        key = (model, task.cpu_milli, task.mem_mib, labels, wanted if variant else None)
         if milli >= self._failed.get(key, MILLI * 1000):
             return None
-        nodes = self._nodes[model]
         count = max(1, milli // MILLI)
         ok = (state.cpu_free[nodes] >= count * task.cpu_milli) & (
             state.mem_free[nodes] >= count * task.mem_mib
         )
         if spec.node_selector or state.has_taints:
             ok &= label_mask(spec, state)[nodes]
+        if allowed is not None:
+            ok &= allowed
         free = state.gpu_free[nodes]
         placed = self._fraction(task, nodes, ok, free, milli) if milli < MILLI else None
         if milli >= MILLI:

@@ -16,6 +16,8 @@ import networkx as nx
 import numpy as np
 import numpy.typing as npt
 
+from policies.gpu_models import admits, node_model
+
 MILLI = 1000
 """Milli-GPU in one whole GPU."""
 
@@ -61,15 +63,31 @@ class NodeSpec:
     mem_mib: int
     gpus: int = 0
     gpu_model: str = ""
+    """The model policies index by: `gpu_models.node_model` of the product."""
     labels: Mapping[str, str] = field(default_factory=dict)
     taints: tuple[Taint, ...] = ()
     rack: str = ""
+    gpu_product: str = ""
+    """What the node reports (GFD's `nvidia.com/gpu.product`, a trace's model); kept as
+    "" when that is `gpu_model` itself, so equal nodes compare equal."""
 
     def __post_init__(self) -> None:
         if self.cpu_milli < 0 or self.mem_mib < 0 or self.gpus < 0:
             raise ValueError(f"node {self.name}: negative capacity")
         if self.gpus > 0 and not self.gpu_model:
             raise ValueError(f"node {self.name}: has GPUs but no GPU model")
+        if self.gpu_product == self.gpu_model:
+            object.__setattr__(self, "gpu_product", "")
+        elif self.gpu_product and node_model(self.gpu_product) != self.gpu_model:
+            raise ValueError(
+                f"node {self.name}: GPU product {self.gpu_product!r} is model "
+                f"{node_model(self.gpu_product)!r}, not {self.gpu_model!r}"
+            )
+
+    @property
+    def product(self) -> str:
+        """The GPU product as reported, for variant matching (`gpu_models.admits`)."""
+        return self.gpu_product or self.gpu_model
 
 
 SCHEDULING_EFFECTS = ("NoSchedule", "NoExecute")
@@ -78,29 +96,35 @@ SCHEDULING_EFFECTS = ("NoSchedule", "NoExecute")
 
 @dataclass(frozen=True, slots=True)
 class LabelIndex:
-    """Which nodes carry each label and each scheduling taint, as read-only arrays
-    of node indices. None of these changes while a `ClusterState`
+    """Which nodes carry each label, each scheduling taint and each GPU product, as
+    read-only arrays of node indices. None of these changes while a `ClusterState`
     lives, so the index is built once with it and never written (copies and read-only
     views share it); a mask costs a few numpy operations, not a scan of the nodes."""
 
     num_nodes: int
     by_label: Mapping[tuple[str, str], IntArray]
     by_taint: tuple[tuple[Taint, IntArray], ...]
+    by_product: tuple[tuple[str, IntArray], ...]
+    """GPU nodes only."""
 
     @classmethod
     def of(cls, nodes: Sequence[NodeSpec]) -> LabelIndex:
         labels: dict[tuple[str, str], list[int]] = {}
         taints: dict[Taint, list[int]] = {}
+        products: dict[str, list[int]] = {}
         for i, n in enumerate(nodes):
             for pair in n.labels.items():
                 labels.setdefault(pair, []).append(i)
             for taint in n.taints:
                 if taint.effect in SCHEDULING_EFFECTS:
                     taints.setdefault(taint, []).append(i)
+            if n.gpus:
+                products.setdefault(n.product, []).append(i)
         return cls(
             len(nodes),
             {pair: _frozen(rows) for pair, rows in labels.items()},
             tuple((taint, _frozen(rows)) for taint, rows in taints.items()),
+            tuple((product, _frozen(rows)) for product, rows in products.items()),
         )
 
     def selector_mask(self, selector: Mapping[str, str]) -> BoolArray:
@@ -124,6 +148,14 @@ class LabelIndex:
         for taint, rows in self.by_taint:
             if not any(t.tolerates(taint) for t in tolerations):
                 mask[rows] = False
+        return mask
+
+    def product_mask(self, allowed: frozenset[str]) -> BoolArray:
+        """GPU nodes whose product `allowed` admits (`gpu_models.admits`)."""
+        mask = np.zeros(self.num_nodes, dtype=bool)
+        for product, rows in self.by_product:
+            if admits(allowed, product):
+                mask[rows] = True
         return mask
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import NoReturn
 
 from policies.cluster import MILLI, ClusterState
+from policies.gpu_models import admits
 from policies.jobs import JobSpec, Placement, TaskPlacement, TaskRequest
 from policies.placement import selector_mask, taint_mask
 
@@ -102,10 +103,9 @@ def _check_gpus(
         raise PlacementError(
             f"{where} takes {task.gpu_milli} milli per GPU, its request {request.gpu_milli}"
         )
-    if request.num_gpus and spec.allowed_models is not None:
-        model = cluster.nodes[node].gpu_model
-        if model not in spec.allowed_models:
-            raise PlacementError(f"{where}: GPU model {model!r} is not allowed for the job")
+    product = cluster.nodes[node].product
+    if request.num_gpus and not admits(spec.allowed_models, product):
+        raise PlacementError(f"{where}: GPU model {product!r} is not allowed for the job")
 
 
 def _time_sliced(spec: JobSpec, task: TaskPlacement, request: TaskRequest) -> bool:

@@ -25,6 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from policies.cluster import MILLI, ClusterState, IntArray
+from policies.gpu_models import family_admits
 from policies.jobs import JobSpec, JobView, TaskRequest
 
 FloatArray = npt.NDArray[np.float64]
@@ -147,7 +148,7 @@ class WorkloadArrays:
         access = np.ones((len(gpu_models) + 1, len(types)), dtype=bool)
         for j, t in enumerate(types):
             if t.allowed_models is not None:
-                access[:-1, j] = [m in t.allowed_models for m in gpu_models]
+                access[:-1, j] = [family_admits(t.allowed_models, m) for m in gpu_models]
                 access[-1, j] = False
         self.access = access
 

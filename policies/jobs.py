@@ -15,6 +15,7 @@ from enum import Enum
 from typing import Protocol, runtime_checkable
 
 from policies.cluster import MILLI, Toleration
+from policies.gpu_models import family_admits
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,7 +182,9 @@ class JobSpec:
         return self.replicas * self.task.num_gpus
 
     def allows(self, model: str) -> bool:
-        return self.allowed_models is None or model in self.allowed_models
+        """Whether the job may use some GPUs of per-model class `model` (a node's
+        `gpu_model`); which nodes of it, `placement.model_mask` decides."""
+        return family_admits(self.allowed_models, model)
 
 
 @dataclass(frozen=True, slots=True)

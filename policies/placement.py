@@ -35,8 +35,9 @@ def feasible_nodes(spec: JobSpec, task: TaskRequest, state: ClusterState) -> Int
 
 
 def model_mask(allowed: frozenset[str], state: ClusterState) -> BoolArray:
-    wanted = [i for i, m in enumerate(state.gpu_models) if m in allowed]
-    return np.isin(state.model_idx, wanted)
+    """GPU nodes whose product `allowed` admits (`gpu_models.admits`: `A100` takes any
+    A100, `A100-80GB` only 80 GB ones)."""
+    return state.label_index.product_mask(allowed)
 
 
 def label_mask(spec: JobSpec, state: ClusterState) -> BoolArray:

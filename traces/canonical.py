@@ -18,7 +18,9 @@ Jobs (`JOB_COLUMNS`):
 | `throughput` | `MODEL=units_per_s;...` at the job's full request |
 | `preemptible` | `false`: once running, no policy preempts or resizes it (default `true`) |
 
-Clusters (`NODE_COLUMNS`): `name,cpu_milli,mem_mib,gpus,gpu_model,rack`.
+Clusters (`NODE_COLUMNS`): `name,cpu_milli,mem_mib,gpus,gpu_model,rack`. `gpu_model` is
+the GPU as the node reports it: a model (`A100`) or a product (`NVIDIA-A100-SXM4-40GB`,
+which policies know as model `A100`; policies/gpu_models.py).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from policies import FixedDuration, JobSpec, ModelThroughput, NodeSpec, TaskRequest
+from policies.gpu_models import node_model
 from traces.csvio import Row, read_rows, write_rows
 from traces.errors import TraceError
 
@@ -161,6 +164,7 @@ def read_nodes(path: str | Path) -> list[NodeSpec]:
     nodes = []
     for row in read_rows(path, ("name", "cpu_milli", "gpus")):
         gpus = row.number("gpus", int)
+        product = row.text("gpu_model", "") if gpus else ""
         try:
             nodes.append(
                 NodeSpec(
@@ -168,8 +172,9 @@ def read_nodes(path: str | Path) -> list[NodeSpec]:
                     cpu_milli=row.number("cpu_milli", int),
                     mem_mib=row.number("mem_mib", int, 0),
                     gpus=gpus,
-                    gpu_model=row.text("gpu_model", "") if gpus else "",
+                    gpu_model=node_model(product),
                     rack=row.text("rack", ""),
+                    gpu_product=product,
                 )
             )
         except ValueError as err:
@@ -185,4 +190,4 @@ def write_nodes(nodes: Iterable[NodeSpec], path: str | Path) -> None:
 
 
 def _node_fields(n: NodeSpec) -> tuple[object, ...]:
-    return (n.name, n.cpu_milli, n.mem_mib, n.gpus, n.gpu_model, n.rack)
+    return (n.name, n.cpu_milli, n.mem_mib, n.gpus, n.product, n.rack)
