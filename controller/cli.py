@@ -19,8 +19,7 @@ from controller.encoders import ENCODERS, make_encoder
 from controller.informer import Informer
 from controller.kubeapi import KubeApi, load_config
 from controller.objects import SCHEDULER_NAME
-from controller.recorder import TraceRecorder
-from controller.runtime import NON_TERMINAL
+from controller.recorder import DEFAULT_LOOKBACK_S, TraceRecorder
 from controller.serve import add_run_command, add_serve_command
 from traces.outputs import add_force_argument, check_output_dir
 
@@ -60,12 +59,21 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 def _add_record(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
-        "record", help="write what the cluster does with gpufleet's pods as a replayable trace"
+        "record",
+        help="write what the cluster does as a trace directory `gpufleet simulate --trace` "
+        "replays: gpufleet's pods as jobs, every other pod as an occupant of its node",
     )
     parser.add_argument("--out", required=True, type=Path, help="output directory")
     add_force_argument(parser)
     parser.add_argument(
         "--duration", type=float, help="stop after this many seconds (default: until Ctrl-C)"
+    )
+    parser.add_argument(
+        "--lookback",
+        type=float,
+        default=DEFAULT_LOOKBACK_S,
+        help="keep pods still listed from up to this many seconds before the start, "
+        "finished ones too (default: %(default)g)",
     )
     _common(parser)
     parser.set_defaults(handler=_record)
@@ -80,14 +88,17 @@ def _setup_logging(level: str) -> None:
 def _record(args: argparse.Namespace) -> int:
     check_output_dir(args.out, args.force)  # refuse before recording, not after
     _setup_logging(args.log_level)
-    recorder = TraceRecorder(make_encoder(args.backend), args.scheduler_name)
+    recorder = TraceRecorder(
+        make_encoder(args.backend), args.scheduler_name, lookback_s=args.lookback
+    )
     config = load_config(args.kubeconfig)
 
     async def main() -> None:
         api = KubeApi(config)
         informers = [
             Informer(api, "nodes", "/api/v1/nodes", recorder),
-            Informer(api, "pods", "/api/v1/pods", recorder, {"fieldSelector": NON_TERMINAL}),
+            # All pods, terminal ones too: those finished before the start are the look-back.
+            Informer(api, "pods", "/api/v1/pods", recorder),
         ]
         work = asyncio.gather(*(i.run() for i in informers))
         try:

@@ -76,7 +76,11 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
         default=30.0,
         help="restart delay in s for jobs whose trace gives none (default: 30)",
     )
-    parser.add_argument("--horizon", type=float, help="stop the clock at this time (s)")
+    parser.add_argument(
+        "--horizon",
+        type=float,
+        help="stop the clock at this time (s); default: a recorded trace's end, else none",
+    )
     parser.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
@@ -183,7 +187,7 @@ def _run_one(args: argparse.Namespace, policy_name: str, out_dir: Path) -> RunRe
         policy_options=options,
         seed=args.seed,
         restart_cost_s=args.restart_cost,
-        horizon_s=args.horizon,
+        horizon_s=inputs.horizon_s if args.horizon is None else args.horizon,
     )
     bar = ProgressBar(len(inputs.jobs), policy_name, enabled=args.progress)
     try:

@@ -22,6 +22,7 @@ import simpy
 from policies import (
     ClusterState,
     Context,
+    FixedDuration,
     JobSpec,
     JobStatus,
     JobView,
@@ -37,8 +38,9 @@ from policies import (
 )
 from policies.base import request_key
 from policies.placement import feasible_mask
-from simulator.metrics import Recorder
+from simulator.metrics import OCCUPANT, Recorder
 from simulator.state import JobRun, SimCluster
+from traces.canonical import Pin, pin_of
 
 ProgressHook = Callable[[int], None]
 """Called with the number of jobs finished (completed or rejected) so far."""
@@ -86,6 +88,10 @@ class Simulation:
         self._stuck = False
         self._has_agents = False
         self._fits_memo: dict[tuple[object, ...], bool] = {}
+        self.occupants: dict[str, JobRun] = {}
+        """Pinned jobs holding their node now (`traces.canonical.Pin`); no policy sees them."""
+        for spec in self.jobs:
+            self._check_pin(spec)
 
     # -- public -------------------------------------------------------------------
 
@@ -97,6 +103,9 @@ class Simulation:
         for job in (*self.running.values(), *self.pending.values()):
             job.sync(self.env.now)
             self.recorder.on_job_end(job, "unfinished")
+        for job in self.occupants.values():
+            job.sync(self.env.now)
+            self.recorder.on_job_end(job, OCCUPANT)
         return self.recorder
 
     def expect_arrivals(self, count: int) -> None:
@@ -149,12 +158,58 @@ class Simulation:
         now = self.env.now
         self.recorder.on_submit(now)
         job = JobRun(spec=spec, seq=seq, queued_since=now)
+        pin = pin_of(spec)
+        if pin is not None:
+            self._occupy(job, pin)
+            return
         self._has_agents = self._has_agents or job.agent is not None
         if not self._fits_empty_cluster(spec):
             self.recorder.on_job_end(job, "rejected")
             return
         self.pending[spec.id] = job
         if self.policy.round_s is None:
+            self._request_pass()
+
+    def _check_pin(self, spec: JobSpec) -> None:
+        pin = pin_of(spec)
+        if pin is None:
+            return
+        if spec.replicas != 1 or not isinstance(spec.work, FixedDuration):
+            raise ValueError(f"job {spec.id}: an occupant needs one task and a fixed duration")
+        index = self.cluster.state.node_index.get(pin.node)
+        if index is None:
+            raise ValueError(f"job {spec.id}: pinned to node {pin.node!r}, not in the cluster")
+        count = int(self.cluster.state.gpu_count[index])
+        if pin.gpus and max(pin.gpus) >= count:
+            raise ValueError(f"job {spec.id}: node {pin.node} has no GPU {max(pin.gpus)}")
+
+    def _occupy(self, job: JobRun, pin: Pin) -> None:
+        """Put an occupant where its trace pins it, without asking the policy, for its
+        duration; it shows in the capacity and the timeline, never among the jobs."""
+        now = self.env.now
+        job.first_start = now
+        job.placement = self.cluster.occupy(job, pin.node, pin.gpus)
+        if job.placement is not None:  # else the controller would not count it either
+            job.status = JobStatus.RUNNING
+            job.rate = 1.0
+            job.progress_since = job.service_since = now
+            job.max_gpus = job.placement.num_gpus
+            job.last_placement = describe_placement(job.placement)
+        self.occupants[job.spec.id] = job
+        leave = self.env.timeout(job.spec.work.total)
+        leave.callbacks.append(functools.partial(self._vacate, job.spec.id))
+        self._record()
+
+    def _vacate(self, job_id: str, _event: simpy.Event) -> None:
+        job = self.occupants.pop(job_id)
+        now = self.env.now
+        job.sync(now)
+        job.end = now
+        if job.placement is not None:
+            self.cluster.unbind(job)
+        self.recorder.on_job_end(job, OCCUPANT)
+        self._record()
+        if self.policy.round_s is None and self.pending:
             self._request_pass()
 
     def _fits_empty_cluster(self, spec: JobSpec) -> bool:
@@ -217,7 +272,7 @@ class Simulation:
         self._retime_disturbed(now)
         # Nothing runs, nothing will arrive and the policy placed nothing: waiting jobs
         # can never start, so round timers stop and the run ends with them unfinished.
-        self._stuck = not self.running and not self._arrivals_left
+        self._stuck = not self.running and not self.occupants and not self._arrivals_left
         self._record()
         self._schedule_wake(result.wake_at)
 

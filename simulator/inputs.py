@@ -1,5 +1,6 @@
-"""Turn command-line choices into jobs and nodes: a trace file or the embedded synthetic
-default, and a cluster file, a named cluster, or `--gpus N` of 8-GPU nodes."""
+"""Turn command-line choices into jobs and nodes: a trace file, a recorded trace directory
+(`gpufleet controller record`) or the embedded synthetic default, and a cluster file, a
+named cluster, or `--gpus N` of 8-GPU nodes."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from policies import JobSpec, NodeSpec
-from traces import FORMATS, load_jobs, load_nodes
+from traces import FORMATS, TraceError, load_jobs, load_nodes
+from traces.canonical import JOBS_FILE, NODES_FILE, recording_end
 from traces.synthetic import SyntheticSpec, default_cluster, generate_jobs, homogeneous_cluster
 
 DEFAULT_TRACE = "synthetic"
@@ -23,6 +25,8 @@ class Inputs:
     nodes: list[NodeSpec]
     trace_label: str
     cluster_label: str
+    horizon_s: float | None = None
+    """Where the trace says a replay ends (a recording's end); `--horizon` overrides it."""
 
 
 def add_input_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,7 +34,9 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--trace",
         metavar="PATH",
-        help="job trace file; without it a seeded synthetic trace is generated",
+        help="job trace file, or a directory `controller record` wrote (its jobs.csv, "
+        "nodes.csv, and recording end as the horizon); without it a seeded synthetic "
+        "trace is generated",
     )
     group.add_argument(
         "--format",
@@ -59,6 +65,8 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_inputs(args: argparse.Namespace) -> Inputs:
+    if args.trace and Path(args.trace).is_dir():
+        return _trace_directory(args, Path(args.trace))
     nodes, cluster_label = _cluster(args)
     if args.trace:
         jobs = load_jobs(args.trace, args.format, **_reader_options(args))
@@ -67,6 +75,27 @@ def load_inputs(args: argparse.Namespace) -> Inputs:
     jobs = generate_jobs(spec, seed=args.seed)
     label = f"{DEFAULT_TRACE}(jobs={args.jobs},rate={args.rate:g}/h)"
     return Inputs(jobs, nodes, label, cluster_label)
+
+
+def _trace_directory(args: argparse.Namespace, directory: Path) -> Inputs:
+    """jobs.csv, and nodes.csv unless `--cluster` or `--gpus` names another cluster."""
+    if args.format != "canonical":
+        raise TraceError(directory, f"a directory is read as a canonical trace, not {args.format}")
+    own_cluster = args.cluster is None and args.gpus is None
+    wanted = [JOBS_FILE, NODES_FILE] if own_cluster else [JOBS_FILE]
+    missing = [name for name in wanted if not (directory / name).is_file()]
+    if missing:
+        raise TraceError(
+            directory,
+            f"no {' or '.join(missing)} in this directory (a trace directory, as "
+            f"`controller record` writes it, holds {JOBS_FILE} and {NODES_FILE})",
+        )
+    if own_cluster:
+        nodes, cluster_label = load_nodes(directory / NODES_FILE), str(directory / NODES_FILE)
+    else:
+        nodes, cluster_label = _cluster(args)
+    jobs = load_jobs(directory / JOBS_FILE, "canonical")
+    return Inputs(jobs, nodes, str(directory), cluster_label, recording_end(directory))
 
 
 def _reader_options(args: argparse.Namespace) -> dict[str, Any]:

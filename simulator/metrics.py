@@ -31,6 +31,8 @@ JOB_COLUMNS = (
     "placement",
 )
 """`placement` is the job's last placement as `node:gpu+gpu;node:gpu` (empty if never run)."""
+OCCUPANT = "occupant"
+"""Status of a trace's occupants (pinned pods no policy placed); `summary()` leaves them out."""
 PASS_COLUMNS = ("time_s", "policy_wall_s", "running", "pending", "placed", "preempted", "resized")
 """One row per scheduling pass (round); followed by the policy's own `notes` keys."""
 TIMELINE_COLUMNS = ("time_s", "alloc_gpu_pct", "running", "pending")
@@ -114,14 +116,15 @@ class Recorder:
             listener(job, status)
 
     def summary(self) -> dict[str, float | int]:
-        status = [row[12] for row in self.jobs]
-        jct = np.array([row[5] for row in self.jobs if row[12] == "completed"], dtype=float)
-        queue = np.array([row[6] for row in self.jobs if row[6] is not None], dtype=float)
+        rows = [row for row in self.jobs if row[12] != OCCUPANT]
+        status = [row[12] for row in rows]
+        jct = np.array([row[5] for row in rows if row[12] == "completed"], dtype=float)
+        queue = np.array([row[6] for row in rows if row[6] is not None], dtype=float)
         start = self.first_submit or 0.0
         makespan = (self.last_end - start) if self.last_end is not None else 0.0
         util = self._alloc_integral / (self.capacity_milli * makespan) if makespan > 0 else 0.0
         return {
-            "jobs": len(self.jobs),
+            "jobs": len(rows),
             "completed": status.count("completed"),
             "unfinished": status.count("unfinished"),
             "rejected": status.count("rejected"),
@@ -131,7 +134,7 @@ class Recorder:
             "avg_queue_delay_s": _stat(queue, np.mean),
             "makespan_s": float(makespan),
             "gpu_util": float(util),
-            "restarts": int(sum(int(row[10]) for row in self.jobs)),  # type: ignore[call-overload]
+            "restarts": int(sum(int(row[10]) for row in rows)),  # type: ignore[call-overload]
         }
 
 

@@ -22,7 +22,7 @@ from policies import (
     TaskPlacement,
     check_placement,
 )
-from policies.placement import allocation_shape
+from policies.placement import allocation_shape, select_gpus
 from simulator.colocation import Colocation
 
 
@@ -138,6 +138,24 @@ class SimCluster:
             self.state.allocate(node, task.gpus, task.gpu_milli, req.cpu_milli, req.mem_mib)
             self._count(node, len(task.gpus) * task.gpu_milli)
         self.colocation.add(job.spec, placement)
+
+    def occupy(self, job: JobRun, node_name: str, gpus: tuple[int, ...] | None) -> Placement | None:
+        """Take what the controller counts for a pod no policy placed (`CapacityLedger`):
+        `gpus` if they are free, else the GPUs `select_gpus` picks, else CPU and memory
+        only. None when even those do not fit (the controller leaves such a pod uncounted)."""
+        task = job.spec.task
+        node = self.state.node_index[node_name]
+        free, count = self.state.gpu_free[node], int(self.state.gpu_count[node])
+        if gpus is None or not all(g < count and free[g] >= task.gpu_milli for g in gpus):
+            fits = task.num_gpus and (free >= task.gpu_milli).sum() >= task.num_gpus
+            gpus = select_gpus(task, free, count) if fits else ()
+        milli = task.gpu_milli if gpus else 0
+        try:
+            self.state.allocate(node, gpus, milli, task.cpu_milli, task.mem_mib)
+        except ValueError:
+            return None
+        self._count(node, len(gpus) * milli)
+        return Placement((TaskPlacement(node_name, gpus, milli),))
 
     def unbind(self, job: JobRun) -> None:
         assert job.placement is not None

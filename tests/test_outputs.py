@@ -216,7 +216,7 @@ def test_the_recorder_refuses_other_files_writes_beside_with_force_and_reruns(
         recorder.write(out)
     assert snapshot(out) == {"thesis.tex": THESIS}
     assert recorder.write(out, force=True) == 0
-    assert listed(out) == ["jobs.csv", "nodes.csv", "placements.csv"]
+    assert listed(out) == ["jobs.csv", "nodes.csv", "placements.csv", "recording.json"]
     (out / "notes.md").write_text("mine")
     recorder.write(out)
     assert (out / "thesis.tex").read_bytes() == THESIS

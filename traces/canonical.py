@@ -17,6 +17,15 @@ Jobs (`JOB_COLUMNS`):
 | `work` | work units (e.g. iterations) |
 | `throughput` | `MODEL=units_per_s;...` at the job's full request |
 | `preemptible` | `false`: once running, no policy preempts or resizes it (default `true`) |
+| `node` | optional: pins the job to this node as an *occupant* (see below) |
+| `gpus` | optional, with `node`: `|`-separated GPU indices the occupant holds |
+
+An occupant is a pod the policy never placed (another scheduler's, or one already running
+when `controller record` began). It has one task and a `duration_s`; the host puts it on
+`node` at `submit_s` and releases it `duration_s` later, and policies see only the
+capacity it holds. It takes `gpus` if they are free, else the GPUs the controller counts
+for a pod whose GPUs nobody recorded (`policies.placement.select_gpus` on that node), else
+CPU and memory only. The two columns are written only when a trace has occupants.
 
 Clusters (`NODE_COLUMNS`): `name,cpu_milli,mem_mib,gpus,gpu_model,rack`. `gpu_model` is
 the GPU as the node reports it: a model (`A100`) or a product (`NVIDIA-A100-SXM4-40GB`,
@@ -25,7 +34,10 @@ which policies know as model `A100`; policies/gpu_models.py).
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from policies import FixedDuration, JobSpec, ModelThroughput, NodeSpec, TaskRequest
@@ -50,7 +62,23 @@ JOB_COLUMNS = (
     "throughput",
     "preemptible",
 )
+PIN_COLUMNS = ("node", "gpus")
 NODE_COLUMNS = ("name", "cpu_milli", "mem_mib", "gpus", "gpu_model", "rack")
+PIN_KEY = "pin"
+"""`JobSpec.attributes[PIN_KEY]` holds an occupant's `Pin`."""
+
+
+@dataclass(frozen=True, slots=True)
+class Pin:
+    """Where an occupant sits: its node and, when recorded, the GPU indices it holds."""
+
+    node: str
+    gpus: tuple[int, ...] | None = None
+
+
+def pin_of(job: JobSpec) -> Pin | None:
+    pin = job.attributes.get(PIN_KEY)
+    return pin if isinstance(pin, Pin) else None
 
 
 def read_jobs(path: str | Path) -> Iterator[JobSpec]:
@@ -77,6 +105,7 @@ def _job_from_row(row: Row) -> JobSpec:
         raise row.error("gpu_milli", str(err)) from None
     models = row.text("allowed_models", "")
     restart = row.values.get("restart_cost_s", "").strip()
+    pin = _pin(row, task)
     return JobSpec(
         id=row.text("id"),
         submit_time=row.number("submit_s", float),
@@ -88,7 +117,30 @@ def _job_from_row(row: Row) -> JobSpec:
         restart_cost_s=float(restart) if restart else 0.0,
         kind=row.text("kind", "batch"),
         preemptible=_flag(row, "preemptible", default=True),
+        attributes={PIN_KEY: pin} if pin else {},
     )
+
+
+def _pin(row: Row, task: TaskRequest) -> Pin | None:
+    node = row.text("node", "")
+    raw = row.text("gpus", "")
+    if not node:
+        if raw:
+            raise row.error("gpus", "GPU indices need a node")
+        return None
+    if row.number("replicas", int, 1) != 1:
+        raise row.error("replicas", "an occupant (a row with a node) has one task")
+    if not row.text("duration_s", ""):
+        raise row.error("duration_s", "an occupant (a row with a node) needs a duration")
+    if not raw:
+        return Pin(node)
+    parts = raw.split("|")
+    if not all(p.strip().isascii() and p.strip().isdigit() for p in parts):
+        raise row.error("gpus", f"expected |-separated GPU indices, got {raw!r}")
+    gpus = tuple(int(p) for p in parts)
+    if len(set(gpus)) != len(gpus) or len(gpus) != task.num_gpus:
+        raise row.error("gpus", f"{raw!r} is not {task.num_gpus} distinct GPU indices")
+    return Pin(node, gpus)
 
 
 def _flag(row: Row, field: str, default: bool) -> bool:
@@ -152,12 +204,27 @@ def job_row(job: JobSpec) -> dict[str, object]:
         "work": units,
         "throughput": rates,
         "preemptible": "true" if job.preemptible else "false",
+        **_pin_fields(job),
     }
 
 
+def _pin_fields(job: JobSpec) -> dict[str, object]:
+    pin = pin_of(job)
+    if pin is None:
+        return {}
+    if job.replicas != 1 or not isinstance(job.work, FixedDuration):
+        raise TraceError("<jobs>", f"job {job.id}: an occupant needs one task and a duration")
+    return {"node": pin.node, "gpus": "|".join(map(str, pin.gpus or ()))}
+
+
 def write_jobs(jobs: Iterable[JobSpec], path: str | Path) -> int:
-    """Write jobs in the canonical schema (atomically); returns the row count."""
-    return write_rows(path, JOB_COLUMNS, (job_row(job) for job in jobs))
+    """Write jobs in the canonical schema (atomically); returns the row count. The
+    occupant columns are added only when some job is pinned, so other files keep the
+    columns older readers know."""
+    jobs = list(jobs)
+    pinned = any(pin_of(job) is not None for job in jobs)
+    columns = JOB_COLUMNS + PIN_COLUMNS if pinned else JOB_COLUMNS
+    return write_rows(path, columns, (job_row(job) for job in jobs))
 
 
 def read_nodes(path: str | Path) -> list[NodeSpec]:
@@ -191,3 +258,33 @@ def write_nodes(nodes: Iterable[NodeSpec], path: str | Path) -> None:
 
 def _node_fields(n: NodeSpec) -> tuple[object, ...]:
     return (n.name, n.cpu_milli, n.mem_mib, n.gpus, n.product, n.rack)
+
+
+# -- a trace directory ---------------------------------------------------------------------
+
+JOBS_FILE = "jobs.csv"
+NODES_FILE = "nodes.csv"
+RECORDING_FILE = "recording.json"
+
+
+def recording_end(directory: str | Path) -> float | None:
+    """`ended_s` from the directory's `recording.json`; None when it has none."""
+    path = Path(directory) / RECORDING_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise TraceError(path, f"not JSON ({err})") from None
+    value = data.get("ended_s") if isinstance(data, dict) else None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TraceError(path, f"expected a number, got {value!r}", field="ended_s")
+    if not math.isfinite(value) or value < 0:
+        raise TraceError(path, f"{value!r} is not a time >= 0", field="ended_s")
+    return float(value)
+
+
+def recording_json(began_s: float, ended_s: float, origin_unix_s: float) -> str:
+    return json.dumps(
+        {"began_s": began_s, "ended_s": ended_s, "origin_unix_s": origin_unix_s}, indent=2
+    )
