@@ -226,7 +226,8 @@ class TraceRecorder:
         return trace
 
     def _job(self, lives: list[PodLife], seq: Mapping[str, int], window: _Window) -> JobSpec | None:
-        pods = [replace(life.pod, node_name="") for life in lives]
+        first = _incarnations(lives)[0]
+        pods = [replace(life.pod, node_name="") for life in first]
         workload = build_workload(pods, seq, self.encoder)
         if not workload.pending:
             return None  # pods the controller could not read either, or an incomplete gang
@@ -268,16 +269,21 @@ class TraceRecorder:
             return TaskRequest(pod.cpu_milli, pod.mem_mib)  # as the cache counts it then
 
     def _duration(self, lives: list[PodLife], window: _Window) -> float:
+        """Time run, summed over the job's incarnations; past the end if the last one
+        still runs or waits then."""
         stated = lives[0].pod.meta.runtime_s
-        ran = [life for life in lives if life.started is not None]
-        if not ran:
+        if all(life.started is None for life in lives):
             return stated or DEFAULT_RUNTIME_S
-        first = window.at(window.clip(min(life.started or 0.0 for life in ran)))
-        if all(life.ended is not None for life in ran):
-            last = window.at(max(life.ended or 0.0 for life in ran))
-            return max(0.001, round(last - first, 3))
-        past_end = round(window.at(window.end) - first + PAST_END_S, 3)
-        return max(past_end, stated or 0.0)
+        runs = _incarnations(lives)
+        ran = 0.0
+        for run in runs:
+            started = [life.started for life in run if life.started is not None]
+            if started:
+                ends = [window.end if life.ended is None else life.ended for life in run]
+                ran += window.at(max(ends)) - window.at(window.clip(min(started)))
+        if any(life.ended is None for life in runs[-1]):
+            return max(round(ran + PAST_END_S, 3), stated or 0.0)
+        return max(0.001, round(ran, 3))
 
 
 @dataclass
@@ -357,6 +363,15 @@ class RecordedTrace:
     def recording_json(self) -> str:
         window = self.window
         return recording_json(self.began_s, window.at(window.end), window.origin)
+
+
+def _incarnations(lives: list[PodLife]) -> list[list[PodLife]]:
+    """A job's pods by incarnation: a pod the controller evicts comes back as a copy
+    with one more `gpufleet.io/restarts` (and the same job id)."""
+    runs: dict[int, list[PodLife]] = {}
+    for life in lives:
+        runs.setdefault(life.pod.meta.restarts, []).append(life)
+    return [runs[restarts] for restarts in sorted(runs)]
 
 
 def _submitted(pod: PodRecord) -> float:

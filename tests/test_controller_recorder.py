@@ -8,7 +8,16 @@ from typing import Any
 
 from controller.cache import NODES, PODS
 from controller.encoders import Hami
-from controller.objects import ASSIGNED_GPUS, ASSIGNED_MILLI, BOUND_AT, GPU_MILLI, RUNTIME
+from controller.objects import (
+    ASSIGNED_GPUS,
+    ASSIGNED_MILLI,
+    BOUND_AT,
+    GPU_MILLI,
+    JOB_ID,
+    RESTARTS,
+    RUNTIME,
+    SUBMIT_TIME,
+)
 from controller.recorder import PAST_END_S, TraceRecorder
 from controller.workload import DEFAULT_RUNTIME_S
 from policies import FixedDuration, TaskRequest, make_policy
@@ -269,3 +278,32 @@ def test_a_pod_seen_bound_after_a_watch_gap_is_an_occupant_and_ids_stay_unique(
         ("x", 10.0, FixedDuration(8.0), None),
         ("x~2", 16.0, FixedDuration(30.0 - 16.0 + PAST_END_S), Pin("n1", (2,))),
     ]
+
+
+def test_a_job_the_controller_evicted_and_recreated_is_one_job_run_for_its_total(
+    tmp_path: Path,
+) -> None:
+    clock = Clock()
+    recorder = TraceRecorder(Hami(), clock=clock)
+    clock.now = T0
+    recorder.replace(NODES, [gpu_node("n1", "A100")])
+    recorder.replace(PODS, [])
+    copy = {JOB_ID: "default/x", RESTARTS: "1", SUBMIT_TIME: f"{T0 + 1:.3f}"}
+    events = [
+        (1, "ADDED", pod("x", stamp(1))),
+        (2, "MODIFIED", pod("x", stamp(1), "n1", bound_by_us("0", 2))),
+        (12, "DELETED", pod("x", stamp(1), "n1", bound_by_us("0", 2))),  # preempted
+        (12.5, "ADDED", pod("x-r1", stamp(12), notes=copy)),
+        (20, "MODIFIED", pod("x-r1", stamp(12), "n1", {**copy, **bound_by_us("3", 20)})),
+    ]
+    for at, event, obj in events:
+        clock.now = T0 + at
+        recorder.apply(PODS, event, obj)
+    clock.now = T0 + 30
+    recorder.write(tmp_path)
+    (job,) = read_jobs(tmp_path / "jobs.csv")
+    # 10 s, then 10 s more and still running at the end: it runs past the end.
+    assert (job.id, job.submit_time, job.replicas) == ("x", 1.0, 1)
+    assert job.work == FixedDuration(20.0 + PAST_END_S)
+    rows = (tmp_path / "placements.csv").read_text().splitlines()[1:]
+    assert rows == ["x,x,n1,0,1000,2.0,12.0,gpufleet", "x,x-r1,n1,3,1000,20.0,,gpufleet"]
