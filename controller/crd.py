@@ -224,13 +224,15 @@ class CtjStatus:
         out: dict[str, Any] = {
             "phase": self.phase,
             "observedGeneration": self.observed_generation,
-            "windowsRecorded": self.windows_recorded,
-            "completedWindows": self.completed_windows,
-            "missedDeadlines": self.missed_deadlines,
             "placements": [p.to_json() for p in self.placements],
             "history": [h.to_json() for h in self.history],
             "conditions": [c.to_json(self.observed_generation) for c in self.conditions],
         }
+        # Absent, not 0, until a window has an outcome: `kubectl get ctj` prints blanks.
+        if self.windows_recorded:
+            out["windowsRecorded"] = self.windows_recorded
+            out["completedWindows"] = self.completed_windows
+            out["missedDeadlines"] = self.missed_deadlines
         if self.current_window is not None:
             out["currentWindow"] = self.current_window.to_json()
         if self.last_retrain is not None:

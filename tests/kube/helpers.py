@@ -35,7 +35,7 @@ def node_manifest(spec: NodeSpec) -> dict[str, Any]:
     }
     labels = {TEST_LABEL: "true", "type": "kwok", **spec.labels}
     if spec.gpus:
-        labels["nvidia.com/gpu.product"] = spec.gpu_model
+        labels["nvidia.com/gpu.product"] = spec.product
     return {
         "apiVersion": "v1",
         "kind": "Node",
