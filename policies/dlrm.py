@@ -7,7 +7,7 @@ with their one-kernel-per-op time (`unfused_ms`) and their time after RAP's hori
 fusion (`fused_ms`, in `fused_kernels` kernels).
 
 Where the preprocessing runs is a *mode* chosen by the scheduler; how long an iteration
-takes in each mode is an `IterationModel` (implemented by `policies.rap.CoRunModel`).
+takes in each mode is an `IterationModel` (implemented by `policies.rap_model.CoRunModel`).
 `DlrmWork` ties the two into the simulator's ground truth, so the work model and the
 sharing policy use one set of formulas.
 

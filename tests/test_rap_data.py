@@ -10,7 +10,7 @@ import pytest
 
 from policies import ModelThroughput
 from policies.dlrm import STAGES, DlrmWork, Mode
-from policies.rap import (
+from policies.rap_model import (
     CoRunCosts,
     CoRunModel,
     calibrate_cpu_factor,

@@ -20,17 +20,14 @@ from policies.dlrm import (
     mode_of,
 )
 from policies.jobs import AllocationShape, PartShape
-from policies.rap import (
+from policies.rap_model import (
     CoRunCosts,
     CoRunModel,
-    Kernel,
     calibrate_cpu_factor,
     calibrate_dispatch_overhead,
     corun_overhead_for_gap,
-    fused_kernels,
-    pack_stages,
-    stages_to_fill,
 )
+from policies.rap_packing import Kernel, fused_kernels, pack_stages, stages_to_fill
 
 # Intensities 0.5, 0.2, 0.3, 0.1, 1.0: fill order grad_comm, emb_fwd, mlp_bwd, mlp_fwd,
 # emb_bwd. Total capacity 2.1 ms.

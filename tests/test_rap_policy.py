@@ -24,7 +24,7 @@ from policies import (
     make_policy,
 )
 from policies.dlrm import DLRM_KIND, DlrmProfile, DlrmWork, GpuStages, PreprocessingWork
-from policies.rap import CoRunCosts, CoRunModel
+from policies.rap_model import CoRunCosts, CoRunModel
 from simulator.engine import Simulation
 from tests.conftest import job, node
 from traces.rap import MixedTraceSpec, generate_mixed_jobs

@@ -32,7 +32,7 @@ from policies.dlrm import (
     PreprocessingWork,
     replicate_profile,
 )
-from policies.rap import CoRunCosts, CoRunModel
+from policies.rap_model import CoRunCosts, CoRunModel
 from traces import canonical
 from traces.csvio import Row, read_rows, write_rows
 from traces.errors import TraceError

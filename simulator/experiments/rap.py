@@ -33,7 +33,7 @@ import numpy as np
 
 from policies import AllocationShape, JobSpec, make_policy
 from policies.dlrm import DLRM_KIND, DlrmProfile, DlrmWork, Mode
-from policies.rap import (
+from policies.rap_model import (
     PAPER_CPU_WORKERS_PER_GPU,
     PAPER_GAP_BELOW_IDEAL,
     PAPER_SPEEDUP_VS_CPU,
