@@ -19,12 +19,14 @@ objects: arrival from `gpufleet.io/submit-time` or creation, binding from
 occupancy starts there). An occupant's GPUs are those the controller's own cache counts
 for it (`ClusterCache`, run here on the same events).
 
-A pod that ended ran from its binding to its end. One still running at the end ran past
-it (its stated `gpufleet.io/sim-runtime` if longer). A job never bound arrives and
-waits, with its stated runtime or what the controller's policies assume
-(`DEFAULT_RUNTIME_S`). Limits: pods deleted before recording began are unknown (the
-look-back sees only pods still listed, e.g. finished ones the API server keeps), and a
-pod of ours deleted before it was bound is left out (a trace has no withdrawal).
+A pod that ended ran from its binding to its end. One still running at the end runs for
+its stated `gpufleet.io/sim-runtime` if it has not run that long yet, else a minute past
+the end (`PAST_END_S`). A job never bound arrives and waits, with its stated runtime or
+what the controller's policies assume (`DEFAULT_RUNTIME_S`). A job the controller evicted
+and recreated is one job run for its incarnations' total. Limits: pods deleted before
+recording began are unknown (the look-back sees only pods still listed, e.g. finished
+ones the API server keeps), and a pod of ours deleted before it was bound is left out (a
+trace has no withdrawal).
 """
 
 from __future__ import annotations
@@ -282,7 +284,7 @@ class TraceRecorder:
                 ends = [window.end if life.ended is None else life.ended for life in run]
                 ran += window.at(max(ends)) - window.at(window.clip(min(started)))
         if any(life.ended is None for life in runs[-1]):
-            return max(round(ran + PAST_END_S, 3), stated or 0.0)
+            return stated if stated and stated > ran else round(ran + PAST_END_S, 3)
         return max(0.001, round(ran, 3))
 
 
