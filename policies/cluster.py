@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import networkx as nx
 import numpy as np
@@ -22,6 +23,7 @@ MILLI = 1000
 """Milli-GPU in one whole GPU."""
 
 IntArray = npt.NDArray[np.int64]
+T = TypeVar("T", bound=np.generic)
 BoolArray = npt.NDArray[np.bool_]
 
 # GPU-pod classes tracked per node for GPU Clustering: column 0 holds sharing pods,
@@ -159,10 +161,15 @@ class LabelIndex:
         return mask
 
 
-def _frozen(rows: list[int]) -> IntArray:
-    array = np.array(rows, dtype=np.int64)
+def read_only(array: npt.NDArray[T]) -> npt.NDArray[T]:
+    """`array`, flagged non-writeable: how a module-level or shared array is kept
+    constant (tests/test_architecture.py allows module-level arrays only through this)."""
     array.flags.writeable = False
     return array
+
+
+def _frozen(rows: list[int]) -> IntArray:
+    return read_only(np.array(rows, dtype=np.int64))
 
 
 _MUTABLE = ("cpu_free", "mem_free", "gpu_free", "pods_by_class", "version")

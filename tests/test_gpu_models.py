@@ -28,7 +28,6 @@ from policies import (
     check_shape,
     make_policy,
 )
-from policies.accuracy_aware import ShareFitter
 from policies.gpu_models import (
     FAMILIES,
     admits,
@@ -38,6 +37,7 @@ from policies.gpu_models import (
     node_model,
 )
 from policies.placement import capacity_mask, feasible_nodes
+from policies.share_allocator import ShareFitter
 from tests.conftest import job
 from traces import canonical
 
