@@ -201,9 +201,6 @@ class TraceRecorder:
             (stage / RECORDING_FILE).write_text(trace.recording_json())
         return len(trace.jobs)
 
-    def jobs(self) -> list[JobSpec]:
-        return self.trace(self.clock()).jobs
-
     def trace(self, end: float) -> RecordedTrace:
         """What was recorded up to `end`, on the trace's clock."""
         began = end if self.began is None else self.began
@@ -212,7 +209,7 @@ class TraceRecorder:
         # An occupant of a node gone before recording began held nothing a replay has.
         lives = [life for life in lives if not life.occupant or life.pod.node_name in self.nodes]
         window.origin = min(window.clip(t) for t in [began, *(life.begins for life in lives)])
-        trace = RecordedTrace(window, window.at(began), self.scheduler_name)
+        trace = RecordedTrace(window, window.at(began))
         seq = {uid: i for i, uid in enumerate(self.lives)}
         groups: dict[str, list[PodLife]] = {}
         for life in lives:
@@ -314,10 +311,9 @@ class _Window:
 class RecordedTrace:
     """The jobs and placements of a recording, in the order a replay meets them."""
 
-    def __init__(self, window: _Window, began_s: float, scheduler_name: str) -> None:
+    def __init__(self, window: _Window, began_s: float) -> None:
         self.window = window
         self.began_s = began_s
-        self.scheduler_name = scheduler_name
         self.jobs: list[JobSpec] = []
         self._entries: list[tuple[float, int, JobSpec, list[PodLife]]] = []
 
