@@ -282,7 +282,9 @@ class Simulation:
             return
         if self._wake_at is not None and self._wake_at <= wake_at and self._wake_at > now:
             return
-        self._wake_at = wake_at
+        # The instant simpy fires at (now + delay), which need not equal `wake_at` in
+        # floating point: compared with `wake_at` itself, such a wake-up was dropped.
+        self._wake_at = now + (wake_at - now)
         self.env.timeout(wake_at - now).callbacks.append(self._wake)
 
     def _wake(self, _event: simpy.Event) -> None:

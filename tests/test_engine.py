@@ -244,3 +244,28 @@ def test_round_policy_runs_on_its_timer() -> None:
     )
     assert rows["a"][3] == 60.0  # waits for the round
     assert policy.times[:3] == [0.0, 60.0, 120.0]
+
+
+class WakeOnce(Policy):
+    """Asks once to be woken at `wake_at` and notes when it is asked."""
+
+    def __init__(self, wake_at: float) -> None:
+        super().__init__()
+        self.wake_at = wake_at
+        self.times: list[float] = []
+
+    def schedule(self, snapshot: Snapshot, ctx: Context) -> SchedulingResult:
+        self.times.append(snapshot.now)
+        return SchedulingResult(wake_at=None if self.times[1:] else self.wake_at)
+
+
+WakeOnce.name = "test-wake-once"  # after the body: not registered
+
+
+@pytest.mark.parametrize("wake_at", [100_000.0, 130_006.24152648325])
+def test_a_policy_is_woken_when_it_asks(wake_at: float) -> None:
+    # From 47224.0478223686 simpy reaches 130006.24152648325 one ulp early (it adds the
+    # delay to the clock): the policy must be asked there all the same.
+    policy = WakeOnce(wake_at)
+    Simulation([node("n0", 8)], [job("a", submit=47224.0478223686)], policy).run()
+    assert policy.times == [47224.0478223686, pytest.approx(wake_at, rel=1e-15)]
