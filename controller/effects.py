@@ -9,6 +9,7 @@ sets `spec.nodeName`. The HTTP status is judged here, not by a typed client.
 from __future__ import annotations
 
 import enum
+import json
 import logging
 import re
 from collections.abc import Mapping
@@ -21,6 +22,7 @@ from controller.kubeapi import STRATEGIC_MERGE_PATCH, ApiError, KubeApi
 from controller.objects import (
     ASSIGNED_GPUS,
     ASSIGNED_MILLI,
+    ATTAINED_BY_MODEL,
     ATTAINED_GPU_S,
     BOUND_AT,
     DOMAIN,
@@ -125,10 +127,16 @@ class ApiEffects:
         await post_event(self.api, reporter, regarding, "Scheduling", reason, note, kind, now)
 
     async def evict_and_recreate(
-        self, pod: PodRecord, job_id: str, attained_gpu_s: float, submit_time: float
+        self,
+        pod: PodRecord,
+        job_id: str,
+        attained_gpu_s: float,
+        submit_time: float,
+        by_model: Mapping[str, float],
     ) -> str | None:
         """Delete the pod (uid precondition, no grace) and create an unbound copy that
-        carries the job's identity, submit time, service so far and restart count.
+        carries the job's identity, submit time, service so far (in all and `by_model`)
+        and restart count.
         Returns the new pod's name, or None if the pod was already gone (or its copy
         already made). A pod with a controlling owner (a ContinualTrainingJob, a Job, a
         ReplicaSet) is only deleted, and "" returned: its owner recreates it, and a copy
@@ -153,7 +161,7 @@ class ApiEffects:
             return None
         if _has_controller(current):
             return ""
-        copy = recreated_pod(current, job_id, attained_gpu_s, submit_time)
+        copy = recreated_pod(current, job_id, attained_gpu_s, submit_time, by_model)
         path = f"/api/v1/namespaces/{pod.namespace}/pods"
         status, answer = await self.api.request("POST", path, body=copy)
         if status == 409:  # a concurrent eviction of the same pod made the copy already
@@ -169,7 +177,11 @@ def _has_controller(pod: Mapping[str, Any]) -> bool:
 
 
 def recreated_pod(
-    pod: dict[str, Any], job_id: str, attained_gpu_s: float, submit_time: float
+    pod: dict[str, Any],
+    job_id: str,
+    attained_gpu_s: float,
+    submit_time: float,
+    by_model: Mapping[str, float],
 ) -> dict[str, Any]:
     """An unbound copy of `pod` under a new name (`<name>-r<restarts>`)."""
     meta = pod["metadata"]
@@ -181,6 +193,7 @@ def recreated_pod(
             JOB_ID: job_id,
             SUBMIT_TIME: f"{submit_time:.3f}",
             ATTAINED_GPU_S: f"{attained_gpu_s:.3f}",
+            ATTAINED_BY_MODEL: json.dumps(dict(by_model), sort_keys=True),
             RESTARTS: str(restarts),
         }
     )

@@ -13,6 +13,7 @@ pods (reference kubernetes.md §1.7), so the cache keeps these small records ins
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -41,6 +42,9 @@ JOB_ID = f"{DOMAIN}/job-id"
 """Stable job id, carried over when the controller recreates an evicted pod."""
 SUBMIT_TIME = f"{DOMAIN}/submit-time"
 ATTAINED_GPU_S = f"{DOMAIN}/attained-gpu-s"
+ATTAINED_BY_MODEL = f"{DOMAIN}/attained-gpu-s-by-model"
+"""JSON object: GPU-seconds received on each GPU model (Gavel weighs a job by its time
+on each model), carried with `attained-gpu-s` when a pod is recreated."""
 RESTARTS = f"{DOMAIN}/restarts"
 PREEMPTIBLE = f"{DOMAIN}/preemptible"
 """`false`: policies never preempt or resize the job once it runs (absent: `true`)."""
@@ -146,6 +150,7 @@ class PodAnnotations:
     job_id: str = ""
     submit_time: float | None = None
     attained_gpu_s: float = 0.0
+    attained_by_model: Mapping[str, float] = field(default_factory=dict)
     restarts: int = 0
     gang_size: int | None = None
     runtime_s: float | None = None
@@ -163,6 +168,7 @@ OWN_ANNOTATIONS = frozenset(
         JOB_ID,
         SUBMIT_TIME,
         ATTAINED_GPU_S,
+        ATTAINED_BY_MODEL,
         RESTARTS,
         GANG_SIZE,
         RUNTIME,
@@ -311,6 +317,7 @@ def _pod_annotations(annotations: Mapping[str, str], reader: _Reader) -> PodAnno
         job_id=annotations.get(JOB_ID, ""),
         submit_time=read(SUBMIT_TIME, lambda t: _number(t, 0.0, MAX_SECONDS)),
         attained_gpu_s=read(ATTAINED_GPU_S, lambda t: _number(t, 0.0, MAX_SECONDS), 0.0),
+        attained_by_model=read(ATTAINED_BY_MODEL, _seconds_by_model, {}),
         restarts=read(RESTARTS, lambda t: _integer(t, 0, 1_000_000), 0),
         gang_size=read(GANG_SIZE, lambda t: _integer(t, 1, MAX_GANG)),
         runtime_s=read(RUNTIME, _runtime),
@@ -349,6 +356,20 @@ def _boolean(text: str) -> bool:
     if text.strip().lower() not in ("true", "false"):
         raise ValueError(f"{_shown(text)} is neither true nor false")
     return text.strip().lower() == "true"
+
+
+def _seconds_by_model(text: str) -> dict[str, float]:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise ValueError(f"{_shown(text)} is not a JSON object of seconds per GPU model")
+    for model, seconds in value.items():
+        number = isinstance(seconds, int | float) and not isinstance(seconds, bool)
+        if not number or not 0 <= seconds <= MAX_SECONDS:
+            raise ValueError(f"{_shown(text)}: {model!r} needs seconds in 0..{MAX_SECONDS:g}")
+    return {str(model): float(seconds) for model, seconds in value.items()}
 
 
 def _runtime(text: str) -> float:

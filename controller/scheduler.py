@@ -46,6 +46,7 @@ from controller.objects import PodRecord, Problem
 from controller.quarantine import Quarantine
 from controller.workload import PendingJob, build_workload, job_id
 from policies import (
+    MILLI,
     ClusterState,
     Context,
     JobView,
@@ -77,6 +78,11 @@ class SchedulerOptions:
     assume_timeout_s: float = 30.0
     round_s: float | None = None
     """Overrides the policy's own round length (None: the policy's)."""
+    external_rounds: bool = False
+    """Ask the policy only when `Scheduler.request_round` is called: no round timer, and
+    a change alone carries out plans and binds but decides nothing. For a driver that
+    replays a trace on its own clock (the simulator agreement test), so that both hosts
+    decide at the same instants on the same snapshots."""
     report_unschedulable: bool = True
     min_pass_interval_s: float = 0.05
     """Passes start at most this often; changes in between are coalesced into the next
@@ -168,7 +174,7 @@ class Scheduler:
     async def run(self) -> None:
         """The loop; cancel the task to stop it."""
         timers = [asyncio.create_task(self._expiry_timer())]
-        if self.round_s is not None:
+        if self.round_s is not None and not self.options.external_rounds:
             timers.append(asyncio.create_task(self._round_timer(self.round_s)))
         try:
             while True:
@@ -188,9 +194,13 @@ class Scheduler:
 
     async def _round_timer(self, round_s: float) -> None:
         while True:
-            self._round_due = True
-            self.wake()
+            self.request_round()
             await asyncio.sleep(round_s)
+
+    def request_round(self) -> None:
+        """Make the next pass ask the policy, whatever its kind (a round)."""
+        self._round_due = True
+        self.wake()
 
     async def _expiry_timer(self) -> None:
         while True:
@@ -219,10 +229,12 @@ class Scheduler:
         for pod in list(self.cache.flagged.values()):
             self._flag_bound(pod, now)
         pending = self._carry_out_plans(workload.pending, now)
-        full_round = self.round_s is None or self._round_due
-        if not full_round or not (pending or self.round_s is not None):
+        event_driven = self.round_s is None and not self.options.external_rounds
+        if not (event_driven or self._round_due):
             return None
         self._round_due = False
+        if not (pending or self.round_s is not None):
+            return None
         self.stats.passes += 1
         snapshot = Snapshot(
             cluster=state.view(),
@@ -383,7 +395,7 @@ class Scheduler:
                 len(job.pods),
             )
             for pod in bound:
-                await self._evict_pod(pod, job.spec.id, job.spec.submit_time, 0.0)
+                await self._evict_pod(pod, job.spec.id, job.spec.submit_time, _carried(pod))
 
     async def _bind_pod(
         self, pod: PodRecord, node: str, gpus: tuple[int, ...], milli: int, now: float
@@ -413,7 +425,8 @@ class Scheduler:
             # The node vanished while the bind was on its way: the pod would never run
             # (and pod GC would delete it), so it goes back to the queue as a new pod.
             log.warning("bound %s to %s, which is gone; recreating the pod", pod.key, node)
-            await self._evict_pod(pod, job_id(pod), pod.created, 0.0)
+            submit = pod.meta.submit_time or pod.created
+            await self._evict_pod(pod, job_id(pod), submit, _carried(pod))
             return False
         if outcome is BindOutcome.BOUND:
             self.stats.bound += 1
@@ -495,15 +508,16 @@ class Scheduler:
             if state is not None
             else None
         )
-        attained = view.attained(now) if view is not None else 0.0
+        service = _service(view, now) if view is not None else _carried(pods[0])
         submit = view.spec.submit_time if view is not None else now
         log.info("%s %s: %s", "resize" if plan else "preempt", jid, reason)
         for pod in pods:
-            self._spawn(self._evict_pod(pod, jid, submit, attained))
+            self._spawn(self._evict_pod(pod, jid, submit, service))
 
-    async def _evict_pod(self, pod: PodRecord, jid: str, submit: float, attained: float) -> None:
+    async def _evict_pod(self, pod: PodRecord, jid: str, submit: float, service: Service) -> None:
+        attained, by_model = service
         async with self._limit:
-            name = await self.effects.evict_and_recreate(pod, jid, attained, submit)
+            name = await self.effects.evict_and_recreate(pod, jid, attained, submit, by_model)
         if name is not None:
             self.stats.evicted += 1
             again = f"recreated as {pod.namespace}/{name}" if name else "its owner recreates it"
@@ -580,6 +594,27 @@ class Scheduler:
         if not task.cancelled() and task.exception() is not None:
             log.error("background API work failed", exc_info=task.exception())
         self._set_idle()
+
+
+Service = tuple[float, dict[str, float]]
+"""GPU-seconds a job has received: in all, and on each GPU model."""
+
+
+def _service(view: JobView, now: float) -> Service:
+    """A running job's service up to `now`, its current stint counted on its GPU model,
+    as the simulator's `JobRun.sync` books it (so Gavel and LAS read the same live)."""
+    by_model = dict(view.service_by_model)
+    if view.placement is not None and view.shape is not None:
+        gpu_s = view.placement.gpu_milli_total / MILLI * max(0.0, now - view.service_since)
+        if gpu_s:
+            model = view.shape.gpu_model
+            by_model[model] = by_model.get(model, 0.0) + gpu_s
+    return view.attained(now), by_model
+
+
+def _carried(pod: PodRecord) -> Service:
+    """The service a pod that has not run since it was made carries over."""
+    return pod.meta.attained_gpu_s, dict(pod.meta.attained_by_model)
 
 
 def _fits(plan: Placement, job: PendingJob, state: ClusterState) -> bool:

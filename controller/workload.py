@@ -82,6 +82,7 @@ class PendingJob:
             spec=self.spec,
             status=JobStatus.PENDING,
             attained_gpu_s=self.pods[0].meta.attained_gpu_s,
+            service_by_model=self.pods[0].meta.attained_by_model,
             queued_since=min(p.created for p in self.pods),
             restarts=self.pods[0].meta.restarts,
         )
@@ -270,6 +271,7 @@ def _running_view(
         placement=placement,
         shape=allocation_shape(placement, cluster),
         attained_gpu_s=members[0].meta.attained_gpu_s,
+        service_by_model=members[0].meta.attained_by_model,
         service_since=started,
         started_at=started,
         queued_since=job.spec.submit_time,

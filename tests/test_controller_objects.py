@@ -209,6 +209,7 @@ JUNK = st.one_of(
 OUR_KEYS = st.sampled_from(
     [
         "gpufleet.io/attained-gpu-s",
+        "gpufleet.io/attained-gpu-s-by-model",
         "gpufleet.io/restarts",
         "gpufleet.io/gang-size",
         "gpufleet.io/submit-time",

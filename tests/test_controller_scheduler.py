@@ -4,7 +4,7 @@ what it does when a bind fails, gangs all-or-nothing, reports, evictions and pla
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from controller.cache import NODES, PODS, ClusterCache
@@ -62,9 +62,14 @@ class FakeEffects:
         self.reports.append((pod.name, message))
 
     async def evict_and_recreate(
-        self, pod: PodRecord, job_id: str, attained: float, submit: float
+        self,
+        pod: PodRecord,
+        job_id: str,
+        attained: float,
+        submit: float,
+        by_model: Mapping[str, float],
     ) -> str:
-        self.evicted.append((pod.name, job_id, attained))
+        self.evicted.append((pod.name, job_id, attained, dict(by_model)))
         return f"{pod.name}-r1"
 
 
@@ -142,6 +147,27 @@ def test_binds_best_fit_node_with_gpu_annotations() -> None:
     run(scenario)
 
 
+def test_with_external_rounds_the_policy_is_asked_only_when_a_round_is_requested() -> None:
+    async def main() -> None:
+        cache = ClusterCache(WholeGpu())
+        cache.replace(NODES, [node_json("a", 2)])
+        effects = FakeEffects(cache)
+        options = SchedulerOptions(external_rounds=True)
+        scheduler = Scheduler(make_policy("bestfit"), cache, effects, options, clock=lambda: 5.0)  # type: ignore[arg-type]
+        loop = asyncio.create_task(scheduler.run())
+        try:
+            cache.apply(PODS, "ADDED", pod_json("p"))
+            await scheduler.wait_idle()
+            assert effects.binds == [] and scheduler.stats.passes == 0
+            scheduler.request_round()
+            await scheduler.wait_idle()
+            assert [b[0] for b in effects.binds] == ["p"] and scheduler.stats.passes == 1
+        finally:
+            loop.cancel()
+
+    asyncio.run(main())
+
+
 def test_conflict_drops_the_assumption() -> None:
     async def scenario(scheduler: Scheduler, cache: ClusterCache, effects: FakeEffects) -> None:
         effects.outcomes["p"] = BindOutcome.CONFLICT
@@ -162,11 +188,12 @@ def test_gang_member_failing_to_bind_evicts_the_bound_members() -> None:
     async def scenario(scheduler: Scheduler, cache: ClusterCache, effects: FakeEffects) -> None:
         effects.outcomes["g-1"] = BindOutcome.GONE
         gang = {JOB_LABEL: "g"}
+        notes = {GANG_SIZE: "2", ATTAINED_GPU_S: "7.5"}  # it ran before, and keeps that
         for i in range(2):
-            cache.apply(PODS, "ADDED", pod_json(f"g-{i}", labels=gang, notes={GANG_SIZE: "2"}))
+            cache.apply(PODS, "ADDED", pod_json(f"g-{i}", labels=gang, notes=notes))
         await scheduler.wait_idle()
         assert sorted(b[0] for b in effects.binds) == ["g-0", "g-1"]
-        assert effects.evicted == [("g-0", "ns/g", 0.0)]
+        assert effects.evicted == [("g-0", "ns/g", 7.5, {})]
 
     run(scenario)
 
@@ -219,6 +246,7 @@ def test_preemption_evicts_then_places_once_the_gpus_are_free() -> None:
         await scheduler.wait_idle()
         assert [(e[0], e[1]) for e in effects.evicted] == [("old", "ns/old")]
         assert effects.evicted[0][2] == 50000 + 1000.0  # carried service grows while running
+        assert effects.evicted[0][3] == {"A100": 1000.0}  # this stint, on its GPU model
         assert effects.binds == []
         cache.apply(PODS, "DELETED", veteran)  # the eviction lands
         await scheduler.wait_idle()

@@ -91,6 +91,12 @@ def test_stated_runtime_and_models_reach_the_job() -> None:
     assert job.spec.allowed_models == frozenset({"A100", "V100"})
 
 
+def test_a_recreated_pod_carries_its_service_per_gpu_model() -> None:
+    notes = {"gpufleet.io/attained-gpu-s-by-model": '{"A100": 30.5, "V100": 12}'}
+    (job,) = build_workload([pod("x-r1", notes=notes)], {}, WholeGpu()).pending
+    assert job.view().service_by_model == {"A100": 30.5, "V100": 12.0}
+
+
 def test_gang_waits_for_all_members_then_is_one_job() -> None:
     labels = {POD_GROUP_LABEL: "train"}
     size = {GANG_SIZE: "3"}
@@ -134,6 +140,10 @@ def test_bad_share_annotation_is_rejected_not_crashing() -> None:
         ("gpufleet.io/sim-runtime", "0s", "positive duration"),
         ("gpufleet.io/gpu-models", "||", "names no GPU model"),
         ("gpufleet.io/preemptible", "maybe", "neither true nor false"),
+        ("gpufleet.io/attained-gpu-s-by-model", "[1]", "not a JSON object"),
+        ("gpufleet.io/attained-gpu-s-by-model", '{"A100": -1}', "needs seconds"),
+        ("gpufleet.io/attained-gpu-s-by-model", '{"A100": NaN}', "needs seconds"),
+        ("gpufleet.io/attained-gpu-s-by-model", '{"A100": true}', "needs seconds"),
     ],
 )
 def test_a_bad_annotation_rejects_the_whole_gang_naming_the_field(
