@@ -55,7 +55,7 @@ from policies.jobs import (
 )
 from policies.registry import make_policy, policy_class, policy_names
 
-__all__ = [
+__all__ = (
     "MILLI",
     "AllocationShape",
     "ClusterState",
@@ -107,4 +107,4 @@ __all__ = [
     "random_fit",
     "rap",
     "sia",
-]
+)

@@ -28,6 +28,8 @@ import numpy as np
 import numpy.typing as npt
 import scipy.optimize
 
+from policies.cluster import read_only
+
 FloatArray = npt.NDArray[np.float64]
 
 TINY = 1e-8
@@ -35,7 +37,7 @@ TINY = 1e-8
 parameter, as in Pollux, so logarithms and ratios stay finite."""
 BATCH_GRID = 50
 """Global batch sizes tried, geometrically spaced, when optimising goodput."""
-_GRID_STEPS = np.linspace(0.0, 1.0, BATCH_GRID)[:, None]
+_GRID_STEPS = read_only(np.linspace(0.0, 1.0, BATCH_GRID)[:, None])
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,7 +304,7 @@ def fit_perf_params(
     return PerfParams(*(float(v) for v in params))
 
 
-_POLLUX_START = np.array([0.1, 0.01] * 3 + [1.001])
+_POLLUX_START = read_only(np.array([0.1, 0.01] * 3 + [1.001]))
 
 
 def _minimise(data: _FitData, start: FloatArray) -> FloatArray:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from policies import ClusterState, FixedDuration, JobSpec, NodeSpec, TaskRequest
+from policies import ClusterState, FixedDuration, JobSpec, NodeSpec, TaskRequest, registry
 
 DATA_DIR = Path(
     os.environ.get("GPUFLEET_DATA_DIR", Path(__file__).parents[1] / ".." / "shared" / "data")
@@ -20,6 +21,18 @@ def shared_data(relative: str) -> Path:
     if not path.exists():
         pytest.skip(f"public data not found at {path} (set GPUFLEET_DATA_DIR)")
     return path
+
+
+@pytest.fixture(autouse=True)
+def _policy_registry() -> Iterator[None]:
+    """Each test leaves the global policy registry as it found it: a policy class a test
+    defines with a `name` registers itself, and would clash with itself on a second run
+    in the same process. (Test policies at module level set `name` after the class body,
+    so they never register.)"""
+    saved = dict(registry._REGISTRY)
+    yield
+    registry._REGISTRY.clear()
+    registry._REGISTRY.update(saved)
 
 
 def node(
