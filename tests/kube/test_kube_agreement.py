@@ -1,9 +1,10 @@
 """Simulator ⇄ controller agreement on the real API server, for every registered policy.
 
 One shared trace, generated here (never copied from shared data): 12 nodes of four GPU
-models, 100 jobs arriving at distinct whole seconds: fractional pods, 1- and 2-GPU pods,
-CPU-only pods and gangs of 2–4 pods of 1 or 2 GPUs (one job under the `gpufleet.io/job`
-label with `gpufleet.io/gang-size`), some limited to GPU models. It is loaded well
+models, 80 jobs (60 for Sia and Gavel) arriving at distinct whole seconds: fractional
+pods, 1- and 2-GPU pods, CPU-only pods and gangs of 2–4 pods of 1 or 2 GPUs (one job
+under the `gpufleet.io/job` label with `gpufleet.io/gang-size`), some limited to GPU
+models. It is loaded well
 beyond the cluster, so jobs queue, LAS preempts on demotions and Sia's and Gavel's rounds
 move and preempt jobs. Each policy replays it through `simulator.engine.Simulation` and
 through the controller, and both must take the same decisions at the same trace instants
@@ -42,7 +43,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from controller.cache import ClusterCache
 from controller.encoders import Hami
 from controller.informer import Informer
 from controller.objects import GANG_SIZE, GPU_COUNT_LABEL, GPU_RESOURCE, JOB_LABEL, SUBMIT_TIME
@@ -88,7 +88,7 @@ Pass = tuple[float, tuple[Decided, ...]]
 
 
 def mixed_trace(
-    seed: int = 11, num_nodes: int = 12, num_jobs: int = 100
+    seed: int = 11, num_nodes: int = 12, num_jobs: int = 80
 ) -> tuple[list[NodeSpec], list[JobSpec]]:
     """Every pod shape the controller places, arriving at distinct whole seconds (a job
     preempted live keeps its submit time but not its place among same-time arrivals),
@@ -279,9 +279,10 @@ class Lockstep:
     ) -> None:
         self.scheduler.pause()
         self.clock.now = now
-        versions, departed = [], []
+        versions: list[str] = []
+        departed: list[str] = []
         for live in complete:
-            departed += [self.ctl.cache.running.pods_of(live.spec.id)]
+            departed += [pod.uid for pod in self.ctl.cache.running.pods_of(live.spec.id)]
             for name in live.pods:
                 await self.admin.delete_pod(name)
             live.started = None
@@ -291,8 +292,8 @@ class Lockstep:
                 versions.append(created["metadata"]["resourceVersion"])
         if versions:
             await _within(self.ctl.pods.wait_for_version(max(versions, key=int)))
-        uids = tuple(pod.uid for pods in departed for pod in pods)
-        await _within(self.ctl.pods.wait_until(functools.partial(_all_gone, self.ctl, uids)))
+        gone = functools.partial(_all_gone, self.ctl, tuple(departed))
+        await _within(self.ctl.pods.wait_until(gone))
         if due:
             self.scheduler.request_round()
         self.scheduler.resume()
@@ -311,7 +312,7 @@ class Lockstep:
                 listed, version = await self.admin.api.list_all(
                     f"/api/v1/namespaces/{NAMESPACE}/pods"
                 )
-                seen = functools.partial(_caught_up, cache, listed, int(version))
+                seen = functools.partial(_caught_up, self.ctl, listed, int(version))
                 await _within(self.ctl.pods.wait_until(seen))
             elif cache.assumed:
                 await _within(self.ctl.pods.wait_until(lambda: not cache.assumed))
@@ -393,19 +394,17 @@ def _all_gone(ctl: Controller, uids: tuple[str, ...]) -> bool:
     return not any(uid in ctl.cache.pods for uid in uids)
 
 
-def _caught_up(cache: ClusterCache, listed: list[dict[str, Any]], version: int) -> bool:
+def _caught_up(ctl: Controller, listed: list[dict[str, Any]], version: int) -> bool:
     """The cache has seen every pod change up to a LIST at `version`: each listed pod in
-    its listed state or later, and no pod deleted before it (what is newer came after)."""
+    its listed state or later (or deleted since), and no pod the LIST no longer had."""
+    pods, seen = ctl.cache.pods, int(ctl.pods.resource_version or 0)
     listed_at = {p["metadata"]["uid"]: int(p["metadata"]["resourceVersion"]) for p in listed}
-    for uid, pod in cache.pods.items():
-        if (
-            pod.namespace == NAMESPACE
-            and uid not in listed_at
-            and int(pod.resource_version) <= version
-        ):
+    for uid, pod in pods.items():
+        stale = uid not in listed_at and int(pod.resource_version) <= version
+        if pod.namespace == NAMESPACE and stale:
             return False
     return all(
-        uid in cache.pods and int(cache.pods[uid].resource_version) >= at
+        int(pods[uid].resource_version) >= at if uid in pods else seen >= at
         for uid, at in listed_at.items()
     )
 
