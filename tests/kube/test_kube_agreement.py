@@ -4,11 +4,11 @@ One shared trace, generated here (never copied from shared data): 12 nodes of fo
 models, 80 jobs (60 for Sia and Gavel) arriving at distinct whole seconds: fractional
 pods, 1- and 2-GPU pods, CPU-only pods and gangs of 2–4 pods of 1 or 2 GPUs (one job
 under the `gpufleet.io/job` label with `gpufleet.io/gang-size`), some limited to GPU
-models. It is loaded well
-beyond the cluster, so jobs queue, LAS preempts on demotions and Sia's and Gavel's rounds
-move and preempt jobs. Each policy replays it through `simulator.engine.Simulation` and
-through the controller, and both must take the same decisions at the same trace instants
-(every Place, Preempt, Resize and Unschedulable) and carry out the same placements.
+models. It is loaded well beyond the cluster, so jobs queue, LAS preempts on demotions
+and Sia's and Gavel's rounds move and preempt jobs. Each policy replays it through
+`simulator.engine.Simulation` and through the controller, and both must take the same
+decisions at the same trace instants (every Place, Preempt, Resize and Unschedulable)
+and carry out the same placements.
 
 The controller runs in real time, the trace in trace time, so a driver replays the trace
 in lockstep. The scheduler's clock is the trace clock (`Scheduler.clock`), and it asks
