@@ -14,6 +14,7 @@ from simulator.experiments.fgd_inflation import (
     CURVE_COLUMNS,
     FAILURE_COLUMNS,
     Trace,
+    artifact_node_order,
     inflated_order,
     load_trace,
     parse_seeds,
@@ -94,6 +95,50 @@ def test_runs_are_reproducible_and_policies_see_the_same_workload(inputs, tmp_pa
     capacity = 14_000
     order = inflated_order(trace, capacity, 1.3, np.random.default_rng(3))
     assert order == inflated_order(trace, capacity, 1.3, np.random.default_rng(3))
+
+
+def test_nodes_are_renamed_in_a_seeded_random_order_as_the_artifact_does(inputs) -> None:
+    # The artifact (simulator.go, syncClusterResourceList) sorts the nodes by name and
+    # renames the i-th to "%04d-<name>" with perm[i] from rand.Perm, so its first-name
+    # tie-break follows a random node order drawn per seed, not the node list's.
+    _, nodes = inputs
+    node_list = read_nodes(nodes, gpu_only=True)  # node-b, node-a, node-c
+    orders = {
+        seed: [n.name for n in artifact_node_order(node_list, np.random.default_rng(seed))]
+        for seed in range(8)
+    }
+    for names in orders.values():
+        assert names == sorted(names)  # index order is name order
+        assert sorted(n[5:] for n in names) == ["node-a", "node-b", "node-c"]
+        assert [n[:5] for n in names] == ["0000-", "0001-", "0002-"]
+    assert len({tuple(n[5:] for n in names) for names in orders.values()}) > 1
+    assert orders[3] == [n.name for n in artifact_node_order(node_list, np.random.default_rng(3))]
+
+
+def test_a_tie_goes_to_the_first_node_of_the_seeds_order_not_the_list(tmp_path) -> None:
+    # Idle nodes a and b (2 GPUs each) differ only in memory, which Packing does not
+    # score: a whole-GPU pod scores max(33 - 2, 2) = 31 on both (gpu_packing_score.go,
+    # case 3) and goes to the node whose random prefix sorts first. Pods x (1 GPU, 2 GiB)
+    # and y (1 GPU, 4 GiB) arrive in the seed's shuffled order. If x comes first and b
+    # ranks first, x takes b's memory and y fits nowhere (a has 2 GiB): 3 GPUs stay
+    # unallocated, else 2. With the list's order (a always first) y never failed.
+    nodes = tmp_path / "nodes.csv"
+    nodes.write_text("sn,cpu_milli,memory_mib,gpu,model\na,8000,2048,2,T4\nb,8000,4096,2,T4\n")
+    pods = tmp_path / "openb_pod_list_two.csv"
+    pods.write_text(
+        "name,cpu_milli,memory_mib,num_gpu,gpu_milli\nx,1000,2048,1,1000\ny,1000,4096,1,1000\n"
+    )
+    trace, node_list = load_trace(pods), read_nodes(nodes, gpu_only=True)
+    outcomes = []
+    for seed in range(8):
+        workload_seed, _, node_seed = np.random.SeedSequence(seed).spawn(3)
+        arrivals = inflated_order(trace, 4000, 0.5, np.random.default_rng(workload_seed))
+        order = artifact_node_order(node_list, np.random.default_rng(node_seed))
+        y_fails = arrivals[0].id == "x" and order[0].name.endswith("-b")
+        curve = run_inflation(trace, node_list, "packing", seed, 0.5).curve
+        assert curve[-1][5] == (3.0 if y_fails else 2.0)
+        outcomes.append(y_fails)
+    assert any(outcomes) and not all(outcomes)
 
 
 def test_inflation_appends_clones_up_to_the_target() -> None:

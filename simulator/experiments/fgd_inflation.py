@@ -9,7 +9,8 @@ percent of arrived workload (0..100·inflate) goes to `curves.csv`.
 There is no clock here, so no simpy: each task is a one-job `Snapshot` handed to the
 same policy objects the simulator and the controller use, and the `Place` decision is
 applied to a `ClusterState`. The workload's RNG stream (shuffle, clones) is separate
-from the policy's (Random-fit), so every policy sees the same task sequence per seed.
+from the policy's (Random-fit) and from the node order's (`artifact_node_order`), so
+every policy sees the same task sequence and the same node order per seed.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -208,6 +209,22 @@ def inflated_order(
     return order
 
 
+def artifact_node_order(nodes: Sequence[NodeSpec], rng: np.random.Generator) -> list[NodeSpec]:
+    """The nodes renamed and ordered as the artifact's run sees them.
+
+    Its simulator sorts the nodes by name, then prefixes each with its position in a
+    seeded random permutation (`%04d-openb-node-0042`), so its first-name tie-break, which
+    every score plugin relies on, is a fresh random node order per seed. The prefix is
+    kept so that name order and index order stay the same here too."""
+    ranked = sorted(nodes, key=lambda n: n.name)
+    width = max(4, len(str(len(ranked) - 1)))
+    renamed = [
+        replace(node, name=f"{int(rank):0{width}d}-{node.name}")
+        for node, rank in zip(ranked, rng.permutation(len(ranked)), strict=True)
+    ]
+    return sorted(renamed, key=lambda n: n.name)
+
+
 def _clone(job: JobSpec, index: int) -> JobSpec:
     return JobSpec(
         id=f"{job.id}-tuned-{index}",
@@ -224,9 +241,9 @@ def run_inflation(
 ) -> RunOutput:
     start = time.perf_counter()
     cpu_start = time.process_time()
-    state = ClusterState(sorted(nodes, key=lambda n: n.name))
+    workload_seed, policy_seed, node_seed = np.random.SeedSequence(seed).spawn(3)
+    state = ClusterState(artifact_node_order(nodes, np.random.default_rng(node_seed)))
     capacity = state.total_gpus * MILLI
-    workload_seed, policy_seed = np.random.SeedSequence(seed).spawn(2)
     jobs = inflated_order(trace, capacity, ratio, np.random.default_rng(workload_seed))
     target = workload_from_jobs(trace.jobs)
     policy = build_policy(label, target)
