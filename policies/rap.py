@@ -29,7 +29,7 @@ from policies.fragmentation import (
 )
 from policies.jobs import JobSpec, JobView, PartShape, Placement, TaskPlacement, TaskRequest
 from policies.placement import feasible_mask, feasible_nodes, take
-from policies.registry import make_policy
+from policies.registry import build_config, policy_class
 
 SHARING = ("none", "own", "cross_job")
 OFFLOAD_RULES = ("gain", "always")
@@ -153,10 +153,11 @@ class RapSharing(PlacementPolicy):
 
     def __init__(self, config: PolicyConfig | None = None) -> None:
         super().__init__(config)
-        base = make_policy(self.settings.base, {"blocking": self.settings.blocking})
-        if not isinstance(base, PlacementPolicy) or isinstance(base, RapSharing):
+        # Checked on the class: a round policy has no `blocking` option to build it with.
+        cls = policy_class(self.settings.base)
+        if not issubclass(cls, PlacementPolicy) or issubclass(cls, RapSharing):
             raise ValueError(f"rap base {self.settings.base!r} must be a placement policy")
-        self.base = base
+        self.base = cls(build_config(cls.config_type, {"blocking": self.settings.blocking}))
         self._prepared: TargetWorkload | None = None
         self._fragmentation: NodeFragmentation | None = None
 

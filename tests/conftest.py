@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from policies import ClusterState, FixedDuration, JobSpec, NodeSpec, TaskRequest, registry
+from simulator.metrics import JOB_COLUMNS, Recorder
 
 DATA_DIR = Path(
     os.environ.get("GPUFLEET_DATA_DIR", Path(__file__).parents[1] / ".." / "shared" / "data")
@@ -33,6 +35,12 @@ def _policy_registry() -> Iterator[None]:
     yield
     registry._REGISTRY.clear()
     registry._REGISTRY.update(saved)
+
+
+def job_rows(recorder: Recorder) -> dict[str, dict[str, Any]]:
+    """A run's per-job records by job id, each keyed by its `JOB_COLUMNS` names."""
+    rows = [dict(zip(JOB_COLUMNS, row, strict=True)) for row in recorder.jobs]
+    return {str(row["job_id"]): row for row in rows}
 
 
 def node(

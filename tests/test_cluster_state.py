@@ -57,7 +57,7 @@ def test_releasing_more_than_taken_is_an_error(two_nodes: ClusterState) -> None:
 
 def test_view_is_read_only_and_scratch_is_private(two_nodes: ClusterState) -> None:
     view = two_nodes.view()
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="read-only"):
         view.gpu_free[0, 0] = 0
     scratch = view.scratch()
     scratch.allocate(0, (0,), 1000, 0, 0)

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from policies import NodeSpec, make_policy
 from simulator.continual import STREAM_COLUMNS, ContinualRun
 from simulator.experiments import continual as experiment
+from simulator.metrics import JOB_COLUMNS
 from traces.continual import ContinualSpec, generate_streams, write_streams
 
 
@@ -80,20 +81,20 @@ def test_policy_entries_take_options(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "extra",
+    ("extra", "message"),
     [
-        ("--scenarios", "medium"),
-        ("--policies", "nosuch"),
-        ("--policies", "thief:nosuch=1"),
-        ("--policies", "thief:realloc_s"),
-        ("--windows", "0"),
+        (("--scenarios", "medium"), r"unknown scenario\(s\) \['medium'\]"),
+        (("--policies", "nosuch"), r"unknown policy \['nosuch'\]"),
+        (("--policies", "thief:nosuch=1"), "ShareConfig has no option 'nosuch'"),
+        (("--policies", "thief:realloc_s"), "policy option 'realloc_s' is not KEY=VALUE"),
+        (("--windows", "0"), "--windows must be >= 1"),
     ],
 )
 def test_experiment_rejects_bad_arguments_without_output(
-    tmp_path: Path, extra: tuple[str, ...]
+    tmp_path: Path, extra: tuple[str, ...], message: str
 ) -> None:
     out = tmp_path / "continual"
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=message):
         experiment.run(_args(out, *extra))
     assert not out.exists()
 
@@ -135,6 +136,6 @@ def test_continual_runs_keep_their_invariants(
         if row[col["status"]] == "completed":
             assert row[col["end_s"]] <= row[col["deadline_s"]] + 1e-6  # type: ignore[operator]
     # Every submitted window job ends exactly once, and the cluster is empty at the end.
-    ids = [r[0] for r in recorder.jobs]
+    ids = [r[JOB_COLUMNS.index("job_id")] for r in recorder.jobs]
     assert len(ids) == len(set(ids)) == summary["retrain_jobs"]
     assert run.sim.cluster.alloc_milli == 0

@@ -150,15 +150,15 @@ def test_window_job_carries_its_window() -> None:
 
 
 @pytest.mark.parametrize(
-    "bad",
+    ("bad", "message"),
     [
-        {"deadline_s": 700.0},
-        {"windows": 0},
-        {"default_config": 2},
-        {"task": TaskRequest(0, 0, 2, 1000)},
-        {"throughput": {"a100": 0.0}},
+        ({"deadline_s": 700.0}, "need 0 < deadline_s <= window_s"),
+        ({"windows": 0}, "need window_s > 0 and windows >= 1"),
+        ({"default_config": 2}, "default_config must index configs"),
+        ({"task": TaskRequest(0, 0, 2, 1000)}, r"request one GPU \(or a fraction\)"),
+        ({"throughput": {"a100": 0.0}}, "throughput needs a positive entry"),
     ],
 )
-def test_stream_rejects_inconsistent_specs(bad: dict[str, object]) -> None:
-    with pytest.raises(ValueError):
+def test_stream_rejects_inconsistent_specs(bad: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=f"^stream s: {message}"):
         _stream(**bad)

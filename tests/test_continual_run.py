@@ -27,6 +27,7 @@ from policies import (
 )
 from policies.continual import AccuracyCurve, RetrainConfig, StreamSpec
 from simulator.continual import STREAM_COLUMNS, ContinualRun
+from tests.conftest import job_rows
 
 NODE = NodeSpec("a100-0", cpu_milli=8000, mem_mib=8000, gpus=1, gpu_model="a100")
 COL = {name: i for i, name in enumerate(STREAM_COLUMNS)}
@@ -119,7 +120,7 @@ def test_deadline_withdraws_a_preempted_job_that_cannot_finish() -> None:
     assert row[COL["mean_acc"]] == pytest.approx(0.5)
     assert result.summary()["deadline_miss_rate"] == 1.0
     assert result.sim.cluster.alloc_milli == 0  # its GPU was given back
-    statuses = {r[0]: r[12] for r in result.sim.recorder.jobs}
+    statuses = {i: r["status"] for i, r in job_rows(result.sim.recorder).items()}
     assert statuses == {"s/w00000": "expired"}
 
 

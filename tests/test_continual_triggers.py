@@ -96,7 +96,7 @@ def test_trigger_crossing_in_closed_form() -> None:
     assert DriftTrigger.crossing_s(curve, 0.9, 0.5) == math.inf  # the floor is asymptotic
     assert DriftTrigger(below=0.6, drop=0.1).threshold(0.9) == pytest.approx(0.8)
     assert DriftTrigger(below=0.6, drop=0.1).threshold(0.65) == pytest.approx(0.6)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"needs below > 0 or drop > 0"):
         DriftTrigger()
 
 

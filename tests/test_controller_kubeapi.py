@@ -228,7 +228,9 @@ def test_insecure_skip_tls_verify_trusts_an_unknown_ca(tmp_path: Path) -> None:
             )
             assert await get_nodes(load_config(trusting)) == [200]
             checking = write_kubeconfig(tmp_path, server.url, user)
-            with pytest.raises(aiohttp.ClientConnectorCertificateError):
+            with pytest.raises(
+                aiohttp.ClientConnectorCertificateError, match="certificate verify failed"
+            ):
                 await get_nodes(load_config(checking))
 
     run(scenario())

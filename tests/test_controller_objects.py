@@ -43,7 +43,7 @@ def test_cpu_and_memory_round_up() -> None:
     assert cpu_milli("0.0005") == 1
     assert cpu_milli("1.5") == 1500
     assert mem_mib("1G") == 954  # 10^9 bytes is 953.67 MiB
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="not a resource quantity: '12 cores'"):
         parse_quantity("12 cores")
 
 

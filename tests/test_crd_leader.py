@@ -1,7 +1,11 @@
 """Leader election logic against a minimal in-memory Lease endpoint (resourceVersion
 preconditions only). The real-apiserver behaviour is tests/kube/test_ctj_leader.py;
 these pin down what is hard to provoke there: expiry judged on the candidate's own
-clock whatever the holder's `renewTime` says, and a hung renewal closing the gate."""
+clock whatever the holder's `renewTime` says, and a hung renewal closing the gate.
+
+Timing asserts only what load cannot break (the machine is small and shared): lower
+bounds, the order of events on one event loop, and outcomes; upper bounds are generous
+time limits that fail a hang, not a slow scheduler."""
 
 from __future__ import annotations
 
@@ -50,11 +54,11 @@ class LeaseEndpoint:
         return 200 if method == "PUT" else 201, copy.deepcopy(self.lease)
 
 
-def elector(endpoint: LeaseEndpoint, identity: str) -> LeaderElector:
+def elector(endpoint: LeaseEndpoint, identity: str, lease_s: float = 1.0) -> LeaderElector:
     config = LeaseConfig(
         namespace="ns",
         identity=identity,
-        lease_duration_s=1.0,
+        lease_duration_s=lease_s,
         renew_deadline_s=0.4,
         retry_period_s=0.05,
     )
@@ -72,31 +76,30 @@ def test_a_held_lease_is_taken_only_after_the_candidate_saw_it_unchanged_for_its
         endpoint.lease["spec"]["renewTime"] = "2000-01-01T00:00:00.000000Z"
         endpoint.hung.add("a")  # a stops renewing from now on
         started = time.monotonic()
-        await asyncio.wait_for(b.acquire(), 2)
-        waited = time.monotonic() - started
-        assert 1.0 <= waited <= 1.0 + 3 * 0.05, waited
+        await asyncio.wait_for(b.acquire(), 10)
+        # b waited out the whole lease duration from its first sight of the lease.
+        assert time.monotonic() - started >= 1.0
         assert endpoint.lease["spec"]["holderIdentity"] == "b"
         assert endpoint.lease["spec"]["leaseTransitions"] == 1
 
     asyncio.run(scenario())
 
 
-def test_a_hung_renewal_closes_the_gate_at_the_renew_deadline_and_hold_raises() -> None:
+def test_a_hung_renewal_closes_the_gate_before_a_standby_can_lead_and_hold_raises() -> None:
     async def scenario() -> None:
         endpoint = LeaseEndpoint()
-        a = elector(endpoint, "a")
+        a, b = elector(endpoint, "a"), elector(endpoint, "b")
         await a.acquire()
         holding = asyncio.create_task(a.hold())
         await asyncio.sleep(0.2)
         assert a.is_leader()
         endpoint.hung.add("a")
-        hung_at = time.monotonic()
-        while a.is_leader():
-            await asyncio.sleep(0.005)
-        # At most one renew deadline after the last renewal that started before the hang.
-        assert time.monotonic() - hung_at <= 0.4 + 0.02
-        with pytest.raises(LeadershipLostError):
-            await asyncio.wait_for(holding, 1)
+        await asyncio.wait_for(b.acquire(), 10)
+        # The gate is a deadline on a's own clock (renew deadline < lease duration), so
+        # by the time the standby leads, the hung leader can bind nothing.
+        assert b.is_leader() and not a.is_leader()
+        with pytest.raises(LeadershipLostError, match="/leases/"):
+            await asyncio.wait_for(holding, 10)
 
     asyncio.run(scenario())
 
@@ -104,15 +107,14 @@ def test_a_hung_renewal_closes_the_gate_at_the_renew_deadline_and_hold_raises() 
 def test_release_hands_the_lease_to_a_waiting_candidate_at_once() -> None:
     async def scenario() -> None:
         endpoint = LeaseEndpoint()
-        a, b = elector(endpoint, "a"), elector(endpoint, "b")
+        a, b = elector(endpoint, "a", lease_s=30.0), elector(endpoint, "b", lease_s=30.0)
         await a.acquire()
         waiting = asyncio.create_task(b.acquire())
         await asyncio.sleep(0.1)
         await a.release()
         assert not a.is_leader()
-        started = time.monotonic()
-        await asyncio.wait_for(waiting, 1)
-        assert time.monotonic() - started <= 2 * 0.05 + 0.02
+        # Long before the 30 s lease could expire: the release handed it over.
+        await asyncio.wait_for(waiting, 10)
         assert b.is_leader()
 
     asyncio.run(scenario())

@@ -62,17 +62,19 @@ def test_example_validates_and_parses() -> None:
 
 
 @pytest.mark.parametrize(
-    ("path", "value"),
+    ("path", "value", "message"),
     [
-        (("spec", "image"), None),
-        (("spec", "retrain", "deadlineSeconds"), "soon"),
-        (("spec", "resources", "gpu", "count"), 0),
-        (("spec", "resources", "gpu", "milli"), 1500),
-        (("spec", "tolerations"), [{"operator": "Maybe"}]),
-        (("spec", "resources", "cpu"), "lots"),
+        (("spec", "image"), None, "'image' is a required property"),
+        (("spec", "retrain", "deadlineSeconds"), "soon", "'soon' is not of type 'integer'"),
+        (("spec", "resources", "gpu", "count"), 0, "0 is less than the minimum of 1"),
+        (("spec", "resources", "gpu", "milli"), 1500, "1500 is greater than the maximum of 1000"),
+        (("spec", "tolerations"), [{"operator": "Maybe"}], "'Maybe' is not one of"),
+        (("spec", "resources", "cpu"), "lots", "'lots' does not match"),
     ],
 )
-def test_structural_schema_rejects_malformed_fields(path: tuple[str, ...], value: Any) -> None:
+def test_structural_schema_rejects_malformed_fields(
+    path: tuple[str, ...], value: Any, message: str
+) -> None:
     obj = example()
     parent = obj
     for key in path[:-1]:
@@ -81,7 +83,7 @@ def test_structural_schema_rejects_malformed_fields(path: tuple[str, ...], value
         del parent[path[-1]]
     else:
         parent[path[-1]] = value
-    with pytest.raises(jsonschema.ValidationError):
+    with pytest.raises(jsonschema.ValidationError, match=f"^{message}"):
         validate(obj)
 
 

@@ -15,6 +15,7 @@ from policies.jobs import AllocationShape, Placement, TaskPlacement
 from policies.perf_models import AppProfile, EpochTable, StepRow, StepTable, canonical_placement
 from simulator.clusters import NodeGroup, build_nodes
 from simulator.engine import EngineOptions, Simulation
+from tests.conftest import job_rows
 
 
 def step_table(model: str = "gpu") -> StepTable:
@@ -141,17 +142,15 @@ def test_progress_across_a_reallocation_includes_the_restart_delay() -> None:
     nodes = build_nodes([NodeGroup("gpu", 1, 2)])
     sim = Simulation(nodes, [spec], Scripted(), EngineOptions(startup_delay=True))
     recorder = sim.run()
-    (row,) = recorder.jobs
-    columns = dict(zip(("job_id", "kind", "submit_s", "start_s", "end_s"), row, strict=False))
-    assert columns["end_s"] == pytest.approx(140.0)
-    assert row[10] == 1  # one restart (the resize)
-    assert row[11] == pytest.approx(1 * 50 + 2 * 90)  # GPU-seconds, delays included
+    row = job_rows(recorder)["job"]
+    assert row["end_s"] == pytest.approx(140.0)
+    assert row["restarts"] == 1  # the resize
+    assert row["attained_gpu_s"] == pytest.approx(1 * 50 + 2 * 90)  # delays included
 
 
 def test_without_startup_delay_the_first_start_is_free() -> None:
     work = AdaptiveTraining(profile(restart=10.0), 1, 32, mode=RIGID)
     spec = elastic_job(work)
     sim = Simulation(build_nodes([NodeGroup("gpu", 1, 2)]), [spec], Scripted())
-    (row,) = sim.run().jobs
     # 50 units by t=50, then 150 units at 2/s after the 10 s delay: 60 + 75 = 135.
-    assert row[4] == pytest.approx(135.0)
+    assert job_rows(sim.run())["job"]["end_s"] == pytest.approx(135.0)

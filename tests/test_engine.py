@@ -22,17 +22,14 @@ from policies import (
     make_policy,
 )
 from simulator.engine import EngineOptions, Simulation
-from tests.conftest import job, node
-
-
-def rows_by_id(recorder) -> dict[str, tuple]:
-    return {row[0]: row for row in recorder.jobs}
+from tests.conftest import job, job_rows, node
 
 
 def test_single_job_runs_for_its_duration() -> None:
     sim = Simulation([node("n0", 8)], [job("a", submit=10.0, duration=500.0)], make_policy("fifo"))
-    row = rows_by_id(sim.run())["a"]
-    assert row[3] == 10.0 and row[4] == 510.0 and row[5] == 500.0 and row[12] == "completed"
+    row = job_rows(sim.run())["a"]
+    assert (row["start_s"], row["end_s"], row["jct_s"]) == (10.0, 510.0, 500.0)
+    assert row["status"] == "completed"
 
 
 def test_job_runs_faster_on_a_faster_gpu_model() -> None:
@@ -46,15 +43,16 @@ def test_job_runs_faster_on_a_faster_gpu_model() -> None:
         allowed_models=frozenset({"V100"}),
     )
     nodes = [node("a", 1, model="A100"), node("v", 1, model="V100")]
-    rows = rows_by_id(Simulation(nodes, [fast, slow], make_policy("fifo")).run())
-    assert rows["fast"][4] == pytest.approx(500.0) and rows["fast"][7] == "A100"
-    assert rows["slow"][4] == pytest.approx(1000.0) and rows["slow"][7] == "V100"
+    rows = job_rows(Simulation(nodes, [fast, slow], make_policy("fifo")).run())
+    assert rows["fast"]["end_s"] == pytest.approx(500.0) and rows["fast"]["gpu_models"] == "A100"
+    assert rows["slow"]["end_s"] == pytest.approx(1000.0) and rows["slow"]["gpu_models"] == "V100"
 
 
 def test_queued_job_starts_when_gpus_free_up() -> None:
     jobs = [job("a", gpus=8, duration=100.0), job("b", gpus=4, submit=1.0, duration=50.0)]
-    rows = rows_by_id(Simulation([node("n0", 8)], jobs, make_policy("fifo")).run())
-    assert rows["b"][3] == 100.0 and rows["b"][6] == 99.0 and rows["b"][4] == 150.0
+    rows = job_rows(Simulation([node("n0", 8)], jobs, make_policy("fifo")).run())
+    b = rows["b"]
+    assert (b["start_s"], b["queue_delay_s"], b["end_s"]) == (100.0, 99.0, 150.0)
 
 
 def test_preemption_requeues_and_charges_the_restart_cost() -> None:
@@ -65,11 +63,11 @@ def test_preemption_requeues_and_charges_the_restart_cost() -> None:
         job("short", gpus=4, submit=1000.0, duration=100.0),
     ]
     sim = Simulation([node("n0", 4)], jobs, make_policy("las"), EngineOptions(restart_cost_s=30.0))
-    rows = rows_by_id(sim.run())
-    assert rows["short"][3] == 1000.0 and rows["short"][4] == pytest.approx(1100.0)
+    rows = job_rows(sim.run())
+    assert rows["short"]["start_s"] == 1000.0 and rows["short"]["end_s"] == pytest.approx(1100.0)
     # 1000 s done before preemption, 1000 left after a 30 s restart from t = 1100.
-    assert rows["long"][4] == pytest.approx(1100.0 + 30.0 + 1000.0)
-    assert rows["long"][10] == 1
+    assert rows["long"]["end_s"] == pytest.approx(1100.0 + 30.0 + 1000.0)
+    assert rows["long"]["restarts"] == 1
 
 
 def test_job_restart_cost_from_the_trace_overrides_the_default() -> None:
@@ -78,7 +76,7 @@ def test_job_restart_cost_from_the_trace_overrides_the_default() -> None:
         job("short", gpus=4, submit=1000.0, duration=100.0),
     ]
     sim = Simulation([node("n0", 4)], jobs, make_policy("las"), EngineOptions(restart_cost_s=30.0))
-    assert rows_by_id(sim.run())["long"][4] == pytest.approx(1100.0 + 5.0 + 1000.0)
+    assert job_rows(sim.run())["long"]["end_s"] == pytest.approx(1100.0 + 5.0 + 1000.0)
 
 
 class CountingPolicy(PlacementPolicy):
@@ -111,14 +109,14 @@ def test_same_time_events_share_one_pass_that_sees_them_all() -> None:
 
 def test_jobs_that_cannot_fit_the_empty_cluster_are_rejected() -> None:
     jobs = [job("huge", gpus=16), job("ok")]
-    rows = rows_by_id(Simulation([node("n0", 8)], jobs, make_policy("fifo")).run())
-    assert rows["huge"][12] == "rejected" and rows["ok"][12] == "completed"
+    rows = job_rows(Simulation([node("n0", 8)], jobs, make_policy("fifo")).run())
+    assert rows["huge"]["status"] == "rejected" and rows["ok"]["status"] == "completed"
 
 
 def test_horizon_reports_unfinished_jobs() -> None:
     jobs = [job("a", duration=1000.0)]
     sim = Simulation([node("n0", 8)], jobs, make_policy("fifo"), EngineOptions(horizon_s=100.0))
-    assert rows_by_id(sim.run())["a"][12] == "unfinished"
+    assert job_rows(sim.run())["a"]["status"] == "unfinished"
 
 
 def test_gpu_utilisation_integrates_allocated_gpu_time() -> None:
@@ -196,7 +194,7 @@ def test_capacity_holds_and_every_fitting_job_completes(shapes, policy, seed) ->
     nodes = [node("a", 4), node("b", 8, model="T4"), node("c", 2)]
     guard = CapacityGuard(make_policy(policy))
     recorder = Simulation(nodes, jobs, guard, EngineOptions(seed=seed)).run()
-    status = {row[0]: row[12] for row in recorder.jobs}
+    status = {job_id: row["status"] for job_id, row in job_rows(recorder).items()}
     assert len(status) == len(jobs)
     for spec in jobs:
         fits = spec.task.cpu_milli <= 64_000 and (spec.replicas * spec.task.num_gpus <= 14)
@@ -241,10 +239,10 @@ def test_round_policy_runs_on_its_timer() -> None:
 
     EveryMinute.name = "test-every-minute"  # after the body: not registered
     policy = EveryMinute()
-    rows = rows_by_id(
+    rows = job_rows(
         Simulation([node("n0", 8)], [job("a", submit=10.0, duration=100.0)], policy).run()
     )
-    assert rows["a"][3] == 60.0  # waits for the round
+    assert rows["a"]["start_s"] == 60.0  # waits for the round
     assert policy.times[:3] == [0.0, 60.0, 120.0]
 
 

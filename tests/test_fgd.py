@@ -22,7 +22,7 @@ from policies import (
     TaskRequest,
     make_policy,
 )
-from policies.fgd import Fgd, FgdConfig, artifact_scores
+from policies.fgd import MODES, Fgd, FgdConfig, artifact_scores
 from policies.fragmentation import (
     NodeFragmentation,
     TargetWorkload,
@@ -167,12 +167,14 @@ def test_a_pass_with_nothing_pending_decides_nothing() -> None:
 
 
 def test_config_is_validated() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="fgd mode must be one of score, artifact, exact"):
         FgdConfig(mode="fast")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="fgd tolerance_milli must be >= 0"):
         FgdConfig(tolerance_milli=-1)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="fgd workload must be a TargetWorkload"):
         make_policy("fgd", {"workload": "default"})
+    with pytest.raises(ValueError, match="fgd delta_cache_shapes must be >= 0"):
+        FgdConfig(delta_cache_shapes=-1)
     assert make_policy("fgd", {"mode": "artifact"}).describe()["mode"] == "artifact"
 
 
@@ -335,3 +337,27 @@ def test_replay_through_the_engine_with_the_whole_trace_as_workload(replay_files
     assert recorder.summary()["completed"] == len(jobs)
     assert policy._fragmentation is not None
     assert policy._fragmentation.workload == workload_from_jobs(jobs)
+
+
+@settings(max_examples=30, deadline=None)
+@given(tasks=st.lists(TASKS, min_size=1, max_size=40), mode=st.sampled_from(MODES))
+def test_the_delta_cache_changes_no_placement(tasks, mode) -> None:
+    """`delta_cache_shapes=0` (every Δ recomputed) is the benchmark's uncached baseline."""
+    placements = []
+    for shapes in (256, 1, 0):
+        state = small_cluster()
+        options = {"workload": WORKLOAD, "mode": mode, "delta_cache_shapes": shapes}
+        policy = make_policy("fgd", options)
+        ctx = Context(np.random.default_rng(0))
+        chosen = []
+        for i, task in enumerate(tasks):
+            spec = JobSpec(f"j{i}", 0.0, task, job("x").work)
+            snapshot = Snapshot(state.view(), [], [JobView(spec, JobStatus.PENDING)], 0.0)
+            for decision in policy.schedule(snapshot, ctx).decisions:
+                if isinstance(decision, Place):
+                    for t in decision.placement.tasks:
+                        index = state.node_index[t.node]
+                        state.allocate(index, t.gpus, t.gpu_milli, task.cpu_milli, task.mem_mib)
+                        chosen.append((i, t.node, t.gpus))
+        placements.append(chosen)
+    assert placements[0] == placements[1] == placements[2]

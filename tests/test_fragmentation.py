@@ -129,11 +129,11 @@ def test_target_workload_is_cut_and_renormalised() -> None:
 
 
 def test_target_workload_rejects_bad_input() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="cannot build a target workload from no tasks"):
         build_target_workload([])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"coverage must be in \(0, 1\]"):
         build_target_workload(INVENTED_TRACE, coverage=0.0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="probabilities must be >= 0 and sum to 1"):
         TargetWorkload((TaskType(TaskRequest(1000), None, 0.5),))
 
 

@@ -91,7 +91,7 @@ def test_kernel_count_follows_the_plan_structure() -> None:
         5,
         5,
     ]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="27 ops do not match the plan 0/1 op structure"):
         fused_kernel_count(27)
 
 

@@ -4,6 +4,7 @@ slowdown they charge to the jobs whose GPU they share (hand-worked timings)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -23,7 +24,7 @@ from policies import (
 from simulator.colocation import Colocation
 from simulator.engine import Simulation
 from simulator.state import JobRun
-from tests.conftest import job, node
+from tests.conftest import job, job_rows, node
 
 
 @dataclass(frozen=True)
@@ -81,9 +82,9 @@ def guest_placement(host_gpu: int = 0) -> Placement:
     )
 
 
-def run(jobs: list[JobSpec], placements: dict[str, Placement]) -> dict[str, tuple]:
+def run(jobs: list[JobSpec], placements: dict[str, Placement]) -> dict[str, dict[str, Any]]:
     sim = Simulation([node("n0", gpus=2)], jobs, Scripted(placements))
-    return {row[0]: row for row in sim.run().jobs}
+    return job_rows(sim.run())
 
 
 def test_host_slows_while_the_part_is_there_and_recovers_after() -> None:
@@ -95,8 +96,8 @@ def test_host_slows_while_the_part_is_there_and_recovers_after() -> None:
         [host, guest("guest", 50.0, 0.2)],
         {"host": Placement((TaskPlacement("n0", (0,), 500),)), "guest": guest_placement()},
     )
-    assert rows["guest"][4] == pytest.approx(50.0)
-    assert rows["host"][4] == pytest.approx(110.0)
+    assert rows["guest"]["end_s"] == pytest.approx(50.0)
+    assert rows["host"]["end_s"] == pytest.approx(110.0)
 
 
 def test_a_part_arriving_later_slows_only_from_then_on() -> None:
@@ -107,7 +108,7 @@ def test_a_part_arriving_later_slows_only_from_then_on() -> None:
         [host, guest("guest", 500.0, 0.5, submit=40.0)],
         {"host": Placement((TaskPlacement("n0", (0,), 500),)), "guest": guest_placement()},
     )
-    assert rows["host"][4] == pytest.approx(160.0)
+    assert rows["host"]["end_s"] == pytest.approx(160.0)
 
 
 def test_a_part_on_another_gpu_does_not_slow_the_job() -> None:
@@ -124,7 +125,7 @@ def test_a_part_on_another_gpu_does_not_slow_the_job() -> None:
             ),
         },
     )
-    assert rows["host"][4] == pytest.approx(100.0)
+    assert rows["host"]["end_s"] == pytest.approx(100.0)
 
 
 def test_part_takes_its_own_request_and_is_left_out_of_the_shape() -> None:

@@ -187,9 +187,9 @@ def test_remote_gpu_runs_all_fused_work_on_its_share() -> None:
 
 
 def test_remote_and_cpu_modes_need_their_part() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="remote-GPU preprocessing needs a part with milli-GPU"):
         MODEL.iteration_ms(PROFILE, Mode.REMOTE_GPU, None)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="CPU preprocessing needs a part with CPU"):
         MODEL.iteration_ms(PROFILE, Mode.CPU, PartShape("preprocess", 0, 100))
 
 
@@ -250,21 +250,21 @@ def test_cpu_factor_inverts_the_cpu_slowdown() -> None:
 
 
 def test_costs_reject_impossible_values() -> None:
-    for bad in (
-        {"naive_interference": 0.0},
-        {"host_slowdown": 1.0},
-        {"dispatch_overhead_ms": -1.0},
-        {"cpu_workers_per_gpu": 0},
+    for bad, message in (
+        ({"naive_interference": 0.0}, r"naive_interference must be in \(0, 1\]"),
+        ({"host_slowdown": 1.0}, "host_slowdown must be below 1"),
+        ({"dispatch_overhead_ms": -1.0}, "overheads must be >= 0"),
+        ({"cpu_workers_per_gpu": 0}, "the CPU factor and worker count must be positive"),
     ):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=message):
             CoRunCosts(**bad)  # type: ignore[arg-type]
 
 
 def test_profile_shapes_are_validated() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"one value per stage \(5\)"):
         GpuStages((1.0,) * 4, (1.0,) * 4)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="between 1 and num_ops fused kernels"):
         PreprocessingWork(3, 1.0, 1.0, 4)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="needs stages and work for each of its GPUs"):
         DlrmProfile(0, 4096, (STAGES_8MS,), ())
     assert math.isclose(STAGES_8MS.intensity()[4], 2.0)

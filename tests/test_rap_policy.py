@@ -26,7 +26,7 @@ from policies import (
 from policies.dlrm import DLRM_KIND, DlrmProfile, DlrmWork, GpuStages, PreprocessingWork
 from policies.rap_model import CoRunCosts, CoRunModel
 from simulator.engine import Simulation
-from tests.conftest import job, node
+from tests.conftest import job, job_rows, node
 from traces.rap import MixedTraceSpec, generate_mixed_jobs
 
 STAGES_8MS = GpuStages((1.0, 2.0, 3.0, 1.0, 1.0), (0.5, 0.5, 1.0, 0.5, 2.0))
@@ -150,26 +150,27 @@ def test_alone_on_a_cluster_the_job_runs_at_each_modes_speed() -> None:
     jct = {}
     for sharing, idle in (("none", "false"), ("own", "false"), ("cross_job", "true")):
         policy = make_policy("rap", {"sharing": sharing, "idle_gpus": idle})
-        rows = Simulation(nodes, [dlrm()], policy).run().jobs
-        jct[sharing] = rows[0][5]
+        jct[sharing] = job_rows(Simulation(nodes, [dlrm()], policy).run())["d"]["jct_s"]
     assert jct == pytest.approx({"none": 12.5, "own": 8.4, "cross_job": 8.0})
 
 
 def test_cross_job_leaves_idle_gpus_whole_unless_allowed() -> None:
     # With every other GPU idle, the only spare milli would break a whole GPU.
     nodes = [node("n0", gpus=4, model="A100"), node("n1", gpus=4, model="A100")]
-    rows = Simulation(nodes, [dlrm()], make_policy("rap")).run().jobs
-    assert rows[0][5] == pytest.approx(8.4)
+    rows = job_rows(Simulation(nodes, [dlrm()], make_policy("rap")).run())
+    assert rows["d"]["jct_s"] == pytest.approx(8.4)
 
 
 def test_bad_options_are_rejected() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="rap sharing must be one of none, own, cross_job"):
         make_policy("rap", {"sharing": "everywhere"})
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="0 < milli_step <= max_guest_milli < 1000"):
         make_policy("rap", {"max_guest_milli": "1000"})
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="rap base 'las' must be a placement policy"):
         make_policy("rap", {"base": "las"})
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="rap base 'rap' must be a placement policy"):
+        make_policy("rap", {"base": "rap"})
+    with pytest.raises(ValueError, match="rap fallback must be one of rap, sequential"):
         make_policy("rap", {"fallback": "naive_corun"})
 
 
@@ -247,7 +248,7 @@ def test_replays_never_overcommit_and_release_every_part(
     nodes = [node("n0", gpus=4, model="A100"), node("n1", gpus=4, model="A100")]
     policy = make_policy("rap", {"sharing": sharing, "offload": offload})
     sim = Simulation(nodes, jobs, policy)
-    rows = sim.run().jobs
-    assert {row[12] for row in rows} <= {"completed", "rejected"}
+    rows = job_rows(sim.run())
+    assert {row["status"] for row in rows.values()} <= {"completed", "rejected"}
     assert (sim.cluster.state.gpu_free[:, :4] == 1000).all()
     assert sim.cluster.alloc_milli == 0

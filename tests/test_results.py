@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -150,15 +151,22 @@ def test_stacked_reads_a_per_run_table(tmp_path: Path) -> None:
         study.stacked("rounds")
 
 
-@pytest.mark.parametrize("setup", ["missing", "empty", "duplicate"])
-def test_load_experiment_rejects_non_results(tmp_path: Path, setup: str) -> None:
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        ("missing", "is not a directory"),
+        ("empty", "holds no result tables and no run directories"),
+        ("duplicate", r"has both summary.csv and .parquet"),
+    ],
+)
+def test_load_experiment_rejects_non_results(tmp_path: Path, setup: str, message: str) -> None:
     root = tmp_path / "exp"
     if setup != "missing":
         root.mkdir()
     if setup == "duplicate":
         (root / "summary.csv").write_text("a\n1\n")
         pd.DataFrame({"a": [1]}).to_parquet(root / "summary.parquet")
-    with pytest.raises(ResultsError):
+    with pytest.raises(ResultsError, match=f"^{re.escape(str(root))} {message}"):
         load_experiment(root)
 
 
