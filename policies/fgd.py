@@ -18,9 +18,10 @@ Three modes (docs/fgd.md compares them on the openb traces):
   tightest GPU.
 
 Where M comes from, in order: the `workload` config field (the inflation experiment
-builds it from the trace before inflation); the job list a host passes to `prepare()`
-before a run (trace replay); else the jobs in the snapshot (pending and running), which
-is what a live controller has.
+builds it from the trace before inflation); the job list given to `prepare()` before a
+run, by a caller that wants the whole trace's M in a replay (neither host calls it: both
+use the next rule, so they agree); else the jobs in the snapshot (pending and running),
+which is what a live controller has.
 """
 
 from __future__ import annotations
@@ -50,8 +51,6 @@ from policies.placement import feasible_nodes, select_gpus
 MODES = ("score", "artifact", "exact")
 FLOAT_SLACK = 1e-9
 """Δ values this close count as equal in exact mode even with zero tolerance."""
-DELTA_CACHE_SIZE = 256
-"""Task shapes whose per-node Δ is kept between calls."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +74,13 @@ class FgdConfig(PlacementConfig):
         default=None,
         metadata={"help": "target workload; default: from prepare() jobs, else the snapshot"},
     )
+    delta_cache_shapes: int = field(
+        default=256,
+        metadata={
+            "help": "task shapes whose per-node Δ is kept between calls (LRU); 0 recomputes "
+            "every candidate each call (same placements, ~4x slower; for measurement)"
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -85,6 +91,8 @@ class FgdConfig(PlacementConfig):
             raise ValueError("fgd coverage must be in (0, 1]")
         if self.workload is not None and not isinstance(self.workload, TargetWorkload):
             raise ValueError("fgd workload must be a TargetWorkload")
+        if self.delta_cache_shapes < 0:
+            raise ValueError("fgd delta_cache_shapes must be >= 0")
 
 
 class Fgd(PlacementPolicy):
@@ -122,7 +130,7 @@ class Fgd(PlacementPolicy):
     def _use_workload(self, workload: TargetWorkload) -> None:
         if self._fragmentation is None or self._fragmentation.workload != workload:
             self._fragmentation = NodeFragmentation(workload)
-            self._deltas = DeltaCache(self._fragmentation)
+            self._deltas = DeltaCache(self._fragmentation, self.settings.delta_cache_shapes)
 
     # -- placement ----------------------------------------------------------------------
 
@@ -232,8 +240,9 @@ class DeltaCache:
     so between two tasks of one shape only the nodes placed on in between need work.
     """
 
-    def __init__(self, fragmentation: NodeFragmentation) -> None:
+    def __init__(self, fragmentation: NodeFragmentation, shapes: int) -> None:
         self.fragmentation = fragmentation
+        self.shapes = shapes
         self._entries: OrderedDict[tuple[int, int, int], _Entry] = OrderedDict()
         self._nodes: tuple[object, ...] | None = None
 
@@ -260,7 +269,7 @@ class DeltaCache:
                 stamp=np.full(state.num_nodes, -1, dtype=np.int64),
             )
             self._entries[key] = entry
-            if len(self._entries) > DELTA_CACHE_SIZE:
+            if len(self._entries) > self.shapes:
                 self._entries.popitem(last=False)
         else:
             self._entries.move_to_end(key)
