@@ -28,13 +28,12 @@ from policies.jobs import AllocationShape, Placement, TaskPlacement
 from policies.perf_models import PlacementThroughput
 from policies.placement import take
 from simulator.clusters import NodeGroup, build_nodes
-from tests.conftest import job
+from tests.conftest import job, shared_data
 from tests.test_contract import apply_as_host
 from traces.errors import TraceError
 from traces.gavel_throughputs import generate_jobs, read_throughputs
 
 CTX = Context(np.random.default_rng(0))
-GAVEL_FILE = Path(__file__).resolve().parents[2] / "shared/data/gavel/simulation_throughputs.json"
 
 
 def test_max_min_gives_the_fast_gpu_to_the_job_that_gains_from_it() -> None:
@@ -196,9 +195,7 @@ def test_throughput_file_is_parsed_and_validated(tmp_path: Path) -> None:
 
 @pytest.mark.shared_data
 def test_generator_on_gavels_file_follows_its_distributions() -> None:
-    if not GAVEL_FILE.is_file():
-        pytest.skip(f"missing {GAVEL_FILE}")
-    table = read_throughputs(GAVEL_FILE)
+    table = read_throughputs(shared_data("gavel/simulation_throughputs.json"))
     assert len(table.job_types) == 26
     jobs = generate_jobs(table, 2000, 10.0, seed=0)
     scale = np.array([j.replicas for j in jobs])

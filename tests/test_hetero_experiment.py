@@ -11,10 +11,9 @@ import pytest
 
 from simulator.clusters import named_cluster
 from simulator.experiments import hetero
+from tests.conftest import shared_data
 from traces.errors import TraceError
 from traces.sia import read_jobs
-
-SHARED = Path(__file__).resolve().parents[2] / "shared/data/sia"
 
 
 def write(path: Path, text: str) -> None:
@@ -123,10 +122,7 @@ def test_named_clusters() -> None:
 
 @pytest.mark.shared_data
 def test_reader_on_the_public_workloads() -> None:
-    path = SHARED / "workloads/saturn/workload-1.csv"
-    if not path.is_file():
-        pytest.skip(f"missing {path}")
-    jobs = read_jobs(path)
+    jobs = read_jobs(shared_data("sia/workloads/saturn/workload-1.csv"))
     assert len(jobs) == 160
     apps = {j.attributes["application"] for j in jobs}
     assert apps <= {"cifar10", "deepspeech2", "bert", "yolov3", "imagenet"}
