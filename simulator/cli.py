@@ -224,7 +224,8 @@ def _list_policies(_args: argparse.Namespace) -> int:
         cls = policy_class(name)
         doc = (cls.__doc__ or sys.modules[cls.__module__].__doc__ or "").strip()
         doc = doc.splitlines()[0] if doc else ""
-        kind = f"rounds of {cls.round_s:g} s" if cls.round_s else "event-driven"
+        round_s = make_policy(name).round_s  # set from the default config, not the class
+        kind = f"rounds of {round_s:g} s" if round_s else "event-driven"
         print(f"{name:12s} {kind:18s} {doc}")
         for option, default, text in config_help(cls.config_type):
             print(f"    -o {option}=...  (default {default})  {text}")

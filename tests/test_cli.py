@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -249,3 +250,19 @@ def test_experiment_policy_labels_share_one_syntax() -> None:
     )
     with pytest.raises(ValueError, match="'mode' is not KEY=VALUE"):
         parse_policy_label("fgd:mode")
+
+
+def test_policies_lists_each_round_length_from_its_default_config(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["policies"]) == 0
+    listed = [line.split(maxsplit=1) for line in capsys.readouterr().out.splitlines()]
+    kinds = {
+        name: re.match(r"rounds of \S+ s|event-driven", rest)[0]  # type: ignore[index]
+        for name, rest in listed
+        if name != "-o"
+    }
+    assert kinds["gavel"] == "rounds of 360 s"
+    assert kinds["sia"] == "rounds of 60 s"
+    assert kinds["thief"] == "rounds of 30 s"
+    assert kinds["fifo"] == "event-driven"
