@@ -13,6 +13,9 @@ Per window:
 * outcomes are recorded in order in the status (`windowsRecorded` is the high-water
   mark, so nothing is counted twice), and finished pods are kept for the last
   `historyLimit` recorded windows only.
+
+Over 500 lines because reading a CTJ's pods, judging its windows and writing its pods
+and status are one pure function; split, the window rules would span three files.
 """
 
 from __future__ import annotations

@@ -9,6 +9,9 @@ policy. Anyone who can annotate a pod must not be able to stop the scheduler.
 
 Decoding into typed client models costs 10-15× more than `json.loads` at thousands of
 pods (reference kubernetes.md §1.7), so the cache keeps these small records instead.
+
+Over 500 lines because every pod and node field the controller reads is decoded and
+validated here, the one validating place at the edge (DESIGN.md).
 """
 
 from __future__ import annotations

@@ -24,6 +24,9 @@ not read are reported (FailedScheduling naming the field) and never reach the po
 policy that raises is asked again without the jobs it fails on (found by halving the
 queue), and those jobs are reported. A decision that breaks the placement contract
 (`policies.contract`) is refused and reported for its job alone.
+
+Over 500 lines because the scheduling and binding cycles share the assume cache, the
+plans and the eviction bookkeeping of one loop.
 """
 
 from __future__ import annotations

@@ -29,6 +29,9 @@ Accuracy model (all accuracies in [0, 1], times in seconds):
 Work is in reference-GPU-seconds (the GPU model with throughput 1.0); a job on `n` whole
 GPUs of model `m` runs at `throughput[m]·n·scaling^log2(n)`, on a fraction `x` of one GPU
 at `throughput[m]·x` (time-slicing).
+
+Over 500 lines because the accuracy model, the window lifecycle both hosts obey and the
+config and inference planners share one set of formulas.
 """
 
 from __future__ import annotations

@@ -47,7 +47,7 @@ from policies.gavel_lp import (
 from policies.jobs import AllocationShape, JobStatus, JobView
 from policies.perf_models import packed_placement
 from policies.placement import capacity_mask, place_on_nodes, release
-from policies.sia import (
+from policies.round_placement import (
     ModelInfo,
     cluster_models,
     free_capacity,

@@ -16,6 +16,9 @@ reservations on the GPUs (slowest for retraining first) that retraining cannot u
 
 Outputs beside the usual run files: `streams.parquet` (one row per stream window) and
 the summary keys `mean_accuracy`, `deadline_miss_rate` and the `retrain_*` figures.
+
+Over 500 lines because window openings, deadlines, triggers, inference reservations and
+exact accuracy integration are one event-driven host sharing one run's state.
 """
 
 from __future__ import annotations

@@ -350,3 +350,20 @@ def test_what_is_allowed_passes(tmp_path: Path) -> None:
         "    return float(np.random.default_rng(seed).random()) + seen[0]\n"
     )
     assert purity_problems(path) == []
+
+
+LONG_MODULE_LINES = 500
+
+
+@pytest.mark.parametrize("package", sorted(OURS))
+def test_long_modules_say_why_at_their_top(package: str) -> None:
+    """A module over LONG_MODULE_LINES lines states why in its docstring, in a
+    sentence starting "Over 500 lines because"; otherwise it should be split."""
+    unexplained = []
+    for path in sorted((ROOT / package).rglob("*.py")):
+        text = path.read_text()
+        if text.count("\n") > LONG_MODULE_LINES:
+            docstring = ast.get_docstring(ast.parse(text)) or ""
+            if f"Over {LONG_MODULE_LINES} lines because" not in docstring:
+                unexplained.append(str(path.relative_to(ROOT)))
+    assert unexplained == []

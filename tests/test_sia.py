@@ -24,14 +24,13 @@ from policies.decisions import Decision, Place, Preempt, Resize
 from policies.elastic import GoodputHints
 from policies.jobs import AllocationShape, FixedDuration, Placement, TaskPlacement
 from policies.placement import take
+from policies.round_placement import cluster_models, place_allocations
 from policies.sia import (
     Configuration,
     Sia,
     SiaConfig,
     build_configurations,
-    cluster_models,
     normalised_goodput,
-    place_allocations,
     powered_utility,
     restart_factor,
 )

@@ -11,6 +11,9 @@ same policy objects the simulator and the controller use, and the `Place` decisi
 applied to a `ClusterState`. The workload's RNG stream (shuffle, clones) is separate
 from the policy's (Random-fit) and from the node order's (`artifact_node_order`), so
 every policy sees the same task sequence and the same node order per seed.
+
+Over 500 lines because the study's run loop, its measurement and its outputs (curves,
+failures, summary, plots) are one experiment.
 """
 
 from __future__ import annotations
