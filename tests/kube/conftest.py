@@ -41,7 +41,8 @@ def kube(control_plane: ControlPlane) -> Iterator[ControlPlane]:
         control_plane.start_apiserver()
 
     async def reset() -> None:
-        admin = Admin(str(control_plane.admin_kubeconfig))
+        # Deleting a 2,000-pod burst can take longer than a normal call on 2 busy cores.
+        admin = Admin(str(control_plane.admin_kubeconfig), timeout_s=180.0)
         try:
             await admin.reset()
         finally:

@@ -53,12 +53,13 @@ KILL_AFTER = 300
 """Pods bound before the leader is killed."""
 LEASE_S, RENEW_S, RETRY_S = 4.0, 3.0, 0.5
 WHOLE = TaskRequest(cpu_milli=1000, mem_mib=1024, num_gpus=1, gpu_milli=MILLI)
-HALF = TaskRequest(cpu_milli=500, mem_mib=512, num_gpus=1, gpu_milli=MILLI // 2)
+SMALL = TaskRequest(cpu_milli=500, mem_mib=512, num_gpus=1, gpu_milli=MILLI)
+"""A 1-GPU pod asking for less CPU (a share would be a whole GPU under --backend whole)."""
 
 
 def burst() -> dict[str, TaskRequest]:
-    """Alternating whole and half GPUs: 1,500 GPUs' worth on 2,000, half of them shared."""
-    return {f"burst-{i:04d}": WHOLE if i % 2 else HALF for i in range(PODS)}
+    """Alternating 1-GPU shapes: 2,000 GPUs' worth on 2,000, so the cluster ends full."""
+    return {f"burst-{i:04d}": WHOLE if i % 2 else SMALL for i in range(PODS)}
 
 
 @pytest.fixture

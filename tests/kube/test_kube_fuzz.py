@@ -153,7 +153,7 @@ def test_malformed_objects_are_set_aside_and_everyone_else_is_served(
 
 def _options() -> ManagerOptions:
     lease = LeaseConfig(namespace=SYSTEM_NAMESPACE, lease_duration_s=6, renew_deadline_s=4)
-    scheduler = SchedulerOptions(round_s=2.0)  # rounds often enough for a test
+    scheduler = SchedulerOptions(round_s=10.0)  # rounds often enough for a test
     return ManagerOptions(
         controller=ControllerOptions(scheduler=scheduler), lease=lease, probe_port=None
     )
