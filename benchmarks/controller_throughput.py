@@ -200,6 +200,22 @@ def cpu_use(plane: ControlPlane, pair: list[ServeReplica]) -> dict[str, float]:
     return {"machine": machine_busy_seconds()} | {n: cpu_seconds(p) for n, p in pids.items()}
 
 
+async def until_bound(
+    watcher: BindWatcher, names: set[str], pair: list[ServeReplica], timeout_s: float
+) -> None:
+    """Until every pod in `names` is bound; fails at once if a replica exits (the
+    kubelet would restart it, but a replica exiting mid-run is the news here)."""
+    waiting = asyncio.ensure_future(watcher.wait_for(names, timeout_s))
+    while not waiting.done():
+        await asyncio.wait([waiting], timeout=1.0)
+        for replica in pair:
+            if not replica.running() and not waiting.done():
+                waiting.cancel()
+                code = replica.proc.returncode if replica.proc else None
+                raise RuntimeError(f"replica {replica.log.name} exited with {code}")
+    waiting.result()
+
+
 async def burst_phase(
     plane: ControlPlane, watcher: BindWatcher, pair: list[ServeReplica], load: Workload
 ) -> dict[str, Any]:
@@ -207,7 +223,7 @@ async def burst_phase(
     started = time.time()
     for replica in pair:
         replica.start()
-    await watcher.wait_for(load.valid, timeout_s=600)
+    await until_bound(watcher, load.valid, pair, timeout_s=600)
     after = cpu_use(plane, pair)
     times = sorted(watcher.bound_at[n] for n in load.valid)
     # Where the burst's CPU went (2 cores: at most 2 s per second of wall time); "others"
@@ -225,10 +241,10 @@ async def burst_phase(
 
 
 async def steady_phase(
-    admin: Admin, watcher: BindWatcher, load: Workload, rate: float
+    admin: Admin, watcher: BindWatcher, pair: list[ServeReplica], load: Workload, rate: float
 ) -> dict[str, Any]:
     created = await create_pods(admin, load.pods, rate=rate)
-    await watcher.wait_for(load.valid, timeout_s=120)
+    await until_bound(watcher, load.valid, pair, timeout_s=120)
     latency = np.array([watcher.bound_at[n] - created[n] for n in load.valid])
     return {
         "steady_rate_per_s": rate,
@@ -315,7 +331,7 @@ async def benchmark(
         result["setup_s"] = round(time.monotonic() - t0, 1)
         result.update(await burst_phase(plane, watcher, pair, burst))
         print(json.dumps(result), file=sys.stderr, flush=True)
-        result.update(await steady_phase(admin, watcher, steady, args.rate))
+        result.update(await steady_phase(admin, watcher, pair, steady, args.rate))
         result.update(await check_rejections(admin, watcher, pair, [burst, steady]))
         result.update(await leader_stats(pair))
     finally:
@@ -329,11 +345,13 @@ def one_run(bin_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
     plane = ControlPlane(bin_dir, workdir, pods_watch_cache=True)
     _PLANES.append(plane)
     pair: list[ServeReplica] = []
+    keep = args.keep
     try:
         plane.start()
         pair = replicas(plane, args, workdir)
         return asyncio.run(benchmark(plane, pair, args))
     except Exception:
+        keep = True
         for replica in pair:
             print(f"--- {replica.log}:\n{replica.log_tail()}", file=sys.stderr)
         raise
@@ -342,7 +360,7 @@ def one_run(bin_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
         if any(code not in (0, None) for code in codes):
             print(f"replica exit codes {codes} (expected 0 after SIGTERM)", file=sys.stderr)
         plane.stop()
-        if args.keep:
+        if keep:
             print(f"control plane and replica logs kept in {workdir}", file=sys.stderr)
         else:
             plane.cleanup_dir()
