@@ -99,58 +99,77 @@ SCHEDULING_EFFECTS = ("NoSchedule", "NoExecute")
 @dataclass(frozen=True, slots=True)
 class LabelIndex:
     """Which nodes carry each label, each scheduling taint and each GPU product, as
-    read-only arrays of node indices. None of these changes while a `ClusterState`
-    lives, so the index is built once with it and never written (copies and read-only
-    views share it); a mask costs a few numpy operations, not a scan of the nodes."""
+    read-only arrays. None of these changes while a `ClusterState` lives, so the index
+    is built once with it and never written (copies and read-only views share it); a
+    mask costs a few numpy operations, not a scan of the nodes. Masks it returns may be
+    shared and read-only: combine them into new arrays, never in place."""
 
     num_nodes: int
-    by_label: Mapping[tuple[str, str], IntArray]
-    by_taint: tuple[tuple[Taint, IntArray], ...]
+    label_codes: Mapping[str, IntArray]
+    """Per label key, each node's value as a code (-1 where the node lacks the key)."""
+    label_values: Mapping[str, Mapping[str, int]]
+    """Per label key, the code of each value."""
+    clear_of: tuple[tuple[Taint, BoolArray], ...]
+    """Per NoSchedule/NoExecute taint, the nodes that do not carry it."""
     by_product: tuple[tuple[str, IntArray], ...]
     """GPU nodes only."""
+    everywhere: BoolArray
+    nowhere: BoolArray
 
     @classmethod
     def of(cls, nodes: Sequence[NodeSpec]) -> LabelIndex:
-        labels: dict[tuple[str, str], list[int]] = {}
+        codes: dict[str, IntArray] = {}
+        values: dict[str, dict[str, int]] = {}
         taints: dict[Taint, list[int]] = {}
         products: dict[str, list[int]] = {}
         for i, n in enumerate(nodes):
-            for pair in n.labels.items():
-                labels.setdefault(pair, []).append(i)
+            for key, value in n.labels.items():
+                known = values.setdefault(key, {})
+                code = known.setdefault(value, len(known))
+                codes.setdefault(key, np.full(len(nodes), -1, dtype=np.int64))[i] = code
             for taint in n.taints:
                 if taint.effect in SCHEDULING_EFFECTS:
                     taints.setdefault(taint, []).append(i)
             if n.gpus:
                 products.setdefault(n.product, []).append(i)
+        everywhere = read_only(np.ones(len(nodes), dtype=bool))
+        clear_of = []
+        for taint, rows in taints.items():
+            clear = np.ones(len(nodes), dtype=bool)
+            clear[rows] = False
+            clear_of.append((taint, read_only(clear)))
         return cls(
             len(nodes),
-            {pair: _frozen(rows) for pair, rows in labels.items()},
-            tuple((taint, _frozen(rows)) for taint, rows in taints.items()),
+            {key: read_only(c) for key, c in codes.items()},
+            values,
+            tuple(clear_of),
             tuple((product, _frozen(rows)) for product, rows in products.items()),
+            everywhere,
+            read_only(np.zeros(len(nodes), dtype=bool)),
         )
 
     def selector_mask(self, selector: Mapping[str, str]) -> BoolArray:
         """Nodes carrying every label of `selector`."""
-        mask = np.zeros(self.num_nodes, dtype=bool)
-        if not selector:
-            mask[:] = True
-            return mask
-        rows: IntArray | None = None
-        for pair in selector.items():
-            carriers = self.by_label.get(pair)
-            if carriers is None:
-                return mask
-            rows = carriers if rows is None else np.intersect1d(rows, carriers)
-        mask[rows] = True
-        return mask
+        masks = []
+        for key, value in selector.items():
+            code = self.label_values.get(key, {}).get(value)
+            if code is None:
+                return self.nowhere
+            masks.append(self.label_codes[key] == code)
+        if len(masks) > 1:
+            return np.logical_and.reduce(masks)
+        return masks[0] if masks else self.everywhere
 
     def taint_mask(self, tolerations: Sequence[Toleration]) -> BoolArray:
         """Nodes whose NoSchedule and NoExecute taints `tolerations` all tolerate."""
-        mask = np.ones(self.num_nodes, dtype=bool)
-        for taint, rows in self.by_taint:
-            if not any(t.tolerates(taint) for t in tolerations):
-                mask[rows] = False
-        return mask
+        masks = [
+            clear
+            for taint, clear in self.clear_of
+            if not any(t.tolerates(taint) for t in tolerations)
+        ]
+        if len(masks) > 1:
+            return np.logical_and.reduce(masks)
+        return masks[0] if masks else self.everywhere
 
     def product_mask(self, allowed: frozenset[str]) -> BoolArray:
         """GPU nodes whose product `allowed` admits (`gpu_models.admits`)."""

@@ -41,7 +41,10 @@ def model_mask(allowed: frozenset[str], state: ClusterState) -> BoolArray:
 
 
 def label_mask(spec: JobSpec, state: ClusterState) -> BoolArray:
-    """Nodes whose labels match the job's node selector and whose taints it tolerates."""
+    """Nodes whose labels match the job's node selector and whose taints it tolerates
+    (possibly a shared read-only array)."""
+    if not spec.node_selector:
+        return taint_mask(spec, state)
     return selector_mask(spec, state) & taint_mask(spec, state)
 
 

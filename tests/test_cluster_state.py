@@ -161,6 +161,6 @@ def test_label_index_is_built_once_shared_by_copies_and_never_written() -> None:
     state = ClusterState([NodeSpec("n0", 1000, 1000, labels={"zone": "a"})])
     assert state.view().label_index is state.label_index is state.scratch().label_index
     with pytest.raises(ValueError, match="read-only"):
-        state.label_index.by_label[("zone", "a")][0] = 1
+        state.label_index.label_codes["zone"][0] = 1
     with pytest.raises(FrozenInstanceError, match="cannot assign"):
         state.label_index.num_nodes = 2  # type: ignore[misc]
