@@ -13,7 +13,7 @@ import statistics
 import time
 from pathlib import Path
 
-from simulator.experiments.fgd_inflation import load_trace, run_inflation
+from simulator.experiments.fgd_inflation import CURVE_COLUMNS, load_trace, run_inflation
 from traces.openb import read_nodes
 
 DATA = Path(os.environ.get("GPUFLEET_DATA_DIR", Path(__file__).parents[2] / "shared" / "data"))
@@ -36,7 +36,10 @@ def main() -> None:
             output = run_inflation(trace, nodes, label, seed, 1.3)
             walls.append(time.perf_counter() - start)
             cpus.append(output.cpu_seconds)
-            unallocated.append(next(float(r[5]) for r in output.curve if r[3] == 100))  # type: ignore[arg-type]
+            rows = [dict(zip(CURVE_COLUMNS, r, strict=True)) for r in output.curve]
+            unallocated.append(
+                next(float(r["unallocated_gpus"]) for r in rows if r["arrived_pct"] == 100)  # type: ignore[arg-type]
+            )
         print(
             f"| {label} | {statistics.median(walls):.2f} | {min(walls):.2f} "
             f"| {statistics.median(cpus):.2f} | {statistics.mean(unallocated):.1f} (mean) |",

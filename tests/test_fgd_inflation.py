@@ -24,6 +24,8 @@ from simulator.results import load_experiment
 from tests.conftest import job, shared_data
 from traces.openb import read_nodes
 
+UNALLOCATED = CURVE_COLUMNS.index("unallocated_gpus")
+
 NODES = """sn,cpu_milli,memory_mib,gpu,model
 node-b,32000,131072,4,V100M16
 node-a,64000,262144,8,G2
@@ -136,7 +138,7 @@ def test_a_tie_goes_to_the_first_node_of_the_seeds_order_not_the_list(tmp_path) 
         order = artifact_node_order(node_list, np.random.default_rng(node_seed))
         y_fails = arrivals[0].id == "x" and order[0].name.endswith("-b")
         curve = run_inflation(trace, node_list, "packing", seed, 0.5).curve
-        assert curve[-1][5] == (3.0 if y_fails else 2.0)
+        assert curve[-1][UNALLOCATED] == (3.0 if y_fails else 2.0)
         outcomes.append(y_fails)
     assert any(outcomes) and not all(outcomes)
 
@@ -194,7 +196,7 @@ def test_paper_ordering_on_one_seed_of_the_default_trace() -> None:
     at_100: dict[str, float] = {}
     for policy in ("random", "packing", "bestfit", "fgd"):
         curve = run_inflation(trace, nodes, policy, 42, 1.0).curve
-        at_100[policy] = float(curve[-1][5])  # type: ignore[arg-type]
+        at_100[policy] = float(curve[-1][UNALLOCATED])  # type: ignore[arg-type]
     assert at_100["random"] > at_100["packing"] > at_100["bestfit"] > at_100["fgd"]
 
 
