@@ -142,7 +142,11 @@ def test_policy_round_places_bootstrapping_jobs_on_one_gpu() -> None:
 
 
 def test_configuration_is_hashable_value() -> None:
-    assert Configuration("t4", 1, 2) == Configuration("t4", 1, 2)
+    a, b = Configuration("t4", 1, 2), Configuration("t4", 1, 2)
+    assert a == b and a is not b and hash(a) == hash(b)
+    # Sia keys its configuration index by value: an equal configuration finds the entry.
+    assert {a: 0}[b] == 0
+    assert len({a, b, Configuration("t4", 1, 4)}) == 2
 
 
 # -- every pod shape, placed where it fits (issue 13) ---------------------------------------
