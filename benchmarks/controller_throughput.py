@@ -43,7 +43,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from controller.objects import ATTAINED_GPU_S, GANG_SIZE, GPU_MILLI  # noqa: E402
+from controller.kube.objects import ATTAINED_GPU_S, GANG_SIZE, GPU_MILLI  # noqa: E402
 from policies import NodeSpec, TaskRequest  # noqa: E402
 from tests.kube.controlplane import (  # noqa: E402
     HOW_TO_BUILD,

@@ -16,7 +16,7 @@ import os
 import time
 from pathlib import Path
 
-from simulator.cli import main as gpufleet
+from gpufleet.cli import main as gpufleet
 
 DATA = Path(os.environ.get("GPUFLEET_DATA_DIR", Path(__file__).parents[2] / "shared" / "data"))
 OPENB = DATA / "alibaba-gpu-2023"

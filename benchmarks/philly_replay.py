@@ -33,9 +33,9 @@ TRACE = DATA / "sia" / "traces" / "philly.csv"
 
 def command(policy: str, out: Path) -> list[str]:
     """The README's command; `gpufleet` is the console script beside this interpreter
-    (the same entry point a shell finds), else `python -m simulator.cli`."""
+    (the same entry point a shell finds), else `python -m gpufleet`."""
     script = Path(sys.executable).parent / "gpufleet"
-    entry = [str(script)] if script.exists() else [sys.executable, "-m", "simulator.cli"]
+    entry = [str(script)] if script.exists() else [sys.executable, "-m", "gpufleet"]
     args = ["simulate", "--trace", str(TRACE), "--format", "philly", "--gpus", "2048"]
     return [*entry, *args, "--policy", policy, "--out", str(out)]
 

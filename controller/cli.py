@@ -15,11 +15,11 @@ import signal
 from collections.abc import Awaitable
 from pathlib import Path
 
-from controller.encoders import ENCODERS, make_encoder
-from controller.informer import Informer
-from controller.kubeapi import KubeApi, load_config
-from controller.objects import SCHEDULER_NAME
+from controller.kube.informer import Informer
+from controller.kube.kubeapi import KubeApi, load_config
+from controller.kube.objects import SCHEDULER_NAME
 from controller.recorder import DEFAULT_LOOKBACK_S, TraceRecorder
+from controller.scheduling.encoders import ENCODERS, make_encoder
 from controller.serve import add_run_command, add_serve_command
 from traces.outputs import add_force_argument, check_output_dir
 

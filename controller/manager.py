@@ -20,12 +20,12 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 
-from controller.kubeapi import KubeApi
-from controller.leader import LeaderElector, LeaseConfig
+from controller.ctj.reconciler import CtjReconciler
+from controller.kube.kubeapi import KubeApi
+from controller.kube.leader import LeaderElector, LeaseConfig
 from controller.metrics import ControllerMetrics, ProbeServer
-from controller.quarantine import Quarantine
-from controller.reconciler import CtjReconciler
 from controller.runtime import Controller, ControllerOptions
+from controller.scheduling.quarantine import Quarantine
 from controller.supervisor import Supervisor
 from policies import Policy
 

@@ -24,9 +24,9 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from controller.crd import Ctj
-from controller.quarantine import Quarantine
-from controller.scheduler import BindRecord, Scheduler
+from controller.ctj.crd import Ctj
+from controller.scheduling.quarantine import Quarantine
+from controller.scheduling.scheduler import BindRecord, Scheduler
 from policies import Place, SchedulingResult, Unschedulable
 
 log = logging.getLogger(__name__)

@@ -41,9 +41,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from controller.cache import NODES, ClusterCache
-from controller.encoders import GpuEncoder
-from controller.objects import (
+from controller.kube.objects import (
     SCHEDULER_NAME,
     NodeRecord,
     PodRecord,
@@ -51,7 +49,15 @@ from controller.objects import (
     parse_time,
     pod_from_json,
 )
-from controller.workload import DEFAULT_RUNTIME_S, build_workload, job_id, node_spec, task_request
+from controller.scheduling.cache import NODES, ClusterCache
+from controller.scheduling.encoders import GpuEncoder
+from controller.scheduling.workload import (
+    DEFAULT_RUNTIME_S,
+    build_workload,
+    job_id,
+    node_spec,
+    task_request,
+)
 from policies import FixedDuration, JobSpec, TaskRequest
 from traces.canonical import (
     JOBS_FILE,

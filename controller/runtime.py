@@ -7,14 +7,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from controller.cache import NODES, PODS, ClusterCache
-from controller.effects import ApiEffects
-from controller.encoders import make_encoder
-from controller.informer import Informer
-from controller.kubeapi import KubeApi
-from controller.objects import SCHEDULER_NAME
-from controller.quarantine import Quarantine
-from controller.scheduler import Scheduler, SchedulerOptions
+from controller.kube.informer import Informer
+from controller.kube.kubeapi import KubeApi
+from controller.kube.objects import SCHEDULER_NAME
+from controller.scheduling.cache import NODES, PODS, ClusterCache
+from controller.scheduling.effects import ApiEffects
+from controller.scheduling.encoders import make_encoder
+from controller.scheduling.quarantine import Quarantine
+from controller.scheduling.scheduler import Scheduler, SchedulerOptions
 from controller.supervisor import Supervisor
 from policies import Policy
 

@@ -22,14 +22,14 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from controller.encoders import ENCODERS
-from controller.kubeapi import ApiConfig, KubeApi, load_config
-from controller.leader import LeadershipLostError, LeaseConfig, default_namespace
+from controller.kube.kubeapi import ApiConfig, KubeApi, load_config
+from controller.kube.leader import LeadershipLostError, LeaseConfig, default_namespace
+from controller.kube.objects import SCHEDULER_NAME
 from controller.logfmt import setup_logging
 from controller.manager import Manager, ManagerOptions
-from controller.objects import SCHEDULER_NAME
 from controller.runtime import ControllerOptions
-from controller.scheduler import SchedulerOptions
+from controller.scheduling.encoders import ENCODERS
+from controller.scheduling.scheduler import SchedulerOptions
 from controller.supervisor import TaskDiedError
 from policies import Policy, make_policy, policy_names
 from policies.registry import parse_options

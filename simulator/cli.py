@@ -1,15 +1,13 @@
-"""`gpufleet`: simulate, compare, traces, policies, experiment, controller.
+"""The simulator's commands: `gpufleet simulate|compare|policies|experiment`.
 
-Every failure a user can cause (bad argument, bad file, unknown policy) ends with one
-line on stderr and exit code 2; no traceback, no partial output.
+`gpufleet.cli` plugs them into the command tree and turns a user's error into one line
+on stderr and exit code 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
-from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from policies import make_policy, policy_class, policy_names
@@ -19,44 +17,14 @@ from simulator.experiments import experiment_modules
 from simulator.inputs import add_input_arguments, load_inputs
 from simulator.progress import ProgressBar
 from simulator.run import RunConfig, RunResult, simulate
-from traces import TraceError
-from traces.cli import add_traces_commands
 from traces.outputs import add_force_argument, check_output_dir, output_directory
 
-Handler = Callable[[argparse.Namespace], int]
-OURS = {"policies", "simulator", "traces", "controller"}
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    handler: Handler | None = getattr(args, "handler", None)
-    if handler is None:
-        parser.print_help()
-        return 2
-    try:
-        return handler(args)
-    except (TraceError, ValueError, KeyError, OSError) as err:
-        print(f"gpufleet: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("gpufleet: interrupted", file=sys.stderr)
-        return 130
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="gpufleet",
-        description="GPU-cluster scheduling simulator and Kubernetes controller.",
-    )
-    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+def add_simulator_commands(commands: argparse._SubParsersAction) -> None:
     _add_simulate(commands)
     _add_compare(commands)
-    add_traces_commands(commands)
     _add_policies(commands)
     _add_experiments(commands)
-    _add_controller(commands)
-    return parser
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -144,37 +112,6 @@ def _add_experiments(commands: argparse._SubParsersAction) -> None:
         sub.set_defaults(handler=module.run)
 
 
-def _add_controller(commands: argparse._SubParsersAction) -> None:
-    try:
-        module = importlib.import_module("controller.cli")
-    except ModuleNotFoundError as err:
-        if err.name is None or err.name.split(".")[0] in OURS:
-            raise
-        _add_controller_placeholder(commands, err.name)
-        return
-    module.add_controller_commands(commands)
-
-
-def _add_controller_placeholder(commands: argparse._SubParsersAction, missing: str) -> None:
-    """The simulator installs without the controller's extras; say how to get them."""
-    parser = commands.add_parser(
-        "controller",
-        help="Kubernetes controller (needs: pip install 'gpufleet[controller]')",
-        description="The Kubernetes controller needs optional dependencies.",
-    )
-    parser.add_argument("args", nargs=argparse.REMAINDER)
-
-    def explain(_args: argparse.Namespace) -> int:
-        print(
-            f"gpufleet: error: the controller needs module {missing!r}: "
-            "pip install -e '.[controller]'",
-            file=sys.stderr,
-        )
-        return 2
-
-    parser.set_defaults(handler=explain)
-
-
 def _run_one(args: argparse.Namespace, policy_name: str, out_dir: Path) -> RunResult:
     inputs = load_inputs(args)
     options = parse_options(args.option)
@@ -230,7 +167,3 @@ def _list_policies(_args: argparse.Namespace) -> int:
         for option, default, text in config_help(cls.config_type):
             print(f"    -o {option}=...  (default {default})  {text}")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -38,6 +38,7 @@ ROOT = Path(__file__).parents[1]
 THIRD_PARTY = {
     "policies": {"numpy", "scipy", "networkx"},
     "traces": {"numpy", "scipy", "networkx", "pyarrow", "pandas"},
+    "simulator": {"numpy", "scipy", "networkx", "pyarrow", "pandas", "simpy", "matplotlib"},
     "controller": {
         "numpy",
         "scipy",
@@ -49,10 +50,11 @@ THIRD_PARTY = {
         "aiohttp",
     },
 }
-OURS = {"policies", "simulator", "traces", "controller"}
+OURS = {"gpufleet", "policies", "simulator", "traces", "controller"}
 ALLOWED_OURS = {
     "policies": {"policies"},
     "traces": {"policies", "traces"},
+    "simulator": {"policies", "traces", "simulator"},
     "controller": {"policies", "traces", "controller"},
 }
 

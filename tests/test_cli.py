@@ -12,8 +12,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from gpufleet.cli import main
 from policies.registry import parse_policy_label
-from simulator.cli import main
 from simulator.progress import ProgressBar
 
 SUMMARY_KEYS = {
@@ -188,7 +188,7 @@ def test_help_answers_for_every_command() -> None:
         ["traces", "generate", "--help"],
     ):
         done = subprocess.run(
-            [sys.executable, "-m", "simulator.cli", *args],
+            [sys.executable, "-m", "gpufleet", *args],
             capture_output=True,
             text=True,
             check=False,

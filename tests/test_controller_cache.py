@@ -9,10 +9,10 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controller.cache import NODES, PODS, ClusterCache
-from controller.encoders import WholeGpu
-from controller.ledger import Charge
-from controller.objects import ASSIGNED_GPUS, ASSIGNED_MILLI, GPU_MILLI
+from controller.kube.objects import ASSIGNED_GPUS, ASSIGNED_MILLI, GPU_MILLI
+from controller.scheduling.cache import NODES, PODS, ClusterCache
+from controller.scheduling.encoders import WholeGpu
+from controller.scheduling.ledger import Charge
 
 
 def node_json(name: str, gpus: int = 4) -> dict[str, Any]:

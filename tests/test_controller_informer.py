@@ -12,8 +12,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from controller.informer import Informer
-from controller.kubeapi import ApiConfig, KubeApi, kubeconfig_config
+from controller.kube.informer import Informer
+from controller.kube.kubeapi import ApiConfig, KubeApi, kubeconfig_config
 from tests.kube.controlplane import Pki
 
 

@@ -20,9 +20,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from controller import kubeapi
-from controller.informer import Informer
-from controller.kubeapi import ApiConfig, KubeApi, load_config
+from controller.kube import kubeapi
+from controller.kube.informer import Informer
+from controller.kube.kubeapi import ApiConfig, KubeApi, load_config
 from tests.kube.controlplane import Pki
 
 EXEC_API = "client.authentication.k8s.io/v1"

@@ -9,9 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controller.crd import UNREADABLE_SPEC, ctj_from_json
-from controller.encoders import GpuShare, Hami, WholeGpu, make_encoder
-from controller.objects import (
+from controller.ctj.crd import UNREADABLE_SPEC, ctj_from_json
+from controller.kube.objects import (
     GPU_MILLI,
     UNSCHEDULABLE_TAINT,
     Problem,
@@ -21,6 +20,7 @@ from controller.objects import (
     parse_quantity,
     pod_from_json,
 )
+from controller.scheduling.encoders import GpuShare, Hami, WholeGpu, make_encoder
 from policies import Taint, Toleration
 
 

@@ -6,9 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from controller.cache import NODES, PODS
-from controller.encoders import Hami
-from controller.objects import (
+from controller.kube.objects import (
     ASSIGNED_GPUS,
     ASSIGNED_MILLI,
     BOUND_AT,
@@ -19,7 +17,9 @@ from controller.objects import (
     SUBMIT_TIME,
 )
 from controller.recorder import PAST_END_S, TraceRecorder
-from controller.workload import DEFAULT_RUNTIME_S
+from controller.scheduling.cache import NODES, PODS
+from controller.scheduling.encoders import Hami
+from controller.scheduling.workload import DEFAULT_RUNTIME_S
 from policies import FixedDuration, TaskRequest, make_policy
 from simulator.engine import EngineOptions, Simulation
 from simulator.metrics import JOB_COLUMNS, OCCUPANT

@@ -7,10 +7,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from controller.cache import NODES, PODS, ClusterCache
-from controller.effects import BindOutcome
-from controller.encoders import WholeGpu
-from controller.objects import (
+from controller.kube.objects import (
     ASSIGNED_GPUS,
     ASSIGNED_MILLI,
     ATTAINED_GPU_S,
@@ -21,7 +18,10 @@ from controller.objects import (
     PREEMPTIBLE,
     PodRecord,
 )
-from controller.scheduler import Scheduler, SchedulerOptions
+from controller.scheduling.cache import NODES, PODS, ClusterCache
+from controller.scheduling.effects import BindOutcome
+from controller.scheduling.encoders import WholeGpu
+from controller.scheduling.scheduler import Scheduler, SchedulerOptions
 from policies import (
     Context,
     Place,

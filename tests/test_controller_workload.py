@@ -6,8 +6,7 @@ from typing import Any
 
 import pytest
 
-from controller.encoders import WholeGpu
-from controller.objects import (
+from controller.kube.objects import (
     GANG_SIZE,
     GPU_MODELS,
     JOB_LABEL,
@@ -17,7 +16,8 @@ from controller.objects import (
     parse_duration,
     pod_from_json,
 )
-from controller.workload import build_workload
+from controller.scheduling.encoders import WholeGpu
+from controller.scheduling.workload import build_workload
 from policies import FixedDuration, TaskRequest
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from controller.leader import LeaderElector, LeadershipLostError, LeaseConfig
+from controller.kube.leader import LeaderElector, LeadershipLostError, LeaseConfig
 
 
 class LeaseEndpoint:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from controller.crd import (
+from controller.ctj.crd import (
     COMPLETED,
     MISSED,
     NAME_LABEL,
@@ -21,9 +21,9 @@ from controller.crd import (
     WindowOutcome,
     ctj_from_json,
 )
-from controller.ctj_plan import CtjPod, Plan, ctj_pod_from_json, plan
-from controller.effects import now_rfc3339
-from controller.objects import GANG_SIZE, GPU_MILLI, GPU_MODELS, POD_GROUP_LABEL, SUBMIT_TIME
+from controller.ctj.plan import CtjPod, Plan, ctj_pod_from_json, plan
+from controller.kube.objects import GANG_SIZE, GPU_MILLI, GPU_MODELS, POD_GROUP_LABEL, SUBMIT_TIME
+from controller.scheduling.effects import now_rfc3339
 
 CREATED = 1_700_000_000.0
 UID = "uid-1"

@@ -12,8 +12,8 @@ import jsonschema
 import pytest
 import yaml
 
-from controller.crd import API_VERSION, GROUP, KIND, PLURAL, VERSION, ctj_from_json
-from controller.ctj_plan import plan
+from controller.ctj.crd import API_VERSION, GROUP, KIND, PLURAL, VERSION, ctj_from_json
+from controller.ctj.plan import plan
 from policies.continual import AccuracyCurve, RetrainConfig
 
 ROOT = Path(__file__).parents[1]

@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from controller.crd import RetrainSchedule, Window
-from controller.windows import CronSchedule, CronWindows, PeriodicWindows, window_clock
+from controller.ctj.crd import RetrainSchedule, Window
+from controller.ctj.windows import CronSchedule, CronWindows, PeriodicWindows, window_clock
 
 
 def at(*parts: int) -> float:

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gpufleet.cli import main
 from policies import (
     ClusterState,
     Context,
@@ -30,7 +31,6 @@ from policies.fragmentation import (
     node_fragmentation,
     workload_from_jobs,
 )
-from simulator.cli import main
 from simulator.engine import Simulation
 from tests.conftest import job, node
 from traces.openb import read_jobs, read_nodes

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from simulator.cli import main
+from gpufleet.cli import main
 from simulator.experiments.fgd_inflation import (
     CURVE_COLUMNS,
     FAILURE_COLUMNS,

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from controller.encoders import WholeGpu
-from controller.objects import node_from_json
-from controller.workload import node_spec
+from controller.kube.objects import node_from_json
+from controller.scheduling.encoders import WholeGpu
+from controller.scheduling.workload import node_spec
 from policies import (
     ClusterState,
     Context,

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from gpufleet.cli import main
 from policies import JobSpec, ModelThroughput, make_policy
-from simulator.cli import main
 from simulator.engine import EngineOptions, Simulation
 from simulator.metrics import JOB_COLUMNS, OCCUPANT
 from tests.conftest import job, node

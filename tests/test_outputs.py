@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from controller.encoders import WholeGpu
 from controller.recorder import TraceRecorder
-from simulator.cli import main
+from controller.scheduling.encoders import WholeGpu
+from gpufleet.cli import main
 from tests.test_fgd_inflation import NODES, PODS
 from tests.test_hetero_experiment import invented_data as hetero_data
 from tests.test_rap_experiment import invented_data as rap_data

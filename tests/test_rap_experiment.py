@@ -8,8 +8,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from gpufleet.cli import main
 from policies.dlrm import STAGES
-from simulator.cli import main
 
 STAGE_HEADER = "plan,num_gpus,gpu,stage,stage_ms,capacity_ms\n"
 WORK_HEADER = "plan,num_gpus,batch,gpu,num_ops,unfused_ms,fused_ms,method\n"

@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from gpufleet.cli import main
 from policies import make_policy
-from simulator.cli import main
 from simulator.metrics import JOB_COLUMNS
 from simulator.results import ResultsError, ecdf, load_experiment, load_run
 from simulator.run import RunConfig, simulate

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
-from controller.crd import API_VERSION, GROUP, KIND, PLURAL, object_path
-from controller.kubeapi import KubeApi, load_config
+from controller.ctj.crd import API_VERSION, GROUP, KIND, PLURAL, object_path
+from controller.kube.kubeapi import KubeApi, load_config
 from tests.kube.controlplane import REPO, ControlPlane
 from tests.kube.helpers import FAKE, NAMESPACE, Admin
 

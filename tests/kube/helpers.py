@@ -16,8 +16,8 @@ from typing import Any
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from controller.kubeapi import KubeApi, load_config
-from controller.objects import GPU_MILLI, GPU_MODELS, RUNTIME, SCHEDULER_NAME
+from controller.kube.kubeapi import KubeApi, load_config
+from controller.kube.objects import GPU_MILLI, GPU_MODELS, RUNTIME, SCHEDULER_NAME
 from policies import MILLI, NodeSpec, TaskRequest
 
 FAKE = "kwok.x-k8s.io/node"

@@ -23,10 +23,10 @@ from typing import Any
 
 import pytest
 
-from controller.leader import LeadershipLostError, LeaseConfig
+from controller.kube.leader import LeadershipLostError, LeaseConfig
+from controller.kube.objects import ASSIGNED_GPUS
 from controller.manager import Manager, ManagerOptions
-from controller.objects import ASSIGNED_GPUS
-from controller.scheduler import BindRecord
+from controller.scheduling.scheduler import BindRecord
 from policies import NodeSpec, TaskRequest, make_policy
 from tests.kube.ctj_helpers import (
     SYSTEM_NAMESPACE,

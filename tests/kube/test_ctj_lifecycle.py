@@ -25,8 +25,8 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from controller.crd import NAME_LABEL
-from controller.objects import GANG_SIZE, POD_GROUP_LABEL, parse_time
+from controller.ctj.crd import NAME_LABEL
+from controller.kube.objects import GANG_SIZE, POD_GROUP_LABEL, parse_time
 from policies import NodeSpec, TaskRequest
 from tests.kube.controlplane import REPO, free_port
 from tests.kube.ctj_helpers import (

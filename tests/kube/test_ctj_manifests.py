@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
-from controller.crd import API_VERSION, KIND
-from controller.kubeapi import KubeApi
+from controller.ctj.crd import API_VERSION, KIND
+from controller.kube.kubeapi import KubeApi
 from tests.kube.controlplane import REPO
 from tests.kube.ctj_helpers import (
     CTJS,

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from controller.effects import now_rfc3339
-from controller.objects import parse_time
+from controller.kube.objects import parse_time
+from controller.scheduling.effects import now_rfc3339
 from tests.kube.ctj_helpers import (
     CTJS,
     CtjEnvironment,

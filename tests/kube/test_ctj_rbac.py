@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
-from controller.kubeapi import KubeApi, load_config
-from controller.leader import LeaseConfig
+from controller.kube.kubeapi import KubeApi, load_config
+from controller.kube.leader import LeaseConfig
 from controller.manager import Manager, ManagerOptions
 from policies import NodeSpec, TaskRequest, make_policy
 from tests.kube.ctj_helpers import (

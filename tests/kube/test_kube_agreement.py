@@ -43,13 +43,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from controller.encoders import Hami
-from controller.informer import Informer
-from controller.objects import GANG_SIZE, GPU_COUNT_LABEL, GPU_RESOURCE, JOB_LABEL, SUBMIT_TIME
+from controller.kube.informer import Informer
+from controller.kube.objects import GANG_SIZE, GPU_COUNT_LABEL, GPU_RESOURCE, JOB_LABEL, SUBMIT_TIME
 from controller.recorder import TraceRecorder
 from controller.runtime import NON_TERMINAL, Controller
-from controller.scheduler import BindRecord, SchedulerOptions
-from controller.workload import job_id
+from controller.scheduling.encoders import Hami
+from controller.scheduling.scheduler import BindRecord, SchedulerOptions
+from controller.scheduling.workload import job_id
 from policies import (
     FixedDuration,
     JobSpec,

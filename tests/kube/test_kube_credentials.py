@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from controller import kubeapi
-from controller.informer import Informer
-from controller.kubeapi import KubeApi, load_config
+from controller.kube import kubeapi
+from controller.kube.informer import Informer
+from controller.kube.kubeapi import KubeApi, load_config
 from policies import NodeSpec
 from tests.kube.controlplane import ControlPlane
 from tests.kube.helpers import NAMESPACE, Admin, eventually

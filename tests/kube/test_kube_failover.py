@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from controller.objects import ASSIGNED_GPUS, ASSIGNED_MILLI, BOUND_AT
+from controller.kube.objects import ASSIGNED_GPUS, ASSIGNED_MILLI, BOUND_AT
 from policies import MILLI, NodeSpec, TaskRequest
 from tests.kube.controlplane import free_port
 from tests.kube.ctj_helpers import (

@@ -15,11 +15,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from controller.cache import NODES, PODS, ClusterCache
-from controller.effects import ApiEffects, BindOutcome
-from controller.encoders import WholeGpu
-from controller.objects import PodRecord
+from controller.kube.objects import PodRecord
 from controller.runtime import NON_TERMINAL, Controller
+from controller.scheduling.cache import NODES, PODS, ClusterCache
+from controller.scheduling.effects import ApiEffects, BindOutcome
+from controller.scheduling.encoders import WholeGpu
 from policies import NodeSpec, TaskRequest
 from tests.kube.controlplane import ControlPlane
 from tests.kube.helpers import Admin, RunningController, eventually, pod_manifest
@@ -247,6 +247,6 @@ def test_node_deleted_under_assumed_pod(kube: ControlPlane) -> None:
 
 
 def _fast_expiry() -> Any:
-    from controller.scheduler import SchedulerOptions
+    from controller.scheduling.scheduler import SchedulerOptions
 
     return SchedulerOptions(assume_timeout_s=3.0)

@@ -19,13 +19,13 @@ from typing import Any
 
 import pytest
 
-from controller.crd import NAME_LABEL
-from controller.kubeapi import KubeApi
-from controller.leader import LeaseConfig
+from controller.ctj.crd import NAME_LABEL
+from controller.kube.kubeapi import KubeApi
+from controller.kube.leader import LeaseConfig
+from controller.kube.objects import ASSIGNED_GPUS, ASSIGNED_MILLI, PodRecord
 from controller.manager import Manager, ManagerOptions
-from controller.objects import ASSIGNED_GPUS, ASSIGNED_MILLI, PodRecord
 from controller.runtime import ControllerOptions
-from controller.scheduler import SchedulerOptions
+from controller.scheduling.scheduler import SchedulerOptions
 from policies import MILLI, NodeSpec, TaskRequest, make_policy
 from tests.kube.controlplane import ControlPlane
 from tests.kube.ctj_helpers import (  # noqa: F401

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.crd import NAME_LABEL
+from controller.ctj.crd import NAME_LABEL
 from policies import NodeSpec, TaskRequest
 from policies.gpu_models import node_model
 from tests.kube.ctj_helpers import (

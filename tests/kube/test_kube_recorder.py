@@ -18,14 +18,14 @@ from typing import Any
 
 import pytest
 
-from controller.encoders import WholeGpu
-from controller.informer import Informer
-from controller.objects import ASSIGNED_GPUS
+from controller.kube.informer import Informer
+from controller.kube.objects import ASSIGNED_GPUS
 from controller.recorder import TraceRecorder
 from controller.runtime import Controller
-from controller.scheduler import SchedulerOptions
+from controller.scheduling.encoders import WholeGpu
+from controller.scheduling.scheduler import SchedulerOptions
+from gpufleet.cli import main
 from policies import NodeSpec, TaskRequest, make_policy
-from simulator.cli import main
 from simulator.engine import EngineOptions, Simulation
 from simulator.metrics import JOB_COLUMNS, OCCUPANT
 from tests.kube.controlplane import ControlPlane

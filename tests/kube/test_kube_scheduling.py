@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.objects import (
+from controller.kube.objects import (
     ASSIGNED_GPUS,
     ASSIGNED_MILLI,
     ATTAINED_GPU_S,
@@ -178,7 +178,7 @@ def test_kwok_stage_completes_pod_after_its_runtime_and_frees_gpu(kube: ControlP
 
 def test_scheduler_identity_is_limited_by_rbac(kube: ControlPlane) -> None:
     async def scenario(admin: Admin) -> None:
-        from controller.kubeapi import KubeApi, load_config
+        from controller.kube.kubeapi import KubeApi, load_config
 
         api = KubeApi(load_config(str(kube.scheduler_kubeconfig)))
         try:
@@ -294,7 +294,7 @@ def test_record_command_writes_a_replayable_trace(kube: ControlPlane, tmp_path: 
         recorder = await asyncio.create_subprocess_exec(
             sys.executable,
             "-c",
-            "from simulator.cli import main; raise SystemExit(main())",
+            "from gpufleet.cli import main; raise SystemExit(main())",
             "controller",
             "record",
             "--out",

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from decimal import Decimal
 from typing import ClassVar, Protocol
 
-from controller.objects import (
+from controller.kube.objects import (
     GPU_COUNT_LABEL,
     GPU_MEMORY_LABEL,
     GPU_MILLI,

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import aiohttp
 
-from controller.kubeapi import ApiError, KubeApi
+from controller.kube.kubeapi import ApiError, KubeApi
 
 log = logging.getLogger(__name__)
 

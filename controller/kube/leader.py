@@ -32,8 +32,8 @@ from typing import Any
 
 import aiohttp
 
-from controller.effects import now_rfc3339
-from controller.kubeapi import ApiError, KubeApi
+from controller.kube.kubeapi import ApiError, KubeApi
+from controller.scheduling.effects import now_rfc3339
 
 log = logging.getLogger(__name__)
 

@@ -18,9 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from controller.encoders import GpuEncoder
-from controller.ledger import Admission, CapacityLedger, Charge
-from controller.objects import (
+from controller.kube.objects import (
     ASSIGNED_GPUS,
     SCHEDULER_NAME,
     NodeRecord,
@@ -28,7 +26,9 @@ from controller.objects import (
     node_from_json,
     pod_from_json,
 )
-from controller.workload import RunningJobs, node_spec, task_request
+from controller.scheduling.encoders import GpuEncoder
+from controller.scheduling.ledger import Admission, CapacityLedger, Charge
+from controller.scheduling.workload import RunningJobs, node_spec, task_request
 from policies import TaskRequest
 
 log = logging.getLogger(__name__)

@@ -42,12 +42,12 @@ from typing import Any
 import aiohttp
 import numpy as np
 
-from controller.cache import ClusterCache
-from controller.effects import ApiEffects, BindOutcome, placement_annotations
-from controller.ledger import Charge
-from controller.objects import PodRecord, Problem
-from controller.quarantine import Quarantine
-from controller.workload import PendingJob, build_workload, job_id
+from controller.kube.objects import PodRecord, Problem
+from controller.scheduling.cache import ClusterCache
+from controller.scheduling.effects import ApiEffects, BindOutcome, placement_annotations
+from controller.scheduling.ledger import Charge
+from controller.scheduling.quarantine import Quarantine
+from controller.scheduling.workload import PendingJob, build_workload, job_id
 from policies import (
     MILLI,
     ClusterState,

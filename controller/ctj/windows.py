@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-from controller.crd import RetrainSchedule, Window
+from controller.ctj.crd import RetrainSchedule, Window
 
 MACROS = {
     "@yearly": "0 0 1 1 *",

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from controller.crd import (
+from controller.ctj.crd import (
     ACCURACY,
     API_VERSION,
     COMPLETED,
@@ -52,7 +52,8 @@ from controller.crd import (
     Window,
     WindowOutcome,
 )
-from controller.objects import (
+from controller.ctj.windows import window_clock
+from controller.kube.objects import (
     GANG_SIZE,
     GPU_MILLI,
     GPU_MODELS,
@@ -64,7 +65,6 @@ from controller.objects import (
     parse_time,
     pod_from_json,
 )
-from controller.windows import window_clock
 from policies import MILLI
 
 HISTORY = 5

@@ -8,9 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from controller.encoders import GpuEncoder
-from controller.ledger import Charge
-from controller.objects import (
+from controller.kube.objects import (
     JOB_LABEL,
     MODEL_LABELS,
     POD_GROUP_LABEL,
@@ -20,6 +18,8 @@ from controller.objects import (
     Problem,
     first_label,
 )
+from controller.scheduling.encoders import GpuEncoder
+from controller.scheduling.ledger import Charge
 from policies import (
     ClusterState,
     FixedDuration,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 
-from controller.objects import Problem
+from controller.kube.objects import Problem
 
 log = logging.getLogger(__name__)
 

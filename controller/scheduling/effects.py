@@ -18,8 +18,8 @@ from typing import Any
 
 import aiohttp
 
-from controller.kubeapi import STRATEGIC_MERGE_PATCH, ApiError, KubeApi
-from controller.objects import (
+from controller.kube.kubeapi import STRATEGIC_MERGE_PATCH, ApiError, KubeApi
+from controller.kube.objects import (
     ASSIGNED_GPUS,
     ASSIGNED_MILLI,
     ATTAINED_BY_MODEL,

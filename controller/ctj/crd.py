@@ -13,8 +13,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from controller.effects import now_rfc3339
-from controller.objects import Problem, parse_time
+from controller.kube.objects import Problem, parse_time
+from controller.scheduling.effects import now_rfc3339
 from policies import MILLI
 from policies.continual import AccuracyCurve, RetrainConfig
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import aiohttp
 
-from controller.crd import (
+from controller.ctj.crd import (
     API_VERSION,
     COLLECTION_PATH,
     KIND,
@@ -38,12 +38,12 @@ from controller.crd import (
     ctj_from_json,
     object_path,
 )
-from controller.ctj_plan import CtjPod, Plan, ctj_pod_from_json, plan
-from controller.effects import post_event
-from controller.informer import Informer
-from controller.kubeapi import ApiError, KubeApi
-from controller.objects import SCHEDULER_NAME, Problem
-from controller.quarantine import Quarantine
+from controller.ctj.plan import CtjPod, Plan, ctj_pod_from_json, plan
+from controller.kube.informer import Informer
+from controller.kube.kubeapi import ApiError, KubeApi
+from controller.kube.objects import SCHEDULER_NAME, Problem
+from controller.scheduling.effects import post_event
+from controller.scheduling.quarantine import Quarantine
 from controller.supervisor import Supervisor
 
 log = logging.getLogger(__name__)

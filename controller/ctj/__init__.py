@@ -1,0 +1,1 @@
+"""ContinualTrainingJobs: the custom resource, its windows, and the reconciler."""

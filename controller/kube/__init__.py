@@ -1,0 +1,1 @@
+"""The API client: typed decoding of API objects, list+watch, leader election."""

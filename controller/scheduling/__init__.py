@@ -1,0 +1,1 @@
+"""Scheduling: the cluster cache, the policy loop, and its writes to the API server."""
