@@ -282,7 +282,9 @@ class ControlPlane:
             "kube-controller-manager",
             [
                 f"--kubeconfig={self.admin_kubeconfig}",
-                "--controllers=pod-garbage-collector-controller,garbage-collector-controller",
+                # resourceclaim-controller: ResourceClaimTemplate → claim, and DRA cleanup.
+                "--controllers=pod-garbage-collector-controller,garbage-collector-controller,"
+                "resourceclaim-controller",
                 "--leader-elect=false",
                 "--bind-address=127.0.0.1",
                 "--secure-port=0",
