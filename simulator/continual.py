@@ -43,6 +43,7 @@ from policies.continual import (
     inference_models,
     window_info,
 )
+from policies.windows import DeployedModel, PeriodicWindows, meets_deadline, trigger_time
 from simulator.engine import EngineOptions, ProgressHook, Simulation
 from simulator.metrics import JOB_COLUMNS, TIMELINE_COLUMNS, Recorder
 from simulator.run import RunConfig, staged_directory, write_json, write_table
@@ -72,7 +73,6 @@ unfinished (the run stopped first). `gpu_s` is the GPU-seconds the window's job 
 # At one instant deadlines are settled first, then window boundaries (openings, shifts),
 # then drift triggers.
 _DEADLINE, _EPOCH, _TRIGGER = 0, 1, 2
-_FINISH_EPS = 1e-9
 _Event = tuple[float, int, int, str, int]
 """(time, kind, window or boundary index, stream id, trigger version)."""
 
@@ -97,14 +97,14 @@ class _Window:
 
 @dataclass
 class _Stream:
-    """A stream's deployed model (anchored accuracy), its inference grant and its
-    integrated accuracy (delivered: the model's times the serving quality)."""
+    """A stream's deployed model (`policies.windows.DeployedModel`), its inference grant
+    and its integrated accuracy (delivered: the model's times the serving quality)."""
 
     spec: StreamSpec
     shifts: np.ndarray
-    anchor_acc: float
-    anchor_t: float
+    model: DeployedModel
     clock: float
+    clock_of_windows: PeriodicWindows
     integral: float = 0.0
     model_integral: float = 0.0
     grant_integral: float = 0.0
@@ -113,8 +113,6 @@ class _Stream:
     grant: int = 0
     reservation: tuple[int, int] | None = None
     """(node, GPU) holding the inference grant."""
-    deployed: float = 0.0
-    """Accuracy right after the last deployment (the drift trigger's reference)."""
     last_trigger: float = float("-inf")
     trigger_version: int = 0
     triggers: int = 0
@@ -128,7 +126,7 @@ class _Stream:
         return self.spec.serving_quality(self.grant)
 
     def accuracy(self, t: float) -> float:
-        return self.spec.curve.decayed(self.anchor_acc, t - self.anchor_t)
+        return self.model.accuracy(t)
 
     def advance(self, t: float) -> None:
         if t > self.clock:
@@ -141,19 +139,11 @@ class _Stream:
                 self.grant_integral += self.grant / self.spec.inference_milli * (t - self.clock)
             self.clock = t
 
-    def shift(self, t: float, drop: float) -> None:
-        """An abrupt drop at `t`, clamped at the floor."""
-        self.anchor_acc = max(self.spec.curve.floor, self.accuracy(t) - drop)
-        self.anchor_t = t
-
     def deploy(self, acc: float, data_t: float, now: float) -> None:
         """Deploy a model that had `acc` on the data of `data_t`, then replay the shifts
         that came after that data."""
-        self.anchor_acc, self.anchor_t = acc, data_t
-        for at, drop in self.shifts_since:
-            self.shift(at, drop)
+        self.model.deploy(acc, data_t, now, tuple(self.shifts_since))
         self.shifts_since.clear()
-        self.deployed = self.accuracy(now)
 
 
 @dataclass(frozen=True)
@@ -197,8 +187,9 @@ class ContinualRun:
     @staticmethod
     def _initial(spec: StreamSpec) -> _Stream:
         shifts = spec.drift.shifts(spec.windows, spec.drift_seed)
-        start = spec.start_accuracy
-        return _Stream(spec, shifts, start, spec.start_s, spec.start_s, deployed=start)
+        model = DeployedModel.initial(spec.curve, spec.start_accuracy, spec.start_s)
+        windows = PeriodicWindows(spec.start_s, spec.window_s, spec.deadline_s)
+        return _Stream(spec, shifts, model, spec.start_s, windows)
 
     def run(self) -> Recorder:
         self._process = self.sim.env.process(self._windows())
@@ -227,8 +218,10 @@ class ContinualRun:
 
     def _windows(self) -> simpy.events.ProcessGenerator:
         for s in self.streams:
-            for k in range(s.windows + 1):  # the last boundary closes the stream
-                self._push((s.window_start(k), _EPOCH, k, s.id, 0))
+            openings = self._state[s.id].clock_of_windows.openings()
+            for window in (next(openings) for _ in range(s.windows + 1)):
+                # The last boundary closes the stream.
+                self._push((window.start, _EPOCH, window.index, s.id, 0))
         env = self.sim.env
         while self._events:
             now = self._events[0][0]
@@ -278,7 +271,7 @@ class ContinualRun:
             return None
         drop = float(state.shifts[index])
         if drop > 0:
-            state.shift(now, drop)
+            state.model.shift(now, drop)
             if state.busy:
                 state.shifts_since.append((now, drop))
         self._arm(state, now)
@@ -290,13 +283,12 @@ class ContinualRun:
             self._close(state, now)
         if index >= state.spec.windows:
             return None
-        drop = float(state.shifts[index])
-        state.shift(now, drop)
-        deadline = now + state.spec.deadline_s
+        state.model.shift(now, float(state.shifts[index]))
+        deadline = state.clock_of_windows.window(index).deadline
         state.window = _Window(index, now, deadline)
         state.window_integral = 0.0
         self._push((deadline, _DEADLINE, index, state.spec.id, 0))
-        return WindowOpening(state.spec, index, state.anchor_acc)
+        return WindowOpening(state.spec, index, state.model.anchor_acc)
 
     # -- drift triggers -------------------------------------------------------------------
 
@@ -304,15 +296,15 @@ class ContinualRun:
         """Schedule the stream's next trigger (replacing any armed one): when accuracy
         reaches the threshold, but not within `min_gap_s` of the last trigger, and only
         if its deadline falls before the stream ends."""
-        trigger = state.spec.trigger
-        if trigger is None or state.busy:
+        spec = state.spec
+        if spec.trigger is None or state.busy:
             return
         state.trigger_version += 1
-        threshold = trigger.threshold(state.deployed)
-        crossing = trigger.crossing_s(state.spec.curve, state.accuracy(now), threshold)
-        at = max(now + crossing, state.last_trigger + trigger.min_gap_s)
-        if at + state.spec.deadline_s <= state.spec.end_s:
-            self._push((at, _TRIGGER, state.triggers, state.spec.id, state.trigger_version))
+        at = trigger_time(
+            spec.trigger, state.model, now, state.last_trigger, spec.deadline_s, spec.end_s
+        )
+        if at is not None:
+            self._push((at, _TRIGGER, state.triggers, spec.id, state.trigger_version))
 
     def _trigger(self, state: _Stream, now: float) -> WindowOpening:
         """Open a retraining window at `now` (closing the previous one)."""
@@ -411,7 +403,7 @@ class ContinualRun:
             return
         job_id = state.spec.window_job_id(index)
         running = self.sim.running.get(job_id)
-        if running is not None and running.finish_time() <= self.sim.env.now + _FINISH_EPS:
+        if running is not None and meets_deadline(running.finish_time(), self.sim.env.now):
             # It finishes at this very instant: settle it as completed before the window
             # closes, whatever order simpy gives the two same-time events.
             self.sim.cancel(job_id, "completed")

@@ -7,8 +7,6 @@ from dataclasses import replace
 from typing import Any
 
 from controller.ctj.crd import (
-    COMPLETED,
-    MISSED,
     NAME_LABEL,
     PHASE_COMPLETED,
     PHASE_INVALID,
@@ -24,6 +22,7 @@ from controller.ctj.crd import (
 from controller.ctj.plan import CtjPod, Plan, ctj_pod_from_json, plan
 from controller.kube.objects import GANG_SIZE, GPU_MILLI, GPU_MODELS, POD_GROUP_LABEL, SUBMIT_TIME
 from controller.scheduling.effects import now_rfc3339
+from policies.windows import COMPLETED, MISSED
 
 CREATED = 1_700_000_000.0
 UID = "uid-1"

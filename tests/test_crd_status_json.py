@@ -4,7 +4,8 @@ every reader still sees 0. The real server's Table: tests/kube/test_ctj_printing
 
 from __future__ import annotations
 
-from controller.ctj.crd import MISSED, CtjStatus, WindowOutcome
+from controller.ctj.crd import CtjStatus, WindowOutcome
+from policies.windows import MISSED
 from tests.test_crd_schema import crd, schema, validate
 
 

@@ -1,14 +1,25 @@
-"""Retraining windows: periodic arithmetic and cron firings, checked against dates
-worked out by hand on a calendar (all UTC)."""
+"""The window lifecycle's clocks (`policies.windows`): periodic arithmetic and cron
+firings, checked against dates worked out by hand on a calendar (all UTC), and its
+calendar arithmetic against `datetime`."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from controller.ctj.crd import RetrainSchedule, Window
-from controller.ctj.windows import CronSchedule, CronWindows, PeriodicWindows, window_clock
+from controller.ctj.crd import RetrainSchedule
+from controller.ctj.plan import ctj_clock
+from policies.windows import (
+    CronSchedule,
+    CronWindows,
+    PeriodicWindows,
+    Window,
+    civil_from_days,
+    settle,
+)
 
 
 def at(*parts: int) -> float:
@@ -92,8 +103,55 @@ def test_cron_windows_count_firings_and_cap_the_deadline_at_the_next_firing() ->
 
 def test_window_clock_anchors_at_start_time_or_creation() -> None:
     periodic = RetrainSchedule(deadline_s=5, window_s=10)
-    assert window_clock(periodic, created=100.0).first_opening() == 100.0
+    assert ctj_clock(periodic, created=100.0).first_opening() == 100.0
     started = RetrainSchedule(deadline_s=5, window_s=10, start_time=250.0)
-    assert window_clock(started, created=100.0).first_opening() == 250.0
+    assert ctj_clock(started, created=100.0).first_opening() == 250.0
     cron = RetrainSchedule(deadline_s=60, cron="@hourly")
-    assert window_clock(cron, created=at(2026, 1, 1, 0, 0, 30)).first_opening() == at(2026, 1, 1, 1)
+    assert ctj_clock(cron, created=at(2026, 1, 1, 0, 0, 30)).first_opening() == at(2026, 1, 1, 1)
+
+
+@given(st.integers(min_value=-700_000, max_value=2_900_000))
+def test_calendar_arithmetic_agrees_with_datetime(days: int) -> None:
+    moment = datetime.fromtimestamp(days * 86_400, UTC)
+    assert civil_from_days(days) == (moment.year, moment.month, moment.day)
+
+
+@given(
+    st.integers(min_value=0, max_value=4_000_000_000),
+    st.sampled_from(["0 0 29 2 *", "*/7 3 * * 2", "15 10 1,15 * *", "0 12 * 6-8 0"]),
+)
+def test_cron_next_after_is_the_first_matching_minute(t: int, expression: str) -> None:
+    schedule = CronSchedule(expression)
+    fired = datetime.fromtimestamp(schedule.next_after(t), UTC)
+    assert fired.timestamp() > t and fired.second == 0
+    weekday = (fired.weekday() + 1) % 7  # cron counts Sunday as 0
+    assert fired.minute in schedule.minutes and fired.hour in schedule.hours
+    assert fired.month in schedule.months
+    assert fired.day in schedule.days or weekday in schedule.weekdays
+
+
+def test_periodic_openings_enumerate_the_windows_current_finds() -> None:
+    clock = PeriodicWindows(anchor=50.0, window_s=30, deadline_s=20)
+    openings = clock.openings()
+    for window in (next(openings) for _ in range(5)):
+        assert clock.current(window.start) == window
+
+
+def test_cron_openings_enumerate_the_windows_current_finds() -> None:
+    clock = CronWindows(CronSchedule("*/20 * * * *"), at(2026, 3, 1, 10, 5), deadline_s=600)
+    openings = clock.openings()
+    got = [next(openings) for _ in range(4)]
+    assert [w.start for w in got] == [at(2026, 3, 1, 10, m) for m in (20, 40)] + [
+        at(2026, 3, 1, 11, 0),
+        at(2026, 3, 1, 11, 20),
+    ]
+    assert all(clock.current(w.start + 1) == w for w in got)
+    assert got[0].deadline == got[0].start + 600
+
+
+def test_settle_completed_missed_or_open() -> None:
+    assert settle(deadline=100.0, now=50.0, finished_at=None, failed=False) is None
+    assert settle(deadline=100.0, now=100.0, finished_at=None, failed=False) == "Missed"
+    assert settle(deadline=100.0, now=120.0, finished_at=100.0, failed=False) == "Completed"
+    assert settle(deadline=100.0, now=120.0, finished_at=100.5, failed=False) == "Missed"
+    assert settle(deadline=100.0, now=50.0, finished_at=None, failed=True) == "Missed"

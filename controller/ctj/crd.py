@@ -17,6 +17,7 @@ from controller.kube.objects import Problem, parse_time
 from controller.scheduling.effects import now_rfc3339
 from policies import MILLI
 from policies.continual import AccuracyCurve, RetrainConfig
+from policies.windows import COMPLETED, Window
 
 GROUP = "ctj.gpufleet.io"
 VERSION = "v1alpha1"
@@ -44,9 +45,6 @@ PHASE_RETRAINING = "Retraining"
 PHASE_WAITING = "Waiting"
 PHASE_COMPLETED = "Completed"
 PHASE_INVALID = "Invalid"
-
-COMPLETED = "Completed"
-MISSED = "Missed"
 
 
 def object_path(namespace: str, name: str) -> str:
@@ -100,32 +98,22 @@ class CtjSpec:
     tolerations: tuple[Mapping[str, Any], ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class Window:
-    """Retraining window `index`: opens at `start`, must be retrained by `deadline`,
-    closes at `end` (when the next one opens). Unix seconds."""
+def window_to_json(window: Window) -> dict[str, Any]:
+    return {
+        "index": window.index,
+        "start": now_rfc3339(window.start),
+        "deadline": now_rfc3339(window.deadline),
+        "end": now_rfc3339(window.end),
+    }
 
-    index: int
-    start: float
-    deadline: float
-    end: float
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "index": self.index,
-            "start": now_rfc3339(self.start),
-            "deadline": now_rfc3339(self.deadline),
-            "end": now_rfc3339(self.end),
-        }
-
-    @classmethod
-    def from_json(cls, obj: Mapping[str, Any]) -> Window:
-        return cls(
-            int(obj["index"]),
-            parse_time(obj["start"]),
-            parse_time(obj["deadline"]),
-            parse_time(obj["end"]),
-        )
+def window_from_json(obj: Mapping[str, Any]) -> Window:
+    return Window(
+        int(obj["index"]),
+        parse_time(obj["start"]),
+        parse_time(obj["deadline"]),
+        parse_time(obj["end"]),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,7 +222,7 @@ class CtjStatus:
             out["completedWindows"] = self.completed_windows
             out["missedDeadlines"] = self.missed_deadlines
         if self.current_window is not None:
-            out["currentWindow"] = self.current_window.to_json()
+            out["currentWindow"] = window_to_json(self.current_window)
         if self.last_retrain is not None:
             out["lastRetrainTime"] = now_rfc3339(self.last_retrain)
         return out
@@ -248,7 +236,7 @@ class CtjStatus:
         return cls(
             phase=str(obj.get("phase", PHASE_PENDING)),
             observed_generation=int(obj.get("observedGeneration", 0)),
-            current_window=Window.from_json(window) if window else None,
+            current_window=window_from_json(window) if window else None,
             windows_recorded=int(obj.get("windowsRecorded", 0)),
             completed_windows=int(obj.get("completedWindows", 0)),
             missed_deadlines=int(obj.get("missedDeadlines", 0)),

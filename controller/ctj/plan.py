@@ -28,11 +28,9 @@ from typing import Any
 from controller.ctj.crd import (
     ACCURACY,
     API_VERSION,
-    COMPLETED,
     GPU_MEMORY_MIB,
     KIND,
     MAX_REPLICAS,
-    MISSED,
     NAME_LABEL,
     PHASE_COMPLETED,
     PHASE_INVALID,
@@ -49,10 +47,9 @@ from controller.ctj.crd import (
     Ctj,
     CtjStatus,
     PodPlacement,
-    Window,
+    RetrainSchedule,
     WindowOutcome,
 )
-from controller.ctj.windows import window_clock
 from controller.kube.objects import (
     GANG_SIZE,
     GPU_MILLI,
@@ -66,6 +63,7 @@ from controller.kube.objects import (
     pod_from_json,
 )
 from policies import MILLI
+from policies.windows import COMPLETED, MISSED, Window, WindowClock, settle, window_clock
 
 HISTORY = 5
 """Window outcomes kept in the status."""
@@ -220,7 +218,7 @@ def plan(ctj: Ctj, pods: Sequence[CtjPod], now: float, scheduler_name: str) -> P
     if ctj.problem is not None:
         return _invalid(ctj, stale, ctj.problem, now, "InvalidSpec")
     try:
-        clock = window_clock(ctj.spec.retrain, ctj.created)
+        clock = ctj_clock(ctj.spec.retrain, ctj.created)
         window = clock.current(now, ctj.status.current_window)
         first_opening = clock.first_opening()
     except ValueError as err:
@@ -239,7 +237,7 @@ def plan(ctj: Ctj, pods: Sequence[CtjPod], now: float, scheduler_name: str) -> P
     create: list[dict[str, Any]] = []
     if window is not None and window.index >= tally.recorded:
         current = by_window.get(window.index, [])
-        outcome = _judge_open(window, current, ctj.spec.min_replicas, now)
+        outcome = _judge(window.index, current, ctj.spec.min_replicas, window.deadline, now)
         if outcome is not None:
             tally.add(outcome)
         else:
@@ -272,6 +270,13 @@ def _record_closed(
     return tally
 
 
+def ctj_clock(retrain: RetrainSchedule, created: float) -> WindowClock:
+    """The spec's window clock, anchored at `startTime` or else at the CTJ's creation;
+    raises ValueError for a schedule that cannot work."""
+    anchor = retrain.start_time if retrain.start_time is not None else created
+    return window_clock(anchor, retrain.deadline_s, retrain.window_s, retrain.cron)
+
+
 def _requeue_at(
     window: Window | None, recorded: int, limit: int | None, first_opening: float, now: float
 ) -> float | None:
@@ -284,35 +289,30 @@ def _requeue_at(
 
 def _judge_closed(index: int, pods: list[CtjPod], replicas: int, now: float) -> WindowOutcome:
     deadline = min((p.deadline for p in pods if p.deadline is not None), default=now)
-    return _outcome(index, pods, replicas, deadline, now) or _missed(index, pods)
-
-
-def _judge_open(
-    window: Window, pods: list[CtjPod], replicas: int, now: float
-) -> WindowOutcome | None:
-    outcome = _outcome(window.index, pods, replicas, window.deadline, now)
-    if outcome is None and now >= window.deadline:
-        return _missed(window.index, pods)
+    outcome = _judge(index, pods, replicas, deadline, max(now, deadline))
+    assert outcome is not None  # judged at or after its deadline
     return outcome
 
 
-def _outcome(
+def _judge(
     index: int, pods: list[CtjPod], replicas: int, deadline: float, now: float
 ) -> WindowOutcome | None:
-    """Completed or failed by the pods' own account; None while they still run."""
+    """The window's outcome by `policies.windows.settle` on its pods; None while open."""
     live = [p for p in pods if not p.deleting or p.finished]
-    if any(p.failed for p in live):
-        return WindowOutcome(index, MISSED, "PodFailed")
+    failed = any(p.failed for p in live)
     done = [p for p in live if p.succeeded]
-    if len(done) < replicas:
+    finished = None
+    if len(done) >= replicas:
+        finished = max(p.finished_at if p.finished_at is not None else now for p in done)
+    verdict = settle(deadline, now, finished, failed)
+    if verdict is None:
         return None
-    finished = max(p.finished_at if p.finished_at is not None else now for p in done)
-    if finished > deadline:
+    if verdict == COMPLETED:
+        return WindowOutcome(index, COMPLETED, "RetrainedInTime", finished)
+    if failed:
+        return WindowOutcome(index, MISSED, "PodFailed")
+    if finished is not None:
         return WindowOutcome(index, MISSED, "FinishedLate", finished)
-    return WindowOutcome(index, COMPLETED, "RetrainedInTime", finished)
-
-
-def _missed(index: int, pods: list[CtjPod]) -> WindowOutcome:
     if not pods:
         return WindowOutcome(index, MISSED, "NotStarted")
     if any(not p.node for p in pods):
