@@ -17,6 +17,9 @@ per-model arrays (`ClusterState.gpu_models`) and throughput tables keyed by *fam
 | `NVIDIA-A100-SXM4-40GB-MIG-1g.5gb` (a MIG slice) | unchanged: a slice is not the GPU |
 | `NVIDIA-GeForce-RTX-4090`, `V100M32`, `unknown` (no known family) | unchanged |
 
+A DRA device reports its product through an attribute (`dra_product`: NVIDIA's driver
+publishes `productName`), read by the same table.
+
 A name is split into words at `-`, `_` and spaces and compared case-insensitively; the
 leading vendor words `NVIDIA` and `Tesla` are dropped. If the next word is a known family
 (`FAMILIES`) the name is that family plus *qualifiers* (the other words: `SXM4`, `40GB`).
@@ -42,6 +45,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 FAMILIES = frozenset(
@@ -114,3 +118,22 @@ def family_admits(allowed: frozenset[str] | None, model: str) -> bool:
     have = parse(model)
     bare = bool(have.family) and not have.qualifiers
     return bare and any(parse(r).family == have.family for r in allowed)
+
+
+DRA_PRODUCT_ATTRIBUTES = ("productName", "product", "model")
+"""Device attributes (driver domain) that name a DRA device's product, in the order they
+are tried: NVIDIA's DRA driver publishes `productName` (`NVIDIA A100-SXM4-80GB`, the
+NVML name, read by `node_model` like GFD's dashed label); other drivers' names follow."""
+
+
+def dra_product(
+    attributes: Mapping[str, object], names: Sequence[str] = DRA_PRODUCT_ATTRIBUTES
+) -> str:
+    """The product a DRA device reports through its attributes (`names` tried in order;
+    "" if none is a non-empty string). Deployments whose driver spells it otherwise
+    pass their own `names` (`controller serve --dra-product-attribute`)."""
+    for name in names:
+        value = attributes.get(name)
+        if isinstance(value, str) and value:
+            return value
+    return ""

@@ -48,6 +48,7 @@ THIRD_PARTY = {
         "yaml",
         "urllib3",
         "aiohttp",
+        "celpy",
     },
 }
 OURS = {"gpufleet", "policies", "simulator", "traces", "controller"}
