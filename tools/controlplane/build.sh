@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Build the control-plane binaries for gpufleet's real-apiserver test tier
-# (etcd, kube-apiserver, kube-controller-manager, kwok) from Go modules, and
-# cache them outside the checkout.
+# Build the control-plane binaries for gpufleet's real-apiserver test tier and
+# `gpufleet dev-cluster` (etcd, kube-apiserver, kube-controller-manager,
+# kube-scheduler, kwok, and kubectl to talk to them) from Go modules, and cache
+# them outside the checkout.
 #
 # Why a wrapper module instead of `go install …@version`:
 #   `go install k8s.io/kubernetes/cmd/kube-apiserver@v1.37.2` fails. The
@@ -23,7 +24,7 @@
 # kwok's dependency graphs.
 #
 # Usage:
-#   tools/controlplane/build.sh            build if not cached; last stdout line = bin dir
+#   tools/controlplane/build.sh            build what is not cached; last stdout line = bin dir
 #   tools/controlplane/build.sh --check    exit 0 and print the bin dir if cached, else exit 1
 #   tools/controlplane/build.sh --update   regenerate the wrapper go.mod/go.sum files from the
 #                                          upstream releases (needs the module proxy); no build
@@ -31,7 +32,9 @@
 # Environment:
 #   GPUFLEET_CACHE   cache root (default ~/.cache/gpufleet). Binaries go to
 #                    $GPUFLEET_CACHE/controlplane/<key>/bin, Go's module and build
-#                    caches to $GPUFLEET_CACHE/go/{mod,build}.
+#                    caches to $GPUFLEET_CACHE/go/{mod,build}. A cache filled before
+#                    kube-scheduler and kubectl were added gets just those two built
+#                    into its bin dir (the key names versions, not the binary list).
 #
 # Progress goes to stderr; stdout carries only the bin dir, so
 #   BIN=$(tools/controlplane/build.sh | tail -1)
@@ -50,7 +53,8 @@ KEY="k8s-${K8S_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}"
 CP_ROOT="$CACHE_ROOT/controlplane"
 DEST="$CP_ROOT/$KEY"
 BIN="$DEST/bin"
-BINARIES=(etcd kube-apiserver kube-controller-manager kwok)
+K8S_BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
+BINARIES=(etcd kwok "${K8S_BINARIES[@]}")
 # kwok v0.8 refuses to start without Stage objects (`--config`). Its stock stage
 # files ship in the kwok module, not in the binary, so they are copied next to
 # bin/ as $DEST/kwok-stages/{node,pod}/<set>/<stage>.yaml.
@@ -136,7 +140,11 @@ update_modules() {
   for name in "${staging[@]}"; do
     body+=$'\n\t'"$name => $name v0.${K8S_VERSION#*.}"
   done
-  body+=$'\n)\n\ntool (\n\tk8s.io/kubernetes/cmd/kube-apiserver\n\tk8s.io/kubernetes/cmd/kube-controller-manager\n)'
+  body+=$'\n)\n\ntool ('
+  for name in "${K8S_BINARIES[@]}"; do
+    body+=$'\n\t'"k8s.io/kubernetes/cmd/$name"
+  done
+  body+=$'\n)'
   write_wrapper "$HERE/kubernetes" "$body"
 
   # etcd: server/v3 is `package main` at its module root.
@@ -196,6 +204,14 @@ run() {
 chmod 755 "$tmp"
 mkdir -p "$tmp/bin"
 
+# Only what the cache lacks is built: a cache from before kube-scheduler and kubectl
+# were added keeps its binaries (and stays valid for anyone using them meanwhile).
+missing() { [[ ! -x "$BIN/$1" ]]; }
+k8s_missing=()
+for b in "${K8S_BINARIES[@]}"; do
+  missing "$b" && k8s_missing+=("$b")
+done
+
 k8s_minor=${K8S_VERSION#*.}
 k8s_minor=${k8s_minor%%.*}
 k8s_ldflags="-s -w"
@@ -207,23 +223,27 @@ done
 start=$SECONDS
 log "building into $tmp with $go_version (GOMODCACHE=$GOMODCACHE GOCACHE=$GOCACHE)"
 
-log "etcd v$ETCD_VERSION"
-run go -C "$HERE/etcd" build -trimpath -ldflags="-s -w" -o "$tmp/bin/etcd" go.etcd.io/etcd/server/v3
+if missing etcd; then
+  log "etcd v$ETCD_VERSION"
+  run go -C "$HERE/etcd" build -trimpath -ldflags="-s -w" -o "$tmp/bin/etcd" go.etcd.io/etcd/server/v3
+fi
 
-log "kwok v$KWOK_VERSION"
-run go -C "$HERE/kwok" build -trimpath -ldflags="-s -w" -o "$tmp/bin/kwok" sigs.k8s.io/kwok/cmd/kwok
-kwok_src=$(go -C "$HERE/kwok" list -m -f '{{.Dir}}' sigs.k8s.io/kwok)
-(cd "$kwok_src/kustomize/stage" &&
-  find node pod -name '*.yaml' ! -name kustomization.yaml ! -path '*/testdata/*' -print0 |
-  while IFS= read -r -d '' f; do install -D -m 644 "$f" "$tmp/kwok-stages/$f"; done)
+if missing kwok || [[ ! -f "$DEST/$KWOK_STAGE_PROBE" ]]; then
+  log "kwok v$KWOK_VERSION"
+  run go -C "$HERE/kwok" build -trimpath -ldflags="-s -w" -o "$tmp/bin/kwok" sigs.k8s.io/kwok/cmd/kwok
+  kwok_src=$(go -C "$HERE/kwok" list -m -f '{{.Dir}}' sigs.k8s.io/kwok)
+  (cd "$kwok_src/kustomize/stage" &&
+    find node pod -name '*.yaml' ! -name kustomization.yaml ! -path '*/testdata/*' -print0 |
+    while IFS= read -r -d '' f; do install -D -m 644 "$f" "$tmp/kwok-stages/$f"; done)
+fi
 
-log "kube-apiserver, kube-controller-manager v$K8S_VERSION (the slow part)"
-run go -C "$HERE/kubernetes" build -trimpath -ldflags="$k8s_ldflags" -o "$tmp/bin/" \
-  k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager
+if ((${#k8s_missing[@]})); then
+  log "${k8s_missing[*]} v$K8S_VERSION (the slow part)"
+  run go -C "$HERE/kubernetes" build -trimpath -ldflags="$k8s_ldflags" -o "$tmp/bin/" \
+    "${k8s_missing[@]/#/k8s.io/kubernetes/cmd/}"
+fi
 
-is_complete "$tmp/bin" || die "build finished but binaries are missing in $tmp/bin"
-
-{
+manifest() { # dir holding bin/
   echo "key=$KEY"
   echo "kubernetes=v$K8S_VERSION"
   echo "etcd=v$ETCD_VERSION"
@@ -231,15 +251,32 @@ is_complete "$tmp/bin" || die "build finished but binaries are missing in $tmp/b
   echo "go=$go_version $(go env GOOS)/$(go env GOARCH)"
   echo "build_seconds=$((SECONDS - start))"
   echo "built_at=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
-  (cd "$tmp/bin" && sha256sum "${BINARIES[@]}")
-} >"$tmp/MANIFEST"
+  (cd "$1/bin" && sha256sum "${BINARIES[@]}")
+}
 
-# A directory at $DEST without all binaries is debris from something else; set it aside.
-if [[ -e $DEST ]]; then
-  mv "$DEST" "$tmp.stale"
-  rm -rf "$tmp.stale"
+if [[ -d $BIN ]]; then
+  # Top up the existing cache: each new binary appears by one rename, complete.
+  for f in "$tmp/bin"/*; do
+    mv -f "$f" "$BIN/"
+  done
+  if [[ -d "$tmp/kwok-stages" ]]; then
+    rm -rf "$DEST/kwok-stages"
+    mv "$tmp/kwok-stages" "$DEST/kwok-stages"
+  fi
+  is_complete "$BIN" || die "build finished but binaries are missing in $BIN"
+  manifest "$DEST" >"$tmp/MANIFEST"
+  mv -f "$tmp/MANIFEST" "$DEST/MANIFEST"
+  rm -rf "$tmp"
+else
+  is_complete "$tmp/bin" || die "build finished but binaries are missing in $tmp/bin"
+  manifest "$tmp" >"$tmp/MANIFEST"
+  # A directory at $DEST without bin/ is debris from something else; set it aside.
+  if [[ -e $DEST ]]; then
+    mv "$DEST" "$tmp.stale"
+    rm -rf "$tmp.stale"
+  fi
+  mv -T "$tmp" "$DEST"
 fi
-mv -T "$tmp" "$DEST"
 trap - EXIT
 log "built in $((SECONDS - start))s: $BIN"
 echo "$BIN"
