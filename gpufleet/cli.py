@@ -45,26 +45,34 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
     add_simulator_commands(commands)
     add_traces_commands(commands)
-    _add_controller(commands)
+    _add_controller(commands, "controller", "controller.cli", "add_controller_commands")
+    _add_controller(
+        commands, "dev-cluster", "controller.devcluster.cli", "add_dev_cluster_commands"
+    )
     return parser
 
 
-def _add_controller(commands: argparse._SubParsersAction) -> None:
+def _add_controller(
+    commands: argparse._SubParsersAction, name: str, module_name: str, function: str
+) -> None:
+    """A command of the controller room, which needs the `controller` extras."""
     try:
-        module = importlib.import_module("controller.cli")
+        module = importlib.import_module(module_name)
     except ModuleNotFoundError as err:
         if err.name is None or err.name.split(".")[0] in OURS:
             raise
-        _add_controller_placeholder(commands, err.name)
+        _add_controller_placeholder(commands, name, err.name)
         return
-    module.add_controller_commands(commands)
+    getattr(module, function)(commands)
 
 
-def _add_controller_placeholder(commands: argparse._SubParsersAction, missing: str) -> None:
+def _add_controller_placeholder(
+    commands: argparse._SubParsersAction, name: str, missing: str
+) -> None:
     """The simulator installs without the controller's extras; say how to get them."""
     parser = commands.add_parser(
-        "controller",
-        help="Kubernetes controller (needs: pip install 'gpufleet[controller]')",
+        name,
+        help=f"{name} (needs: pip install 'gpufleet[controller]')",
         description="The Kubernetes controller needs optional dependencies.",
     )
     parser.add_argument("args", nargs=argparse.REMAINDER)
