@@ -7,6 +7,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from controller.dra.allocator import ClaimWriter
+from controller.dra.inventory import CLAIMS, CLASSES, SLICES
 from controller.kube.informer import Informer
 from controller.kube.kubeapi import KubeApi
 from controller.kube.objects import SCHEDULER_NAME
@@ -21,6 +23,11 @@ from policies import Policy
 log = logging.getLogger(__name__)
 
 NON_TERMINAL = "status.phase!=Succeeded,status.phase!=Failed"
+DRA_PATHS = (
+    (SLICES, "/apis/resource.k8s.io/v1/resourceslices"),
+    (CLASSES, "/apis/resource.k8s.io/v1/deviceclasses"),
+    (CLAIMS, "/apis/resource.k8s.io/v1/resourceclaims"),
+)
 
 
 @dataclass(frozen=True)
@@ -29,6 +36,9 @@ class ControllerOptions:
     scheduler_name: str = SCHEDULER_NAME
     backend: str = "whole"
     """Device backend whose annotations the binder writes: whole, hami or gpushare."""
+    dra: bool = True
+    """Read ResourceSlices, DeviceClasses and ResourceClaims and place pods with claims
+    (Dynamic Resource Allocation, `resource.k8s.io/v1`)."""
     resync_s: float = 300.0
     watch_timeout_s: float = 240.0
 
@@ -55,12 +65,29 @@ class Controller:
         self.pods = Informer(
             api, PODS, "/api/v1/pods", self.cache, selector, opts.resync_s, opts.watch_timeout_s
         )
+        self.dra = (
+            [
+                Informer(api, kind, path, self.cache, None, opts.resync_s, opts.watch_timeout_s)
+                for kind, path in DRA_PATHS
+            ]
+            if opts.dra
+            else []
+        )
         self.scheduler = Scheduler(
-            policy, self.cache, ApiEffects(api), self.options.scheduler, quarantine=quarantine
+            policy,
+            self.cache,
+            ApiEffects(api),
+            self.options.scheduler,
+            quarantine=quarantine,
+            claims=ClaimWriter(api) if opts.dra else None,
         )
 
     async def start(self) -> None:
         """Start the informers, wait for their first lists, then start scheduling."""
+        # Slices before nodes, claims before pods: each side finds what it refers to.
+        for informer in self.dra:
+            self.supervisor.spawn(f"{informer.kind}-informer", informer.run())
+            await self.supervisor.until(informer.synced.wait())
         self.supervisor.spawn("nodes-informer", self.nodes.run())
         await self.supervisor.until(self.nodes.synced.wait())
         self.supervisor.spawn("pods-informer", self.pods.run())
@@ -75,7 +102,8 @@ class Controller:
         )
 
     async def stop(self) -> None:
-        await self.supervisor.stop(["scheduler", "pods-informer", "nodes-informer"])
+        dra = [f"{informer.kind}-informer" for informer in self.dra]
+        await self.supervisor.stop(["scheduler", "pods-informer", "nodes-informer", *dra])
 
     async def settle(self, version: str = "") -> None:
         """Until the pod cache has seen `version` (if given) and the scheduler is idle."""

@@ -185,6 +185,18 @@ anything there: it is not ours to judge)."""
 
 
 @dataclass(frozen=True, slots=True)
+class PodClaim:
+    """One `spec.resourceClaims[]` entry of a pod (Dynamic Resource Allocation)."""
+
+    name: str
+    claim: str | None
+    """The ResourceClaim's name: given, or made from a template (then read from
+    `status.resourceClaimStatuses`); None when there is none (yet, if `waiting`)."""
+    waiting: bool = False
+    """Made from a template, and kube-controller-manager has not created it yet."""
+
+
+@dataclass(frozen=True, slots=True)
 class PodRecord:
     """One pod as the scheduler sees it. Equality ignores `resource_version` and the
     scheduling condition, so a status patch of ours does not look like a change."""
@@ -211,6 +223,7 @@ class PodRecord:
     unschedulable_message: str = field(compare=False, default="")
     meta: PodAnnotations = field(default_factory=PodAnnotations)
     problems: tuple[Problem, ...] = ()
+    claims: tuple[PodClaim, ...] = ()
 
     @property
     def key(self) -> str:
@@ -306,7 +319,25 @@ def pod_from_json(obj: Mapping[str, Any]) -> PodRecord:
         unschedulable_message=_unschedulable_message(status),
         meta=_pod_annotations(annotations, reader),
         problems=tuple(reader.problems),
+        claims=_pod_claims(spec, status),
     )
+
+
+def _pod_claims(spec: Mapping[str, Any], status: Mapping[str, Any]) -> tuple[PodClaim, ...]:
+    made = {
+        str(_mapping(s).get("name", "")): _mapping(s).get("resourceClaimName")
+        for s in status.get("resourceClaimStatuses") or ()
+    }
+    claims = []
+    for entry in map(_mapping, spec.get("resourceClaims") or ()):
+        name = str(entry.get("name", ""))
+        if entry.get("resourceClaimName"):
+            claims.append(PodClaim(name, str(entry["resourceClaimName"])))
+        elif name in made:
+            claims.append(PodClaim(name, str(made[name]) if made[name] else None))
+        else:
+            claims.append(PodClaim(name, None, waiting=True))
+    return tuple(claims)
 
 
 def _pod_annotations(annotations: Mapping[str, str], reader: _Reader) -> PodAnnotations:

@@ -15,9 +15,11 @@ import itertools
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+from controller.dra.inventory import KINDS as DRA_KINDS
+from controller.dra.inventory import ClaimAllocation, DraState
 from controller.kube.objects import (
     ASSIGNED_GPUS,
     SCHEDULER_NAME,
@@ -49,8 +51,21 @@ class ClusterCache:
     """Implements the informers' `ResourceHandler`. `on_change` is called whenever
     something a scheduling pass reads has changed."""
 
-    def __init__(self, encoder: GpuEncoder, scheduler_name: str = SCHEDULER_NAME) -> None:
+    def __init__(
+        self,
+        encoder: GpuEncoder,
+        scheduler_name: str = SCHEDULER_NAME,
+        dra: DraState | None = None,
+    ) -> None:
         self.encoder = encoder
+        self.dra = dra or DraState()
+        """ResourceSlices, DeviceClasses and ResourceClaims. A DRA pod's GPUs are
+        charged to its claims (`claim/<uid>/<i>`), the pod itself only its CPU and
+        memory, so a claim shared by several pods is counted once."""
+        self._claim_keys: dict[str, set[str]] = {}
+        self._claims_planned: dict[str, list[ClaimAllocation]] = {}
+        self._views: dict[str, Charge] = {}
+        """DRA pods' charges as running views show them (with their claims' GPUs)."""
         self.scheduler_name = scheduler_name
         self.nodes: dict[str, NodeRecord] = {}
         self.pods: dict[str, PodRecord] = {}
@@ -63,13 +78,16 @@ class ClusterCache:
         self._wanted: dict[str, PodRecord] = {}
         self.flagged: dict[str, PodRecord] = {}
         """Bound pods with a field we read but cannot (charged by their requests)."""
-        self.running = RunningJobs(encoder)
+        self.running = RunningJobs(encoder, self.dra)
         """Pods this scheduler should place, kept incrementally: a pass must not scan
         every pod in the cluster."""
 
     # -- informer handler -------------------------------------------------------------
 
     def replace(self, kind: str, objects: list[dict[str, Any]]) -> None:
+        if kind in DRA_KINDS:
+            self._dra_changed(self.dra.replace(kind, objects), None)
+            return
         if kind == NODES:
             self.nodes = {n.name: n for n in map(node_from_json, objects)}
             self._nodes_changed()
@@ -82,6 +100,10 @@ class ClusterCache:
             self._upsert_pod(pod)
 
     def apply(self, kind: str, event: str, obj: dict[str, Any]) -> None:
+        if kind in DRA_KINDS:
+            uid = str((obj.get("metadata") or {}).get("uid", ""))
+            self._dra_changed(self.dra.apply(kind, event, obj), uid)
+            return
         if kind == NODES:
             node = node_from_json(obj)
             if event == "DELETED":
@@ -106,6 +128,20 @@ class ClusterCache:
         self.admission.hold(pod.uid, charge.node, pod.resources)
         self._sync_running(pod.uid)
 
+    def assume_claims(self, pod: PodRecord, charge: Charge, planned: list[ClaimAllocation]) -> None:
+        """Assume a DRA pod: its claims hold the GPUs (in flight until their allocation
+        is written and echoed), the pod its CPU and memory."""
+        self._claims_planned[pod.uid] = planned
+        for allocation in planned:
+            if allocation.results is not None:
+                self.dra.pending[allocation.claim.uid] = allocation
+                self._charge_claim(allocation.claim.uid)
+        self._views[pod.uid] = charge
+        self.assume(pod, Charge(charge.node, (), 0, charge.cpu_milli, charge.mem_mib))
+
+    def planned_claims(self, uid: str) -> list[ClaimAllocation]:
+        return self._claims_planned.get(uid, [])
+
     def finish_binding(self, uid: str, deadline: float) -> None:
         """The bind call has returned: expire the assumption at `deadline` unless the
         watch confirms it first."""
@@ -118,6 +154,7 @@ class ClusterCache:
         unless the cache has meanwhile seen the pod bound."""
         if self.assumed.pop(uid, None) is None:
             return
+        self._drop_planned(uid)
         pod = self.pods.get(uid)
         if pod is not None and pod.node_name:
             self._charge_bound(pod)
@@ -136,7 +173,9 @@ class ClusterCache:
         return [p for p in self._wanted.values() if p.uid not in self.assumed]
 
     def charges(self) -> dict[str, Charge]:
-        return self.ledger.charges()
+        charges = self.ledger.charges()
+        charges.update((uid, c) for uid, c in self._views.items() if uid in charges)
+        return charges
 
     # -- internals --------------------------------------------------------------------
 
@@ -165,6 +204,8 @@ class ClusterCache:
             self.on_change()
 
     def _remove_pod(self, uid: str) -> None:
+        self._drop_planned(uid)
+        self._views.pop(uid, None)
         pod = self.pods.pop(uid, None)
         self.seq.pop(uid, None)
         self.assumed.pop(uid, None)
@@ -180,6 +221,12 @@ class ClusterCache:
         self.running.touch(pod.uid)
         self.admission.hold(pod.uid, pod.node_name, pod.resources)
         charge = self._recorded_charge(pod)
+        if pod.claims:
+            # Its GPUs are its claims' (charged as such); ours record which in annotations.
+            view = charge or Charge(pod.node_name, (), 0, pod.cpu_milli, pod.mem_mib)
+            self._views[pod.uid] = view
+            self.ledger.charge(pod.uid, replace(view, gpus=(), gpu_milli=0))
+            return
         if charge is not None:
             self.ledger.charge(pod.uid, charge)
             return
@@ -208,9 +255,51 @@ class ClusterCache:
             return None
         return Charge(pod.node_name, gpus, pod.meta.assigned_milli, pod.cpu_milli, pod.mem_mib)
 
+    # -- DRA --------------------------------------------------------------------------
+
+    def _dra_changed(self, what: str, claim_uid: str | None) -> None:
+        if what == "nodes":
+            self._nodes_changed()
+            self._charge_claims(list(self.dra.claims))
+        elif claim_uid is None:
+            self._charge_claims([*self._claim_keys, *self.dra.claims])
+        else:
+            self._charge_claims([claim_uid])
+        self.on_change()
+
+    def refresh_dra_labels(self) -> None:
+        """After new DRA request shapes were seen: label the nodes that fit them."""
+        self._nodes_changed()
+
+    def _charge_claims(self, uids: list[str]) -> None:
+        for uid in dict.fromkeys(uids):
+            self._charge_claim(uid)
+
+    def _charge_claim(self, uid: str) -> None:
+        claim = self.dra.claims.get(uid)
+        if claim is not None and claim.allocated is not None:
+            self.dra.pending.pop(uid, None)  # the allocation is written and seen
+        charges = self.dra.claim_charges(uid)
+        for key in self._claim_keys.pop(uid, set()) - charges.keys():
+            self.ledger.release(key)
+        for key, charge in charges.items():
+            self.ledger.charge(key, charge)
+        if charges:
+            self._claim_keys[uid] = set(charges)
+
+    def _drop_planned(self, pod_uid: str) -> None:
+        """Release in-flight allocations of a pod's claims whose writes did not land."""
+        for allocation in self._claims_planned.pop(pod_uid, []):
+            if self.dra.pending.pop(allocation.claim.uid, None) is not None:
+                self._charge_claim(allocation.claim.uid)
+
+    def settle_claims(self, pod_uid: str) -> None:
+        """The pod's claim writes are done (or abandoned): stop tracking them."""
+        self._claims_planned.pop(pod_uid, None)
+
     def _nodes_changed(self) -> None:
         before = set(self.ledger.state.node_index) if self.ledger.state is not None else set()
-        specs = [node_spec(n, self.encoder) for n in self.nodes.values()]
+        specs = [self.dra.adapt(node_spec(n, self.encoder)) for n in self.nodes.values()]
         if not self.ledger.set_nodes(specs):
             return
         for uid, assumption in list(self.assumed.items()):

@@ -42,6 +42,8 @@ from typing import Any
 import aiohttp
 import numpy as np
 
+from controller.dra.allocator import ClaimOutcome, ClaimWriter
+from controller.dra.inventory import ClaimAllocation
 from controller.kube.objects import PodRecord, Problem
 from controller.scheduling.cache import ClusterCache
 from controller.scheduling.effects import ApiEffects, BindOutcome, placement_annotations
@@ -126,8 +128,12 @@ class Scheduler:
         options: SchedulerOptions | None = None,
         clock: Clock = time.time,
         quarantine: Quarantine | None = None,
+        claims: ClaimWriter | None = None,
     ) -> None:
         self.policy = policy
+        self.claims = claims
+        """Writes DRA claims' allocations and reservations (None: DRA pods are not
+        placed)."""
         self.cache = cache
         self.effects = effects
         self.options = options or SchedulerOptions()
@@ -222,10 +228,17 @@ class Scheduler:
         the policy's result, or None when there was nothing to ask it."""
         now = self.clock()
         self._expire(now)
-        state = self.cache.ledger.state
-        if state is None or not self.may_bind():
+        if self.cache.ledger.state is None or not self.may_bind():
             return None
-        workload = build_workload(self.cache.pending_pods(), self.cache.seq, self.cache.encoder)
+        dra = self.cache.dra if self.claims is not None else None
+        shapes = len(self.cache.dra.fits_labels)
+        pods = self.cache.pending_pods()
+        workload = build_workload(pods, self.cache.seq, self.cache.encoder, dra)
+        if len(self.cache.dra.fits_labels) != shapes:
+            self.cache.refresh_dra_labels()  # label the nodes that fit new DRA requests
+        state = self.cache.ledger.state
+        if state is None:
+            return None
         for rejected in workload.rejected:
             for pod in rejected.pods:
                 self._reject(pod, rejected.problem, now)
@@ -366,9 +379,17 @@ class Scheduler:
     def place(self, job: PendingJob, placement: Placement, reason: str, now: float) -> None:
         """Assume every task of the job now; bind in the background."""
         task = job.spec.task
-        for pod, where in zip(job.pods, placement.tasks, strict=True):
+        if job.asks and not self._claims_free(job):
+            log.info("place %s deferred: a claim of it is being allocated", job.spec.id)
+            return
+        for i, (pod, where) in enumerate(zip(job.pods, placement.tasks, strict=True)):
             charge = Charge(where.node, where.gpus, where.gpu_milli, task.cpu_milli, task.mem_mib)
-            self.cache.assume(pod, charge)
+            ask = job.asks[i] if job.asks else None
+            if ask is not None:
+                planned = self.cache.dra.plan(ask, where.node, where.gpus, where.gpu_milli)
+                self.cache.assume_claims(pod, charge, planned)
+            else:
+                self.cache.assume(pod, charge)
             self._reported.pop(pod.uid, None)
             log.info(
                 "place %s → %s GPUs %s at %d milli: %s",
@@ -379,6 +400,12 @@ class Scheduler:
                 reason,
             )
         self._spawn(self._bind_job(job, placement, now))
+
+    def _claims_free(self, job: PendingJob) -> bool:
+        """No claim of the job is already being allocated (a claim shared by pods that
+        were placed in the same pass is allocated once; the others wait a pass)."""
+        pending = self.cache.dra.pending
+        return not any(c.uid in pending for ask in job.asks if ask for c in ask.claims)
 
     # -- binding cycle ----------------------------------------------------------------
 
@@ -413,13 +440,24 @@ class Scheduler:
                 log.warning("bind %s → %s withheld: not the leader", pod.key, node)
                 self.cache.forget(pod.uid)
                 return False
+            planned = self.cache.planned_claims(pod.uid)
+            if planned and not await self._reserve_claims(pod, planned, now):
+                return False
             annotations = placement_annotations(gpus, milli, now)
-            encoded = self.cache.encoder.annotations(pod, self.cache.nodes[node], gpus, milli, now)
-            annotations.update(encoded)
+            if not planned:
+                node_record = self.cache.nodes[node]
+                annotations.update(
+                    self.cache.encoder.annotations(pod, node_record, gpus, milli, now)
+                )
             outcome = await self.effects.bind(pod, node, annotations)
             if outcome is BindOutcome.RETRY:
                 self.stats.bind_retries += 1
                 outcome = await self._settle_unknown(pod, node)
+            if planned and outcome in (BindOutcome.CONFLICT, BindOutcome.GONE):
+                assert self.claims is not None
+                await self.claims.unreserve(pod, planned)
+            if outcome is BindOutcome.BOUND:
+                self.cache.settle_claims(pod.uid)
         self.cache.finish_binding(pod.uid, self.clock() + self.options.assume_timeout_s)
         if outcome is BindOutcome.RETRY:
             log.warning("bind %s → %s unconfirmed; assumed until it expires", pod.key, node)
@@ -440,6 +478,24 @@ class Scheduler:
         if outcome is BindOutcome.CONFLICT:
             self.stats.conflicts += 1
         log.info("bind %s → %s %s: assumption dropped", pod.key, node, outcome.value)
+        self.cache.forget(pod.uid)
+        await self._refresh(pod)
+        return False
+
+    async def _reserve_claims(
+        self, pod: PodRecord, planned: list[ClaimAllocation], now: float
+    ) -> bool:
+        """Write the pod's claims (allocation, reservation) before its bind; on failure
+        undo what was written, drop the assumption and let the next pass plan again."""
+        if self.claims is None:
+            self.cache.forget(pod.uid)
+            return False
+        outcome, written = await self.claims.reserve(pod, planned, now)
+        if outcome is ClaimOutcome.RESERVED:
+            return True
+        self.stats.conflicts += 1
+        log.info("claims of %s not reserved (%s): planning it again", pod.key, outcome.value)
+        await self.claims.unreserve(pod, written)
         self.cache.forget(pod.uid)
         await self._refresh(pod)
         return False

@@ -6,8 +6,10 @@ running `JobView`s with their placements.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from controller.ctj.continual import retraining_job
+from controller.dra.inventory import DraAsk, DraState
 from controller.kube.objects import (
     JOB_LABEL,
     MODEL_LABELS,
@@ -61,6 +63,34 @@ def task_request(pod: PodRecord, encoder: GpuEncoder) -> TaskRequest:
     return TaskRequest(pod.cpu_milli, pod.mem_mib, num_gpus, gpu_milli)
 
 
+class DraWait(ValueError):
+    """The pod's claims are not ready to be planned (not created, not seen, in flight)."""
+
+
+class DraProblem(ValueError):
+    def __init__(self, problem: Problem) -> None:
+        super().__init__(str(problem))
+        self.problem = problem
+
+
+def dra_ask(pod: PodRecord, encoder: GpuEncoder, dra: DraState | None) -> DraAsk | None:
+    """The pod's DRA request (None for a pod without claims). Raises `DraWait` or
+    `DraProblem`."""
+    if not pod.claims or dra is None:
+        return None
+    if encoder.request(pod)[0]:
+        field = "spec.resourceClaims"
+        raise DraProblem(
+            Problem(field, "asks for GPUs both as a device-plugin resource and as claims")
+        )
+    ask = dra.ask(pod)
+    if isinstance(ask, Problem):
+        raise DraProblem(ask)
+    if isinstance(ask, str):
+        raise DraWait(ask)
+    return ask
+
+
 def job_id(pod: PodRecord) -> str:
     """The job a pod belongs to: an explicit id, else its gang label, else the pod."""
     if pod.meta.job_id:
@@ -76,6 +106,8 @@ class PendingJob:
     spec: JobSpec
     pods: tuple[PodRecord, ...]
     seq: int
+    asks: tuple[DraAsk | None, ...] = ()
+    """Each pod's DRA request (empty when no pod has claims)."""
 
     def view(self) -> JobView:
         return JobView(
@@ -106,7 +138,10 @@ class Workload:
 
 
 def build_workload(
-    pods: Iterable[PodRecord], seq: Mapping[str, int], encoder: GpuEncoder
+    pods: Iterable[PodRecord],
+    seq: Mapping[str, int],
+    encoder: GpuEncoder,
+    dra: DraState | None = None,
 ) -> Workload:
     """Pending jobs in queue order (submit time, then the order pods were first seen)."""
     groups: dict[str, list[PodRecord]] = {}
@@ -117,7 +152,10 @@ def build_workload(
     waiting: dict[str, str] = {}
     for jid, members in groups.items():
         members.sort(key=lambda p: p.name)
-        job = _decode_job(jid, members, seq, encoder)
+        job = _decode_job(jid, members, seq, encoder, dra)
+        if isinstance(job, str):
+            waiting[jid] = job
+            continue
         if isinstance(job, Problem):
             rejected.append(RejectedJob(jid, tuple(members), job))
             continue
@@ -130,14 +168,23 @@ def build_workload(
 
 
 def _decode_job(
-    jid: str, members: list[PodRecord], seq: Mapping[str, int], encoder: GpuEncoder
-) -> PendingJob | Problem:
-    """The job the pods make, or the first problem that stops them making one."""
+    jid: str,
+    members: list[PodRecord],
+    seq: Mapping[str, int],
+    encoder: GpuEncoder,
+    dra: DraState | None,
+) -> PendingJob | Problem | str:
+    """The job the pods make, the first problem that stops them making one, or why it
+    waits."""
     for member in members:
         if member.problems:
             return member.problems[0]
     try:
-        return _pending_job(jid, members, seq, encoder)
+        return _pending_job(jid, members, seq, encoder, dra)
+    except DraWait as wait:
+        return str(wait)
+    except DraProblem as err:
+        return err.problem
     except ValueError as err:
         return Problem("spec.containers[].resources", str(err))
 
@@ -148,12 +195,22 @@ def _gang_size(members: list[PodRecord]) -> int:
 
 
 def _pending_job(
-    jid: str, members: list[PodRecord], seq: Mapping[str, int], encoder: GpuEncoder
+    jid: str,
+    members: list[PodRecord],
+    seq: Mapping[str, int],
+    encoder: GpuEncoder,
+    dra: DraState | None = None,
 ) -> PendingJob:
     first = members[0]
-    task = task_request(first, encoder)
-    for other in members[1:]:
-        if task_request(other, encoder) != task:
+    asks = tuple(dra_ask(p, encoder, dra) for p in members)
+    tasks = [_task(p, encoder, ask) for p, ask in zip(members, asks, strict=True)]
+    task = tasks[0]
+    node_selector = dict(first.node_selector)
+    if asks[0] is not None:
+        node_selector.update(asks[0].labels)
+    for other, other_task, ask in zip(members[1:], tasks[1:], asks[1:], strict=True):
+        same_place = ask is None or {**other.node_selector, **ask.labels} == node_selector
+        if other_task != task or not same_place:
             pair = f"{first.name} and {other.name}"
             raise ValueError(f"gang {jid}: pods {pair} ask for different resources")
     submitted = first.meta.submit_time
@@ -165,12 +222,21 @@ def _pending_job(
         replicas=len(members),
         allowed_models=first.meta.gpu_models,
         priority=max(p.priority for p in members),
-        node_selector=first.node_selector,
+        node_selector=node_selector,
         tolerations=first.tolerations,
         kind="pod",
         preemptible=all(p.meta.preemptible for p in members),
     )
-    return PendingJob(spec, tuple(members), min(seq.get(p.uid, 0) for p in members))
+    # A CTJ window's pod with accuracy facts is the simulator's retraining job.
+    spec = retraining_job(spec, first.annotations, first.labels)
+    seq_of = min(seq.get(p.uid, 0) for p in members)
+    return PendingJob(spec, tuple(members), seq_of, asks if any(asks) else ())
+
+
+def _task(pod: PodRecord, encoder: GpuEncoder, ask: DraAsk | None) -> TaskRequest:
+    if ask is None:
+        return task_request(pod, encoder)
+    return TaskRequest(pod.cpu_milli, pod.mem_mib, ask.num_gpus, ask.gpu_milli)
 
 
 class RunningJobs:
@@ -178,8 +244,9 @@ class RunningJobs:
     kept up to date as pods change: a pass reads the views without regrouping thousands
     of pods, and only jobs that changed since the last pass are rebuilt."""
 
-    def __init__(self, encoder: GpuEncoder) -> None:
+    def __init__(self, encoder: GpuEncoder, dra: DraState | None = None) -> None:
         self.encoder = encoder
+        self.dra = dra
         self._members: dict[str, dict[str, PodRecord]] = {}
         self._job_of: dict[str, str] = {}
         self._views: dict[str, JobView] = {}
@@ -245,7 +312,7 @@ class RunningJobs:
         if any(charges[p.uid].node not in cluster.node_index for p in members):
             return None  # on a node that is gone: not running anywhere a policy can see
         try:
-            return _running_view(jid, members, charges, cluster, self.encoder, now)
+            return _running_view(jid, members, charges, cluster, self.encoder, now, self.dra)
         except ValueError:
             return None  # unreadable requests: the capacity is still counted
 
@@ -257,8 +324,14 @@ def _running_view(
     cluster: ClusterState,
     encoder: GpuEncoder,
     now: float,
+    dra: DraState | None = None,
 ) -> JobView:
-    job = _pending_job(jid, members, {}, encoder)
+    job = _pending_job(jid, members, {}, encoder, dra)
+    if job.asks:
+        # Its claims are allocated now: what it holds is what they hold.
+        held = charges[members[0].uid]
+        task = replace(job.spec.task, num_gpus=len(held.gpus), gpu_milli=held.gpu_milli)
+        job = replace(job, spec=replace(job.spec, task=task))
     tasks = tuple(
         TaskPlacement(charges[p.uid].node, charges[p.uid].gpus, charges[p.uid].gpu_milli)
         for p in members
