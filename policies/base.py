@@ -69,6 +69,8 @@ class Policy(ABC):
     config_type: ClassVar[type[PolicyConfig]] = PolicyConfig
     round_s: float | None = None
     """Seconds between whole-cluster rounds; None for event-driven policies."""
+    defaults_follow: ClassVar[str] = ""
+    """Which published setting the default config follows (`gpufleet policies` shows it)."""
 
     def __init__(self, config: PolicyConfig | None = None) -> None:
         self.config = config if config is not None else self.config_type()

@@ -83,6 +83,10 @@ class GavelAgnosticConfig(GavelConfig):
 class Gavel(RoundPolicy):
     name = "gavel"
     config_type = GavelConfig
+    defaults_follow = (
+        "Gavel's paper and simulator: max-min fairness (LAS, max_min_fairness_perf), "
+        "360 s rounds. Sia's artifact ran Gavel with -o objective=max_sum_throughput"
+    )
 
     def __init__(self, config: PolicyConfig | None = None) -> None:
         super().__init__(config)
@@ -151,6 +155,7 @@ class GavelAgnostic(Gavel):
 
     name = "gavel-agnostic"
     config_type = GavelAgnosticConfig
+    defaults_follow = "Gavel's heterogeneity-agnostic LAS (max_min_fairness), 360 s rounds"
 
 
 def _weight(job: JobView) -> float:

@@ -161,6 +161,10 @@ class Sia(RoundPolicy):
     config_type = SiaConfig
     adapts_jobs: ClassVar[bool] = True
     """Jobs under Sia tune GPU count and batch size (hosts run them adaptive)."""
+    defaults_follow = (
+        "Sia's run_experiment.sh: p=-0.5, lambda_n=1.1, 60 s rounds, projected "
+        "throughputs, shared max replicas"
+    )
 
     def __init__(self, config: PolicyConfig | None = None) -> None:
         super().__init__(config)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from pathlib import Path
 
 from policies import make_policy, policy_class, policy_names
@@ -17,6 +18,7 @@ from simulator.experiments import experiment_modules
 from simulator.inputs import add_input_arguments, load_inputs
 from simulator.progress import ProgressBar
 from simulator.run import RunConfig, RunResult, simulate
+from simulator.semantics import SEMANTICS_HELP, run_semantics
 from traces.outputs import add_force_argument, check_output_dir, output_directory
 
 
@@ -41,8 +43,8 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--restart-cost",
         type=float,
-        default=30.0,
-        help="restart delay in s for jobs whose trace gives none (default: 30)",
+        help="restart delay in s for jobs whose trace gives none (default: 30; "
+        "`gpufleet policies` says when a first start pays it too)",
     )
     parser.add_argument(
         "--horizon",
@@ -113,9 +115,10 @@ def _add_experiments(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_one(args: argparse.Namespace, policy_name: str, out_dir: Path) -> RunResult:
-    inputs = load_inputs(args)
     options = parse_options(args.option)
     policy = make_policy(policy_name, options)
+    semantics = run_semantics(args.format if args.trace else "synthetic", policy, args.restart_cost)
+    inputs = load_inputs(args, semantics.job_mode)
     config = RunConfig(
         trace=inputs.trace_label,
         trace_format=args.format if args.trace else "synthetic",
@@ -123,7 +126,8 @@ def _run_one(args: argparse.Namespace, policy_name: str, out_dir: Path) -> RunRe
         policy=policy_name,
         policy_options=options,
         seed=args.seed,
-        restart_cost_s=args.restart_cost,
+        restart_cost_s=semantics.restart_cost_s,
+        startup_delay=semantics.startup_delay,
         horizon_s=inputs.horizon_s if args.horizon is None else args.horizon,
     )
     bar = ProgressBar(len(inputs.jobs), policy_name, enabled=args.progress)
@@ -164,6 +168,10 @@ def _list_policies(_args: argparse.Namespace) -> int:
         round_s = make_policy(name).round_s  # set from the default config, not the class
         kind = f"rounds of {round_s:g} s" if round_s else "event-driven"
         print(f"{name:12s} {kind:18s} {doc}")
+        if cls.defaults_follow:
+            print(f"    defaults follow {cls.defaults_follow}")
         for option, default, text in config_help(cls.config_type):
             print(f"    -o {option}=...  (default {default})  {text}")
+    print()
+    print(textwrap.fill(SEMANTICS_HELP, width=88))
     return 0

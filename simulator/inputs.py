@@ -64,12 +64,14 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def load_inputs(args: argparse.Namespace) -> Inputs:
+def load_inputs(args: argparse.Namespace, job_mode: str | None = None) -> Inputs:
+    """Jobs and nodes the arguments name; `job_mode` forces every job of a Sia workload
+    into that category (`simulator.semantics` decides it from the policy)."""
     if args.trace and Path(args.trace).is_dir():
         return _trace_directory(args, Path(args.trace))
     nodes, cluster_label = _cluster(args)
     if args.trace:
-        jobs = load_jobs(args.trace, args.format, **_reader_options(args))
+        jobs = load_jobs(args.trace, args.format, **_reader_options(args, job_mode))
         return Inputs(jobs, nodes, str(args.trace), cluster_label)
     spec = SyntheticSpec(num_jobs=args.jobs, jobs_per_hour=args.rate)
     jobs = generate_jobs(spec, seed=args.seed)
@@ -98,9 +100,11 @@ def _trace_directory(args: argparse.Namespace, directory: Path) -> Inputs:
     return Inputs(jobs, nodes, str(directory), cluster_label, recording_end(directory))
 
 
-def _reader_options(args: argparse.Namespace) -> dict[str, Any]:
+def _reader_options(args: argparse.Namespace, job_mode: str | None) -> dict[str, Any]:
     if args.format == "gavel":
         return {"num_jobs": args.jobs, "jobs_per_hour": args.rate, "seed": args.seed}
+    if args.format == "sia":
+        return {"mode": job_mode}
     return {}
 
 

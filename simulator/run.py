@@ -35,6 +35,7 @@ class RunConfig:
     policy_options: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
     restart_cost_s: float = 30.0
+    startup_delay: bool = False
     horizon_s: float | None = None
 
 
@@ -59,6 +60,7 @@ def simulate(
     options = EngineOptions(
         seed=config.seed,
         restart_cost_s=config.restart_cost_s,
+        startup_delay=config.startup_delay,
         horizon_s=config.horizon_s if config.horizon_s is not None else float("inf"),
     )
     sim = Simulation(nodes, jobs, policy, options, progress)

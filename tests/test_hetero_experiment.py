@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
+from simulator.cli import add_simulator_commands
 from simulator.clusters import named_cluster
 from simulator.experiments import hetero
+from simulator.metrics import JOB_COLUMNS
 from tests.conftest import shared_data
 from traces.errors import TraceError
 from traces.sia import read_jobs
@@ -127,3 +131,77 @@ def test_reader_on_the_public_workloads() -> None:
     apps = {j.attributes["application"] for j in jobs}
     assert apps <= {"cifar10", "deepspeech2", "bert", "yolov3", "imagenet"}
     assert all(j.allowed_models == {"t4", "v100", "a100", "rtx6000", "rtx2080ti"} for j in jobs)
+
+
+def simulate_and_experiment(tmp_path: Path, workload: Path, policy: str) -> tuple[dict, dict]:
+    """Job rows and summary of one run started by `simulate`, and by `experiment hetero`."""
+    solo, sweep = tmp_path / f"simulate-{policy}", tmp_path / f"hetero-{policy}"
+    common = ["--cluster", "sia-homog-64", "--seed", "0"]
+    assert main(["simulate", "--trace", str(workload), "--format", "sia", "--policy", policy,
+                 "--out", str(solo), "--no-progress", *common]) == 0  # fmt: skip
+    assert main(["experiment", "hetero", "--workloads", str(workload.parent), "--policies",
+                 policy, "--out", str(sweep), *common]) == 0  # fmt: skip
+    by_simulate = pq.read_table(solo / "jobs.parquet").to_pylist()
+    with (sweep / "jobs.csv").open() as handle:
+        by_experiment = [r for r in csv.DictReader(handle) if r["workload"].endswith(workload.stem)]
+    with (sweep / "summary.csv").open() as handle:
+        summary = next(csv.DictReader(handle))
+    rows = {"simulate": _as_values(by_simulate), "experiment": _as_values(by_experiment)}
+    summaries = {"simulate": json.loads((solo / "summary.json").read_text()), "hetero": summary}
+    return rows, summaries
+
+
+def main(argv: list[str]) -> int:
+    """The simulator's commands as `gpufleet` parses them (without the controller's)."""
+    parser = argparse.ArgumentParser(prog="gpufleet")
+    add_simulator_commands(parser.add_subparsers())
+    args = parser.parse_args(argv)
+    result: int = args.handler(args)
+    return result
+
+
+def _as_values(rows: list[dict]) -> list[dict[str, object]]:
+    """Rows keyed by JOB_COLUMNS, numbers as floats (parquet keeps types, CSV text)."""
+    return [{c: _value(r[c]) for c in JOB_COLUMNS} for r in rows]
+
+
+def _value(value: object) -> object:
+    if value is None or value == "":
+        return None
+    try:
+        return float(str(value))
+    except ValueError:
+        return str(value)
+
+
+@pytest.mark.parametrize("policy", ["gavel", "sia", "las"])
+def test_simulate_and_experiment_run_the_same_semantics(tmp_path: Path, policy: str) -> None:
+    """The same Sia workload, cluster, policy and seed give the same run through either
+    command: Gavel and LAS run TunedJobs rigidly and Sia adapts them, and every launch,
+    the first included, pays the checkpoint-restore delay (simulator.semantics)."""
+    workloads = invented_data(tmp_path / "data")
+    rows, summaries = simulate_and_experiment(tmp_path, workloads / "w-1.csv", policy)
+    assert rows["simulate"] == rows["experiment"]
+    solo, sweep = summaries["simulate"], summaries["hetero"]
+    assert solo["completed"] == int(sweep["jobs"]) == 3
+    assert round(solo["avg_jct_s"] / 3600, 4) == float(sweep["avg_jct_h"])
+    starts = [r["start_s"] for r in rows["simulate"]]
+    ends = [float(str(r["end_s"])) for r in rows["simulate"]]
+    # toy-0 (2 GPUs, batch 32) starts at t=0 alone on an idle cluster: its first launch
+    # pays the 30 s delay, so it cannot finish sooner than 30 s plus its work.
+    assert starts[0] == 0.0 and ends[0] > 30.0
+    if policy != "sia":
+        assert [r["gpus"] for r in rows["simulate"]] == [2, 4, 1]  # TunedJobs, rigid
+
+
+@pytest.mark.shared_data
+def test_simulate_and_experiment_agree_on_a_public_workload(tmp_path: Path) -> None:
+    workload = shared_data("sia/workloads/saturn/workload-1.csv")
+    trimmed = tmp_path / "sia/workloads/saturn-40/workload-1.csv"
+    lines = workload.read_text().splitlines()[:41]
+    write(trimmed, "\n".join(lines))
+    (tmp_path / "sia/traces").symlink_to(workload.parent.parent.parent / "traces")
+    rows, summaries = simulate_and_experiment(tmp_path, trimmed, "gavel")
+    assert rows["simulate"] == rows["experiment"]
+    assert summaries["simulate"]["completed"] == 40
+    assert round(summaries["simulate"]["p99_jct_s"], 0) > 0

@@ -2,9 +2,11 @@
 
 Runs every workload (each `*.csv` in the `--workloads` folders, Sia's format; and/or
 `--gavel-traces N` traces generated from Gavel's throughput file) under every policy on
-one named cluster. Policies that adapt jobs (Sia) get adaptive jobs; every other policy
-runs each job rigidly at its TunedJobs GPUs and batch, as in the Sia paper. Every start
-pays the job's checkpoint-restore delay.
+one named cluster. Each trace runs as its published simulator ran it
+(`simulator.semantics`, shared with `gpufleet simulate`): on Sia workloads, policies that
+adapt jobs (Sia) get adaptive jobs, every other policy runs each job rigidly at its
+TunedJobs GPUs and batch, and every start pays the job's checkpoint-restore delay; Gavel's
+generated traces are rigid and pay no restart time, as in Gavel's simulator.
 
 Output directory:
 
@@ -35,13 +37,14 @@ from pathlib import Path
 
 import numpy as np
 
-from policies import JobSpec, NodeSpec, Policy, make_policy, policy_class
+from policies import JobSpec, NodeSpec, make_policy, policy_class
 from policies.registry import parse_policy_label
 from simulator.clusters import cluster_names, named_cluster
 from simulator.engine import EngineOptions, Simulation
 from simulator.experiments import experiment_output
 from simulator.metrics import JOB_COLUMNS, PASS_COLUMNS, Recorder
 from simulator.plotting import subplots
+from simulator.semantics import GAVEL_GENERATED, RunSemantics, run_semantics
 from traces import sia as sia_traces
 from traces.errors import TraceError
 from traces.gavel_throughputs import generate_jobs, read_throughputs
@@ -185,20 +188,29 @@ def _natural(path: Path) -> tuple[object, ...]:
     return (stem.rstrip("0123456789"), int(digits) if digits else -1, stem)
 
 
-def load_jobs(workload: Workload, policy: Policy) -> list[JobSpec]:
+def load_jobs(workload: Workload, semantics: RunSemantics) -> list[JobSpec]:
     if workload.gavel_seed is not None:
         table = read_throughputs(workload.path)
         return generate_jobs(table, workload.gavel_jobs, workload.gavel_rate, workload.gavel_seed)
-    mode = None if getattr(policy, "adapts_jobs", False) else "rigid"
-    return sia_traces.read_jobs(workload.path, workload.profiles, mode=mode)
+    return sia_traces.read_jobs(workload.path, workload.profiles, mode=semantics.job_mode)
+
+
+def trace_format(workload: Workload) -> str:
+    return GAVEL_GENERATED if workload.gavel_seed is not None else "sia"
 
 
 def run_one(spec: RunSpec) -> RunOutput:
     policy = make_policy(spec.policy, dict(spec.options))
     nodes: list[NodeSpec] = named_cluster(spec.cluster, spec.scale)
-    jobs = load_jobs(spec.workload, policy)
+    semantics = run_semantics(trace_format(spec.workload), policy)
+    jobs = load_jobs(spec.workload, semantics)
+    options = EngineOptions(
+        seed=spec.seed,
+        restart_cost_s=semantics.restart_cost_s,
+        startup_delay=semantics.startup_delay,
+    )
     started, cpu = time.perf_counter(), time.process_time()
-    sim = Simulation(nodes, jobs, policy, EngineOptions(seed=spec.seed, startup_delay=True))
+    sim = Simulation(nodes, jobs, policy, options)
     recorder = sim.run()
     wall, cpu = time.perf_counter() - started, time.process_time() - cpu
     label = policy_label(spec)
