@@ -52,8 +52,13 @@ HOW_TO_BUILD = (
     "GPUFLEET_CONTROLPLANE_BIN to a directory with " + ", ".join(BINARIES) + " and kubectl."
 )
 
-TEST_CONTROLLERS = ("pod-garbage-collector-controller", "garbage-collector-controller")
-"""What the test tier needs of kube-controller-manager: owned pods go with their owner."""
+TEST_CONTROLLERS = (
+    "pod-garbage-collector-controller",
+    "garbage-collector-controller",
+    "resourceclaim-controller",
+)
+"""What the test tier needs of kube-controller-manager: owned pods go with their owner,
+and DRA claims are made from templates and cleaned up after their pods."""
 DEV_CONTROLLERS = (
     *TEST_CONTROLLERS,
     "namespace-controller",
