@@ -12,7 +12,9 @@ import importlib
 import sys
 from collections.abc import Callable, Sequence
 
+from gpufleet.whatif import add_whatif_commands
 from simulator.cli import add_simulator_commands
+from simulator.sweep.cli import add_sweep_commands
 from traces import TraceError
 from traces.cli import add_traces_commands
 
@@ -44,7 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
     add_simulator_commands(commands)
+    add_sweep_commands(commands)
     add_traces_commands(commands)
+    add_whatif_commands(commands)
     _add_controller(commands, "controller", "controller.cli", "add_controller_commands")
     _add_controller(
         commands, "dev-cluster", "controller.devcluster.cli", "add_dev_cluster_commands"

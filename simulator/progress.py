@@ -26,7 +26,8 @@ class ProgressBar:
         self._last = 0.0
         self._start = time.monotonic()
 
-    def update(self, done: int) -> None:
+    def update(self, done: int, note: str = "") -> None:
+        """Show `done` of the total; `note` (e.g. "3 failed") follows the counts."""
         if not self.enabled:
             return
         now = time.monotonic()
@@ -36,13 +37,18 @@ class ProgressBar:
         frac = min(1.0, done / self.total)
         bar = "#" * int(30 * frac)
         elapsed = now - self._start
+        left = (
+            f" ~{elapsed * (self.total - done) / done:.0f}s left" if 0 < done < self.total else ""
+        )
+        note = f" {note}" if note else ""
         self.stream.write(
-            f"\r{self.label} [{bar:<30}] {100 * frac:5.1f}% {done}/{self.total} {elapsed:5.1f}s"
+            f"\r{self.label} [{bar:<30}] {100 * frac:5.1f}% {done}/{self.total}{note} "
+            f"{elapsed:5.1f}s{left}"
         )
         self.stream.flush()
 
-    def close(self) -> None:
+    def close(self, note: str = "") -> None:
         if self.enabled:
-            self.update(self.total)
+            self.update(self.total, note)
             self.stream.write("\n")
             self.stream.flush()

@@ -11,6 +11,7 @@ typical ratio).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -92,6 +93,27 @@ def homogeneous_cluster(
         )
         left -= gpus
     return nodes
+
+
+def mixed_cluster(
+    num_nodes: int, models: Sequence[str] = ("A100", "V100"), gpus_per_node: int = 8
+) -> list[NodeSpec]:
+    """`num_nodes` 8-GPU nodes, the models in turn (node i has `models[i % len(models)]`),
+    16 nodes a rack: the large mixed clusters of scale runs."""
+    if num_nodes < 1 or not models:
+        raise ValueError("a mixed cluster needs at least one node and one GPU model")
+    width = len(str(num_nodes - 1))
+    return [
+        NodeSpec(
+            name=f"node-{i:0{width}d}",
+            cpu_milli=96_000,
+            mem_mib=786_432,
+            gpus=gpus_per_node,
+            gpu_model=models[i % len(models)],
+            rack=f"rack-{i // 16}",
+        )
+        for i in range(num_nodes)
+    ]
 
 
 def default_cluster() -> list[NodeSpec]:

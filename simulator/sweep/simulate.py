@@ -1,0 +1,139 @@
+"""The `simulate` experiment of a sweep: one engine run per cell (trace × cluster ×
+policy × options × seed), its run directory as `gpufleet simulate` writes it, and the
+run's summary as the cell's metrics."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from policies import JobSpec, NodeSpec, make_policy
+from simulator.inputs import DEFAULT_CLUSTER, named_cluster
+from simulator.run import RunConfig, RunResult, simulate
+from simulator.sweep.cells import CellOutput
+from simulator.sweep.spec import SpecError, SweepExperiment, TraceSource
+from traces import load_jobs, load_nodes
+from traces.outputs import MARKER
+from traces.synthetic import (
+    SyntheticSpec,
+    default_cluster,
+    generate_jobs,
+    homogeneous_cluster,
+    mixed_cluster,
+)
+
+SETTINGS = {"restart_cost_s": 30.0, "horizon_s": None}
+METRICS = (
+    "gpus",
+    "jobs",
+    "completed",
+    "unfinished",
+    "rejected",
+    "avg_jct_s",
+    "p50_jct_s",
+    "p99_jct_s",
+    "avg_queue_delay_s",
+    "makespan_s",
+    "gpu_util",
+    "restarts",
+    "scheduling_passes",
+)
+GENERATOR_KEYS = {
+    "jobs": "num_jobs",
+    "rate": "jobs_per_hour",
+    "sharing_fraction": "sharing_fraction",
+}
+
+
+def run_cell(params: Mapping[str, Any], inputs: Mapping[str, Any]) -> CellOutput:
+    """Simulate one cell; its files are those `gpufleet simulate` writes."""
+    result, files = _simulate(params, inputs)
+    return CellOutput({key: result.summary[key] for key in METRICS}, files)
+
+
+def run_cell_keeping_records(params: Mapping[str, Any], inputs: Mapping[str, Any]) -> CellOutput:
+    """`run_cell`, with the run's result (its recorder's rows) as the payload, for a host
+    that plots them (`gpufleet compare`)."""
+    result, files = _simulate(params, inputs)
+    return CellOutput({key: result.summary[key] for key in METRICS}, files, result)
+
+
+def _simulate(
+    params: Mapping[str, Any], inputs: Mapping[str, Any]
+) -> tuple[RunResult, dict[str, bytes]]:
+    options = dict(params["options"])
+    config = RunConfig(
+        trace=str(params["trace"]),
+        trace_format="sweep",
+        cluster=str(params["cluster"]),
+        policy=str(params["policy"]),
+        policy_options=options,
+        seed=int(params["seed"]),
+        restart_cost_s=float(params["restart_cost_s"]),
+        horizon_s=params["horizon_s"],
+    )
+    policy = make_policy(config.policy, options)
+    with tempfile.TemporaryDirectory(prefix="gpufleet-cell-") as tmp:
+        result = simulate(config, inputs["cluster"], inputs["trace"], policy, Path(tmp) / "run")
+        files = {
+            path.name: path.read_bytes()
+            for path in sorted((Path(tmp) / "run").iterdir())
+            if path.name != MARKER
+        }
+    return result, files
+
+
+def load_trace(source: TraceSource) -> list[JobSpec]:
+    if source.path is not None:
+        return load_jobs(source.path, source.format)
+    settings = dict(source.generate)
+    seed = settings.pop("seed", 0)
+    unknown = sorted(set(settings) - set(GENERATOR_KEYS))
+    if unknown:
+        raise ValueError(
+            f"unknown generator setting {unknown[0]!r} ({', '.join(GENERATOR_KEYS)}, seed)"
+        )
+    spec = SyntheticSpec(**{GENERATOR_KEYS[k]: v for k, v in settings.items()})
+    return generate_jobs(spec, seed=int(seed))
+
+
+def load_cluster(entry: Mapping[str, Any], base: Path) -> tuple[str, list[NodeSpec]]:
+    """`{gpus: N}`, `{file: PATH}`, `{name: NAME, scale: K}` or `{nodes: N, models: [...]}`;
+    none of these: the embedded default cluster."""
+    kinds = [k for k in ("gpus", "file", "name", "nodes") if k in entry]
+    if len(kinds) > 1:
+        raise SpecError("cluster", f"give one of gpus, file, name, nodes (got {', '.join(kinds)})")
+    kind = kinds[0] if kinds else "name"
+    try:
+        if kind == "gpus":
+            return f"homogeneous-{entry['gpus']}", homogeneous_cluster(int(entry["gpus"]))
+        if kind == "file":
+            path = Path(entry["file"])
+            return str(entry["file"]), load_nodes(path if path.is_absolute() else base / path)
+        if kind == "nodes":
+            models = tuple(entry.get("models", ("A100", "V100")))
+            label = f"mixed-{entry['nodes']}x8-{'-'.join(models)}"
+            return label, mixed_cluster(int(entry["nodes"]), models)
+        name = str(entry.get("name", DEFAULT_CLUSTER))
+        if name == DEFAULT_CLUSTER:
+            return name, default_cluster()
+        return name, named_cluster(name, int(entry.get("scale", 1)))
+    except (TypeError, ValueError) as err:
+        raise SpecError(f"cluster.{kind}", str(err)) from None
+
+
+def policy_params(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    make_policy(name, options)  # an unknown name or option fails here, before any cell
+    return {"policy": name, "options": options}
+
+
+SWEEP = SweepExperiment(
+    task="simulator.sweep.simulate:run_cell",
+    settings=SETTINGS,
+    metrics=METRICS,
+    load_trace=load_trace,
+    load_cluster=load_cluster,
+    policy_params=policy_params,
+)
