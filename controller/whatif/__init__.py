@@ -1,0 +1,1 @@
+"""The controller's half of `gpufleet whatif`: a live cluster captured as a snapshot."""

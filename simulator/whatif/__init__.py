@@ -1,0 +1,1 @@
+"""What-if forecasts: a cluster snapshot replayed forward under several policies."""

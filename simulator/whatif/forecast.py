@@ -1,0 +1,282 @@
+"""A snapshot replayed forward: per policy and per sample one simulation, then the
+percentiles of every pending job's start and finish.
+
+The replay starts at the snapshot (t = 0). Every pod running then is an occupant of its
+node (`traces.canonical.Pin`) for its remaining time, so no policy moves it; pending jobs
+arrive at t = 0 oldest first (their queue order); each ContinualTrainingJob's later
+windows arrive when they open. Uncertain remaining times are drawn once per sample and
+shared by every policy (common random numbers: policies differ by their decisions, not
+their luck). Without any uncertain time one simulation per policy answers for all samples.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from policies import FixedDuration, JobSpec, NodeSpec, TaskRequest, make_policy
+from policies.gpu_models import node_model
+from simulator.engine import EngineOptions, Simulation
+from simulator.whatif.remaining import RemainingTime, RemainingTimes, Source
+from traces.canonical import PIN_KEY, Pin
+from traces.errors import TraceError
+from traces.snapshot import ClusterSnapshot, Shape, SnapPending
+
+OCCUPANT = "running"
+PENDING = "pending"
+WINDOW = "ctj-window"
+ADDED = "added"
+GRID_POINTS = 61
+"""Points of the queue-length and allocation curves over the horizon."""
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One job of the replay, with its duration still to be drawn."""
+
+    spec: JobSpec
+    remaining: RemainingTime
+    kind: str
+    deadline_s: float | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    nodes: tuple[NodeSpec, ...]
+    items: tuple[Item, ...]
+    horizon_s: float
+
+    @property
+    def uncertain(self) -> bool:
+        return any(item.remaining.uncertain for item in self.items)
+
+    def jobs(self, sample: int, seed: int) -> list[JobSpec]:
+        rng = np.random.default_rng([seed, sample])
+        return [
+            replace(item.spec, work=FixedDuration(item.remaining.sample(rng)))
+            for item in self.items
+        ]
+
+    @property
+    def forecast_items(self) -> list[Item]:
+        """The jobs a forecast reports: all but the occupants."""
+        return [item for item in self.items if item.kind != OCCUPANT]
+
+
+def plan_forecast(
+    snapshot: ClusterSnapshot, horizon_s: float, added: Sequence[SnapPending] = ()
+) -> Plan:
+    """The replay's nodes and jobs; `TraceError` names the entry a job cannot be made of."""
+    if not horizon_s > 0 or not math.isfinite(horizon_s):
+        raise ValueError(f"--horizon must be a finite time > 0, got {horizon_s!r}")
+    times = RemainingTimes(snapshot)
+    nodes = tuple(_node(snapshot, i) for i in range(len(snapshot.nodes)))
+    names = {n.name: n for n in nodes}
+    items = [_occupant(snapshot, i, names, times) for i in range(len(snapshot.running))]
+    queue = sorted(range(len(snapshot.pending)), key=lambda i: -snapshot.pending[i].age_s)
+    items += [_pending(snapshot.pending[i], f"pending[{i}]", times, PENDING) for i in queue]
+    items += [_pending(job, f"added[{i}]", times, ADDED) for i, job in enumerate(added)]
+    items += _windows(snapshot, horizon_s, times)
+    seen: set[str] = set()
+    for item in items:
+        if item.spec.id in seen:
+            raise TraceError("<snapshot>", f"two jobs are named {item.spec.id!r}", field="id")
+        seen.add(item.spec.id)
+    return Plan(nodes, tuple(items), horizon_s)
+
+
+def _node(snapshot: ClusterSnapshot, i: int) -> NodeSpec:
+    node = snapshot.nodes[i]
+    try:
+        return NodeSpec(
+            name=node.name,
+            cpu_milli=node.cpu_milli,
+            mem_mib=node.mem_mib,
+            gpus=node.gpus,
+            gpu_model=node_model(node.gpu_model) if node.gpus else "",
+            rack=node.rack,
+            gpu_product=node.gpu_model if node.gpus else "",
+        )
+    except ValueError as err:
+        raise TraceError("<snapshot>", str(err), field=f"nodes[{i}].gpu_model") from None
+
+
+def _task(where: str, cpu: int, mem: int, gpus: int, milli: int) -> TaskRequest:
+    try:
+        return TaskRequest(cpu, mem, gpus, milli)
+    except ValueError as err:
+        raise TraceError("<snapshot>", str(err), field=f"{where}.gpu_milli") from None
+
+
+def _occupant(
+    snapshot: ClusterSnapshot, i: int, nodes: dict[str, NodeSpec], times: RemainingTimes
+) -> Item:
+    pod = snapshot.running[i]
+    where = f"running[{i}]"
+    node = nodes.get(pod.node)
+    if node is None:
+        raise TraceError(
+            "<snapshot>", f"node {pod.node!r} is not among the nodes", field=f"{where}.node"
+        )
+    if pod.gpus is not None and (
+        len(pod.gpus) != pod.num_gpus or any(g >= node.gpus for g in pod.gpus)
+    ):
+        raise TraceError(
+            "<snapshot>",
+            f"{list(pod.gpus)} is not {pod.num_gpus} GPU indices of node {node.name} "
+            f"({node.gpus} GPUs)",
+            field=f"{where}.gpus",
+        )
+    task = _task(where, pod.cpu_milli, pod.mem_mib, pod.num_gpus, pod.gpu_milli)
+    shape = Shape(pod.replicas, pod.num_gpus, pod.gpu_milli if pod.num_gpus else 0)
+    remaining = times.estimate(shape, pod.runtime_s, pod.ctj, pod.elapsed_s)
+    spec = JobSpec(
+        id=pod.id,
+        submit_time=0.0,
+        task=task,
+        work=FixedDuration(1.0),
+        kind="pod",
+        preemptible=False,
+        attributes={PIN_KEY: Pin(pod.node, pod.gpus or None)},
+    )
+    return Item(spec, remaining, OCCUPANT)
+
+
+def _pending(job: SnapPending, where: str, times: RemainingTimes, kind: str) -> Item:
+    task = _task(where, job.cpu_milli, job.mem_mib, job.num_gpus, job.gpu_milli)
+    shape = Shape(job.replicas, job.num_gpus, job.gpu_milli if job.num_gpus else 0)
+    spec = JobSpec(
+        id=job.id,
+        submit_time=0.0,
+        task=task,
+        work=FixedDuration(1.0),
+        replicas=job.replicas,
+        allowed_models=frozenset(job.allowed_models) or None,
+        priority=job.priority,
+        kind="pod",
+        preemptible=job.preemptible,
+    )
+    return Item(spec, times.estimate(shape, job.runtime_s, job.ctj), kind, job.deadline_s)
+
+
+def _windows(snapshot: ClusterSnapshot, horizon_s: float, times: RemainingTimes) -> list[Item]:
+    items = []
+    for i, ctj in enumerate(snapshot.ctjs):
+        task = _task(f"ctjs[{i}]", ctj.cpu_milli, ctj.mem_mib, ctj.num_gpus, ctj.gpu_milli)
+        shape = Shape(ctj.replicas, ctj.num_gpus, ctj.gpu_milli)
+        for window in ctj.windows:
+            if not 0 <= window.start_s < horizon_s:
+                continue
+            spec = JobSpec(
+                id=f"{ctj.name}-w{window.index}",
+                submit_time=window.start_s,
+                task=task,
+                work=FixedDuration(1.0),
+                replicas=ctj.replicas,
+                allowed_models=frozenset(ctj.allowed_models) or None,
+                kind="pod",
+            )
+            remaining = times.estimate(shape, ctj.runtime_s, ctj.name)
+            items.append(Item(spec, remaining, WINDOW, window.deadline_s))
+    return items
+
+
+# -- running the samples ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SampleRun:
+    """One simulation: start and finish of each forecast job (inf: not within the
+    horizon), and the queue length and allocated GPU % on the grid."""
+
+    policy: str
+    sample: int
+    start: np.ndarray
+    finish: np.ndarray
+    queue: np.ndarray
+    alloc_pct: np.ndarray
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    name: str
+    options: dict[str, Any]
+
+
+def run_sample(plan: Plan, policy: PolicySpec, sample: int, seed: int) -> SampleRun:
+    jobs = plan.jobs(sample, seed)
+    options = EngineOptions(seed=seed + sample, horizon_s=plan.horizon_s)
+    sim = Simulation(plan.nodes, jobs, make_policy(policy.name, policy.options), options)
+    recorder = sim.run()
+    rows = {row[0]: row for row in recorder.jobs}
+    ids = [item.spec.id for item in plan.forecast_items]
+    start = np.array([_time(rows[j][3]) if j in rows else math.inf for j in ids])
+    finish = np.array(
+        [_time(rows[j][4]) if j in rows and rows[j][12] == "completed" else math.inf for j in ids]
+    )
+    grid = np.linspace(0.0, plan.horizon_s, GRID_POINTS)
+    timeline = np.array([row[:4] for row in recorder.timeline], dtype=float).reshape(-1, 4)
+    at = np.searchsorted(timeline[:, 0], grid, side="right") - 1
+    known = at >= 0
+    queue = np.where(known, timeline[np.maximum(at, 0), 3], 0.0)
+    alloc = np.where(known, timeline[np.maximum(at, 0), 1], 0.0)
+    return SampleRun(policy.name, sample, start, finish, queue, alloc)
+
+
+def _time(value: object) -> float:
+    return math.inf if value is None else float(value)  # type: ignore[arg-type]
+
+
+Runner = Callable[[Plan, Sequence[PolicySpec], int, int], list[SampleRun]]
+
+
+def run_samples(
+    plan: Plan,
+    policies: Sequence[PolicySpec],
+    samples: int,
+    seed: int,
+    workers: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> list[SampleRun]:
+    """Every (policy, sample) simulation, in that order; `workers` processes (default:
+    one per core, at most 2 runs each). With no uncertain time, one run per policy."""
+    count = samples if plan.uncertain else 1
+    cells = [(p, s) for p in policies for s in range(count)]
+    workers = min(workers or os.cpu_count() or 1, len(cells))
+    if workers <= 1:
+        runs = []
+        for policy, sample in cells:
+            runs.append(run_sample(plan, policy, sample, seed))
+            if progress is not None:
+                progress(len(runs))
+        return runs
+    with ProcessPoolExecutor(workers, initializer=_share_plan, initargs=(plan,)) as pool:
+        futures = [pool.submit(_run_shared, p, s, seed) for p, s in cells]
+        runs = []
+        for future in futures:
+            runs.append(future.result())
+            if progress is not None:
+                progress(len(runs))
+        return runs
+
+
+_SHARED: list[Plan] = []
+"""The plan in a worker process, set once by the pool's initializer (not per task)."""
+
+
+def _share_plan(plan: Plan) -> None:
+    _SHARED[:] = [plan]
+
+
+def _run_shared(policy: PolicySpec, sample: int, seed: int) -> SampleRun:
+    return run_sample(_SHARED[0], policy, sample, seed)
+
+
+def sources_of(plan: Plan) -> list[Source]:
+    return [item.remaining.source for item in plan.forecast_items]

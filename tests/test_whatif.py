@@ -1,0 +1,289 @@
+"""`gpufleet whatif` offline: hand-worked forecasts from small snapshots, each source of
+remaining time, sampling, deadline misses, the outputs, and malformed snapshots."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from gpufleet.cli import main
+from simulator.whatif.forecast import PolicySpec, plan_forecast, run_samples
+from simulator.whatif.remaining import RemainingTimes, Source
+from simulator.whatif.report import PolicyForecast, combine, prediction_rows
+from traces.errors import TraceError
+from traces.snapshot import (
+    ClusterSnapshot,
+    Shape,
+    SnapCtj,
+    SnapHistory,
+    SnapNode,
+    SnapPending,
+    SnapRunning,
+    SnapWindow,
+    snapshot_from_json,
+    write_snapshot,
+)
+
+NODE = SnapNode("n0", 8000, 32_000, 2, "A100")
+
+
+def forecast(
+    snapshot: ClusterSnapshot, policy: str = "fifo", samples: int = 1, horizon: float = 1e4
+) -> dict[str, dict[str, Any]]:
+    plan = plan_forecast(snapshot, horizon)
+    runs = run_samples(plan, [PolicySpec(policy, {})], samples, seed=3, workers=1)
+    return {row["job_id"]: row for row in prediction_rows(plan, combine(runs, samples))}
+
+
+def pending(job_id: str, gpus: int = 1, runtime: float | None = None, **kw: Any) -> SnapPending:
+    return SnapPending(
+        job_id, kw.pop("age_s", 0.0), 1000, 1000, gpus, 1000, runtime_s=runtime, **kw
+    )
+
+
+def test_declared_runtimes_give_a_hand_worked_forecast() -> None:
+    """Node of 2 GPUs, both held by a pod that declared 100 s and has run 40 s. FIFO: at
+    60 the 1-GPU job (50 s) starts; the 2-GPU job (10 s) must wait for it: 110 → 120.
+    Queue order is age order (older first), whatever the file order."""
+    snapshot = ClusterSnapshot(
+        0.0,
+        (NODE,),
+        running=(SnapRunning("r", "n0", 1000, 1000, 2, 1000, 40.0, (0, 1), runtime_s=100.0),),
+        pending=(pending("two", 2, 10.0, age_s=5.0), pending("one", 1, 50.0, age_s=9.0)),
+    )
+    rows = forecast(snapshot)
+    assert (rows["one"]["start_p50_s"], rows["one"]["finish_p50_s"]) == (60.0, 110.0)
+    assert (rows["two"]["start_p50_s"], rows["two"]["finish_p50_s"]) == (110.0, 120.0)
+    assert {row["source"] for row in rows.values()} == {"declared"}
+    assert "r" not in rows  # a running pod is an occupant, not a forecast job
+
+
+def test_each_source_in_its_order() -> None:
+    snapshot = ClusterSnapshot(
+        0.0,
+        (NODE,),
+        ctjs=(SnapCtj("stream", 1, 1000, 1000, 1, 1000, completed_window_s=(300.0, 500.0)),),
+        history=(SnapHistory(1, 1, 1000, 100.0), SnapHistory(1, 1, 1000, 400.0)),
+        default_runtime_s=900.0,
+    )
+    times = RemainingTimes(snapshot)
+    one_gpu = Shape(1, 1, 1000)
+    declared = times.estimate(one_gpu, 70.0, "stream", elapsed=20.0)
+    assert (declared.source, declared.fixed) == (Source.DECLARED, 50.0)
+    ctj = times.estimate(one_gpu, None, "stream", elapsed=350.0)
+    assert (ctj.source, ctj.draws, ctj.fixed) == (Source.CTJ_HISTORY, (), 150.0)
+    # Past every completed window: the shape's history, conditioned on the elapsed time.
+    shape = times.estimate(one_gpu, None, "stream", elapsed=350.0 + 200)
+    assert shape.source == Source.DEFAULT  # 550 s outlived the shape's 100 and 400 s too
+    assert times.estimate(one_gpu, None, "", elapsed=50.0).draws == (50.0, 350.0)
+    other_shape = times.estimate(Shape(1, 2, 1000), None, "", elapsed=0.0)
+    assert (other_shape.source, other_shape.fixed) == (Source.DEFAULT, 900.0)
+    overdue = times.estimate(Shape(1, 2, 1000), None, "", elapsed=1000.0)
+    assert overdue.fixed == 900.0  # past the default: the default once more
+
+
+def test_a_declared_pod_past_its_runtime_finishes_now() -> None:
+    times = RemainingTimes(ClusterSnapshot(0.0, (NODE,)))
+    late = times.estimate(Shape(1, 1, 1000), 30.0, elapsed=45.0)
+    assert late.source == Source.DECLARED and 0 < late.fixed < 0.01  # type: ignore[operator]
+
+
+def test_shape_history_samples_bracket_the_p50_and_p90() -> None:
+    """One 1-GPU node, a job of unknown runtime ahead of another: the second starts when
+    the first ends, a draw of {100, 200, 300, 400}. Over 40 seeded samples p50 <= p90,
+    both among the drawn values, and the same seed gives the same answer."""
+    history = tuple(SnapHistory(1, 1, 1000, d) for d in (100.0, 200.0, 300.0, 400.0))
+    snapshot = ClusterSnapshot(
+        0.0,
+        (SnapNode("n0", 8000, 32_000, 1, "A100"),),
+        pending=(pending("a", age_s=2.0), pending("b", age_s=1.0)),
+        history=history,
+    )
+    rows = forecast(snapshot, samples=40)
+    b = rows["b"]
+    assert b["source"] == "shape-history"
+    assert b["start_p50_s"] in (100.0, 200.0, 300.0, 400.0)
+    assert b["start_p50_s"] <= b["start_p90_s"] <= 400.0
+    assert rows["a"]["finish_p50_s"] == b["start_p50_s"]  # the draw is one per sample
+    assert forecast(snapshot, samples=40) == rows
+
+
+def test_ctj_windows_arrive_and_miss_their_deadline() -> None:
+    """A CTJ whose windows take 300 s (its history) opens windows at 100 and 1100 with a
+    200 s deadline: each misses. With the node busy until 1000 by a declared pod, the
+    first window waits 900 s."""
+    snapshot = ClusterSnapshot(
+        0.0,
+        (SnapNode("n0", 8000, 32_000, 1, "A100"),),
+        running=(SnapRunning("r", "n0", 1000, 1000, 1, 1000, 0.0, (0,), runtime_s=1000.0),),
+        ctjs=(
+            SnapCtj(
+                "stream",
+                1,
+                1000,
+                1000,
+                1,
+                1000,
+                completed_window_s=(300.0,),
+                windows=(SnapWindow(3, 100.0, 300.0), SnapWindow(4, 1100.0, 1300.0)),
+            ),
+        ),
+    )
+    rows = forecast(snapshot)
+    first, second = rows["stream-w3"], rows["stream-w4"]
+    assert (first["start_p50_s"], first["finish_p50_s"]) == (1000.0, 1300.0)
+    assert (second["start_p50_s"], second["finish_p50_s"]) == (1300.0, 1600.0)
+    assert first["source"] == "ctj-history" and first["miss_fraction"] == 1.0
+    assert second["miss_fraction"] == 1.0
+
+
+def test_horizon_leaves_late_jobs_unpredicted() -> None:
+    snapshot = ClusterSnapshot(
+        0.0,
+        (SnapNode("n0", 8000, 32_000, 1, "A100"),),
+        pending=(pending("a", runtime=500.0, age_s=1.0), pending("b", runtime=10.0)),
+    )
+    rows = forecast(snapshot, horizon=400.0)
+    assert rows["a"]["start_p50_s"] == 0.0 and rows["a"]["finish_p50_s"] == ""
+    assert rows["b"]["start_p50_s"] == ""
+
+
+def test_whatif_command_writes_a_run_directory(tmp_path: Path) -> None:
+    snapshot = ClusterSnapshot(
+        0.0,
+        (NODE,),
+        running=(SnapRunning("r", "n0", 1000, 1000, 2, 1000, 40.0, (0, 1), runtime_s=100.0),),
+        pending=(pending("one", 1, 50.0),),
+        policy="fifo",
+    )
+    write_snapshot(snapshot, tmp_path / "snap.json")
+    out = tmp_path / "out"
+    args = ["whatif", "--snapshot", str(tmp_path / "snap.json"), "--out", str(out)]
+    assert main([*args, "--policies", "fifo,bestfit", "--samples", "3", "--workers", "1"]) == 0
+    files = {p.name for p in out.iterdir()}
+    assert {"predictions.csv", "timeline.csv", "summary.json", "forecast.png"} <= files
+    with (out / "predictions.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["policy"], r["start_p50_s"]) for r in rows] == [
+        ("fifo", "60.0"),
+        ("bestfit", "60.0"),
+    ]
+    summary = json.loads((out / "summary.json").read_text())
+    assert [p["samples"] for p in summary["policies"]] == [3, 3]
+    # The run directory's snapshot.json is a valid input again.
+    again = tmp_path / "again"
+    assert main(["whatif", "--snapshot", str(out / "snapshot.json"), "--out", str(again)]) == 0
+
+
+def test_add_answers_when_a_submitted_pod_would_start(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    snapshot = ClusterSnapshot(
+        0.0,
+        (NODE,),
+        running=(SnapRunning("r", "n0", 1000, 1000, 2, 1000, 40.0, (0, 1), runtime_s=100.0),),
+        pending=(pending("one", 1, 50.0),),
+        policy="fifo",
+    )
+    write_snapshot(snapshot, tmp_path / "snap.json")
+    (tmp_path / "job.yaml").write_text(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: mine\n"
+        "  annotations: {gpufleet.io/sim-runtime: 30s}\n"
+        "spec:\n  schedulerName: gpufleet\n  containers:\n  - name: c\n    image: x\n"
+        "    resources: {limits: {nvidia.com/gpu: 1}}\n"
+    )
+    args = ["whatif", "--snapshot", str(tmp_path / "snap.json"), "--out", str(tmp_path / "o")]
+    assert main([*args, "--add", str(tmp_path / "job.yaml")]) == 0
+    # Both GPUs free at 60: "one" (older) takes one, "mine" the other.
+    assert "default/mine under fifo  (live policy): starts in 60 s (p50)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"taken_at_unix": 0}, "field 'nodes': missing"),
+        ({"taken_at_unix": 0, "nodes": []}, "at least one node"),
+        ({"nodes": [{"name": "n", "cpu_milli": 1}]}, "field 'taken_at_unix': missing"),
+        (
+            {"taken_at_unix": 0, "nodes": [{"name": "n", "cpu_milli": "lots"}]},
+            "field 'nodes[0].cpu_milli': expected an integer >= 0, got 'lots'",
+        ),
+        (
+            {"taken_at_unix": 0, "nodes": [{"name": "n", "cpu_milli": 1, "gpus": 2}]},
+            "field 'nodes[0].gpu_model': missing",
+        ),
+        (
+            {
+                "taken_at_unix": 0,
+                "nodes": [{"name": "n", "cpu_milli": 1}],
+                "pending": [{"id": "j", "age_s": -3}],
+            },
+            "field 'pending[0].age_s': expected a finite number >= 0, got -3",
+        ),
+        (
+            {
+                "taken_at_unix": 0,
+                "nodes": [{"name": "n", "cpu_milli": 1}],
+                "running": [{"id": "p", "node": "n", "gpus": [0, "x"], "elapsed_s": 1}],
+            },
+            "field 'running[0].gpus[1]': expected a GPU index >= 0, got 'x'",
+        ),
+        ({"taken_at_unix": 0, "nodes": "n0"}, "field 'nodes': expected a list, got str"),
+        ({"version": 7, "taken_at_unix": 0, "nodes": []}, "version 7 is not supported"),
+        ([1, 2], "expected an object, got list"),
+    ],
+)
+def test_malformed_snapshot_names_the_field(data: object, message: str) -> None:
+    with pytest.raises(TraceError, match=_escaped(message)):
+        snapshot_from_json(data, "snap.json")
+
+
+def _escaped(text: str) -> str:
+    return re.escape(text)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"running": [{"id": "p", "node": "gone", "elapsed_s": 1}]}, "running[0].node"),
+        (
+            {"running": [{"id": "p", "node": "n", "num_gpus": 1, "gpus": [5], "elapsed_s": 1}]},
+            "running[0].gpus",
+        ),
+        ({"pending": [{"id": "j", "num_gpus": 2, "gpu_milli": 500}]}, "pending[0].gpu_milli"),
+        ({"pending": [{"id": "j"}, {"id": "j"}]}, "two jobs are named 'j'"),
+    ],
+)
+def test_inconsistent_snapshot_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], change: dict[str, Any], message: str
+) -> None:
+    data = {
+        "taken_at_unix": 0,
+        "nodes": [{"name": "n", "cpu_milli": 1000, "gpus": 2, "gpu_model": "A100"}],
+    }
+    (tmp_path / "snap.json").write_text(json.dumps({**data, **change}))
+    out = tmp_path / "out"
+    assert main(["whatif", "--snapshot", str(tmp_path / "snap.json"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_not_json_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "snap.json").write_text("{nodes: ")
+    out = str(tmp_path / "out")
+    assert main(["whatif", "--snapshot", str(tmp_path / "snap.json"), "--out", out]) == 2
+    assert "snap.json: not JSON" in capsys.readouterr().err
+
+
+def test_policy_forecast_percentiles_never_interpolate_to_nan() -> None:
+    start = np.array([[10.0, np.inf], [20.0, np.inf], [30.0, 5.0]])
+    f = PolicyForecast("p", 3, start, start, np.zeros(2), np.zeros(2))
+    assert f.start_at(50).tolist() == [20.0, np.inf]
+    assert f.start_at(90).tolist() == [30.0, np.inf]
