@@ -6,8 +6,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from controller.devcluster.fleet import FLEET_LABEL as TEST_LABEL
+from controller.devcluster.fleet import NAMESPACE, Admin, pod_manifest
 from policies import TaskRequest
-from tests.kube.helpers import NAMESPACE, TEST_LABEL, Admin, pod_manifest
 
 DRIVER = "gpu.nvidia.com"
 RESOURCE = "/apis/resource.k8s.io/v1"

@@ -12,10 +12,15 @@ from typing import Any
 
 import pytest
 
-from tests.kube.controlplane import ControlPlane
+from controller.devcluster.fleet import NAMESPACE, Admin
+from controller.devcluster.launcher import ControlPlane
+from controller.dra.objects import node_selector_for
 from tests.kube.dra_helpers import (
+    DRIVER,
+    RESOURCE,
     DraAdmin,
     allocated_devices,
+    claim_manifest,
     class_manifest,
     dra_node,
     dra_pod,
@@ -24,7 +29,7 @@ from tests.kube.dra_helpers import (
     slice_manifest,
     template_manifest,
 )
-from tests.kube.helpers import NAMESPACE, Admin, RunningController, eventually
+from tests.kube.helpers import RunningController, eventually
 
 pytestmark = pytest.mark.kube
 
@@ -149,5 +154,115 @@ def test_selectors_on_memory_and_product_and_a_malformed_one(kube: ControlPlane)
             assert "resourceclaims/bad-gpu-" in notes[0] and "cudaCores" in notes[0]
             bad = await admin.pod("bad")
             assert bad is not None and not bad["spec"].get("nodeName")
+
+    run(kube, scenario)
+
+
+def test_fgd_packs_capacity_shares_within_each_device(kube: ControlPlane) -> None:
+    """Claims for 40 GiB of shareable 80 GiB A100s (consumable capacity, 500 milli-GPU
+    each): FGD packs the first five onto three devices (it fills a device before it
+    opens another, as it does in the simulator), and of nine only eight are placed: a
+    device's allocated capacity never exceeds its own."""
+
+    async def scenario(admin: Admin, dra: DraAdmin) -> None:
+        await two_nodes(admin, dra, shareable=True)
+        await dra.create(template_manifest("part", request(capacity={"memory": "40Gi"})))
+        async with RunningController(str(kube.scheduler_kubeconfig), policy="fgd") as ctl:
+            names = [f"share-{i}" for i in range(9)]
+            for name in names[:5]:
+                await admin.create_pod(dra_pod(name, template="part"))
+            pods = [await bound_pod(admin, n) for n in names[:5]]
+            claims = [await dra.claim_of(p) for p in pods]
+            used = {d for c in claims if c for d in allocated_devices(c)}
+            assert {pool for pool, _ in used} == {"a100-node"}
+            assert len(used) == 3
+            for name in names[5:]:
+                await admin.create_pod(dra_pod(name, template="part"))
+            for name in names[5:8]:
+                await bound_pod(admin, name)
+            await ctl.settle()
+            await asyncio.sleep(2)
+            placed = [n for n in names if ((await admin.pod(n)) or {})["spec"].get("nodeName")]
+            assert len(placed) == 8
+            consumed: dict[tuple[str, str], int] = {}
+            for claim in await dra.claims():
+                allocation = (claim.get("status") or {}).get("allocation")
+                for result in (allocation or {}).get("devices", {}).get("results", ()):
+                    assert result["shareID"]
+                    assert result["consumedCapacity"]["memory"] in ("40Gi", str(40 * 2**30))
+                    key = (result["pool"], result["device"])
+                    consumed[key] = consumed.get(key, 0) + 40
+            assert sum(consumed.values()) == 8 * 40
+            assert max(consumed.values()) <= 80
+
+    run(kube, scenario)
+
+
+def test_claim_allocated_by_another_writer_first_wins_and_the_loser_replans(
+    kube: ControlPlane,
+) -> None:
+    """A second scheduler allocates the shared claim between gpufleet's finalizer write
+    and its status write: gpufleet's write conflicts, nothing of its plan lands, and it
+    plans again, following the winner's allocation (only reserving). A second pod that
+    shares the claim joins it on the same node, and no device is allocated twice."""
+
+    async def scenario(admin: Admin, dra: DraAdmin) -> None:
+        await two_nodes(admin, dra)
+        await dra.create(claim_manifest("shared", request()))
+        async with RunningController(str(kube.scheduler_kubeconfig)) as ctl:
+            raced = []
+
+            async def other_writer_first(planned: Any) -> None:
+                if raced:
+                    return
+                raced.append(planned.node)
+                claim = await dra.claim("shared")
+                assert claim is not None
+                other = "t4-node" if planned.node == "a100-node" else "a100-node"
+                claim["status"] = {
+                    "allocation": {
+                        "devices": {
+                            "results": [
+                                {
+                                    "request": "gpu",
+                                    "driver": DRIVER,
+                                    "pool": other,
+                                    "device": "gpu-3",
+                                }
+                            ]
+                        },
+                        "nodeSelector": node_selector_for(other),
+                    }
+                }
+                await admin.api.call(
+                    "PUT",
+                    f"{RESOURCE}/namespaces/{NAMESPACE}/resourceclaims/shared/status",
+                    body=claim,
+                )
+
+            ctl.scheduler.claims.before_write = other_writer_first
+            await admin.create_pod(dra_pod("racer", claim="shared"))
+            pod = await bound_pod(admin, "racer")
+            assert raced, "the race was not staged"
+            winner = "t4-node" if raced[0] == "a100-node" else "a100-node"
+            assert pod["spec"]["nodeName"] == winner
+            claim = await dra.claim("shared")
+            assert claim is not None
+            assert allocated_devices(claim) == [(winner, "gpu-3")]
+            assert ctl.scheduler.stats.conflicts >= 1
+
+            await admin.create_pod(dra_pod("sharer", claim="shared"))
+            sharer = await bound_pod(admin, "sharer")
+            assert sharer["spec"]["nodeName"] == winner
+            claim = await dra.claim("shared")
+            assert claim is not None
+            reserved = {r["name"] for r in claim["status"]["reservedFor"]}
+            assert reserved == {"racer", "sharer"}
+            assert allocated_devices(claim) == [(winner, "gpu-3")]
+            await ctl.settle()
+            # gpu-3 of the winner's node is charged once, for the claim, not per pod.
+            state = ctl.cache.ledger.state
+            index = state.node_index[winner]
+            assert int(state.gpu_free[index].sum()) == 3000
 
     run(kube, scenario)
