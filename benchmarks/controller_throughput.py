@@ -43,23 +43,18 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from controller.kube.objects import ATTAINED_GPU_S, GANG_SIZE, GPU_MILLI  # noqa: E402
-from policies import NodeSpec, TaskRequest  # noqa: E402
-from tests.kube.controlplane import (  # noqa: E402
+from controller.devcluster.fleet import NAMESPACE, Admin, pod_manifest  # noqa: E402
+from controller.devcluster.harness import BindWatcher, ServeReplica, metric  # noqa: E402
+from controller.devcluster.install import SYSTEM_NAMESPACE, install_deploy  # noqa: E402
+from controller.devcluster.launcher import (  # noqa: E402
     HOW_TO_BUILD,
     ControlPlane,
+    PlaneOptions,
     find_binaries,
     free_port,
 )
-from tests.kube.ctj_helpers import SYSTEM_NAMESPACE, ctj_environment  # noqa: E402
-from tests.kube.helpers import (  # noqa: E402
-    NAMESPACE,
-    Admin,
-    BindWatcher,
-    ServeReplica,
-    metric,
-    pod_manifest,
-)
+from controller.kube.objects import ATTAINED_GPU_S, GANG_SIZE, GPU_MILLI  # noqa: E402
+from policies import NodeSpec, TaskRequest  # noqa: E402
 
 MODELS = ("A100", "V100", "T4")
 SHAPES = (
@@ -76,9 +71,6 @@ MALFORMED = (
 """One bad annotation per malformed pod, in turn (on a whole-GPU pod, so the share
 annotation is the pod's own)."""
 EVENTS = f"/apis/events.k8s.io/v1/namespaces/{NAMESPACE}/events"
-_PLANES: list[ControlPlane] = []
-"""Every control plane of this process stays referenced: ctj_environment() caches by
-id(), and a freed plane's id could come back for the next run's plane."""
 
 
 @dataclass(frozen=True)
@@ -156,14 +148,23 @@ async def create_pods(admin: Admin, plans: list[PodPlan], rate: float | None) ->
 def replicas(plane: ControlPlane, args: argparse.Namespace, workdir: Path) -> list[ServeReplica]:
     """The Deployment's replicas: deploy/ applied (CRD, ServiceAccount, RBAC), each replica
     authenticating with the ServiceAccount's token."""
-    env = ctj_environment(plane)
+    account = workdir / "controller-sa.kubeconfig"
+    asyncio.run(_install(plane, account))
     flags = [
-        *("--policy", args.policy, "--kubeconfig", str(env.sa_kubeconfig)),
+        *("--policy", args.policy, "--kubeconfig", str(account)),
         *("--lease-namespace", SYSTEM_NAMESPACE, "--log-level", args.log_level),
     ]
     return [
         ServeReplica(flags, free_port(), workdir / f"replica-{i}.log") for i in range(args.replicas)
     ]
+
+
+async def _install(plane: ControlPlane, account: Path) -> None:
+    admin = Admin(str(plane.admin_kubeconfig))
+    try:
+        await install_deploy(admin.api, plane.server, plane.pki.ca_pem, account)
+    finally:
+        await admin.close()
 
 
 async def leader(pair: list[ServeReplica], timeout_s: float = 120) -> ServeReplica:
@@ -342,8 +343,7 @@ async def benchmark(
 
 def one_run(bin_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="gpufleet-bench-"))
-    plane = ControlPlane(bin_dir, workdir, pods_watch_cache=True)
-    _PLANES.append(plane)
+    plane = ControlPlane(bin_dir, workdir, PlaneOptions(pods_watch_cache=True))
     pair: list[ServeReplica] = []
     keep = args.keep
     try:

@@ -22,9 +22,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from controller.devcluster.fleet import Admin, pod_manifest  # noqa: E402
+from controller.devcluster.launcher import HOW_TO_BUILD, ControlPlane, find_binaries  # noqa: E402
 from policies import NodeSpec, TaskRequest  # noqa: E402
-from tests.kube.controlplane import HOW_TO_BUILD, ControlPlane, find_binaries  # noqa: E402
-from tests.kube.helpers import Admin, pod_manifest  # noqa: E402
 
 WATCH_BROKE = "watch broke"
 

@@ -12,9 +12,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from controller.devcluster.pki import Pki
 from controller.kube.informer import Informer
 from controller.kube.kubeapi import ApiConfig, KubeApi, kubeconfig_config
-from tests.kube.controlplane import Pki
 
 
 def pod(name: str, version: str) -> dict[str, Any]:

@@ -20,10 +20,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from controller.devcluster.pki import Pki
 from controller.kube import kubeapi
 from controller.kube.informer import Informer
 from controller.kube.kubeapi import ApiConfig, KubeApi, load_config
-from tests.kube.controlplane import Pki
 
 EXEC_API = "client.authentication.k8s.io/v1"
 NODES = "/api/v1/nodes"

@@ -1,28 +1,37 @@
-"""One control plane per test session (starting one costs ~10 s); each test gets an
-empty cluster. Where the binaries are not built the tier is skipped with instructions
-on a developer's machine, but under CI (`CI=true`) it is a failure with the reason:
-CI must never go green without the real apiserver."""
+"""One control plane per test session (starting one costs ~10 s; controller.devcluster's
+launcher, as `gpufleet dev-cluster` uses it); each test gets an empty cluster. Where the
+binaries are not built the tier is skipped with instructions on a developer's machine,
+but under CI (`CI=true`) it is a failure with the reason: CI must never go green without
+the real apiserver."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from tests.kube.controlplane import HOW_TO_BUILD, ControlPlane, find_binaries
-from tests.kube.helpers import Admin
+from controller.devcluster.fleet import Admin
+from controller.devcluster.launcher import HOW_TO_BUILD, ControlPlane, find_binaries
+
+
+def control_plane_binaries() -> Path:
+    """The bin directory; skips (fails under CI) when the binaries are not built."""
+    bin_dir = find_binaries()
+    if bin_dir is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(
+                f"the real-apiserver tier cannot run under CI: {HOW_TO_BUILD}", pytrace=False
+            )
+        pytest.skip(f"real-apiserver tier skipped: {HOW_TO_BUILD}")
+    return bin_dir
 
 
 @pytest.fixture(scope="session")
 def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
-    bin_dir = find_binaries()
-    if bin_dir is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(HOW_TO_BUILD.replace("skipped", "cannot run under CI"), pytrace=False)
-        pytest.skip(HOW_TO_BUILD)
-    plane = ControlPlane(bin_dir, tmp_path_factory.mktemp("controlplane"))
+    plane = ControlPlane(control_plane_binaries(), tmp_path_factory.mktemp("controlplane"))
     try:
         try:
             plane.start()

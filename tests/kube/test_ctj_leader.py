@@ -23,20 +23,21 @@ from typing import Any
 
 import pytest
 
+from controller.devcluster.fleet import Admin, pod_manifest
+from controller.devcluster.install import SYSTEM_NAMESPACE
 from controller.kube.leader import LeadershipLostError, LeaseConfig
 from controller.kube.objects import ASSIGNED_GPUS
 from controller.manager import Manager, ManagerOptions
 from controller.scheduling.scheduler import BindRecord
 from policies import NodeSpec, TaskRequest, make_policy
 from tests.kube.ctj_helpers import (
-    SYSTEM_NAMESPACE,
     CtjEnvironment,
     create_ctj,
     ctj_env,  # noqa: F401 - fixture
     ctj_manifest,
     get_ctj,
 )
-from tests.kube.helpers import Admin, eventually, pod_manifest
+from tests.kube.helpers import eventually
 from tests.kube.proxy import CuttableProxy
 
 pytestmark = pytest.mark.kube

@@ -26,9 +26,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from controller.ctj.crd import NAME_LABEL
+from controller.devcluster.fleet import Admin, pod_manifest
+from controller.devcluster.launcher import REPO, free_port
 from controller.kube.objects import GANG_SIZE, POD_GROUP_LABEL, parse_time
 from policies import NodeSpec, TaskRequest
-from tests.kube.controlplane import REPO, free_port
 from tests.kube.ctj_helpers import (
     LEASE,
     CtjEnvironment,
@@ -37,7 +38,7 @@ from tests.kube.ctj_helpers import (
     ctj_manifest,
     get_ctj,
 )
-from tests.kube.helpers import Admin, eventually, pod_manifest
+from tests.kube.helpers import eventually
 
 pytestmark = pytest.mark.kube
 

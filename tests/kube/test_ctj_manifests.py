@@ -13,19 +13,17 @@ import pytest
 import yaml
 
 from controller.ctj.crd import API_VERSION, KIND
+from controller.devcluster.fleet import Admin
+from controller.devcluster.install import SYSTEM_NAMESPACE, Applier, deploy_documents
+from controller.devcluster.launcher import REPO
 from controller.kube.kubeapi import KubeApi
-from tests.kube.controlplane import REPO
 from tests.kube.ctj_helpers import (
     CTJS,
-    SYSTEM_NAMESPACE,
-    Applier,
     CtjEnvironment,
     create_ctj,
     ctj_env,  # noqa: F401 - fixture
     ctj_manifest,
-    deploy_documents,
 )
-from tests.kube.helpers import Admin
 
 pytestmark = pytest.mark.kube
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from controller.devcluster.fleet import Admin
 from controller.kube.objects import parse_time
 from controller.scheduling.effects import now_rfc3339
 from tests.kube.ctj_helpers import (
@@ -20,7 +21,7 @@ from tests.kube.ctj_helpers import (
     ctj_manifest,
     get_ctj,
 )
-from tests.kube.helpers import Admin, eventually
+from tests.kube.helpers import eventually
 from tests.kube.test_ctj_lifecycle import NODES, ServeProcess, run
 
 pytestmark = pytest.mark.kube

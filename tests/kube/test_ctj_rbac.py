@@ -12,23 +12,22 @@ from typing import Any
 import pytest
 import yaml
 
+from controller.devcluster.fleet import Admin, pod_manifest
+from controller.devcluster.install import DEPLOY, SERVICE_ACCOUNT, SYSTEM_NAMESPACE
 from controller.kube.kubeapi import KubeApi, load_config
 from controller.kube.leader import LeaseConfig
 from controller.manager import Manager, ManagerOptions
 from policies import NodeSpec, TaskRequest, make_policy
 from tests.kube.ctj_helpers import (
     CTJS,
-    DEPLOY,
     LEASE,
-    SERVICE_ACCOUNT,
-    SYSTEM_NAMESPACE,
     CtjEnvironment,
     create_ctj,
     ctj_env,  # noqa: F401 - fixture
     ctj_manifest,
     get_ctj,
 )
-from tests.kube.helpers import Admin, eventually, pod_manifest
+from tests.kube.helpers import eventually
 
 pytestmark = pytest.mark.kube
 

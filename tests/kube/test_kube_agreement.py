@@ -43,6 +43,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from controller.devcluster.fleet import NAMESPACE, Admin, node_manifest, pod_manifest
+from controller.devcluster.launcher import ControlPlane
 from controller.kube.informer import Informer
 from controller.kube.objects import GANG_SIZE, GPU_COUNT_LABEL, GPU_RESOURCE, JOB_LABEL, SUBMIT_TIME
 from controller.recorder import TraceRecorder
@@ -67,8 +69,7 @@ from policies.decisions import Decision, SchedulingResult, Unschedulable
 from policies.registry import policy_class
 from simulator.engine import EngineOptions, Simulation
 from simulator.metrics import JOB_COLUMNS
-from tests.kube.controlplane import ControlPlane
-from tests.kube.helpers import NAMESPACE, Admin, RunningController, node_manifest, pod_manifest
+from tests.kube.helpers import RunningController
 from traces.canonical import read_jobs, read_nodes
 
 pytestmark = pytest.mark.kube

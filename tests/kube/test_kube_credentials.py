@@ -15,12 +15,13 @@ from typing import Any
 
 import pytest
 
+from controller.devcluster.fleet import NAMESPACE, Admin
+from controller.devcluster.launcher import ControlPlane
 from controller.kube import kubeapi
 from controller.kube.informer import Informer
 from controller.kube.kubeapi import KubeApi, load_config
 from policies import NodeSpec
-from tests.kube.controlplane import ControlPlane
-from tests.kube.helpers import NAMESPACE, Admin, eventually
+from tests.kube.helpers import eventually
 from tests.test_controller_kubeapi import b64, exec_plugin, write_kubeconfig
 
 pytestmark = pytest.mark.kube

@@ -27,23 +27,18 @@ from typing import Any
 
 import pytest
 
+from controller.devcluster.fleet import Admin, pod_manifest
+from controller.devcluster.harness import BindWatcher, ServeReplica, metric
+from controller.devcluster.install import SYSTEM_NAMESPACE
+from controller.devcluster.launcher import free_port
 from controller.kube.objects import ASSIGNED_GPUS, ASSIGNED_MILLI, BOUND_AT
 from policies import MILLI, NodeSpec, TaskRequest
-from tests.kube.controlplane import free_port
 from tests.kube.ctj_helpers import (
     LEASE,
-    SYSTEM_NAMESPACE,
     CtjEnvironment,
     ctj_env,  # noqa: F401 - fixture
 )
-from tests.kube.helpers import (
-    Admin,
-    BindWatcher,
-    ServeReplica,
-    eventually,
-    metric,
-    pod_manifest,
-)
+from tests.kube.helpers import eventually
 
 pytestmark = pytest.mark.kube
 

@@ -15,14 +15,15 @@ from typing import Any
 import numpy as np
 import pytest
 
+from controller.devcluster.fleet import Admin, pod_manifest
+from controller.devcluster.launcher import ControlPlane
 from controller.kube.objects import PodRecord
 from controller.runtime import NON_TERMINAL, Controller
 from controller.scheduling.cache import NODES, PODS, ClusterCache
 from controller.scheduling.effects import ApiEffects, BindOutcome
 from controller.scheduling.encoders import WholeGpu
 from policies import NodeSpec, TaskRequest
-from tests.kube.controlplane import ControlPlane
-from tests.kube.helpers import Admin, RunningController, eventually, pod_manifest
+from tests.kube.helpers import RunningController, eventually
 from tests.kube.proxy import CuttableProxy
 
 pytestmark = pytest.mark.kube

@@ -20,6 +20,9 @@ from typing import Any
 import pytest
 
 from controller.ctj.crd import NAME_LABEL
+from controller.devcluster.fleet import NAMESPACE, Admin, pod_manifest
+from controller.devcluster.install import SYSTEM_NAMESPACE
+from controller.devcluster.launcher import ControlPlane
 from controller.kube.kubeapi import KubeApi
 from controller.kube.leader import LeaseConfig
 from controller.kube.objects import ASSIGNED_GPUS, ASSIGNED_MILLI, PodRecord
@@ -27,15 +30,13 @@ from controller.manager import Manager, ManagerOptions
 from controller.runtime import ControllerOptions
 from controller.scheduling.scheduler import SchedulerOptions
 from policies import MILLI, NodeSpec, TaskRequest, make_policy
-from tests.kube.controlplane import ControlPlane
-from tests.kube.ctj_helpers import (  # noqa: F401
+from tests.kube.ctj_helpers import (
     CTJS,
-    SYSTEM_NAMESPACE,
     CtjEnvironment,
-    ctj_env,
+    ctj_env,  # noqa: F401 - fixture
     ctj_manifest,
 )
-from tests.kube.helpers import NAMESPACE, Admin, eventually, pod_manifest
+from tests.kube.helpers import eventually
 
 pytestmark = pytest.mark.kube
 

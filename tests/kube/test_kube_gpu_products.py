@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from controller.ctj.crd import NAME_LABEL
+from controller.devcluster.fleet import Admin, pod_manifest
 from policies import NodeSpec, TaskRequest
 from policies.gpu_models import node_model
 from tests.kube.ctj_helpers import (
@@ -19,7 +20,7 @@ from tests.kube.ctj_helpers import (
     ctj_manifest,
     get_ctj,
 )
-from tests.kube.helpers import Admin, eventually, pod_manifest
+from tests.kube.helpers import eventually
 from tests.kube.test_ctj_lifecycle import ServeProcess, run
 
 pytestmark = pytest.mark.kube

@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from controller.devcluster.fleet import Admin, pod_manifest
+from controller.devcluster.launcher import ControlPlane
 from controller.kube.informer import Informer
 from controller.kube.objects import ASSIGNED_GPUS
 from controller.recorder import TraceRecorder
@@ -28,8 +30,7 @@ from gpufleet.cli import main
 from policies import NodeSpec, TaskRequest, make_policy
 from simulator.engine import EngineOptions, Simulation
 from simulator.metrics import JOB_COLUMNS, OCCUPANT
-from tests.kube.controlplane import ControlPlane
-from tests.kube.helpers import Admin, RunningController, eventually, pod_manifest
+from tests.kube.helpers import RunningController, eventually
 from traces.canonical import pin_of, read_jobs, read_nodes, recording_end
 
 pytestmark = pytest.mark.kube

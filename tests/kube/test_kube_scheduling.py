@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from controller.devcluster.fleet import Admin, node_manifest, pod_manifest
+from controller.devcluster.launcher import ControlPlane
 from controller.kube.objects import (
     ASSIGNED_GPUS,
     ASSIGNED_MILLI,
@@ -19,8 +21,7 @@ from controller.kube.objects import (
     RESTARTS,
 )
 from policies import FixedDuration, NodeSpec, Taint, TaskRequest
-from tests.kube.controlplane import ControlPlane
-from tests.kube.helpers import Admin, RunningController, eventually, node_manifest, pod_manifest
+from tests.kube.helpers import RunningController, eventually
 from traces.canonical import read_jobs, read_nodes
 
 pytestmark = pytest.mark.kube
