@@ -58,6 +58,12 @@ LABEL_DOMAIN = "dra.gpufleet.io"
 NODE_LABEL = f"{LABEL_DOMAIN}/node"
 """Every DRA node carries its own name here: a pod whose claim is already allocated is
 pinned to the allocation's node through it."""
+MECHANISM_LABEL = f"{LABEL_DOMAIN}/gpus"
+"""In a cluster with DRA nodes, every GPU node says how its GPUs are handed out (`dra`
+or `device-plugin`), and a pod asking for `nvidia.com/gpu` (or another device-plugin
+resource) selects `device-plugin`: each pod is placed by the mechanism it asks for, and
+a node's GPUs are counted once, by one mechanism (docs/dra.md)."""
+DEVICE_PLUGIN = "device-plugin"
 _DIGITS = re.compile(r"(\d+)")
 
 
@@ -88,6 +94,9 @@ class DraAsk:
     """Node-selector terms to add (the request's fits label, the pinned node)."""
     claims: tuple[ResourceClaim, ...]
     """The pod's claims in spec order (unallocated and allocated)."""
+    models: frozenset[str] | None = None
+    """The GPU products of the nodes the requests fit, when that is not every DRA node
+    (so policies that reason per GPU model, Gavel and Sia, see the restriction)."""
 
 
 def _natural(name: str) -> tuple[object, ...]:
@@ -188,15 +197,17 @@ class DraState:
 
     def adapt(self, spec: NodeSpec) -> NodeSpec:
         """A node's spec with its DRA GPUs (count, model from the product attribute)
-        and the labels DRA requests select it by. A node without DRA GPUs is unchanged."""
+        and the labels DRA requests select it by. Without DRA nodes in the cluster,
+        every node is unchanged; with some, device-plugin GPU nodes say so."""
         gpus = self.nodes.get(spec.name)
         if gpus is None or not gpus.devices:
+            if spec.gpus and self.nodes:
+                return replace(spec, labels={**spec.labels, MECHANISM_LABEL: DEVICE_PLUGIN})
             return spec
-        first = gpus.devices[0]
-        product = dra_product(first.attributes.get(first.driver, {}), self.product_attributes)
-        product = product or "unknown"
+        product = self.product(spec.name)
         labels = dict(spec.labels)
         labels[NODE_LABEL] = spec.name
+        labels[MECHANISM_LABEL] = "dra"
         for key, label in self.fits_labels.items():
             if spec.name in self._eligible_or_none(key):
                 labels[label] = "true"
@@ -208,9 +219,15 @@ class DraState:
             labels=labels,
         )
 
-    def is_dra_node(self, name: str) -> bool:
-        gpus = self.nodes.get(name)
-        return gpus is not None and bool(gpus.devices)
+    def product(self, node: str) -> str:
+        """The GPU product a DRA node reports (its first GPU's)."""
+        first = self.nodes[node].devices[0]
+        attributes = first.attributes.get(first.driver, {})
+        return dra_product(attributes, self.product_attributes) or "unknown"
+
+    def device_plugin_selector(self) -> dict[str, str]:
+        """What a pod asking for device-plugin GPUs selects (nothing without DRA nodes)."""
+        return {MECHANISM_LABEL: DEVICE_PLUGIN} if self.nodes else {}
 
     def claim_charges(self, claim_uid: str) -> dict[str, Charge]:
         """Ledger charges (`claim/<uid>/<i>`) for the devices a claim holds: its
@@ -271,6 +288,7 @@ class DraState:
             return claims
         labels: dict[str, str] = {}
         num_gpus, milli = 0, MILLI
+        models: frozenset[str] | None = None
         requests: list[tuple[ResourceClaim, DeviceRequest]] = []
         for claim in claims:
             if claim.problems:
@@ -300,7 +318,9 @@ class DraState:
             )
             labels[label] = "true"
             num_gpus, milli = self._size(requests, eligible)
-        return DraAsk(num_gpus, milli if num_gpus else 0, labels, claims)
+            if eligible != {n for n, g in self.nodes.items() if g.devices}:
+                models = frozenset(self.product(n) for n in eligible)
+        return DraAsk(num_gpus, milli if num_gpus else 0, labels, claims, models)
 
     def _request_key(
         self, requests: list[tuple[ResourceClaim, DeviceRequest]]

@@ -64,8 +64,8 @@ class ClusterCache:
         memory, so a claim shared by several pods is counted once."""
         self._claim_keys: dict[str, set[str]] = {}
         self._claims_planned: dict[str, list[ClaimAllocation]] = {}
-        self._views: dict[str, Charge] = {}
-        """DRA pods' charges as running views show them (with their claims' GPUs)."""
+        self._dra_pods: set[str] = set()
+        """Charged pods with claims: views show them holding their claims' GPUs."""
         self.scheduler_name = scheduler_name
         self.nodes: dict[str, NodeRecord] = {}
         self.pods: dict[str, PodRecord] = {}
@@ -136,7 +136,7 @@ class ClusterCache:
             if allocation.results is not None:
                 self.dra.pending[allocation.claim.uid] = allocation
                 self._charge_claim(allocation.claim.uid)
-        self._views[pod.uid] = charge
+        self._dra_pods.add(pod.uid)
         self.assume(pod, Charge(charge.node, (), 0, charge.cpu_milli, charge.mem_mib))
 
     def planned_claims(self, uid: str) -> list[ClaimAllocation]:
@@ -174,8 +174,31 @@ class ClusterCache:
 
     def charges(self) -> dict[str, Charge]:
         charges = self.ledger.charges()
-        charges.update((uid, c) for uid, c in self._views.items() if uid in charges)
+        for uid in self._dra_pods:
+            view = self.charge_view(uid)
+            if view is not None:
+                charges[uid] = view
         return charges
+
+    def charge_view(self, uid: str) -> Charge | None:
+        """What the pod holds as policies see it: a pod with claims holds its claims'
+        GPUs (charged to the claims in the ledger), others their own charge."""
+        charge = self.ledger.charge_of(uid)
+        pod = self.pods.get(uid)
+        if charge is None or pod is None or uid not in self._dra_pods:
+            return charge
+        claims = self.dra.pod_claims(pod)
+        if isinstance(claims, str):
+            return charge
+        held = sorted(
+            (c.gpus[0], c.gpu_milli)
+            for claim in claims
+            for c in self.dra.claim_charges(claim.uid).values()
+            if c.node == charge.node
+        )
+        if not held:
+            return charge
+        return replace(charge, gpus=tuple(g for g, _ in held), gpu_milli=held[0][1])
 
     # -- internals --------------------------------------------------------------------
 
@@ -205,7 +228,7 @@ class ClusterCache:
 
     def _remove_pod(self, uid: str) -> None:
         self._drop_planned(uid)
-        self._views.pop(uid, None)
+        self._dra_pods.discard(uid)
         pod = self.pods.pop(uid, None)
         self.seq.pop(uid, None)
         self.assumed.pop(uid, None)
@@ -220,13 +243,12 @@ class ClusterCache:
     def _charge_bound(self, pod: PodRecord) -> None:
         self.running.touch(pod.uid)
         self.admission.hold(pod.uid, pod.node_name, pod.resources)
-        charge = self._recorded_charge(pod)
         if pod.claims:
-            # Its GPUs are its claims' (charged as such); ours record which in annotations.
-            view = charge or Charge(pod.node_name, (), 0, pod.cpu_milli, pod.mem_mib)
-            self._views[pod.uid] = view
-            self.ledger.charge(pod.uid, replace(view, gpus=(), gpu_milli=0))
+            # Its GPUs are its claims' (charged to them); the pod holds CPU and memory.
+            self._dra_pods.add(pod.uid)
+            self.ledger.charge(pod.uid, Charge(pod.node_name, (), 0, pod.cpu_milli, pod.mem_mib))
             return
+        charge = self._recorded_charge(pod)
         if charge is not None:
             self.ledger.charge(pod.uid, charge)
             return

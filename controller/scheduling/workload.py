@@ -206,8 +206,12 @@ def _pending_job(
     tasks = [_task(p, encoder, ask) for p, ask in zip(members, asks, strict=True)]
     task = tasks[0]
     node_selector = dict(first.node_selector)
+    allowed = first.meta.gpu_models
     if asks[0] is not None:
         node_selector.update(asks[0].labels)
+        allowed = allowed if allowed is not None else asks[0].models
+    elif task.num_gpus and dra is not None:
+        node_selector.update(dra.device_plugin_selector())
     for other, other_task, ask in zip(members[1:], tasks[1:], asks[1:], strict=True):
         same_place = ask is None or {**other.node_selector, **ask.labels} == node_selector
         if other_task != task or not same_place:
@@ -220,7 +224,7 @@ def _pending_job(
         task=task,
         work=FixedDuration(first.meta.runtime_s or DEFAULT_RUNTIME_S),
         replicas=len(members),
-        allowed_models=first.meta.gpu_models,
+        allowed_models=allowed,
         priority=max(p.priority for p in members),
         node_selector=node_selector,
         tolerations=first.tolerations,
