@@ -220,3 +220,37 @@ def test_the_experiment_records_its_configuration(inputs, tmp_path: Path) -> Non
     assert config["experiment"] == "fgd-inflation"
     assert (config["policies"], config["seeds"], config["inflate"]) == ("bestfit", "3", 1.3)
     assert str(pods) in str(config["pods"])
+
+
+def test_sweep_cells_reproduce_the_experiments_curves(inputs, tmp_path: Path) -> None:
+    """`gpufleet sweep` with `experiment: fgd-inflation` runs the same cells as the
+    experiment command: each cell's curve.csv is that run's rows of curves.csv, and the
+    table holds the row at 100% arrived."""
+    pods, nodes = inputs
+    out = tmp_path / "experiment"
+    argv = ["experiment", "fgd-inflation", "--pods", str(pods), "--nodes", str(nodes)]
+    argv += ["--policies", "fgd,random", "--seeds", "1-2", "--out", str(out), "--workers", "1"]
+    assert main(argv) == 0
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        "experiment: fgd-inflation\n"
+        f"traces: [{{path: {pods.name}, format: openb, name: tiny}}]\n"
+        f"cluster: {{file: {nodes.name}}}\n"
+        "policies: [fgd, random]\nseeds: 1-2\n"
+    )
+    swept = tmp_path / "sweep"
+    assert main(["sweep", str(spec), "--out", str(swept), "--workers", "2"]) == 0
+    table = read_csv(swept / "results.csv")
+    assert [(r["policy"], r["seed"]) for r in table] == [
+        ("fgd", "1"),
+        ("fgd", "2"),
+        ("random", "1"),
+        ("random", "2"),
+    ]
+    curves = read_csv(out / "curves.csv")
+    for row in table:
+        cell = read_csv(swept / row["run_dir"] / "curve.csv")
+        run = [r for r in curves if (r["policy"], r["seed"]) == (row["policy"], row["seed"])]
+        assert cell == run
+        at_100 = next(r for r in run if r["arrived_pct"] == "100")
+        assert float(row["unallocated_gpus"]) == float(at_100["unallocated_gpus"])

@@ -12,8 +12,11 @@ applied to a `ClusterState`. The workload's RNG stream (shuffle, clones) is sepa
 from the policy's (Random-fit) and from the node order's (`artifact_node_order`), so
 every policy sees the same task sequence and the same node order per seed.
 
-Over 500 lines because the study's run loop, its measurement and its outputs (curves,
-failures, summary, plots) are one experiment.
+Each run is a cell of the sweep runner (`simulator.sweep`): `--workers` processes here,
+or any executor through `gpufleet sweep` with `experiment: fgd-inflation`.
+
+Over 500 lines because the study's run loop, its measurement, its sweep cell and its
+outputs (curves, failures, summary, plots) are one experiment.
 """
 
 from __future__ import annotations
@@ -21,15 +24,15 @@ from __future__ import annotations
 import argparse
 import csv
 import glob
+import io
 import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -52,6 +55,10 @@ from policies import (
 from policies.fragmentation import NodeFragmentation, TargetWorkload, workload_from_jobs
 from policies.registry import parse_policy_label
 from simulator.experiments import experiment_output
+from simulator.sweep.cells import Cell, CellOutput, Scalar, make_cell
+from simulator.sweep.executors import LocalExecutor
+from simulator.sweep.runner import run_cells
+from simulator.sweep.spec import SpecError, SweepExperiment, TraceSource, file_digest, seed_list
 from traces.errors import TraceError
 from traces.openb import read_nodes, read_pods
 from traces.outputs import add_force_argument
@@ -165,18 +172,7 @@ def expand_pod_paths(patterns: Sequence[str]) -> list[Path]:
 
 def parse_seeds(text: str) -> list[int]:
     """`42-51`, `42,43,50` or a mix."""
-    seeds: list[int] = []
-    for part in text.split(","):
-        first, sep, last = part.strip().partition("-")
-        try:
-            lo = int(first)
-            hi = int(last) if sep else lo
-        except ValueError:
-            raise ValueError(f"--seeds: cannot read {part!r} (use e.g. 42-51)") from None
-        if hi < lo:
-            raise ValueError(f"--seeds: empty range {part!r}")
-        seeds.extend(range(lo, hi + 1))
-    return list(dict.fromkeys(seeds))
+    return seed_list(text, "--seeds")
 
 
 def build_policy(label: str, target: TargetWorkload) -> Policy:
@@ -337,44 +333,82 @@ class _Meter:
         )
 
 
-# -- many runs --------------------------------------------------------------------------
+# -- many runs: cells of the sweep runner ---------------------------------------------
 
-_WORKER_DATA: dict[str, object] = {}
-
-
-def _init_worker(traces: dict[str, Trace], nodes: list[NodeSpec], ratio: float) -> None:
-    _WORKER_DATA.update(traces=traces, nodes=nodes, ratio=ratio)
+CELL_TASK = "simulator.experiments.fgd_inflation:run_cell"
+READ_AT_PCT = 100
+"""Arrived workload (%) at which a cell's metrics are read (the paper's headline)."""
 
 
-def _run_in_worker(spec: RunSpec) -> RunOutput:
-    traces = _WORKER_DATA["traces"]
-    assert isinstance(traces, dict)
-    nodes = _WORKER_DATA["nodes"]
-    assert isinstance(nodes, list)
-    ratio = _WORKER_DATA["ratio"]
-    assert isinstance(ratio, float)
-    return run_inflation(traces[spec.trace], nodes, spec.policy, spec.seed, ratio)
+def run_cell(params: Mapping[str, Any], inputs: Mapping[str, Any]) -> CellOutput:
+    """One inflation run as a sweep cell: metrics at 100% arrived (or the last percent),
+    `curve.csv` and `failures.csv`, and the `RunOutput` as payload."""
+    trace = replace(inputs["trace"], name=str(params["trace"]))
+    ratio = float(params["inflate"])
+    output = run_inflation(
+        trace, inputs["cluster"], str(params["policy"]), int(params["seed"]), ratio
+    )
+    pct = min(READ_AT_PCT, round(ratio * 100))
+    row = next(r for r in output.curve if r[3] == pct)
+    metrics: dict[str, Scalar] = {
+        name: cast(float, value) for name, value in zip(CURVE_COLUMNS[4:], row[4:], strict=True)
+    }
+    files = {
+        "curve.csv": _csv_text(CURVE_COLUMNS, output.curve).encode(),
+        "failures.csv": _csv_text(FAILURE_COLUMNS, output.failures).encode(),
+    }
+    return CellOutput(metrics, files, output)
 
 
-def run_all(
-    traces: dict[str, Trace],
-    nodes: list[NodeSpec],
-    specs: Sequence[RunSpec],
+def make_cells(
+    traces: Mapping[str, Trace],
+    digests: Mapping[str, str],
+    labels: Sequence[str],
+    seeds: Sequence[int],
     ratio: float,
-    workers: int,
-) -> Iterator[RunOutput]:
-    """Outputs in completion order; in-process when `workers` is 1."""
-    if workers <= 1:
-        _init_worker(traces, nodes, ratio)
-        for spec in specs:
-            yield _run_in_worker(spec)
-        return
-    with ProcessPoolExecutor(
-        workers, initializer=_init_worker, initargs=(traces, nodes, ratio)
-    ) as pool:
-        futures = [pool.submit(_run_in_worker, spec) for spec in specs]
-        for future in as_completed(futures):
-            yield future.result()
+) -> list[Cell]:
+    """Cells in trace, policy, seed order; each reads its trace and the node list."""
+    return [
+        make_cell(
+            CELL_TASK,
+            {"trace": name, "policy": label, "seed": seed, "inflate": ratio},
+            {"trace": f"trace:{name}", "cluster": "cluster"},
+            digests,
+        )
+        for name in traces
+        for label in labels
+        for seed in seeds
+    ]
+
+
+def _load_sweep_trace(source: TraceSource) -> Trace:
+    if source.path is None or source.format != "openb":
+        raise ValueError("the fgd-inflation experiment reads openb pod lists (format: openb)")
+    return load_trace(source.path)
+
+
+def _load_sweep_nodes(entry: Mapping[str, Any], base: Path) -> tuple[str, list[NodeSpec]]:
+    if set(entry) != {"file"}:
+        raise SpecError("cluster", "the fgd-inflation experiment takes {file: openb node list}")
+    path = Path(entry["file"])
+    return str(entry["file"]), read_nodes(
+        path if path.is_absolute() else base / path, gpu_only=True
+    )
+
+
+def _policy_label(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    make_policy(name, options)  # an unknown name or option fails before any cell runs
+    return {"policy": ":".join([name, *(f"{k}={v}" for k, v in options.items())])}
+
+
+SWEEP = SweepExperiment(
+    task=CELL_TASK,
+    settings={"inflate": 1.3},
+    metrics=CURVE_COLUMNS[4:],
+    load_trace=_load_sweep_trace,
+    load_cluster=_load_sweep_nodes,
+    policy_params=_policy_label,
+)
 
 
 # -- CLI -------------------------------------------------------------------------------
@@ -418,52 +452,49 @@ def run(args: argparse.Namespace) -> int:
     if not labels:
         raise ValueError("--policies names no policy")
     nodes = read_nodes(args.nodes, gpu_only=True)
-    traces = _load_traces(expand_pod_paths(args.pods))
+    traces, paths = _load_traces(expand_pod_paths(args.pods))
     dummy = next(iter(traces.values()))
     for label in labels:
         build_policy(label, workload_from_jobs(dummy.jobs))  # fail fast on bad names/options
-    specs = [RunSpec(t, p, s) for t in traces for p in labels for s in seeds]
+    digests = {f"trace:{name}": file_digest(path) for name, path in paths.items()}
+    digests["cluster"] = file_digest(Path(args.nodes))
+    cells = make_cells(traces, digests, labels, seeds, float(args.inflate))
+    inputs = {"cluster": nodes, **{f"trace:{name}": trace for name, trace in traces.items()}}
     with experiment_output(NAME, args) as stage:
-        outputs = _run_with_progress(traces, nodes, specs, float(args.inflate), args.workers)
+        report = run_cells(cells, inputs, LocalExecutor(args.workers), label=NAME, on_done=_log_run)
+        if report.failed:
+            raise ValueError(
+                f"{len(report.failed)} runs failed; first: {report.failed[0]['error']}"
+            )
+        outputs = [report.payloads[cell.key] for cell in cells]
         _write_outputs(stage, outputs, args.plots, round(args.inflate * 100))
     print(f"wrote {len(outputs)} runs to {args.out}")
     return 0
 
 
-def _load_traces(paths: Sequence[Path]) -> dict[str, Trace]:
+def _load_traces(paths: Sequence[Path]) -> tuple[dict[str, Trace], dict[str, Path]]:
+    """Traces by name, and the file each came from."""
     traces: dict[str, Trace] = {}
+    files: dict[str, Path] = {}
     for path in paths:
         trace = load_trace(path)
         if trace.name in traces:
             raise TraceError(path, f"two pod lists are both named {trace.name!r}")
         traces[trace.name] = trace
-    return traces
+        files[trace.name] = path
+    return traces, files
 
 
-def _run_with_progress(
-    traces: dict[str, Trace],
-    nodes: list[NodeSpec],
-    specs: Sequence[RunSpec],
-    ratio: float,
-    workers: int,
-) -> list[RunOutput]:
-    outputs = []
-    start = time.perf_counter()
-    for done, output in enumerate(run_all(traces, nodes, specs, ratio, workers), 1):
-        outputs.append(output)
-        s = output.spec
-        at_100 = next((r[5] for r in output.curve if r[3] == 100), None)
-        print(
-            f"[{done}/{len(specs)}] {s.trace} {s.policy} seed {s.seed}: "
-            f"{output.seconds:.1f} s ({output.cpu_seconds:.1f} s CPU), "
-            f"unallocated GPUs at 100%: {at_100} "
-            f"({time.perf_counter() - start:.0f} s elapsed)",
-            file=sys.stderr,
-            flush=True,
-        )
-    order = {spec: i for i, spec in enumerate(specs)}
-    outputs.sort(key=lambda o: order[o.spec])
-    return outputs
+def _log_run(done: int, total: int, record: Mapping[str, Any], elapsed_s: float) -> None:
+    params, metrics = record["params"], record["metrics"]
+    print(
+        f"[{done}/{total}] {params['trace']} {params['policy']} seed {params['seed']}: "
+        f"{record['wall_s']:.1f} s ({record['cpu_s']:.1f} s CPU), "
+        f"unallocated GPUs at {READ_AT_PCT}%: {metrics.get('unallocated_gpus')} "
+        f"({elapsed_s:.0f} s elapsed)" + (f" FAILED: {record['error']}" if record["error"] else ""),
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _write_outputs(out: Path, outputs: Sequence[RunOutput], plots: bool, last_pct: int) -> None:
@@ -476,10 +507,15 @@ def _write_outputs(out: Path, outputs: Sequence[RunOutput], plots: bool, last_pc
 
 
 def _write_csv(path: Path, columns: Sequence[str], rows: Iterable[tuple[object, ...]]) -> None:
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(columns)
-        writer.writerows(rows)
+    path.write_text(_csv_text(columns, rows), encoding="utf-8")
+
+
+def _csv_text(columns: Sequence[str], rows: Iterable[tuple[object, ...]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    writer.writerows(rows)
+    return buffer.getvalue()
 
 
 def summarise(outputs: Sequence[RunOutput], pct: int) -> list[tuple[object, ...]]:

@@ -8,7 +8,8 @@ executor is stopped; every cell recorded so far stays on disk for the next run.
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -17,6 +18,8 @@ from simulator.progress import ProgressBar
 from simulator.sweep.cells import Cell
 from simulator.sweep.executors import Executor
 from simulator.sweep.store import CellStore, Scalar, cell_record, table_rows, write_results
+
+CellHook = Callable[[int, int, dict[str, Any], float], None]
 
 
 @dataclass
@@ -41,8 +44,10 @@ def run_cells(
     progress: bool | None = None,
     label: str = "sweep",
     log: TextIO | None = None,
+    on_done: CellHook | None = None,
 ) -> SweepReport:
-    """Run `cells` not yet finished in `store` (all of them without a store)."""
+    """Run `cells` not yet finished in `store` (all of them without a store);
+    `on_done(done, total, record, elapsed_s)` follows each cell run now."""
     log = log or sys.stderr
     records: dict[str, dict[str, Any]] = {}
     todo: list[Cell] = []
@@ -55,6 +60,7 @@ def run_cells(
     report = SweepReport([], reused=len(records))
     bar = ProgressBar(len(todo), label, enabled=progress)
     failures = 0
+    started = time.perf_counter()
     try:
         for cell, outcome in executor.run(todo, inputs):
             record = store.save(cell, outcome) if store else cell_record(cell, outcome)
@@ -65,6 +71,8 @@ def run_cells(
                 failures += 1
                 print(f"\n{label}: cell {cell.key[:16]} failed: {outcome.error}", file=log)
             bar.update(report.ran, f"({failures} failed)" if failures else "")
+            if on_done is not None:
+                on_done(report.ran, len(todo), record, time.perf_counter() - started)
     finally:
         bar.close(f"({failures} failed)" if failures else "")
     report.records = [records[cell.key] for cell in cells]

@@ -143,26 +143,34 @@ def experiment_named(name: str) -> SweepExperiment:
     return experiment
 
 
-def parse_seeds(value: object, where: str = "seeds") -> list[int]:
-    """`42-51`, `42,43,50`, a list of integers, or one integer."""
+def parse_seeds(value: object) -> list[int]:
+    """The spec's `seeds`: `42-51`, `42,43,50`, a list of integers, or one integer."""
     if isinstance(value, bool):
-        raise SpecError(where, f"cannot read {value!r} as seeds")
+        raise SpecError("seeds", f"cannot read {value!r} as seeds")
     if isinstance(value, int):
         return [value]
     if isinstance(value, list):
         if not value or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-            raise SpecError(where, "a list of seeds must hold integers")
+            raise SpecError("seeds", "a list of seeds must hold integers")
         return list(dict.fromkeys(value))
+    try:
+        return seed_list(str(value), "seeds")
+    except ValueError as err:
+        raise SpecError("seeds", str(err).partition(": ")[2]) from None
+
+
+def seed_list(text: str, where: str) -> list[int]:
+    """`42-51`, `42,43,50` or a mix; errors begin with `where`."""
     seeds: list[int] = []
-    for part in str(value).split(","):
+    for part in text.split(","):
         first, sep, last = part.strip().partition("-")
         try:
             lo = int(first)
             hi = int(last) if sep else lo
         except ValueError:
-            raise SpecError(where, f"cannot read {part!r} (use e.g. 42-51)") from None
+            raise ValueError(f"{where}: cannot read {part!r} (use e.g. 42-51)") from None
         if hi < lo:
-            raise SpecError(where, f"empty range {part!r}")
+            raise ValueError(f"{where}: empty range {part!r}")
         seeds.extend(range(lo, hi + 1))
     return list(dict.fromkeys(seeds))
 
