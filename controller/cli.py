@@ -15,10 +15,12 @@ import signal
 from collections.abc import Awaitable
 from pathlib import Path
 
+from controller.dra.cli import add_dra_arguments, dra_options
 from controller.kube.informer import Informer
 from controller.kube.kubeapi import KubeApi, load_config
 from controller.kube.objects import SCHEDULER_NAME
 from controller.recorder import DEFAULT_LOOKBACK_S, TraceRecorder
+from controller.runtime import DRA_PATHS
 from controller.scheduling.encoders import ENCODERS, make_encoder
 from controller.serve import add_run_command, add_serve_command
 from traces.outputs import add_force_argument, check_output_dir
@@ -76,6 +78,7 @@ def _add_record(sub: argparse._SubParsersAction) -> None:
         "finished ones too (default: %(default)g)",
     )
     _common(parser)
+    add_dra_arguments(parser)
     parser.set_defaults(handler=_record)
 
 
@@ -88,8 +91,9 @@ def _setup_logging(level: str) -> None:
 def _record(args: argparse.Namespace) -> int:
     check_output_dir(args.out, args.force)  # refuse before recording, not after
     _setup_logging(args.log_level)
+    dra = dra_options(args)
     recorder = TraceRecorder(
-        make_encoder(args.backend), args.scheduler_name, lookback_s=args.lookback
+        make_encoder(args.backend), args.scheduler_name, lookback_s=args.lookback, dra=dra
     )
     config = load_config(args.kubeconfig)
 
@@ -99,6 +103,7 @@ def _record(args: argparse.Namespace) -> int:
             Informer(api, "nodes", "/api/v1/nodes", recorder),
             # All pods, terminal ones too: those finished before the start are the look-back.
             Informer(api, "pods", "/api/v1/pods", recorder),
+            *(Informer(api, kind, path, recorder) for kind, path in DRA_PATHS if dra.enabled),
         ]
         work = asyncio.gather(*(i.run() for i in informers))
         try:

@@ -9,7 +9,15 @@ directory the simulator replays (`gpufleet simulate --trace DIR`; `traces/canoni
   when recording began);
 * `placements.csv`: where each pod ran
   (`job_id,pod,node,gpus,gpu_milli,start_s,end_s,scheduler`);
-* `recording.json`: when the recording began and ended; a replay stops at the end.
+* `recording.json`: when the recording began and ended; a replay stops at the end;
+* `dra.json` (when the cluster has any): the ResourceSlices, DeviceClasses and
+  ResourceClaims seen, each in its last state, as the API served them.
+
+On a cluster with Dynamic Resource Allocation, a node's GPUs in `nodes.csv` are those
+its ResourceSlices publish (count and product, `controller.dra`), and a pod with claims
+is a job asking for what its claims ask (count, or a share of a device from its
+capacity request; a selector that fits some nodes only becomes those nodes' GPU
+products as `allowed_models`), so a replay places it on the same kind of GPU.
 
 Times are seconds after the earliest arrival or occupancy. What happens while recording
 is timed by the recorder's clock as it sees it. What happened before comes from the
@@ -34,6 +42,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import json
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -41,6 +50,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from controller.dra.inventory import KINDS as DRA_KINDS
+from controller.dra.inventory import DraAsk, DraOptions
 from controller.kube.objects import (
     SCHEDULER_NAME,
     NodeRecord,
@@ -81,6 +92,7 @@ PLACEMENT_COLUMNS = (
     "end_s",
     "scheduler",
 )
+DRA_FILE = "dra.json"
 DEFAULT_LOOKBACK_S = 86_400.0
 PAST_END_S = 60.0
 """How far past the recording's end a pod still running then is recorded to run, so a
@@ -98,6 +110,8 @@ class PodLife:
     gpus: tuple[int, ...] | None = None
     """The GPUs it held (our Binding's record, else the cache's count); None: not known."""
     gpu_milli: int = 0
+    dra: DraAsk | None = None
+    """What its claims asked for, sized once they were seen (a pod with claims)."""
 
     @property
     def begins(self) -> float:
@@ -117,20 +131,26 @@ class TraceRecorder:
         scheduler_name: str = SCHEDULER_NAME,
         clock: Callable[[], float] = time.time,
         lookback_s: float = DEFAULT_LOOKBACK_S,
+        dra: DraOptions | None = None,
     ) -> None:
         self.encoder = encoder
         self.scheduler_name = scheduler_name
         self.clock = clock
         self.lookback_s = lookback_s
-        self.cache = ClusterCache(encoder, scheduler_name)
+        self.cache = ClusterCache(encoder, scheduler_name, (dra or DraOptions()).state())
         """The controller's count of what each bound pod holds, kept from the same events."""
         self.nodes: dict[str, NodeRecord] = {}
         self.lives: dict[str, PodLife] = {}
         self.began: float | None = None
         self._uncounted: set[str] = set()
+        self.dra_objects: dict[str, dict[str, dict[str, Any]]] = {k: {} for k in DRA_KINDS}
+        """Every DRA object seen, by kind and uid, in its last state."""
 
     def replace(self, kind: str, objects: list[dict[str, Any]]) -> None:
         self.cache.replace(kind, objects)
+        if kind in DRA_KINDS:
+            self._keep_dra(kind, objects)
+            return
         if kind == NODES:
             self.nodes.update((n.name, n) for n in map(node_from_json, objects))
             self._note_charges()
@@ -148,6 +168,9 @@ class TraceRecorder:
 
     def apply(self, kind: str, event: str, obj: dict[str, Any]) -> None:
         self.cache.apply(kind, event, obj)
+        if kind in DRA_KINDS:
+            self._keep_dra(kind, [obj])
+            return
         if kind == NODES:
             node = node_from_json(obj)
             self.nodes[node.name] = node
@@ -177,6 +200,22 @@ class TraceRecorder:
         if (deleted or pod.terminal) and life.ended is None:
             ended = _finished_at(obj) if history else None
             life.ended = max(ended or now, life.started or 0.0)
+        if pod.claims and life.dra is None:
+            self._size_claims()
+
+    def _keep_dra(self, kind: str, objects: list[dict[str, Any]]) -> None:
+        for obj in objects:
+            self.dra_objects[kind][str(obj["metadata"].get("uid", ""))] = obj
+        self._size_claims()
+        self._note_charges()
+
+    def _size_claims(self) -> None:
+        """Note what each of our pods' claims ask for, once they can be read."""
+        for life in self.lives.values():
+            if life.pod.claims and life.dra is None and not life.occupant:
+                ask = self.cache.dra.ask(life.pod, as_new=True)
+                if isinstance(ask, DraAsk):
+                    life.dra = ask
 
     def _note_charges(self) -> None:
         """Take each new occupant's GPUs from the cache once it counts them (it cannot
@@ -184,7 +223,7 @@ class TraceRecorder:
         ledger = self.cache.ledger
         for uid in list(self._uncounted):
             life = self.lives[uid]
-            charge = ledger.charge_of(uid)
+            charge = self.cache.charge_view(uid)
             if charge is not None and ledger.counted(uid):
                 life.gpus, life.gpu_milli = charge.gpus, charge.gpu_milli
                 self._uncounted.discard(uid)
@@ -198,10 +237,14 @@ class TraceRecorder:
         also beside files gpufleet did not write); returns the number of rows in jobs.csv."""
         trace = self.trace(self.clock())
         with output_directory(out_dir, "controller record", force) as stage:
+            nodes = sorted(self.nodes.values(), key=_name)
             write_nodes(
-                [node_spec(n, self.encoder) for n in sorted(self.nodes.values(), key=_name)],
+                [self.cache.dra.adapt(node_spec(n, self.encoder)) for n in nodes],
                 stage / NODES_FILE,
             )
+            if any(self.dra_objects.values()):
+                dra = {kind: list(objects.values()) for kind, objects in self.dra_objects.items()}
+                (stage / DRA_FILE).write_text(json.dumps(dra, indent=1, sort_keys=True))
             write_jobs(trace.jobs, stage / JOBS_FILE)
             (stage / "placements.csv").write_text(trace.placements_csv())
             (stage / RECORDING_FILE).write_text(trace.recording_json())
@@ -237,6 +280,11 @@ class TraceRecorder:
         if not workload.pending:
             return None  # pods the controller could not read either, or an incomplete gang
         spec = workload.pending[0].spec
+        asked = lives[0].dra
+        if asked is not None:
+            task = replace(spec.task, num_gpus=asked.num_gpus, gpu_milli=asked.gpu_milli)
+            allowed = spec.allowed_models if spec.allowed_models is not None else asked.models
+            spec = replace(spec, task=task, allowed_models=allowed)
         arrived = window.clip(min(life.arrived for life in lives))
         return replace(
             spec,

@@ -8,7 +8,7 @@ import logging
 from dataclasses import dataclass, field
 
 from controller.dra.allocator import ClaimWriter
-from controller.dra.inventory import CLAIMS, CLASSES, SLICES
+from controller.dra.inventory import CLAIMS, CLASSES, SLICES, DraOptions
 from controller.kube.informer import Informer
 from controller.kube.kubeapi import KubeApi
 from controller.kube.objects import SCHEDULER_NAME
@@ -36,9 +36,8 @@ class ControllerOptions:
     scheduler_name: str = SCHEDULER_NAME
     backend: str = "whole"
     """Device backend whose annotations the binder writes: whole, hami or gpushare."""
-    dra: bool = True
-    """Read ResourceSlices, DeviceClasses and ResourceClaims and place pods with claims
-    (Dynamic Resource Allocation, `resource.k8s.io/v1`)."""
+    dra: DraOptions = field(default_factory=DraOptions)
+    """Dynamic Resource Allocation (`resource.k8s.io/v1`)."""
     resync_s: float = 300.0
     watch_timeout_s: float = 240.0
 
@@ -55,7 +54,11 @@ class Controller:
         self.api = api
         self.supervisor = supervisor or Supervisor()
         self.options = options or ControllerOptions()
-        self.cache = ClusterCache(make_encoder(self.options.backend), self.options.scheduler_name)
+        self.cache = ClusterCache(
+            make_encoder(self.options.backend),
+            self.options.scheduler_name,
+            self.options.dra.state(),
+        )
         opts = self.options
         self.nodes = Informer(
             api, NODES, "/api/v1/nodes", self.cache, None, opts.resync_s, opts.watch_timeout_s
@@ -70,7 +73,7 @@ class Controller:
                 Informer(api, kind, path, self.cache, None, opts.resync_s, opts.watch_timeout_s)
                 for kind, path in DRA_PATHS
             ]
-            if opts.dra
+            if opts.dra.enabled
             else []
         )
         self.scheduler = Scheduler(
@@ -79,7 +82,7 @@ class Controller:
             ApiEffects(api),
             self.options.scheduler,
             quarantine=quarantine,
-            claims=ClaimWriter(api) if opts.dra else None,
+            claims=ClaimWriter(api) if opts.dra.enabled else None,
         )
 
     async def start(self) -> None:

@@ -22,6 +22,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from controller.dra.cli import add_dra_arguments, dra_options
 from controller.kube.kubeapi import ApiConfig, KubeApi, load_config
 from controller.kube.leader import LeadershipLostError, LeaseConfig, default_namespace
 from controller.kube.objects import SCHEDULER_NAME
@@ -96,6 +97,7 @@ def add_manager_arguments(parser: argparse.ArgumentParser, serving: bool) -> Non
         "chosen GPUs (default: whole)",
     )
     _add_scheduling_arguments(parser)
+    add_dra_arguments(parser)
     parser.add_argument(
         "--ctj",
         action=argparse.BooleanOptionalAction,
@@ -185,6 +187,7 @@ def manager_options(args: argparse.Namespace) -> ManagerOptions:
             ),
             scheduler_name=args.scheduler_name,
             backend=args.backend,
+            dra=dra_options(args),
             resync_s=args.resync_seconds,
         ),
         lease=lease,

@@ -67,6 +67,19 @@ DEVICE_PLUGIN = "device-plugin"
 _DIGITS = re.compile(r"(\d+)")
 
 
+@dataclass(frozen=True)
+class DraOptions:
+    enabled: bool = True
+    """Read ResourceSlices, DeviceClasses and ResourceClaims and place pods with claims."""
+    gpu_drivers: tuple[str, ...] = GPU_DRIVERS
+    """Drivers whose node-local devices are GPUs."""
+    product_attributes: tuple[str, ...] = DRA_PRODUCT_ATTRIBUTES
+    """Device attributes naming the GPU product, tried in order (`gpu_models.dra_product`)."""
+
+    def state(self) -> DraState:
+        return DraState(self.gpu_drivers, self.product_attributes)
+
+
 @dataclass(frozen=True, slots=True)
 class NodeGpus:
     devices: tuple[Device, ...]
@@ -280,9 +293,11 @@ class DraState:
             claims.append(claim)
         return tuple(claims)
 
-    def ask(self, pod: PodRecord) -> DraAsk | Problem | str:
+    def ask(self, pod: PodRecord, as_new: bool = False) -> DraAsk | Problem | str:
         """What the pod's claims ask of the policy; a `Problem` when a claim cannot be
-        served as written (reported on the pod), a string when the pod must wait."""
+        served as written (reported on the pod), a string when the pod must wait.
+        `as_new`: size the claims as if none were allocated yet (what the pod asked
+        for, as the recorder writes it)."""
         claims = self.pod_claims(pod)
         if isinstance(claims, str):
             return claims
@@ -295,9 +310,9 @@ class DraState:
                 return _about(claim, claim.problems[0])
             if claim.deleting:
                 return f"resourceclaim {claim.name} is being deleted"
-            if claim.uid in self.pending:
+            if claim.uid in self.pending and not as_new:
                 return f"resourceclaim {claim.name} is being allocated for another pod"
-            if claim.allocated is not None:
+            if claim.allocated is not None and not as_new:
                 pinned = claim.allocation_node
                 if not pinned or labels.get(NODE_LABEL, pinned) != pinned:
                     return Problem(
@@ -325,6 +340,10 @@ class DraState:
     def _request_key(
         self, requests: list[tuple[ResourceClaim, DeviceRequest]]
     ) -> tuple[object, ...]:
+        """What decides where the requests fit: per request its selectors (class's and
+        own), capacity and mode, not its claim's name, so the claims pods make from one
+        template share one key (and one node label). Each request is checked alone
+        first, so a selector that fails is reported with its claim and request."""
         parts = []
         for claim, request in requests:
             device_class = self.classes.get(request.device_class)
@@ -340,12 +359,17 @@ class DraState:
                 raise _ClaimError(_about_class(device_class))
             selectors = device_class.selectors + request.selectors
             capacity = tuple(sorted(request.capacity.items()))
-            parts.append((claim.name, request.name, selectors, capacity, request.all_devices))
+            part = (selectors, capacity, request.all_devices)
+            try:
+                self._eligible((part,))
+            except SelectorError as err:
+                raise _ClaimError(Problem(f"{where}.selectors", str(err))) from None
+            parts.append(part)
         return tuple(parts)
 
     def _eligible(self, key: tuple[object, ...]) -> frozenset[str]:
         """Nodes whose every GPU serves every request in `key` (cached until the
-        inventory changes). Raises `_ClaimError` naming a selector that fails."""
+        inventory changes). Raises `SelectorError` if a selector fails on a device."""
         if key in self._fits:
             return self._fits[key]
         eligible = []
@@ -361,11 +385,11 @@ class DraState:
     def _eligible_or_none(self, key: tuple[object, ...]) -> frozenset[str]:
         try:
             return self._eligible(key)
-        except _ClaimError:
+        except SelectorError:
             return frozenset()  # reported on the pods when they are next asked about
 
     def _serves(self, device: Device, part: Any, complete: bool) -> bool:
-        claim, request, selectors, capacity, all_devices = part
+        selectors, capacity, all_devices = part
         if device.tainted or device.binds_later or (all_devices and not complete):
             return False
         for i, expression in enumerate(selectors):
@@ -373,8 +397,7 @@ class DraState:
                 if not matches(expression, device):
                     return False
             except SelectorError as err:
-                where = f"resourceclaims/{claim}.spec.devices.requests[{request}]"
-                raise _ClaimError(Problem(f"{where} selector {i}", str(err))) from None
+                raise SelectorError(f"[{i}] {expression!r} {err}") from None
         return all(_charged(device, name, amount) is not None for name, amount in capacity)
 
     def _size(
