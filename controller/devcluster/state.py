@@ -59,12 +59,14 @@ class ClusterState:
 
 def process_identity(pid: int) -> str | None:
     """Start time and command line of a live process (None if there is none); `ps` reads
-    them on Linux and macOS alike."""
+    them on Linux and macOS alike, in full (`-ww`) and in one time zone and locale,
+    whatever the calling shell's."""
     answer = subprocess.run(
-        ["ps", "-o", "lstart=", "-o", "args=", "-p", str(pid)],
+        ["ps", "-ww", "-o", "lstart=", "-o", "args=", "-p", str(pid)],
         capture_output=True,
         text=True,
         check=False,
+        env={**os.environ, "TZ": "UTC", "LC_ALL": "C"},
     )
     text = answer.stdout.strip()
     return text if answer.returncode == 0 and text else None

@@ -17,7 +17,8 @@ from controller.devcluster.fleet import Admin
 from controller.devcluster.launcher import HOW_TO_BUILD, ControlPlane, find_binaries
 
 
-def control_plane_binaries() -> Path:
+@pytest.fixture(scope="session")
+def controlplane_bin() -> Path:
     """The bin directory; skips (fails under CI) when the binaries are not built."""
     bin_dir = find_binaries()
     if bin_dir is None:
@@ -30,8 +31,10 @@ def control_plane_binaries() -> Path:
 
 
 @pytest.fixture(scope="session")
-def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
-    plane = ControlPlane(control_plane_binaries(), tmp_path_factory.mktemp("controlplane"))
+def control_plane(
+    controlplane_bin: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ControlPlane]:
+    plane = ControlPlane(controlplane_bin, tmp_path_factory.mktemp("controlplane"))
     try:
         try:
             plane.start()
