@@ -38,7 +38,17 @@ ROOT = Path(__file__).parents[1]
 THIRD_PARTY = {
     "policies": {"numpy", "scipy", "networkx"},
     "traces": {"numpy", "scipy", "networkx", "pyarrow", "pandas"},
-    "simulator": {"numpy", "scipy", "networkx", "pyarrow", "pandas", "simpy", "matplotlib"},
+    "simulator": {
+        "numpy",
+        "scipy",
+        "networkx",
+        "pyarrow",
+        "pandas",
+        "simpy",
+        "matplotlib",
+        "yaml",
+        "ray",
+    },
     "controller": {
         "numpy",
         "scipy",
