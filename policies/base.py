@@ -111,9 +111,11 @@ class PlacementPolicy(Policy):
     """
 
     config_type: ClassVar[type[PolicyConfig]] = PlacementConfig
+    _scratch: ClusterState | None = None
+    """The last pass's scratch state, brought up to date by the next pass."""
 
     def schedule(self, snapshot: Snapshot, ctx: Context) -> SchedulingResult:
-        state = snapshot.cluster.scratch()
+        state = self._scratch = snapshot.cluster.scratch(reuse=self._scratch)
         decisions: list[Decision] = []
         failed_shapes: set[tuple[object, ...]] = set()
         blocking = getattr(self.config, "blocking", False)

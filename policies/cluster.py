@@ -191,7 +191,15 @@ def _frozen(rows: list[int]) -> IntArray:
     return read_only(np.array(rows, dtype=np.int64))
 
 
-_MUTABLE = ("cpu_free", "mem_free", "gpu_free", "pods_by_class", "version")
+_MUTABLE = (
+    "cpu_free",
+    "mem_free",
+    "gpu_free",
+    "whole_free",
+    "most_free",
+    "pods_by_class",
+    "version",
+)
 
 
 class ClusterState:
@@ -225,6 +233,10 @@ class ClusterState:
         self.gpu_free: IntArray = np.zeros((count, width), dtype=np.int64)
         for i, n in enumerate(nodes):
             self.gpu_free[i, : n.gpus] = MILLI
+        # Per node, kept with `gpu_free`: GPUs wholly free, and the most milli-GPU free
+        # on one GPU. Feasibility reads these instead of reducing `gpu_free` row by row.
+        self.whole_free: IntArray = self.gpu_count.copy()
+        self.most_free: IntArray = np.where(self.gpu_count > 0, MILLI, 0)
         self.pods_by_class: IntArray = np.zeros((count, MAX_GPUS_PER_TASK + 1), dtype=np.int64)
         self.version: IntArray = np.zeros(count, dtype=np.int64)
         self._stamps = _StampCounter()  # shared by copies: stamps never repeat
@@ -266,6 +278,7 @@ class ClusterState:
             self.gpu_free[node, g] -= gpu_milli
         if gpus:
             self.pods_by_class[node, task_class(len(gpus), gpu_milli)] += 1
+            self._count_free(node)
         self.version[node] = self._stamps.next()
 
     def release(
@@ -278,6 +291,7 @@ class ClusterState:
             self.gpu_free[node, g] += gpu_milli
         if gpus:
             self.pods_by_class[node, task_class(len(gpus), gpu_milli)] -= 1
+            self._count_free(node)
         if (
             self.cpu_free[node] > self.cpu_cap[node]
             or self.mem_free[node] > self.mem_cap[node]
@@ -285,6 +299,11 @@ class ClusterState:
         ):
             raise ValueError(f"release on {self.nodes[node].name} returned more than was taken")
         self.version[node] = self._stamps.next()
+
+    def _count_free(self, node: int) -> None:
+        row = self.gpu_free[node]
+        self.whole_free[node] = int((row == MILLI).sum())
+        self.most_free[node] = int(row.max())
 
     def _check_fits(
         self, node: int, gpus: Sequence[int], gpu_milli: int, cpu_milli: int, mem_mib: int
@@ -317,9 +336,20 @@ class ClusterState:
             setattr(clone, name, array)
         return clone
 
-    def scratch(self) -> ClusterState:
-        """A private writeable copy for trying placements within one pass."""
-        return self.copy()
+    def scratch(self, reuse: ClusterState | None = None) -> ClusterState:
+        """A private writeable copy for trying placements within one pass.
+
+        `reuse`, a scratch of this cluster from an earlier pass that nothing reads any
+        more, is brought up to date instead: only nodes whose version stamps differ are
+        copied, so a pass costs O(changed nodes), not a copy of every array (2 MB a pass
+        at 12,500 nodes)."""
+        if reuse is None or reuse._stamps is not self._stamps or reuse.nodes is not self.nodes:
+            return self.copy()
+        changed = np.flatnonzero(reuse.version != self.version)
+        if changed.size:
+            for name in _MUTABLE:
+                getattr(reuse, name)[changed] = getattr(self, name)[changed]
+        return reuse
 
     def topology(self) -> nx.DiGraph:
         """GPU → node → rack → cluster, with `kind` on every vertex."""

@@ -15,7 +15,7 @@ import bisect
 from dataclasses import dataclass, field
 
 from policies.base import Context, PlacementPolicy, Policy, PolicyConfig, Snapshot
-from policies.cluster import MILLI
+from policies.cluster import MILLI, ClusterState
 from policies.decisions import Decision, Place, Preempt, SchedulingResult, Unschedulable
 from policies.jobs import JobView
 from policies.placement import release
@@ -46,6 +46,7 @@ class LeastAttainedService(Policy):
         if not isinstance(placer, PlacementPolicy):
             raise ValueError(f"LAS placement must be a placement policy, not {placer.name}")
         self._placer = placer
+        self._scratch: ClusterState | None = None  # reused pass to pass (`scratch`)
 
     def queue_of(self, attained: float) -> int:
         return bisect.bisect_right(self._thresholds, attained)
@@ -86,7 +87,7 @@ class LeastAttainedService(Policy):
         self, snapshot: Snapshot, chosen: list[JobView], victims: list[JobView], ctx: Context
     ) -> SchedulingResult:
         now = snapshot.now
-        state = snapshot.cluster.scratch()
+        state = self._scratch = snapshot.cluster.scratch(reuse=self._scratch)
         decisions: list[Decision] = []
         for job in victims:
             assert job.placement is not None

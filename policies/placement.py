@@ -20,13 +20,22 @@ def feasible_mask(spec: JobSpec, task: TaskRequest, state: ClusterState) -> Bool
     `gpu_milli` free each, an allowed GPU model, node selector and taints."""
     ok = (state.cpu_free >= task.cpu_milli) & (state.mem_free >= task.mem_mib)
     if task.num_gpus:
-        fitting = (state.gpu_free >= task.gpu_milli).sum(axis=1)
-        ok &= fitting >= task.num_gpus
+        ok &= fits_gpus(task, state)
         if spec.allowed_models is not None:
             ok &= model_mask(spec.allowed_models, state)
     if spec.node_selector or state.has_taints:
         ok &= label_mask(spec, state)
     return ok
+
+
+def fits_gpus(task: TaskRequest, state: ClusterState) -> BoolArray:
+    """Nodes with `num_gpus` GPUs of `gpu_milli` free each, read from the per-node counts
+    the state keeps (one comparison per node, not a reduction over every GPU): a task of
+    whole GPUs needs that many wholly free GPUs, a share (always of one GPU) one GPU with
+    that much free."""
+    if task.gpu_milli == MILLI:
+        return state.whole_free >= task.num_gpus
+    return state.most_free >= task.gpu_milli
 
 
 def feasible_nodes(spec: JobSpec, task: TaskRequest, state: ClusterState) -> IntArray:
