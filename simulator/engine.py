@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import overload
 
@@ -258,16 +258,19 @@ class Simulation:
         now = self.env.now
         self.pass_count += 1
         self._refresh_agents(now)
+        running, pending = JobViews(self.running), JobViews(self.pending)
         snapshot = Snapshot(
             cluster=self.cluster.state.view(),
-            running=JobViews(list(self.running.values())),
-            pending=JobViews(list(self.pending.values())),
+            running=running,
+            pending=pending,
             now=now,
         )
         started = time.perf_counter()
         result = self.policy.schedule(snapshot, self.ctx)
         wall_s = time.perf_counter() - started
-        self.recorder.on_pass(now, wall_s, len(snapshot.running), len(snapshot.pending), result)
+        self.recorder.on_pass(now, wall_s, len(running), len(pending), result)
+        running.close()
+        pending.close()
         self._apply(result, now)
         self._retime_disturbed(now)
         # Nothing runs, nothing will arrive and the policy placed nothing: waiting jobs
@@ -293,17 +296,21 @@ class Simulation:
             self._request_pass()
 
     def _apply(self, result: SchedulingResult, now: float) -> None:
-        for decision in result.decisions:
-            if isinstance(decision, Preempt):
-                self._preempt(decision.job_id, now)
+        preempted = [p.job_id for p in result.decisions if isinstance(p, Preempt)]
+        for job_id in preempted:
+            self._preempt(job_id, now)
+        if preempted:
+            # Keep `pending` in arrival order so FIFO policies need not sort: one sort
+            # a pass, not one per preempted job.
+            self.pending = dict(sorted(self.pending.items(), key=lambda item: item[1].seq))
         resizes = [d for d in result.decisions if isinstance(d, Resize)]
         # Release every resized job first, so jobs may take each other's GPUs.
-        for decision in resizes:
-            job = self.running[decision.job_id]
+        for resize in resizes:
+            job = self.running[resize.job_id]
             job.sync(now)
             self.cluster.unbind(job)
-        for decision in resizes:
-            self._resize(decision, now)
+        for resize in resizes:
+            self._resize(resize, now)
         for decision in result.decisions:
             if isinstance(decision, Place):
                 self._start(decision, now)
@@ -318,13 +325,7 @@ class Simulation:
         job.epoch += 1
         job.restarts += 1
         job._view = None
-        self._insert_pending(job)
-
-    def _insert_pending(self, job: JobRun) -> None:
-        # Keep `pending` in arrival order so FIFO policies need not sort.
-        items = [*self.pending.values(), job]
-        items.sort(key=lambda j: j.seq)
-        self.pending = {j.spec.id: j for j in items}
+        self.pending[job_id] = job  # `_apply` puts it back in arrival order
 
     def _start(self, decision: Place, now: float) -> None:
         job = self.pending.pop(decision.job_id)
@@ -443,16 +444,32 @@ def describe_placement(placement: Placement) -> str:
 
 
 class JobViews(Sequence[JobView]):
-    """Views of the given jobs, built only when a policy reads them: placement policies
-    never look at running jobs, and building 10^7 views would dominate a long replay."""
+    """Views of a pass's jobs, built only when a policy reads them: placement policies
+    never look at running jobs, and building 10^7 views would dominate a long replay.
+    The jobs are listed from the host's dict on first read, not every pass (a pass
+    that reads nothing costs nothing however many jobs run); after the pass, `close()`
+    makes an unread sequence refuse reads, since the dict has changed since."""
 
-    __slots__ = ("_jobs",)
+    __slots__ = ("_jobs", "_source")
 
-    def __init__(self, jobs: list[JobRun]) -> None:
-        self._jobs = jobs
+    def __init__(self, jobs: Mapping[str, JobRun]) -> None:
+        self._source: Mapping[str, JobRun] | None = jobs
+        self._jobs: list[JobRun] | None = None
+
+    def close(self) -> None:
+        self._source = None
+
+    def _list(self) -> list[JobRun]:
+        if self._jobs is None:
+            if self._source is None:
+                raise RuntimeError("a snapshot's jobs were read after its scheduling pass")
+            self._jobs = list(self._source.values())
+        return self._jobs
 
     def __len__(self) -> int:
-        return len(self._jobs)
+        if self._jobs is None and self._source is not None:
+            return len(self._source)
+        return len(self._list())
 
     @overload
     def __getitem__(self, index: int) -> JobView: ...
@@ -462,8 +479,8 @@ class JobViews(Sequence[JobView]):
 
     def __getitem__(self, index: int | slice) -> JobView | list[JobView]:
         if isinstance(index, slice):
-            return [job.view() for job in self._jobs[index]]
-        return self._jobs[index].view()
+            return [job.view() for job in self._list()[index]]
+        return self._list()[index].view()
 
     def __iter__(self) -> Iterator[JobView]:
-        return (job.view() for job in self._jobs)
+        return (job.view() for job in self._list())
