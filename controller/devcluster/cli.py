@@ -210,6 +210,7 @@ def _next_steps(state: ClusterState, directory: Path, nodes: list[NodeSpec]) -> 
             f"  {_exports(state)}",
             "  kubectl get nodes -L nvidia.com/gpu.product",
             f"  kubectl apply --server-side -k {_repo_path('deploy')}/",
+            "  kubectl wait --for=condition=Established crd/continualtrainingjobs.ctj.gpufleet.io",
             f"  gpufleet controller run --policy fgd --ctj --kubeconfig {state.admin_kubeconfig}",
             f"  kubectl apply -f {_repo_path('examples/continualtrainingjob.yaml')}",
             "  kubectl get ctj -w",
