@@ -135,6 +135,8 @@ class DraState:
         self.pending: dict[str, ClaimAllocation] = {}
         """Claim uid → the allocation this scheduler is writing (its devices are held)."""
         self.fits_labels: dict[tuple[object, ...], str] = {}
+        self.labels_changed = False
+        """A request shape got a new node label since the nodes were last adapted."""
         self._fits: dict[tuple[object, ...], frozenset[str]] = {}
 
     # -- informer handler -------------------------------------------------------------
@@ -328,14 +330,18 @@ class DraState:
                 eligible = self._eligible(key)
             except _ClaimError as err:
                 return err.problem
-            label = self.fits_labels.setdefault(
-                key, f"{LABEL_DOMAIN}/fits-{hashlib.sha256(repr(key).encode()).hexdigest()[:12]}"
-            )
-            labels[label] = "true"
+            labels[self._label(key)] = "true"
             num_gpus, milli = self._size(requests, eligible)
             if eligible != {n for n, g in self.nodes.items() if g.devices}:
                 models = frozenset(self.product(n) for n in eligible)
         return DraAsk(num_gpus, milli if num_gpus else 0, labels, claims, models)
+
+    def _label(self, key: tuple[object, ...]) -> str:
+        if key not in self.fits_labels:
+            digest = hashlib.sha256(repr(key).encode()).hexdigest()[:12]
+            self.fits_labels[key] = f"{LABEL_DOMAIN}/fits-{digest}"
+            self.labels_changed = True
+        return self.fits_labels[key]
 
     def _request_key(
         self, requests: list[tuple[ResourceClaim, DeviceRequest]]

@@ -291,6 +291,7 @@ class ClusterCache:
 
     def refresh_dra_labels(self) -> None:
         """After new DRA request shapes were seen: label the nodes that fit them."""
+        self.dra.labels_changed = False
         self._nodes_changed()
 
     def _charge_claims(self, uids: list[str]) -> None:

@@ -231,10 +231,9 @@ class Scheduler:
         if self.cache.ledger.state is None or not self.may_bind():
             return None
         dra = self.cache.dra if self.claims is not None else None
-        shapes = len(self.cache.dra.fits_labels)
         pods = self.cache.pending_pods()
         workload = build_workload(pods, self.cache.seq, self.cache.encoder, dra)
-        if len(self.cache.dra.fits_labels) != shapes:
+        if self.cache.dra.labels_changed:
             self.cache.refresh_dra_labels()  # label the nodes that fit new DRA requests
         state = self.cache.ledger.state
         if state is None:

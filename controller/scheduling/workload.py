@@ -6,7 +6,7 @@ running `JobView`s with their placements.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from controller.ctj.continual import retraining_job
 from controller.dra.inventory import DraAsk, DraState
@@ -73,9 +73,12 @@ class DraProblem(ValueError):
         self.problem = problem
 
 
-def dra_ask(pod: PodRecord, encoder: GpuEncoder, dra: DraState | None) -> DraAsk | None:
+def dra_ask(
+    pod: PodRecord, encoder: GpuEncoder, dra: DraState | None, as_new: bool = False
+) -> DraAsk | None:
     """The pod's DRA request (None for a pod without claims). Raises `DraWait` or
-    `DraProblem`."""
+    `DraProblem`. `as_new`: what its claims ask, allocated or not (a running job's
+    request, as the policy saw it when it was pending)."""
     if not pod.claims or dra is None:
         return None
     if encoder.request(pod)[0]:
@@ -83,7 +86,7 @@ def dra_ask(pod: PodRecord, encoder: GpuEncoder, dra: DraState | None) -> DraAsk
         raise DraProblem(
             Problem(field, "asks for GPUs both as a device-plugin resource and as claims")
         )
-    ask = dra.ask(pod)
+    ask = dra.ask(pod, as_new)
     if isinstance(ask, Problem):
         raise DraProblem(ask)
     if isinstance(ask, str):
@@ -200,9 +203,10 @@ def _pending_job(
     seq: Mapping[str, int],
     encoder: GpuEncoder,
     dra: DraState | None = None,
+    as_new: bool = False,
 ) -> PendingJob:
     first = members[0]
-    asks = tuple(dra_ask(p, encoder, dra) for p in members)
+    asks = tuple(dra_ask(p, encoder, dra, as_new) for p in members)
     tasks = [_task(p, encoder, ask) for p, ask in zip(members, asks, strict=True)]
     task = tasks[0]
     node_selector = dict(first.node_selector)
@@ -330,12 +334,7 @@ def _running_view(
     now: float,
     dra: DraState | None = None,
 ) -> JobView:
-    job = _pending_job(jid, members, {}, encoder, dra)
-    if job.asks:
-        # Its claims are allocated now: what it holds is what they hold.
-        held = charges[members[0].uid]
-        task = replace(job.spec.task, num_gpus=len(held.gpus), gpu_milli=held.gpu_milli)
-        job = replace(job, spec=replace(job.spec, task=task))
+    job = _pending_job(jid, members, {}, encoder, dra, as_new=True)
     tasks = tuple(
         TaskPlacement(charges[p.uid].node, charges[p.uid].gpus, charges[p.uid].gpu_milli)
         for p in members

@@ -35,7 +35,7 @@ import csv
 import functools
 import heapq
 import math
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,10 +48,10 @@ from controller.devcluster.launcher import ControlPlane
 from controller.kube.informer import Informer
 from controller.kube.objects import GANG_SIZE, GPU_COUNT_LABEL, GPU_RESOURCE, JOB_LABEL, SUBMIT_TIME
 from controller.recorder import TraceRecorder
-from controller.runtime import NON_TERMINAL, Controller
+from controller.runtime import DRA_PATHS, NON_TERMINAL, Controller
 from controller.scheduling.encoders import Hami
 from controller.scheduling.scheduler import BindRecord, SchedulerOptions
-from controller.scheduling.workload import job_id
+from controller.scheduling.workload import build_workload, job_id
 from policies import (
     FixedDuration,
     JobSpec,
@@ -86,6 +86,10 @@ Tasks = tuple[tuple[str, tuple[int, ...], int], ...]
 """A placement as compared: (node, GPU indices, milli-GPU) per task, in task order."""
 Decided = tuple[str, str, Tasks]
 Pass = tuple[float, tuple[Decided, ...]]
+PodMaker = Callable[[JobSpec], list[dict[str, Any]]]
+"""A job's pod manifests."""
+ClusterMaker = Callable[[Admin, list[NodeSpec]], Awaitable[None]]
+"""Creates the trace's nodes (and whatever publishes their GPUs)."""
 
 
 def mixed_trace(
@@ -224,8 +228,14 @@ class Lockstep:
     """Replays jobs through a running controller, pass for pass as the simulator."""
 
     def __init__(
-        self, admin: Admin, ctl: Controller, clock: TraceClock, jobs: list[JobSpec]
+        self,
+        admin: Admin,
+        ctl: Controller,
+        clock: TraceClock,
+        jobs: list[JobSpec],
+        make_pods: PodMaker | None = None,
     ) -> None:
+        self.make_pods = make_pods or manifests
         self.admin = admin
         self.ctl = ctl
         self.scheduler = ctl.scheduler
@@ -288,18 +298,43 @@ class Lockstep:
                 await self.admin.delete_pod(name)
             live.started = None
         for live in arrive:
-            for manifest in manifests(live.spec):
+            for manifest in self.make_pods(live.spec):
                 created = await self.admin.create_pod(manifest)
                 versions.append(created["metadata"]["resourceVersion"])
         if versions:
             await _within(self.ctl.pods.wait_for_version(max(versions, key=int)))
+            await _within(self._claims_made())
         gone = functools.partial(_all_gone, self.ctl, tuple(departed))
         await _within(self.ctl.pods.wait_until(gone))
+        await _within(self._claims_freed())
         if due:
             self.scheduler.request_round()
         self.scheduler.resume()
         await self.settle()
         self.observe(now)
+
+    async def _claims_made(self) -> None:
+        """Until no arrived pod waits for its DRA claims (kube-controller-manager makes
+        them from templates; the simulator's jobs need no such step)."""
+        cache = self.ctl.cache
+        while build_workload(cache.pending_pods(), cache.seq, cache.encoder, cache.dra).waiting:
+            await asyncio.sleep(0.05)
+
+    async def _claims_freed(self) -> None:
+        """Until kube-controller-manager has let go of the DRA claims of departed pods
+        (the simulator frees a finished job's GPUs at once; a cluster frees a claim's
+        devices when its controller deallocates it)."""
+        cache = self.ctl.cache
+
+        def held_for_nobody() -> bool:
+            return any(
+                claim.allocated is not None
+                and all(r.uid not in cache.pods for r in claim.reserved_for)
+                for claim in cache.dra.claims.values()
+            )
+
+        while held_for_nobody():
+            await asyncio.sleep(0.05)
 
     async def settle(self) -> None:
         """Until every bind, eviction, recreation and plan of this instant is done and
@@ -411,19 +446,30 @@ def _caught_up(ctl: Controller, listed: list[dict[str, Any]], version: int) -> b
 
 
 async def replay_through_controller(
-    kube: ControlPlane, nodes: list[NodeSpec], jobs: list[JobSpec], policy: str, out: Path
+    kube: ControlPlane,
+    nodes: list[NodeSpec],
+    jobs: list[JobSpec],
+    policy: str,
+    out: Path,
+    cluster: ClusterMaker | None = None,
+    make_pods: PodMaker | None = None,
 ) -> Lockstep:
-    """Replays the trace; meanwhile `controller record` logic writes what it observed."""
+    """Replays the trace; meanwhile `controller record` logic writes what it observed.
+    `cluster` creates the nodes (default: HAMi nodes), `make_pods` a job's pods."""
     admin = Admin(str(kube.admin_kubeconfig))
     recorder = TraceRecorder(Hami())
     informers = [
         Informer(admin.api, "nodes", "/api/v1/nodes", recorder),
         Informer(admin.api, "pods", "/api/v1/pods", recorder, {"fieldSelector": NON_TERMINAL}),
+        *(Informer(admin.api, kind, path, recorder) for kind, path in DRA_PATHS),
     ]
     recording = [asyncio.create_task(i.run()) for i in informers]
     try:
-        for node in nodes:
-            await admin.api.call("POST", "/api/v1/nodes", body=hami_node(node))
+        if cluster is not None:
+            await cluster(admin, nodes)
+        else:
+            for node in nodes:
+                await admin.api.call("POST", "/api/v1/nodes", body=hami_node(node))
         options = SchedulerOptions(
             min_pass_interval_s=0.0, external_rounds=True, report_unschedulable=False
         )
@@ -433,7 +479,7 @@ async def replay_through_controller(
         clock = TraceClock()
         running.controller.scheduler.clock = clock
         async with running as ctl:
-            lockstep = Lockstep(admin, ctl, clock, jobs)
+            lockstep = Lockstep(admin, ctl, clock, jobs, make_pods)
             await lockstep.run()
             await _within(informers[1].wait_for_version(ctl.pods.resource_version))
             recorder.write(out)
