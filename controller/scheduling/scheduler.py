@@ -145,6 +145,9 @@ class Scheduler:
         self.on_bound: Callable[[BindRecord], None] = lambda _record: None
         self.on_pass: Callable[[SchedulingResult, float], None] = lambda _result, _seconds: None
         """Called after each policy decision with its result and wall seconds (metrics)."""
+        self.on_decided: Callable[[Snapshot, SchedulingResult], None] | None = None
+        """Called with each pass's snapshot and decisions before they are carried out
+        (shadow policies: `controller.shadow`); must return at once."""
         self.may_bind: Callable[[], bool] = lambda: True
         """Checked before each pass and right before each bind: False while this replica
         is not the leader, so a replica that lost its lease binds nothing more."""
@@ -261,6 +264,8 @@ class Scheduler:
         started = time.perf_counter()
         result = self._decide(snapshot, by_id, now)
         self.on_pass(result, time.perf_counter() - started)
+        if self.on_decided is not None:
+            self.on_decided(snapshot, result)
         self.apply(result, by_id, now)
         if result.wake_at is not None and result.wake_at > now:
             asyncio.get_running_loop().call_later(result.wake_at - now, self.wake)
