@@ -301,9 +301,9 @@ class ClusterState:
         self.version[node] = self._stamps.next()
 
     def _count_free(self, node: int) -> None:
-        row = self.gpu_free[node]
-        self.whole_free[node] = int((row == MILLI).sum())
-        self.most_free[node] = int(row.max())
+        free = self.gpu_free[node].tolist()  # a few GPUs: Python beats two numpy reductions
+        self.whole_free[node] = free.count(MILLI)
+        self.most_free[node] = max(free)
 
     def _check_fits(
         self, node: int, gpus: Sequence[int], gpu_milli: int, cpu_milli: int, mem_mib: int
