@@ -26,6 +26,8 @@ from controller.kube.leader import LeaderElector, LeaseConfig
 from controller.metrics import ControllerMetrics, ProbeServer
 from controller.runtime import Controller, ControllerOptions
 from controller.scheduling.quarantine import Quarantine
+from controller.shadow.metrics import ShadowCollector
+from controller.shadow.runner import ShadowOptions, ShadowRunner
 from controller.supervisor import Supervisor
 from policies import Policy
 
@@ -41,6 +43,8 @@ class ManagerOptions:
     probe_host: str = "127.0.0.1"
     probe_port: int | None = 8080
     """None: no metrics/probe server; 0: any free port."""
+    shadows: ShadowOptions | None = None
+    """Shadow policies deciding beside the live one (`controller.shadow`)."""
 
 
 class Manager:
@@ -74,6 +78,12 @@ class Manager:
         if self.reconciler is not None:
             self.metrics.watch_ctjs(self.reconciler.ctjs)
             self.reconciler.on_result = lambda result: self.metrics.reconciles.labels(result).inc()
+        self.shadows = (
+            ShadowRunner(self.options.shadows, policy.name) if self.options.shadows else None
+        )
+        if self.shadows is not None:
+            self.controller.scheduler.on_decided = self.shadows.offer
+            self.metrics.registry.register(ShadowCollector(self.shadows))
         self.probes = ProbeServer(self.metrics, self.ready, self.supervisor.dead)
         self.synced = asyncio.Event()
         self.leading = asyncio.Event()
@@ -113,10 +123,13 @@ class Manager:
         self.controller.scheduler.resume()
         if self.reconciler is not None:
             self.reconciler.start_reconciling()
+        if self.shadows is not None:
+            self.supervisor.spawn("shadows", self.shadows.run())
 
     async def _shut_down(self) -> None:
         self.controller.scheduler.pause()
         self.leading.clear()
+        await self.supervisor.stop(["shadows"])
         if self.elector is not None:
             await self.elector.release()
         if self.reconciler is not None:

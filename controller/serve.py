@@ -31,6 +31,7 @@ from controller.manager import Manager, ManagerOptions
 from controller.runtime import ControllerOptions
 from controller.scheduling.encoders import ENCODERS
 from controller.scheduling.scheduler import SchedulerOptions
+from controller.shadow.cli import add_shadow_arguments, shadow_options
 from controller.supervisor import TaskDiedError
 from policies import Policy, make_policy, policy_names
 from policies.registry import parse_options
@@ -98,6 +99,7 @@ def add_manager_arguments(parser: argparse.ArgumentParser, serving: bool) -> Non
     )
     _add_scheduling_arguments(parser)
     add_dra_arguments(parser)
+    add_shadow_arguments(parser)
     parser.add_argument(
         "--ctj",
         action=argparse.BooleanOptionalAction,
@@ -192,6 +194,7 @@ def manager_options(args: argparse.Namespace) -> ManagerOptions:
         ),
         lease=lease,
         reconcile_ctjs=args.ctj,
+        shadows=shadow_options(args),
         probe_host=host,
         probe_port=port,
     )

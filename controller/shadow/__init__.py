@@ -1,0 +1,1 @@
+"""Shadow policies: other policies decide on the live snapshots without binding."""

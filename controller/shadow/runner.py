@@ -1,0 +1,232 @@
+"""Shadow policies: other policies asked on the live policy's own snapshots, never bound.
+
+After each live decision the scheduler hands its snapshot and result to `offer`, on the
+hot path, which only keeps them in a one-snapshot slot (copying the cluster arrays, a
+few microseconds; the live view is valid only until the next bind). A worker task takes
+the newest snapshot from the slot and asks every shadow policy in a thread, so the
+event loop keeps serving. A snapshot replaced before the worker took it is *dropped*
+and counted: under load shadows see fewer snapshots, the live loop never waits. After
+an evaluation taking `d` seconds the worker rests `max(interval_s, busy_ratio · d)`, so
+shadows use a bounded share of a core.
+
+Per shadow and evaluation: decisions that differ from the live policy's (per job: the
+same placement, preemption or wait), the fragmentation the cluster would have after the
+shadow's placements (FGD's measure against the snapshot's own jobs, % of GPU capacity),
+and the queueing delay so far of the jobs it would leave waiting. Each evaluation is one
+JSON line of the shadow log (`controller.shadow.log` reads it). A shadow of the live
+policy decides exactly as it does unless the policy draws random numbers or keeps state
+between passes (it then sees only the snapshots it evaluates).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from policies import (
+    ClusterState,
+    Context,
+    Decision,
+    Place,
+    Policy,
+    Preempt,
+    Resize,
+    SchedulingResult,
+    Snapshot,
+)
+from policies.fragmentation import cluster_fragmentation, live_workload
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ShadowOptions:
+    policies: tuple[Policy, ...]
+    log_path: Path | None = None
+    interval_s: float = 1.0
+    """Evaluate at most this often."""
+    busy_ratio: float = 4.0
+    """Rest this many times an evaluation's duration after it (≤ 1/(1+ratio) of a core)."""
+    seed: int = 0
+
+
+@dataclass
+class ShadowStats:
+    evaluations: int = 0
+    decisions: int = 0
+    differing: int = 0
+    errors: int = 0
+    fragmentation_pct: float = 0.0
+    waiting: int = 0
+    queueing_delay_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One shadow's answer on one snapshot."""
+
+    policy: str
+    at: float
+    pending: int
+    decisions: int
+    differing: int
+    placed: int
+    fragmentation_pct: float
+    waiting: int
+    queueing_delay_s: float
+
+
+class ShadowRunner:
+    def __init__(self, options: ShadowOptions, live_policy: str = "") -> None:
+        self.options = options
+        self.live_policy = live_policy
+        self.offered = 0
+        self.dropped = 0
+        """Snapshots replaced in the slot before the worker took them."""
+        self.stats = {p.name: ShadowStats() for p in options.policies}
+        self.contexts = {
+            p.name: Context(np.random.default_rng(options.seed)) for p in options.policies
+        }
+        self._slot: tuple[Snapshot, SchedulingResult] | None = None
+        self._ready = asyncio.Event()
+
+    @property
+    def names(self) -> list[str]:
+        return [p.name for p in self.options.policies]
+
+    def offer(self, snapshot: Snapshot, result: SchedulingResult) -> None:
+        """The live pass's snapshot and decisions (called on the hot path)."""
+        self.offered += 1
+        if self._slot is not None:
+            self.dropped += 1
+        self._slot = (replace(snapshot, cluster=snapshot.cluster.copy()), result)
+        self._ready.set()
+
+    async def run(self) -> None:
+        """The worker; cancel it to stop."""
+        handle = self._open_log()
+        try:
+            while True:
+                await self._ready.wait()
+                self._ready.clear()
+                if self._slot is None:
+                    continue
+                snapshot, live = self._slot
+                self._slot = None
+                started = time.perf_counter()
+                verdicts = await asyncio.to_thread(self.evaluate, snapshot, live)
+                spent = time.perf_counter() - started
+                if handle is not None and not await self._logged(handle, verdicts):
+                    handle.close()
+                    handle = None
+                await asyncio.sleep(max(self.options.interval_s, self.options.busy_ratio * spent))
+        finally:
+            if handle is not None:
+                handle.close()
+
+    async def _logged(self, handle: IO[str], verdicts: list[Verdict]) -> bool:
+        """Append to the shadow log; a failing log (disk full) is closed, not fatal."""
+        try:
+            await asyncio.to_thread(_append, handle, verdicts, self.live_policy)
+        except OSError:
+            log.exception("shadow log %s cannot be written; shadows go on without it", handle.name)
+            return False
+        return True
+
+    def _open_log(self) -> IO[str] | None:
+        path = self.options.log_path
+        return None if path is None else path.open("a", encoding="utf-8")
+
+    def evaluate(self, snapshot: Snapshot, live: SchedulingResult) -> list[Verdict]:
+        """Every shadow on `snapshot` (whose cluster this call owns)."""
+        workload = live_workload([*snapshot.running, *snapshot.pending])
+        live_plan = _decisions_by_job(live.decisions)
+        verdicts = []
+        for policy in self.options.policies:
+            stats = self.stats[policy.name]
+            try:
+                result = policy.schedule(snapshot, self.contexts[policy.name])
+            except Exception:  # a shadow's bug costs its verdict, never the live loop
+                stats.errors += 1
+                log.exception("shadow policy %s failed", policy.name)
+                continue
+            verdict = _judge(policy.name, snapshot, live_plan, result, workload)
+            stats.evaluations += 1
+            stats.decisions += verdict.decisions
+            stats.differing += verdict.differing
+            stats.fragmentation_pct = verdict.fragmentation_pct
+            stats.waiting = verdict.waiting
+            stats.queueing_delay_s = verdict.queueing_delay_s
+            verdicts.append(verdict)
+        return verdicts
+
+
+def _judge(
+    name: str,
+    snapshot: Snapshot,
+    live: dict[str, tuple[object, ...]],
+    result: SchedulingResult,
+    workload: Any,
+) -> Verdict:
+    mine = _decisions_by_job(result.decisions)
+    jobs = set(live) | set(mine)
+    differing = sum(live.get(j, ("wait",)) != mine.get(j, ("wait",)) for j in jobs)
+    placed = [d for d in result.decisions if isinstance(d, Place)]
+    after = _placed_state(snapshot, placed)
+    amount, _ = cluster_fragmentation(after, workload)
+    started = {d.job_id for d in placed}
+    waits = [snapshot.now - v.queued_since for v in snapshot.pending if v.id not in started]
+    return Verdict(
+        policy=name,
+        at=snapshot.now,
+        pending=len(snapshot.pending),
+        decisions=len(jobs),
+        differing=differing,
+        placed=len(placed),
+        fragmentation_pct=round(amount, 4),
+        waiting=len(waits),
+        queueing_delay_s=round(float(np.mean(waits)), 3) if waits else 0.0,
+    )
+
+
+def _decisions_by_job(decisions: Sequence[Decision]) -> dict[str, tuple[object, ...]]:
+    """Per job what it is told: its placement, a preemption, or (absent) to wait."""
+    out: dict[str, tuple[object, ...]] = {}
+    for d in decisions:
+        if isinstance(d, Place | Resize):
+            tasks = tuple((t.node, t.gpus, t.gpu_milli) for t in d.placement.tasks)
+            out[d.job_id] = (type(d).__name__, tasks)
+        elif isinstance(d, Preempt):
+            out[d.job_id] = ("Preempt",)
+    return out
+
+
+def _placed_state(snapshot: Snapshot, placed: Sequence[Place]) -> ClusterState:
+    """The snapshot's cluster with the placements made (the caller owns its arrays)."""
+    state = snapshot.cluster
+    specs = {view.id: view.spec for view in snapshot.pending}
+    for decision in placed:
+        spec = specs.get(decision.job_id)
+        for task in decision.placement.tasks:
+            request = task.request or (spec.task if spec is not None else None)
+            cpu = request.cpu_milli if request is not None else 0
+            mem = request.mem_mib if request is not None else 0
+            try:
+                state.allocate(state.node_index[task.node], task.gpus, task.gpu_milli, cpu, mem)
+            except ValueError:
+                continue  # an infeasible shadow decision: the live host would refuse it too
+    return state
+
+
+def _append(handle: IO[str], verdicts: Sequence[Verdict], live: str) -> None:
+    for v in verdicts:
+        handle.write(json.dumps({"live_policy": live, **v.__dict__}, sort_keys=True) + "\n")
+    handle.flush()
