@@ -1,7 +1,8 @@
 """Least privilege on the real API server: the controller authenticates as its
 ServiceAccount (not as admin), verbs outside deploy/rbac stay forbidden, and a full
-run — scheduling, CTJ windows completed and missed, leader election — makes only calls
-the rules grant, while every granted rule is used (bar two documented rare paths)."""
+run — scheduling (a DRA pod among them), CTJ windows completed and missed, leader
+election — makes only calls the rules grant, while every granted rule is used (bar
+documented rare paths). Writing a claim's allocation needs `resourceclaims/binding`."""
 
 from __future__ import annotations
 
@@ -27,6 +28,18 @@ from tests.kube.ctj_helpers import (
     ctj_manifest,
     get_ctj,
 )
+from tests.kube.dra_helpers import (
+    RESOURCE,
+    DraAdmin,
+    claim_manifest,
+    class_manifest,
+    dra_node,
+    dra_pod,
+    gpu_device,
+    request,
+    slice_manifest,
+    template_manifest,
+)
 from tests.kube.helpers import eventually
 
 pytestmark = pytest.mark.kube
@@ -37,7 +50,14 @@ RARELY_USED = {
     ("", "pods", "get"): "re-reading a pod after an unclear bind, and before an eviction",
     ("ctj.gpufleet.io", "continualtrainingjobs", "get"): "after a status conflict, and to "
     "confirm a CTJ is gone before deleting its pods",
+    ("resource.k8s.io", "resourceclaims/status", "patch"): "unreserving a claim after a "
+    "failed bind",
+    ("resource.k8s.io", "resourceclaims/binding", "update"): "never called: it authorizes "
+    "writing allocation and reservedFor through status (test_claim_allocation_needs_binding)",
+    ("resource.k8s.io", "resourceclaims/binding", "patch"): "never called: authorizes the "
+    "unreserve patch of reservedFor",
 }
+CLUSTER_ROLE = "/apis/rbac.authorization.k8s.io/v1/clusterroles/gpufleet-controller"
 
 
 class RecordingApi(KubeApi):
@@ -131,6 +151,10 @@ def test_controller_identity_and_forbidden_verbs(ctj_env: CtjEnvironment) -> Non
                 ("DELETE", LEASE, None),
                 ("GET", LEASE.replace("gpufleet-controller", "someone-elses"), None),
                 ("GET", "/apis/coordination.k8s.io/v1/namespaces/default/leases", None),
+                ("POST", f"{RESOURCE}/resourceslices", {"metadata": {"name": "rogue"}}),
+                ("DELETE", f"{RESOURCE}/namespaces/default/resourceclaims/any", None),
+                ("POST", f"{RESOURCE}/namespaces/default/resourceclaims", {}),
+                ("PUT", f"{RESOURCE}/deviceclasses/any", {"metadata": {"name": "any"}}),
             ]
             for method, path, body in forbidden:
                 kind = "application/merge-patch+json" if method == "PATCH" else "application/json"
@@ -149,6 +173,11 @@ def test_a_full_run_uses_exactly_the_granted_rules(ctj_env: CtjEnvironment) -> N
     async def scenario(admin: Admin) -> None:
         await admin.api.request("DELETE", LEASE)  # so that creating the lease is exercised
         await admin.create_nodes([NodeSpec("gpu-0", 32_000, 131_072, 4, "A100")])
+        dra = DraAdmin(admin)
+        await admin.api.call("POST", "/api/v1/nodes", body=dra_node("dra-0"))
+        await dra.create(slice_manifest("dra-0", [gpu_device(0, "NVIDIA A100-SXM4-80GB", "80Gi")]))
+        await dra.create(class_manifest())
+        await dra.create(template_manifest("one-gpu", request()))
         api = RecordingApi(str(ctj_env.sa_kubeconfig))
         lease = LeaseConfig(
             namespace=SYSTEM_NAMESPACE, lease_duration_s=3, renew_deadline_s=2, retry_period_s=0.5
@@ -160,6 +189,7 @@ def test_a_full_run_uses_exactly_the_granted_rules(ctj_env: CtjEnvironment) -> N
             await create_ctj(admin.api, ctj_manifest("ok", windows=1))
             await create_ctj(admin.api, ctj_manifest("starved", windows=1, gpu_models=("H100",)))
             await admin.create_pod(pod_manifest("huge", TaskRequest(1000, 1024, 8, 1000)))
+            await admin.create_pod(dra_pod("dra", template="one-gpu"))
 
             async def both_done() -> bool:
                 jobs = [await get_ctj(admin.api, n) for n in ("ok", "starved")]
@@ -167,14 +197,16 @@ def test_a_full_run_uses_exactly_the_granted_rules(ctj_env: CtjEnvironment) -> N
                     (j or {}).get("status", {}).get("phase") == "Completed" for j in jobs
                 )
                 # The status is written before the missed window's pods are withdrawn.
-                names = {p["metadata"]["name"] for p in await admin.pods()}
-                return completed and not any(n.startswith("starved-") for n in names)
+                pods = {p["metadata"]["name"]: p for p in await admin.pods()}
+                dra_bound = bool(pods.get("dra", {}).get("spec", {}).get("nodeName"))
+                return completed and dra_bound and not any(n.startswith("starved-") for n in pods)
 
             await eventually(both_done, timeout_s=20, what="both CTJs done, pods withdrawn")
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
             await api.close()
+            await dra.reset()
         denied = [(m, p) for m, p, _, status in api.calls if status == 403]
         assert denied == []
         calls = {rbac_call(method, path) for method, path, _, _ in api.calls}
@@ -192,3 +224,45 @@ def test_a_full_run_uses_exactly_the_granted_rules(ctj_env: CtjEnvironment) -> N
         assert granted - used <= set(RARELY_USED), granted - used - set(RARELY_USED)
 
     run(ctj_env, scenario)
+
+
+def test_claim_allocation_needs_binding(ctj_env: CtjEnvironment) -> None:  # noqa: F811
+    """Without `resourceclaims/binding` the ServiceAccount cannot write a claim's
+    allocation through `status` (granular status authorization, on in 1.37: the server
+    answers 422 naming the permission), with it it can: the rule is needed, not just
+    granted."""
+
+    async def scenario(admin: Admin) -> None:
+        dra = DraAdmin(admin)
+        await dra.create(claim_manifest("probe", request()))
+        role = await admin.api.call("GET", CLUSTER_ROLE)
+        kept = [r for r in role["rules"] if "resourceclaims/binding" not in r["resources"]]
+        api = ctj_env.sa_api()
+        path = f"{RESOURCE}/namespaces/default/resourceclaims/probe/status"
+
+        async def allocate() -> str:
+            claim = await api.call("GET", path.removesuffix("/status"))
+            result = {"request": "gpu", "driver": "gpu.nvidia.com", "pool": "p", "device": "d"}
+            claim["status"] = {"allocation": {"devices": {"results": [result]}}}
+            status, answer = await api.request("PUT", path, body=claim)
+            needs = 'requires resource="resourceclaims/binding"' in str(answer)
+            return "refused for binding" if status == 422 and needs else str(status)
+
+        try:
+            await admin.api.call("PUT", CLUSTER_ROLE, body={**role, "rules": kept})
+            refused = "refused for binding"
+            await eventually(lambda: _is(allocate(), refused), 20, "the write refused")
+        finally:
+            current = await admin.api.call("GET", CLUSTER_ROLE)
+            await admin.api.call("PUT", CLUSTER_ROLE, body={**current, "rules": role["rules"]})
+        try:
+            await eventually(lambda: _is(allocate(), "200"), 20, "the write allowed again")
+        finally:
+            await api.close()
+            await dra.reset()
+
+    run(ctj_env, scenario)
+
+
+async def _is(outcome: Any, expected: str) -> bool:
+    return bool(await outcome == expected)
