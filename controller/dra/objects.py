@@ -359,7 +359,7 @@ def _request(obj: Mapping[str, Any]) -> DeviceRequest:
     mode = str(exactly.get("allocationMode") or "ExactCount")
     if mode not in ("ExactCount", "All"):
         raise ValueError(f"request {name!r}: allocationMode {mode!r} is neither ExactCount nor All")
-    count = int(exactly.get("count") or 1)
+    count = int(exactly.get("count", 1))
     if count < 1:
         raise ValueError(f"request {name!r}: count {count} is below 1")
     wanted = _mapping(_mapping(exactly.get("capacity")).get("requests"))
