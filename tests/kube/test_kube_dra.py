@@ -266,3 +266,32 @@ def test_claim_allocated_by_another_writer_first_wins_and_the_loser_replans(
             assert int(state.gpu_free[index].sum()) == 3000
 
     run(kube, scenario)
+
+
+def test_a_shared_claim_outlives_its_pods_deallocated(kube: ControlPlane) -> None:
+    """kube-controller-manager's rules after the pods go: the claim's reservation is
+    removed, its allocation cleared (the finalizer gpufleet added allows it) and the
+    finalizer dropped; the claim itself stays, and the next pod gets it allocated anew."""
+
+    async def scenario(admin: Admin, dra: DraAdmin) -> None:
+        await two_nodes(admin, dra)
+        await dra.create(claim_manifest("kept", request(count=2)))
+        async with RunningController(str(kube.scheduler_kubeconfig)):
+            await admin.create_pod(dra_pod("user", claim="kept"))
+            await bound_pod(admin, "user")
+            await admin.delete_pod("user")
+
+            async def released() -> dict[str, Any] | None:
+                claim = await dra.claim("kept")
+                status = (claim or {}).get("status") or {}
+                finalizers = (claim or {}).get("metadata", {}).get("finalizers")
+                idle = not status.get("reservedFor") and not status.get("allocation")
+                return claim if claim and idle and not finalizers else None
+
+            await eventually(released, 60, "the claim deallocated and unprotected")
+            await admin.create_pod(dra_pod("next", claim="kept"))
+            await bound_pod(admin, "next")
+            claim = await dra.claim("kept")
+            assert claim is not None and len(allocated_devices(claim)) == 2
+
+    run(kube, scenario)
