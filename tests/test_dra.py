@@ -14,7 +14,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from controller.dra.inventory import CLAIMS, CLASSES, MECHANISM_LABEL, SLICES, DraState
-from controller.dra.objects import RequestPolicy, claim_from_json, slice_from_json
+from controller.dra.objects import (
+    RequestPolicy,
+    claim_from_json,
+    node_selector_for,
+    slice_from_json,
+)
 from controller.dra.selectors import SelectorError, matches
 from controller.kube.objects import Problem, pod_from_json
 from controller.scheduling.cache import ClusterCache
@@ -100,6 +105,14 @@ def pod_json(name: str, uid: str, claim: str, node: str = "") -> dict[str, Any]:
             "resourceClaims": [{"name": "gpu", "resourceClaimName": claim}],
         },
         "status": {"phase": "Running" if node else "Pending"},
+    }
+
+
+def allocation_of(node: str, gpu: str) -> dict[str, Any]:
+    """A claim's allocation of one device of `node`'s pool, as a scheduler writes it."""
+    return {
+        "devices": {"results": [{"request": "gpu", "driver": DRIVER, "pool": node, "device": gpu}]},
+        "nodeSelector": node_selector_for(node),
     }
 
 
@@ -246,16 +259,7 @@ def test_a_capacity_request_is_a_share_rounded_up_by_the_policy() -> None:
 
 def test_an_allocated_claim_pins_the_pod_and_asks_for_no_new_gpu() -> None:
     state = two_node_state()
-    allocation = {
-        "devices": {
-            "results": [{"request": "gpu", "driver": DRIVER, "pool": "small", "device": "gpu-1"}]
-        },
-        "nodeSelector": {
-            "nodeSelectorTerms": [
-                {"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["small"]}]}
-            ]
-        },
-    }
+    allocation = allocation_of("small", "gpu-1")
     state.apply(
         CLAIMS, "ADDED", claim_json("c", "claim-uid", exactly(), status={"allocation": allocation})
     )
@@ -310,16 +314,7 @@ def test_the_cache_charges_a_shared_claim_once_for_all_its_pods() -> None:
         "nodes",
         [{"metadata": {"name": "small"}, "status": {"allocatable": {"cpu": "8", "memory": "8Gi"}}}],
     )
-    allocation = {
-        "devices": {
-            "results": [{"request": "gpu", "driver": DRIVER, "pool": "small", "device": "gpu-0"}]
-        },
-        "nodeSelector": {
-            "nodeSelectorTerms": [
-                {"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["small"]}]}
-            ]
-        },
-    }
+    allocation = allocation_of("small", "gpu-0")
     cache.apply(
         CLAIMS, "ADDED", claim_json("c", "claim-uid", exactly(), status={"allocation": allocation})
     )

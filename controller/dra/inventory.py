@@ -153,19 +153,13 @@ class DraState:
         return "claims"
 
     def apply(self, kind: str, event: str, obj: dict[str, Any]) -> str:
-        if kind == SLICES:
-            record = slice_from_json(obj)
+        if kind in (SLICES, CLASSES):
+            record = slice_from_json(obj) if kind == SLICES else class_from_json(obj)
+            known: dict[str, Any] = self.slices if kind == SLICES else self.classes
             if event == "DELETED":
-                self.slices.pop(record.name, None)
+                known.pop(record.name, None)
             else:
-                self.slices[record.name] = record
-            return self._inventory_changed()
-        if kind == CLASSES:
-            device_class = class_from_json(obj)
-            if event == "DELETED":
-                self.classes.pop(device_class.name, None)
-            else:
-                self.classes[device_class.name] = device_class
+                known[record.name] = record
             return self._inventory_changed()
         claim = claim_from_json(obj)
         if event == "DELETED":
