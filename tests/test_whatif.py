@@ -88,6 +88,23 @@ def test_each_source_in_its_order() -> None:
     assert overdue.fixed == 900.0  # past the default: the default once more
 
 
+def test_declared_runtimes_are_calibrated_by_how_much_finished_jobs_overran() -> None:
+    """Finished jobs that declared 10, 20 and 30 s ran 12, 21 and 35 s: the median
+    overrun, 2 s, is added to every declared runtime; jobs without a declared runtime
+    do not count, and an early finish never shortens a declaration."""
+    history = (
+        SnapHistory(1, 1, 1000, 12.0, 10.0),
+        SnapHistory(1, 1, 1000, 21.0, 20.0),
+        SnapHistory(1, 1, 1000, 35.0, 30.0),
+        SnapHistory(1, 1, 1000, 500.0),
+    )
+    times = RemainingTimes(ClusterSnapshot(0.0, (NODE,), history=history))
+    assert times.estimate(Shape(1, 1, 1000), 100.0, elapsed=40.0).fixed == 62.0
+    early = (SnapHistory(1, 1, 1000, 5.0, 10.0),)
+    times = RemainingTimes(ClusterSnapshot(0.0, (NODE,), history=early))
+    assert times.estimate(Shape(1, 1, 1000), 100.0).fixed == 100.0
+
+
 def test_a_declared_pod_past_its_runtime_finishes_now() -> None:
     times = RemainingTimes(ClusterSnapshot(0.0, (NODE,)))
     late = times.estimate(Shape(1, 1, 1000), 30.0, elapsed=45.0)

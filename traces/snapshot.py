@@ -16,11 +16,12 @@ is the one validating place for it. Times are seconds relative to `taken_at_unix
  "ctjs":    [{"name", "replicas", "cpu_milli", "mem_mib", "num_gpus", "gpu_milli",
               "allowed_models": [], "runtime_s"?, "completed_window_s": [..],
               "windows": [{"index", "start_s", "deadline_s"}]}],
- "history": [{"replicas", "num_gpus", "gpu_milli", "duration_s"}]}
+ "history": [{"replicas", "num_gpus", "gpu_milli", "duration_s", "declared_s"?}]}
 ```
 
 `runtime_s` is a declared runtime (`gpufleet.io/sim-runtime`); `history` holds durations
-of finished jobs (the forecast draws remaining times from those of the same shape);
+of finished jobs (the forecast draws remaining times from those of the same shape, and
+learns from those that declared a runtime how much longer than declared jobs run);
 `completed_window_s` holds how long a CTJ's completed windows took, opening to finish.
 A malformed snapshot raises `TraceError` naming the entry and field.
 """
@@ -124,6 +125,9 @@ class SnapHistory:
     num_gpus: int
     gpu_milli: int
     duration_s: float
+    declared_s: float | None = None
+    """The runtime the job declared, if it did (how much longer it really ran calibrates
+    declared runtimes)."""
 
 
 @dataclass(frozen=True)
@@ -264,6 +268,7 @@ def _history(e: _Entry) -> SnapHistory:
         num_gpus=e.integer("num_gpus", 0),
         gpu_milli=e.integer("gpu_milli", 0),
         duration_s=e.number("duration_s", minimum=1e-3),
+        declared_s=e.optional_number("declared_s"),
     )
 
 

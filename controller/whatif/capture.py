@@ -246,9 +246,8 @@ def finished_history(pods: Iterable[Mapping[str, Any]], scheduler_name: str) -> 
         if finished is None or started is None or finished <= started:
             continue
         num_gpus, milli = _held(pod)
-        out.append(
-            SnapHistory(pod.meta.gang_size or 1, num_gpus, milli, round(finished - started, 3))
-        )
+        took = round(finished - started, 3)
+        out.append(SnapHistory(pod.meta.gang_size or 1, num_gpus, milli, took, pod.meta.runtime_s))
     return out
 
 

@@ -3,7 +3,9 @@
 Sources, in the order they are tried (docs/whatif.md):
 
 1. `declared`: the runtime the job states (`gpufleet.io/sim-runtime`), less what it has
-   run; exact when the workload keeps its word (KWOK completes a pod exactly then).
+   run, plus the *overrun*: the median of how much longer than declared the finished
+   jobs in the history ran (a cluster's start-up and completion latency; 0 without such
+   jobs, and never negative).
 2. `ctj-history`: for a ContinualTrainingJob's window, how long its completed windows
    took (opening to finish), drawn at random.
 3. `shape-history`: durations of finished jobs of the same shape (tasks, GPUs per task,
@@ -59,6 +61,8 @@ class RemainingTimes:
 
     def __init__(self, snapshot: ClusterSnapshot) -> None:
         self.default_s = snapshot.default_runtime_s
+        overruns = [h.duration_s - h.declared_s for h in snapshot.history if h.declared_s]
+        self.overrun_s = max(0.0, float(np.median(overruns))) if overruns else 0.0
         by_shape: dict[Shape, list[float]] = {}
         for h in snapshot.history:
             by_shape.setdefault(Shape(h.replicas, h.num_gpus, h.gpu_milli), []).append(h.duration_s)
@@ -72,7 +76,8 @@ class RemainingTimes:
     ) -> RemainingTime:
         """The first source that knows: declared, the CTJ's windows, the shape's, default."""
         if declared is not None:
-            return RemainingTime(Source.DECLARED, max(declared - elapsed, MIN_REMAINING_S))
+            left = declared + self.overrun_s - elapsed
+            return RemainingTime(Source.DECLARED, max(left, MIN_REMAINING_S))
         for source, durations in (
             (Source.CTJ_HISTORY, self.by_ctj.get(ctj, ()) if ctj else ()),
             (Source.SHAPE_HISTORY, self.by_shape.get(shape, ())),
