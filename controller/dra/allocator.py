@@ -166,8 +166,11 @@ def _write_status(
 ) -> None:
     status = claim.setdefault("status", {})
     if planned.results is not None:
+        devices: dict[str, Any] = {"results": [_result(r) for r in planned.results]}
+        if planned.config:
+            devices["config"] = [dict(c) for c in planned.config]
         status["allocation"] = {
-            "devices": {"results": [_result(r) for r in planned.results]},
+            "devices": devices,
             "nodeSelector": node_selector_for(planned.node),
             "allocationTimestamp": now_rfc3339(now),
         }

@@ -95,6 +95,8 @@ class ClaimAllocation:
     claim: ResourceClaim
     node: str
     results: tuple[AllocatedDevice, ...] | None
+    config: tuple[Mapping[str, Any], ...] = ()
+    """`allocation.devices.config`: each class's config once, then the claim's."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -461,8 +463,31 @@ class DraState:
                 for _ in range(count):
                     device = devices[remaining.pop(0)]
                     results.append(self._result(request, device, milli < MILLI))
-            planned.append(ClaimAllocation(claim, node, tuple(results)))
+            planned.append(ClaimAllocation(claim, node, tuple(results), self._config(claim)))
         return planned
+
+    def _config(self, claim: ResourceClaim) -> tuple[Mapping[str, Any], ...]:
+        """As kube-scheduler writes it: each class's config once, naming the requests
+        that used the class (`FromClass`), then the claim's own (`FromClaim`)."""
+        by_class: dict[str, list[str]] = {}
+        for request in claim.requests:
+            by_class.setdefault(request.device_class, []).append(request.name)
+        config: list[Mapping[str, Any]] = []
+        for name, requests in by_class.items():
+            device_class = self.classes.get(name)
+            for entry in device_class.config if device_class else ():
+                config.append(
+                    {"source": "FromClass", "requests": requests, "opaque": entry["opaque"]}
+                )
+        for entry in claim.config:
+            config.append(
+                {
+                    "source": "FromClaim",
+                    "requests": list(entry.get("requests") or []),
+                    "opaque": entry["opaque"],
+                }
+            )
+        return tuple(config)
 
     def _result(self, request: DeviceRequest, device: Device, share: bool) -> AllocatedDevice:
         if not device.shareable:

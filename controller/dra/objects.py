@@ -116,6 +116,8 @@ class DeviceClass:
     name: str
     selectors: tuple[str, ...]
     extended_resource: str = ""
+    config: tuple[Mapping[str, Any], ...] = ()
+    """`spec.config[].opaque` entries, copied into allocations (`source: FromClass`)."""
     problems: tuple[Problem, ...] = ()
 
 
@@ -173,6 +175,8 @@ class ResourceClaim:
     owner_pod: str = ""
     """The uid of the pod that controls it (a claim made from a template), if any."""
     created: float = 0.0
+    config: tuple[Mapping[str, Any], ...] = ()
+    """`spec.devices.config[]` opaque entries, copied into its allocation (`FromClaim`)."""
     problems: tuple[Problem, ...] = ()
 
     @property
@@ -293,8 +297,14 @@ def class_from_json(obj: Mapping[str, Any]) -> DeviceClass:
         name=str(meta.get("name", "")),
         selectors=selectors,
         extended_resource=str(spec.get("extendedResourceName") or ""),
+        config=_opaque(spec.get("config")),
         problems=tuple(reader.problems),
     )
+
+
+def _opaque(value: object) -> tuple[Mapping[str, Any], ...]:
+    """Config entries that carry opaque driver parameters (the only kind there is)."""
+    return tuple(_mapping(c) for c in _list(value) if _mapping(_mapping(c).get("opaque")))
 
 
 def _selectors(value: object) -> tuple[str, ...]:
@@ -345,6 +355,7 @@ def claim_from_json(obj: Mapping[str, Any]) -> ResourceClaim:
         created=reader.read(
             "metadata.creationTimestamp", lambda: parse_time(meta.get("creationTimestamp")), 0.0
         ),
+        config=_opaque(_mapping(spec.get("devices")).get("config")),
         problems=tuple(reader.problems),
     )
 

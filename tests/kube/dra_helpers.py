@@ -67,7 +67,13 @@ def slice_manifest(
     }
 
 
-def class_manifest(name: str = GPU_CLASS, extended: str = "") -> dict[str, Any]:
+SHARING = {"apiVersion": "resource.nvidia.com/v1beta1", "kind": "GpuConfig", "sharing": {}}
+"""Opaque driver parameters a class may carry (copied into allocations)."""
+
+
+def class_manifest(
+    name: str = GPU_CLASS, extended: str = "", parameters: dict[str, Any] | None = None
+) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "selectors": [
             {
@@ -80,6 +86,8 @@ def class_manifest(name: str = GPU_CLASS, extended: str = "") -> dict[str, Any]:
     }
     if extended:
         spec["extendedResourceName"] = extended
+    if parameters is not None:
+        spec["config"] = [{"opaque": {"driver": DRIVER, "parameters": parameters}}]
     return {
         "apiVersion": "resource.k8s.io/v1",
         "kind": "DeviceClass",

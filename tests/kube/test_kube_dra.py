@@ -18,6 +18,7 @@ from controller.dra.objects import node_selector_for
 from tests.kube.dra_helpers import (
     DRIVER,
     RESOURCE,
+    SHARING,
     DraAdmin,
     allocated_devices,
     claim_manifest,
@@ -52,12 +53,13 @@ def run(kube: ControlPlane, scenario: Callable[[Admin, DraAdmin], Awaitable[None
 
 
 async def two_nodes(admin: Admin, dra: DraAdmin, shareable: bool = False) -> None:
-    """`a100-node`: four 80 GiB A100s; `t4-node`: four 16 GiB T4s."""
+    """`a100-node`: four 80 GiB A100s; `t4-node`: four 16 GiB T4s; the class carries
+    opaque driver parameters."""
     for name, product, memory in (("a100-node", A100, "80Gi"), ("t4-node", T4, "16Gi")):
         await admin.api.call("POST", "/api/v1/nodes", body=dra_node(name))
         devices = [gpu_device(i, product, memory, shareable) for i in range(4)]
         await dra.create(slice_manifest(name, devices))
-    await dra.create(class_manifest())
+    await dra.create(class_manifest(parameters=SHARING))
 
 
 async def bound_pod(admin: Admin, name: str, timeout_s: float = 30.0) -> dict[str, Any]:
@@ -95,6 +97,14 @@ def test_template_claim_allocated_bound_and_freed(kube: ControlPlane) -> None:
                 "values"
             ] == ["t4-node"]
             assert status["allocation"].get("allocationTimestamp")
+            # The class's driver parameters go with the allocation, as kube-scheduler does.
+            assert status["allocation"]["devices"]["config"] == [
+                {
+                    "source": "FromClass",
+                    "requests": ["gpu"],
+                    "opaque": {"driver": DRIVER, "parameters": SHARING},
+                }
+            ]
             assert [r["uid"] for r in status["reservedFor"]] == [pod["metadata"]["uid"]]
             assert "resource.kubernetes.io/delete-protection" in claim["metadata"]["finalizers"]
 
