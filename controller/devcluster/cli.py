@@ -118,9 +118,12 @@ def _up(args: argparse.Namespace) -> int:
         plane.start()
         _say(f"kube-apiserver ready at {plane.server} after {time.monotonic() - started:.1f}s")
         asyncio.run(_create_nodes(plane, nodes))
-    except BaseException:
+    except BaseException as err:
         plane.stop()
         remove_files(directory, plane.written, created)
+        if isinstance(err, RuntimeError):
+            print(f"gpufleet: error: the dev cluster did not start: {err}", file=sys.stderr)
+            return 1
         raise
     state = _record(plane, bin_dir, nodes, created)
     state.save(directory)

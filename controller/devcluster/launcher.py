@@ -120,7 +120,8 @@ class ControlPlane:
         self.options = options
         self.dir = workdir
         self.ports = {name: free_port() for name in ("etcd", "etcd-peer", "apiserver", "kwok")}
-        self.server = f"https://127.0.0.1:{self.ports['apiserver']}"
+        self.api_port = self.ports["apiserver"]
+        self.server = f"https://127.0.0.1:{self.api_port}"
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.admin_kubeconfig = workdir / "admin.kubeconfig"
         self.scheduler_kubeconfig = workdir / "controller-user.kubeconfig"
@@ -217,7 +218,7 @@ class ControlPlane:
                 "--bind-address=127.0.0.1",
                 "--advertise-address=127.0.0.1",
                 "--endpoint-reconciler-type=none",
-                f"--secure-port={self.ports['apiserver']}",
+                f"--secure-port={self.api_port}",
                 f"--tls-cert-file={d / 'apiserver.crt'}",
                 f"--tls-private-key-file={d / 'apiserver.key'}",
                 f"--client-ca-file={d / 'ca.crt'}",
@@ -374,12 +375,15 @@ class ControlPlane:
         while time.monotonic() < deadline:
             proc = self.procs[name]
             if proc.poll() is not None:
-                tail = (self.dir / f"{name}.log").read_text(errors="replace")[-3000:]
-                raise RuntimeError(f"{name} exited with {proc.returncode}:\n{tail}")
+                raise RuntimeError(f"{name} exited with {proc.returncode}:\n{self._tail(name)}")
             if ready():
                 return
             time.sleep(0.2)
-        raise RuntimeError(f"{name} not ready after {timeout_s:.0f}s (see {self.dir}/{name}.log)")
+        raise RuntimeError(f"{name} not ready after {timeout_s:.0f}s:\n{self._tail(name)}")
+
+    def _tail(self, name: str) -> str:
+        """The end of a process's log, for an error that outlives the log file."""
+        return (self.dir / f"{name}.log").read_text(errors="replace")[-3000:]
 
 
 def _http_ok(url: str) -> bool:
