@@ -29,6 +29,7 @@ import asyncio
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -363,7 +364,7 @@ def one_run(bin_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
         if keep:
             print(f"control plane and replica logs kept in {workdir}", file=sys.stderr)
         else:
-            plane.cleanup_dir()
+            shutil.rmtree(workdir, ignore_errors=True)  # made by mkdtemp above
 
 
 def code_version() -> str:
