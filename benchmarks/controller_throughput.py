@@ -19,7 +19,7 @@ FailedScheduling Event naming its annotation, and the replicas' /metrics count e
 `gpufleet_rejected_objects_total{kind="Pod"}` under that annotation.
 
     python benchmarks/controller_throughput.py [--policy fgd] [--nodes 1000] [--pods 5000]
-        [--replicas 2] [--repeat 3]
+        [--replicas 2] [--repeat 3] [--shadow-policies sia,fgd]
 """
 
 from __future__ import annotations
@@ -155,6 +155,8 @@ def replicas(plane: ControlPlane, args: argparse.Namespace, workdir: Path) -> li
         *("--policy", args.policy, "--kubeconfig", str(account)),
         *("--lease-namespace", SYSTEM_NAMESPACE, "--log-level", args.log_level),
     ]
+    if args.shadow_policies:
+        flags += ["--shadow-policies", args.shadow_policies]
     return [
         ServeReplica(flags, free_port(), workdir / f"replica-{i}.log") for i in range(args.replicas)
     ]
@@ -390,6 +392,9 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=50.0, help="steady arrivals per second")
     parser.add_argument("--steady-s", type=float, default=40.0)
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument(
+        "--shadow-policies", help="run the replicas with these shadow policies (e.g. sia,fgd)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep logs and etcd data")
     args = parser.parse_args()
     bin_dir = find_binaries()
@@ -397,14 +402,20 @@ def main() -> int:
         print(HOW_TO_BUILD, file=sys.stderr)
         return 2
     code = code_version()
-    runs = []
+    # With shadows, each repeat also runs without them: the baseline of the same run.
+    variants = [None, args.shadow_policies] if args.shadow_policies else [None]
+    runs: dict[str | None, list[dict[str, Any]]] = {v: [] for v in variants}
     for _ in range(args.repeat):
-        runs.append(one_run(bin_dir, args))
-        print(json.dumps(runs[-1]), flush=True)
-    keys = [k for k, v in runs[0].items() if isinstance(v, float)]
-    medians = {k: float(np.median([r[k] for r in runs])) for k in keys}
+        for shadows in variants:
+            runs[shadows].append(
+                one_run(bin_dir, argparse.Namespace(**{**vars(args), "shadow_policies": shadows}))
+            )
+            print(json.dumps({"shadows": shadows, **runs[shadows][-1]}), flush=True)
     machine = {"machine": platform.processor() or platform.machine(), "code": code}
-    print(json.dumps({**machine, "runs": len(runs), "median": medians}))
+    for shadows, done in runs.items():
+        keys = [k for k, v in done[0].items() if isinstance(v, float)]
+        medians = {k: float(np.median([r[k] for r in done])) for k in keys}
+        print(json.dumps({**machine, "shadows": shadows, "runs": len(done), "median": medians}))
     return 0
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Iterator
 
+import numpy as np
 from aiohttp import web
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -27,7 +28,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from controller.ctj.crd import Ctj
 from controller.scheduling.quarantine import Quarantine
 from controller.scheduling.scheduler import BindRecord, Scheduler
-from policies import Place, SchedulingResult, Unschedulable
+from controller.scheduling.workload import task_request
+from policies import MILLI, ClusterState, Place, SchedulingResult, TaskRequest, Unschedulable
+from policies.fragmentation import build_target_workload, node_fragmentation
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +79,7 @@ class ControllerMetrics:
 
         scheduler.on_bound = on_bound
         self.registry.register(_SchedulerCollector(scheduler, self))
+        self.registry.register(_ClusterCollector(scheduler))
 
     def watch_leader(self, identity: str, is_leader: Callable[[], bool]) -> None:
         self.registry.register(_LeaderCollector(identity, is_leader))
@@ -123,6 +127,59 @@ class _SchedulerCollector:
         pending = GaugeMetricFamily("gpufleet_pending_pods", "Pods waiting for this scheduler")
         pending.add_metric([], len(self.scheduler.cache.pending_pods()))
         yield pending
+
+
+class _ClusterCollector:
+    """GPUs, allocated GPUs and fragmentation per GPU model, from the scheduler's ledger
+    at scrape time. Fragmentation is FGD's measure (`policies.fragmentation`) against the
+    tasks the cluster holds and waits for, as % of the model's GPU capacity."""
+
+    def __init__(self, scheduler: Scheduler) -> None:
+        self.scheduler = scheduler
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["model"]
+        total = GaugeMetricFamily("gpufleet_gpus", "GPUs in the cluster", labels=labels)
+        used = GaugeMetricFamily(
+            "gpufleet_allocated_gpus", "GPUs held by pods (fractions count)", labels=labels
+        )
+        frag = GaugeMetricFamily(
+            "gpufleet_fragmentation_percent",
+            "GPU capacity no task of the current workload can use, % of the model's GPUs",
+            labels=labels,
+        )
+        state = self.scheduler.cache.ledger.state
+        if state is not None and state.total_gpus:
+            per_node = self._fragmentation(state)
+            free = state.gpu_free.sum(axis=1)
+            for i, model in enumerate(state.gpu_models):
+                nodes = state.model_idx == i
+                capacity = float(state.gpu_count[nodes].sum())
+                total.add_metric([model], capacity)
+                used.add_metric([model], capacity - float(free[nodes].sum()) / MILLI)
+                if per_node is not None and capacity:
+                    frag.add_metric(
+                        [model], 100.0 * float(per_node[nodes].sum()) / MILLI / capacity
+                    )
+        yield total
+        yield used
+        yield frag
+
+    def _fragmentation(self, state: ClusterState) -> np.ndarray | None:
+        cache = self.scheduler.cache
+        held = (
+            (TaskRequest(c.cpu_milli, c.mem_mib, len(c.gpus), c.gpu_milli), None)
+            for c in cache.charges().values()
+            if c.gpus
+        )
+        waiting = (
+            (task_request(p, cache.encoder), p.meta.gpu_models) for p in cache.pending_pods()
+        )
+        try:
+            workload = build_target_workload([*held, *waiting])
+        except ValueError:
+            return None  # no task to measure against (or one the decoder set aside)
+        return node_fragmentation(state, workload)
 
 
 class _QuarantineCollector:
