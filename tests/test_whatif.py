@@ -304,3 +304,53 @@ def test_policy_forecast_percentiles_never_interpolate_to_nan() -> None:
     f = PolicyForecast("p", 3, start, start, np.zeros(2), np.zeros(2))
     assert f.start_at(50).tolist() == [20.0, np.inf]
     assert f.start_at(90).tolist() == [30.0, np.inf]
+
+
+def test_score_reports_error_per_source_by_hand(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Forecast at Unix 1000: `one` (declared 50 s) and `two` (history: 30 s) start at 60
+    when the running pod ends; `one` finishes at 110, `two` at 90. The recording's clock
+    starts at Unix 990 and saw `one` run 75 → 130 and `two` start at 70, still running:
+    errors 5 s (start) and 10 s (finish) for declared, 0 s (start) for shape-history."""
+    snapshot = ClusterSnapshot(
+        1000.0,
+        (NODE,),
+        running=(SnapRunning("r", "n0", 1000, 1000, 2, 1000, 40.0, (0, 1), runtime_s=100.0),),
+        pending=(pending("default/one", 1, 50.0, age_s=9.0), pending("default/two", age_s=5.0)),
+        history=(SnapHistory(1, 1, 1000, 30.0),),
+        policy="fifo",
+    )
+    write_snapshot(snapshot, tmp_path / "snap.json")
+    forecast = tmp_path / "forecast"
+    run = ["whatif", "--snapshot", str(tmp_path / "snap.json"), "--out", str(forecast)]
+    assert main([*run, "--workers", "1"]) == 0
+    recorded = tmp_path / "recorded"
+    recorded.mkdir()
+    (recorded / "recording.json").write_text('{"began_s": 0, "ended_s": 200, "origin_unix_s": 990}')
+    (recorded / "placements.csv").write_text(
+        "job_id,pod,node,gpus,gpu_milli,start_s,end_s,scheduler\n"
+        "one,one,n0,0,1000,75,130,gpufleet\n"
+        "two,two,n0,1,1000,70,,gpufleet\n"
+    )
+    out = tmp_path / "score"
+    score = ["whatif", "--score", str(recorded), "--forecast", str(forecast), "--out", str(out)]
+    assert main(score) == 0
+    with (out / "score.csv").open() as handle:
+        table = {row["source"]: row for row in csv.DictReader(handle)}
+    assert (
+        table["declared"]["start_mean_abs_err_s"],
+        table["declared"]["finish_mean_abs_err_s"],
+    ) == (
+        "5.0",
+        "10.0",
+    )
+    assert table["shape-history"]["start_mean_abs_err_s"] == "0.0"
+    assert table["shape-history"]["finish_jobs"] == "0"
+    assert (table["all"]["jobs"], table["all"]["start_mean_abs_err_s"]) == ("2", "2.5")
+    assert "declared" in capsys.readouterr().out
+
+
+def test_score_needs_the_forecast(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["whatif", "--score", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert "--score needs --forecast" in capsys.readouterr().err
