@@ -20,7 +20,7 @@ from controller.dra.objects import (
     node_selector_for,
     slice_from_json,
 )
-from controller.dra.selectors import SelectorError, matches
+from controller.dra.selectors import SelectorError, _reads, _view, matches
 from controller.kube.objects import Problem, pod_from_json
 from controller.scheduling.cache import ClusterCache
 from controller.scheduling.encoders import WholeGpu
@@ -359,3 +359,23 @@ def test_bad_claim_fields_are_problems_not_exceptions() -> None:
     assert "firstAvailable" in first.problems[0].message
     broken = slice_from_json(slice_json("n", [{"name": "gpu-0", "attributes": {"x": {}}}]))
     assert broken.devices == () and "attribute 'x'" in str(broken.problems[0])
+
+
+def test_devices_alike_in_what_a_selector_reads_share_its_answer() -> None:
+    """The view a selector sees holds only what it names: two GPUs differing only in
+    UUID look alike to a memory selector, not to a UUID selector; a macro that can
+    enumerate a map sees everything."""
+    first, second = (
+        slice_from_json(
+            slice_json("n", [{**device("gpu-0"), "attributes": {"uuid": {"string": uuid}}}])
+        ).devices[0]
+        for uuid in ("GPU-a", "GPU-b")
+    )
+    memory = "device.capacity['gpu.nvidia.com'].memory.compareTo(quantity('40Gi')) >= 0"
+    uuid = "device.attributes['gpu.nvidia.com'].uuid == 'GPU-a'"
+    enumerating = "device.attributes['gpu.nvidia.com'].exists(k, k == 'uuid')"
+    assert _view(first, _reads(memory)) == _view(second, _reads(memory))
+    assert _view(first, _reads(uuid)) != _view(second, _reads(uuid))
+    assert _reads(enumerating) is None
+    assert (matches(uuid, first), matches(uuid, second)) == (True, False)
+    assert matches(enumerating, first)
