@@ -7,11 +7,13 @@ F_n'(M) − F_n(M) under the target workload M (see `policies.fragmentation`).
 Three modes (docs/fgd.md compares them on the openb traces):
 
 * `score` (default): the paper's integer score int(100·σ((F_n − F_n')/1000)), highest
-  wins; equal scores are broken by Best-fit (least weighted CPU and GPU left), then by
-  the first node name. Within the node a sharing task takes a GPU of the best score,
-  the tightest on ties.
-* `artifact`: the upstream simulator exactly: the same score, ties to the first node
-  name (its forked kube-scheduler's rule); the GPU is the first with the best score.
+  wins, with Δ from the type-aware measure (each type also weighted by how few GPUs it
+  may use, `fragmentation.scarcity_weights`); equal scores go to the first node in a
+  fixed order that is a hash of the node names (`tie_ranks`). Within the node a sharing
+  task takes a GPU of the best score, the tightest on ties.
+* `artifact`: the upstream simulator exactly: the paper's measure and score, ties to
+  the first node name (its forked kube-scheduler's rule; its simulator gives the nodes
+  random names per seed); the GPU is the first with the best score.
 * `exact`: minimise the float Δ; nodes within `tolerance_milli` of the best are
   near-ties, broken by packing: least idle GPU, then least free CPU, then the first
   node name. Within the node a sharing task takes the GPU of least Δ, near-ties to the
@@ -34,7 +36,6 @@ from typing import ClassVar
 import numpy as np
 
 from policies.base import Context, PlacementConfig, PlacementPolicy, PolicyConfig, Snapshot
-from policies.best_fit import MAX_SPEC_CPU, MAX_SPEC_GPU
 from policies.cluster import ClusterState, IntArray
 from policies.decisions import SchedulingResult
 from policies.fragmentation import (
@@ -58,8 +59,9 @@ class FgdConfig(PlacementConfig):
     mode: str = field(
         default="score",
         metadata={
-            "help": "score: int sigmoid score, best-fit ties; artifact: same, first-name "
-            "ties; exact: float Δ with tolerance, packing ties"
+            "help": "score: int sigmoid score of the type-aware Δ, hashed-name ties; artifact: "
+            "the paper's Δ and score, first-name ties; exact: float Δ with tolerance, "
+            "packing ties"
         },
     )
     tolerance_milli: float = field(
@@ -104,6 +106,7 @@ class Fgd(PlacementPolicy):
         self._prepared: TargetWorkload | None = None
         self._fragmentation: NodeFragmentation | None = None
         self._deltas: DeltaCache | None = None
+        self._tie_ranks: tuple[tuple[object, ...], IntArray] | None = None
 
     @property
     def settings(self) -> FgdConfig:
@@ -129,7 +132,7 @@ class Fgd(PlacementPolicy):
 
     def _use_workload(self, workload: TargetWorkload) -> None:
         if self._fragmentation is None or self._fragmentation.workload != workload:
-            self._fragmentation = NodeFragmentation(workload)
+            self._fragmentation = NodeFragmentation(workload, self.settings.mode == "score")
             self._deltas = DeltaCache(self._fragmentation, self.settings.delta_cache_shapes)
 
     # -- placement ----------------------------------------------------------------------
@@ -178,7 +181,7 @@ class Fgd(PlacementPolicy):
             row = int(node_scores.argmax())  # the first node (name order) with the best
         else:
             best = np.flatnonzero(node_scores == node_scores.max())
-            row = int(best[best_fit_order(task, state, candidates[best])[0]])
+            row = int(best[self._ranks(state)[candidates[best]].argmin()])
         node = int(candidates[row])
         if not task.is_sharing:
             return node, select_gpus(task, state.gpu_free[node], state.gpu_count[node])
@@ -187,6 +190,11 @@ class Fgd(PlacementPolicy):
         top = scores[row] == scores[row].max()
         free = state.gpu_free[node].astype(np.float64)
         return node, (int(np.argmin(np.where(top, free, np.inf))),)
+
+    def _ranks(self, state: ClusterState) -> IntArray:
+        if self._tie_ranks is None or self._tie_ranks[0] is not state.nodes:
+            self._tie_ranks = (state.nodes, tie_ranks([n.name for n in state.nodes]))
+        return self._tie_ranks[1]
 
     def _pick_exact(
         self, task: TaskRequest, state: ClusterState, candidates: IntArray, deltas: FloatArray
@@ -215,13 +223,31 @@ def artifact_scores(deltas: FloatArray) -> IntArray:
     return np.where(np.isfinite(deltas), scores, -1)
 
 
-def best_fit_order(task: TaskRequest, state: ClusterState, nodes: IntArray) -> IntArray:
-    """Positions in `nodes` by Best-fit's weighted leftover after the task, 0.5·CPU/128
-    cores + 0.5·GPU/8 GPUs (least first), then the order given (node names)."""
-    cpu_left = state.cpu_free[nodes] - task.cpu_milli
-    gpu_left = state.gpu_free[nodes].sum(axis=1) - task.gpu_total_milli
-    leftover = cpu_left / MAX_SPEC_CPU * 0.5 + gpu_left / MAX_SPEC_GPU * 0.5
-    return np.lexsort((np.arange(nodes.size), leftover))
+def tie_ranks(names: Sequence[str]) -> IntArray:
+    """Each node's place in the default's tie order: names sorted by a 64-bit hash
+    (FNV-1a, then splitmix64's finaliser, so names one character apart land far
+    apart). The order is fixed, so tasks the score cannot tell apart still land
+    together, and unrelated to how nodes are named (docs/fgd.md §3)."""
+    keys = [_mix(_fnv1a(name)) for name in names]
+    ranks = np.empty(len(names), dtype=np.int64)
+    ranks[sorted(range(len(names)), key=lambda i: (keys[i], names[i]))] = np.arange(len(names))
+    return ranks
+
+
+_MASK = (1 << 64) - 1
+
+
+def _fnv1a(text: str) -> int:
+    value = 0xCBF29CE484222325
+    for byte in text.encode():
+        value = ((value ^ byte) * 0x100000001B3) & _MASK
+    return value
+
+
+def _mix(value: int) -> int:
+    value = ((value ^ (value >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+    value = ((value ^ (value >> 27)) * 0x94D049BB133111EB) & _MASK
+    return value ^ (value >> 31)
 
 
 def packing_order(state: ClusterState, nodes: IntArray) -> IntArray:

@@ -8,6 +8,8 @@ A node's idle GPU counts as *fragmented* for a task type when that task cannot u
 
 The expected fragmentation of a node under a target workload M is the popularity-weighted
 sum over task types, F_n(M) = Σ_m p_m · F_n(m); the cluster's is Σ_n F_n(M).
+`scarcity_weights` gives the type-aware variant FGD's default decides by (docs/fgd.md §3):
+each type's term also weighted by how few of the cluster's GPUs it may use.
 
 Everything here is vectorised over nodes and task types. `NodeFragmentation` keeps each
 node's per-type terms and recomputes only the nodes whose free resources changed, so a
@@ -193,6 +195,23 @@ def _runnable(
     )
 
 
+def scarcity_weights(arrays: WorkloadArrays, state: ClusterState) -> FloatArray:
+    """Per type: the cluster's GPUs ÷ the GPUs of the models the type may use.
+
+    1 for a type that may use every GPU (and for CPU-only types); a T4-only type on a
+    cluster with one GPU in eight a T4 gets 8: its arrivals compete for an eighth of
+    the GPUs, so each T4 GPU it loses costs it eight times what an unconstrained type
+    loses. A type no node can host keeps 1 (its term is the same on every node).
+    """
+    per_model = np.array(
+        [state.gpu_count[state.model_idx == i].sum() for i in range(len(state.gpu_models))],
+        dtype=np.float64,
+    )
+    usable = per_model @ arrays.access[:-1]
+    total = per_model.sum()
+    return np.where(usable > 0, total / np.maximum(usable, 1.0), 1.0)
+
+
 def categories(state: ClusterState, workload: TargetWorkload) -> IntArray:
     """`Category` of every (node, task type) pair, for reports and tests."""
     arrays = WorkloadArrays(workload, state.gpu_models)
@@ -225,15 +244,22 @@ class NodeFragmentation:
     because a policy's scratch copy and the host's state can diverge after the same
     number of changes and would then share version numbers.) Every node recomputed gets a
     fresh `stamp`, so caches built on top of this one know which of their rows are stale.
+
+    `placement_deltas` weights type m by p_m, or by p_m · `scarcity_weights` when
+    `scarcity` is set; `node_values` and `cluster_amount` are always the paper's measure.
     """
 
-    def __init__(self, workload: TargetWorkload) -> None:
+    def __init__(self, workload: TargetWorkload, scarcity: bool = False) -> None:
         self.workload = workload
+        self.scarcity = scarcity
         self._nodes: tuple[object, ...] | None = None
 
     def _reset(self, state: ClusterState) -> None:
         self._nodes = state.nodes
         self.arrays = WorkloadArrays(self.workload, state.gpu_models)
+        self.delta_weights = self.arrays.prob * (
+            scarcity_weights(self.arrays, state) if self.scarcity else 1.0
+        )
         self.model_idx = state.model_idx.copy()
         self.cpu_seen = state.cpu_free.copy()
         self.gpu_seen = state.gpu_free.copy()
@@ -282,7 +308,8 @@ class NodeFragmentation:
     def placement_deltas(
         self, state: ClusterState, task: TaskRequest, nodes: IntArray
     ) -> FloatArray:
-        """Change in F_n(M) if one `task` went to each of `nodes` (after `sync(state)`).
+        """Change in F_n(M) (types weighted by `delta_weights`) if one `task` went to each
+        of `nodes` (after `sync(state)`).
 
         A sharing task gets one column per GPU slot (inf where the GPU lacks room): it
         may go on any GPU with enough free. Any other task gets one column: whole-GPU
@@ -324,7 +351,7 @@ class NodeFragmentation:
         cpu = state.cpu_free[nodes] - task.cpu_milli
         runnable = _runnable(arrays, cpu, fit, self.model_idx[nodes])
         amount = np.where(runnable, small, idle[:, None])
-        return (amount - self.terms.amount[nodes]) @ arrays.prob
+        return (amount - self.terms.amount[nodes]) @ self.delta_weights
 
 
 def cluster_fragmentation(state: ClusterState, workload: TargetWorkload) -> tuple[float, float]:

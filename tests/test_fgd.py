@@ -23,12 +23,14 @@ from policies import (
     TaskRequest,
     make_policy,
 )
-from policies.fgd import MODES, Fgd, FgdConfig, artifact_scores
+from policies.fgd import MODES, Fgd, FgdConfig, artifact_scores, tie_ranks
 from policies.fragmentation import (
     NodeFragmentation,
     TargetWorkload,
     TaskType,
+    WorkloadArrays,
     node_fragmentation,
+    scarcity_weights,
     workload_from_jobs,
 )
 from simulator.engine import Simulation
@@ -121,8 +123,8 @@ def test_artifact_score_quantises_and_ties_go_to_the_first_name() -> None:
       GPU0 on either node leaves no fully free GPU: the whole type then sees all
       idle GPU (+960 · ¾)                                                   Δ = +720
     Scores int(100σ(−Δ/1000)): 50, 50 and 32, so the artifact takes the first name (n0);
-    the default breaks the tie by Best-fit (n1 leaves less idle GPU), and exact Δ takes
-    n1 with or without its tolerance (with it, by packing: n1 has less idle GPU).
+    the default takes the tied node that comes first in its hashed-name order, and
+    exact Δ takes n1 with or without its tolerance (with it, by packing: less idle GPU).
     """
     assert artifact_scores(np.array([[0.0, 1.0, -1000.0, np.inf]])).tolist() == [[50, 49, 73, -1]]
     workload = TargetWorkload(
@@ -136,9 +138,79 @@ def test_artifact_score_quantises_and_ties_go_to_the_first_name() -> None:
     np.testing.assert_allclose(deltas, [[720, -30], [720, -40]])
     assert artifact_scores(deltas).tolist() == [[32, 50], [32, 50]]
     assert place(state, task, workload=workload, mode="artifact") == ("n0", (1,))
-    assert place(state, task, workload=workload) == ("n1", (1,))
+    first = ("n0", "n1")[int(tie_ranks(["n0", "n1"]).argmin())]
+    assert place(state, task, workload=workload) == (first, (1,))
+    state_renamed = gpu_cluster([[1000, 600], [1000, 40]])
+    assert place(state_renamed, task, workload=workload) == (first, (1,))
     assert place(state, task, workload=workload, mode="exact", tolerance_milli=0) == ("n1", (1,))
     assert place(state, task, workload=workload, mode="exact") == ("n1", (1,))
+
+
+def test_default_weighs_a_scarce_models_fragments_by_its_scarcity() -> None:
+    """M = {any 1-GPU whole task at 0.98, T4-only 1-GPU whole task at 0.02}; cluster
+    a-t4 (2 T4) and b-g2 (6 G2): 8 GPUs, 2 of them usable by the T4 type.
+
+    An unconstrained 1-GPU task:
+      a-t4 [1000,1000] → [0,1000]: both types still run, no fragment          Δ = 0
+      b-g2 6 idle → 5 idle: the T4 type cannot use G2, so all its idle GPU is
+      fragmented for it (NO_ACCESS): 6000 → 5000                   Δ = −0.02·1000 = −20
+    The paper's scores: int(100σ(0)) = 50 and int(100σ(0.02)) = int(50.5) = 50, a tie
+    the artifact gives to the first name, so the T4-only type's GPU goes to a task that
+    could run anywhere. The default weighs the T4 type by 8 GPUs ÷ 2 usable = 4:
+    Δ(b-g2) = −80, score int(100σ(0.08)) = int(51.999) = 51 > 50: b-g2 on every seed.
+    """
+    anywhere = TaskType(TaskRequest(1000, 0, 1, 1000), None, 0.98)
+    t4_only = TaskType(TaskRequest(1000, 0, 1, 1000), frozenset({"T4"}), 0.02)
+    workload = TargetWorkload((anywhere, t4_only))
+    state = ClusterState([node("a-t4", 2, "T4"), node("b-g2", 6, "G2")])
+    task = job("w", cpu=1000)
+    paper = NodeFragmentation(workload)
+    paper.sync(state)
+    assert paper.placement_deltas(state, task.task, np.arange(2))[:, 0] == pytest.approx([0, -20])
+    weighted = NodeFragmentation(workload, scarcity=True)
+    weighted.sync(state)
+    np.testing.assert_allclose(weighted.delta_weights, [0.98, 0.02 * 4])
+    assert weighted.placement_deltas(state, task.task, np.arange(2))[:, 0] == pytest.approx(
+        [0, -80]
+    )
+    assert weighted.cluster_amount() == pytest.approx(paper.cluster_amount())  # the measure
+    assert place(state, task, workload=workload, mode="artifact") == ("a-t4", (0,))
+    assert {place(state, task, seed, workload=workload)[0] for seed in range(10)} == {"b-g2"}
+
+
+def test_scarcity_weights_worked_by_hand() -> None:
+    """GPUs: 8 V100 + 4 T4 + 4 A100 = 16. A type that may use any model, a CPU-only
+    type and a type allowed every model present weigh 1; T4-only 16/4 = 4; V100 or T4
+    16/12; a type asking for a model the cluster lacks has no usable GPU and keeps 1."""
+    state = ClusterState([node("v", 8, "V100"), node("t", 4, "T4"), node("a", 4, "A100")])
+    whole = TaskRequest(1000, 0, 1, 1000)
+    types = (
+        TaskType(whole, None, 0.2),
+        TaskType(TaskRequest(4000), None, 0.2),
+        TaskType(whole, frozenset({"V100", "T4", "A100"}), 0.1),
+        TaskType(whole, frozenset({"T4"}), 0.2),
+        TaskType(whole, frozenset({"V100", "T4"}), 0.2),
+        TaskType(whole, frozenset({"H100"}), 0.1),
+    )
+    arrays = WorkloadArrays(TargetWorkload(types), state.gpu_models)
+    np.testing.assert_allclose(scarcity_weights(arrays, state), [1, 1, 1, 4, 16 / 12, 1])
+
+
+def test_tie_order_is_a_fixed_hash_unrelated_to_name_order() -> None:
+    """Tied tasks keep landing on the same node (a fixed order, so they pack), but which
+    node does not follow the names: node lists are named by rack and model (openb's is
+    sorted by model), and name order put every tied task on the small P100 nodes."""
+    names = [f"openb-node-{i:04d}" for i in range(1213)]
+    ranks = tie_ranks(names)
+    assert sorted(ranks.tolist()) == list(range(1213))
+    np.testing.assert_array_equal(ranks, tie_ranks(names))
+    assert abs(np.corrcoef(ranks, np.arange(1213))[0, 1]) < 0.1
+    first_tenth = ranks < 121
+    assert 0.05 < first_tenth[:134].mean() < 0.2  # the P100 nodes: about a tenth of them
+    state = ClusterState([node(name, 2) for name in names[:50]])
+    workload = TargetWorkload((TaskType(WHOLE_1.task, None, 1.0),))
+    chosen = {place(state, job(f"w{i}"), i, workload=workload)[0] for i in range(5)}
+    assert chosen == {names[int(ranks[:50].argmin())]}  # idle nodes tie: same one each time
 
 
 def test_cpu_only_task_avoids_stranding_gpus() -> None:
@@ -361,3 +433,40 @@ def test_the_delta_cache_changes_no_placement(tasks, mode) -> None:
                         chosen.append((i, t.node, t.gpus))
         placements.append(chosen)
     assert placements[0] == placements[1] == placements[2]
+
+
+@settings(max_examples=40, deadline=None)
+@given(history=st.lists(TASKS, max_size=25), task=TASKS, seed=st.integers(0, 2**16))
+def test_default_takes_a_best_scoring_node_and_needs_no_model_constraint_to_match(
+    history, task, seed
+) -> None:
+    """Without model-constrained types the default's Δ is the paper's, and whichever
+    tied node it draws has the artifact's best score."""
+    state = small_cluster()
+    ctx = Context(np.random.default_rng(seed))
+    policy = make_policy("fgd", {"workload": WORKLOAD})
+    for i, earlier in enumerate([*history, task]):
+        spec = JobSpec(f"j{i}", 0.0, earlier, job("x").work)
+        candidates = np.flatnonzero(
+            (state.cpu_free >= earlier.cpu_milli)
+            & ((state.gpu_free >= earlier.gpu_milli).sum(axis=1) >= earlier.num_gpus)
+        )
+        snapshot = Snapshot(state.view(), [], [JobView(spec, JobStatus.PENDING)], 0.0)
+        if not candidates.size:
+            assert not isinstance(policy.schedule(snapshot, ctx).decisions[0], Place)
+            continue
+        paper = NodeFragmentation(WORKLOAD)
+        paper.sync(state)
+        weighted = NodeFragmentation(WORKLOAD, scarcity=True)
+        weighted.sync(state)
+        np.testing.assert_array_equal(
+            weighted.placement_deltas(state, earlier, candidates),
+            paper.placement_deltas(state, earlier, candidates),
+        )
+        best = artifact_scores(paper.placement_deltas(state, earlier, candidates)).max(axis=1)
+        (decision,) = policy.schedule(snapshot, ctx).decisions
+        assert isinstance(decision, Place)
+        (placed,) = decision.placement.tasks
+        index = state.node_index[placed.node]
+        assert best[list(candidates).index(index)] == best.max()
+        state.allocate(index, placed.gpus, placed.gpu_milli, earlier.cpu_milli, 10)
