@@ -76,8 +76,8 @@ class RemainingTimes:
     ) -> RemainingTime:
         """The first source that knows: declared, the CTJ's windows, the shape's, default."""
         if declared is not None:
-            left = declared + self.overrun_s - elapsed
-            return RemainingTime(Source.DECLARED, max(left, MIN_REMAINING_S))
+            due = declared + self.overrun_s - elapsed
+            return RemainingTime(Source.DECLARED, max(due, MIN_REMAINING_S))
         for source, durations in (
             (Source.CTJ_HISTORY, self.by_ctj.get(ctj, ()) if ctj else ()),
             (Source.SHAPE_HISTORY, self.by_shape.get(shape, ())),
