@@ -29,7 +29,8 @@ from controller.scheduling.quarantine import Quarantine
 from controller.shadow.metrics import ShadowCollector
 from controller.shadow.runner import ShadowOptions, ShadowRunner
 from controller.supervisor import Supervisor
-from policies import Policy
+from policies import Policy, Snapshot
+from policies.continual import WindowOpening, WindowPlanner
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ class Manager:
                 resync_s=self.options.controller.resync_s,
                 supervisor=self.supervisor,
                 quarantine=self.quarantine,
+                choose=self._choose_config if isinstance(policy, WindowPlanner) else None,
             )
             if self.options.reconcile_ctjs
             else None
@@ -87,6 +89,20 @@ class Manager:
         self.probes = ProbeServer(self.metrics, self.ready, self.supervisor.dead)
         self.synced = asyncio.Event()
         self.leading = asyncio.Event()
+
+    def _choose_config(self, opening: WindowOpening) -> int:
+        """The policy's config for a CTJ window opening now, on the scheduler's view of
+        the cluster (as the simulator asks it at each opening)."""
+        policy = self.controller.scheduler.policy
+        assert isinstance(policy, WindowPlanner)
+        cache = self.controller.scheduler.cache
+        state = cache.ledger.state
+        if state is None:
+            return opening.stream.default_config
+        now = opening.stream.start_s
+        running = cache.running.views(cache.charges(), state, now)
+        snapshot = Snapshot(cluster=state.view(), running=running, pending=[], now=now)
+        return policy.plan_windows([opening], snapshot)[0]
 
     def is_leader(self) -> bool:
         return self.elector is None or self.elector.is_leader()

@@ -39,6 +39,13 @@ THROUGHPUT = f"{GROUP}/relative-throughput"
 ACCURACY = f"{GROUP}/accuracy"
 """`ceiling,floor,decayPerHour,halfGainGpuSeconds`: the stream's accuracy curve."""
 WORK_GPU_S = f"{GROUP}/work-gpu-seconds"
+"""Work of the window's chosen retraining config, reference-GPU-seconds."""
+CONFIG = f"{GROUP}/config"
+"""Name of the window's chosen retraining config."""
+ACC_START = f"{GROUP}/accuracy-at-start"
+"""The model's accuracy at the window's opening (`policies.windows.DeployedModel`)."""
+GAIN = f"{GROUP}/gain"
+"""Accuracy points the window's retraining adds at its data time (`AccuracyCurve.gain`)."""
 
 PHASE_PENDING = "Pending"
 PHASE_RETRAINING = "Retraining"
@@ -192,6 +199,43 @@ class Condition:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class ModelAccuracy:
+    """The deployed model's accuracy bookkeeping (`policies.windows.DeployedModel`):
+    `accuracy` at `since`, and `deployed` right after the last deployment."""
+
+    accuracy: float
+    since: float
+    deployed: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "accuracy": self.accuracy,
+            "since": now_rfc3339(self.since),
+            "deployed": self.deployed,
+        }
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> ModelAccuracy:
+        return cls(_finite(obj["accuracy"]), parse_time(obj["since"]), _finite(obj["deployed"]))
+
+
+@dataclass(frozen=True, slots=True)
+class ObservedAccuracy:
+    """`status.observedAccuracy`, written by the user's evaluation job: the serving
+    model's accuracy measured at `time`."""
+
+    value: float
+    time: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"value": self.value, "time": now_rfc3339(self.time)}
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> ObservedAccuracy:
+        return cls(_finite(obj["value"]), parse_time(obj["time"]))
+
+
 @dataclass(frozen=True)
 class CtjStatus:
     phase: str = PHASE_PENDING
@@ -204,6 +248,8 @@ class CtjStatus:
     placements: tuple[PodPlacement, ...] = ()
     history: tuple[WindowOutcome, ...] = ()
     conditions: tuple[Condition, ...] = ()
+    model: ModelAccuracy | None = None
+    observed: ObservedAccuracy | None = None
 
     def condition(self, kind: str) -> Condition | None:
         return next((c for c in self.conditions if c.type == kind), None)
@@ -225,6 +271,10 @@ class CtjStatus:
             out["currentWindow"] = window_to_json(self.current_window)
         if self.last_retrain is not None:
             out["lastRetrainTime"] = now_rfc3339(self.last_retrain)
+        if self.model is not None:
+            out["model"] = self.model.to_json()
+        if self.observed is not None:
+            out["observedAccuracy"] = self.observed.to_json()
         return out
 
     @classmethod
@@ -247,6 +297,19 @@ class CtjStatus:
             ),
             history=tuple(WindowOutcome.from_json(h) for h in obj.get("history") or ()),
             conditions=tuple(Condition.from_json(c) for c in obj.get("conditions") or ()),
+            model=(
+                _at("status.model", lambda: ModelAccuracy.from_json(obj["model"]))
+                if obj.get("model")
+                else None
+            ),
+            observed=(
+                _at(
+                    "status.observedAccuracy",
+                    lambda: ObservedAccuracy.from_json(obj["observedAccuracy"]),
+                )
+                if obj.get("observedAccuracy")
+                else None
+            ),
         )
 
 

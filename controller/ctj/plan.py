@@ -25,9 +25,19 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from controller.ctj.continual import (
+    AT_CEILING,
+    ConfigChooser,
+    deploy,
+    model_status,
+    tracked_model,
+    window_facts,
+)
 from controller.ctj.crd import (
+    ACC_START,
     ACCURACY,
     API_VERSION,
+    GAIN,
     GPU_MEMORY_MIB,
     KIND,
     MAX_REPLICAS,
@@ -63,7 +73,15 @@ from controller.kube.objects import (
     pod_from_json,
 )
 from policies import MILLI
-from policies.windows import COMPLETED, MISSED, Window, WindowClock, settle, window_clock
+from policies.windows import (
+    COMPLETED,
+    MISSED,
+    DeployedModel,
+    Window,
+    WindowClock,
+    settle,
+    window_clock,
+)
 
 HISTORY = 5
 """Window outcomes kept in the status."""
@@ -89,6 +107,9 @@ class CtjPod:
     deadline: float | None
     finished_at: float | None
     unschedulable: str = ""
+    start: float | None = None
+    acc_start: float | None = None
+    gain: float | None = None
 
     @property
     def succeeded(self) -> bool:
@@ -126,6 +147,9 @@ def ctj_pod_from_json(obj: Mapping[str, Any]) -> CtjPod | None:
         deadline=_seconds(annotations.get(WINDOW_DEADLINE)),
         finished_at=_finished_at(status),
         unschedulable=_unschedulable(status),
+        start=_seconds(annotations.get(WINDOW_START)),
+        acc_start=_seconds(annotations.get(ACC_START)),
+        gain=_seconds(annotations.get(GAIN)),
     )
 
 
@@ -184,14 +208,16 @@ class _Tally:
     missed: int
     last_retrain: float | None
     history: list[WindowOutcome]
+    model: DeployedModel | None
     new: list[WindowOutcome] = field(default_factory=list)
 
-    def add(self, outcome: WindowOutcome) -> None:
+    def add(self, outcome: WindowOutcome, pods: Sequence[CtjPod] = ()) -> None:
         self.recorded = outcome.index + 1
         if outcome.completed:
             self.completed += 1
             if outcome.finished_at is not None:
                 self.last_retrain = max(self.last_retrain or 0.0, outcome.finished_at)
+                deploy(self.model, pods, outcome.finished_at)
         else:
             self.missed += 1
         self.history = [*self.history, outcome][-HISTORY:]
@@ -210,8 +236,16 @@ class _Tally:
         self.recorded = index
 
 
-def plan(ctj: Ctj, pods: Sequence[CtjPod], now: float, scheduler_name: str) -> Plan:
-    """The pods to create and delete, the status to write and when to look again."""
+def plan(
+    ctj: Ctj,
+    pods: Sequence[CtjPod],
+    now: float,
+    scheduler_name: str,
+    choose: ConfigChooser | None = None,
+) -> Plan:
+    """The pods to create and delete, the status to write and when to look again.
+    `choose` picks an opening window's retraining config (the policy's, if it plans
+    windows); without it every window runs the first config."""
     own = [p for p in pods if p.owner_uid == ctj.uid]
     # Pods of an earlier object of the same name (the garbage collector may lag).
     stale = tuple(p for p in pods if p.owner_uid not in ("", ctj.uid) and not p.deleting)
@@ -233,15 +267,19 @@ def plan(ctj: Ctj, pods: Sequence[CtjPod], now: float, scheduler_name: str) -> P
     by_window: dict[int, list[CtjPod]] = {}
     for pod in own:
         by_window.setdefault(pod.window, []).append(pod)
-    tally = _record_closed(ctj, by_window, closed_before, now)
+    tally = _record_closed(ctj, by_window, closed_before, now, first_opening)
     create: list[dict[str, Any]] = []
     if window is not None and window.index >= tally.recorded:
         current = by_window.get(window.index, [])
         outcome = _judge(window.index, current, ctj.spec.min_replicas, window.deadline, now)
+        facts = None if current or outcome else window_facts(ctj, window, tally.model, choose)
         if outcome is not None:
-            tally.add(outcome)
+            tally.add(outcome, current)
+        elif facts is not None and facts.gain <= 0:
+            tally.add(WindowOutcome(window.index, COMPLETED, AT_CEILING))
         else:
-            create = _missing_pods(ctj, window, current, scheduler_name)
+            notes = facts.annotations() if facts is not None else {}
+            create = _missing_pods(ctj, window, current, scheduler_name, notes)
     return Plan(
         create=tuple(create),
         delete=stale + _to_delete(own, tally.recorded, ctj.spec.history_limit),
@@ -252,7 +290,11 @@ def plan(ctj: Ctj, pods: Sequence[CtjPod], now: float, scheduler_name: str) -> P
 
 
 def _record_closed(
-    ctj: Ctj, by_window: Mapping[int, list[CtjPod]], closed_before: int, now: float
+    ctj: Ctj,
+    by_window: Mapping[int, list[CtjPod]],
+    closed_before: int,
+    now: float,
+    first_opening: float,
 ) -> _Tally:
     """Record every window before `closed_before` that has no outcome yet."""
     old = ctj.status
@@ -262,10 +304,12 @@ def _record_closed(
         old.missed_deadlines,
         old.last_retrain,
         list(old.history),
+        tracked_model(ctj, first_opening),
     )
     for index in sorted(i for i in by_window if tally.recorded <= i < closed_before):
         tally.skip_to(index)
-        tally.add(_judge_closed(index, by_window[index], ctj.spec.min_replicas, now))
+        pods = by_window[index]
+        tally.add(_judge_closed(index, pods, ctj.spec.min_replicas, now), pods)
     tally.skip_to(closed_before)
     return tally
 
@@ -333,12 +377,16 @@ def _to_delete(pods: list[CtjPod], recorded: int, history_limit: int) -> tuple[C
 
 
 def _missing_pods(
-    ctj: Ctj, window: Window, present: list[CtjPod], scheduler_name: str
+    ctj: Ctj,
+    window: Window,
+    present: list[CtjPod],
+    scheduler_name: str,
+    notes: Mapping[str, str],
 ) -> list[dict[str, Any]]:
     names = {p.name for p in present}
     wanted = (pod_name(ctj.name, window.index, r) for r in range(ctj.spec.min_replicas))
     return [
-        retraining_pod(ctj, window, replica, scheduler_name)
+        retraining_pod(ctj, window, replica, scheduler_name, notes)
         for replica, name in enumerate(wanted)
         if name not in names
     ]
@@ -348,12 +396,24 @@ def pod_name(ctj_name: str, window: int, replica: int) -> str:
     return f"{ctj_name}-w{window}-{replica}"
 
 
-def retraining_pod(ctj: Ctj, window: Window, replica: int, scheduler_name: str) -> dict[str, Any]:
+def retraining_pod(
+    ctj: Ctj,
+    window: Window,
+    replica: int,
+    scheduler_name: str,
+    notes: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
     """Replica `replica` of window `window`: owned by the CTJ (so the garbage collector
-    removes it with the CTJ), placed by `scheduler_name`, never restarted in place."""
+    removes it with the CTJ), placed by `scheduler_name`, never restarted in place.
+    `notes` are the window's accuracy facts (`controller.ctj.continual`)."""
     spec = ctj.spec
     labels = {**spec.pod_labels, NAME_LABEL: ctj.name, WINDOW_LABEL: str(window.index)}
-    annotations = {**spec.pod_annotations, **_window_annotations(window), **_hints(ctj)}
+    annotations = {
+        **spec.pod_annotations,
+        **_window_annotations(window),
+        **_hints(ctj),
+        **(notes or {}),
+    }
     if spec.gang:
         labels[POD_GROUP_LABEL] = f"{ctj.name}-w{window.index}"
         annotations[GANG_SIZE] = str(spec.min_replicas)
@@ -484,6 +544,8 @@ def _status(
         placements=tuple(PodPlacement(p.name, p.node, p.gpus, p.gpu_milli) for p in bound),
         history=tuple(tally.history),
         conditions=tuple(_stamped(c, old.condition(c.type), now) for c in conditions),
+        model=model_status(tally.model),
+        observed=old.observed,
     )
 
 

@@ -27,6 +27,7 @@ from typing import Any
 
 import aiohttp
 
+from controller.ctj.continual import ConfigChooser
 from controller.ctj.crd import (
     API_VERSION,
     COLLECTION_PATH,
@@ -134,6 +135,7 @@ class CtjReconciler:
         resync_s: float = 300.0,
         supervisor: Supervisor | None = None,
         quarantine: Quarantine | None = None,
+        choose: ConfigChooser | None = None,
     ) -> None:
         self.api = api
         self.supervisor = supervisor or Supervisor()
@@ -142,6 +144,8 @@ class CtjReconciler:
         self.gate = gate
         self.clock = clock
         self.instance = instance
+        self.choose = choose
+        """Picks an opening window's retraining config (the policy's `plan_windows`)."""
         self.cache = CtjCache(self.enqueue)
         self.ctj_informer = Informer(api, CTJS, COLLECTION_PATH, self.cache, None, resync_s)
         self.pod_informer = Informer(
@@ -218,11 +222,11 @@ class CtjReconciler:
         if ctj.deleting:
             return "ok"
         now = self.clock()
-        result = plan(ctj, self.cache.pods_of(key), now, self.scheduler_name)
+        result = plan(ctj, self.cache.pods_of(key), now, self.scheduler_name, self.choose)
         if result.problem is not None:
             self.quarantine.reject(KIND, key, ctj.uid, result.problem)
         if result.recorded or result.delete:
-            result = plan(ctj, await self._list_pods(ctj), now, self.scheduler_name)
+            result = plan(ctj, await self._list_pods(ctj), now, self.scheduler_name, self.choose)
         if not await self._write_status(ctj, result.status):
             return "conflict"
         await self._carry_out(ctj, result)

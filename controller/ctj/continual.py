@@ -1,0 +1,232 @@
+"""A ContinualTrainingJob in the continual-training vocabulary the simulator's streams
+use (`policies.continual`), so `thief`, `edf` and `fairshare` run on CTJs unchanged.
+
+The reconciler writes a window's accuracy facts on its retraining pod (accuracy at the
+opening, the gain the chosen config buys, the config, its work, the window's times); the
+scheduler's workload builder reads them back here into the same `JobSpec` a simulated
+window job has: kind `retrain`, a `RetrainingWork` with the throughput per GPU model, an
+`Elasticity` and the `WindowInfo` the allocators value. Only single-pod windows of a CTJ
+that declares `accuracy` and `retrain.configs` become retraining jobs; a multi-pod gang
+stays an ordinary gang (the allocators' shares are one task per whole GPU, which a gang
+of fixed pods cannot follow).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+from controller.ctj.crd import (
+    ACC_START,
+    ACCURACY,
+    CONFIG,
+    GAIN,
+    MAX_REPLICAS,
+    THROUGHPUT,
+    WINDOW_DEADLINE,
+    WINDOW_END,
+    WINDOW_LABEL,
+    WINDOW_START,
+    WORK_GPU_S,
+    Ctj,
+    CtjSpec,
+    ModelAccuracy,
+)
+from controller.kube.objects import cpu_milli, mem_mib
+from policies import Elasticity, JobSpec, TaskRequest
+from policies.continual import (
+    RETRAIN_KIND,
+    WINDOW_KEY,
+    AccuracyCurve,
+    RetrainingWork,
+    StreamSpec,
+    WindowInfo,
+    WindowOpening,
+)
+from policies.windows import DeployedModel, Window
+
+if TYPE_CHECKING:
+    from controller.ctj.plan import CtjPod
+
+SCALING = 0.9
+"""Speed-up per doubling of whole GPUs (the simulator's stream default)."""
+RESTART_COST_S = 10.0
+"""Seconds a moved retraining job loses (the simulator's stream default)."""
+AT_CEILING = "AtCeiling"
+"""Outcome reason of a window whose model had nothing to learn (no pods were created)."""
+
+ConfigChooser = Callable[[WindowOpening], int]
+"""Picks an opening window's config (index into `retrain.configs`)."""
+
+
+def is_continual(spec: CtjSpec) -> bool:
+    """Whether the CTJ's windows are retraining jobs the accuracy-aware allocators value."""
+    return spec.accuracy is not None and bool(spec.configs) and spec.min_replicas == 1
+
+
+def stream_of(ctj: Ctj, window: Window) -> StreamSpec:
+    """The CTJ as a stream whose windows are all like `window` (a cron window's length
+    is its own), for the allocators' config choice at its opening."""
+    spec = ctj.spec
+    assert spec.accuracy is not None
+    return StreamSpec(
+        id=ctj.key,
+        start_s=window.start,
+        window_s=window.end - window.start,
+        windows=1,
+        deadline_s=window.deadline - window.start,
+        task=task_of(spec),
+        throughput=dict(spec.gpu_types) or {"": 1.0},
+        curve=spec.accuracy,
+        configs=spec.configs,
+        max_gpus=spec.max_replicas,
+        scaling=SCALING,
+        restart_cost_s=RESTART_COST_S,
+    )
+
+
+def task_of(spec: CtjSpec) -> TaskRequest:
+    return TaskRequest(cpu_milli(spec.cpu), mem_mib(spec.memory), spec.gpu.count, spec.gpu.milli)
+
+
+def opening(ctj: Ctj, window: Window, acc_start: float) -> WindowOpening:
+    return WindowOpening(stream_of(ctj, window), window.index, acc_start)
+
+
+@dataclass(frozen=True, slots=True)
+class WindowFacts:
+    """What a window's retraining is worth, fixed at its opening."""
+
+    config: str
+    work_gpu_s: float
+    acc_start: float
+    gain: float
+
+    def annotations(self) -> dict[str, str]:
+        """On the window's pods, for the scheduler (`retraining_job`) and for deploying
+        the model when the window completes (`deploy`)."""
+        return {
+            CONFIG: self.config,
+            WORK_GPU_S: repr(self.work_gpu_s),
+            ACC_START: repr(self.acc_start),
+            GAIN: repr(self.gain),
+        }
+
+
+def window_facts(
+    ctj: Ctj, window: Window, model: DeployedModel | None, choose: ConfigChooser | None
+) -> WindowFacts | None:
+    """The opening window's config (the policy's choice, else the first) and the gain it
+    buys from the model's accuracy at the opening; None for a CTJ without accuracy."""
+    spec = ctj.spec
+    if model is None or spec.accuracy is None:
+        return None
+    acc_start = model.accuracy(window.start)
+    chosen = choose(opening(ctj, window, acc_start)) if choose is not None else 0
+    config = spec.configs[chosen if 0 <= chosen < len(spec.configs) else 0]
+    gain = spec.accuracy.gain(acc_start, config)
+    return WindowFacts(config.name, config.work_gpu_s, acc_start, gain)
+
+
+def tracked_model(ctj: Ctj, first_opening: float) -> DeployedModel | None:
+    """The serving model as the status last recorded it (at `spec.accuracy.initial`, else
+    the ceiling, from the first opening before any record), with an observed accuracy
+    newer than both the record and the last retraining applied."""
+    spec, status = ctj.spec, ctj.status
+    if not is_continual(spec) or spec.accuracy is None:
+        return None
+    curve = spec.accuracy
+    if status.model is not None:
+        held = status.model
+        model = DeployedModel(curve, held.accuracy, held.since, held.deployed)
+    else:
+        start = curve.ceiling if spec.initial_accuracy is None else spec.initial_accuracy
+        model = DeployedModel.initial(curve, start, first_opening)
+    seen = status.observed
+    if seen is not None and seen.time > max(model.anchor_t, status.last_retrain or -math.inf):
+        model.observe(seen.time, seen.value)
+    return model
+
+
+def deploy(model: DeployedModel | None, pods: Sequence[CtjPod], finished_at: float) -> None:
+    """A completed window's model is deployed: it had `acc_start + gain` on the data of
+    its opening and ages from there (as in the simulator)."""
+    facts = next((p for p in pods if p.acc_start is not None and p.gain is not None), None)
+    if model is None or facts is None or facts.start is None:
+        return
+    assert facts.acc_start is not None and facts.gain is not None
+    model.deploy(facts.acc_start + facts.gain, facts.start, finished_at)
+
+
+def model_status(model: DeployedModel | None) -> ModelAccuracy | None:
+    if model is None:
+        return None
+    return ModelAccuracy(model.anchor_acc, model.anchor_t, model.deployed)
+
+
+def retraining_job(
+    spec: JobSpec, annotations: Mapping[str, str], labels: Mapping[str, str]
+) -> JobSpec:
+    """`spec` (one pod's job) as a continual window job, if the pod carries a window's
+    accuracy facts; else `spec` unchanged. Raises ValueError naming a bad annotation."""
+    if GAIN not in annotations or spec.replicas != 1 or spec.task.num_gpus != 1:
+        return spec
+    curve = _curve(annotations.get(ACCURACY, ""))
+    throughput = _throughput(annotations.get(THROUGHPUT, ""))
+    work = RetrainingWork(
+        _number(annotations, WORK_GPU_S),
+        throughput,
+        SCALING,
+        default=0.0 if throughput else 1.0,
+    )
+    max_gpus = max(1, int(annotations.get(MAX_REPLICAS, "1")))
+    info = WindowInfo(
+        stream_id=spec.id.rsplit("-w", 1)[0],
+        index=int(labels.get(WINDOW_LABEL, "0")),
+        start=_number(annotations, WINDOW_START),
+        deadline=_number(annotations, WINDOW_DEADLINE),
+        end=_number(annotations, WINDOW_END),
+        gain=_number(annotations, GAIN),
+        decay_per_h=curve.decay_per_h,
+        config=annotations.get(CONFIG, ""),
+        acc_start=_number(annotations, ACC_START),
+    )
+    return replace(
+        spec,
+        kind=RETRAIN_KIND,
+        work=work,
+        elastic=Elasticity(1, max_gpus),
+        restart_cost_s=RESTART_COST_S,
+        attributes={**spec.attributes, WINDOW_KEY: info},
+    )
+
+
+def _number(annotations: Mapping[str, str], key: str) -> float:
+    try:
+        value = float(annotations[key])
+    except (KeyError, ValueError):
+        raise ValueError(f"annotation {key}: {annotations.get(key)!r} is not a number") from None
+    if not math.isfinite(value):
+        raise ValueError(f"annotation {key}: {value!r} is not finite")
+    return value
+
+
+def _curve(text: str) -> AccuracyCurve:
+    try:
+        ceiling, floor, decay, half = (float(v) for v in text.split(","))
+        return AccuracyCurve(ceiling, floor, decay, half)
+    except ValueError as err:
+        raise ValueError(f"annotation {ACCURACY}: {text!r}: {err}") from None
+
+
+def _throughput(text: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for item in filter(None, text.split(",")):
+        model, _, value = item.partition("=")
+        try:
+            out[model] = float(value)
+        except ValueError:
+            raise ValueError(f"annotation {THROUGHPUT}: {item!r} is not model=factor") from None
+    return out

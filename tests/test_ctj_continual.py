@@ -1,0 +1,206 @@
+"""ContinualTrainingJobs as the simulator's streams: the reconciler's accuracy
+bookkeeping (`policies.windows.DeployedModel`), the config the policy chooses, and the
+retraining job the scheduler builds from a window's pod, compared with what the
+simulator's `StreamSpec.window_job` makes of the same stream. Then the hand-worked
+two-stream case: GPUs for one retraining only, and `thief` gives them to the stream
+that gains more, in the simulator and on the controller's decoded jobs.
+
+The streams: one A100; ceiling 0.9, no decay, h = 60 reference-GPU-seconds, one config
+of 60 (f = 1/2). Stream A starts at 0.5 (gain 0.2), B at 0.7 (gain 0.1). Window 120 s,
+deadline 100 s: a whole GPU finishes in 60 s (uplift A 0.2·60 = 12, B 0.1·60 = 6), half a
+GPU in 120 s (past the deadline: worth nothing), so only one of them can retrain.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from controller.ctj.crd import ObservedAccuracy, ctj_from_json
+from controller.ctj.plan import CtjPod, ctj_pod_from_json, plan
+from controller.kube.objects import pod_from_json
+from controller.scheduling.effects import now_rfc3339
+from controller.scheduling.encoders import make_encoder
+from controller.scheduling.workload import build_workload
+from policies import Context, NodeSpec, Place, Snapshot, TaskRequest, make_policy
+from policies.cluster import ClusterState
+from policies.continual import (
+    RETRAIN_KIND,
+    AccuracyCurve,
+    RetrainConfig,
+    StreamSpec,
+    WindowOpening,
+    window_info,
+)
+from simulator.continual import STREAM_COLUMNS, ContinualRun
+
+CREATED = 1_700_000_040.0  # a whole minute: the simulator's windows start there too
+CURVE = AccuracyCurve(ceiling=0.9, floor=0.5, decay_per_h=0.0, half_gain_gpu_s=60.0)
+CONFIGS = (RetrainConfig("small", 60.0, 1.0), RetrainConfig("large", 240.0, 1.0))
+NODE = NodeSpec("a100-0", cpu_milli=8000, mem_mib=16_384, gpus=1, gpu_model="A100")
+
+
+def ctj_json(name: str, initial: float, **status: Any) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "name": name,
+            "namespace": "ns",
+            "uid": f"uid-{name}",
+            "generation": 1,
+            "creationTimestamp": now_rfc3339(CREATED),
+        },
+        "spec": {
+            "image": "retrain:1",
+            "retrain": {
+                "windowSeconds": 120,
+                "deadlineSeconds": 100,
+                "configs": [
+                    {"name": c.name, "workGpuSeconds": c.work_gpu_s, "quality": c.quality}
+                    for c in CONFIGS[:1]
+                ],
+            },
+            "resources": {
+                "gpu": {"count": 1},
+                "cpu": "1",
+                "memory": "1Gi",
+                "gpuTypes": [{"model": "A100", "relativeThroughput": 1.0}],
+            },
+            "accuracy": {
+                "ceiling": CURVE.ceiling,
+                "floor": CURVE.floor,
+                "decayPerHour": CURVE.decay_per_h,
+                "halfGainGpuSeconds": CURVE.half_gain_gpu_s,
+                "initial": initial,
+            },
+        },
+        "status": status,
+    }
+
+
+def stream(name: str, initial: float, start_s: float = CREATED) -> StreamSpec:
+    return StreamSpec(
+        id=name,
+        start_s=start_s,
+        window_s=120.0,
+        windows=1,
+        deadline_s=100.0,
+        task=TaskRequest(1000, 1024, 1, 1000),
+        throughput={"A100": 1.0},
+        allowed_models=frozenset({"A100"}),
+        curve=CURVE,
+        configs=CONFIGS[:1],
+        initial_accuracy=initial,
+        max_gpus=1,
+    )
+
+
+def as_api_pod(manifest: dict[str, Any], phase: str = "Pending") -> dict[str, Any]:
+    obj = {**manifest, "status": {"phase": phase}}
+    obj["metadata"] = {
+        **manifest["metadata"],
+        "uid": manifest["metadata"]["name"],
+        "creationTimestamp": now_rfc3339(CREATED),
+    }
+    return obj
+
+
+def window_pod(name: str, initial: float) -> dict[str, Any]:
+    result = plan(ctj_from_json(ctj_json(name, initial)), [], CREATED + 1, "gpufleet")
+    (manifest,) = result.create
+    return as_api_pod(manifest)
+
+
+def test_window_pod_carries_the_accuracy_facts_the_simulator_values() -> None:
+    pod = pod_from_json(window_pod("a", 0.5))
+    workload = build_workload([pod], {}, make_encoder("whole"))
+    (job,) = workload.pending
+    live = window_info(job.spec)
+    simulated = stream("ns/a", 0.5).window_job(0, 0, 0.5)
+    expected = window_info(simulated)
+    assert job.spec.kind == RETRAIN_KIND and live is not None and expected is not None
+    for field in ("index", "start", "deadline", "end", "gain", "decay_per_h", "config"):
+        assert getattr(live, field) == getattr(expected, field), field
+    assert live.gain == (0.9 - 0.5) * 0.5  # f(60) = 60 / (60 + 60)
+    assert job.spec.work.total == simulated.work.total == 60.0
+    assert job.spec.elastic == simulated.elastic
+    assert job.spec.restart_cost_s == simulated.restart_cost_s
+
+
+def test_the_policys_config_choice_is_the_windows_config() -> None:
+    body = ctj_json("a", 0.5)
+    body["spec"]["retrain"]["configs"] = [
+        {"name": c.name, "workGpuSeconds": c.work_gpu_s, "quality": c.quality} for c in CONFIGS
+    ]
+    seen: list[WindowOpening] = []
+
+    def choose(opening: WindowOpening) -> int:
+        seen.append(opening)
+        return 1
+
+    result = plan(ctj_from_json(body), [], CREATED + 1, "gpufleet", choose)
+    (opening,) = seen
+    assert (opening.index, opening.acc_start, opening.stream.deadline_s) == (0, 0.5, 100.0)
+    notes = result.create[0]["metadata"]["annotations"]
+    assert notes["ctj.gpufleet.io/config"] == "large"
+    assert float(notes["ctj.gpufleet.io/work-gpu-seconds"]) == 240.0
+    assert float(notes["ctj.gpufleet.io/gain"]) == 0.4 * (240 / 300)
+
+
+def test_a_completed_window_deploys_its_model_and_the_next_window_starts_from_it() -> None:
+    job = ctj_from_json(ctj_json("a", 0.5))
+    first = plan(job, [], CREATED + 1, "gpufleet")
+    job = replace(job, status=first.status)
+    pod = ctj_pod_from_json({**as_api_pod(first.create[0]), "spec": {"nodeName": "a100-0"}})
+    assert isinstance(pod, CtjPod)
+    done = replace(pod, phase="Succeeded", finished_at=CREATED + 70)
+    second = plan(job, [done], CREATED + 121, "gpufleet")
+    assert [o.outcome for o in second.recorded] == ["Completed"]
+    model = second.status.model
+    assert model is not None
+    # 0.5 + 0.2, learned on the data of the opening (it ages from there).
+    assert (model.accuracy, model.since, model.deployed) == (0.7, CREATED, 0.7)
+    notes = second.create[0]["metadata"]["annotations"]
+    assert float(notes["ctj.gpufleet.io/accuracy-at-start"]) == 0.7
+    assert float(notes["ctj.gpufleet.io/gain"]) == (0.9 - 0.7) * 0.5
+
+
+def test_an_observed_accuracy_replaces_the_curves_estimate() -> None:
+    job = ctj_from_json(ctj_json("a", 0.9))
+    job = replace(job, status=replace(job.status, observed=ObservedAccuracy(0.6, CREATED + 0.5)))
+    notes = plan(job, [], CREATED + 1, "gpufleet").create[0]["metadata"]["annotations"]
+    assert float(notes["ctj.gpufleet.io/accuracy-at-start"]) == 0.6
+    assert float(notes["ctj.gpufleet.io/gain"]) == (0.9 - 0.6) * 0.5
+
+
+def test_a_model_at_its_ceiling_has_nothing_to_learn_and_gets_no_pods() -> None:
+    result = plan(ctj_from_json(ctj_json("a", 0.9)), [], CREATED + 1, "gpufleet")
+    assert result.create == ()
+    assert [(o.outcome, o.reason) for o in result.recorded] == [("Completed", "AtCeiling")]
+
+
+def test_thief_gives_the_only_gpu_to_the_stream_that_gains_more_in_the_simulator() -> None:
+    streams = [stream("b", 0.7, start_s=0.0), stream("a", 0.5, start_s=0.0)]
+    run = ContinualRun([NODE], streams, make_policy("thief"))
+    run.run()
+    col = {name: i for i, name in enumerate(STREAM_COLUMNS)}
+    status = {r[col["stream_id"]]: r[col["status"]] for r in run.rows}
+    assert status == {"a": "completed", "b": "expired"}
+
+
+def test_thief_gives_the_only_gpu_to_the_stream_that_gains_more_live() -> None:
+    pods = [pod_from_json(window_pod("b", 0.7)), pod_from_json(window_pod("a", 0.5))]
+    encoder = make_encoder("whole")
+    workload = build_workload(pods, {p.uid: i for i, p in enumerate(pods)}, encoder)
+    cluster = ClusterState([NODE])
+    snapshot = Snapshot(
+        cluster=cluster.view(),
+        running=[],
+        pending=[j.view() for j in workload.pending],
+        now=CREATED + 1,
+    )
+    result = make_policy("thief").schedule(snapshot, Context(np.random.default_rng(0)))
+    places = [d for d in result.decisions if isinstance(d, Place)]
+    assert [d.job_id for d in places] == ["ns/a-w0"]
+    assert places[0].placement.tasks[0].gpu_milli == 1000
