@@ -118,6 +118,8 @@ def _up(args: argparse.Namespace) -> int:
         plane.start()
         _say(f"kube-apiserver ready at {plane.server} after {time.monotonic() - started:.1f}s")
         asyncio.run(_create_nodes(plane, nodes))
+        state = _record(plane, bin_dir, nodes, created)
+        state.save(directory)
     except BaseException as err:
         plane.stop()
         remove_files(directory, plane.written, created)
@@ -125,8 +127,6 @@ def _up(args: argparse.Namespace) -> int:
             print(f"gpufleet: error: the dev cluster did not start: {err}", file=sys.stderr)
             return 1
         raise
-    state = _record(plane, bin_dir, nodes, created)
-    state.save(directory)
     print(_next_steps(state, directory, nodes))
     return 0
 
