@@ -171,15 +171,19 @@ def test_horizon_leaves_late_jobs_unpredicted() -> None:
     assert rows["b"]["start_p50_s"] == ""
 
 
-def test_whatif_command_writes_a_run_directory(tmp_path: Path) -> None:
-    snapshot = ClusterSnapshot(
+def busy_node() -> ClusterSnapshot:
+    """Both GPUs of n0 held until 60 s from now; one 1-GPU job of 50 s waits."""
+    return ClusterSnapshot(
         0.0,
         (NODE,),
         running=(SnapRunning("r", "n0", 1000, 1000, 2, 1000, 40.0, (0, 1), runtime_s=100.0),),
         pending=(pending("one", 1, 50.0),),
         policy="fifo",
     )
-    write_snapshot(snapshot, tmp_path / "snap.json")
+
+
+def test_whatif_command_writes_a_run_directory(tmp_path: Path) -> None:
+    write_snapshot(busy_node(), tmp_path / "snap.json")
     out = tmp_path / "out"
     args = ["whatif", "--snapshot", str(tmp_path / "snap.json"), "--out", str(out)]
     assert main([*args, "--policies", "fifo,bestfit", "--samples", "3", "--workers", "1"]) == 0
@@ -201,14 +205,7 @@ def test_whatif_command_writes_a_run_directory(tmp_path: Path) -> None:
 def test_add_answers_when_a_submitted_pod_would_start(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    snapshot = ClusterSnapshot(
-        0.0,
-        (NODE,),
-        running=(SnapRunning("r", "n0", 1000, 1000, 2, 1000, 40.0, (0, 1), runtime_s=100.0),),
-        pending=(pending("one", 1, 50.0),),
-        policy="fifo",
-    )
-    write_snapshot(snapshot, tmp_path / "snap.json")
+    write_snapshot(busy_node(), tmp_path / "snap.json")
     (tmp_path / "job.yaml").write_text(
         "apiVersion: v1\nkind: Pod\nmetadata:\n  name: mine\n"
         "  annotations: {gpufleet.io/sim-runtime: 30s}\n"
