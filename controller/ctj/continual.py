@@ -23,7 +23,6 @@ from controller.ctj.crd import (
     ACCURACY,
     CONFIG,
     GAIN,
-    MAX_REPLICAS,
     THROUGHPUT,
     WINDOW_DEADLINE,
     WINDOW_END,
@@ -181,7 +180,6 @@ def retraining_job(
         SCALING,
         default=0.0 if throughput else 1.0,
     )
-    max_gpus = max(1, int(annotations.get(MAX_REPLICAS, "1")))
     info = WindowInfo(
         stream_id=spec.id.rsplit("-w", 1)[0],
         index=int(labels.get(WINDOW_LABEL, "0")),
@@ -197,7 +195,8 @@ def retraining_job(
         spec,
         kind=RETRAIN_KIND,
         work=work,
-        elastic=Elasticity(1, max_gpus),
+        # One pod, one task: a share of one GPU at most, until pods can be added live.
+        elastic=Elasticity(1, 1),
         restart_cost_s=RESTART_COST_S,
         attributes={**spec.attributes, WINDOW_KEY: info},
     )

@@ -54,7 +54,13 @@ FAST_LEASE = ("--lease-duration=3", "--renew-deadline=2", "--retry-period=0.5")
 class ServeProcess:
     """The controller process as deployed, with its metrics port and JSON log."""
 
-    def __init__(self, env: CtjEnvironment, log_path: Path) -> None:
+    def __init__(
+        self,
+        env: CtjEnvironment,
+        log_path: Path,
+        policy: str = "bestfit",
+        extra: tuple[str, ...] = (),
+    ) -> None:
         self.port = free_port()
         self.log_path = log_path
         args = [
@@ -62,12 +68,13 @@ class ServeProcess:
             "-m",
             "controller.serve",
             "serve",
-            "--policy=bestfit",
+            f"--policy={policy}",
             f"--kubeconfig={env.sa_kubeconfig}",
             f"--metrics-address=127.0.0.1:{self.port}",
             "--lease-namespace=gpufleet-system",
             "--log-format=json",
             *FAST_LEASE,
+            *extra,
         ]
         with open(log_path, "wb") as log:
             self.proc = subprocess.Popen(
