@@ -50,7 +50,13 @@ def add_dev_cluster_commands(commands: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(title="dev-cluster commands", metavar="COMMAND")
-    up = sub.add_parser("up", help="start the cluster and create its nodes")
+    up = sub.add_parser(
+        "up",
+        help="start the cluster and create its nodes",
+        description="Start etcd, kube-apiserver, kube-controller-manager, kube-scheduler and "
+        "KWOK on 127.0.0.1 (they run on after this command exits), create the fake GPU nodes "
+        "and one CPU node, write an admin kubeconfig, and print the next commands.",
+    )
     up.add_argument("--nodes", type=_positive, default=8, help="fake GPU nodes (default: 8)")
     up.add_argument("--gpus-per-node", type=_positive, default=8, help="GPUs per node (default: 8)")
     up.add_argument(
