@@ -65,6 +65,18 @@ def test_a_shadow_that_decides_otherwise_is_counted() -> None:
     assert verdict.fragmentation_pct >= 0.0
 
 
+def test_each_shadow_sees_the_snapshot_untouched_by_the_others() -> None:
+    """Best-fit then FGD on one snapshot: FGD must not see best-fit's placements (with
+    them it could place nothing), and both place j0 and j1 as the live best-fit did."""
+    snap = snapshot()
+    runner = ShadowRunner(ShadowOptions((make_policy("bestfit"), make_policy("fgd"))), "bestfit")
+    verdicts = runner.evaluate(snap, live("bestfit", snap))
+    assert [(v.policy, v.placed, v.differing) for v in verdicts] == [
+        ("bestfit", 2, 0),
+        ("fgd", 2, 0),
+    ]
+
+
 def test_a_shadow_that_raises_costs_only_its_verdict() -> None:
     class Broken:
         name = "broken"

@@ -210,8 +210,9 @@ def _decisions_by_job(decisions: Sequence[Decision]) -> dict[str, tuple[object, 
 
 
 def _placed_state(snapshot: Snapshot, placed: Sequence[Place]) -> ClusterState:
-    """The snapshot's cluster with the placements made (the caller owns its arrays)."""
-    state = snapshot.cluster
+    """A copy of the snapshot's cluster with the placements made (every shadow must see
+    the snapshot as the live policy did)."""
+    state = snapshot.cluster.copy()
     specs = {view.id: view.spec for view in snapshot.pending}
     for decision in placed:
         spec = specs.get(decision.job_id)

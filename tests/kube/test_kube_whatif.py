@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
+import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -31,6 +32,7 @@ import yaml
 
 from controller.ctj.reconciler import CtjReconciler
 from controller.devcluster.fleet import Admin, gpu_nodes, pod_manifest
+from controller.kube.informer import Informer
 from controller.kube.kubeapi import KubeApi, load_config
 from controller.kube.objects import BOUND_AT, POD_GROUP_LABEL, parse_time, pod_from_json
 from controller.recorder import TraceRecorder
@@ -39,6 +41,7 @@ from controller.scheduling.effects import now_rfc3339
 from controller.scheduling.encoders import WholeGpu
 from controller.scheduling.scheduler import SchedulerOptions
 from controller.scheduling.workload import build_workload, node_spec
+from controller.shadow.runner import ShadowOptions, ShadowRunner
 from controller.whatif.capture import list_snapshot
 from gpufleet.cli import main
 from policies import FixedDuration, TaskRequest, make_policy
@@ -85,8 +88,9 @@ def test_forecast_predicts_each_start_within_a_tenth_of_the_makespan(
     tmp_path: Path,
 ) -> None:
     rng = np.random.default_rng(7)
-    shapes = [(int(rng.choice([1, 1, 2])), int(rng.integers(8, 20))) for _ in range(PODS)]
-    out = tmp_path / "forecast"
+    shapes = [(int(rng.choice([1, 1, 2])), int(rng.integers(20, 40))) for _ in range(PODS)]
+    keep = Artefacts.from_environment()
+    out = (keep.directory if keep else tmp_path) / "forecast"
 
     async def scenario() -> tuple[float, dict[str, float], float]:
         admin = Admin(str(ctj_env.plane.admin_kubeconfig))
@@ -99,6 +103,8 @@ def test_forecast_predicts_each_start_within_a_tenth_of_the_makespan(
             await admin.create_nodes([*gpu_nodes(15, 4, ["A100"]), *t4])
             await eventually(lambda: _ready(admin, 17), timeout_s=60, what="nodes ready")
             await controller.start()
+            if keep is not None:
+                await keep.start(admin, controller)
             # Earlier work: finished pods whose run times calibrate declared runtimes.
             await _create(
                 admin, [pod_manifest(f"warm-{i}", gpus(1), runtime="3s") for i in range(WARM)]
@@ -141,6 +147,8 @@ def test_forecast_predicts_each_start_within_a_tenth_of_the_makespan(
             )
             return t0, started, max(finished)
         finally:
+            if keep is not None:
+                await keep.stop()
             await reconciler.stop()
             await controller.stop()
             await api.close()
@@ -165,6 +173,43 @@ def test_forecast_predicts_each_start_within_a_tenth_of_the_makespan(
         f"(p90 = {100 * p90 / makespan:.1f}% of it)"
     )
     assert p90 <= 0.10 * makespan
+
+
+class Artefacts:
+    """With GPUFLEET_WHATIF_ARTIFACTS=DIR the run is also recorded (`controller record`'s
+    recorder), shadowed by best-fit itself and FGD, and DIR keeps `forecast/`,
+    `recorded/` and `shadow.jsonl` (examples/whatif-kwok/ was made so, for
+    notebooks/06-whatif.ipynb)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.recorder = TraceRecorder(WholeGpu())
+        shadows = (make_policy("bestfit"), make_policy("fgd"))
+        self.shadows = ShadowRunner(
+            ShadowOptions(shadows, directory / "shadow.jsonl", 0.5), "bestfit"
+        )
+        self.tasks: list[asyncio.Task[None]] = []
+
+    @classmethod
+    def from_environment(cls) -> Artefacts | None:
+        where = os.environ.get("GPUFLEET_WHATIF_ARTIFACTS")
+        return cls(Path(where)) if where else None
+
+    async def start(self, admin: Admin, controller: Controller) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        informers = [
+            Informer(admin.api, "nodes", "/api/v1/nodes", self.recorder),
+            Informer(admin.api, "pods", "/api/v1/pods", self.recorder),
+        ]
+        self.tasks = [asyncio.create_task(i.run()) for i in informers]
+        self.tasks.append(asyncio.create_task(self.shadows.run()))
+        controller.scheduler.on_decided = self.shadows.offer
+
+    async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        self.recorder.write(self.directory / "recorded", force=True)
 
 
 async def _ready(admin: Admin, count: int) -> bool:
