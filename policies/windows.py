@@ -308,3 +308,23 @@ def trigger_time(
     crossing = trigger.crossing_s(model.curve, model.accuracy(now), threshold)
     at = max(now + crossing, last_trigger + trigger.min_gap_s)
     return at if at + deadline_s <= end_s else None
+
+
+def triggered_window(
+    trigger: DriftTrigger,
+    model: DeployedModel,
+    index: int,
+    armed_at: float,
+    last_trigger: float,
+    window_s: float,
+    deadline_s: float,
+    end_s: float = math.inf,
+) -> Window | None:
+    """Drift-triggered window `index`, armed at `armed_at` (when the previous triggered
+    retraining ended, or the model last changed): it opens when `trigger_time` fires,
+    its deadline `deadline_s` later, and it is valued until `window_s` after the opening
+    (or `end_s`). None if staleness alone never fires it."""
+    at = trigger_time(trigger, model, armed_at, last_trigger, deadline_s, end_s)
+    if at is None or math.isinf(at):
+        return None
+    return Window(index, at, at + deadline_s, min(at + window_s, end_s))

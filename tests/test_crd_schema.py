@@ -14,7 +14,7 @@ import yaml
 
 from controller.ctj.crd import API_VERSION, GROUP, KIND, PLURAL, VERSION, ctj_from_json
 from controller.ctj.plan import plan
-from policies.continual import AccuracyCurve, RetrainConfig
+from policies.continual import AccuracyCurve, DriftTrigger, RetrainConfig
 
 ROOT = Path(__file__).parents[1]
 CRD = ROOT / "deploy" / "crd" / "continualtrainingjobs.yaml"
@@ -94,6 +94,30 @@ def test_status_the_reconciler_writes_fits_the_schema() -> None:
     status = plan(job, [], job.created + 1, "gpufleet").status.to_json()
     validate(status, schema()["properties"]["status"])
     assert status["phase"] == "Retraining" and status["currentWindow"]["index"] == 0
+
+
+def test_a_drift_trigger_and_observed_accuracy_validate_and_parse() -> None:
+    obj = example()
+    obj["spec"]["retrain"]["trigger"] = {"drop": 0.05, "minGapSeconds": 300}
+    obj["status"] = {"observedAccuracy": {"value": 0.71, "time": "2026-01-01T00:10:00.5Z"}}
+    validate(obj)
+    obj["metadata"].update(uid="u", creationTimestamp="2026-01-01T00:00:00Z")
+    job = ctj_from_json(obj)
+    assert job.spec.retrain.trigger == DriftTrigger(below=0.0, drop=0.05, min_gap_s=300)
+    assert job.status.observed is not None and job.status.observed.value == 0.71
+    # The status the reconciler writes back keeps the observation and adds its model.
+    status = plan(job, [], job.created + 1, "gpufleet").status.to_json()
+    validate(status, schema()["properties"]["status"])
+    assert status["observedAccuracy"]["value"] == 0.71 and "model" in status
+
+
+def test_an_unreadable_observed_accuracy_is_named() -> None:
+    obj = example()
+    obj["status"] = {"observedAccuracy": {"value": "high", "time": "2026-01-01T00:10:00Z"}}
+    with pytest.raises(jsonschema.ValidationError, match="'high' is not of type 'number'"):
+        validate(obj)
+    job = ctj_from_json({**obj, "metadata": {**obj["metadata"], "uid": "u"}})
+    assert job.problem is not None and job.problem.field == "status.observedAccuracy"
 
 
 def test_printer_columns_point_at_schema_fields() -> None:

@@ -13,10 +13,12 @@ GPU in 120 s (past the deadline: worth nothing), so only one of them can retrain
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from typing import Any
 
 import numpy as np
+import pytest
 
 from controller.ctj.crd import ObservedAccuracy, ctj_from_json
 from controller.ctj.plan import CtjPod, ctj_pod_from_json, plan
@@ -29,6 +31,7 @@ from policies.cluster import ClusterState
 from policies.continual import (
     RETRAIN_KIND,
     AccuracyCurve,
+    DriftTrigger,
     RetrainConfig,
     StreamSpec,
     WindowOpening,
@@ -204,3 +207,70 @@ def test_thief_gives_the_only_gpu_to_the_stream_that_gains_more_live() -> None:
     places = [d for d in result.decisions if isinstance(d, Place)]
     assert [d.job_id for d in places] == ["ns/a-w0"]
     assert places[0].placement.tasks[0].gpu_milli == 1000
+
+
+HALVING = AccuracyCurve(0.9, 0.5, decay_per_h=3600 * math.log(2) / 600, half_gain_gpu_s=60.0)
+"""The gap to the ceiling halves every 600 s (tests/test_continual_triggers.py)."""
+
+
+def triggered_ctj() -> dict[str, Any]:
+    body = ctj_json("t", 0.9)
+    body["spec"]["retrain"]["windowSeconds"] = 900
+    body["spec"]["retrain"]["deadlineSeconds"] = 300
+    body["spec"]["retrain"]["trigger"] = {"drop": 0.1, "minGapSeconds": 400}
+    body["spec"]["accuracy"]["decayPerHour"] = HALVING.decay_per_h
+    return body
+
+
+def test_a_drift_trigger_opens_the_window_when_the_simulator_does() -> None:
+    # drop 0.1 from the deployed 0.9: θ = 0.8, reached at 600·log2(4/3) = 249.0 s.
+    crossing = 600 * math.log2(4 / 3)
+    job = ctj_from_json(triggered_ctj())
+    early = plan(job, [], CREATED + 100, "gpufleet")
+    assert early.create == () and early.requeue_at == pytest.approx(CREATED + crossing, abs=1e-6)
+    opened = plan(replace(job, status=early.status), [], CREATED + 250, "gpufleet")
+    (manifest,) = opened.create
+    notes = manifest["metadata"]["annotations"]
+    assert float(notes["ctj.gpufleet.io/window-start"]) == pytest.approx(
+        CREATED + crossing, abs=1e-3
+    )
+    assert float(notes["ctj.gpufleet.io/accuracy-at-start"]) == pytest.approx(0.8)
+    window = opened.status.current_window
+    assert window is not None and window.deadline == pytest.approx(window.start + 300, abs=1e-6)
+
+    spec = replace(
+        stream("t", 0.9, start_s=0.0),
+        window_s=900.0,
+        windows=3,
+        deadline_s=300.0,
+        curve=replace(HALVING),
+        trigger=DriftTrigger(drop=0.1, min_gap_s=400),
+    )
+    run = ContinualRun([NODE], [spec], make_policy("fifo"))
+    run.run()
+    col = {name: i for i, name in enumerate(STREAM_COLUMNS)}
+    assert run.rows[0][col["start_s"]] == pytest.approx(crossing)
+    assert run.rows[0][col["acc_start"]] == pytest.approx(0.8)
+
+
+def test_the_next_trigger_is_armed_from_the_deployed_model() -> None:
+    job = ctj_from_json(triggered_ctj())
+    opened = plan(job, [], CREATED + 250, "gpufleet")
+    job = replace(job, status=opened.status)
+    pod = ctj_pod_from_json({**as_api_pod(opened.create[0]), "spec": {"nodeName": "a100-0"}})
+    assert isinstance(pod, CtjPod) and pod.start is not None
+    done = replace(pod, phase="Succeeded", finished_at=pod.start + 60)
+    settled = plan(job, [done], pod.start + 61, "gpufleet")
+    assert [o.outcome for o in settled.recorded] == ["Completed"]
+    assert settled.requeue_at == pod.start + 61  # re-armed at once
+    job = replace(job, status=settled.status)
+    model = settled.status.model
+    assert model is not None and model.accuracy == pytest.approx(0.85)  # 0.8 + 0.1·½
+    # Deployed at 0.85 decayed by 60 s; the threshold is 0.1 below that.
+    deployed = HALVING.decayed(0.85, 60)
+    assert model.deployed == pytest.approx(deployed)
+    waiting = plan(job, [done], pod.start + 62, "gpufleet")
+    crossing = 600 * math.log2((0.85 - 0.5) / (deployed - 0.1 - 0.5))
+    assert crossing < 400  # so the minimum gap since the last trigger decides
+    assert waiting.create == ()
+    assert waiting.requeue_at == pytest.approx(pod.start + 400, abs=1e-3)

@@ -5,10 +5,15 @@ The reconciler writes a window's accuracy facts on its retraining pod (accuracy 
 opening, the gain the chosen config buys, the config, its work, the window's times); the
 scheduler's workload builder reads them back here into the same `JobSpec` a simulated
 window job has: kind `retrain`, a `RetrainingWork` with the throughput per GPU model, an
-`Elasticity` and the `WindowInfo` the allocators value. Only single-pod windows of a CTJ
-that declares `accuracy` and `retrain.configs` become retraining jobs; a multi-pod gang
-stays an ordinary gang (the allocators' shares are one task per whole GPU, which a gang
-of fixed pods cannot follow).
+`Elasticity` and the `WindowInfo` the allocators value. A CTJ that declares `accuracy`
+and `retrain.configs` has its model tracked (`status.model`) and its windows valued;
+its single-pod, one-GPU windows become retraining jobs, given up to one GPU (a quarter,
+a half or a whole one: one pod is one task, and the controller adds no pods to a
+window); a multi-pod gang stays an ordinary gang.
+
+A drift-triggered CTJ (`retrain.trigger`) opens window `k` when `policies.windows`'s
+`triggered_window` fires for the tracked model, armed when window `k − 1` settled; the
+opened window is recorded as `status.currentWindow` until its outcome is.
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ from policies.continual import (
     WindowInfo,
     WindowOpening,
 )
-from policies.windows import DeployedModel, Window
+from policies.windows import DeployedModel, Window, triggered_window
 
 if TYPE_CHECKING:
     from controller.ctj.plan import CtjPod
@@ -58,11 +63,6 @@ AT_CEILING = "AtCeiling"
 
 ConfigChooser = Callable[[WindowOpening], int]
 """Picks an opening window's config (index into `retrain.configs`)."""
-
-
-def is_continual(spec: CtjSpec) -> bool:
-    """Whether the CTJ's windows are retraining jobs the accuracy-aware allocators value."""
-    return spec.accuracy is not None and bool(spec.configs) and spec.min_replicas == 1
 
 
 def stream_of(ctj: Ctj, window: Window) -> StreamSpec:
@@ -134,7 +134,7 @@ def tracked_model(ctj: Ctj, first_opening: float) -> DeployedModel | None:
     the ceiling, from the first opening before any record), with an observed accuracy
     newer than both the record and the last retraining applied."""
     spec, status = ctj.spec, ctj.status
-    if not is_continual(spec) or spec.accuracy is None:
+    if spec.accuracy is None or not spec.configs:
         return None
     curve = spec.accuracy
     if status.model is not None:
@@ -229,3 +229,46 @@ def _throughput(text: str) -> dict[str, float]:
         except ValueError:
             raise ValueError(f"annotation {THROUGHPUT}: {item!r} is not model=factor") from None
     return out
+
+
+def triggered(ctj: Ctj, first_opening: float, now: float) -> tuple[Window | None, float | None]:
+    """A drift-triggered CTJ's window open at `now` (the recorded `currentWindow` until
+    its outcome is recorded, else the next trigger if it has fired) and when to look
+    again: `now` while a window is open (to re-arm once it settles), else the next
+    trigger's time (None: staleness alone never fires it). Raises ValueError for a
+    trigger on a CTJ without the accuracy it watches."""
+    spec, status = ctj.spec, ctj.status
+    trigger, window_s = spec.retrain.trigger, spec.retrain.window_s
+    model = tracked_model(ctj, first_opening)
+    if trigger is None or window_s is None or model is None:
+        needs = "retrain.windowSeconds, accuracy and retrain.configs"
+        raise ValueError(f"a drift trigger needs {needs}")
+    last = status.current_window
+    if last is not None and last.index >= status.windows_recorded:
+        return last, now
+    armed_at = max(first_opening, model.anchor_t, _settled_at(ctj))
+    last_start = last.start if last is not None else -math.inf
+    window = triggered_window(
+        trigger,
+        model,
+        status.windows_recorded,
+        armed_at,
+        last_start,
+        window_s,
+        spec.retrain.deadline_s,
+    )
+    if window is None:
+        return None, None
+    return (window, now) if window.start <= now else (None, window.start)
+
+
+def _settled_at(ctj: Ctj) -> float:
+    """When the last triggered retraining ended: its completion, else its deadline."""
+    status = ctj.status
+    last = status.current_window
+    if last is None or not status.history or status.history[-1].index != last.index:
+        return -math.inf
+    outcome = status.history[-1]
+    if outcome.completed:
+        return outcome.finished_at if outcome.finished_at is not None else last.start
+    return last.deadline

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from controller.kube.objects import Problem, parse_time
 from controller.scheduling.effects import now_rfc3339
 from policies import MILLI
-from policies.continual import AccuracyCurve, RetrainConfig
+from policies.continual import AccuracyCurve, DriftTrigger, RetrainConfig
 from policies.windows import COMPLETED, Window
 
 GROUP = "ctj.gpufleet.io"
@@ -74,6 +74,8 @@ class RetrainSchedule:
     start_time: float | None = None
     windows: int | None = None
     """Stop after this many windows (None: never)."""
+    trigger: DriftTrigger | None = None
+    """Retrain on drift: windows open when the trigger fires (None: on the clock)."""
 
 
 @dataclass(frozen=True)
@@ -106,11 +108,13 @@ class CtjSpec:
 
 
 def window_to_json(window: Window) -> dict[str, Any]:
+    # Microseconds: a drift-triggered window opens at a fraction of a second, and the
+    # recorded window is what later reconciles judge it by.
     return {
         "index": window.index,
-        "start": now_rfc3339(window.start),
-        "deadline": now_rfc3339(window.deadline),
-        "end": now_rfc3339(window.end),
+        "start": now_rfc3339(window.start, micro=True),
+        "deadline": now_rfc3339(window.deadline, micro=True),
+        "end": now_rfc3339(window.end, micro=True),
     }
 
 
@@ -211,7 +215,7 @@ class ModelAccuracy:
     def to_json(self) -> dict[str, Any]:
         return {
             "accuracy": self.accuracy,
-            "since": now_rfc3339(self.since),
+            "since": now_rfc3339(self.since, micro=True),
             "deployed": self.deployed,
         }
 
@@ -229,7 +233,7 @@ class ObservedAccuracy:
     time: float
 
     def to_json(self) -> dict[str, Any]:
-        return {"value": self.value, "time": now_rfc3339(self.time)}
+        return {"value": self.value, "time": now_rfc3339(self.time, micro=True)}
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> ObservedAccuracy:
@@ -480,6 +484,9 @@ def _retrain(obj: Mapping[str, Any]) -> RetrainSchedule:
         windows=_at("spec.retrain.windows", lambda: _positive(obj["windows"]))
         if "windows" in obj
         else None,
+        trigger=_at("spec.retrain.trigger", lambda: _trigger(obj["trigger"]))
+        if obj.get("trigger")
+        else None,
     )
 
 
@@ -507,4 +514,12 @@ def _curve(obj: Mapping[str, Any]) -> AccuracyCurve:
         floor=float(obj["floor"]),
         decay_per_h=float(obj["decayPerHour"]),
         half_gain_gpu_s=float(obj["halfGainGpuSeconds"]),
+    )
+
+
+def _trigger(obj: Mapping[str, Any]) -> DriftTrigger:
+    return DriftTrigger(
+        below=_finite(obj.get("below", 0.0)),
+        drop=_finite(obj.get("drop", 0.0)),
+        min_gap_s=_finite(obj.get("minGapSeconds", 600.0)),
     )

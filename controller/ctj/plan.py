@@ -31,6 +31,7 @@ from controller.ctj.continual import (
     deploy,
     model_status,
     tracked_model,
+    triggered,
     window_facts,
 )
 from controller.ctj.crd import (
@@ -253,8 +254,11 @@ def plan(
         return _invalid(ctj, stale, ctj.problem, now, "InvalidSpec")
     try:
         clock = ctj_clock(ctj.spec.retrain, ctj.created)
-        window = clock.current(now, ctj.status.current_window)
         first_opening = clock.first_opening()
+        if ctj.spec.retrain.trigger is None:
+            window, next_trigger = clock.current(now, ctj.status.current_window), None
+        else:
+            window, next_trigger = triggered(ctj, first_opening, now)
     except ValueError as err:
         return _invalid(ctj, stale, Problem("spec.retrain", str(err)), now)
     limit = ctj.spec.retrain.windows
@@ -285,7 +289,7 @@ def plan(
         delete=stale + _to_delete(own, tally.recorded, ctj.spec.history_limit),
         status=_status(ctj, window, tally, by_window, now),
         recorded=tuple(tally.new),
-        requeue_at=_requeue_at(window, tally.recorded, limit, first_opening, now),
+        requeue_at=_requeue_at(window, tally.recorded, limit, first_opening, now, next_trigger),
     )
 
 
@@ -322,13 +326,23 @@ def ctj_clock(retrain: RetrainSchedule, created: float) -> WindowClock:
 
 
 def _requeue_at(
-    window: Window | None, recorded: int, limit: int | None, first_opening: float, now: float
+    window: Window | None,
+    recorded: int,
+    limit: int | None,
+    first_opening: float,
+    now: float,
+    next_trigger: float | None,
 ) -> float | None:
     if limit is not None and recorded >= limit:
         return None
     if window is None:
+        if next_trigger is not None:
+            return next_trigger
         return first_opening if first_opening > now else None
-    return window.end if recorded > window.index else window.deadline
+    if recorded > window.index:
+        # A triggered window is armed again as soon as the last one is settled.
+        return now if next_trigger is not None else window.end
+    return window.deadline
 
 
 def _judge_closed(index: int, pods: list[CtjPod], replicas: int, now: float) -> WindowOutcome:

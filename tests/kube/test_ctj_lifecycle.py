@@ -135,7 +135,9 @@ def run(env: CtjEnvironment, scenario: Callable[[Admin], Awaitable[None]]) -> No
 
 async def events_about(admin: Admin, name: str) -> list[str]:
     listing = await admin.api.call("GET", "/apis/events.k8s.io/v1/namespaces/default/events")
-    return sorted(e["reason"] for e in listing["items"] if e["regarding"]["name"] == name)
+    return sorted(
+        e["reason"] for e in listing["items"] if e.get("regarding", {}).get("name") == name
+    )
 
 
 def test_ctj_windows_are_placed_completed_missed_and_recorded(
@@ -201,9 +203,16 @@ async def check_steady(admin: Admin, created: dict[str, Any]) -> None:
     assert len(status["placements"]) == 2 and nodes <= {"a100-0", "a100-1"}
     condition = {c["type"]: c for c in status["conditions"]}["DeadlineMet"]
     assert (condition["status"], condition["reason"]) == ("True", "RetrainedInTime")
-    # historyLimit 1: only the last window's pods are kept, finished.
-    mine = [p for p in await admin.pods() if p["metadata"]["labels"].get(NAME_LABEL) == "steady"]
-    assert sorted(p["metadata"]["name"] for p in mine) == ["steady-w2-0", "steady-w2-1"]
+
+    # historyLimit 1: only the last window's pods are kept, finished (older ones are
+    # deleted right after the status that records the last window is written).
+    async def kept() -> list[dict[str, Any]] | None:
+        pods = await admin.pods()
+        mine = [p for p in pods if p["metadata"]["labels"].get(NAME_LABEL) == "steady"]
+        names = sorted(p["metadata"]["name"] for p in mine)
+        return mine if names == ["steady-w2-0", "steady-w2-1"] else None
+
+    mine = await eventually(kept, timeout_s=20, what="only window 2's pods kept")
     assert {p["status"]["phase"] for p in mine} == {"Succeeded"}
     assert await events_about(admin, "steady") == ["RetrainCompleted"] * 3
 

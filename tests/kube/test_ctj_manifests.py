@@ -121,6 +121,16 @@ def malformed(change: str) -> dict[str, Any]:
         job["metadata"]["name"] = "x" * 51
     elif change == "bad-schedule":
         spec["retrain"] = {"schedule": "every hour", "deadlineSeconds": 30}
+    elif change == "trigger-without-criterion":
+        spec["retrain"]["trigger"] = {"minGapSeconds": 60}
+    elif change == "trigger-on-cron":
+        spec["retrain"] = {
+            "schedule": "*/5 * * * *",
+            "deadlineSeconds": 30,
+            "trigger": {"drop": 0.1},
+        }
+    elif change == "trigger-below-above-1":
+        spec["retrain"]["trigger"] = {"below": 1.5}
     return job
 
 
@@ -135,6 +145,9 @@ def malformed(change: str) -> dict[str, Any]:
         ("no-image", "spec.image: Required value"),
         ("long-name", "metadata.name must be at most 50 characters"),
         ("bad-schedule", "spec.retrain.schedule in body should match"),
+        ("trigger-without-criterion", "retrain.trigger needs below > 0 or drop > 0"),
+        ("trigger-on-cron", "retrain.trigger needs retrain.windowSeconds"),
+        ("trigger-below-above-1", "spec.retrain.trigger.below: Invalid value"),
     ],
 )
 def test_crd_rejects_a_malformed_ctj_saying_why(
