@@ -5,6 +5,7 @@ checks the same paths against kube-apiserver 1.37."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 from decimal import Decimal
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from controller.dra.allocator import ClaimOutcome
 from controller.dra.inventory import CLAIMS, CLASSES, MECHANISM_LABEL, SLICES, DraState
 from controller.dra.objects import (
     RequestPolicy,
@@ -23,9 +25,12 @@ from controller.dra.objects import (
 from controller.dra.selectors import SelectorError, _reads, _view, matches
 from controller.kube.objects import Problem, pod_from_json
 from controller.scheduling.cache import ClusterCache
+from controller.scheduling.effects import BindOutcome
 from controller.scheduling.encoders import WholeGpu
 from controller.scheduling.ledger import Charge
-from policies import MILLI, NodeSpec
+from controller.scheduling.scheduler import Scheduler
+from policies import MILLI, NodeSpec, make_policy
+from tests.test_controller_scheduler import FakeEffects
 
 DRIVER = "gpu.nvidia.com"
 GI = 2**30
@@ -379,3 +384,74 @@ def test_devices_alike_in_what_a_selector_reads_share_its_answer() -> None:
     assert _reads(enumerating) is None
     assert (matches(uuid, first), matches(uuid, second)) == (True, False)
     assert matches(enumerating, first)
+
+
+class FakeClaims:
+    """A claim writer that reserves as told and records unreserves."""
+
+    def __init__(self, outcome: ClaimOutcome) -> None:
+        self.outcome = outcome
+        self.reserved: list[str] = []
+        self.unreserved: list[str] = []
+
+    async def reserve(
+        self, pod: Any, planned: list[Any], now: float
+    ) -> tuple[ClaimOutcome, list[Any]]:
+        self.reserved.append(pod.name)
+        return self.outcome, planned if self.outcome is ClaimOutcome.RESERVED else []
+
+    async def unreserve(self, pod: Any, written: list[Any]) -> None:
+        self.unreserved += [p.claim.name for p in written]
+
+
+@pytest.mark.parametrize(
+    ("claims_outcome", "bind_outcome", "unreserved"),
+    [
+        (ClaimOutcome.RESERVED, BindOutcome.BOUND, []),
+        (ClaimOutcome.RESERVED, BindOutcome.CONFLICT, ["c"]),
+        (ClaimOutcome.CONFLICT, BindOutcome.BOUND, []),
+    ],
+)
+def test_the_binding_cycle_writes_claims_first_and_rolls_back(
+    claims_outcome: ClaimOutcome, bind_outcome: BindOutcome, unreserved: list[str]
+) -> None:
+    """Claims are reserved before the bind; a failed bind unreserves them; a claim write
+    that loses binds nothing; either failure frees the in-flight devices for the next
+    plan."""
+
+    async def main() -> None:
+        state = two_node_state()
+        cache = ClusterCache(WholeGpu(), dra=state)
+        node = {
+            "metadata": {"name": "big"},
+            "status": {"allocatable": {"cpu": "8", "memory": "8Gi"}},
+        }
+        cache.replace("nodes", [node])
+        cache.apply(CLAIMS, "ADDED", claim_json("c", "claim-uid", exactly(2)))
+        effects = FakeEffects(cache)
+        effects.outcomes["p"] = bind_outcome
+        claims = FakeClaims(claims_outcome)
+        scheduler = Scheduler(
+            make_policy("bestfit"), cache, effects, clock=lambda: 1.0, claims=claims
+        )  # type: ignore[arg-type]
+        cache.apply("pods", "ADDED", pod_json("p", "pod-uid", "c"))
+        scheduler.run_pass()
+        index = cache.ledger.state.node_index["big"]
+        assert int(cache.ledger.state.gpu_free[index].sum()) == 2 * MILLI  # two held in flight
+        while scheduler._inflight:  # this pass's binding cycle, without a next pass
+            await asyncio.gather(*scheduler._inflight)
+        assert claims.reserved == ["p"]
+        assert [name for name, _, _ in effects.binds] == (
+            ["p"] if claims_outcome is ClaimOutcome.RESERVED else []
+        )
+        assert claims.unreserved == unreserved
+        held = (
+            2 * MILLI
+            if bind_outcome is BindOutcome.BOUND
+            and not unreserved
+            and claims_outcome is ClaimOutcome.RESERVED
+            else 4 * MILLI
+        )
+        assert int(cache.ledger.state.gpu_free[index].sum()) == held
+
+    asyncio.run(main())

@@ -14,7 +14,10 @@ import pytest
 
 from controller.devcluster.fleet import NAMESPACE, Admin
 from controller.devcluster.launcher import ControlPlane
-from controller.dra.objects import node_selector_for
+from controller.dra.allocator import ClaimOutcome, ClaimWriter
+from controller.dra.inventory import ClaimAllocation
+from controller.dra.objects import AllocatedDevice, claim_from_json, node_selector_for
+from controller.kube.objects import pod_from_json
 from tests.kube.dra_helpers import (
     DRIVER,
     RESOURCE,
@@ -303,5 +306,38 @@ def test_a_shared_claim_outlives_its_pods_deallocated(kube: ControlPlane) -> Non
             await bound_pod(admin, "next")
             claim = await dra.claim("kept")
             assert claim is not None and len(allocated_devices(claim)) == 2
+
+    run(kube, scenario)
+
+
+def test_unreserve_takes_the_pod_out_and_clears_an_allocation_nobody_holds(
+    kube: ControlPlane,
+) -> None:
+    """The rollback after a failed bind, against the real server: the strategic-merge
+    patch removes the pod's reservation, and the allocation gpufleet wrote is cleared
+    once no pod holds the claim (the pod here waits for another scheduler, so
+    kube-controller-manager leaves its reservation alone)."""
+
+    async def scenario(admin: Admin, dra: DraAdmin) -> None:
+        await two_nodes(admin, dra)
+        await dra.create(claim_manifest("probe", request()))
+        manifest = dra_pod("waiting", claim="probe")
+        manifest["spec"]["schedulerName"] = "someone-else"
+        pod = pod_from_json(await admin.create_pod(manifest))
+        claim = claim_from_json(await dra.claim("probe") or {})
+        result = AllocatedDevice("gpu", DRIVER, "a100-node", "gpu-1")
+        planned = ClaimAllocation(claim, "a100-node", (result,))
+        writer = ClaimWriter(admin.api)
+        outcome, written = await writer.reserve(pod, [planned], 1_800_000_000.0)
+        assert outcome is ClaimOutcome.RESERVED and written == [planned]
+        held = await dra.claim("probe")
+        assert held is not None
+        assert allocated_devices(held) == [("a100-node", "gpu-1")]
+        assert [r["uid"] for r in held["status"]["reservedFor"]] == [pod.uid]
+        assert held["status"]["allocation"]["allocationTimestamp"] == "2027-01-15T08:00:00Z"
+        await writer.unreserve(pod, written)
+        freed = await dra.claim("probe")
+        assert freed is not None
+        assert not freed["status"].get("reservedFor") and not freed["status"].get("allocation")
 
     run(kube, scenario)
