@@ -455,3 +455,21 @@ def test_the_binding_cycle_writes_claims_first_and_rolls_back(
         assert int(cache.ledger.state.gpu_free[index].sum()) == held
 
     asyncio.run(main())
+
+
+def test_all_takes_every_gpu_of_complete_nodes_of_one_size() -> None:
+    """`All` on nodes of 4 and 2 matching GPUs (and an incomplete pool of 2): the job
+    takes 2 GPUs, on the complete 2-GPU node only, and the plan allocates both."""
+    state = two_node_state()
+    state.apply(SLICES, "ADDED", slice_json("partial", [device("gpu-0"), device("gpu-1")], count=2))
+    request = exactly()
+    request["exactly"] = {"deviceClassName": "gpu", "allocationMode": "All"}
+    ask = ask_for(state, request)
+    assert ask.num_gpus == 2
+    (label,) = ask.labels
+    fits = {
+        n for n in ("big", "small", "partial") if label in state.adapt(NodeSpec(n, 1, 1)).labels
+    }
+    assert fits == {"small"}
+    (planned,) = state.plan(ask, "small", (0, 1), MILLI)
+    assert [r.device for r in planned.results] == ["gpu-0", "gpu-1"]

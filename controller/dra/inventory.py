@@ -380,6 +380,10 @@ class DraState:
                 self._serves(device, part, gpus.complete) for device in gpus.devices for part in key
             ):
                 eligible.append(node)
+        if eligible and any(part[2] for part in key):
+            # `All` takes every GPU of its node: the nodes must agree on how many.
+            fewest = min(len(self.nodes[n].devices) for n in eligible)
+            eligible = [n for n in eligible if len(self.nodes[n].devices) == fewest]
         found = frozenset(eligible)
         self._fits[key] = found
         return found
@@ -406,10 +410,10 @@ class DraState:
         self, requests: list[tuple[ResourceClaim, DeviceRequest]], eligible: frozenset[str]
     ) -> tuple[int, int]:
         """(GPUs, milli-GPU per GPU) for the requests on the eligible nodes. `All` takes
-        every GPU of a node (the smallest eligible node's count, so that every eligible
-        node can serve it). A single one-device request with capacity on shareable
-        devices takes a share: its charged capacity as a fraction of the device's,
-        rounded up (the largest such fraction over eligible nodes)."""
+        every GPU of a node (the eligible nodes are those with the fewest GPUs among the
+        ones that match, so they all have that many). A single one-device request with
+        capacity on shareable devices takes a share: its charged capacity as a fraction
+        of the device's, rounded up (the largest such fraction over eligible nodes)."""
         counts = [len(self.nodes[n].devices) for n in eligible]
         total = 0
         for _claim, request in requests:
