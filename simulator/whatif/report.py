@@ -207,22 +207,29 @@ def _write_csv(path: Path, columns: Sequence[str], rows: Sequence[dict[str, Any]
 
 def plot_starts(path: Path, plan: Plan, forecasts: Sequence[PolicyForecast]) -> None:
     """Predicted start of each job (queue order), p50 with a bar up to p90, per policy;
-    jobs not started within the horizon sit on the horizon line."""
+    jobs not started within the horizon sit on the horizon line. Seconds, minutes or
+    hours, whichever suits the latest start."""
     fig, ax = subplots(1, 1, figsize=(10, 4.5))
     count = len(plan.forecast_items)
     x = np.arange(count)
-    horizon_h = plan.horizon_s / 3600
+    capped = [np.minimum(f.start_at(90), plan.horizon_s) for f in forecasts]
+    latest = max((float(c.max()) for c in capped if c.size), default=0.0)
+    unit, scale = next((u, s) for u, s in _UNITS if latest <= 2 * s * 60 or u == "h")
     for k, f in enumerate(forecasts):
-        p50 = np.minimum(f.start_at(50), plan.horizon_s) / 3600
-        p90 = np.minimum(f.start_at(90), plan.horizon_s) / 3600
+        p50 = np.minimum(f.start_at(50), plan.horizon_s) / scale
         shift = (k - (len(forecasts) - 1) / 2) * 0.2
-        ax.vlines(x + shift, p50, p90, color=f"C{k}", alpha=0.4, linewidth=1)
-        ax.plot(
-            x + shift, p50, ".", color=f"C{k}", markersize=3 if count > 200 else 5, label=f.policy
-        )
-    ax.axhline(horizon_h, color="grey", linestyle=":", linewidth=1, label="horizon")
-    ax.set(xlabel="job (queue order, then CTJ windows)", ylabel="predicted start (h after now)")
+        ax.vlines(x + shift, p50, capped[k] / scale, color=f"C{k}", alpha=0.4, linewidth=1)
+        size = 3 if count > 200 else 5
+        ax.plot(x + shift, p50, ".", color=f"C{k}", markersize=size, label=f.policy)
+    if latest >= plan.horizon_s:
+        ax.axhline(plan.horizon_s / scale, color="grey", linestyle=":", label="horizon")
+    ax.set(
+        xlabel="job (queue order, then CTJ windows)", ylabel=f"predicted start ({unit} from now)"
+    )
     ax.set_title("Predicted start per job: p50 (dot) to p90 (bar)")
     ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+_UNITS = (("s", 1.0), ("min", 60.0), ("h", 3600.0))
