@@ -8,10 +8,15 @@ Each 360 s round:
    heterogeneity-agnostic variant replaces every positive throughput by 1.
 2. X from the chosen objective (`policies.gavel_lp`): max-min fairness (Gavel's LAS),
    finish-time fairness, or max-sum throughput.
+   As in Gavel's simulator, X is recomputed only when jobs arrived or left, at most
+   every `reset_s` (1920 s); a job that arrived since has no share until then.
 3. Priorities: X[i, j] divided by the share of model-j time job i has received among
-   active jobs (X·10^9 for a job that has had none there).
-4. Greedy: (job, model) pairs by priority, then X, each job at most once, while its
-   scale factor fits the model's free GPUs.
+   active jobs since X was computed (each job starts with half a round, as Gavel's
+   counters do; X·10^9 where nobody has time yet).
+4. Greedy, Gavel's per-model queues: model by model (fastest first; in random order
+   each round for the agnostic variant, as Gavel shuffles worker types), that model's
+   jobs by priority, then X, each job at most once, while its scale factor fits the
+   model's free GPUs.
 5. Placement: a job that stays on the same GPU model keeps its GPUs (lease extension);
    others go largest first, on one node when one has room for all its tasks (best fit),
    else whole tasks spread over the nodes with the most room, each task where its CPU,
@@ -23,8 +28,10 @@ A running job that may not be preempted keeps its placement, outside the LP, and
 GPUs are taken from the capacity; CPU-only jobs need no GPU time and are placed best-fit
 after the GPU jobs. A sharing (fractional) task counts as one GPU in the LP.
 
-The policy keeps no state between rounds: time received per model comes from the
-snapshot (`JobView.service_by_model`).
+The only state between rounds is the current allocation epoch (X, when it was computed
+and each job's time received then); time received per model comes from the snapshot
+(`JobView.service_by_model`), so both hosts, calling the policy at the same rounds, keep
+the same epoch.
 """
 
 from __future__ import annotations
@@ -71,6 +78,34 @@ class GavelConfig(PolicyConfig):
     heterogeneity_aware: bool = field(
         default=True, metadata={"help": "false: every GPU model looks equally fast"}
     )
+    reset_s: float = field(
+        default=1920.0,
+        metadata={
+            "help": "least seconds between allocation recomputations (Gavel's "
+            "minimum_time_between_allocation_resets); 0: whenever jobs change"
+        },
+    )
+
+
+@dataclass
+class AllocationEpoch:
+    """One allocation X and the time-received counters it started (Gavel's reset)."""
+
+    key: tuple[object, ...]
+    start: float
+    allocation: dict[str, FloatArray]
+    received_at_start: dict[str, FloatArray]
+
+    def rows(self, jobs: Sequence[JobView], models: int) -> FloatArray:
+        """X for `jobs`; jobs that arrived since have none until the next reset."""
+        empty = np.zeros(models)
+        return np.array([self.allocation.get(j.id, empty) for j in jobs]).reshape(-1, models)
+
+    def baseline(self, jobs: Sequence[JobView], received: FloatArray) -> FloatArray:
+        """Time received when the epoch started (0 for jobs that arrived since)."""
+        empty = np.zeros(received.shape[1])
+        rows = [self.received_at_start.get(j.id, empty) for j in jobs]
+        return np.array(rows).reshape(received.shape)
 
 
 @dataclass(frozen=True)
@@ -95,6 +130,7 @@ class Gavel(RoundPolicy):
                 f"unknown Gavel objective {self.cfg.objective!r}; one of {', '.join(OBJECTIVES)}"
             )
         self.round_s = self.cfg.round_s
+        self._epoch: AllocationEpoch | None = None
 
     @property
     def cfg(self) -> GavelConfig:
@@ -118,12 +154,47 @@ class Gavel(RoundPolicy):
         scale = np.array([float(j.spec.gpus) for j in jobs])
         free = free_capacity(snapshot.cluster, held.values(), models)
         capacity = np.array([float(free[m]) for m in names])
-        x = self._allocate(jobs, throughputs, scale, capacity, snapshot.now)
-        priorities = priority_matrix(x, time_received(jobs, names, snapshot.now))
-        chosen = greedy_assignment(priorities, x, throughputs, scale, capacity)
+        received = time_received(jobs, names, snapshot.now)
+        epoch = self._epoch_for(jobs, throughputs, scale, capacity, received, snapshot.now)
+        x = epoch.rows(jobs, len(names))
+        since = received - epoch.baseline(jobs, received) + self.cfg.round_s / 2
+        priorities = priority_matrix(x, since)
+        order = self._model_order(throughputs, ctx)
+        chosen = greedy_assignment(priorities, x, throughputs, scale, capacity, order)
         decisions = place_rounds(snapshot, jobs, chosen, names, models)
         notes = {"jobs": float(len(every)), "scheduled": float(len(chosen))}
         return SchedulingResult(tuple(decisions), notes=notes)
+
+    def _epoch_for(
+        self,
+        jobs: Sequence[JobView],
+        throughputs: FloatArray,
+        scale: FloatArray,
+        capacity: FloatArray,
+        received: FloatArray,
+        now: float,
+    ) -> AllocationEpoch:
+        """Gavel recomputes X when jobs arrived or left (or capacity changed), at most
+        every `reset_s`; each recomputation restarts the time-received counters."""
+        key = (tuple(j.id for j in jobs), tuple(capacity))
+        epoch = self._epoch
+        if epoch is None or (key != epoch.key and now - epoch.start >= self.cfg.reset_s):
+            x = self._allocate(jobs, throughputs, scale, capacity, now)
+            ids = [j.id for j in jobs]
+            epoch = AllocationEpoch(
+                key, now, dict(zip(ids, x, strict=True)), dict(zip(ids, received, strict=True))
+            )
+            self._epoch = epoch
+        return epoch
+
+    def _model_order(self, throughputs: FloatArray, ctx: Context) -> list[int]:
+        """Gavel fills one GPU model's queue after another: fastest first when it knows
+        speeds (its V100, P100, K80), in a fresh random order each round when it does not."""
+        count = throughputs.shape[1]
+        if not self.cfg.heterogeneity_aware:
+            return [int(j) for j in ctx.rng.permutation(count)]
+        speed = throughputs.sum(axis=0)
+        return sorted(range(count), key=lambda j: (-speed[j], j))
 
     def _allocate(
         self,
@@ -225,23 +296,23 @@ def greedy_assignment(
     throughputs: FloatArray,
     scale: FloatArray,
     capacity: FloatArray,
+    model_order: Sequence[int] | None = None,
 ) -> dict[int, int]:
-    """Job index → model index for this round: pairs by (priority, X) descending, each
-    job once, while its GPUs fit the model's free GPUs. Pairs with zero priority still
-    fill GPUs nobody else wants (as the Sia artifact's Gavel does)."""
+    """Job index → model index for this round. Model by model in `model_order` (default:
+    index order), that model's jobs by (priority, X) descending, each job once, while its
+    GPUs fit the model's free GPUs (Gavel's per-worker-type queues). Jobs with zero
+    priority still fill GPUs nobody else wants, as Gavel's mechanism does."""
     free = capacity.astype(float).copy()
-    order = sorted(
-        (-priorities[i, j], -x[i, j], i, j)
-        for i in range(x.shape[0])
-        for j in range(x.shape[1])
-        if throughputs[i, j] > 0
-    )
     chosen: dict[int, int] = {}
-    for _, _, i, j in order:
-        if i in chosen or scale[i] > free[j]:
-            continue
-        chosen[i] = j
-        free[j] -= scale[i]
+    for j in model_order if model_order is not None else range(x.shape[1]):
+        queue = sorted(
+            (-priorities[i, j], -x[i, j], i) for i in range(x.shape[0]) if throughputs[i, j] > 0
+        )
+        for _, _, i in queue:
+            if i in chosen or scale[i] > free[j]:
+                continue
+            chosen[i] = j
+            free[j] -= scale[i]
     return chosen
 
 

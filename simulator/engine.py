@@ -56,6 +56,9 @@ class EngineOptions:
     startup_delay: bool = False
     """Charge the restart delay on a job's first start too (checkpoint-restore jobs pay
     it on every launch, as the Sia and Pollux simulators model)."""
+    stop_after: frozenset[str] = frozenset()
+    """End the run once every one of these jobs has completed (a measurement window of a
+    continuous trace, as Gavel's simulator ends); the rest are reported unfinished."""
 
 
 class Simulation:
@@ -86,6 +89,7 @@ class Simulation:
         self._next_seq = len(self.jobs)
         self.pass_count = 0
         self._stuck = False
+        self._window = set(self.options.stop_after)
         self._has_agents = False
         self._fits_memo: dict[tuple[object, ...], bool] = {}
         self.occupants: dict[str, JobRun] = {}
@@ -239,6 +243,10 @@ class Simulation:
         self._record()
         if self._progress is not None:
             self._progress(len(self.recorder.jobs))
+        if self._window and job_id in self._window:
+            self._window.discard(job_id)
+            if not self._window:  # simpy's run() ends at this event, as at its `until`
+                self.env.timeout(0).callbacks.append(simpy.core.StopSimulation.callback)
         if self.policy.round_s is None and self.pending:
             self._request_pass()
 

@@ -6,6 +6,7 @@ import dataclasses
 import json
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -154,23 +155,84 @@ def test_agnostic_variant_ignores_speed() -> None:
         Gavel(GavelConfig(objective="fastest"))
 
 
-def test_a_job_with_its_share_yields_to_a_new_one() -> None:
+def test_after_the_reset_two_equal_jobs_take_turns() -> None:
+    """Gavel's counters: at the reset (t=3600, when the new job brings X to about 1/2
+    each) every job starts with half a round (180 s), so the priorities X / (180/360)
+    tie up to the LP's rounding and either job may run. A round later the one that ran
+    has 180 + 360 of the 720 s counted: priority 0.5/0.75 = 2/3 against the other's
+    0.5/0.25 = 2, so they swap."""
     state = ClusterState(build_nodes([NodeGroup("fast", 1, 1)]))
+    specs = {
+        "old": gavel_job("old", 1.0, 1.0),
+        "new": dataclasses.replace(gavel_job("new", 1.0, 1.0), submit_time=3500.0),
+    }
+    policy = Gavel()
+    views = {"old": holding(state, specs["old"], since=0.0), "new": waiting(specs["new"])}
+    first = policy.schedule(snapshot_of(state, views, 3600.0), CTX)
+    ran = (
+        next(d.job_id for d in first.decisions if isinstance(d, Place))
+        if first.decisions
+        else "old"
+    )
+    other = "new" if ran == "old" else "old"
+    state = ClusterState(build_nodes([NodeGroup("fast", 1, 1)]))
+    views = {
+        ran: holding(
+            state, specs[ran], since=3600.0, service={"fast": 3600.0 if ran == "old" else 0.0}
+        ),
+        other: waiting(specs[other], service={"fast": 3600.0 if other == "old" else 0.0}),
+    }
+    second = policy.schedule(snapshot_of(state, views, 3960.0), CTX)
+    assert {d.job_id: type(d) for d in second.decisions} == {ran: Preempt, other: Place}
+
+
+def holding(
+    state: ClusterState, spec: JobSpec, since: float, service: dict[str, float] | None = None
+) -> JobView:
+    """`spec` running on the one `fast` GPU of `state` since `since`."""
     state.allocate(0, (0,), 1000, 0, 0)
     placement = Placement((TaskPlacement("fast-0", (0,), 1000),))
     shape = AllocationShape("fast", 1, 1, gpus_per_node=(1,), gpu_models=("fast",))
-    old = JobView(
-        gavel_job("old", 1.0, 1.0),
+    return JobView(
+        spec,
         JobStatus.RUNNING,
         placement,
         shape,
-        service_by_model={"fast": 3600.0},
-        service_since=3600.0,
+        service_by_model=service or {},
+        service_since=since,
     )
-    new = JobView(gavel_job("new", 1.0, 1.0), JobStatus.PENDING)
-    result = Gavel().schedule(Snapshot(state.view(), [old], [new], 3600.0), CTX)
-    kinds = {d.job_id: type(d) for d in result.decisions}
-    assert kinds == {"old": Preempt, "new": Place}
+
+
+def waiting(spec: JobSpec, service: dict[str, float] | None = None) -> JobView:
+    return JobView(spec, JobStatus.PENDING, service_by_model=service or {})
+
+
+def snapshot_of(state: ClusterState, views: dict[str, JobView], now: float) -> Snapshot:
+    running = [v for v in views.values() if v.status is JobStatus.RUNNING]
+    pending = [v for v in views.values() if v.status is JobStatus.PENDING]
+    return Snapshot(state.view(), running, pending, now)
+
+
+def test_allocation_is_kept_until_the_reset_interval_passes() -> None:
+    """A job that arrives within 1920 s of the last recomputation has no share yet: it
+    runs only on GPUs the allocated jobs leave idle (here none), as in Gavel."""
+    state = ClusterState(build_nodes([NodeGroup("fast", 1, 1)]))
+    first = gavel_job("first", 1.0, 1.0)
+    policy = Gavel()
+    placed = policy.schedule(
+        Snapshot(state.view(), [], [JobView(first, JobStatus.PENDING)], 0.0), CTX
+    )
+    assert [d.job_id for d in placed.decisions] == ["first"]
+    state.allocate(0, (0,), 1000, 0, 0)
+    placement = Placement((TaskPlacement("fast-0", (0,), 1000),))
+    shape = AllocationShape("fast", 1, 1, gpus_per_node=(1,), gpu_models=("fast",))
+    running = JobView(first, JobStatus.RUNNING, placement, shape, service_since=0.0)
+    late = JobView(replace(gavel_job("late", 1.0, 1.0), submit_time=700.0), JobStatus.PENDING)
+    for now in (720.0, 1080.0, 1800.0):  # within 1920 s: X is first's alone
+        assert policy.schedule(Snapshot(state.view(), [running], [late], now), CTX).decisions == ()
+    after = policy.schedule(Snapshot(state.view(), [running], [late], 1920.0), CTX)
+    assert after.notes["jobs"] == 2.0 and policy._epoch is not None
+    assert set(policy._epoch.allocation) == {"first", "late"}
 
 
 def test_throughput_file_is_parsed_and_validated(tmp_path: Path) -> None:

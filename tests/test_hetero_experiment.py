@@ -205,3 +205,46 @@ def test_simulate_and_experiment_agree_on_a_public_workload(tmp_path: Path) -> N
     assert rows["simulate"] == rows["experiment"]
     assert summaries["simulate"]["completed"] == 40
     assert round(summaries["simulate"]["p99_jct_s"], 0) > 0
+
+
+def test_gavel_window_measures_jobs_of_a_continuous_trace(tmp_path: Path) -> None:
+    """Gavel's measurement: single-GPU jobs keep arriving until jobs 7..9 (each at most
+    3.1 h on a V100 in this invented table) have all completed; the run ends there and
+    the summary covers those three jobs only."""
+    table = {
+        worker: {
+            "('ResNet-18 (batch size 16)', 1)": {"null": speed},
+            "('LM (batch size 5)', 1)": {"null": speed * 2},
+            "('LM (batch size 5)', 2)": {"null": speed * 3},
+        }
+        for worker, speed in (("v100", 4.0), ("p100", 2.0), ("k80", 1.0))
+    }
+    throughputs = tmp_path / "throughputs.json"
+    throughputs.write_text(json.dumps(table))
+    namespace = args(
+        tmp_path,
+        tmp_path,
+        gavel_traces=1,
+        gavel_file=str(throughputs),
+        gavel_rate=[2.0],
+        gavel_window=hetero.parse_window("7-10"),
+        cluster="gavel-108",
+        policies="gavel,gavel-agnostic",
+    )
+    namespace.workloads = []
+    assert hetero.run(namespace) == 0
+    with (tmp_path / "out/summary.csv").open() as handle:
+        summary = list(csv.DictReader(handle))
+    assert [(r["workload"], r["jobs"]) for r in summary] == [("gavel/rate-2/seed-0", "3")] * 2
+    with (tmp_path / "out/jobs.csv").open() as handle:
+        rows = [r for r in csv.DictReader(handle) if r["policy"] == "gavel"]
+    window = {f"gavel-{i}" for i in range(7, 10)}
+    assert {r["job_id"] for r in rows if r["status"] == "completed"} >= window
+    assert all(int(r["gpus"]) == 1 for r in rows)  # the continuous-single trace
+    last = max(float(r["end_s"]) for r in rows if r["job_id"] in window)
+    # The run stopped when the window's last job ended: nothing completed after it.
+    assert all(float(r["end_s"]) <= last for r in rows if r["status"] == "completed")
+    # Arrivals went on after job 9 (the trace is continuous, not 10 jobs long).
+    assert any(int(r["job_id"].split("-")[1]) > 9 for r in rows)
+    with pytest.raises(argparse.ArgumentTypeError, match="START-END"):
+        hetero.parse_window("500")

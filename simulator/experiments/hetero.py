@@ -8,6 +8,10 @@ adapt jobs (Sia) get adaptive jobs, every other policy runs each job rigidly at 
 TunedJobs GPUs and batch, and every start pays the job's checkpoint-restore delay; Gavel's
 generated traces are rigid and pay no restart time, as in Gavel's simulator.
 
+`--gavel-window START-END` measures as Gavel's simulator does (its figures use jobs
+4000-5000): single-GPU jobs keep arriving (Gavel's own trace for the seed and rate, job
+for job) until jobs START..END-1 have all completed, and the summary covers those jobs.
+
 Output directory:
 
 - `summary.csv`: workload,policy,jobs,avg_jct_h,p99_jct_h,makespan_h,gpu_hours_per_job,
@@ -30,12 +34,13 @@ import csv
 import io
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import simpy
 
 from policies import JobSpec, NodeSpec, make_policy, policy_class
 from policies.registry import parse_policy_label
@@ -47,7 +52,7 @@ from simulator.plotting import subplots
 from simulator.semantics import GAVEL_GENERATED, RunSemantics, run_semantics
 from traces import sia as sia_traces
 from traces.errors import TraceError
-from traces.gavel_throughputs import generate_jobs, read_throughputs
+from traces.gavel_throughputs import generate_jobs, job_stream, read_throughputs
 from traces.outputs import add_force_argument
 
 NAME = "hetero"
@@ -86,6 +91,13 @@ class Workload:
     gavel_seed: int | None = None
     gavel_jobs: int = 0
     gavel_rate: float = 0.0
+    gavel_window: tuple[int, int] | None = None
+    """Measure jobs [start, end) of a continuous single-GPU trace, as Gavel's simulator."""
+
+    def window_ids(self) -> frozenset[str]:
+        if self.gavel_window is None:
+            return frozenset()
+        return frozenset(f"gavel-{i}" for i in range(*self.gavel_window))
 
 
 @dataclass(frozen=True)
@@ -119,7 +131,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--gavel-file", default=DEFAULT_GAVEL_FILE, metavar="JSON")
     parser.add_argument("--gavel-jobs", type=int, default=300, help="jobs per Gavel trace")
-    parser.add_argument("--gavel-rate", type=float, default=10.0, help="Gavel jobs per hour")
+    parser.add_argument(
+        "--gavel-rate",
+        type=float,
+        nargs="+",
+        default=[10.0],
+        metavar="RATE",
+        help="Gavel jobs per hour; several rates run one trace each (default: 10)",
+    )
+    parser.add_argument(
+        "--gavel-window",
+        type=parse_window,
+        metavar="START-END",
+        help="Gavel's own measurement: a continuous trace of single-GPU jobs that arrive "
+        "until jobs START..END-1 have all completed; summaries cover those jobs only "
+        "(replaces --gavel-jobs; e.g. 500-1000)",
+    )
     parser.add_argument("--cluster", default="sia-64", help=f"one of {', '.join(cluster_names())}")
     parser.add_argument("--scale", type=int, default=1, help="multiply node counts by k")
     parser.add_argument(
@@ -170,16 +197,41 @@ def find_workloads(args: argparse.Namespace) -> list[Workload]:
         if not files:
             raise TraceError(path, "no *.csv workload files")
         workloads += [Workload(f"{path.name}/{f.stem}", f, profiles) for f in files]
+    if args.gavel_window is not None and not args.gavel_traces:
+        raise ValueError("--gavel-window needs --gavel-traces N (the seeds 0..N-1 to run)")
     if args.gavel_traces:
         gavel_file = Path(args.gavel_file)
         read_throughputs(gavel_file)  # validate before any run starts
+        if any(rate <= 0 for rate in args.gavel_rate):
+            raise ValueError("--gavel-rate: every rate must be positive")
         workloads += [
-            Workload(f"gavel/seed-{seed}", gavel_file, None, seed, args.gavel_jobs, args.gavel_rate)
+            Workload(
+                f"gavel/rate-{rate:g}/seed-{seed}",
+                gavel_file,
+                None,
+                seed,
+                args.gavel_jobs,
+                rate,
+                args.gavel_window,
+            )
+            for rate in args.gavel_rate
             for seed in range(args.gavel_traces)
         ]
     if not workloads:
         raise ValueError("nothing to run: give --workloads DIR and/or --gavel-traces N")
     return workloads
+
+
+def parse_window(text: str) -> tuple[int, int]:
+    """`START-END` → (START, END), job ids START..END-1 (Gavel's `-s` and `-e`)."""
+    start, _, end = text.partition("-")
+    try:
+        window = int(start), int(end)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not START-END, e.g. 500-1000") from None
+    if not 0 <= window[0] < window[1]:
+        raise argparse.ArgumentTypeError(f"{text!r}: need 0 <= START < END")
+    return window
 
 
 def _natural(path: Path) -> tuple[object, ...]:
@@ -195,6 +247,23 @@ def load_jobs(workload: Workload, semantics: RunSemantics) -> list[JobSpec]:
     return sia_traces.read_jobs(workload.path, workload.profiles, mode=semantics.job_mode)
 
 
+def continuous_trace(workload: Workload) -> Iterator[JobSpec]:
+    """Gavel's continuous-single trace: single-GPU jobs for as long as the run asks."""
+    assert workload.gavel_seed is not None
+    table = read_throughputs(workload.path)
+    return job_stream(table, workload.gavel_rate, workload.gavel_seed, multi_gpu=False)
+
+
+def feed(sim: Simulation, jobs: Iterator[JobSpec]) -> simpy.events.ProcessGenerator:
+    """Submit each job at its time, announcing the next before waiting for it, so the
+    rounds go on until the run's measurement window completes."""
+    for job in jobs:
+        sim.expect_arrivals(1)
+        if job.submit_time > sim.env.now:
+            yield sim.env.timeout(job.submit_time - sim.env.now)
+        sim.submit(job)
+
+
 def trace_format(workload: Workload) -> str:
     return GAVEL_GENERATED if workload.gavel_seed is not None else "sia"
 
@@ -203,20 +272,25 @@ def run_one(spec: RunSpec) -> RunOutput:
     policy = make_policy(spec.policy, dict(spec.options))
     nodes: list[NodeSpec] = named_cluster(spec.cluster, spec.scale)
     semantics = run_semantics(trace_format(spec.workload), policy)
-    jobs = load_jobs(spec.workload, semantics)
+    window = spec.workload.window_ids()
     options = EngineOptions(
         seed=spec.seed,
         restart_cost_s=semantics.restart_cost_s,
         startup_delay=semantics.startup_delay,
+        stop_after=window,
     )
     started, cpu = time.perf_counter(), time.process_time()
-    sim = Simulation(nodes, jobs, policy, options)
+    if window:
+        sim = Simulation(nodes, [], policy, options)
+        sim.env.process(feed(sim, continuous_trace(spec.workload)))
+    else:
+        sim = Simulation(nodes, load_jobs(spec.workload, semantics), policy, options)
     recorder = sim.run()
     wall, cpu = time.perf_counter() - started, time.process_time() - cpu
     label = policy_label(spec)
     return RunOutput(
         spec=spec,
-        summary=(spec.workload.name, label, *summarise(recorder)),
+        summary=(spec.workload.name, label, *summarise(recorder, window)),
         timing=(spec.workload.name, label, *timing(recorder), round(wall, 2), round(cpu, 2)),
         jobs=[(spec.workload.name, label, *row) for row in recorder.jobs],
         rounds=[(spec.workload.name, label, *row) for row in recorder.passes],
@@ -229,9 +303,12 @@ def policy_label(spec: RunSpec) -> str:
     return ":".join([spec.policy, *(f"{k}={v}" for k, v in spec.options)])
 
 
-def summarise(recorder: Recorder) -> tuple[object, ...]:
-    """jobs, avg/p99 JCT (h), makespan (h), GPU-hours per job, restarts per job."""
+def summarise(recorder: Recorder, only: frozenset[str] = frozenset()) -> tuple[object, ...]:
+    """jobs, avg/p99 JCT (h), makespan (h), GPU-hours per job, restarts per job; over the
+    jobs in `only` when given (a measurement window), else over all."""
     rows = recorder.jobs
+    if only:
+        rows = [r for r in rows if r[JOB_COLUMNS.index("job_id")] in only]
     done = [r for r in rows if r[JOB_COLUMNS.index("status")] == "completed"]
     jcts = np.sort(_column(done, "jct_s"))
     count = len(rows)
