@@ -19,11 +19,12 @@ from typing import Any
 
 import pytest
 
-from controller.ctj.crd import NAME_LABEL
-from controller.devcluster.fleet import Admin
+from controller.ctj.crd import NAME_LABEL, object_path
+from controller.devcluster.fleet import NAMESPACE, Admin
+from controller.kube.objects import parse_time
 from controller.scheduling.effects import now_rfc3339
 from policies import NodeSpec, TaskRequest, make_policy
-from policies.continual import AccuracyCurve, RetrainConfig, StreamSpec
+from policies.continual import AccuracyCurve, DriftTrigger, RetrainConfig, StreamSpec
 from simulator.continual import STREAM_COLUMNS, ContinualRun
 from tests.kube.ctj_helpers import (
     CtjEnvironment,
@@ -45,7 +46,7 @@ ROUND_S = 2.0
 INITIAL = {"gain-more": 0.5, "gain-less": 0.7}
 
 
-def continual_ctj(name: str, start: float) -> dict[str, Any]:
+def continual_ctj(name: str, start: float, initial: float | None = None) -> dict[str, Any]:
     manifest = ctj_manifest(
         name,
         window_s=WINDOW_S,
@@ -66,7 +67,7 @@ def continual_ctj(name: str, start: float) -> dict[str, Any]:
         "floor": CURVE.floor,
         "decayPerHour": CURVE.decay_per_h,
         "halfGainGpuSeconds": CURVE.half_gain_gpu_s,
-        "initial": INITIAL[name],
+        "initial": INITIAL[name] if initial is None else initial,
     }
     return manifest
 
@@ -136,6 +137,100 @@ def test_thief_gives_the_only_gpu_to_the_stream_that_gains_more(
                 if p["status"].get("phase") == "Succeeded"
             }
             assert ran == {"gain-more"}
+            assert serve.stop() == 0
+        finally:
+            serve.stop()
+
+    run(ctj_env, scenario)
+
+
+HALVING_10S = AccuracyCurve(0.9, 0.5, decay_per_h=360 * math.log(2), half_gain_gpu_s=2.0)
+"""The gap to the ceiling halves every 10 s."""
+
+
+def triggered_ctj(name: str, start: float, trigger: dict[str, float], curve: AccuracyCurve) -> Any:
+    manifest = continual_ctj(name, start, initial=0.9)
+    spec = manifest["spec"]
+    spec["retrain"].update(windowSeconds=20, deadlineSeconds=10, windows=1, trigger=trigger)
+    spec["retrain"]["configs"] = [{"name": "quick", "workGpuSeconds": 2.0}]
+    spec["podMetadata"]["annotations"]["gpufleet.io/sim-runtime"] = "2s"
+    spec["accuracy"].update(
+        decayPerHour=curve.decay_per_h, halfGainGpuSeconds=curve.half_gain_gpu_s
+    )
+    return manifest
+
+
+def test_drift_triggers_open_windows_when_accuracy_falls(
+    ctj_env: CtjEnvironment,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """`stale` decays from 0.9 and triggers on a 0.1 drop: at 10·log2(4/3) = 4.15 s
+    after its start (as the simulator's triggered stream does). `measured` does not
+    decay and triggers below 0.6: only the accuracy its evaluation job reports, 0.55,
+    fires it."""
+    still = AccuracyCurve(0.9, 0.5, decay_per_h=0.0, half_gain_gpu_s=2.0)
+    crossing = 10 * math.log2(4 / 3)
+    simulated = StreamSpec(
+        id="stale",
+        start_s=0.0,
+        window_s=20.0,
+        windows=2,
+        deadline_s=10.0,
+        task=TaskRequest(1000, 1024, 1, 1000),
+        throughput={"A100": 1.0},
+        curve=HALVING_10S,
+        configs=(RetrainConfig("quick", 2.0),),
+        trigger=DriftTrigger(drop=0.1, min_gap_s=5),
+    )
+    sim = ContinualRun([NODE], [simulated], make_policy("thief", {"realloc_s": ROUND_S}))
+    sim.run()
+    col = {name: i for i, name in enumerate(STREAM_COLUMNS)}
+    first = sim.rows[0]
+    assert first[col["start_s"]] == pytest.approx(crossing)
+    assert (first[col["status"]], first[col["acc_start"]]) == ("completed", pytest.approx(0.8))
+
+    async def scenario(admin: Admin) -> None:
+        await admin.create_nodes([NODE])
+        serve = ServeProcess(
+            ctj_env, tmp_path / "serve.log", "thief", (f"--round-seconds={ROUND_S}",)
+        )
+        try:
+            await serve.until_ready()
+            start = math.ceil(time.time()) + 2.0
+            stale = triggered_ctj("stale", start, {"drop": 0.1, "minGapSeconds": 5}, HALVING_10S)
+            await create_ctj(admin.api, stale)
+            measured = triggered_ctj("measured", start, {"below": 0.6, "minGapSeconds": 5}, still)
+            await create_ctj(admin.api, measured)
+
+            async def recorded(name: str) -> dict[str, Any] | None:
+                job = await get_ctj(admin.api, name)
+                status = (job or {}).get("status", {})
+                return status if status.get("windowsRecorded") else None
+
+            status = await eventually(lambda: recorded("stale"), 60, "stale's window recorded")
+            opened = parse_time(status["currentWindow"]["start"])
+            assert opened == pytest.approx(start + crossing, abs=1e-3)
+            assert [h["outcome"] for h in status["history"]] == ["Completed"]
+            assert status["model"]["accuracy"] == pytest.approx(0.85)  # 0.8 + 0.1·½
+
+            job = await get_ctj(admin.api, "measured")
+            assert job is not None and "currentWindow" not in job["status"]
+            seen = time.time()
+            report = {"status": {"observedAccuracy": {"value": 0.55, "time": now_rfc3339(seen)}}}
+            await admin.api.call(
+                "PATCH",
+                object_path(NAMESPACE, "measured") + "/status",
+                body=report,
+                content_type="application/merge-patch+json",
+            )
+            status = await eventually(
+                lambda: recorded("measured"), 60, "measured's window recorded"
+            )
+            assert parse_time(status["currentWindow"]["start"]) >= math.floor(seen)
+            assert [h["outcome"] for h in status["history"]] == ["Completed"]
+            # From the measured 0.55, half the gap to 0.9: 0.725.
+            assert status["model"]["accuracy"] == pytest.approx(0.725)
+            assert status["observedAccuracy"]["value"] == 0.55
             assert serve.stop() == 0
         finally:
             serve.stop()
