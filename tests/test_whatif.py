@@ -351,3 +351,37 @@ def test_score_reports_error_per_source_by_hand(
 def test_score_needs_the_forecast(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["whatif", "--score", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     assert "--score needs --forecast" in capsys.readouterr().err
+
+
+def test_policy_options_reach_only_their_policy(tmp_path: Path) -> None:
+    """One GPU free, a 2-GPU job (10 s) queued before a 1-GPU one: strict FIFO keeps the
+    small job behind the big one, which starts when the held GPU frees at 60, so the
+    small one starts at 70; `-o fifo:blocking=false` starts it at once; best-fit is not
+    touched by the fifo option."""
+    snapshot = ClusterSnapshot(
+        0.0,
+        (NODE,),
+        running=(SnapRunning("r", "n0", 1000, 1000, 1, 1000, 40.0, (0,), runtime_s=100.0),),
+        pending=(pending("big", 2, 10.0, age_s=9.0), pending("small", 1, 10.0, age_s=1.0)),
+    )
+    write_snapshot(snapshot, tmp_path / "snap.json")
+    starts = {}
+    for label, extra in (("strict", []), ("loose", ["-o", "fifo:blocking=false"])):
+        out = tmp_path / label
+        args = ["whatif", "--snapshot", str(tmp_path / "snap.json"), "--out", str(out)]
+        assert main([*args, "--policies", "fifo,bestfit", *extra]) == 0
+        with (out / "predictions.csv").open() as handle:
+            for row in csv.DictReader(handle):
+                starts[label, row["policy"], row["job_id"]] = row["start_p50_s"]
+    assert starts["strict", "fifo", "small"] == "70.0"
+    assert starts["loose", "fifo", "small"] == "0.0"
+    assert starts["strict", "bestfit", "small"] == starts["loose", "bestfit", "small"] == "0.0"
+
+
+def test_an_option_without_its_policy_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_snapshot(busy_node(), tmp_path / "snap.json")
+    args = ["whatif", "--snapshot", str(tmp_path / "snap.json"), "--out", str(tmp_path / "o")]
+    assert main([*args, "-o", "blocking=false"]) == 2
+    assert "expected POLICY:KEY=VALUE" in capsys.readouterr().err
