@@ -50,8 +50,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from controller.dra.cli import DraOptions
 from controller.dra.inventory import KINDS as DRA_KINDS
-from controller.dra.inventory import DraAsk, DraOptions
+from controller.dra.inventory import DraAsk
 from controller.kube.objects import (
     SCHEDULER_NAME,
     NodeRecord,

@@ -8,7 +8,8 @@ import logging
 from dataclasses import dataclass, field
 
 from controller.dra.allocator import ClaimWriter
-from controller.dra.inventory import CLAIMS, CLASSES, SLICES, DraOptions
+from controller.dra.cli import DraOptions
+from controller.dra.inventory import CLAIMS, CLASSES, SLICES
 from controller.kube.informer import Informer
 from controller.kube.kubeapi import KubeApi
 from controller.kube.objects import SCHEDULER_NAME

@@ -1,11 +1,25 @@
-"""The DRA options shared by `controller run|serve|record`."""
+"""The DRA options (`DraOptions`) and their flags, shared by `controller run|serve|record`."""
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 
-from controller.dra.inventory import GPU_DRIVERS, DraOptions
+from controller.dra.inventory import GPU_DRIVERS, DraState
 from policies.gpu_models import DRA_PRODUCT_ATTRIBUTES
+
+
+@dataclass(frozen=True)
+class DraOptions:
+    enabled: bool = True
+    """Read ResourceSlices, DeviceClasses and ResourceClaims and place pods with claims."""
+    gpu_drivers: tuple[str, ...] = GPU_DRIVERS
+    """Drivers whose node-local devices are GPUs."""
+    product_attributes: tuple[str, ...] = DRA_PRODUCT_ATTRIBUTES
+    """Device attributes naming the GPU product, tried in order (`gpu_models.dra_product`)."""
+
+    def state(self) -> DraState:
+        return DraState(self.gpu_drivers, self.product_attributes)
 
 
 def add_dra_arguments(parser: argparse.ArgumentParser) -> None:

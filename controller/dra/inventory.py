@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import re
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -30,6 +29,7 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
+from controller.dra.capacity import charged, consumed, share_milli
 from controller.dra.objects import (
     AllocatedDevice,
     Device,
@@ -66,18 +66,9 @@ a node's GPUs are counted once, by one mechanism (docs/dra.md)."""
 DEVICE_PLUGIN = "device-plugin"
 _DIGITS = re.compile(r"(\d+)")
 
-
-@dataclass(frozen=True)
-class DraOptions:
-    enabled: bool = True
-    """Read ResourceSlices, DeviceClasses and ResourceClaims and place pods with claims."""
-    gpu_drivers: tuple[str, ...] = GPU_DRIVERS
-    """Drivers whose node-local devices are GPUs."""
-    product_attributes: tuple[str, ...] = DRA_PRODUCT_ATTRIBUTES
-    """Device attributes naming the GPU product, tried in order (`gpu_models.dra_product`)."""
-
-    def state(self) -> DraState:
-        return DraState(self.gpu_drivers, self.product_attributes)
+RequestPart = tuple[tuple[str, ...], tuple[tuple[str, Decimal], ...], bool]
+"""What decides where one request fits: its selectors, capacity requests, `All`."""
+RequestKey = tuple[RequestPart, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,10 +127,10 @@ class DraState:
         self.nodes: dict[str, NodeGpus] = {}
         self.pending: dict[str, ClaimAllocation] = {}
         """Claim uid → the allocation this scheduler is writing (its devices are held)."""
-        self.fits_labels: dict[tuple[object, ...], str] = {}
+        self.fits_labels: dict[RequestKey, str] = {}
         self.labels_changed = False
         """A request shape got a new node label since the nodes were last adapted."""
-        self._fits: dict[tuple[object, ...], frozenset[str]] = {}
+        self._fits: dict[RequestKey, frozenset[str]] = {}
 
     # -- informer handler -------------------------------------------------------------
 
@@ -259,7 +250,7 @@ class DraState:
             if where is None:
                 continue
             name, index, device = where
-            milli = _share_milli(device, result.consumed) if result.share_id else MILLI
+            milli = share_milli(device, result.consumed) if result.share_id else MILLI
             charges[f"claim/{claim_uid}/{i}"] = Charge(name, (index,), milli, 0, 0)
         return charges
 
@@ -326,27 +317,28 @@ class DraState:
                 eligible = self._eligible(key)
             except _ClaimError as err:
                 return err.problem
+            except SelectorError as err:  # requests that pass alone, failing together
+                names = ", ".join(sorted({c.name for c, _ in requests}))
+                return Problem(f"resourceclaims/{names}.spec.devices.requests", str(err))
             labels[self._label(key)] = "true"
             num_gpus, milli = self._size(requests, eligible)
             if eligible != {n for n, g in self.nodes.items() if g.devices}:
                 models = frozenset(self.product(n) for n in eligible)
         return DraAsk(num_gpus, milli if num_gpus else 0, labels, claims, models)
 
-    def _label(self, key: tuple[object, ...]) -> str:
+    def _label(self, key: RequestKey) -> str:
         if key not in self.fits_labels:
             digest = hashlib.sha256(repr(key).encode()).hexdigest()[:12]
             self.fits_labels[key] = f"{LABEL_DOMAIN}/fits-{digest}"
             self.labels_changed = True
         return self.fits_labels[key]
 
-    def _request_key(
-        self, requests: list[tuple[ResourceClaim, DeviceRequest]]
-    ) -> tuple[object, ...]:
+    def _request_key(self, requests: list[tuple[ResourceClaim, DeviceRequest]]) -> RequestKey:
         """What decides where the requests fit: per request its selectors (class's and
         own), capacity and mode, not its claim's name, so the claims pods make from one
         template share one key (and one node label). Each request is checked alone
         first, so a selector that fails is reported with its claim and request."""
-        parts = []
+        parts: list[RequestPart] = []
         for claim, request in requests:
             device_class = self.classes.get(request.device_class)
             where = f"resourceclaims/{claim.name}.spec.devices.requests[{request.name}]"
@@ -369,7 +361,7 @@ class DraState:
             parts.append(part)
         return tuple(parts)
 
-    def _eligible(self, key: tuple[object, ...]) -> frozenset[str]:
+    def _eligible(self, key: RequestKey) -> frozenset[str]:
         """Nodes whose every GPU serves every request in `key` (cached until the
         inventory changes). Raises `SelectorError` if a selector fails on a device."""
         if key in self._fits:
@@ -388,13 +380,13 @@ class DraState:
         self._fits[key] = found
         return found
 
-    def _eligible_or_none(self, key: tuple[object, ...]) -> frozenset[str]:
+    def _eligible_or_none(self, key: RequestKey) -> frozenset[str]:
         try:
             return self._eligible(key)
         except SelectorError:
             return frozenset()  # reported on the pods when they are next asked about
 
-    def _serves(self, device: Device, part: Any, complete: bool) -> bool:
+    def _serves(self, device: Device, part: RequestPart, complete: bool) -> bool:
         selectors, capacity, all_devices = part
         if device.tainted or device.binds_later or (all_devices and not complete):
             return False
@@ -404,7 +396,7 @@ class DraState:
                     return False
             except SelectorError as err:
                 raise SelectorError(f"[{i}] {expression!r} {err}") from None
-        return all(_charged(device, name, amount) is not None for name, amount in capacity)
+        return all(charged(device, name, amount) is not None for name, amount in capacity)
 
     def _size(
         self, requests: list[tuple[ResourceClaim, DeviceRequest]], eligible: frozenset[str]
@@ -422,30 +414,12 @@ class DraState:
         if only is None or only.all_devices or only.count != 1 or not only.capacity:
             return total, MILLI
         shares = [
-            _share_milli(device, self.consumed(device, only.capacity))
+            share_milli(device, consumed(device, only.capacity))
             for n in eligible
             for device in self.nodes[n].devices
             if device.shareable
         ]
         return total, (max(shares) if shares and len(shares) == sum(counts) else MILLI)
-
-    def consumed(self, device: Device, wanted: Mapping[str, Decimal]) -> dict[str, Decimal]:
-        """What a share of `device` charges for each of its capacities: a requested
-        amount rounded up by its policy, an unrequested one at its policy's default
-        or, without one, in full (kube-scheduler's rule)."""
-        amounts = {}
-        for domain, named in device.capacity.items():
-            for name, capacity in named.items():
-                qualified = name if domain == device.driver else f"{domain}/{name}"
-                amount = wanted.get(qualified, wanted.get(f"{domain}/{name}"))
-                if amount is not None:
-                    charged = _charged(device, qualified, amount)
-                elif capacity.policy is not None and capacity.policy.default is not None:
-                    charged = capacity.policy.default
-                else:
-                    charged = capacity.value
-                amounts[qualified] = charged if charged is not None else capacity.value
-        return amounts
 
     # -- allocating -------------------------------------------------------------------
 
@@ -502,7 +476,7 @@ class DraState:
             device.pool,
             device.name,
             share_id=str(uuid.uuid4()),
-            consumed=self.consumed(device, request.capacity if share else {}),
+            consumed=consumed(device, request.capacity if share else {}),
         )
 
 
@@ -515,29 +489,6 @@ class _ClaimError(Exception):
 def _is_gpu(device: Device) -> bool:
     kind = device.attribute("type")
     return kind is None or kind == "gpu"
-
-
-def _charged(device: Device, name: str, amount: Decimal) -> Decimal | None:
-    """What a request for `amount` of capacity `name` charges on `device` (None: the
-    device cannot serve it)."""
-    capacity = device.capacity_of(name)
-    if capacity is None or amount > capacity.value:
-        return None
-    if not device.shareable or capacity.policy is None:
-        return amount
-    charged = capacity.policy.round_up(amount)
-    return charged if charged is not None and charged <= capacity.value else None
-
-
-def _share_milli(device: Device, consumed: Mapping[str, Decimal]) -> int:
-    """A share's milli-GPU: its largest consumed fraction of a capacity, rounded up, so
-    that shares that fit in milli never exceed any capacity."""
-    fractions = [Decimal(0)]
-    for name, amount in consumed.items():
-        capacity = device.capacity_of(name)
-        if capacity is not None and capacity.value > 0:
-            fractions.append(amount / capacity.value)
-    return max(1, min(MILLI, math.ceil(max(fractions) * MILLI)))
 
 
 def _about(claim: ResourceClaim, problem: Problem) -> Problem:

@@ -386,11 +386,12 @@ class Scheduler:
         if job.asks and not self._claims_free(job):
             log.info("place %s deferred: a claim of it is being allocated", job.spec.id)
             return
-        for i, (pod, where) in enumerate(zip(job.pods, placement.tasks, strict=True)):
+        plans = self._claim_plans(job, placement, now)
+        if plans is None:
+            return
+        for pod, where, planned in zip(job.pods, placement.tasks, plans, strict=True):
             charge = Charge(where.node, where.gpus, where.gpu_milli, task.cpu_milli, task.mem_mib)
-            ask = job.asks[i] if job.asks else None
-            if ask is not None:
-                planned = self.cache.dra.plan(ask, where.node, where.gpus, where.gpu_milli)
+            if planned is not None:
                 self.cache.assume_claims(pod, charge, planned)
             else:
                 self.cache.assume(pod, charge)
@@ -404,6 +405,24 @@ class Scheduler:
                 reason,
             )
         self._spawn(self._bind_job(job, placement, now))
+
+    def _claim_plans(
+        self, job: PendingJob, placement: Placement, now: float
+    ) -> list[list[ClaimAllocation] | None] | None:
+        """Each pod's claim allocations for the placement (None for a pod without
+        claims); None, and the pods reported, if the placement cannot serve them."""
+        if not job.asks:
+            return [None] * len(job.pods)
+        try:
+            return [
+                None if ask is None else self.cache.dra.plan(ask, w.node, w.gpus, w.gpu_milli)
+                for ask, w in zip(job.asks, placement.tasks, strict=True)
+            ]
+        except (KeyError, IndexError) as err:
+            problem = Problem("spec.resourceClaims", f"placement cannot serve the claims: {err!r}")
+            for pod in job.pods:
+                self._reject(pod, problem, now)
+            return None
 
     def _claims_free(self, job: PendingJob) -> bool:
         """No claim of the job is already being allocated (a claim shared by pods that

@@ -86,7 +86,11 @@ def dra_ask(
         raise DraProblem(
             Problem(field, "asks for GPUs both as a device-plugin resource and as claims")
         )
-    ask = dra.ask(pod, as_new)
+    try:
+        ask = dra.ask(pod, as_new)
+    except (KeyError, IndexError, TypeError, ArithmeticError) as err:
+        # A claim shape the reader let through but sizing cannot take: its pod alone.
+        raise DraProblem(Problem("spec.resourceClaims", f"cannot be sized: {err!r}")) from err
     if isinstance(ask, Problem):
         raise DraProblem(ask)
     if isinstance(ask, str):
