@@ -179,14 +179,14 @@ class DraState:
         for (driver, pool), records in pools.items():
             newest = max(r.generation for r in records)
             current = [r for r in records if r.generation == newest]
-            devices = [d for r in current for d in r.devices if _is_gpu(d)]
+            devices = [d for r in current for d in r.devices if d.is_gpu]
             if len({d.name for d in devices}) != len(devices):
                 log.warning("DRA pool %s/%s names a device twice: ignored", driver, pool)
                 continue
             whole = len(current) >= max(r.slice_count for r in current)
             for record in current:
                 node = record.node_name
-                found.setdefault(node, []).extend(d for d in record.devices if _is_gpu(d))
+                found.setdefault(node, []).extend(d for d in record.devices if d.is_gpu)
                 complete[node] = complete.get(node, True) and whole
         nodes = {}
         for node, devices in found.items():
@@ -220,6 +220,13 @@ class DraState:
             gpu_product=product,
             labels=labels,
         )
+
+    def unfit(self, node_selector: Mapping[str, str]) -> str:
+        """Why a job selecting DRA labels fits no node, as a note to its report."""
+        for key, label in self.fits_labels.items():
+            if label in node_selector and not self._eligible_or_none(key):
+                return "; no node's GPUs all satisfy its ResourceClaims' selectors and capacity"
+        return ""
 
     def product(self, node: str) -> str:
         """The GPU product a DRA node reports (its first GPU's)."""
@@ -296,7 +303,7 @@ class DraState:
         requests: list[tuple[ResourceClaim, DeviceRequest]] = []
         for claim in claims:
             if claim.problems:
-                return _about(claim, claim.problems[0])
+                return claim.first_problem()
             if claim.deleting:
                 return f"resourceclaim {claim.name} is being deleted"
             if claim.uid in self.pending and not as_new:
@@ -350,7 +357,7 @@ class DraState:
                     )
                 )
             if device_class.problems:
-                raise _ClaimError(_about_class(device_class))
+                raise _ClaimError(device_class.first_problem())
             selectors = device_class.selectors + request.selectors
             capacity = tuple(sorted(request.capacity.items()))
             part = (selectors, capacity, request.all_devices)
@@ -484,17 +491,3 @@ class _ClaimError(Exception):
     def __init__(self, problem: Problem) -> None:
         super().__init__(str(problem))
         self.problem = problem
-
-
-def _is_gpu(device: Device) -> bool:
-    kind = device.attribute("type")
-    return kind is None or kind == "gpu"
-
-
-def _about(claim: ResourceClaim, problem: Problem) -> Problem:
-    return Problem(f"resourceclaims/{claim.name}.{problem.field}", problem.message)
-
-
-def _about_class(device_class: DeviceClass) -> Problem:
-    problem = device_class.problems[0]
-    return Problem(f"deviceclasses/{device_class.name}.{problem.field}", problem.message)

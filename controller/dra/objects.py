@@ -88,6 +88,12 @@ class Device:
     def key(self) -> tuple[str, str, str]:
         return (self.driver, self.pool, self.name)
 
+    @property
+    def is_gpu(self) -> bool:
+        """A whole GPU: no `type` attribute, or `gpu` (not a MIG slice or a channel)."""
+        kind = self.attribute("type")
+        return kind is None or kind == "gpu"
+
     def attribute(self, name: str) -> AttributeValue | None:
         """An attribute by unqualified (driver domain) or `domain/name` qualified name."""
         domain, _, short = name.rpartition("/")
@@ -119,6 +125,10 @@ class DeviceClass:
     config: tuple[Mapping[str, Any], ...] = ()
     """`spec.config[].opaque` entries, copied into allocations (`source: FromClass`)."""
     problems: tuple[Problem, ...] = ()
+
+    def first_problem(self) -> Problem:
+        problem = self.problems[0]
+        return Problem(f"deviceclasses/{self.name}.{problem.field}", problem.message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +192,10 @@ class ResourceClaim:
     @property
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+    def first_problem(self) -> Problem:
+        problem = self.problems[0]
+        return Problem(f"resourceclaims/{self.name}.{problem.field}", problem.message)
 
 
 class _Reader:

@@ -338,7 +338,9 @@ class Scheduler:
             elif isinstance(decision, Unschedulable) and decision.job_id in pending:
                 message = decision.reason
                 if message == NO_NODE_FITS and state is not None:
-                    message = why_no_node_fits(pending[decision.job_id].spec, state)
+                    spec = pending[decision.job_id].spec
+                    message = why_no_node_fits(spec, state)
+                    message += self.cache.dra.unfit(spec.node_selector)
                 if decision.plugin:
                     message = f"{decision.plugin}: {message}"
                 log.info("unschedulable %s: %s", decision.job_id, message)
