@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 from gpufleet.cli import main
+from policies import ClusterState, Context, JobStatus, JobView, Place, Snapshot, make_policy
+from policies.fragmentation import TargetWorkload, TaskType
 from simulator.experiments.fgd_inflation import (
     CURVE_COLUMNS,
     FAILURE_COLUMNS,
@@ -21,7 +23,7 @@ from simulator.experiments.fgd_inflation import (
     run_inflation,
 )
 from simulator.results import load_experiment
-from tests.conftest import job, shared_data
+from tests.conftest import job, node, shared_data
 from traces.openb import read_nodes
 
 UNALLOCATED = CURVE_COLUMNS.index("unallocated_gpus")
@@ -141,6 +143,32 @@ def test_a_tie_goes_to_the_first_node_of_the_seeds_order_not_the_list(tmp_path) 
         assert curve[-1][UNALLOCATED] == (3.0 if y_fails else 2.0)
         outcomes.append(y_fails)
     assert any(outcomes) and not all(outcomes)
+
+
+def test_fgd_artifact_cpu_only_tie_follows_the_seeds_node_order() -> None:
+    # M = {1 whole GPU + 2 cores}. A 2-core CPU-only task on idle nodes a and b (2 GPUs,
+    # 8 cores each) leaves 6 cores, so the GPU type still runs on both: Δ = 0 and
+    # int(100σ(0)) = 50 on both (fgd_score.go), a tie the artifact gives to the first
+    # name. Its simulator's names are seeded (`%04d-<name>`), so over seeds the task
+    # lands on a or b; in the list's order it always took a, the first of the P100
+    # nodes on openb, which is how CPU-only tasks stranded their GPUs on cpu200/250.
+    workload = TargetWorkload((TaskType(job("g", cpu=2000).task, None, 1.0),))
+    policy = make_policy("fgd", {"mode": "artifact", "workload": workload})
+    landed = set()
+    for seed in range(8):
+        nodes = artifact_node_order(
+            [node("a", 2, cpu=8000), node("b", 2, cpu=8000)], np.random.default_rng(seed)
+        )
+        state = ClusterState(nodes)
+        pending = [JobView(job("c", gpus=0, cpu=2000), JobStatus.PENDING)]
+        (decision,) = policy.schedule(
+            Snapshot(state.view(), [], pending, 0.0), Context(np.random.default_rng(0))
+        ).decisions
+        assert isinstance(decision, Place)
+        chosen = decision.placement.tasks[0].node
+        assert chosen == nodes[0].name  # the first name of the seed's order
+        landed.add(chosen[5:])
+    assert landed == {"a", "b"}
 
 
 def test_inflation_appends_clones_up_to_the_target() -> None:
