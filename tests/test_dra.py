@@ -474,3 +474,13 @@ def test_all_takes_every_gpu_of_complete_nodes_of_one_size() -> None:
     assert fits == {"small"}
     (planned,) = state.plan(ask, "small", (0, 1), MILLI)
     assert [r.device for r in planned.results] == ["gpu-0", "gpu-1"]
+
+
+def test_a_request_no_node_fits_is_explained() -> None:
+    state = two_node_state()
+    huge = "device.capacity['gpu.nvidia.com'].memory.compareTo(quantity('100Gi')) >= 0"
+    ask = ask_for(state, exactly(1, (huge,)))
+    assert ask.models == frozenset()
+    assert "ResourceClaims' selectors" in state.unfit(ask.labels)
+    fits = ask_for(state, exactly(1))
+    assert state.unfit(fits.labels) == ""
