@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from controller.ctj.reconciler import CtjReconciler
@@ -67,7 +68,7 @@ class Manager:
                 resync_s=self.options.controller.resync_s,
                 supervisor=self.supervisor,
                 quarantine=self.quarantine,
-                choose=self._choose_config if isinstance(policy, WindowPlanner) else None,
+                plan_windows=self._plan_windows if isinstance(policy, WindowPlanner) else None,
             )
             if self.options.reconcile_ctjs
             else None
@@ -90,19 +91,19 @@ class Manager:
         self.synced = asyncio.Event()
         self.leading = asyncio.Event()
 
-    def _choose_config(self, opening: WindowOpening) -> int:
-        """The policy's config for a CTJ window opening now, on the scheduler's view of
-        the cluster (as the simulator asks it at each opening)."""
+    def _plan_windows(self, openings: Sequence[WindowOpening]) -> list[int]:
+        """The policy's configs for CTJ windows opening now, on the scheduler's view of
+        the cluster (as the simulator asks it at each instant with openings)."""
         policy = self.controller.scheduler.policy
         assert isinstance(policy, WindowPlanner)
         cache = self.controller.scheduler.cache
         state = cache.ledger.state
         if state is None:
-            return opening.stream.default_config
-        now = opening.stream.start_s
+            return [o.stream.default_config for o in openings]
+        now = openings[0].stream.start_s
         running = cache.running.views(cache.charges(), state, now)
         snapshot = Snapshot(cluster=state.view(), running=running, pending=[], now=now)
-        return policy.plan_windows([opening], snapshot)[0]
+        return policy.plan_windows(openings, snapshot)
 
     def is_leader(self) -> bool:
         return self.elector is None or self.elector.is_leader()

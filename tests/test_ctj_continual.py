@@ -14,12 +14,14 @@ GPU in 120 s (past the deadline: worth nothing), so only one of them can retrain
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import pytest
 
+from controller.ctj.continual import JointConfigs
 from controller.ctj.crd import ObservedAccuracy, ctj_from_json
 from controller.ctj.plan import CtjPod, ctj_pod_from_json, plan
 from controller.kube.objects import pod_from_json
@@ -45,7 +47,7 @@ CONFIGS = (RetrainConfig("small", 60.0, 1.0), RetrainConfig("large", 240.0, 1.0)
 NODE = NodeSpec("a100-0", cpu_milli=8000, mem_mib=16_384, gpus=1, gpu_model="A100")
 
 
-def ctj_json(name: str, initial: float, **status: Any) -> dict[str, Any]:
+def ctj_json(name: str, initial: float, configs: int = 1, **status: Any) -> dict[str, Any]:
     return {
         "metadata": {
             "name": name,
@@ -61,7 +63,7 @@ def ctj_json(name: str, initial: float, **status: Any) -> dict[str, Any]:
                 "deadlineSeconds": 100,
                 "configs": [
                     {"name": c.name, "workGpuSeconds": c.work_gpu_s, "quality": c.quality}
-                    for c in CONFIGS[:1]
+                    for c in CONFIGS[:configs]
                 ],
             },
             "resources": {
@@ -274,3 +276,24 @@ def test_the_next_trigger_is_armed_from_the_deployed_model() -> None:
     assert crossing < 400  # so the minimum gap since the last trigger decides
     assert waiting.create == ()
     assert waiting.requeue_at == pytest.approx(pod.start + 400, abs=1e-3)
+
+
+def test_windows_opening_together_are_planned_together() -> None:
+    """As the simulator plans an instant's openings in one `plan_windows` call, so does
+    the reconciler: the first CTJ's reconcile plans both, the second reads its share."""
+    pairs = (("a", 0.5), ("b", 0.7))
+    jobs = [ctj_from_json(ctj_json(name, initial, configs=2)) for name, initial in pairs]
+    calls: list[list[tuple[str, int, float]]] = []
+
+    def plan_windows(openings: Sequence[WindowOpening]) -> list[int]:
+        calls.append([(o.stream.id, o.index, o.acc_start) for o in openings])
+        return [0 if o.stream.id == "ns/a" else 1 for o in openings]
+
+    joint = JointConfigs(plan_windows, lambda: jobs, lambda key: [])
+    first = plan(jobs[0], [], CREATED + 1, "gpufleet", joint)
+    second = plan(jobs[1], [], CREATED + 1, "gpufleet", joint)
+    assert calls == [[("ns/a", 0, 0.5), ("ns/b", 0, 0.7)]]
+    configs = [
+        r.create[0]["metadata"]["annotations"]["ctj.gpufleet.io/config"] for r in (first, second)
+    ]
+    assert configs == ["small", "large"]

@@ -19,7 +19,7 @@ opened window is recorded as `status.currentWindow` until its outcome is.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -37,6 +37,7 @@ from controller.ctj.crd import (
     Ctj,
     CtjSpec,
     ModelAccuracy,
+    RetrainSchedule,
 )
 from controller.kube.objects import cpu_milli, mem_mib
 from policies import Elasticity, JobSpec, TaskRequest
@@ -49,7 +50,13 @@ from policies.continual import (
     WindowInfo,
     WindowOpening,
 )
-from policies.windows import DeployedModel, Window, triggered_window
+from policies.windows import (
+    DeployedModel,
+    Window,
+    WindowClock,
+    triggered_window,
+    window_clock,
+)
 
 if TYPE_CHECKING:
     from controller.ctj.plan import CtjPod
@@ -63,6 +70,8 @@ AT_CEILING = "AtCeiling"
 
 ConfigChooser = Callable[[WindowOpening], int]
 """Picks an opening window's config (index into `retrain.configs`)."""
+WindowsPlanner = Callable[[Sequence[WindowOpening]], list[int]]
+"""The policy's `plan_windows` on the current cluster: one config per opening."""
 
 
 def stream_of(ctj: Ctj, window: Window) -> StreamSpec:
@@ -88,6 +97,13 @@ def stream_of(ctj: Ctj, window: Window) -> StreamSpec:
 
 def task_of(spec: CtjSpec) -> TaskRequest:
     return TaskRequest(cpu_milli(spec.cpu), mem_mib(spec.memory), spec.gpu.count, spec.gpu.milli)
+
+
+def ctj_clock(retrain: RetrainSchedule, created: float) -> WindowClock:
+    """The spec's window clock, anchored at `startTime` or else at the CTJ's creation;
+    raises ValueError for a schedule that cannot work."""
+    anchor = retrain.start_time if retrain.start_time is not None else created
+    return window_clock(anchor, retrain.deadline_s, retrain.window_s, retrain.cron)
 
 
 def opening(ctj: Ctj, window: Window, acc_start: float) -> WindowOpening:
@@ -272,3 +288,54 @@ def _settled_at(ctj: Ctj) -> float:
     if outcome.completed:
         return outcome.finished_at if outcome.finished_at is not None else last.start
     return last.deadline
+
+
+class JointConfigs:
+    """A `ConfigChooser` that plans every CTJ window opening at one instant together, as
+    the simulator plans the openings of an instant (`plan_configs` shares the free GPUs
+    among them), and answers each CTJ's reconcile from that plan. `ctjs` and `pods_of`
+    read the reconciler's cache: the openings are the CTJs' open windows starting at
+    that instant with neither pods nor an outcome yet."""
+
+    def __init__(
+        self,
+        plan_windows: WindowsPlanner,
+        ctjs: Callable[[], Iterable[Ctj]],
+        pods_of: Callable[[str], Sequence[CtjPod]],
+    ) -> None:
+        self.plan_windows = plan_windows
+        self.ctjs = ctjs
+        self.pods_of = pods_of
+        self._chosen: dict[tuple[str, int, float], int] = {}
+
+    def __call__(self, opening: WindowOpening) -> int:
+        start = opening.stream.start_s
+        key = (opening.stream.id, opening.index, start)
+        if key not in self._chosen:
+            # Plans of earlier instants are not asked for again.
+            self._chosen = {k: c for k, c in self._chosen.items() if k[2] >= start}
+            others = [o for o in self._openings_at(start) if o.stream.id != opening.stream.id]
+            together = [opening, *others]
+            for item, choice in zip(together, self.plan_windows(together), strict=True):
+                self._chosen[(item.stream.id, item.index, start)] = choice
+        return self._chosen.pop(key)
+
+    def _openings_at(self, start: float) -> list[WindowOpening]:
+        out = []
+        for ctj in self.ctjs():
+            if ctj.problem is not None or ctj.spec.retrain.trigger is not None:
+                continue
+            try:
+                clock = ctj_clock(ctj.spec.retrain, ctj.created)
+                window, first_opening = clock.current(start), clock.first_opening()
+            except ValueError:
+                continue  # its own reconcile reports the schedule
+            model = tracked_model(ctj, first_opening)
+            if window is None or window.start != start or model is None:
+                continue
+            if ctj.status.windows_recorded > window.index:
+                continue
+            if any(p.window == window.index for p in self.pods_of(ctj.key)):
+                continue
+            out.append(WindowOpening(stream_of(ctj, window), window.index, model.accuracy(start)))
+        return out

@@ -4,6 +4,9 @@ objects the reconciler reads and writes.
 The schema itself (with its validation rules) is `deploy/crd/continualtrainingjobs.yaml`;
 the API server enforces it, so parsing here trusts the shape and applies the same
 defaults for objects written before a default existed. Field reference: docs/crd.md.
+
+Over 500 lines because the spec, the status and their JSON forms are one schema's value
+objects: split, the reading and the writing of a field would live in different files.
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ from typing import Any
 from controller.ctj.continual import (
     AT_CEILING,
     ConfigChooser,
+    ctj_clock,
     deploy,
     model_status,
     tracked_model,
@@ -58,7 +59,6 @@ from controller.ctj.crd import (
     Ctj,
     CtjStatus,
     PodPlacement,
-    RetrainSchedule,
     WindowOutcome,
 )
 from controller.kube.objects import (
@@ -79,9 +79,7 @@ from policies.windows import (
     MISSED,
     DeployedModel,
     Window,
-    WindowClock,
     settle,
-    window_clock,
 )
 
 HISTORY = 5
@@ -316,13 +314,6 @@ def _record_closed(
         tally.add(_judge_closed(index, pods, ctj.spec.min_replicas, now), pods)
     tally.skip_to(closed_before)
     return tally
-
-
-def ctj_clock(retrain: RetrainSchedule, created: float) -> WindowClock:
-    """The spec's window clock, anchored at `startTime` or else at the CTJ's creation;
-    raises ValueError for a schedule that cannot work."""
-    anchor = retrain.start_time if retrain.start_time is not None else created
-    return window_clock(anchor, retrain.deadline_s, retrain.window_s, retrain.cron)
 
 
 def _requeue_at(

@@ -27,7 +27,7 @@ from typing import Any
 
 import aiohttp
 
-from controller.ctj.continual import ConfigChooser
+from controller.ctj.continual import ConfigChooser, JointConfigs, WindowsPlanner
 from controller.ctj.crd import (
     API_VERSION,
     COLLECTION_PATH,
@@ -135,7 +135,7 @@ class CtjReconciler:
         resync_s: float = 300.0,
         supervisor: Supervisor | None = None,
         quarantine: Quarantine | None = None,
-        choose: ConfigChooser | None = None,
+        plan_windows: WindowsPlanner | None = None,
     ) -> None:
         self.api = api
         self.supervisor = supervisor or Supervisor()
@@ -144,9 +144,12 @@ class CtjReconciler:
         self.gate = gate
         self.clock = clock
         self.instance = instance
-        self.choose = choose
-        """Picks an opening window's retraining config (the policy's `plan_windows`)."""
         self.cache = CtjCache(self.enqueue)
+        self.choose: ConfigChooser | None = None
+        """Picks an opening window's retraining config: the policy's `plan_windows` over
+        every CTJ opening at that instant."""
+        if plan_windows is not None:
+            self.choose = JointConfigs(plan_windows, self.ctjs, self.cache.pods_of)
         self.ctj_informer = Informer(api, CTJS, COLLECTION_PATH, self.cache, None, resync_s)
         self.pod_informer = Informer(
             api, CTJ_PODS, "/api/v1/pods", self.cache, {"labelSelector": NAME_LABEL}, resync_s
