@@ -30,8 +30,10 @@ Work is in reference-GPU-seconds (the GPU model with throughput 1.0); a job on `
 GPUs of model `m` runs at `throughput[m]·n·scaling^log2(n)`, on a fraction `x` of one GPU
 at `throughput[m]·x` (time-slicing).
 
-Over 500 lines because the accuracy model, the window lifecycle both hosts obey and the
-config and inference planners share one set of formulas.
+Over 500 lines because the accuracy model, the stream and window-job types and the
+config and inference planners share one set of formulas. The window lifecycle both hosts
+obey (clocks, deadlines, outcomes, the deployed model, trigger timing) is
+`policies.windows`.
 """
 
 from __future__ import annotations

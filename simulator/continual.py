@@ -1,5 +1,7 @@
 """Continual-training runs: one retraining job per stream window, deadlines, accuracy.
 
+The window lifecycle (periodic clock, deadlines, the deployed model, trigger timing) is
+`policies.windows`, which the controller's ContinualTrainingJob reconciler calls too.
 A `ContinualRun` drives a `Simulation`: at each window opening it applies the stream's
 drift, asks the policy for the window's retraining config (if the policy is a
 `WindowPlanner`, else the stream's default), and submits the window's job; at the
