@@ -3,9 +3,12 @@
 After each live decision the scheduler hands its snapshot and result to `offer`, on the
 hot path, which only keeps them in a one-snapshot slot (copying the cluster arrays, a
 few microseconds; the live view is valid only until the next bind). A worker task takes
-the newest snapshot from the slot and asks every shadow policy in a thread, so the
-event loop keeps serving. A snapshot replaced before the worker took it is *dropped*
-and counted: under load shadows see fewer snapshots, the live loop never waits. After
+the newest snapshot from the slot and sends it to a child process that asks every
+shadow policy: the child has its own interpreter lock and core, so pure-Python policy
+code never stalls the live loop (in a thread it took half the loop's time while it ran;
+the parent only pickles the snapshot, in the executor's feeder thread). A snapshot
+replaced before the worker took it is *dropped* and counted: under load shadows see
+fewer snapshots, the live loop never waits. After
 an evaluation taking `d` seconds the worker rests `max(interval_s, busy_ratio · d)`, so
 shadows use a bounded share of a core.
 
@@ -23,8 +26,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import multiprocessing
 import time
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
@@ -84,6 +90,44 @@ class Verdict:
     queueing_delay_s: float
 
 
+class ShadowJudge:
+    """The shadow policies and their random generators, wherever they run."""
+
+    def __init__(self, policies: Sequence[Policy], seed: int) -> None:
+        self.policies = tuple(policies)
+        self.contexts = {p.name: Context(np.random.default_rng(seed)) for p in policies}
+
+    def judge(
+        self, snapshot: Snapshot, live: SchedulingResult
+    ) -> tuple[list[Verdict], dict[str, str]]:
+        """Verdicts of the shadows that answered, and why the others failed."""
+        workload = live_workload([*snapshot.running, *snapshot.pending])
+        live_plan = _decisions_by_job(live.decisions)
+        verdicts, failed = [], {}
+        for policy in self.policies:
+            try:
+                result = policy.schedule(snapshot, self.contexts[policy.name])
+            except Exception as err:  # a shadow's bug costs its verdict, never the live loop
+                failed[policy.name] = repr(err)
+                continue
+            verdicts.append(_judge(policy.name, snapshot, live_plan, result, workload))
+        return verdicts, failed
+
+
+_JUDGE: list[ShadowJudge] = []
+"""The judge of a shadow worker process, set once by its initializer."""
+
+
+def _start_judge(policies: Sequence[Policy], seed: int) -> None:
+    _JUDGE[:] = [ShadowJudge(policies, seed)]
+
+
+def _judge_in_worker(
+    snapshot: Snapshot, live: SchedulingResult
+) -> tuple[list[Verdict], dict[str, str]]:
+    return _JUDGE[0].judge(snapshot, live)
+
+
 class ShadowRunner:
     def __init__(self, options: ShadowOptions, live_policy: str = "") -> None:
         self.options = options
@@ -92,9 +136,7 @@ class ShadowRunner:
         self.dropped = 0
         """Snapshots replaced in the slot before the worker took them."""
         self.stats = {p.name: ShadowStats() for p in options.policies}
-        self.contexts = {
-            p.name: Context(np.random.default_rng(options.seed)) for p in options.policies
-        }
+        self.judge = ShadowJudge(options.policies, options.seed)
         self._slot: tuple[Snapshot, SchedulingResult] | None = None
         self._ready = asyncio.Event()
 
@@ -111,8 +153,11 @@ class ShadowRunner:
         self._ready.set()
 
     async def run(self) -> None:
-        """The worker; cancel it to stop."""
+        """The worker; cancel it to stop. Shadows decide in a child process of their own
+        (its own interpreter lock: pure-Python policy code never stalls the event
+        loop); a child that dies is replaced, and this task never ends by itself."""
         handle = self._open_log()
+        pool = self._pool()
         try:
             while True:
                 await self._ready.wait()
@@ -122,15 +167,32 @@ class ShadowRunner:
                 snapshot, live = self._slot
                 self._slot = None
                 started = time.perf_counter()
-                verdicts = await asyncio.to_thread(self.evaluate, snapshot, live)
+                try:
+                    loop = asyncio.get_running_loop()
+                    answer = await loop.run_in_executor(pool, _judge_in_worker, snapshot, live)
+                except BrokenProcessPool:
+                    log.error("the shadow worker process died; starting another")
+                    pool.shutdown(wait=False)
+                    pool = self._pool()
+                    continue
+                verdicts = self._record(*answer)
                 spent = time.perf_counter() - started
                 if handle is not None and not await self._logged(handle, verdicts):
                     handle.close()
                     handle = None
                 await asyncio.sleep(max(self.options.interval_s, self.options.busy_ratio * spent))
         finally:
+            pool.shutdown(wait=False, cancel_futures=True)
             if handle is not None:
                 handle.close()
+
+    def _pool(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
+            1,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_start_judge,
+            initargs=(self.options.policies, self.options.seed),
+        )
 
     async def _logged(self, handle: IO[str], verdicts: list[Verdict]) -> bool:
         """Append to the shadow log; a failing log (disk full) is closed, not fatal."""
@@ -146,26 +208,21 @@ class ShadowRunner:
         return None if path is None else path.open("a", encoding="utf-8")
 
     def evaluate(self, snapshot: Snapshot, live: SchedulingResult) -> list[Verdict]:
-        """Every shadow on `snapshot` (whose cluster this call owns)."""
-        workload = live_workload([*snapshot.running, *snapshot.pending])
-        live_plan = _decisions_by_job(live.decisions)
-        verdicts = []
-        for policy in self.options.policies:
-            stats = self.stats[policy.name]
-            try:
-                result = policy.schedule(snapshot, self.contexts[policy.name])
-            except Exception:  # a shadow's bug costs its verdict, never the live loop
-                stats.errors += 1
-                log.exception("shadow policy %s failed", policy.name)
-                continue
-            verdict = _judge(policy.name, snapshot, live_plan, result, workload)
+        """Every shadow on `snapshot` in this process (tests; `run` uses its worker)."""
+        return self._record(*self.judge.judge(snapshot, live))
+
+    def _record(self, verdicts: list[Verdict], failed: dict[str, str]) -> list[Verdict]:
+        for name, error in failed.items():
+            self.stats[name].errors += 1
+            log.error("shadow policy %s failed: %s", name, error)
+        for verdict in verdicts:
+            stats = self.stats[verdict.policy]
             stats.evaluations += 1
             stats.decisions += verdict.decisions
             stats.differing += verdict.differing
             stats.fragmentation_pct = verdict.fragmentation_pct
             stats.waiting = verdict.waiting
             stats.queueing_delay_s = verdict.queueing_delay_s
-            verdicts.append(verdict)
         return verdicts
 
 
