@@ -10,6 +10,7 @@ import argparse
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 from policies import make_policy, policy_class, policy_names
 from policies.registry import config_help, parse_options
@@ -19,7 +20,12 @@ from simulator.inputs import add_input_arguments, load_inputs
 from simulator.progress import ProgressBar
 from simulator.run import RunConfig, RunResult, simulate
 from simulator.semantics import SEMANTICS_HELP, run_semantics
+from simulator.sweep.cells import Cell, make_cell
+from simulator.sweep.executors import LocalExecutor
+from simulator.sweep.runner import run_cells
 from traces.outputs import add_force_argument, check_output_dir, output_directory
+
+COMPARE_TASK = "simulator.sweep.simulate:run_cell_keeping_records"
 
 
 def add_simulator_commands(commands: argparse._SubParsersAction) -> None:
@@ -92,6 +98,9 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--out", default="out/compare", help="output directory (default: %(default)s)"
     )
+    parser.add_argument(
+        "--workers", type=int, default=1, help="policies run at once, one process each"
+    )
     add_force_argument(parser)
     parser.set_defaults(handler=_compare)
 
@@ -151,13 +160,63 @@ def _compare(args: argparse.Namespace) -> int:
         raise ValueError("--policies names no policy")
     for name in names:
         policy_class(name)
+    if args.workers < 1:
+        raise ValueError("--workers must be >= 1")
+    options = parse_options(args.option)
+    cells, inputs = compare_cells(args, names, options)
     out = Path(args.out)
+    check_output_dir(out, args.force)
+    report = run_cells(
+        cells,
+        inputs,
+        LocalExecutor(args.workers),
+        progress=args.progress,
+        label="compare",
+    )
+    if report.failed:
+        raise ValueError(
+            f"policy {report.failed[0]['params']['policy']}: {report.failed[0]['error']}"
+        )
+    runs = [report.payloads[cell.key] for cell in cells]
+    results = [result for result, _files in runs]
     with output_directory(out, "compare", args.force) as stage:
-        results = [_run_one(args, name, stage / name) for name in names]
+        for name, (_result, files) in zip(names, runs, strict=True):
+            (stage / name).mkdir()
+            for file_name, data in files.items():
+                (stage / name / file_name).write_bytes(data)
         write_comparison(stage, results)
     print(format_table([r.summary for r in results]))
     print(f"wrote {out / 'summary.csv'} and {out / 'compare.png'}")
     return 0
+
+
+def compare_cells(
+    args: argparse.Namespace, names: list[str], options: dict[str, str]
+) -> tuple[list[Cell], dict[str, Any]]:
+    """One sweep cell per policy, and their inputs: the cluster and the trace as each
+    policy's run semantics has it loaded (Sia workloads differ by job category)."""
+    trace_format = args.format if args.trace else "synthetic"
+    inputs: dict[str, Any] = {}
+    cells = []
+    for name in names:
+        semantics = run_semantics(trace_format, make_policy(name, options), args.restart_cost)
+        loaded = load_inputs(args, semantics.job_mode)
+        inputs[f"trace:{semantics.job_mode}"] = {semantics.job_mode: loaded.jobs, None: loaded.jobs}
+        inputs["cluster"] = loaded.nodes
+        params = {
+            "trace": loaded.trace_label,
+            "trace_format": trace_format,
+            "cluster": loaded.cluster_label,
+            "policy": name,
+            "options": options,
+            "seed": args.seed,
+            "restart_cost_s": args.restart_cost,
+            "horizon_s": loaded.horizon_s if args.horizon is None else args.horizon,
+        }
+        roles = {"trace": f"trace:{semantics.job_mode}", "cluster": "cluster"}
+        digests = {roles["trace"]: loaded.trace_label, "cluster": loaded.cluster_label}
+        cells.append(make_cell(COMPARE_TASK, params, roles, digests))
+    return cells, inputs
 
 
 def _list_policies(_args: argparse.Namespace) -> int:

@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from policies import JobSpec, NodeSpec, make_policy
+from policies.elastic import RIGID
 from simulator.inputs import DEFAULT_CLUSTER, named_cluster
 from simulator.run import RunConfig, RunResult, simulate
+from simulator.semantics import run_semantics
 from simulator.sweep.cells import CellOutput
 from simulator.sweep.spec import SpecError, SweepExperiment, TraceSource
 from traces import load_jobs, load_nodes
@@ -24,7 +26,9 @@ from traces.synthetic import (
     mixed_cluster,
 )
 
-SETTINGS = {"restart_cost_s": 30.0, "horizon_s": None}
+SETTINGS = {"restart_cost_s": None, "horizon_s": None}
+"""restart_cost_s None: the trace format's rule (`simulator.semantics`)."""
+TraceByMode = dict[str | None, list[JobSpec]]
 METRICS = (
     "gpus",
     "jobs",
@@ -54,29 +58,36 @@ def run_cell(params: Mapping[str, Any], inputs: Mapping[str, Any]) -> CellOutput
 
 
 def run_cell_keeping_records(params: Mapping[str, Any], inputs: Mapping[str, Any]) -> CellOutput:
-    """`run_cell`, with the run's result (its recorder's rows) as the payload, for a host
-    that plots them (`gpufleet compare`)."""
+    """`run_cell`, with the run's result (its recorder's rows) and its files as the
+    payload, for a host that plots them and writes the files itself (`gpufleet compare`)."""
     result, files = _simulate(params, inputs)
-    return CellOutput({key: result.summary[key] for key in METRICS}, files, result)
+    return CellOutput({key: result.summary[key] for key in METRICS}, {}, (result, files))
 
 
 def _simulate(
     params: Mapping[str, Any], inputs: Mapping[str, Any]
 ) -> tuple[RunResult, dict[str, bytes]]:
+    """The run `gpufleet simulate` would make of these parameters (`run_semantics`: the
+    trace format's restart rules and, for Sia workloads, the policy's job category)."""
     options = dict(params["options"])
+    policy = make_policy(str(params["policy"]), options)
+    trace_format = str(params.get("trace_format", "canonical"))
+    semantics = run_semantics(trace_format, policy, params["restart_cost_s"])
+    traces: TraceByMode = inputs["trace"]
     config = RunConfig(
         trace=str(params["trace"]),
-        trace_format="sweep",
+        trace_format=trace_format,
         cluster=str(params["cluster"]),
-        policy=str(params["policy"]),
+        policy=policy.name,
         policy_options=options,
         seed=int(params["seed"]),
-        restart_cost_s=float(params["restart_cost_s"]),
+        restart_cost_s=semantics.restart_cost_s,
+        startup_delay=semantics.startup_delay,
         horizon_s=params["horizon_s"],
     )
-    policy = make_policy(config.policy, options)
+    jobs = traces.get(semantics.job_mode, traces[None])
     with tempfile.TemporaryDirectory(prefix="gpufleet-cell-") as tmp:
-        result = simulate(config, inputs["cluster"], inputs["trace"], policy, Path(tmp) / "run")
+        result = simulate(config, inputs["cluster"], jobs, policy, Path(tmp) / "run")
         files = {
             path.name: path.read_bytes()
             for path in sorted((Path(tmp) / "run").iterdir())
@@ -85,18 +96,22 @@ def _simulate(
     return result, files
 
 
-def load_trace(source: TraceSource) -> list[JobSpec]:
+def load_trace(source: TraceSource) -> TraceByMode:
+    """The trace's jobs by job category: a Sia workload also as every policy but Sia
+    runs it (rigid); other formats only as they are."""
     if source.path is not None:
-        return load_jobs(source.path, source.format)
+        if source.format == "sia":
+            modes: tuple[str | None, ...] = (None, RIGID)
+            return {m: load_jobs(source.path, "sia", mode=m) for m in modes}
+        return {None: load_jobs(source.path, source.format)}
     settings = dict(source.generate)
     seed = settings.pop("seed", 0)
     unknown = sorted(set(settings) - set(GENERATOR_KEYS))
     if unknown:
-        raise ValueError(
-            f"unknown generator setting {unknown[0]!r} ({', '.join(GENERATOR_KEYS)}, seed)"
-        )
+        known = ", ".join([*GENERATOR_KEYS, "seed"])
+        raise ValueError(f"unknown generator setting {unknown[0]!r} ({known})")
     spec = SyntheticSpec(**{GENERATOR_KEYS[k]: v for k, v in settings.items()})
-    return generate_jobs(spec, seed=int(seed))
+    return {None: generate_jobs(spec, seed=int(seed))}
 
 
 def load_cluster(entry: Mapping[str, Any], base: Path) -> tuple[str, list[NodeSpec]]:

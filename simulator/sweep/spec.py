@@ -128,6 +128,8 @@ def plan(data: Mapping[str, Any], base: Path) -> SweepPlan:
     seen: set[str] = set()
     for source, policy, seed in itertools.product(traces, policies, seeds):
         params = {"trace": source.name, "cluster": label, **policy, "seed": seed, **settings}
+        if source.path is not None:
+            params["trace_format"] = source.format
         roles = {"trace": f"trace:{source.name}", "cluster": "cluster"}
         cell = make_cell(experiment.task, params, roles, digests)
         if cell.key not in seen:

@@ -89,13 +89,18 @@ def cell_record(cell: Cell, outcome: Outcome) -> dict[str, Any]:
 
 
 def table_rows(records: Sequence[Mapping[str, Any]], run_dirs: bool) -> list[dict[str, Scalar]]:
-    """One flat row per cell: key, status, parameters (options as `option.<name>`),
-    metrics, wall and CPU seconds, error, run directory."""
+    """One flat row per cell: key, status, parameters (options as `options.<name>`),
+    metrics, wall and CPU seconds, error, run directory; a column is empty where a cell
+    has no such parameter or metric."""
+    params = [_flat(record["params"]) for record in records]
+    metrics = [record["metrics"] for record in records]
+    param_names = list(dict.fromkeys(name for p in params for name in p))
+    metric_names = list(dict.fromkeys(name for m in metrics for name in m))
     rows = []
-    for record in records:
+    for record, flat, measured in zip(records, params, metrics, strict=True):
         row: dict[str, Scalar] = {"cell": record["key"][:16], "status": record["status"]}
-        row.update(_flat(record["params"]))
-        row.update(record["metrics"])
+        row.update({name: flat.get(name) for name in param_names})
+        row.update({name: measured.get(name) for name in metric_names})
         row.update({name: record[name] for name in TIMING_COLUMNS})
         row["error"] = record["error"]
         if run_dirs:
