@@ -9,6 +9,7 @@ child process: interpreter start, imports, the simulations, the outputs); median
 user + system time (on an idle machine with two workers, wall ≈ CPU / 2 + start-up).
 
     python benchmarks/whatif_forecast.py [--repeat 3] [--policies fifo,bestfit,fgd]
+        [--resolution 60]
 """
 
 from __future__ import annotations
@@ -79,6 +80,7 @@ def timed(path: Path, out: Path, args: argparse.Namespace) -> tuple[float, float
     command = [sys.executable, "-m", "gpufleet.cli", "whatif", "--snapshot", str(path)]
     command += ["--policies", args.policies, "--samples", str(args.samples)]
     command += ["--workers", str(args.workers), "--out", str(out), "--no-progress"]
+    command += ["--resolution", str(args.resolution)]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     subprocess.run(command, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
@@ -96,6 +98,7 @@ def main() -> int:
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--resolution", type=float, default=0.0, help="whatif --resolution")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="gpufleet-whatif-bench-"))
     results = {}

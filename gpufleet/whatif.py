@@ -74,6 +74,14 @@ def add_whatif_commands(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--samples", type=int, default=8, help="draws of uncertain remaining times (default: 8)"
     )
+    parser.add_argument(
+        "--resolution",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="round remaining times up to this step: much faster on thousands of jobs, each "
+        "prediction off by less than a step per job ahead of it (default: 0, exact)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument(
         "--workers", type=int, help="processes for the simulations (default: one per core)"
@@ -112,7 +120,7 @@ def _whatif(args: argparse.Namespace) -> int:
     snapshot = _snapshot(args, now)
     names = _policies(args, snapshot)
     added = _added(args, now) if args.add is not None else []
-    plan = plan_forecast(snapshot, args.horizon, added)
+    plan = plan_forecast(snapshot, args.horizon, added, args.resolution)
     specs = [PolicySpec(name, _options(args.option, name)) for name in names]
     cells = len(specs) * (args.samples if plan.uncertain else 1)
     bar = ProgressBar(cells, "whatif", enabled=args.progress)
@@ -126,6 +134,7 @@ def _whatif(args: argparse.Namespace) -> int:
         "policies": names,
         "horizon_s": args.horizon,
         "samples": args.samples,
+        "resolution_s": args.resolution,
         "seed": args.seed,
         "added": [job.id for job in added],
     }

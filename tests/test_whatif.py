@@ -385,3 +385,14 @@ def test_an_option_without_its_policy_is_refused(
     args = ["whatif", "--snapshot", str(tmp_path / "snap.json"), "--out", str(tmp_path / "o")]
     assert main([*args, "-o", "blocking=false"]) == 2
     assert "expected POLICY:KEY=VALUE" in capsys.readouterr().err
+
+
+def test_resolution_rounds_remaining_times_up(tmp_path: Path) -> None:
+    """With --resolution 50 the running pod's 60 s left become 100 and the job's 50 s
+    stay 50: it starts at 100 and finishes at 150 (exactly: 60 and 110)."""
+    plan = plan_forecast(busy_node(), 1e4, resolution_s=50.0)
+    runs = run_samples(plan, [PolicySpec("fifo", {})], 1, seed=0, workers=1)
+    [row] = prediction_rows(plan, combine(runs, 1))
+    assert (row["start_p50_s"], row["finish_p50_s"]) == (100.0, 150.0)
+    with pytest.raises(ValueError, match="--resolution must be >= 0 and below the horizon"):
+        plan_forecast(busy_node(), 100.0, resolution_s=100.0)

@@ -51,6 +51,10 @@ class Plan:
     nodes: tuple[NodeSpec, ...]
     items: tuple[Item, ...]
     horizon_s: float
+    resolution_s: float = 0.0
+    """Remaining times are rounded up to a multiple of this (0: exact). Completions then
+    coincide and share scheduling passes: a forecast of thousands of jobs runs several
+    times faster, and each prediction moves by less than one step per job ahead of it."""
 
     @property
     def uncertain(self) -> bool:
@@ -59,9 +63,13 @@ class Plan:
     def jobs(self, sample: int, seed: int) -> list[JobSpec]:
         rng = np.random.default_rng([seed, sample])
         return [
-            replace(item.spec, work=FixedDuration(item.remaining.sample(rng)))
+            replace(item.spec, work=FixedDuration(self._rounded(item.remaining.sample(rng))))
             for item in self.items
         ]
+
+    def _rounded(self, seconds: float) -> float:
+        step = self.resolution_s
+        return math.ceil(seconds / step) * step if step > 0 else seconds
 
     @property
     def forecast_items(self) -> list[Item]:
@@ -70,7 +78,10 @@ class Plan:
 
 
 def plan_forecast(
-    snapshot: ClusterSnapshot, horizon_s: float, added: Sequence[SnapPending] = ()
+    snapshot: ClusterSnapshot,
+    horizon_s: float,
+    added: Sequence[SnapPending] = (),
+    resolution_s: float = 0.0,
 ) -> Plan:
     """The replay's nodes and jobs; `TraceError` names the entry a job cannot be made of."""
     if not horizon_s > 0 or not math.isfinite(horizon_s):
@@ -88,7 +99,9 @@ def plan_forecast(
         if item.spec.id in seen:
             raise TraceError("<snapshot>", f"two jobs are named {item.spec.id!r}", field="id")
         seen.add(item.spec.id)
-    return Plan(nodes, tuple(items), horizon_s)
+    if not 0 <= resolution_s < horizon_s:
+        raise ValueError(f"--resolution must be >= 0 and below the horizon, got {resolution_s!r}")
+    return Plan(nodes, tuple(items), horizon_s, resolution_s)
 
 
 def _node(snapshot: ClusterSnapshot, i: int) -> NodeSpec:
