@@ -350,6 +350,8 @@ class Lockstep:
                 )
                 seen = functools.partial(_caught_up, self.ctl, listed, int(version))
                 await _within(self.ctl.pods.wait_until(seen))
+                await _within(self._claims_freed())  # the evicted pods' devices
+                await _within(self._claims_made())  # and the recreated pods' claims
             elif cache.assumed:
                 await _within(self.ctl.pods.wait_until(lambda: not cache.assumed))
             else:

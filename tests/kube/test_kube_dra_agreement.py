@@ -8,7 +8,10 @@ request, `m`/1000 of 80 GiB, on every model). Each job's pods ask through a clai
 template: `count` whole GPUs, or a memory capacity for a share; a job limited to GPU
 models asks with a CEL selector on `productName`. The simulator replays the trace as
 it is, and both hosts must decide and place identically, and `controller record` must
-write the trace's nodes and jobs back from the slices and claims.
+write the trace's nodes and jobs back from the slices and claims. Best-fit and FGD
+place; LAS preempts and Gavel preempts and resizes in rounds, so evicted pods' claims
+are freed by kube-controller-manager and their recreated pods get new claims before the
+plans are carried out, as in the simulator at the same instant.
 
 Mixed cluster: A100 and V100 nodes are DRA nodes, T4 and P100 nodes HAMi device-plugin
 nodes. Jobs limited to A100/V100 ask through claims, those limited to T4/P100 through
@@ -40,11 +43,13 @@ from tests.kube.dra_helpers import (
     template_manifest,
 )
 from tests.kube.test_kube_agreement import (
+    JOBS_FOR,
     check_recorded_trace,
     first_difference,
     hami_node,
     manifests,
     mixed_trace,
+    must_preempt,
     placements,
     replay_through_controller,
     simulate,
@@ -54,8 +59,7 @@ pytestmark = pytest.mark.kube
 
 DEVICE_GIB = 80
 DRA_MODELS = frozenset({"A100", "V100"})
-POLICIES = ("bestfit", "fgd")
-JOBS = 50
+POLICIES = ("bestfit", "fgd", "las", "gavel")
 
 
 def template_name(spec: JobSpec) -> str:
@@ -174,7 +178,7 @@ def mixed_split(
 
 
 def agree(kube: ControlPlane, policy: str, mixed: bool, out: Path) -> None:
-    nodes, jobs = mixed_trace(num_jobs=JOBS)
+    nodes, jobs = mixed_trace(num_jobs=JOBS_FOR.get(policy, 80))
     if mixed:
         is_dra, sim_nodes, sim_jobs = mixed_split(nodes, jobs)
         cluster = DraCluster(jobs, is_dra, selectors=False)
@@ -182,6 +186,7 @@ def agree(kube: ControlPlane, policy: str, mixed: bool, out: Path) -> None:
         sim_nodes, sim_jobs = nodes, jobs
         cluster = DraCluster(jobs, all_dra, selectors=True)
     expected = simulate(sim_nodes, sim_jobs, policy)
+    must_preempt(policy, expected)
 
     async def replay() -> Any:
         try:
