@@ -311,6 +311,9 @@ async def leader_stats(pair: list[ServeReplica]) -> dict[str, Any]:
         "leader_bind_retries": int(metric(samples, "gpufleet_bind_retries_total")),
         "leader_conflicts": int(metric(samples, failures, reason="bind_conflict")),
         "leader_expired": int(metric(samples, failures, reason="assumption_expired")),
+        "shadow_evaluations": int(metric(samples, "gpufleet_shadow_evaluations_total")),
+        "shadow_dropped": int(metric(samples, "gpufleet_shadow_snapshots_dropped_total")),
+        "shadow_errors": int(metric(samples, "gpufleet_shadow_errors_total")),
     }
 
 
