@@ -144,6 +144,8 @@ class TraceRecorder:
         self.lives: dict[str, PodLife] = {}
         self.began: float | None = None
         self._uncounted: set[str] = set()
+        self._unsized: set[str] = set()
+        """Our pods with claims not sized yet (their claims not seen yet)."""
         self.dra_objects: dict[str, dict[str, dict[str, Any]]] = {k: {} for k in DRA_KINDS}
         """Every DRA object seen, by kind and uid, in its last state."""
 
@@ -201,7 +203,8 @@ class TraceRecorder:
         if (deleted or pod.terminal) and life.ended is None:
             ended = _finished_at(obj) if history else None
             life.ended = max(ended or now, life.started or 0.0)
-        if pod.claims and life.dra is None:
+        if pod.claims and life.dra is None and not life.occupant:
+            self._unsized.add(pod.uid)
             self._size_claims()
 
     def _keep_dra(self, kind: str, objects: list[dict[str, Any]]) -> None:
@@ -212,11 +215,14 @@ class TraceRecorder:
 
     def _size_claims(self) -> None:
         """Note what each of our pods' claims ask for, once they can be read."""
-        for life in self.lives.values():
-            if life.pod.claims and life.dra is None and not life.occupant:
-                ask = self.cache.dra.ask(life.pod, as_new=True)
-                if isinstance(ask, DraAsk):
-                    life.dra = ask
+        for uid in list(self._unsized):
+            life = self.lives[uid]
+            ask = self.cache.dra.ask(life.pod, as_new=True)
+            if isinstance(ask, DraAsk):
+                life.dra = ask
+                self._unsized.discard(uid)
+            elif life.ended is not None:
+                self._unsized.discard(uid)  # gone before its claims could be read
 
     def _note_charges(self) -> None:
         """Take each new occupant's GPUs from the cache once it counts them (it cannot
