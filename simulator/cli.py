@@ -17,7 +17,7 @@ from policies.registry import config_help, parse_options
 from simulator.compare import format_table, write_comparison
 from simulator.experiments import experiment_modules
 from simulator.inputs import add_input_arguments, load_inputs
-from simulator.progress import ProgressBar
+from simulator.progress import ProgressBar, add_progress_argument
 from simulator.run import RunConfig, RunResult, simulate
 from simulator.semantics import SEMANTICS_HELP, run_semantics
 from simulator.sweep.cells import Cell, make_cell
@@ -57,12 +57,7 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         help="stop the clock at this time (s); default: a recorded trace's end, else none",
     )
-    parser.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="show a progress bar (default: when stderr is a terminal)",
-    )
+    add_progress_argument(parser)
 
 
 def _add_simulate(commands: argparse._SubParsersAction) -> None:

@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from typing import TextIO
+
+
+def add_progress_argument(parser: argparse.ArgumentParser) -> None:
+    """`--progress/--no-progress`, for `ProgressBar(enabled=args.progress)`."""
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="show a progress bar (default: when stderr is a terminal)",
+    )
 
 
 class ProgressBar:

@@ -7,6 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from simulator.progress import add_progress_argument
 from simulator.sweep.executors import EXECUTORS, make_executor
 from simulator.sweep.runner import run_cells, write_sweep
 from simulator.sweep.spec import load_spec
@@ -49,12 +50,7 @@ def add_sweep_commands(commands: argparse._SubParsersAction) -> None:
         type=int,
         help="processes (local) or CPUs of a local Ray instance (default: all cores)",
     )
-    parser.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="show a progress bar (default: when stderr is a terminal)",
-    )
+    add_progress_argument(parser)
     add_force_argument(parser)
     parser.set_defaults(handler=_sweep)
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from policies import JobSpec, NodeSpec, make_policy
 from policies.elastic import RIGID
+from simulator.compare import TABLE_KEYS
 from simulator.inputs import DEFAULT_CLUSTER, named_cluster
 from simulator.run import RunConfig, RunResult, simulate
 from simulator.semantics import run_semantics
@@ -29,21 +30,7 @@ from traces.synthetic import (
 SETTINGS = {"restart_cost_s": None, "horizon_s": None}
 """restart_cost_s None: the trace format's rule (`simulator.semantics`)."""
 TraceByMode = dict[str | None, list[JobSpec]]
-METRICS = (
-    "gpus",
-    "jobs",
-    "completed",
-    "unfinished",
-    "rejected",
-    "avg_jct_s",
-    "p50_jct_s",
-    "p99_jct_s",
-    "avg_queue_delay_s",
-    "makespan_s",
-    "gpu_util",
-    "restarts",
-    "scheduling_passes",
-)
+METRICS = ("gpus", *TABLE_KEYS[1:], "unfinished", "rejected", "scheduling_passes")
 GENERATOR_KEYS = {
     "jobs": "num_jobs",
     "rate": "jobs_per_hour",
