@@ -29,7 +29,7 @@ from controller.scheduling.cache import ClusterCache
 from controller.scheduling.effects import BindOutcome
 from controller.scheduling.encoders import WholeGpu
 from controller.scheduling.ledger import Charge
-from controller.scheduling.scheduler import Scheduler
+from controller.scheduling.scheduler import DRA_OFF, Scheduler
 from policies import MILLI, NodeSpec, make_policy
 from tests.test_controller_scheduler import FakeEffects
 
@@ -484,3 +484,23 @@ def test_a_request_no_node_fits_is_explained() -> None:
     assert "ResourceClaims' selectors" in state.unfit(ask.labels)
     fits = ask_for(state, exactly(1))
     assert state.unfit(fits.labels) == ""
+
+
+def test_with_dra_off_a_pod_with_claims_is_reported_not_bound() -> None:
+    async def main() -> None:
+        cache = ClusterCache(WholeGpu(), dra=two_node_state())
+        node = {
+            "metadata": {"name": "big"},
+            "status": {"allocatable": {"cpu": "8", "memory": "8Gi"}},
+        }
+        cache.replace("nodes", [node])
+        effects = FakeEffects(cache)
+        scheduler = Scheduler(make_policy("bestfit"), cache, effects, clock=lambda: 1.0)  # type: ignore[arg-type]
+        cache.apply("pods", "ADDED", pod_json("p", "pod-uid", "c"))
+        scheduler.run_pass()
+        while scheduler._inflight:
+            await asyncio.gather(*scheduler._inflight)
+        assert effects.binds == []
+        assert effects.reports == [("p", f"invalid spec.resourceClaims: {DRA_OFF}")]
+
+    asyncio.run(main())

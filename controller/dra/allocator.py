@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import aiohttp
@@ -49,8 +49,9 @@ class ClaimOutcome(enum.Enum):
 class ClaimWriter:
     def __init__(self, api: KubeApi) -> None:
         self.api = api
-        self.before_write: Any = None
-        """Test hook: an async callable run before each status write (to stage races)."""
+        self.before_write: Callable[[ClaimAllocation], Awaitable[None]] | None = None
+        """Run before each status write, if set: tests stage a second writer's race
+        here (the real server then answers gpufleet's write with a conflict)."""
 
     async def reserve(
         self, pod: PodRecord, allocations: Sequence[ClaimAllocation], now: float
@@ -88,13 +89,10 @@ class ClaimWriter:
             finalizers = claim["metadata"].get("finalizers") or []
             if planned.results is not None and DELETE_PROTECTION not in finalizers:
                 claim["metadata"]["finalizers"] = [*finalizers, DELETE_PROTECTION]
-                status, _ = await self.api.request("PUT", path, body=claim)
+                status, claim = await self.api.request("PUT", path, body=claim)
                 if status == 409:
                     continue
                 if status >= 300:
-                    return _failed(status)
-                status, claim = await self.api.request("GET", path)
-                if status != 200:
                     return _failed(status)
             if self.before_write is not None:
                 await self.before_write(planned)

@@ -74,6 +74,7 @@ Clock = Callable[[], float]
 REPORTED_PRUNE_AT = 10_000
 EVENT_CONCURRENCY = 4
 EVENT_BACKLOG = 1_000
+DRA_OFF = "this scheduler runs with DRA off (--no-dra) and cannot allocate claims"
 
 
 @dataclass(frozen=True)
@@ -235,6 +236,8 @@ class Scheduler:
             return None
         dra = self.cache.dra if self.claims is not None else None
         pods = self.cache.pending_pods()
+        if dra is None:
+            pods = self._without_claims(pods, now)
         workload = build_workload(pods, self.cache.seq, self.cache.encoder, dra)
         if self.cache.dra.labels_changed:
             self.cache.refresh_dra_labels()  # label the nodes that fit new DRA requests
@@ -270,6 +273,14 @@ class Scheduler:
         if result.wake_at is not None and result.wake_at > now:
             asyncio.get_running_loop().call_later(result.wake_at - now, self.wake)
         return result
+
+    def _without_claims(self, pods: list[PodRecord], now: float) -> list[PodRecord]:
+        """With DRA off, a pod with claims is reported, not placed: bound without its
+        devices allocated, it could never start."""
+        for pod in pods:
+            if pod.claims:
+                self._reject(pod, Problem("spec.resourceClaims", DRA_OFF), now)
+        return [pod for pod in pods if not pod.claims]
 
     def _decide(
         self, snapshot: Snapshot, pending: dict[str, PendingJob], now: float
