@@ -88,6 +88,7 @@ class Controller:
 
     async def start(self) -> None:
         """Start the informers, wait for their first lists, then start scheduling."""
+        await self._check_dra()
         # Slices before nodes, claims before pods: each side finds what it refers to.
         for informer in self.dra:
             self.supervisor.spawn(f"{informer.kind}-informer", informer.run())
@@ -104,6 +105,22 @@ class Controller:
             len(self.cache.nodes),
             len(self.cache.pods),
         )
+
+    async def _check_dra(self) -> None:
+        """A cluster that does not serve `resource.k8s.io/v1` (before 1.34), or a role
+        without its rights, would keep the DRA informers from ever syncing: then DRA is
+        turned off with a warning, and pods with claims are reported, not placed."""
+        if not self.dra:
+            return
+        status, _ = await self.api.request("GET", DRA_PATHS[0][1], params={"limit": "1"})
+        if status in (403, 404):
+            log.warning(
+                "DRA off: listing ResourceSlices answered HTTP %d (resource.k8s.io/v1 not "
+                "served, or not permitted); pods with claims will be reported, not placed",
+                status,
+            )
+            self.dra = []
+            self.scheduler.claims = None
 
     async def stop(self) -> None:
         dra = [f"{informer.kind}-informer" for informer in self.dra]

@@ -25,6 +25,7 @@ from controller.dra.objects import (
 )
 from controller.dra.selectors import SelectorError, _reads, _view, matches
 from controller.kube.objects import Problem, pod_from_json
+from controller.runtime import Controller
 from controller.scheduling.cache import ClusterCache
 from controller.scheduling.effects import BindOutcome
 from controller.scheduling.encoders import WholeGpu
@@ -504,3 +505,23 @@ def test_with_dra_off_a_pod_with_claims_is_reported_not_bound() -> None:
         assert effects.reports == [("p", f"invalid spec.resourceClaims: {DRA_OFF}")]
 
     asyncio.run(main())
+
+
+class AnswersWith:
+    """An API whose every request answers `status` (a cluster without DRA)."""
+
+    def __init__(self, status: int) -> None:
+        self.status = status
+
+    async def request(self, method: str, path: str, **_: Any) -> tuple[int, Any]:
+        return self.status, {}
+
+
+@pytest.mark.parametrize(("status", "dra_on"), [(404, False), (403, False), (200, True)])
+def test_a_cluster_without_dra_turns_it_off_instead_of_never_syncing(
+    status: int, dra_on: bool
+) -> None:
+    controller = Controller(AnswersWith(status), make_policy("bestfit"))  # type: ignore[arg-type]
+    asyncio.run(controller._check_dra())
+    assert bool(controller.dra) is dra_on
+    assert (controller.scheduler.claims is not None) is dra_on

@@ -74,7 +74,10 @@ Clock = Callable[[], float]
 REPORTED_PRUNE_AT = 10_000
 EVENT_CONCURRENCY = 4
 EVENT_BACKLOG = 1_000
-DRA_OFF = "this scheduler runs with DRA off (--no-dra) and cannot allocate claims"
+DRA_OFF = (
+    "this scheduler does not allocate claims (--no-dra, or the cluster does not serve "
+    "resource.k8s.io/v1 to it)"
+)
 
 
 @dataclass(frozen=True)
