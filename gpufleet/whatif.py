@@ -17,7 +17,7 @@ from typing import Any
 
 from policies import policy_class
 from policies.registry import parse_options
-from simulator.progress import ProgressBar
+from simulator.progress import ProgressBar, add_progress_argument
 from simulator.whatif.forecast import ADDED, PolicySpec, plan_forecast, run_samples
 from simulator.whatif.report import (
     combine,
@@ -100,12 +100,7 @@ def add_whatif_commands(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--backend", default="whole", help="live capture: the controller's GPU device backend"
     )
-    parser.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="show a progress bar (default: when stderr is a terminal)",
-    )
+    add_progress_argument(parser)
     add_score_arguments(parser)
     parser.set_defaults(handler=_whatif)
 
