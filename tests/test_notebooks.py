@@ -56,6 +56,7 @@ def test_the_stories_exist() -> None:
         "03-heterogeneity",
         "04-continual-training",
         "05-rap-sharing",
+        "06-whatif",
     }
 
 
