@@ -58,6 +58,7 @@ THIRD_PARTY = {
         "yaml",
         "urllib3",
         "aiohttp",
+        "cryptography",
         "celpy",
     },
 }
