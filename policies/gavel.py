@@ -8,8 +8,11 @@ Each 360 s round:
    heterogeneity-agnostic variant replaces every positive throughput by 1.
 2. X from the chosen objective (`policies.gavel_lp`): max-min fairness (Gavel's LAS),
    finish-time fairness, or max-sum throughput.
-   As in Gavel's simulator, X is recomputed only when jobs arrived or left, at most
-   every `reset_s` (1920 s); a job that arrived since has no share until then.
+   As in Gavel's simulator (`mechanism=gavel`), X is recomputed only when jobs arrived
+   or left, at most every `reset_s` (1920 s); a job that arrived since has no share
+   until then. The Sia artifact's port of Gavel (`mechanism=sia-artifact`, which
+   `simulator.semantics` picks for Sia workloads) recomputes X every round, counts time
+   received since arrival and keeps one queue across models.
 3. Priorities: X[i, j] divided by the share of model-j time job i has received among
    active jobs since X was computed (each job starts with half a round, as Gavel's
    counters do; X·10^9 where nobody has time yet).
@@ -65,6 +68,8 @@ from policies.round_placement import (
 
 FloatArray = npt.NDArray[np.float64]
 OBJECTIVES = ("max_min_fairness", "finish_time_fairness", "max_sum_throughput")
+SIA_ARTIFACT = "sia-artifact"
+MECHANISMS = ("gavel", SIA_ARTIFACT)
 NEW_JOB_PRIORITY = 1e9
 
 
@@ -77,6 +82,14 @@ class GavelConfig(PolicyConfig):
     round_s: float = field(default=360.0, metadata={"help": "seconds between rounds"})
     heterogeneity_aware: bool = field(
         default=True, metadata={"help": "false: every GPU model looks equally fast"}
+    )
+    mechanism: str = field(
+        default="gavel",
+        metadata={
+            "help": "gavel: Gavel's simulator (X on job changes at most every reset_s, "
+            "counters restart there, per-model queues); sia-artifact: the Sia artifact's "
+            "Gavel port (X every round, time since arrival, one queue across models)"
+        },
     )
     reset_s: float = field(
         default=1920.0,
@@ -129,6 +142,10 @@ class Gavel(RoundPolicy):
             raise ValueError(
                 f"unknown Gavel objective {self.cfg.objective!r}; one of {', '.join(OBJECTIVES)}"
             )
+        if self.cfg.mechanism not in MECHANISMS:
+            raise ValueError(
+                f"unknown Gavel mechanism {self.cfg.mechanism!r}; one of {', '.join(MECHANISMS)}"
+            )
         self.round_s = self.cfg.round_s
         self._epoch: AllocationEpoch | None = None
 
@@ -155,12 +172,18 @@ class Gavel(RoundPolicy):
         free = free_capacity(snapshot.cluster, held.values(), models)
         capacity = np.array([float(free[m]) for m in names])
         received = time_received(jobs, names, snapshot.now)
-        epoch = self._epoch_for(jobs, throughputs, scale, capacity, received, snapshot.now)
-        x = epoch.rows(jobs, len(names))
-        since = received - epoch.baseline(jobs, received) + self.cfg.round_s / 2
-        priorities = priority_matrix(x, since)
-        order = self._model_order(throughputs, ctx)
-        chosen = greedy_assignment(priorities, x, throughputs, scale, capacity, order)
+        if self.cfg.mechanism == SIA_ARTIFACT:
+            # Sia's port: X every round, time received since arrival, one queue.
+            x = self._allocate(jobs, throughputs, scale, capacity, snapshot.now)
+            priorities = priority_matrix(x, received)
+            chosen = greedy_assignment(priorities, x, throughputs, scale, capacity)
+        else:
+            epoch = self._epoch_for(jobs, throughputs, scale, capacity, received, snapshot.now)
+            x = epoch.rows(jobs, len(names))
+            since = received - epoch.baseline(jobs, received) + self.cfg.round_s / 2
+            priorities = priority_matrix(x, since)
+            order = self._model_order(throughputs, ctx)
+            chosen = greedy_assignment(priorities, x, throughputs, scale, capacity, order)
         decisions = place_rounds(snapshot, jobs, chosen, names, models)
         notes = {"jobs": float(len(every)), "scheduled": float(len(chosen))}
         return SchedulingResult(tuple(decisions), notes=notes)
@@ -298,17 +321,23 @@ def greedy_assignment(
     capacity: FloatArray,
     model_order: Sequence[int] | None = None,
 ) -> dict[int, int]:
-    """Job index → model index for this round. Model by model in `model_order` (default:
-    index order), that model's jobs by (priority, X) descending, each job once, while its
-    GPUs fit the model's free GPUs (Gavel's per-worker-type queues). Jobs with zero
-    priority still fill GPUs nobody else wants, as Gavel's mechanism does."""
+    """Job index → model index for this round, each job once, while its GPUs fit the
+    model's free GPUs. With `model_order`, Gavel's per-worker-type queues: model by
+    model, that model's jobs by (priority, X) descending. Without, the Sia artifact's
+    single queue: every (job, model) pair by (priority, X). Jobs with zero priority
+    still fill GPUs nobody else wants, as both do."""
     free = capacity.astype(float).copy()
     chosen: dict[int, int] = {}
-    for j in model_order if model_order is not None else range(x.shape[1]):
-        queue = sorted(
-            (-priorities[i, j], -x[i, j], i) for i in range(x.shape[0]) if throughputs[i, j] > 0
-        )
-        for _, _, i in queue:
+    pairs = [(i, j) for i in range(x.shape[0]) for j in range(x.shape[1]) if throughputs[i, j] > 0]
+    if model_order is None:
+        queues = [sorted(pairs, key=lambda p: (-priorities[p], -x[p], p))]
+    else:
+        queues = [
+            sorted((p for p in pairs if p[1] == j), key=lambda p: (-priorities[p], -x[p], p))
+            for j in model_order
+        ]
+    for queue in queues:
+        for i, j in queue:
             if i in chosen or scale[i] > free[j]:
                 continue
             chosen[i] = j

@@ -119,9 +119,10 @@ def _add_experiments(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_one(args: argparse.Namespace, policy_name: str, out_dir: Path) -> RunResult:
-    options = parse_options(args.option)
+    cls = policy_class(policy_name)
+    semantics = run_semantics(args.format if args.trace else "synthetic", cls, args.restart_cost)
+    options = semantics.policy_options(cls, parse_options(args.option))
     policy = make_policy(policy_name, options)
-    semantics = run_semantics(args.format if args.trace else "synthetic", policy, args.restart_cost)
     inputs = load_inputs(args, semantics.job_mode)
     config = RunConfig(
         trace=inputs.trace_label,

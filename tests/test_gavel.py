@@ -28,7 +28,9 @@ from policies.gavel_lp import (
 from policies.jobs import AllocationShape, Placement, TaskPlacement
 from policies.perf_models import PlacementThroughput
 from policies.placement import take
+from policies.registry import make_policy, policy_class
 from simulator.clusters import NodeGroup, build_nodes
+from simulator.semantics import GAVEL_GENERATED, run_semantics
 from tests.conftest import job, shared_data
 from tests.test_contract import apply_as_host
 from traces.errors import TraceError
@@ -330,3 +332,26 @@ def test_a_job_that_may_not_be_preempted_keeps_its_share() -> None:
     )
     nodes = build_nodes([NodeGroup("fast", 1, 1)])
     assert gavel_round(nodes, [gavel_job("new", 1.0, 1.0)], [old], now=3600.0) == {}
+
+
+def test_gavels_queues_and_the_sia_ports_single_queue_choose_differently() -> None:
+    """Job 0 gains more on model 1 (priority 4) than on model 0 (3); job 1 wants model 0
+    (2) far more than model 1 (0.1); one GPU each. The Sia artifact's single queue takes
+    the highest pair first: job 0 → model 1, then job 1 → model 0. Gavel fills model 0's
+    queue first (job 0, priority 3, heads it), then model 1's: job 1 gets model 1."""
+    priorities = np.array([[3.0, 4.0], [2.0, 0.1]])
+    x = np.full((2, 2), 0.5)
+    args = (priorities, x, np.ones((2, 2)), np.ones(2), np.ones(2))
+    assert greedy_assignment(*args) == {0: 1, 1: 0}
+    assert greedy_assignment(*args, model_order=[0, 1]) == {0: 0, 1: 1}
+
+
+def test_each_trace_format_runs_its_own_simulators_gavel() -> None:
+    sia = run_semantics("sia", Gavel)
+    generated = run_semantics(GAVEL_GENERATED, Gavel)
+    assert make_policy("gavel", sia.policy_options(Gavel, {})).cfg.mechanism == "sia-artifact"
+    assert make_policy("gavel", generated.policy_options(Gavel, {})).cfg.mechanism == "gavel"
+    assert sia.policy_options(Gavel, {"mechanism": "gavel"}) == {"mechanism": "gavel"}
+    assert sia.policy_options(policy_class("las"), {}) == {}  # LAS has no such option
+    with pytest.raises(ValueError, match="mechanism"):
+        Gavel(GavelConfig(mechanism="blox"))

@@ -269,9 +269,10 @@ def trace_format(workload: Workload) -> str:
 
 
 def run_one(spec: RunSpec) -> RunOutput:
-    policy = make_policy(spec.policy, dict(spec.options))
+    cls = policy_class(spec.policy)
+    semantics = run_semantics(trace_format(spec.workload), cls)
+    policy = make_policy(spec.policy, semantics.policy_options(cls, dict(spec.options)))
     nodes: list[NodeSpec] = named_cluster(spec.cluster, spec.scale)
-    semantics = run_semantics(trace_format(spec.workload), policy)
     window = spec.workload.window_ids()
     options = EngineOptions(
         seed=spec.seed,
