@@ -133,7 +133,9 @@ class Gavel(RoundPolicy):
     config_type = GavelConfig
     defaults_follow = (
         "Gavel's paper and simulator: max-min fairness (LAS, max_min_fairness_perf), "
-        "360 s rounds. Sia's artifact ran Gavel with -o objective=max_sum_throughput"
+        "360 s rounds, its allocation resets every 1920 s. On Sia workloads the Sia "
+        "artifact's port (mechanism=sia-artifact); the Sia paper ran Gavel with "
+        "-o objective=max_sum_throughput"
     )
 
     def __init__(self, config: PolicyConfig | None = None) -> None:
