@@ -7,9 +7,11 @@ scheduler's workload builder reads them back here into the same `JobSpec` a simu
 window job has: kind `retrain`, a `RetrainingWork` with the throughput per GPU model, an
 `Elasticity` and the `WindowInfo` the allocators value. A CTJ that declares `accuracy`
 and `retrain.configs` has its model tracked (`status.model`) and its windows valued;
-its single-pod, one-GPU windows become retraining jobs, given up to one GPU (a quarter,
-a half or a whole one: one pod is one task, and the controller adds no pods to a
-window); a multi-pod gang stays an ordinary gang.
+its one-GPU windows with `replicas.min` 1 become elastic retraining jobs, from one pod to
+`replicas.max` (a quarter, a half or a whole GPU on one pod; k whole GPUs on k pods of
+the window's pod group, which the scheduler adds when the policy gives the window more,
+see `controller.scheduling.growth`); a window with `replicas.min` above 1 stays an
+ordinary gang.
 
 A drift-triggered CTJ (`retrain.trigger`) opens window `k` when `policies.windows`'s
 `triggered_window` fires for the tracked model, armed when window `k − 1` settled; the
@@ -28,6 +30,7 @@ from controller.ctj.crd import (
     ACCURACY,
     CONFIG,
     GAIN,
+    MAX_REPLICAS,
     THROUGHPUT,
     WINDOW_DEADLINE,
     WINDOW_END,
@@ -39,7 +42,7 @@ from controller.ctj.crd import (
     ModelAccuracy,
     RetrainSchedule,
 )
-from controller.kube.objects import cpu_milli, mem_mib
+from controller.kube.objects import GANG_SIZE, POD_GROUP_LABEL, cpu_milli, mem_mib
 from policies import Elasticity, JobSpec, TaskRequest
 from policies.continual import (
     RETRAIN_KIND,
@@ -186,7 +189,10 @@ def retraining_job(
 ) -> JobSpec:
     """`spec` (one pod's job) as a continual window job, if the pod carries a window's
     accuracy facts; else `spec` unchanged. Raises ValueError naming a bad annotation."""
-    if GAIN not in annotations or spec.replicas != 1 or spec.task.num_gpus != 1:
+    if GAIN not in annotations or spec.task.num_gpus != 1:
+        return spec
+    elastic = _elasticity(spec.replicas, annotations, labels)
+    if elastic is None:
         return spec
     curve = _curve(annotations.get(ACCURACY, ""))
     throughput = _throughput(annotations.get(THROUGHPUT, ""))
@@ -211,11 +217,33 @@ def retraining_job(
         spec,
         kind=RETRAIN_KIND,
         work=work,
-        # One pod, one task: a share of one GPU at most, until pods can be added live.
-        elastic=Elasticity(1, 1),
+        elastic=elastic,
         restart_cost_s=RESTART_COST_S,
         attributes={**spec.attributes, WINDOW_KEY: info},
     )
+
+
+def _elasticity(
+    replicas: int, annotations: Mapping[str, str], labels: Mapping[str, str]
+) -> Elasticity | None:
+    """A window job's bounds, as a simulated stream's (1 to its max GPUs): None for a
+    window whose CTJ needs more than one replica (an ordinary gang). A window without a
+    pod group cannot grow: a pod added to it would be a job of its own."""
+    if _count(annotations, GANG_SIZE, 1) != 1:
+        return None
+    most = _count(annotations, MAX_REPLICAS, 1) if POD_GROUP_LABEL in labels else 1
+    if replicas > most:
+        raise ValueError(f"annotation {MAX_REPLICAS}: {most}, but the window has {replicas} pods")
+    return Elasticity(1, most)
+
+
+def _count(annotations: Mapping[str, str], key: str, default: int) -> int:
+    text = annotations.get(key)
+    if text is None:
+        return default
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"annotation {key}: {text!r} is not a positive count")
+    return int(text)
 
 
 def _number(annotations: Mapping[str, str], key: str) -> float:

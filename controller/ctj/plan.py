@@ -351,7 +351,8 @@ def _judge(
     failed = any(p.failed for p in live)
     done = [p for p in live if p.succeeded]
     finished = None
-    if len(done) >= replicas:
+    # Every pod counts, those the scheduler added to grow the window too.
+    if len(done) >= max(replicas, len(live)):
         finished = max(p.finished_at if p.finished_at is not None else now for p in done)
     verdict = settle(deadline, now, finished, failed)
     if verdict is None:

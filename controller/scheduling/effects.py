@@ -12,7 +12,7 @@ import enum
 import json
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,6 +31,7 @@ from controller.kube.objects import (
     SUBMIT_TIME,
     PodRecord,
 )
+from controller.scheduling.growth import added_pod
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +170,29 @@ class ApiEffects:
         if status >= 300:
             raise ApiError(status, answer, f"recreate {copy['metadata']['name']}")
         return str(copy["metadata"]["name"])
+
+    async def add_pods(self, pod: PodRecord, names: Sequence[str]) -> int:
+        """Create unbound copies of `pod` named `names` (pods added to its elastic job,
+        `controller.scheduling.growth`); returns how many were created. A name still
+        taken (by a pod being deleted, or one an earlier pass added) is not created: the
+        caller asks again on a later pass."""
+        current = await self.read_pod(pod.namespace, pod.name)
+        if current is None or current["metadata"]["uid"] != pod.uid:
+            return 0
+        inherited = (current["metadata"].get("annotations") or {}).items()
+        annotations = {k: v for k, v in inherited if not _PLACEMENT_ANNOTATION.match(k)}
+        path = f"/api/v1/namespaces/{pod.namespace}/pods"
+        created = 0
+        for name in names:
+            status, answer = await self.api.request(
+                "POST", path, body=added_pod(current, name, annotations)
+            )
+            if status >= 300:
+                if status != 409:
+                    log.warning("add %s/%s: HTTP %d %s", pod.namespace, name, status, answer)
+                continue
+            created += 1
+        return created
 
 
 def _has_controller(pod: Mapping[str, Any]) -> bool:

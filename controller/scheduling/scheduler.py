@@ -15,7 +15,11 @@ Semantics of decisions the simulator applies instantly but a cluster cannot:
   submit time, attained service and restart count in annotations; it queues again. A
   pod with a controlling owner (a CTJ, a Job) is only deleted: its owner recreates it.
 * `Resize`: like `Preempt`, and the new placement is remembered as a plan. Once the
-  recreated pods are pending and the plan fits the ledger, they are bound to it.
+  recreated pods are pending and the plan fits the ledger, they are bound to it. A
+  `Preempt` and a `Place` of one job in one pass (a share reassigned) is a resize too.
+* A placement with more tasks than an elastic job (a CTJ window) has pods: the missing
+  pods are added to its pod group and the plan bound once they are all there
+  (`controller.scheduling.growth`). A moved job's pods carry its restarts and service.
 * A `Place` that needs GPUs still held by pods being evicted in the same pass becomes a
   plan too, bound as soon as the evicted pods are gone.
 
@@ -47,6 +51,7 @@ from controller.dra.inventory import ClaimAllocation
 from controller.kube.objects import PodRecord, Problem
 from controller.scheduling.cache import ClusterCache
 from controller.scheduling.effects import ApiEffects, BindOutcome, placement_annotations
+from controller.scheduling.growth import added_names, carried
 from controller.scheduling.ledger import Charge
 from controller.scheduling.quarantine import Quarantine
 from controller.scheduling.workload import PendingJob, build_workload, job_id
@@ -165,6 +170,10 @@ class Scheduler:
         self._event_backlog = 0
         self._reported: dict[str, str] = {}
         self._plans: dict[str, Placement] = {}
+        self._growing: dict[str, int] = {}
+        """Elastic jobs being grown: job id → the pod count asked for."""
+        self._moved: dict[str, dict[str, str]] = {}
+        """Moved jobs: job id → the restarts and service their pods are bound with."""
         cache.on_change = self.wake
 
     # -- control ----------------------------------------------------------------------
@@ -327,16 +336,23 @@ class Scheduler:
         return False
 
     def apply(self, result: SchedulingResult, pending: dict[str, PendingJob], now: float) -> None:
+        preempted = set()
         for decision in result.decisions:
             if isinstance(decision, Preempt):
                 self._evict_job(decision.job_id, decision.reason, None)
+                preempted.add(decision.job_id)
             elif isinstance(decision, Resize):
                 self._evict_job(decision.job_id, decision.reason, decision.placement)
         state = self.cache.ledger.state
         for decision in result.decisions:
-            if isinstance(decision, Place) and decision.job_id in pending:
+            if isinstance(decision, Place) and decision.job_id in preempted:
+                self._plans[decision.job_id] = decision.placement  # a share reassigned
+            elif isinstance(decision, Place) and decision.job_id in pending:
                 job = pending[decision.job_id]
                 if state is None or not self._keeps_contract(job, decision.placement, now):
+                    continue
+                if len(decision.placement.tasks) > len(job.pods):
+                    self._grow(job, decision.placement)
                     continue
                 refused = self._kubelet_refuses(job, decision.placement)
                 if refused:
@@ -368,7 +384,8 @@ class Scheduler:
             if state is None:
                 return False
             check_shape(job.spec, placement, state)
-            if len(placement.tasks) != len(job.pods):
+            tasks, pods = len(placement.tasks), len(job.pods)
+            if tasks < pods or (tasks > pods and job.spec.elastic is None):
                 raise PlacementError(f"{len(placement.tasks)} tasks for {len(job.pods)} pods")
         except PlacementError as err:
             problem = Problem(
@@ -420,7 +437,8 @@ class Scheduler:
                 where.gpu_milli,
                 reason,
             )
-        self._spawn(self._bind_job(job, placement, now))
+        resumed = self._moved.pop(job.spec.id, {})
+        self._spawn(self._bind_job(job, placement, now, resumed))
 
     def _claim_plans(
         self, job: PendingJob, placement: Placement, now: float
@@ -448,10 +466,12 @@ class Scheduler:
 
     # -- binding cycle ----------------------------------------------------------------
 
-    async def _bind_job(self, job: PendingJob, placement: Placement, now: float) -> None:
+    async def _bind_job(
+        self, job: PendingJob, placement: Placement, now: float, resumed: dict[str, str]
+    ) -> None:
         outcomes = await asyncio.gather(
             *(
-                self._bind_pod(pod, where.node, where.gpus, where.gpu_milli, now)
+                self._bind_pod(pod, where.node, where.gpus, where.gpu_milli, now, resumed)
                 for pod, where in zip(job.pods, placement.tasks, strict=True)
             )
         )
@@ -467,7 +487,13 @@ class Scheduler:
                 await self._evict_pod(pod, job.spec.id, job.spec.submit_time, _carried(pod))
 
     async def _bind_pod(
-        self, pod: PodRecord, node: str, gpus: tuple[int, ...], milli: int, now: float
+        self,
+        pod: PodRecord,
+        node: str,
+        gpus: tuple[int, ...],
+        milli: int,
+        now: float,
+        resumed: dict[str, str],
     ) -> bool:
         async with self._limit:
             held = self.cache.assumed.get(pod.uid)
@@ -482,7 +508,7 @@ class Scheduler:
             planned = self.cache.planned_claims(pod.uid)
             if planned and not await self._reserve_claims(pod, planned, now):
                 return False
-            annotations = placement_annotations(gpus, milli, now)
+            annotations = {**resumed, **placement_annotations(gpus, milli, now)}
             if not planned:
                 node_record = self.cache.nodes[node]
                 annotations.update(
@@ -608,6 +634,9 @@ class Scheduler:
         )
         service = _service(view, now) if view is not None else _carried(pods[0])
         submit = view.spec.submit_time if view is not None else now
+        if len(self._moved) > REPORTED_PRUNE_AT:
+            self._moved.clear()  # jobs that never came back (withdrawn windows)
+        self._moved[jid] = carried(pods[0].meta.restarts + 1, *service)
         log.info("%s %s: %s", "resize" if plan else "preempt", jid, reason)
         for pod in pods:
             self._spawn(self._evict_pod(pod, jid, submit, service))
@@ -629,6 +658,9 @@ class Scheduler:
         rest = []
         for job in pending:
             plan = self._plans.get(job.spec.id)
+            if plan is not None and len(plan.tasks) > len(job.pods) and job.spec.elastic:
+                self._grow(job, plan)
+                continue
             if plan is not None and len(plan.tasks) != len(job.pods):
                 log.info(
                     "plan %s dropped: it has %d tasks, the job %d pods",
@@ -637,6 +669,7 @@ class Scheduler:
                     len(job.pods),
                 )
                 del self._plans[job.spec.id]
+                self._growing.pop(job.spec.id, None)
                 plan = None
             if plan is None:
                 rest.append(job)
@@ -646,8 +679,25 @@ class Scheduler:
                 and not self._kubelet_refuses(job, plan)
             ):
                 del self._plans[job.spec.id]
+                self._growing.pop(job.spec.id, None)
                 self.place(job, plan, "carrying out a plan decided earlier", now)
         return rest
+
+    def _grow(self, job: PendingJob, plan: Placement) -> None:
+        """Remember the plan and add the pods it needs (asked once per size)."""
+        jid, size = job.spec.id, len(plan.tasks)
+        self._plans[jid] = plan
+        if self._growing.get(jid) == size:
+            return
+        self._growing[jid] = size
+        log.info("grow %s from %d to %d pods", jid, len(job.pods), size)
+        self._spawn(self._add_pods(jid, job.pods[0], added_names(job.pods, size)))
+
+    async def _add_pods(self, jid: str, pod: PodRecord, names: list[str]) -> None:
+        async with self._limit:
+            created = await self.effects.add_pods(pod, names)
+        if created < len(names):
+            self._growing.pop(jid, None)  # the next pass asks again
 
     # -- reports ----------------------------------------------------------------------
 
