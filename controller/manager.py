@@ -21,6 +21,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from controller.ctj.inference import reservation_key, serve
 from controller.ctj.reconciler import CtjReconciler
 from controller.kube.kubeapi import KubeApi
 from controller.kube.leader import LeaderElector, LeaseConfig
@@ -68,7 +69,7 @@ class Manager:
                 resync_s=self.options.controller.resync_s,
                 supervisor=self.supervisor,
                 quarantine=self.quarantine,
-                plan_windows=self._plan_windows if isinstance(policy, WindowPlanner) else None,
+                plan_windows=self._plan_windows,
             )
             if self.options.reconcile_ctjs
             else None
@@ -79,6 +80,8 @@ class Manager:
         self.metrics.watch_leader(self.identity, self.is_leader)
         self.metrics.watch_quarantine(self.quarantine)
         if self.reconciler is not None:
+            cache = self.controller.scheduler.cache
+            self.reconciler.on_gone = lambda key: cache.unreserve(reservation_key(key))
             self.metrics.watch_ctjs(self.reconciler.ctjs)
             self.reconciler.on_result = lambda result: self.metrics.reconciles.labels(result).inc()
         self.shadows = (
@@ -92,15 +95,17 @@ class Manager:
         self.leading = asyncio.Event()
 
     def _plan_windows(self, openings: Sequence[WindowOpening]) -> list[int]:
-        """The policy's configs for CTJ windows opening now, on the scheduler's view of
-        the cluster (as the simulator asks it at each instant with openings)."""
+        """The openings' inference shares reserved (`controller.ctj.inference`), then the
+        policy's configs for them (its `plan_windows`, else each stream's default) on the
+        scheduler's view of the cluster, as the simulator does at each instant with
+        openings."""
         policy = self.controller.scheduler.policy
-        assert isinstance(policy, WindowPlanner)
         cache = self.controller.scheduler.cache
-        state = cache.ledger.state
-        if state is None:
-            return [o.stream.default_config for o in openings]
         now = openings[0].stream.start_s
+        serve(policy, cache, openings, now)
+        state = cache.ledger.state
+        if state is None or not isinstance(policy, WindowPlanner):
+            return [o.stream.default_config for o in openings]
         running = cache.running.views(cache.charges(), state, now)
         snapshot = Snapshot(cluster=state.view(), running=running, pending=[], now=now)
         return policy.plan_windows(openings, snapshot)

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import simpy
 
-from policies import ClusterState, JobSpec, NodeSpec, Policy, Snapshot
+from policies import JobSpec, NodeSpec, Policy, Snapshot
 from policies.continual import (
     RETRAIN_KIND,
     InferencePlanner,
@@ -45,6 +45,7 @@ from policies.continual import (
     inference_models,
     window_info,
 )
+from policies.reservations import reserve_gpu
 from policies.windows import DeployedModel, PeriodicWindows, meets_deadline, trigger_time
 from simulator.engine import EngineOptions, ProgressHook, Simulation
 from simulator.metrics import JOB_COLUMNS, TIMELINE_COLUMNS, Recorder
@@ -364,12 +365,11 @@ class ContinualRun:
             node, gpu = state.reservation
             cluster.release(node, (gpu,), state.grant, 0, 0)
             state.reservation, state.grant = None, 0
-        place = _tightest_gpu(cluster, self._inference_order, grant) if grant > 0 else None
-        if place is None and grant > 0:
-            place, grant = _roomiest_gpu(cluster)
-        if place is not None and grant > 0:
-            cluster.allocate(place[0], (place[1],), grant, 0, 0)
-            state.reservation, state.grant = place, grant
+        held = reserve_gpu(cluster, self._inference_order, grant)
+        if held is not None:
+            node, gpu, granted = held
+            cluster.allocate(node, (gpu,), granted, 0, 0)
+            state.reservation, state.grant = (node, gpu), granted
 
     def _submit(self, openings: list[WindowOpening]) -> None:
         if self._planner is not None:
@@ -470,27 +470,6 @@ class ContinualRun:
             pending=[j.view() for j in sim.pending.values()],
             now=sim.env.now,
         )
-
-
-def _tightest_gpu(
-    cluster: ClusterState, model_order: Sequence[int], milli: int
-) -> tuple[int, int] | None:
-    """(node, GPU) with the least free milli-GPU that still fits `milli`, on the first
-    model in `model_order` that has one."""
-    for model in model_order:
-        nodes = np.flatnonzero(cluster.model_idx == model)
-        free = cluster.gpu_free[nodes]
-        fits = np.where(free >= milli, free, np.iinfo(np.int64).max)
-        if nodes.size and (fits < np.iinfo(np.int64).max).any():
-            row, gpu = divmod(int(np.argmin(fits)), free.shape[1])
-            return int(nodes[row]), gpu
-    return None
-
-
-def _roomiest_gpu(cluster: ClusterState) -> tuple[tuple[int, int], int]:
-    """(node, GPU) with the most free milli-GPU, and that amount."""
-    node, gpu = divmod(int(np.argmax(cluster.gpu_free)), cluster.gpu_free.shape[1])
-    return (node, gpu), int(cluster.gpu_free[node, gpu])
 
 
 def continual_summary(

@@ -70,6 +70,9 @@ def test_example_validates_and_parses() -> None:
         (("spec", "resources", "gpu", "milli"), 1500, "1500 is greater than the maximum of 1000"),
         (("spec", "tolerations"), [{"operator": "Maybe"}], "'Maybe' is not one of"),
         (("spec", "resources", "cpu"), "lots", "'lots' does not match"),
+        (("spec", "inference"), {"milliGpu": 1500}, "1500 is greater than the maximum of 1000"),
+        (("spec", "inference"), {"gamma": 0.5}, "'milliGpu' is a required property"),
+        (("spec", "inference"), {"milliGpu": 500, "gamma": 0}, "0 is less than or equal to"),
     ],
 )
 def test_structural_schema_rejects_malformed_fields(
@@ -109,6 +112,14 @@ def test_a_drift_trigger_and_observed_accuracy_validate_and_parse() -> None:
     status = plan(job, [], job.created + 1, "gpufleet").status.to_json()
     validate(status, schema()["properties"]["status"])
     assert status["observedAccuracy"]["value"] == 0.71 and "model" in status
+
+
+def test_an_inference_share_validates_and_parses() -> None:
+    obj = example()
+    obj["spec"]["inference"] = {"milliGpu": 250, "gamma": 0.3}
+    validate(obj)
+    job = ctj_from_json({**obj, "metadata": {**obj["metadata"], "uid": "u"}})
+    assert (job.spec.inference_milli, job.spec.inference_gamma) == (250, 0.3)
 
 
 def test_an_unreadable_observed_accuracy_is_named() -> None:

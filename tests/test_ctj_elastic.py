@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from controller.ctj.crd import ctj_from_json
-from controller.ctj.plan import plan
+from controller.ctj.plan import ctj_pod_from_json, plan
 from controller.kube.objects import (
     ASSIGNED_GPUS,
     ASSIGNED_MILLI,
@@ -209,3 +209,15 @@ def test_thief_grows_a_window_by_adding_pods_and_shrinks_it_by_withdrawing_them(
             loop.cancel()
 
     asyncio.run(main())
+
+
+def test_a_replica_recreated_beside_an_added_pod_keeps_the_windows_facts() -> None:
+    """After a shrink, replica 0 may be recreated while an added pod is still going: it
+    must stay the window's retraining job (else the scheduler's plan for it is dropped)."""
+    added = ctj_pod_from_json(window_pod("wide", "wide-w0-1"))
+    assert added is not None
+    ctj = ctj_from_json(ctj_json("wide"))
+    (again,) = plan(ctj, [added], CREATED + 12, "gpufleet").create
+    first = window_pod("wide")
+    assert again["metadata"]["name"] == "wide-w0-0"
+    assert again["metadata"]["annotations"] == first["metadata"]["annotations"]

@@ -95,6 +95,8 @@ def stream_of(ctj: Ctj, window: Window) -> StreamSpec:
         max_gpus=spec.max_replicas,
         scaling=SCALING,
         restart_cost_s=RESTART_COST_S,
+        inference_milli=spec.inference_milli,
+        inference_gamma=spec.inference_gamma,
     )
 
 
@@ -111,6 +113,10 @@ def ctj_clock(retrain: RetrainSchedule, created: float) -> WindowClock:
 
 def opening(ctj: Ctj, window: Window, acc_start: float) -> WindowOpening:
     return WindowOpening(stream_of(ctj, window), window.index, acc_start)
+
+
+WINDOW_FACTS = (CONFIG, WORK_GPU_S, ACC_START, GAIN)
+"""The annotations `WindowFacts` writes on a window's pods."""
 
 
 @dataclass(frozen=True, slots=True)

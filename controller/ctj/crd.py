@@ -103,6 +103,9 @@ class CtjSpec:
     configs: tuple[RetrainConfig, ...] = ()
     accuracy: AccuracyCurve | None = None
     initial_accuracy: float | None = None
+    inference_milli: int = 0
+    """Milli-GPU the model's serving holds (`spec.inference.milliGpu`; 0: none)."""
+    inference_gamma: float = 0.5
     history_limit: int = 1
     pod_labels: Mapping[str, str] = field(default_factory=dict)
     pod_annotations: Mapping[str, str] = field(default_factory=dict)
@@ -401,6 +404,7 @@ def spec_from_json(spec: Mapping[str, Any]) -> CtjSpec:
     low = _at("spec.replicas.min", lambda: _positive(replicas.get("min", 1)))
     pod_meta = _at("spec.podMetadata", lambda: dict(spec.get("podMetadata") or {}))
     accuracy = spec.get("accuracy")
+    inference = _at("spec.inference", lambda: dict(spec.get("inference") or {}))
     retrain = _at("spec.retrain", lambda: dict(spec["retrain"]))
     return CtjSpec(
         image=_at("spec.image", lambda: _text(spec["image"])),
@@ -435,6 +439,8 @@ def spec_from_json(spec: Mapping[str, Any]) -> CtjSpec:
             if accuracy and "initial" in accuracy
             else None
         ),
+        inference_milli=_at("spec.inference.milliGpu", lambda: _share(inference)),
+        inference_gamma=_at("spec.inference.gamma", lambda: _exponent(inference.get("gamma", 0.5))),
         history_limit=_at("spec.historyLimit", lambda: int(spec.get("historyLimit", 1))),
         pod_labels=_at("spec.podMetadata.labels", lambda: _strings(pod_meta.get("labels"))),
         pod_annotations=_at(
@@ -457,6 +463,20 @@ def _positive(value: Any) -> int:
     number = int(value)
     if number < 1:
         raise ValueError(f"must be at least 1, got {number}")
+    return number
+
+
+def _share(inference: Mapping[str, Any]) -> int:
+    milli = int(inference.get("milliGpu", 0))
+    if inference and not 1 <= milli <= MILLI:
+        raise ValueError(f"must be 1 to {MILLI} milli-GPU, got {milli}")
+    return milli
+
+
+def _exponent(value: Any) -> float:
+    number = _finite(value)
+    if not 0 < number <= 1:
+        raise ValueError(f"must be above 0 and at most 1, got {number}")
     return number
 
 

@@ -27,6 +27,7 @@ from typing import Any
 
 from controller.ctj.continual import (
     AT_CEILING,
+    WINDOW_FACTS,
     ConfigChooser,
     ctj_clock,
     deploy,
@@ -109,6 +110,8 @@ class CtjPod:
     start: float | None = None
     acc_start: float | None = None
     gain: float | None = None
+    facts: tuple[tuple[str, str], ...] = ()
+    """The window's accuracy-fact annotations, fixed at its opening (`WindowFacts`)."""
 
     @property
     def succeeded(self) -> bool:
@@ -149,6 +152,7 @@ def ctj_pod_from_json(obj: Mapping[str, Any]) -> CtjPod | None:
         start=_seconds(annotations.get(WINDOW_START)),
         acc_start=_seconds(annotations.get(ACC_START)),
         gain=_seconds(annotations.get(GAIN)),
+        facts=tuple((k, str(annotations[k])) for k in WINDOW_FACTS if k in annotations),
     )
 
 
@@ -280,7 +284,8 @@ def plan(
         elif facts is not None and facts.gain <= 0:
             tally.add(WindowOutcome(window.index, COMPLETED, AT_CEILING))
         else:
-            notes = facts.annotations() if facts is not None else {}
+            # A replica recreated (after a preemption) carries the facts of its window.
+            notes = facts.annotations() if facts is not None else _facts_of(current)
             create = _missing_pods(ctj, window, current, scheduler_name, notes)
     return Plan(
         create=tuple(create),
@@ -380,6 +385,10 @@ def _to_delete(pods: list[CtjPod], recorded: int, history_limit: int) -> tuple[C
         and p.window < recorded
         and (not p.finished or p.window < recorded - history_limit)
     )
+
+
+def _facts_of(pods: Sequence[CtjPod]) -> dict[str, str]:
+    return dict(next((p.facts for p in pods if p.facts), ()))
 
 
 def _missing_pods(

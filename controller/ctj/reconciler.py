@@ -154,6 +154,8 @@ class CtjReconciler:
         self.pod_informer = Informer(
             api, CTJ_PODS, "/api/v1/pods", self.cache, {"labelSelector": NAME_LABEL}, resync_s
         )
+        self.on_gone: Callable[[str], None] = lambda _key: None
+        """Called with the key of a CTJ that is deleted (its inference share is freed)."""
         self.on_result: Callable[[str], None] = lambda _result: None
         """Called with ok, conflict or error after each reconcile (metrics)."""
         self._queue: dict[str, None] = {}
@@ -219,6 +221,8 @@ class CtjReconciler:
         if not self.gate():
             return "ok"
         ctj = self.cache.ctjs.get(key)
+        if ctj is None or ctj.deleting:
+            self.on_gone(key)
         if ctj is None:
             await self._delete_orphans(key)
             return "ok"

@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -32,6 +32,7 @@ from controller.scheduling.encoders import GpuEncoder
 from controller.scheduling.ledger import Admission, CapacityLedger, Charge
 from controller.scheduling.workload import RunningJobs, node_spec, task_request
 from policies import TaskRequest
+from policies.reservations import reserve_gpu
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +167,26 @@ class ClusterCache:
 
     def expired(self, now: float) -> list[str]:
         return [uid for uid, a in self.assumed.items() if a.deadline <= now]
+
+    # -- reservations -----------------------------------------------------------------
+
+    def reserve(self, key: str, milli: int, model_order: Sequence[int]) -> int:
+        """Hold `milli` milli-GPU on one GPU under `key` (not a pod: a stream's serving
+        share, `policies.reservations`) in place of its earlier hold, charged in the
+        ledger so no policy places over it. Returns what is held: less than asked when no
+        GPU has room for all of it, 0 when none has any."""
+        self.ledger.release(key)
+        state = self.ledger.state
+        held = reserve_gpu(state, model_order, milli) if state is not None else None
+        if held is not None and state is not None:
+            node, gpu, granted = held
+            self.ledger.charge(key, Charge(state.nodes[node].name, (gpu,), granted, 0, 0))
+        self.on_change()
+        return 0 if held is None else held[2]
+
+    def unreserve(self, key: str) -> None:
+        self.ledger.release(key)
+        self.on_change()
 
     # -- queries ----------------------------------------------------------------------
 

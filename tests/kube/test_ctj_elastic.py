@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,8 @@ import pytest
 from controller.ctj.crd import NAME_LABEL
 from controller.devcluster.fleet import Admin
 from controller.scheduling.effects import now_rfc3339
-from policies import NodeSpec, TaskRequest, make_policy
-from policies.continual import AccuracyCurve, RetrainConfig, StreamSpec
+from policies import NodeSpec, make_policy
+from policies.continual import AccuracyCurve, RetrainConfig
 from simulator.continual import STREAM_COLUMNS, ContinualRun
 from tests.kube.ctj_helpers import (
     CtjEnvironment,
@@ -30,6 +31,7 @@ from tests.kube.ctj_helpers import (
 )
 from tests.kube.helpers import eventually
 from tests.kube.test_ctj_lifecycle import ServeProcess, run
+from tests.test_ctj_elastic import streams as hand_worked_streams
 
 pytestmark = pytest.mark.kube
 
@@ -70,21 +72,15 @@ def elastic_ctj(name: str, start: float) -> dict[str, Any]:
 def simulated() -> dict[str, tuple[int, float]]:
     """Each stream's restarts and GPU-seconds in the simulator."""
     streams = [
-        StreamSpec(
-            id=name,
-            start_s=OPENS[name],
+        replace(
+            stream,
+            start_s=OPENS[stream.id],
             window_s=WINDOW_S,
-            windows=1,
             deadline_s=DEADLINE_S,
-            task=TaskRequest(1000, 1024, 1, 1000),
-            throughput={"A100": 1.0},
-            allowed_models=frozenset({"A100"}),
             curve=CURVE,
             configs=(CONFIG,),
-            initial_accuracy=initial,
-            max_gpus=4,
         )
-        for name, initial in INITIAL.items()
+        for stream in hand_worked_streams()
     ]
     sim = ContinualRun([NODE], streams, make_policy("thief", {"realloc_s": ROUND_S}))
     sim.run()

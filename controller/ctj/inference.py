@@ -1,0 +1,47 @@
+"""Inference shares live: the GPU share a CTJ's serving holds while its model retrains
+(`spec.inference`), as the simulator's `ContinualRun` holds it. At each instant CTJ
+windows open, the openings' serving shares are re-planned before their configs: the
+policy's `plan_inference` if it splits inference and retraining (`thief`), else every
+stream's full demand; each grant is reserved on one GPU (`policies.reservations`) in the
+scheduler's ledger, so no policy places over it. A CTJ's reservation is released when the
+CTJ is deleted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from controller.scheduling.cache import ClusterCache
+from policies import Policy, Snapshot
+from policies.continual import InferencePlanner, Serving, WindowOpening, inference_models
+
+RESERVATION_PREFIX = "inference/"
+
+
+def reservation_key(ctj_key: str) -> str:
+    """The ledger key of a CTJ's inference reservation (never a pod uid)."""
+    return f"{RESERVATION_PREFIX}{ctj_key}"
+
+
+def serve(
+    policy: Policy, cache: ClusterCache, openings: Sequence[WindowOpening], now: float
+) -> dict[str, int]:
+    """Re-plan and reserve the inference shares of the CTJs opening windows now; returns
+    CTJ key → milli-GPU held."""
+    serving = [Serving(o.stream, o.acc_start) for o in openings if o.stream.inference_milli]
+    state = cache.ledger.state
+    if not serving or state is None:
+        return {}
+    for item in serving:  # the planner splits everything inference holds
+        cache.unreserve(reservation_key(item.stream.id))
+    if isinstance(policy, InferencePlanner):
+        running = cache.running.views(cache.charges(), state, now)
+        snapshot = Snapshot(cluster=state.view(), running=running, pending=[], now=now)
+        grants = policy.plan_inference(serving, openings, snapshot)
+    else:
+        grants = [item.stream.inference_milli for item in serving]
+    order = inference_models([o.stream for o in openings], state.gpu_models)
+    return {
+        item.stream.id: cache.reserve(reservation_key(item.stream.id), grant, order)
+        for item, grant in zip(serving, grants, strict=True)
+    }

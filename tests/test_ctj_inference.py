@@ -1,0 +1,130 @@
+"""Inference shares of CTJs (`spec.inference`) in both hosts: the share a stream's serving
+holds while its model retrains is reserved before the window's retraining is placed, and
+no policy places over it.
+
+Hand-worked, one node of 2 A100s; the stream of tests/test_ctj_elastic.py (work 80
+reference-GPU-seconds, up to 2 GPUs at 0.9 speed-up per doubling, window 120 s, deadline
+100 s) serving with a whole GPU (`milliGpu: 1000`). Under `edf` (no inference planner:
+full demand) the serving share takes GPU 0, so the retraining gets GPU 1 alone: 80 s on
+one GPU, where without the share it runs on both, 80 / 1.8 = 44.4 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from controller.ctj.continual import opening
+from controller.ctj.crd import ctj_from_json
+from controller.ctj.inference import reservation_key, serve
+from controller.kube.objects import ASSIGNED_GPUS
+from controller.scheduling.cache import NODES, PODS, ClusterCache
+from controller.scheduling.encoders import WholeGpu
+from controller.scheduling.scheduler import Scheduler, SchedulerOptions
+from policies import NodeSpec, make_policy
+from policies.continual import AccuracyCurve, StreamSpec
+from policies.windows import Window
+from simulator.continual import STREAM_COLUMNS, ContinualRun
+from tests.test_controller_scheduler import node_json
+from tests.test_ctj_elastic import CREATED, GrowingEffects, ctj_json, streams, window_pod
+
+CURVE = AccuracyCurve(ceiling=0.9, floor=0.3, decay_per_h=0.0, half_gain_gpu_s=20.0)
+NODE = NodeSpec("a", 32_000, 131_072, 2, "A100")
+
+
+def served_stream(inference_milli: int) -> StreamSpec:
+    """tests/test_ctj_elastic.py's `wide`, on up to 2 GPUs, serving with a share."""
+    wide = next(s for s in streams() if s.id == "wide")
+    return replace(wide, max_gpus=2, inference_milli=inference_milli)
+
+
+def simulated(inference_milli: int) -> tuple[float, float]:
+    """The window's end and GPU-seconds in the simulator under edf."""
+    run = ContinualRun([NODE], [served_stream(inference_milli)], make_policy("edf"))
+    run.run()
+    col = {name: i for i, name in enumerate(STREAM_COLUMNS)}
+    (row,) = run.rows
+    return float(row[col["end_s"]]), float(row[col["gpu_s"]])
+
+
+def test_the_serving_share_is_held_before_retraining_in_the_simulator() -> None:
+    assert simulated(0) == (pytest.approx(80 / 1.8), pytest.approx(2 * 80 / 1.8))
+    assert simulated(1000) == (pytest.approx(80.0), pytest.approx(80.0))
+
+
+def served_ctj(milli: int) -> dict[str, Any]:
+    body = ctj_json("wide")
+    body["spec"]["replicas"]["max"] = 2
+    body["spec"]["inference"] = {"milliGpu": milli}
+    return body
+
+
+def test_the_ctj_field_becomes_the_streams_inference_share() -> None:
+    ctj = ctj_from_json(served_ctj(750))
+    assert (ctj.spec.inference_milli, ctj.spec.inference_gamma) == (750, 0.5)
+    window = Window(0, CREATED, CREATED + 100, CREATED + 120)
+    assert opening(ctj, window, 0.8).stream.inference_milli == 750
+    bad = served_ctj(750)
+    bad["spec"]["inference"]["gamma"] = 0
+    problem = ctj_from_json(bad).problem
+    assert problem is not None and problem.field == "spec.inference.gamma"
+
+
+def test_the_controller_reserves_the_share_and_places_retraining_beside_it() -> None:
+    async def main() -> None:
+        cache = ClusterCache(WholeGpu())
+        cache.replace(NODES, [node_json("a", 2)])
+        effects = GrowingEffects(cache)
+        edf = make_policy("edf")
+        scheduler = Scheduler(
+            edf,
+            cache,
+            effects,  # type: ignore[arg-type]
+            SchedulerOptions(external_rounds=True),
+            clock=lambda: CREATED + 1,
+        )
+        ctj = ctj_from_json(served_ctj(1000))
+        window = Window(0, CREATED, CREATED + 100, CREATED + 120)
+        held = serve(edf, cache, [opening(ctj, window, 0.8)], CREATED)
+        assert held == {"ns/wide": 1000}
+        state = cache.ledger.state
+        assert state is not None and state.gpu_free[0].tolist() == [0, 1000]
+        loop = asyncio.create_task(scheduler.run())
+        try:
+            pod = window_pod("wide")
+            pod["metadata"]["annotations"]["ctj.gpufleet.io/max-replicas"] = "2"
+            cache.apply(PODS, "ADDED", pod)
+            scheduler.request_round()
+            await scheduler.wait_idle()
+            assert not effects.added  # no second GPU to grow onto
+            ((name, node, notes),) = effects.binds
+            assert (name, node, notes[ASSIGNED_GPUS]) == ("wide-w0-0", "a", "1")
+        finally:
+            loop.cancel()
+        cache.unreserve(reservation_key("ns/wide"))
+        assert state.gpu_free[0].tolist() == [1000, 0]
+
+    asyncio.run(main())
+
+
+def test_thief_splits_the_share_live_as_in_the_simulator() -> None:
+    """A model at 0.5 whose serving barely suffers from a smaller share (γ = 0.05):
+    thief's `plan_inference` grants a quarter of the demand, in the simulator and when
+    the controller asks it on the same opening and cluster, and that is what is held."""
+    body = served_ctj(1000)
+    body["spec"]["inference"]["gamma"] = 0.05
+    body["spec"]["accuracy"]["initial"] = 0.5
+    cache = ClusterCache(WholeGpu())
+    cache.replace(NODES, [node_json("a", 2)])
+    window = Window(0, CREATED, CREATED + 100, CREATED + 120)
+    live = serve(make_policy("thief"), cache, [opening(ctj_from_json(body), window, 0.5)], CREATED)
+    stream = replace(served_stream(1000), initial_accuracy=0.5, inference_gamma=0.05)
+    run = ContinualRun([NODE], [stream], make_policy("thief"))
+    run.run()
+    assert run.summary()["inference_grant_share"] == 0.25
+    assert live == {"ns/wide": 250}
+    state = cache.ledger.state
+    assert state is not None and state.gpu_free[0].tolist() == [750, 1000]
