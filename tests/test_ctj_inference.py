@@ -23,6 +23,7 @@ from controller.ctj.inference import reservation_key, serve
 from controller.kube.objects import ASSIGNED_GPUS
 from controller.scheduling.cache import NODES, PODS, ClusterCache
 from controller.scheduling.encoders import WholeGpu
+from controller.scheduling.ledger import Charge
 from controller.scheduling.scheduler import Scheduler, SchedulerOptions
 from policies import NodeSpec, make_policy
 from policies.continual import AccuracyCurve, StreamSpec
@@ -128,3 +129,19 @@ def test_thief_splits_the_share_live_as_in_the_simulator() -> None:
     assert live == {"ns/wide": 250}
     state = cache.ledger.state
     assert state is not None and state.gpu_free[0].tolist() == [750, 1000]
+
+
+def test_an_unchanged_share_keeps_its_gpu() -> None:
+    """As in the simulator, a grant that does not change is not moved, although the
+    tightest fit would now be elsewhere: released, GPU 0 would have 1000 free and GPU 1,
+    with 250 taken, 750."""
+    cache = ClusterCache(WholeGpu())
+    cache.replace(NODES, [node_json("a", 2)])
+    assert cache.reserve("inference/ns/s", 500, [0]) == 500
+    cache.ledger.charge("other", Charge("a", (1,), 250, 0, 0))
+    state = cache.ledger.state
+    assert state is not None and state.gpu_free[0].tolist() == [500, 750]
+    assert cache.reserve("inference/ns/s", 500, [0]) == 500
+    assert state.gpu_free[0].tolist() == [500, 750]
+    assert cache.reserve("inference/ns/s", 250, [0]) == 250  # changed: re-placed, tightest
+    assert state.gpu_free[0].tolist() == [1000, 500]

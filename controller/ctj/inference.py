@@ -2,9 +2,9 @@
 (`spec.inference`), as the simulator's `ContinualRun` holds it. At each instant CTJ
 windows open, the openings' serving shares are re-planned before their configs: the
 policy's `plan_inference` if it splits inference and retraining (`thief`), else every
-stream's full demand; each grant is reserved on one GPU (`policies.reservations`) in the
-scheduler's ledger, so no policy places over it. A CTJ's reservation is released when the
-CTJ is deleted.
+stream's full demand (a hold of that size stays on its GPU); each grant is reserved on
+one GPU (`policies.reservations`) in the scheduler's ledger, so no policy places over
+it. A CTJ's reservation is released when the CTJ is deleted.
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ def serve(
     state = cache.ledger.state
     if not serving or state is None:
         return {}
-    for item in serving:  # the planner splits everything inference holds
-        cache.unreserve(reservation_key(item.stream.id))
     if isinstance(policy, InferencePlanner):
+        for item in serving:  # the planner splits everything inference holds
+            cache.unreserve(reservation_key(item.stream.id))
         running = cache.running.views(cache.charges(), state, now)
         snapshot = Snapshot(cluster=state.view(), running=running, pending=[], now=now)
         grants = policy.plan_inference(serving, openings, snapshot)

@@ -174,7 +174,11 @@ class ClusterCache:
         """Hold `milli` milli-GPU on one GPU under `key` (not a pod: a stream's serving
         share, `policies.reservations`) in place of its earlier hold, charged in the
         ledger so no policy places over it. Returns what is held: less than asked when no
-        GPU has room for all of it, 0 when none has any."""
+        GPU has room for all of it, 0 when none has any. A hold of that size stays where
+        it is."""
+        kept = self.ledger.charge_of(key)
+        if kept is not None and kept.gpu_milli == milli and self.ledger.counted(key):
+            return milli
         self.ledger.release(key)
         state = self.ledger.state
         held = reserve_gpu(state, model_order, milli) if state is not None else None
