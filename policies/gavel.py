@@ -112,7 +112,8 @@ class AllocationEpoch:
     def rows(self, jobs: Sequence[JobView], models: int) -> FloatArray:
         """X for `jobs`; jobs that arrived since have none until the next reset."""
         empty = np.zeros(models)
-        return np.array([self.allocation.get(j.id, empty) for j in jobs]).reshape(-1, models)
+        rows = [self.allocation.get(j.id, empty) for j in jobs]
+        return np.array(rows, dtype=float).reshape(len(jobs), models)
 
     def baseline(self, jobs: Sequence[JobView], received: FloatArray) -> FloatArray:
         """Time received when the epoch started (0 for jobs that arrived since)."""
