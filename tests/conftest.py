@@ -11,6 +11,7 @@ import pytest
 from hypothesis import settings
 
 from policies import ClusterState, FixedDuration, JobSpec, NodeSpec, TaskRequest, registry
+from policies.continual import AccuracyCurve
 from simulator.metrics import JOB_COLUMNS, Recorder
 
 # Hypothesis' default 200 ms deadline per example is a timing assertion, and on a shared
@@ -81,3 +82,14 @@ def job(
 @pytest.fixture
 def two_nodes() -> ClusterState:
     return ClusterState([node("n0", gpus=4), node("n1", gpus=4)])
+
+
+def accuracy_json(curve: AccuracyCurve, initial: float) -> dict[str, float]:
+    """A ContinualTrainingJob's `spec.accuracy` for `curve`, starting at `initial`."""
+    return {
+        "ceiling": curve.ceiling,
+        "floor": curve.floor,
+        "decayPerHour": curve.decay_per_h,
+        "halfGainGpuSeconds": curve.half_gain_gpu_s,
+        "initial": initial,
+    }

@@ -40,6 +40,7 @@ from policies.continual import (
     window_info,
 )
 from simulator.continual import STREAM_COLUMNS, ContinualRun
+from tests.conftest import accuracy_json
 
 CREATED = 1_700_000_040.0  # a whole minute: the simulator's windows start there too
 CURVE = AccuracyCurve(ceiling=0.9, floor=0.5, decay_per_h=0.0, half_gain_gpu_s=60.0)
@@ -72,13 +73,7 @@ def ctj_json(name: str, initial: float, configs: int = 1, **status: Any) -> dict
                 "memory": "1Gi",
                 "gpuTypes": [{"model": "A100", "relativeThroughput": 1.0}],
             },
-            "accuracy": {
-                "ceiling": CURVE.ceiling,
-                "floor": CURVE.floor,
-                "decayPerHour": CURVE.decay_per_h,
-                "halfGainGpuSeconds": CURVE.half_gain_gpu_s,
-                "initial": initial,
-            },
+            "accuracy": accuracy_json(CURVE, initial),
         },
         "status": status,
     }

@@ -36,6 +36,7 @@ from controller.scheduling.workload import build_workload
 from policies import NodeSpec, TaskRequest, make_policy
 from policies.continual import AccuracyCurve, RetrainConfig, StreamSpec
 from simulator.continual import STREAM_COLUMNS, ContinualRun
+from tests.conftest import accuracy_json
 from tests.test_controller_scheduler import FakeEffects, node_json
 
 CREATED = 1_700_000_040.0
@@ -71,13 +72,7 @@ def ctj_json(name: str) -> dict[str, Any]:
                 "memory": "1Gi",
                 "gpuTypes": [{"model": "A100", "relativeThroughput": 1.0}],
             },
-            "accuracy": {
-                "ceiling": CURVE.ceiling,
-                "floor": CURVE.floor,
-                "decayPerHour": CURVE.decay_per_h,
-                "halfGainGpuSeconds": CURVE.half_gain_gpu_s,
-                "initial": INITIAL[name],
-            },
+            "accuracy": accuracy_json(CURVE, INITIAL[name]),
         },
     }
 

@@ -26,6 +26,7 @@ from controller.scheduling.effects import now_rfc3339
 from policies import NodeSpec, TaskRequest, make_policy
 from policies.continual import AccuracyCurve, DriftTrigger, RetrainConfig, StreamSpec
 from simulator.continual import STREAM_COLUMNS, ContinualRun
+from tests.conftest import accuracy_json
 from tests.kube.ctj_helpers import (
     CtjEnvironment,
     create_ctj,
@@ -62,13 +63,7 @@ def continual_ctj(name: str, start: float, initial: float | None = None) -> dict
     spec["retrain"]["configs"] = [
         {"name": CONFIG.name, "workGpuSeconds": CONFIG.work_gpu_s, "quality": CONFIG.quality}
     ]
-    spec["accuracy"] = {
-        "ceiling": CURVE.ceiling,
-        "floor": CURVE.floor,
-        "decayPerHour": CURVE.decay_per_h,
-        "halfGainGpuSeconds": CURVE.half_gain_gpu_s,
-        "initial": INITIAL[name] if initial is None else initial,
-    }
+    spec["accuracy"] = accuracy_json(CURVE, INITIAL[name] if initial is None else initial)
     return manifest
 
 

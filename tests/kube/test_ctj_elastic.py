@@ -23,6 +23,7 @@ from controller.scheduling.effects import now_rfc3339
 from policies import NodeSpec, make_policy
 from policies.continual import AccuracyCurve, RetrainConfig
 from simulator.continual import STREAM_COLUMNS, ContinualRun
+from tests.conftest import accuracy_json
 from tests.kube.ctj_helpers import (
     CtjEnvironment,
     create_ctj,
@@ -59,13 +60,7 @@ def elastic_ctj(name: str, start: float) -> dict[str, Any]:
     spec["resources"]["gpuTypes"] = [{"model": "A100", "relativeThroughput": 1.0}]
     spec["retrain"]["startTime"] = now_rfc3339(start + OPENS[name])
     spec["retrain"]["configs"] = [{"name": CONFIG.name, "workGpuSeconds": CONFIG.work_gpu_s}]
-    spec["accuracy"] = {
-        "ceiling": CURVE.ceiling,
-        "floor": CURVE.floor,
-        "decayPerHour": CURVE.decay_per_h,
-        "halfGainGpuSeconds": CURVE.half_gain_gpu_s,
-        "initial": INITIAL[name],
-    }
+    spec["accuracy"] = accuracy_json(CURVE, INITIAL[name])
     return manifest
 
 
