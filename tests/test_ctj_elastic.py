@@ -23,6 +23,7 @@ from controller.kube.objects import (
     ASSIGNED_GPUS,
     ASSIGNED_MILLI,
     BOUND_AT,
+    POD_GROUP_LABEL,
     RESTARTS,
     PodRecord,
     pod_from_json,
@@ -148,6 +149,21 @@ def test_a_window_pod_is_an_elastic_job_up_to_replicas_max() -> None:
     simulated = streams()[0].window_job(0, 0, 0.8)
     assert (job.spec.replicas, job.spec.elastic) == (3, simulated.elastic)
     assert [p.name for p in grown] == ["wide-w0-0", "wide-w0-1", "wide-w0-2"]
+
+
+def test_a_window_without_a_gang_is_a_group_of_one_that_grows_like_a_gang() -> None:
+    """`gang: false` places replicas one by one; a window of one replica is its own
+    group either way, so the allocators may still grow it to `replicas.max`."""
+    body = ctj_json("wide")
+    body["spec"]["gang"] = False
+    result = plan(ctj_from_json(body), [], CREATED + 1, "gpufleet")
+    (manifest,) = result.create
+    assert manifest["metadata"]["labels"][POD_GROUP_LABEL] == "wide-w0"
+    meta = {**manifest["metadata"], "uid": "u0", "creationTimestamp": now_rfc3339(CREATED + 1)}
+    pod = pod_from_json({**manifest, "metadata": meta, "status": {"phase": "Pending"}})
+    (job,) = build_workload([pod], {}, WholeGpu()).pending
+    assert job.spec.elastic == streams()[0].window_job(0, 0, 0.8).elastic
+    assert job.spec.elastic is not None and job.spec.elastic.max_replicas == 4
 
 
 def test_thief_grows_a_window_by_adding_pods_and_shrinks_it_by_withdrawing_them() -> None:

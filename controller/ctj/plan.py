@@ -429,7 +429,9 @@ def retraining_pod(
         **_hints(ctj),
         **(notes or {}),
     }
-    if spec.gang:
+    # One replica is a group of one whether or not it is a gang; in its group the
+    # scheduler can grow the window (`controller.scheduling.growth`).
+    if spec.gang or spec.min_replicas == 1:
         labels[POD_GROUP_LABEL] = f"{ctj.name}-w{window.index}"
         annotations[GANG_SIZE] = str(spec.min_replicas)
     pod_spec: dict[str, Any] = {
