@@ -42,6 +42,7 @@ from controller.ctj.crd import (
     ModelAccuracy,
     RetrainSchedule,
 )
+from controller.ctj.runtime import SIMULATED_KEY, simulates_runtime, work_done
 from controller.kube.objects import GANG_SIZE, POD_GROUP_LABEL, cpu_milli, mem_mib
 from policies import Elasticity, JobSpec, TaskRequest
 from policies.continual import (
@@ -219,13 +220,15 @@ def retraining_job(
         config=annotations.get(CONFIG, ""),
         acc_start=_number(annotations, ACC_START),
     )
+    work_done(annotations)  # read where it is bound; a bad value is named here
+    simulated = {SIMULATED_KEY: True} if simulates_runtime(annotations) else {}
     return replace(
         spec,
         kind=RETRAIN_KIND,
         work=work,
         elastic=elastic,
         restart_cost_s=RESTART_COST_S,
-        attributes={**spec.attributes, WINDOW_KEY: info},
+        attributes={**spec.attributes, WINDOW_KEY: info, **simulated},
     )
 
 

@@ -19,7 +19,9 @@ Semantics of decisions the simulator applies instantly but a cluster cannot:
   `Preempt` and a `Place` of one job in one pass (a share reassigned) is a resize too.
 * A placement with more tasks than an elastic job (a CTJ window) has pods: the missing
   pods are added to its pod group and the plan bound once they are all there
-  (`controller.scheduling.growth`). A moved job's pods carry its restarts and service.
+  (`controller.scheduling.growth`). A moved job's pods carry its restarts and service
+  (and a retraining window its work done); a window that opts in to simulated runtime
+  is bound with the runtime its allocation earns (`controller.ctj.runtime`).
 * A `Place` that needs GPUs still held by pods being evicted in the same pass becomes a
   plan too, bound as soon as the evicted pods are gone.
 
@@ -46,6 +48,7 @@ from typing import Any
 import aiohttp
 import numpy as np
 
+from controller.ctj.runtime import carried_work, granted_runtime
 from controller.dra.allocator import ClaimOutcome, ClaimWriter
 from controller.dra.inventory import ClaimAllocation
 from controller.kube.objects import PodRecord, Problem
@@ -72,6 +75,7 @@ from policies import (
 from policies.base import NO_NODE_FITS
 from policies.contract import PlacementError, check_fits, check_shape
 from policies.diagnosis import why_no_node_fits
+from policies.placement import allocation_shape
 
 log = logging.getLogger(__name__)
 
@@ -438,6 +442,11 @@ class Scheduler:
                 reason,
             )
         resumed = self._moved.pop(job.spec.id, {})
+        state = self.cache.ledger.state
+        if state is not None:
+            shape = allocation_shape(placement, state)
+            restarts = job.pods[0].meta.restarts
+            resumed = {**resumed, **granted_runtime(job.spec, shape, resumed, restarts)}
         self._spawn(self._bind_job(job, placement, now, resumed))
 
     def _claim_plans(
@@ -636,7 +645,8 @@ class Scheduler:
         submit = view.spec.submit_time if view is not None else now
         if len(self._moved) > REPORTED_PRUNE_AT:
             self._moved.clear()  # jobs that never came back (withdrawn windows)
-        self._moved[jid] = carried(pods[0].meta.restarts + 1, *service)
+        moved = carried(pods[0].meta.restarts + 1, *service)
+        self._moved[jid] = {**moved, **carried_work(view, now)}
         log.info("%s %s: %s", "resize" if plan else "preempt", jid, reason)
         for pod in pods:
             self._spawn(self._evict_pod(pod, jid, submit, service))

@@ -9,6 +9,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from controller.ctj.continual import retraining_job
+from controller.ctj.runtime import restart_delay, work_done
 from controller.dra.inventory import DraAsk, DraState
 from controller.kube.objects import (
     JOB_LABEL,
@@ -33,6 +34,7 @@ from policies import (
     TaskPlacement,
     TaskRequest,
 )
+from policies.continual import RETRAIN_KIND
 from policies.gpu_models import node_model
 from policies.placement import allocation_shape
 
@@ -345,6 +347,10 @@ def _running_view(
     )
     placement = Placement(tasks)
     started = min(now if p.meta.bound_at is None else p.meta.bound_at for p in members)
+    restarts = members[0].meta.restarts
+    # A retraining window's progress, as the simulator's job has it (`done` before this
+    # placement, none during its restart delay).
+    done = work_done(members[0].annotations) if job.spec.kind == RETRAIN_KIND else 0.0
     return JobView(
         spec=job.spec,
         status=JobStatus.RUNNING,
@@ -355,5 +361,7 @@ def _running_view(
         service_since=started,
         started_at=started,
         queued_since=job.spec.submit_time,
-        restarts=members[0].meta.restarts,
+        restarts=restarts,
+        done=done,
+        restart_until=started + restart_delay(job.spec, restarts),
     )
