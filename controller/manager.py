@@ -21,7 +21,8 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from controller.ctj.inference import reservation_key, serve
+from controller.ctj.continual import WindowChoice, is_stream, throughput_of
+from controller.ctj.inference import plan_openings, reservation_key
 from controller.ctj.reconciler import CtjReconciler
 from controller.kube.kubeapi import KubeApi
 from controller.kube.leader import LeaderElector, LeaseConfig
@@ -31,8 +32,8 @@ from controller.scheduling.quarantine import Quarantine
 from controller.shadow.metrics import ShadowCollector
 from controller.shadow.runner import ShadowOptions, ShadowRunner
 from controller.supervisor import Supervisor
-from policies import Policy, Snapshot
-from policies.continual import WindowOpening, WindowPlanner
+from policies import Policy
+from policies.continual import WindowOpening
 
 log = logging.getLogger(__name__)
 
@@ -94,21 +95,14 @@ class Manager:
         self.synced = asyncio.Event()
         self.leading = asyncio.Event()
 
-    def _plan_windows(self, openings: Sequence[WindowOpening]) -> list[int]:
-        """The openings' inference shares reserved (`controller.ctj.inference`), then the
-        policy's configs for them (its `plan_windows`, else each stream's default) on the
-        scheduler's view of the cluster, as the simulator does at each instant with
-        openings."""
-        policy = self.controller.scheduler.policy
-        cache = self.controller.scheduler.cache
+    def _plan_windows(self, openings: Sequence[WindowOpening]) -> list[WindowChoice]:
+        """The openings' inference shares and configs on the scheduler's view of the
+        cluster (`controller.ctj.inference.plan_openings`)."""
+        assert self.reconciler is not None
+        streams = [throughput_of(c.spec) for c in self.reconciler.ctjs() if is_stream(c)]
+        scheduler = self.controller.scheduler
         now = openings[0].stream.start_s
-        serve(policy, cache, openings, now)
-        state = cache.ledger.state
-        if state is None or not isinstance(policy, WindowPlanner):
-            return [o.stream.default_config for o in openings]
-        running = cache.running.views(cache.charges(), state, now)
-        snapshot = Snapshot(cluster=state.view(), running=running, pending=[], now=now)
-        return policy.plan_windows(openings, snapshot)
+        return plan_openings(scheduler.policy, scheduler.cache, openings, now, streams)
 
     def is_leader(self) -> bool:
         return self.elector is None or self.elector.is_leader()

@@ -416,7 +416,13 @@ class WindowPlanner(Protocol):
 def inference_models(streams: Sequence[StreamSpec], models: Sequence[str]) -> list[int]:
     """Indices of `models` in the order hosts place inference shares: slowest for
     retraining first (median speed over `streams`), where inference displaces least."""
-    speeds = [float(np.median([s.throughput.get(m, 0.0) for s in streams])) for m in models]
+    return inference_order([s.throughput for s in streams], models)
+
+
+def inference_order(throughputs: Sequence[Mapping[str, float]], models: Sequence[str]) -> list[int]:
+    """`inference_models` from each stream's relative throughput per GPU model (a host
+    that knows its streams only as such maps: the controller's CTJs)."""
+    speeds = [float(np.median([t.get(m, 0.0) for t in throughputs])) for m in models]
     return sorted(range(len(models)), key=lambda m: (speeds[m], models[m]))
 
 

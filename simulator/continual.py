@@ -14,7 +14,8 @@ instant its accuracy reaches the trigger's threshold (computed in closed form fr
 decay, or at a shift), one at a time and at least `min_gap_s` apart; its windows only
 pace the shifts. At every window boundary the host also re-plans inference shares: the
 policy's split if it is an `InferencePlanner`, else every stream's full demand, held as
-reservations on the GPUs (slowest for retraining first) that retraining cannot use.
+reservations on the GPUs (slowest for retraining first) that retraining cannot use,
+until the stream's last window ends.
 
 Outputs beside the usual run files: `streams.parquet` (one row per stream window) and
 the summary keys `mean_accuracy`, `deadline_miss_rate` and the `retrain_*` figures.
@@ -248,10 +249,13 @@ class ContinualRun:
             if kind == _DEADLINE:
                 self._deadline(state, index)
             elif kind == _EPOCH:
-                boundary.append(state)
                 opening = self._boundary(state, index, now)
                 if opening is not None:
                     openings.append(opening)
+                if index < state.spec.windows:
+                    boundary.append(state)
+                else:  # the stream has ended: its serving share is freed
+                    self._reserve(state, 0)
             elif version == state.trigger_version:
                 openings.append(self._trigger(state, now))
         self._serve([s for s in boundary if s.spec.inference_milli], openings)

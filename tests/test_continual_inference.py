@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -69,7 +70,7 @@ def test_delivered_accuracy_with_a_quarter_of_the_inference_demand() -> None:
     assert summary["mean_model_accuracy"] == pytest.approx(0.9)
     assert summary["mean_accuracy"] == pytest.approx(0.45)
     assert summary["inference_grant_share"] == pytest.approx(0.25)
-    assert run.sim.cluster.state.gpu_free[0, 0] == 900  # the reservation
+    assert run.sim.cluster.state.gpu_free[0, 0] == 1000  # freed when the stream ended
 
 
 def test_full_inference_is_reserved_before_retraining() -> None:
@@ -126,3 +127,15 @@ def test_thief_run_delivers_more_than_its_model_alone_would_with_no_inference() 
     assert np.isclose(fifo.summary()["inference_grant_share"], 1.0)
     assert thief.summary()["inference_grant_share"] == pytest.approx((0.25 + 1.0) / 2)
     assert thief.summary()["mean_accuracy"] > fifo.summary()["mean_accuracy"]
+
+
+def test_a_streams_share_is_freed_when_its_last_window_ends() -> None:
+    # `short` serves with the whole only GPU for its one window (0-600 s), at its
+    # ceiling; `late` opens at 600 s and needs the GPU to retrain: it gets it.
+    short = stream("short", 0.9, 100, milli=1000, gamma=0.5)
+    late = replace(stream("late", 0.5, 100, milli=0, gamma=0.5), start_s=600.0)
+    run = ContinualRun([A100], [short, late], make_policy("fifo"))
+    run.run()
+    status = {r[COL["stream_id"]]: r[COL["status"]] for r in run.rows}
+    assert status == {"short": "none", "late": "completed"}
+    assert run.summary()["inference_grant_share"] == pytest.approx(1.0)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from controller.ctj.continual import JointConfigs
+from controller.ctj.continual import JointConfigs, WindowChoice
 from controller.ctj.crd import ObservedAccuracy, ctj_from_json
 from controller.ctj.plan import CtjPod, ctj_pod_from_json, plan
 from controller.kube.objects import pod_from_json
@@ -135,9 +135,9 @@ def test_the_policys_config_choice_is_the_windows_config() -> None:
     ]
     seen: list[WindowOpening] = []
 
-    def choose(opening: WindowOpening) -> int:
+    def choose(opening: WindowOpening) -> WindowChoice:
         seen.append(opening)
-        return 1
+        return WindowChoice(1)
 
     result = plan(ctj_from_json(body), [], CREATED + 1, "gpufleet", choose)
     (opening,) = seen
@@ -280,9 +280,9 @@ def test_windows_opening_together_are_planned_together() -> None:
     jobs = [ctj_from_json(ctj_json(name, initial, configs=2)) for name, initial in pairs]
     calls: list[list[tuple[str, int, float]]] = []
 
-    def plan_windows(openings: Sequence[WindowOpening]) -> list[int]:
+    def plan_windows(openings: Sequence[WindowOpening]) -> list[WindowChoice]:
         calls.append([(o.stream.id, o.index, o.acc_start) for o in openings])
-        return [0 if o.stream.id == "ns/a" else 1 for o in openings]
+        return [WindowChoice(0 if o.stream.id == "ns/a" else 1) for o in openings]
 
     joint = JointConfigs(plan_windows, lambda: jobs, lambda key: [])
     first = plan(jobs[0], [], CREATED + 1, "gpufleet", joint)

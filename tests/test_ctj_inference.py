@@ -17,16 +17,19 @@ from typing import Any
 
 import pytest
 
-from controller.ctj.continual import opening
+from controller.ctj.continual import opening, serving_ends
 from controller.ctj.crd import ctj_from_json
-from controller.ctj.inference import reservation_key, serve
-from controller.kube.objects import ASSIGNED_GPUS
+from controller.ctj.inference import plan_openings, reservation_key, serve
+from controller.ctj.plan import plan
+from controller.kube.objects import ASSIGNED_GPUS, pod_from_json
 from controller.scheduling.cache import NODES, PODS, ClusterCache
+from controller.scheduling.effects import now_rfc3339
 from controller.scheduling.encoders import WholeGpu
 from controller.scheduling.ledger import Charge
 from controller.scheduling.scheduler import Scheduler, SchedulerOptions
+from controller.scheduling.workload import build_workload
 from policies import NodeSpec, make_policy
-from policies.continual import AccuracyCurve, StreamSpec
+from policies.continual import AccuracyCurve, StreamSpec, window_info
 from policies.windows import Window
 from simulator.continual import STREAM_COLUMNS, ContinualRun
 from tests.test_controller_scheduler import node_json
@@ -145,3 +148,67 @@ def test_an_unchanged_share_keeps_its_gpu() -> None:
     assert state.gpu_free[0].tolist() == [500, 750]
     assert cache.reserve("inference/ns/s", 250, [0]) == 250  # changed: re-placed, tightest
     assert state.gpu_free[0].tolist() == [1000, 500]
+
+
+def test_the_granted_shares_serving_quality_scales_the_windows_value_live() -> None:
+    """thief's quarter share (γ = 0.05) serves at 0.25^0.05 of the model's accuracy: the
+    window's pod says so and the scheduler's job values the window with it, as the
+    simulator's window job does (`WindowInfo.serving`)."""
+    body = served_ctj(1000)
+    body["spec"]["inference"]["gamma"] = 0.05
+    body["spec"]["accuracy"]["initial"] = 0.5
+    ctj = ctj_from_json(body)
+    cache = ClusterCache(WholeGpu())
+    cache.replace(NODES, [node_json("a", 2)])
+    window = Window(0, CREATED, CREATED + 100, CREATED + 120)
+    thief = make_policy("thief")
+    (choice,) = plan_openings(thief, cache, [opening(ctj, window, 0.5)], CREATED, [])
+    stream = replace(served_stream(1000), initial_accuracy=0.5, inference_gamma=0.05)
+    assert choice.serving == stream.serving_quality(250) == pytest.approx(0.25**0.05)
+    (manifest,) = plan(ctj, [], CREATED + 1, "gpufleet", lambda _opening: choice).create
+    meta = {**manifest["metadata"], "uid": "u0", "creationTimestamp": now_rfc3339(CREATED + 1)}
+    pod = pod_from_json({**manifest, "metadata": meta, "status": {"phase": "Pending"}})
+    (job,) = build_workload([pod], {}, WholeGpu()).pending
+    live = window_info(job.spec)
+    simulated = window_info(stream.window_job(0, choice.config, 0.5, serving=choice.serving))
+    assert live is not None and simulated is not None
+    assert live.serving == simulated.serving == choice.serving
+    assert live.uplift(CREATED + 50) == pytest.approx(simulated.uplift(50.0))
+    assert live.uplift(CREATED + 50) < replace(live, serving=1.0).uplift(CREATED + 50)
+
+
+def test_a_share_goes_on_the_model_slowest_for_every_ctj_not_only_the_openings() -> None:
+    """The opening CTJ retrains as fast on a T4 as on an A100 (a tie: A100 sorts first);
+    two other CTJs, not opening now, retrain at a fifth of the speed on the T4. As the
+    simulator orders GPU models over all its streams, the share goes on the T4."""
+    cache = ClusterCache(WholeGpu())
+    t4 = node_json("t", 1)
+    t4["metadata"]["labels"]["nvidia.com/gpu.product"] = "T4"
+    cache.replace(NODES, [node_json("a", 1), t4])
+    body = served_ctj(500)
+    body["spec"]["resources"]["gpuTypes"] = [
+        {"model": "A100", "relativeThroughput": 1.0},
+        {"model": "T4", "relativeThroughput": 1.0},
+    ]
+    openings = [opening(ctj_from_json(body), Window(0, CREATED, CREATED + 100, CREATED + 120), 0.8)]
+    others = [{"A100": 1.0, "T4": 0.2}] * 2
+    state = cache.ledger.state
+    assert state is not None
+    everyone = [openings[0].stream.throughput, *others]
+    assert serve(make_policy("edf"), cache, openings, CREATED, everyone) == {"ns/wide": 500}
+    assert state.gpu_free[:, 0].tolist() == [1000, 500]  # node a (A100), node t (T4)
+    cache.unreserve(reservation_key("ns/wide"))
+    assert serve(make_policy("edf"), cache, openings, CREATED) == {"ns/wide": 500}
+    assert state.gpu_free[:, 0].tolist() == [500, 1000]  # the openings alone: the A100
+
+
+def test_a_ctjs_share_is_freed_when_its_last_window_ends_as_the_streams() -> None:
+    """The simulator frees a stream's share at its last window's end (where it ends);
+    the reconciler frees a CTJ's there too, and not while windows remain."""
+    job = ctj_from_json(served_ctj(1000))
+    first = plan(job, [], CREATED + 1, "gpufleet")
+    assert serving_ends(first.status) is None
+    job = replace(job, status=first.status)
+    missed = plan(job, [], CREATED + 101, "gpufleet")  # window 0 (of 1) went by unbound
+    assert missed.status.phase == "Completed"
+    assert serving_ends(missed.status) == CREATED + 120

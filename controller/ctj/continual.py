@@ -31,6 +31,8 @@ from controller.ctj.crd import (
     CONFIG,
     GAIN,
     MAX_REPLICAS,
+    PHASE_COMPLETED,
+    SERVING,
     THROUGHPUT,
     WINDOW_DEADLINE,
     WINDOW_END,
@@ -39,6 +41,7 @@ from controller.ctj.crd import (
     WORK_GPU_S,
     Ctj,
     CtjSpec,
+    CtjStatus,
     ModelAccuracy,
     RetrainSchedule,
 )
@@ -72,10 +75,22 @@ RESTART_COST_S = 10.0
 AT_CEILING = "AtCeiling"
 """Outcome reason of a window whose model had nothing to learn (no pods were created)."""
 
-ConfigChooser = Callable[[WindowOpening], int]
-"""Picks an opening window's config (index into `retrain.configs`)."""
-WindowsPlanner = Callable[[Sequence[WindowOpening]], list[int]]
-"""The policy's `plan_windows` on the current cluster: one config per opening."""
+
+@dataclass(frozen=True, slots=True)
+class WindowChoice:
+    """What the host decided for an opening window: its config (index into
+    `retrain.configs`) and the serving quality of the stream's inference grant while it
+    retrains (`StreamSpec.serving_quality`; 1 without a share)."""
+
+    config: int
+    serving: float = 1.0
+
+
+ConfigChooser = Callable[[WindowOpening], WindowChoice]
+"""Picks an opening window's config and says what its serving gets."""
+WindowsPlanner = Callable[[Sequence[WindowOpening]], list[WindowChoice]]
+"""The openings' inference shares and the policy's `plan_windows` on the current
+cluster: one choice per opening."""
 
 
 def stream_of(ctj: Ctj, window: Window) -> StreamSpec:
@@ -90,7 +105,7 @@ def stream_of(ctj: Ctj, window: Window) -> StreamSpec:
         windows=1,
         deadline_s=window.deadline - window.start,
         task=task_of(spec),
-        throughput=dict(spec.gpu_types) or {"": 1.0},
+        throughput=throughput_of(spec),
         curve=spec.accuracy,
         configs=spec.configs,
         max_gpus=spec.max_replicas,
@@ -99,6 +114,26 @@ def stream_of(ctj: Ctj, window: Window) -> StreamSpec:
         inference_milli=spec.inference_milli,
         inference_gamma=spec.inference_gamma,
     )
+
+
+def throughput_of(spec: CtjSpec) -> dict[str, float]:
+    """Relative throughput per GPU model (`resources.gpuTypes`); any model when empty."""
+    return dict(spec.gpu_types) or {"": 1.0}
+
+
+def is_stream(ctj: Ctj) -> bool:
+    """A valid CTJ whose windows are valued as a simulated stream's."""
+    return ctj.problem is None and ctj.spec.accuracy is not None and bool(ctj.spec.configs)
+
+
+def serving_ends(status: CtjStatus) -> float | None:
+    """When a CTJ that has recorded its last window stops being a stream (its inference
+    share is freed): that window's end, where the simulator's stream ends; None while
+    windows remain."""
+    window = status.current_window
+    if status.phase != PHASE_COMPLETED or window is None:
+        return None
+    return window.end
 
 
 def task_of(spec: CtjSpec) -> TaskRequest:
@@ -116,7 +151,7 @@ def opening(ctj: Ctj, window: Window, acc_start: float) -> WindowOpening:
     return WindowOpening(stream_of(ctj, window), window.index, acc_start)
 
 
-WINDOW_FACTS = (CONFIG, WORK_GPU_S, ACC_START, GAIN)
+WINDOW_FACTS = (CONFIG, WORK_GPU_S, ACC_START, GAIN, SERVING)
 """The annotations `WindowFacts` writes on a window's pods."""
 
 
@@ -128,6 +163,7 @@ class WindowFacts:
     work_gpu_s: float
     acc_start: float
     gain: float
+    serving: float = 1.0
 
     def annotations(self) -> dict[str, str]:
         """On the window's pods, for the scheduler (`retraining_job`) and for deploying
@@ -137,6 +173,7 @@ class WindowFacts:
             WORK_GPU_S: repr(self.work_gpu_s),
             ACC_START: repr(self.acc_start),
             GAIN: repr(self.gain),
+            SERVING: repr(self.serving),
         }
 
 
@@ -149,10 +186,10 @@ def window_facts(
     if model is None or spec.accuracy is None:
         return None
     acc_start = model.accuracy(window.start)
-    chosen = choose(opening(ctj, window, acc_start)) if choose is not None else 0
-    config = spec.configs[chosen if 0 <= chosen < len(spec.configs) else 0]
+    chosen = choose(opening(ctj, window, acc_start)) if choose is not None else WindowChoice(0)
+    config = spec.configs[chosen.config if 0 <= chosen.config < len(spec.configs) else 0]
     gain = spec.accuracy.gain(acc_start, config)
-    return WindowFacts(config.name, config.work_gpu_s, acc_start, gain)
+    return WindowFacts(config.name, config.work_gpu_s, acc_start, gain, chosen.serving)
 
 
 def tracked_model(ctj: Ctj, first_opening: float) -> DeployedModel | None:
@@ -219,6 +256,7 @@ def retraining_job(
         decay_per_h=curve.decay_per_h,
         config=annotations.get(CONFIG, ""),
         acc_start=_number(annotations, ACC_START),
+        serving=_quality(annotations),
     )
     work_done(annotations)  # read where it is bound; a bad value is named here
     simulated = {SIMULATED_KEY: True} if simulates_runtime(annotations) else {}
@@ -263,6 +301,16 @@ def _number(annotations: Mapping[str, str], key: str) -> float:
     if not math.isfinite(value):
         raise ValueError(f"annotation {key}: {value!r} is not finite")
     return value
+
+
+def _quality(annotations: Mapping[str, str]) -> float:
+    """The window's serving quality; 1 on pods written before it was recorded."""
+    if SERVING not in annotations:
+        return 1.0
+    quality = _number(annotations, SERVING)
+    if not 0.0 <= quality <= 1.0:
+        raise ValueError(f"annotation {SERVING}: {quality!r} is not in [0, 1]")
+    return quality
 
 
 def _curve(text: str) -> AccuracyCurve:
@@ -343,9 +391,9 @@ class JointConfigs:
         self.plan_windows = plan_windows
         self.ctjs = ctjs
         self.pods_of = pods_of
-        self._chosen: dict[tuple[str, int, float], int] = {}
+        self._chosen: dict[tuple[str, int, float], WindowChoice] = {}
 
-    def __call__(self, opening: WindowOpening) -> int:
+    def __call__(self, opening: WindowOpening) -> WindowChoice:
         start = opening.stream.start_s
         key = (opening.stream.id, opening.index, start)
         if key not in self._chosen:

@@ -49,6 +49,9 @@ ACC_START = f"{GROUP}/accuracy-at-start"
 """The model's accuracy at the window's opening (`policies.windows.DeployedModel`)."""
 GAIN = f"{GROUP}/gain"
 """Accuracy points the window's retraining adds at its data time (`AccuracyCurve.gain`)."""
+SERVING = f"{GROUP}/serving"
+"""Serving quality of the stream's inference grant while the window retrains, in [0, 1]:
+(grant / milliGpu)^gamma, 1 without a share (`WindowInfo.serving` scales the gain's value)."""
 
 PHASE_PENDING = "Pending"
 PHASE_RETRAINING = "Retraining"

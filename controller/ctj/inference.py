@@ -4,16 +4,26 @@ windows open, the openings' serving shares are re-planned before their configs: 
 policy's `plan_inference` if it splits inference and retraining (`thief`), else every
 stream's full demand (a hold of that size stays on its GPU); each grant is reserved on
 one GPU (`policies.reservations`) in the scheduler's ledger, so no policy places over
-it. A CTJ's reservation is released when the CTJ is deleted.
+it, on GPU models in the order of every CTJ stream's throughput (the simulator's order
+over all its streams). The grant's serving quality scales the window's value
+(`WindowChoice.serving`). A CTJ's reservation is released when the CTJ is deleted or
+its last window has ended.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
+from controller.ctj.continual import WindowChoice
 from controller.scheduling.cache import ClusterCache
 from policies import Policy, Snapshot
-from policies.continual import InferencePlanner, Serving, WindowOpening, inference_models
+from policies.continual import (
+    InferencePlanner,
+    Serving,
+    WindowOpening,
+    WindowPlanner,
+    inference_order,
+)
 
 RESERVATION_PREFIX = "inference/"
 
@@ -23,11 +33,41 @@ def reservation_key(ctj_key: str) -> str:
     return f"{RESERVATION_PREFIX}{ctj_key}"
 
 
+def plan_openings(
+    policy: Policy,
+    cache: ClusterCache,
+    openings: Sequence[WindowOpening],
+    now: float,
+    throughputs: Sequence[Mapping[str, float]],
+) -> list[WindowChoice]:
+    """The openings' inference shares reserved, then the policy's configs for them (its
+    `plan_windows`, else each stream's default) on the cluster with the shares in it,
+    as the simulator does at an instant with openings. `throughputs`: every CTJ
+    stream's, for where shares go."""
+    grants = serve(policy, cache, openings, now, throughputs)
+    state = cache.ledger.state
+    if state is None or not isinstance(policy, WindowPlanner):
+        configs = [o.stream.default_config for o in openings]
+    else:
+        running = cache.running.views(cache.charges(), state, now)
+        snapshot = Snapshot(cluster=state.view(), running=running, pending=[], now=now)
+        configs = policy.plan_windows(openings, snapshot)
+    return [
+        WindowChoice(config, o.stream.serving_quality(grants.get(o.stream.id, 0)))
+        for o, config in zip(openings, configs, strict=True)
+    ]
+
+
 def serve(
-    policy: Policy, cache: ClusterCache, openings: Sequence[WindowOpening], now: float
+    policy: Policy,
+    cache: ClusterCache,
+    openings: Sequence[WindowOpening],
+    now: float,
+    throughputs: Sequence[Mapping[str, float]] = (),
 ) -> dict[str, int]:
     """Re-plan and reserve the inference shares of the CTJs opening windows now; returns
-    CTJ key → milli-GPU held."""
+    CTJ key → milli-GPU held. Shares go on GPU models in the order of `throughputs`
+    (default: the openings')."""
     serving = [Serving(o.stream, o.acc_start) for o in openings if o.stream.inference_milli]
     state = cache.ledger.state
     if not serving or state is None:
@@ -40,7 +80,9 @@ def serve(
         grants = policy.plan_inference(serving, openings, snapshot)
     else:
         grants = [item.stream.inference_milli for item in serving]
-    order = inference_models([o.stream for o in openings], state.gpu_models)
+    order = inference_order(
+        throughputs or [o.stream.throughput for o in openings], state.gpu_models
+    )
     return {
         item.stream.id: cache.reserve(reservation_key(item.stream.id), grant, order)
         for item, grant in zip(serving, grants, strict=True)

@@ -27,7 +27,7 @@ from typing import Any
 
 import aiohttp
 
-from controller.ctj.continual import ConfigChooser, JointConfigs, WindowsPlanner
+from controller.ctj.continual import ConfigChooser, JointConfigs, WindowsPlanner, serving_ends
 from controller.ctj.crd import (
     API_VERSION,
     COLLECTION_PATH,
@@ -155,7 +155,8 @@ class CtjReconciler:
             api, CTJ_PODS, "/api/v1/pods", self.cache, {"labelSelector": NAME_LABEL}, resync_s
         )
         self.on_gone: Callable[[str], None] = lambda _key: None
-        """Called with the key of a CTJ that is deleted (its inference share is freed)."""
+        """Called with the key of a CTJ that is deleted or whose last window has ended
+        (its inference share is freed)."""
         self.on_result: Callable[[str], None] = lambda _result: None
         """Called with ok, conflict or error after each reconcile (metrics)."""
         self._queue: dict[str, None] = {}
@@ -237,8 +238,14 @@ class CtjReconciler:
         if not await self._write_status(ctj, result.status):
             return "conflict"
         await self._carry_out(ctj, result)
-        if result.requeue_at is not None:
-            self._requeue(key, result.requeue_at + _REQUEUE_SLACK_S)
+        requeue_at = result.requeue_at
+        ends = serving_ends(result.status)
+        if ends is not None and ends <= now:
+            self.on_gone(key)
+        elif ends is not None:
+            requeue_at = ends
+        if requeue_at is not None:
+            self._requeue(key, requeue_at + _REQUEUE_SLACK_S)
         return "ok"
 
     async def _carry_out(self, ctj: Ctj, result: Plan) -> None:
