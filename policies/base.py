@@ -16,7 +16,7 @@ Two shapes are first-class:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -26,6 +26,7 @@ from policies.cluster import ClusterState
 from policies.decisions import Decision, Place, SchedulingResult, Unschedulable
 from policies.jobs import JobSpec, JobView, Placement, TaskPlacement, TaskRequest
 from policies.placement import feasible_nodes, release, select_gpus
+from policies.task_mix import TaskKey
 
 NO_NODE_FITS = "no node fits the request"
 """A placement policy's reason when every node failed a filter; hosts that show reasons
@@ -42,6 +43,9 @@ class Snapshot:
     running: Sequence[JobView]
     pending: Sequence[JobView]
     now: float
+    task_mix: Mapping[TaskKey, int] | None = None
+    """Tasks per shape over `running` and `pending`, from a host that keeps the count as
+    jobs come and go (`policies.task_mix`); None: a policy that needs it counts the jobs."""
 
     def job(self, job_id: str) -> JobView | None:
         for view in (*self.running, *self.pending):
@@ -113,20 +117,23 @@ class PlacementPolicy(Policy):
     config_type: ClassVar[type[PolicyConfig]] = PlacementConfig
     _scratch: ClusterState | None = None
     """The last pass's scratch state, brought up to date by the next pass."""
+    _queue: QueueMemo | None = None
 
     def schedule(self, snapshot: Snapshot, ctx: Context) -> SchedulingResult:
         state = self._scratch = snapshot.cluster.scratch(reuse=self._scratch)
+        memo = self._queue = self._queue or QueueMemo(self.name)
+        memo.begin_pass()
         decisions: list[Decision] = []
-        failed_shapes: set[tuple[object, ...]] = set()
+        failed_shapes: set[int] = set()
         blocking = getattr(self.config, "blocking", False)
         for job in self.queue_order(snapshot):
             spec = job.spec
-            shape_key = request_key(spec)
-            placement = None if shape_key in failed_shapes else self.place(spec, state, ctx)
+            shape, unschedulable = memo.of(spec)
+            placement = None if shape in failed_shapes else self.place(spec, state, ctx)
             if placement is None:
                 # Resources only shrink within a pass, so an identical request fails too.
-                failed_shapes.add(shape_key)
-                decisions.append(Unschedulable(spec.id, NO_NODE_FITS, self.name))
+                failed_shapes.add(shape)
+                decisions.append(unschedulable)
                 if blocking:
                     break
                 continue
@@ -151,14 +158,22 @@ class PlacementPolicy(Policy):
     def place_task(
         self, spec: JobSpec, task: TaskRequest, state: ClusterState, ctx: Context
     ) -> TaskPlacement | None:
+        node = self.pick_node(spec, task, state, ctx)
+        if node is None:
+            return None
+        gpus = self.choose_gpus(task, state, node, ctx)
+        state.allocate(node, gpus, task.gpu_milli, task.cpu_milli, task.mem_mib)
+        return TaskPlacement(state.nodes[node].name, gpus, task.gpu_milli)
+
+    def pick_node(
+        self, spec: JobSpec, task: TaskRequest, state: ClusterState, ctx: Context
+    ) -> int | None:
+        """The feasible node with the best `score` (lowest index on ties), or None."""
         candidates = feasible_nodes(spec, task, state)
         if candidates.size == 0:
             return None
         scores = self.score(spec, task, state, candidates, ctx)
-        node = int(candidates[int(np.argmax(scores))])
-        gpus = self.choose_gpus(task, state, node, ctx)
-        state.allocate(node, gpus, task.gpu_milli, task.cpu_milli, task.mem_mib)
-        return TaskPlacement(state.nodes[node].name, gpus, task.gpu_milli)
+        return int(candidates[int(np.argmax(scores))])
 
     @abstractmethod
     def score(
@@ -185,6 +200,32 @@ class RoundPolicy(Policy):
     seconds (and may also run it on arrivals, where the policy allows)."""
 
     round_s: float | None = 60.0
+
+
+class QueueMemo:
+    """Per pending job, what a pass needs about it that never changes: its request's
+    shape (a small int; jobs with equal `request_key`s share it) and its Unschedulable
+    verdict. Every pass of a placement policy walks the whole queue; building and
+    hashing each job's key and verdict anew every pass was most of a pass's time on a
+    long queue (a forecast of 5,000 pods). Jobs are remembered from one pass to the
+    next only (a job is known by its id and the very spec object it had)."""
+
+    def __init__(self, policy: str) -> None:
+        self.policy = policy
+        self._shapes: dict[tuple[object, ...], int] = {}
+        self._jobs: dict[str, tuple[JobSpec, int, Unschedulable]] = {}
+        self._last: dict[str, tuple[JobSpec, int, Unschedulable]] = {}
+
+    def begin_pass(self) -> None:
+        self._last, self._jobs = self._jobs, {}
+
+    def of(self, spec: JobSpec) -> tuple[int, Unschedulable]:
+        known = self._last.get(spec.id)
+        if known is None or known[0] is not spec:
+            shape = self._shapes.setdefault(request_key(spec), len(self._shapes))
+            known = (spec, shape, Unschedulable(spec.id, NO_NODE_FITS, self.policy))
+        self._jobs[spec.id] = known
+        return known[1], known[2]
 
 
 def request_key(spec: JobSpec) -> tuple[object, ...]:
