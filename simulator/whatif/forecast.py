@@ -60,11 +60,16 @@ class Plan:
     def uncertain(self) -> bool:
         return any(item.remaining.uncertain for item in self.items)
 
-    def jobs(self, sample: int, seed: int) -> list[JobSpec]:
+    def durations(self, sample: int, seed: int) -> np.ndarray:
+        """Every job's duration in `sample` (rounded to the resolution)."""
         rng = np.random.default_rng([seed, sample])
+        return np.array([self._rounded(item.remaining.sample(rng)) for item in self.items])
+
+    def jobs(self, sample: int, seed: int) -> list[JobSpec]:
+        durations = self.durations(sample, seed).tolist()
         return [
-            replace(item.spec, work=FixedDuration(self._rounded(item.remaining.sample(rng))))
-            for item in self.items
+            replace(item.spec, work=FixedDuration(seconds))
+            for item, seconds in zip(self.items, durations, strict=True)
         ]
 
     def _rounded(self, seconds: float) -> float:
@@ -206,7 +211,8 @@ def _windows(snapshot: ClusterSnapshot, horizon_s: float, times: RemainingTimes)
 @dataclass(frozen=True)
 class SampleRun:
     """One simulation: start and finish of each forecast job (inf: not within the
-    horizon), and the queue length and allocated GPU % on the grid."""
+    horizon), and the queue length and allocated GPU % on the grid. `drew_random`: the
+    policy drew random numbers (else the run follows from the durations alone)."""
 
     policy: str
     sample: int
@@ -214,6 +220,7 @@ class SampleRun:
     finish: np.ndarray
     queue: np.ndarray
     alloc_pct: np.ndarray
+    drew_random: bool = True
 
 
 @dataclass(frozen=True)
@@ -226,7 +233,9 @@ def run_sample(plan: Plan, policy: PolicySpec, sample: int, seed: int) -> Sample
     jobs = plan.jobs(sample, seed)
     options = EngineOptions(seed=seed + sample, horizon_s=plan.horizon_s)
     sim = Simulation(plan.nodes, jobs, make_policy(policy.name, policy.options), options)
+    untouched = sim.ctx.rng.bit_generator.state
     recorder = sim.run()
+    drew_random = sim.ctx.rng.bit_generator.state != untouched
     rows = {row[0]: row for row in recorder.jobs}
     ids = [item.spec.id for item in plan.forecast_items]
     start = np.array([_time(rows[j][3]) if j in rows else math.inf for j in ids])
@@ -239,14 +248,15 @@ def run_sample(plan: Plan, policy: PolicySpec, sample: int, seed: int) -> Sample
     known = at >= 0
     queue = np.where(known, timeline[np.maximum(at, 0), 3], 0.0)
     alloc = np.where(known, timeline[np.maximum(at, 0), 1], 0.0)
-    return SampleRun(policy.name, sample, start, finish, queue, alloc)
+    return SampleRun(policy.name, sample, start, finish, queue, alloc, drew_random)
 
 
 def _time(value: object) -> float:
     return math.inf if value is None else float(value)  # type: ignore[arg-type]
 
 
-Runner = Callable[[Plan, Sequence[PolicySpec], int, int], list[SampleRun]]
+Cell = tuple[int, int]
+"""(index of the policy, sample)."""
 
 
 def run_samples(
@@ -257,26 +267,67 @@ def run_samples(
     workers: int | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> list[SampleRun]:
-    """Every (policy, sample) simulation, in that order; `workers` processes (default:
-    one per core, at most 2 runs each). With no uncertain time, one run per policy."""
+    """Every (policy, sample) run, in that order; simulations in `workers` processes
+    (default: one per core). With no uncertain time, one run per policy. Samples that
+    drew the same durations share one simulation where the policy drew no random
+    numbers in it (its run then follows from the durations alone; a policy that did
+    draw is simulated again with each sample's seed)."""
     count = samples if plan.uncertain else 1
-    cells = [(p, s) for p in policies for s in range(count)]
+    groups = same_durations(plan, count, seed)
+    covered = 0
+
+    def report(run: SampleRun, size: int) -> None:
+        nonlocal covered
+        covered += 1 if run.drew_random else size
+        if progress is not None:
+            progress(covered)
+
+    size = {g[0]: len(g) for g in groups}
+    first = [(p, g[0]) for p in range(len(policies)) for g in groups]
+    done = _simulate(plan, policies, first, seed, workers, lambda c, r: report(r, size[c[1]]))
+    again = [(p, s) for p, g0 in first if done[(p, g0)].drew_random for s in _group(groups, g0)]
+    done.update(_simulate(plan, policies, again, seed, workers, lambda c, r: report(r, 1)))
+    leader = {s: g[0] for g in groups for s in g}
+    return [
+        done.get((p, s)) or replace(done[(p, leader[s])], sample=s)
+        for p in range(len(policies))
+        for s in range(count)
+    ]
+
+
+def same_durations(plan: Plan, count: int, seed: int) -> list[list[int]]:
+    """Samples 0..count-1 grouped by the durations they drew, each group in order."""
+    groups: dict[bytes, list[int]] = {}
+    for sample in range(count):
+        groups.setdefault(plan.durations(sample, seed).tobytes(), []).append(sample)
+    return list(groups.values())
+
+
+def _group(groups: list[list[int]], leader: int) -> list[int]:
+    return next(g[1:] for g in groups if g[0] == leader)
+
+
+def _simulate(
+    plan: Plan,
+    policies: Sequence[PolicySpec],
+    cells: Sequence[Cell],
+    seed: int,
+    workers: int | None,
+    done: Callable[[Cell, SampleRun], None],
+) -> dict[Cell, SampleRun]:
     workers = min(workers or os.cpu_count() or 1, len(cells))
+    runs: dict[Cell, SampleRun] = {}
     if workers <= 1:
-        runs = []
-        for policy, sample in cells:
-            runs.append(run_sample(plan, policy, sample, seed))
-            if progress is not None:
-                progress(len(runs))
+        for cell in cells:
+            runs[cell] = run_sample(plan, policies[cell[0]], cell[1], seed)
+            done(cell, runs[cell])
         return runs
     with ProcessPoolExecutor(workers, initializer=_share_plan, initargs=(plan,)) as pool:
-        futures = [pool.submit(_run_shared, p, s, seed) for p, s in cells]
-        runs = []
-        for future in futures:
-            runs.append(future.result())
-            if progress is not None:
-                progress(len(runs))
-        return runs
+        futures = [(c, pool.submit(_run_shared, policies[c[0]], c[1], seed)) for c in cells]
+        for cell, future in futures:
+            runs[cell] = future.result()
+            done(cell, runs[cell])
+    return runs
 
 
 _SHARED: list[Plan] = []
