@@ -70,9 +70,11 @@ STREAM_COLUMNS = (
     "gpu_s",
     "restarts",
     "gpu_models",
+    "replicas",
 )
 """`status`: completed, expired (missed its deadline), rejected (fits no node) or
-unfinished (the run stopped first). `gpu_s` is the GPU-seconds the window's job got."""
+unfinished (the run stopped first). `gpu_s` is the GPU-seconds the window's job got,
+`replicas` the most GPUs (tasks: pods live) it held at once."""
 
 # At one instant deadlines are settled first, then window boundaries (openings, shifts),
 # then drift triggers.
@@ -97,6 +99,7 @@ class _Window:
     gpu_s: float = 0.0
     restarts: int = 0
     models: str = ""
+    replicas: int = 0
 
 
 @dataclass
@@ -441,6 +444,7 @@ class ContinualRun:
                 window.gpu_s,
                 window.restarts,
                 window.models,
+                window.replicas,
             )
         )
         state.window = None
@@ -458,6 +462,7 @@ class ContinualRun:
         window.gpu_s = job.attained_gpu_s
         window.restarts = job.restarts
         window.models = ",".join(sorted(job.models_used))
+        window.replicas = job.max_gpus
         if status == "completed":
             window.end = now
             state.advance(now)

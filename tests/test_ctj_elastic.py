@@ -112,6 +112,7 @@ def test_thief_grows_a_lone_window_and_shrinks_it_for_a_bigger_gain_in_the_simul
     assert gainer[col["end_s"]] == pytest.approx(10 + 80 / 1.8)
     assert gainer[col["gpu_s"]] == pytest.approx(80 / 1.8 * 2)
     assert (wide[col["status"]], gainer[col["status"]]) == ("completed", "completed")
+    assert (wide[col["replicas"]], gainer[col["replicas"]]) == (4, 2)  # the most at once
 
 
 def window_pod(name: str, pod: str = "", uid: str = "") -> dict[str, Any]:
