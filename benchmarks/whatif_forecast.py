@@ -8,19 +8,25 @@ child process: interpreter start, imports, the simulations, the outputs); median
 `--repeat` runs, with the machine's load; CPU seconds are the command's and its workers'
 user + system time (on an idle machine with two workers, wall ≈ CPU / 2 + start-up).
 
+With `--baseline REV` the same command of commit REV (unpacked with `git archive`) runs
+beside this checkout's, alternating, and the two runs' `predictions.csv` must be equal
+byte for byte (a speed-up that changes a forecast is reported as a difference).
+
     python benchmarks/whatif_forecast.py [--repeat 3] [--policies fifo,bestfit,fgd]
-        [--resolution 60]
+        [--resolution 60] [--baseline REV]
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import platform
 import resource
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -75,19 +81,35 @@ def snapshot(nodes: int, pods: int, declared: bool, seed: int = 0) -> ClusterSna
     )
 
 
-def timed(path: Path, out: Path, args: argparse.Namespace) -> tuple[float, float]:
-    """Wall seconds and CPU seconds (user + system of the command and its workers)."""
+def timed(path: Path, out: Path, args: argparse.Namespace, code: Path) -> tuple[float, float]:
+    """Wall seconds and CPU seconds (user + system of the command and its workers) of
+    the command as the checkout at `code` has it."""
     command = [sys.executable, "-m", "gpufleet.cli", "whatif", "--snapshot", str(path)]
     command += ["--policies", args.policies, "--samples", str(args.samples)]
     command += ["--workers", str(args.workers), "--out", str(out), "--no-progress"]
     command += ["--resolution", str(args.resolution)]
+    env = {**os.environ, "PYTHONPATH": str(code)}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    subprocess.run(command, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+    subprocess.run(command, check=True, cwd=code, env=env, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return wall, cpu
+
+
+def unpack(rev: str, into: Path) -> Path:
+    archive = subprocess.run(["git", "archive", rev], cwd=REPO, capture_output=True, check=True)
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(into, filter="data")
+    return into
+
+
+def medians(times: list[tuple[float, float]]) -> dict[str, float]:
+    return {
+        "median_wall_s": round(float(np.median([t[0] for t in times])), 2),
+        "median_cpu_s": round(float(np.median([t[1] for t in times])), 2),
+    }
 
 
 def main() -> int:
@@ -99,23 +121,31 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--resolution", type=float, default=0.0, help="whatif --resolution")
+    parser.add_argument("--baseline", help="a commit to time beside this checkout")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="gpufleet-whatif-bench-"))
+    codes = {"current": REPO}
+    if args.baseline:
+        codes = {"baseline": unpack(args.baseline, work / "baseline"), **codes}
     results = {}
     for declared in (True, False):
         label = "declared" if declared else "history"
         path = work / f"{label}.json"
         snap = snapshot(args.nodes, args.pods, declared)
         write_snapshot(snap, path)
-        times = [timed(path, work / f"out-{label}", args) for _ in range(args.repeat)]
-        results[label] = {
-            "running": len(snap.running),
-            "pending": len(snap.pending),
-            "median_wall_s": round(float(np.median([t[0] for t in times])), 2),
-            "median_cpu_s": round(float(np.median([t[1] for t in times])), 2),
-            "load_at_end": round(os.getloadavg()[0], 2),
-        }
-        print(json.dumps({label: results[label]}), flush=True)
+        times: dict[str, list[tuple[float, float]]] = {name: [] for name in codes}
+        for _ in range(args.repeat):
+            for name, code in codes.items():
+                times[name].append(timed(path, work / f"out-{label}-{name}", args, code))
+        result: dict[str, object] = {"running": len(snap.running), "pending": len(snap.pending)}
+        result |= {name: medians(t) for name, t in times.items()}
+        if args.baseline:
+            outs = [work / f"out-{label}-{name}" / "predictions.csv" for name in codes]
+            forecasts = [out.read_bytes() for out in outs]
+            result["predictions_identical"] = forecasts[0] == forecasts[1]
+        result["load_at_end"] = round(os.getloadavg()[0], 2)
+        results[label] = result
+        print(json.dumps({label: result}), flush=True)
     load = os.getloadavg()
     machine = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count()}
     print(json.dumps({**machine, "load": [round(x, 2) for x in load], **results}))
