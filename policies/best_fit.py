@@ -30,9 +30,7 @@ class BestFit(PlacementPolicy):
         ctx: Context,
     ) -> np.ndarray:
         cpu_left = (state.cpu_free[candidates] - task.cpu_milli).astype(np.float64)
-        gpu_left = (state.gpu_free[candidates].sum(axis=1) - task.gpu_total_milli).astype(
-            np.float64
-        )
+        gpu_left = (state.gpu_free_sum[candidates] - task.gpu_total_milli).astype(np.float64)
         leftover = cpu_left / MAX_SPEC_CPU * 0.5 + gpu_left / MAX_SPEC_GPU * 0.5
         return np.trunc((1.0 - leftover) * 100.0)
 

@@ -197,6 +197,7 @@ _MUTABLE = (
     "gpu_free",
     "whole_free",
     "most_free",
+    "gpu_free_sum",
     "pods_by_class",
     "version",
 )
@@ -233,13 +234,18 @@ class ClusterState:
         self.gpu_free: IntArray = np.zeros((count, width), dtype=np.int64)
         for i, n in enumerate(nodes):
             self.gpu_free[i, : n.gpus] = MILLI
-        # Per node, kept with `gpu_free`: GPUs wholly free, and the most milli-GPU free
-        # on one GPU. Feasibility reads these instead of reducing `gpu_free` row by row.
+        # Per node, kept with `gpu_free`: GPUs wholly free, the most milli-GPU free on one
+        # GPU and the milli-GPU free in all. Feasibility and scores read these instead of
+        # reducing `gpu_free` row by row (a 12,500 x 8 reduction per task at scale).
         self.whole_free: IntArray = self.gpu_count.copy()
         self.most_free: IntArray = np.where(self.gpu_count > 0, MILLI, 0)
+        self.gpu_free_sum: IntArray = self.gpu_count * MILLI
         self.pods_by_class: IntArray = np.zeros((count, MAX_GPUS_PER_TASK + 1), dtype=np.int64)
         self.version: IntArray = np.zeros(count, dtype=np.int64)
         self._stamps = _StampCounter()  # shared by copies: stamps never repeat
+        self._changes = _ChangeLog(limit=4 * count + 1024)  # views share it, copies not
+        self._synced: tuple[_ChangeLog, int] | None = None
+        """For a scratch: the log it was last brought up to date from, and where."""
         self.has_taints = any(n.taints for n in nodes)
         self.label_index = LabelIndex.of(self.nodes)  # immutable: copies and views share it
 
@@ -254,11 +260,11 @@ class ClusterState:
         return int(self.gpu_count.sum())
 
     def gpu_free_total(self) -> IntArray:
-        """Idle milli-GPU per node."""
-        return self.gpu_free.sum(axis=1)
+        """Idle milli-GPU per node (a copy of `gpu_free_sum`)."""
+        return self.gpu_free_sum.copy()
 
     def allocated_gpu_milli(self) -> int:
-        return int(self.total_gpus * MILLI - self.gpu_free.sum())
+        return int(self.total_gpus * MILLI - self.gpu_free_sum.sum())
 
     def gpus_of_model(self) -> dict[str, int]:
         return {
@@ -280,6 +286,7 @@ class ClusterState:
             self.pods_by_class[node, task_class(len(gpus), gpu_milli)] += 1
             self._count_free(node)
         self.version[node] = self._stamps.next()
+        self._changes.add(node)
 
     def release(
         self, node: int, gpus: Sequence[int], gpu_milli: int, cpu_milli: int, mem_mib: int
@@ -289,21 +296,27 @@ class ClusterState:
         self.mem_free[node] += mem_mib
         for g in gpus:
             self.gpu_free[node, g] += gpu_milli
+        most = 0
         if gpus:
             self.pods_by_class[node, task_class(len(gpus), gpu_milli)] -= 1
-            self._count_free(node)
+            most = self._count_free(node)
         if (
             self.cpu_free[node] > self.cpu_cap[node]
             or self.mem_free[node] > self.mem_cap[node]
-            or (self.gpu_free[node] > MILLI).any()
+            or most > MILLI
         ):
             raise ValueError(f"release on {self.nodes[node].name} returned more than was taken")
         self.version[node] = self._stamps.next()
+        self._changes.add(node)
 
-    def _count_free(self, node: int) -> None:
-        free = self.gpu_free[node].tolist()  # a few GPUs: Python beats two numpy reductions
+    def _count_free(self, node: int) -> int:
+        """Refresh the node's free-GPU summaries; returns the most free on one GPU."""
+        free = self.gpu_free[node].tolist()  # a few GPUs: Python beats numpy reductions
+        most = max(free)
         self.whole_free[node] = free.count(MILLI)
-        self.most_free[node] = max(free)
+        self.most_free[node] = most
+        self.gpu_free_sum[node] = sum(free)
+        return most
 
     def _check_fits(
         self, node: int, gpus: Sequence[int], gpu_milli: int, cpu_milli: int, mem_mib: int
@@ -323,6 +336,8 @@ class ClusterState:
         clone.__dict__.update(self.__dict__)
         for name in _MUTABLE:
             setattr(clone, name, getattr(self, name).copy())
+        clone._changes = _ChangeLog(self._changes.limit)
+        clone._synced = None
         return clone
 
     def view(self) -> ClusterState:
@@ -340,16 +355,31 @@ class ClusterState:
         """A private writeable copy for trying placements within one pass.
 
         `reuse`, a scratch of this cluster from an earlier pass that nothing reads any
-        more, is brought up to date instead: only nodes whose version stamps differ are
+        more, is brought up to date instead: only the nodes either side changed since are
         copied, so a pass costs O(changed nodes), not a copy of every array (2 MB a pass
-        at 12,500 nodes)."""
+        at 12,500 nodes) nor a comparison of every node's version stamp."""
         if reuse is None or reuse._stamps is not self._stamps or reuse.nodes is not self.nodes:
-            return self.copy()
-        changed = np.flatnonzero(reuse.version != self.version)
-        if changed.size:
-            for name in _MUTABLE:
-                getattr(reuse, name)[changed] = getattr(self, name)[changed]
-        return reuse
+            clone = self.copy()
+        else:
+            clone = reuse
+            changed = self._changed_since_sync(clone)
+            if changed.size:
+                for name in _MUTABLE:
+                    getattr(clone, name)[changed] = getattr(self, name)[changed]
+            clone._changes = _ChangeLog(clone._changes.limit)
+        clone._synced = (self._changes, self._changes.end)
+        return clone
+
+    def _changed_since_sync(self, scratch: ClusterState) -> IntArray:
+        """Nodes where `scratch` may differ from this state: those changed on either side
+        since it was last brought up to date from this state's log (repeats allowed), or,
+        when either log has been trimmed since, those whose version stamps differ."""
+        synced = scratch._synced
+        if synced is not None and synced[0] is self._changes and not scratch._changes.dropped:
+            ours = self._changes.since(synced[1])
+            if ours is not None:
+                return np.array(ours + scratch._changes.nodes, dtype=np.int64)
+        return np.flatnonzero(scratch.version != self.version)
 
     def topology(self) -> nx.DiGraph:
         """GPU → node → rack → cluster, with `kind` on every vertex."""
@@ -370,6 +400,35 @@ class ClusterState:
 
     def rack_of(self, node: int) -> str:
         return self.nodes[node].rack or "default"
+
+
+class _ChangeLog:
+    """The nodes a state changed, in order, for scratch copies to catch up from. It keeps
+    at most `limit` entries: then it is emptied and `dropped` counts the entries gone, so
+    a scratch synced before then falls back to comparing version stamps."""
+
+    __slots__ = ("dropped", "limit", "nodes")
+
+    def __init__(self, limit: int) -> None:
+        self.nodes: list[int] = []
+        self.dropped = 0
+        self.limit = limit
+
+    @property
+    def end(self) -> int:
+        return self.dropped + len(self.nodes)
+
+    def add(self, node: int) -> None:
+        if len(self.nodes) >= self.limit:
+            self.dropped += len(self.nodes)
+            self.nodes.clear()
+        self.nodes.append(node)
+
+    def since(self, position: int) -> list[int] | None:
+        """Nodes changed from `position` (an earlier `end`) on; None if trimmed since."""
+        if position < self.dropped:
+            return None
+        return self.nodes[position - self.dropped :]
 
 
 class _StampCounter:

@@ -9,6 +9,7 @@ import numpy as np
 from policies.base import Context, PlacementConfig, PlacementPolicy
 from policies.cluster import ClusterState
 from policies.jobs import JobSpec, TaskRequest
+from policies.placement import first_fit
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,12 @@ class FifoFirstFit(PlacementPolicy):
         ctx: Context,
     ) -> np.ndarray:
         return -candidates.astype(np.float64)
+
+    def pick_node(
+        self, spec: JobSpec, task: TaskRequest, state: ClusterState, ctx: Context
+    ) -> int | None:
+        """The first feasible node, which `score` ranks first, found without scoring."""
+        return first_fit(spec, task, state)
 
     def explain(self, spec: JobSpec, placement: object) -> str:
         return "fifo: first node that fits"

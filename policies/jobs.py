@@ -217,19 +217,18 @@ class Placement:
     preprocessing mode, see `policies.dlrm.Mode`); "" for the kind's default."""
     gpu_milli_total: int = field(init=False, repr=False, compare=False)
     """Milli-GPU over all tasks; precomputed because schedulers read it constantly."""
+    replica_tasks: tuple[TaskPlacement, ...] = field(init=False, repr=False, compare=False)
+    """The job's own tasks, without auxiliary parts (precomputed: both hosts read it
+    several times per placement)."""
+    part_tasks: tuple[TaskPlacement, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         total = sum(len(t.gpus) * t.gpu_milli for t in self.tasks)
         object.__setattr__(self, "gpu_milli_total", total)
-
-    @property
-    def replica_tasks(self) -> tuple[TaskPlacement, ...]:
-        """The job's own tasks, without auxiliary parts."""
-        return tuple(t for t in self.tasks if not t.part)
-
-    @property
-    def part_tasks(self) -> tuple[TaskPlacement, ...]:
-        return tuple(t for t in self.tasks if t.part)
+        parts = tuple(t for t in self.tasks if t.part)
+        replicas = tuple(t for t in self.tasks if not t.part) if parts else self.tasks
+        object.__setattr__(self, "replica_tasks", replicas)
+        object.__setattr__(self, "part_tasks", parts)
 
     @property
     def nodes(self) -> tuple[str, ...]:

@@ -43,6 +43,46 @@ def feasible_nodes(spec: JobSpec, task: TaskRequest, state: ClusterState) -> Int
     return np.flatnonzero(feasible_mask(spec, task, state))
 
 
+FIRST_FIT_PROBES = 8
+"""Nodes `first_fit` checks one by one before it falls back to the vectorised mask."""
+
+
+def first_fit(spec: JobSpec, task: TaskRequest, state: ClusterState) -> int | None:
+    """The lowest-index node of `feasible_mask`, found without computing all of it.
+
+    The GPU, model and label tests come first, over every node (the GPU test is one
+    comparison per node); CPU and memory are then checked node by node in index order
+    among the nodes those tests pass, where they rarely fail (a task's CPU and memory
+    mostly scale with its GPUs). After `FIRST_FIT_PROBES` misses, the rest of the mask
+    is computed as `feasible_mask` does. A full mask cost six whole-cluster operations
+    and an index list per task, most of a FIFO job's placement at 12,500 nodes."""
+    ok = fits_gpus(task, state) if task.num_gpus else np.ones(state.num_nodes, dtype=bool)
+    if task.num_gpus and spec.allowed_models is not None:
+        ok &= model_mask(spec.allowed_models, state)
+    if spec.node_selector or state.has_taints:
+        ok &= label_mask(spec, state)
+    start = 0
+    for _ in range(FIRST_FIT_PROBES):
+        node = _first_true(ok, start)
+        if node is None:
+            return None
+        if state.cpu_free[node] >= task.cpu_milli and state.mem_free[node] >= task.mem_mib:
+            return node
+        start = node + 1
+    rest = ok[start:] & (state.cpu_free[start:] >= task.cpu_milli)
+    rest &= state.mem_free[start:] >= task.mem_mib
+    node = _first_true(rest, 0)
+    return None if node is None else start + node
+
+
+def _first_true(mask: BoolArray, start: int) -> int | None:
+    """Index of the first True of `mask` at or after `start` (argmax stops at it)."""
+    if start >= mask.size:
+        return None
+    index = start + int(mask[start:].argmax())
+    return index if mask[index] else None
+
+
 def model_mask(allowed: frozenset[str], state: ClusterState) -> BoolArray:
     """GPU nodes whose product `allowed` admits (`gpu_models.admits`: `A100` takes any
     A100, `A100-80GB` only 80 GB ones)."""

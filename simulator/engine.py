@@ -75,6 +75,7 @@ class Simulation:
         self.options = options or EngineOptions()
         self.policy = policy
         self.cluster = SimCluster(ClusterState(sorted(nodes, key=lambda n: n.name)))
+        self._cluster_view = self.cluster.state.view()  # shares the arrays: serves every pass
         self.jobs = sorted(jobs, key=lambda j: j.submit_time)
         self.env = simpy.Environment()
         self.ctx = Context(np.random.default_rng(self.options.seed))
@@ -268,7 +269,7 @@ class Simulation:
         self._refresh_agents(now)
         running, pending = JobViews(self.running), JobViews(self.pending)
         snapshot = Snapshot(
-            cluster=self.cluster.state.view(),
+            cluster=self._cluster_view,
             running=running,
             pending=pending,
             now=now,
@@ -308,8 +309,7 @@ class Simulation:
         for job_id in preempted:
             self._preempt(job_id, now)
         if preempted:
-            # Keep `pending` in arrival order so FIFO policies need not sort: one sort
-            # a pass, not one per preempted job.
+            # Back in arrival order (FIFO policies need not sort): one sort a pass.
             self.pending = dict(sorted(self.pending.items(), key=lambda item: item[1].seq))
         resizes = [d for d in result.decisions if isinstance(d, Resize)]
         # Release every resized job first, so jobs may take each other's GPUs.

@@ -124,9 +124,22 @@ class SimCluster:
         self.alloc_by_model = dict.fromkeys(self.models, 0)
         self.alloc_milli = 0
         self.colocation = Colocation()
+        self._one_task_shapes: dict[tuple[str, int, int, str], AllocationShape] = {}
 
     def shape_of(self, placement: Placement) -> AllocationShape:
-        return allocation_shape(placement, self.state)
+        """`allocation_shape`, memoised for one-task placements: their shape depends only
+        on the node's GPU model, the GPU count and share and the mode, so a handful of
+        shapes recur for millions of jobs (building one is a tenth of a job's cost)."""
+        tasks = placement.tasks
+        if len(tasks) != 1 or tasks[0].part:
+            return allocation_shape(placement, self.state)
+        task = tasks[0]
+        model = self.model_of_node[self.state.node_index[task.node]]
+        key = (model, len(task.gpus), task.gpu_milli, placement.mode)
+        shape = self._one_task_shapes.get(key)
+        if shape is None:
+            shape = self._one_task_shapes[key] = allocation_shape(placement, self.state)
+        return shape
 
     def bind(self, job: JobRun, placement: Placement) -> None:
         """Take the placement's resources. One that breaks the placement contract raises
