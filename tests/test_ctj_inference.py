@@ -19,8 +19,9 @@ import pytest
 
 from controller.ctj.continual import opening, serving_ends
 from controller.ctj.crd import ctj_from_json
-from controller.ctj.inference import plan_openings, reservation_key, serve
+from controller.ctj.inference import cluster_snapshot, plan_openings, reservation_key, serve
 from controller.ctj.plan import plan
+from controller.ctj.streams import recorded_streams
 from controller.kube.objects import ASSIGNED_GPUS, pod_from_json
 from controller.scheduling.cache import NODES, PODS, ClusterCache
 from controller.scheduling.effects import now_rfc3339
@@ -29,7 +30,7 @@ from controller.scheduling.ledger import Charge
 from controller.scheduling.scheduler import Scheduler, SchedulerOptions
 from controller.scheduling.workload import build_workload
 from policies import NodeSpec, make_policy
-from policies.continual import AccuracyCurve, StreamSpec, window_info
+from policies.continual import AccuracyCurve, StreamSpec, WindowPlanner, window_info
 from policies.windows import Window
 from simulator.continual import STREAM_COLUMNS, ContinualRun
 from tests.test_controller_scheduler import node_json
@@ -212,3 +213,51 @@ def test_a_ctjs_share_is_freed_when_its_last_window_ends_as_the_streams() -> Non
     missed = plan(job, [], CREATED + 101, "gpufleet")  # window 0 (of 1) went by unbound
     assert missed.status.phase == "Completed"
     assert serving_ends(missed.status) == CREATED + 120
+
+
+def agreement_ctj(name: str, work: tuple[float, ...], opens: float) -> dict[str, Any]:
+    """A CTJ on up to 4 A100s with one config per work amount, opening at `opens`."""
+    body = served_ctj(0)
+    del body["spec"]["inference"]
+    spec = body["spec"]
+    body["metadata"]["name"] = name
+    spec["replicas"]["max"] = 4
+    spec["retrain"].update(startTime=now_rfc3339(CREATED + opens), windowSeconds=10)
+    spec["retrain"].update(deadlineSeconds=8, windows=1)
+    spec["retrain"]["configs"] = [
+        {"name": f"w{w:g}", "workGpuSeconds": w, "quality": 0.6 if w < 2 else 1.0} for w in work
+    ]
+    spec["accuracy"]["initial"] = 0.5
+    spec["accuracy"]["halfGainGpuSeconds"] = 2.0
+    return body
+
+
+def test_a_waiting_window_delays_the_openings_configs_live_as_in_the_simulator() -> None:
+    """`stuck` (work 40: no share of 4 A100s does it by its deadline) waits from 0 s;
+    `late` opens at 5 s with a 1.2 and a 2.5 GPU-second config. thief's fluid plan sees
+    the waiting work ahead of `late` and picks the smaller config, in the simulator and
+    live (the controller's snapshot has the waiting pods' jobs); without the waiting
+    job it would pick the larger."""
+    stuck, late = agreement_ctj("stuck", (40.0,), 0.0), agreement_ctj("late", (1.2, 2.5), 5.0)
+    streams = recorded_streams([ctj_from_json(stuck), ctj_from_json(late)], CREATED)
+    run = ContinualRun([NodeSpec("a", 32_000, 131_072, 4, "A100")], streams, make_policy("thief"))
+    run.run()
+    col = {name: i for i, name in enumerate(STREAM_COLUMNS)}
+    configs = {r[col["stream_id"]]: r[col["config"]] for r in run.rows}
+    assert configs == {"ns/stuck": "w40", "ns/late": "w1.2"}
+
+    cache = ClusterCache(WholeGpu())
+    cache.replace(NODES, [node_json("a", 4)])
+    (waiting,) = plan(ctj_from_json(stuck), [], CREATED + 1, "gpufleet").create
+    meta = {**waiting["metadata"], "uid": "u0", "creationTimestamp": now_rfc3339(CREATED + 1)}
+    cache.apply(PODS, "ADDED", {**waiting, "metadata": meta, "status": {"phase": "Pending"}})
+    job = ctj_from_json(late)
+    window = Window(0, CREATED + 5, CREATED + 13, CREATED + 15)
+    openings = [opening(job, window, 0.5)]
+    thief = make_policy("thief")
+    (choice,) = plan_openings(thief, cache, openings, CREATED + 5, [])
+    assert job.spec.configs[choice.config].name == "w1.2"
+    snapshot = cluster_snapshot(cache, CREATED + 5)
+    alone = replace(snapshot, pending=[])
+    assert isinstance(thief, WindowPlanner)
+    assert [job.spec.configs[c].name for c in thief.plan_windows(openings, alone)] == ["w2.5"]

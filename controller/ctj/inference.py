@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 
 from controller.ctj.continual import WindowChoice
 from controller.scheduling.cache import ClusterCache
+from controller.scheduling.workload import build_workload
 from policies import Policy, Snapshot
 from policies.continual import (
     InferencePlanner,
@@ -45,17 +46,26 @@ def plan_openings(
     as the simulator does at an instant with openings. `throughputs`: every CTJ
     stream's, for where shares go."""
     grants = serve(policy, cache, openings, now, throughputs)
-    state = cache.ledger.state
-    if state is None or not isinstance(policy, WindowPlanner):
+    if not isinstance(policy, WindowPlanner) or cache.ledger.state is None:
         configs = [o.stream.default_config for o in openings]
     else:
-        running = cache.running.views(cache.charges(), state, now)
-        snapshot = Snapshot(cluster=state.view(), running=running, pending=[], now=now)
-        configs = policy.plan_windows(openings, snapshot)
+        configs = policy.plan_windows(openings, cluster_snapshot(cache, now))
     return [
         WindowChoice(config, o.stream.serving_quality(grants.get(o.stream.id, 0)))
         for o, config in zip(openings, configs, strict=True)
     ]
+
+
+def cluster_snapshot(cache: ClusterCache, now: float) -> Snapshot:
+    """The cluster as the scheduler's next pass would show it: running jobs and the jobs
+    still waiting (the simulator's snapshot at an instant has both: a window that waits
+    delays the openings' retraining, `plan_windows`' backlog)."""
+    state = cache.ledger.state
+    assert state is not None
+    running = cache.running.views(cache.charges(), state, now)
+    waiting = build_workload(cache.pending_pods(), cache.seq, cache.encoder).pending
+    pending = [job.view() for job in waiting]
+    return Snapshot(cluster=state.view(), running=running, pending=pending, now=now)
 
 
 def serve(
@@ -75,9 +85,7 @@ def serve(
     if isinstance(policy, InferencePlanner):
         for item in serving:  # the planner splits everything inference holds
             cache.unreserve(reservation_key(item.stream.id))
-        running = cache.running.views(cache.charges(), state, now)
-        snapshot = Snapshot(cluster=state.view(), running=running, pending=[], now=now)
-        grants = policy.plan_inference(serving, openings, snapshot)
+        grants = policy.plan_inference(serving, openings, cluster_snapshot(cache, now))
     else:
         grants = [item.stream.inference_milli for item in serving]
     order = inference_order(
