@@ -4,6 +4,7 @@ what it does when a bind fails, gangs all-or-nothing, reports, evictions and pla
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -404,3 +405,38 @@ def test_a_bound_pod_with_unreadable_gpus_is_charged_by_its_request_and_flagged(
         assert f"[{ASSIGNED_GPUS}]" in note and "counting the pod by its requests" in note
 
     run(scenario)
+
+
+class RecordsRounds(Policy):
+    """A round policy that notes when it is asked."""
+
+    def __init__(self) -> None:
+        super().__init__(PolicyConfig())
+        self.round_s = 1.0
+        self.asked: list[float] = []
+
+    def schedule(self, snapshot: Snapshot, ctx: Context) -> SchedulingResult:
+        self.asked.append(snapshot.now)
+        return SchedulingResult()
+
+
+def test_rounds_fall_on_the_clocks_multiples_of_the_round_length() -> None:
+    """As the simulator's rounds fall on multiples from its zero, so a recorded run's
+    rounds are at the same instants in both hosts (the start time does not matter)."""
+
+    async def main() -> None:
+        cache = ClusterCache(WholeGpu())
+        cache.replace(NODES, [node_json("a", 2)])
+        policy = RecordsRounds()
+        await asyncio.sleep(0.5 - time.time() % 1 if time.time() % 1 < 0.5 else 0)
+        scheduler = Scheduler(policy, cache, FakeEffects(cache), SchedulerOptions())  # type: ignore[arg-type]
+        loop = asyncio.create_task(scheduler.run())
+        try:
+            await asyncio.sleep(2.5)
+        finally:
+            loop.cancel()
+        first, *later = policy.asked
+        assert first % 1 >= 0.5  # the first round at the start, the rest on the grid
+        assert len(later) >= 2 and all(t % 1 < 0.3 for t in later), later
+
+    asyncio.run(main())

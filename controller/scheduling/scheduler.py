@@ -222,9 +222,13 @@ class Scheduler:
                 timer.cancel()
 
     async def _round_timer(self, round_s: float) -> None:
+        # Rounds fall on the clock's multiples of `round_s`, as the simulator's fall on
+        # multiples from its zero: a run whose zero is on that grid (a recorded one)
+        # is decided at the same instants in both hosts.
         while True:
             self.request_round()
-            await asyncio.sleep(round_s)
+            delay = round_s - self.clock() % round_s
+            await asyncio.sleep(delay if delay > round_s / 10 else delay + round_s)
 
     def request_round(self) -> None:
         """Make the next pass ask the policy, whatever its kind (a round)."""
