@@ -40,14 +40,16 @@ from policies.cluster import ClusterState, IntArray
 from policies.decisions import SchedulingResult
 from policies.fragmentation import (
     DEFAULT_COVERAGE,
+    BoolArray,
     FloatArray,
     NodeFragmentation,
     TargetWorkload,
-    live_workload,
+    workload_from_counts,
     workload_from_jobs,
 )
 from policies.jobs import JobSpec, Placement, TaskPlacement, TaskRequest
 from policies.placement import feasible_nodes, select_gpus
+from policies.task_mix import count_tasks
 
 MODES = ("score", "artifact", "exact")
 FLOAT_SLACK = 1e-9
@@ -128,12 +130,22 @@ class Fgd(PlacementPolicy):
             return self.settings.workload
         if self._prepared is not None:
             return self._prepared
-        return live_workload((*snapshot.pending, *snapshot.running), self.settings.coverage)
+        counts = snapshot.task_mix
+        if counts is None:  # a host that keeps no count: count the snapshot's jobs
+            counts = count_tasks(view.spec for view in (*snapshot.pending, *snapshot.running))
+        return workload_from_counts(counts, self.settings.coverage)
 
     def _use_workload(self, workload: TargetWorkload) -> None:
-        if self._fragmentation is None or self._fragmentation.workload != workload:
-            self._fragmentation = NodeFragmentation(workload, self.settings.mode == "score")
-            self._deltas = DeltaCache(self._fragmentation, self.settings.delta_cache_shapes)
+        current = self._fragmentation
+        if current is not None and current.workload == workload:
+            return
+        if current is not None and self._deltas is not None:
+            order = current.reweight(workload)  # the same types: keep what is computed
+            if order is not None:
+                self._deltas.reorder(order)
+                return
+        self._fragmentation = NodeFragmentation(workload, self.settings.mode == "score")
+        self._deltas = DeltaCache(self._fragmentation, self.settings.delta_cache_shapes)
 
     # -- placement ----------------------------------------------------------------------
 
@@ -262,8 +274,11 @@ def packing_order(state: ClusterState, nodes: IntArray) -> IntArray:
 class DeltaCache:
     """Per task shape, Δ for every node, recomputed only for nodes that changed since.
 
-    Δ depends only on the node's free resources and the task's (CPU, GPU count, milli),
-    so between two tasks of one shape only the nodes placed on in between need work.
+    Δ depends only on the node's free resources, the task's (CPU, GPU count, milli) and
+    the workload; the per-type differences it is weighted from (`placement_diffs`) do
+    not depend on the workload's probabilities. So between two tasks of one shape only
+    the nodes placed on in between need new differences, and a live workload's new
+    probabilities (every pass) cost one matrix-vector product per shape used.
     """
 
     def __init__(self, fragmentation: NodeFragmentation, shapes: int) -> None:
@@ -272,17 +287,32 @@ class DeltaCache:
         self._entries: OrderedDict[tuple[int, int, int], _Entry] = OrderedDict()
         self._nodes: tuple[object, ...] | None = None
 
+    def reorder(self, order: IntArray) -> None:
+        """The fragmentation's types were reordered (`NodeFragmentation.reweight`)."""
+        if (order != np.arange(order.size)).any():
+            for entry in self._entries.values():
+                entry.diffs = entry.diffs[..., order]
+
     def get(self, task: TaskRequest, state: ClusterState, candidates: IntArray) -> FloatArray:
-        self.fragmentation.sync(state)
+        fragmentation = self.fragmentation
+        fragmentation.sync(state)
         if state.nodes is not self._nodes:
             self._entries.clear()
             self._nodes = state.nodes
         entry = self._entry(task, state)
-        stamps = self.fragmentation.stamp
+        stamps = fragmentation.stamp
         stale = candidates[entry.stamp[candidates] != stamps[candidates]]
+        reweigh = entry.weights_version != fragmentation.weights_version
         if stale.size:
-            entry.deltas[stale] = self.fragmentation.placement_deltas(state, task, stale)
+            diffs, fits = fragmentation.placement_diffs(state, task, stale)
+            entry.diffs[stale] = diffs
+            entry.fits[stale] = fits
             entry.stamp[stale] = stamps[stale]
+            if not reweigh:
+                entry.deltas[stale] = fragmentation.weigh(diffs, fits)
+        if reweigh:
+            entry.deltas = fragmentation.weigh(entry.diffs, entry.fits)
+            entry.weights_version = fragmentation.weights_version
         return entry.deltas[candidates]
 
     def _entry(self, task: TaskRequest, state: ClusterState) -> _Entry:
@@ -290,9 +320,13 @@ class DeltaCache:
         entry = self._entries.get(key)
         if entry is None:
             width = state.gpu_free.shape[1] if task.is_sharing else 1
+            types = self.fragmentation.delta_weights.size
             entry = _Entry(
-                deltas=np.zeros((state.num_nodes, width)),
+                diffs=np.zeros((state.num_nodes, width, types)),
+                fits=np.zeros((state.num_nodes, width), dtype=bool),
+                deltas=np.full((state.num_nodes, width), np.inf),
                 stamp=np.full(state.num_nodes, -1, dtype=np.int64),
+                weights_version=self.fragmentation.weights_version,
             )
             self._entries[key] = entry
             if len(self._entries) > self.shapes:
@@ -304,5 +338,10 @@ class DeltaCache:
 
 @dataclass(slots=True)
 class _Entry:
+    diffs: FloatArray
+    """Per node, slot and type: the change in fragmented milli-GPU."""
+    fits: BoolArray
     deltas: FloatArray
+    """`diffs` weighted by the workload of `weights_version`."""
     stamp: IntArray
+    weights_version: int

@@ -19,7 +19,7 @@ placement costs O(one node) to account for.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -29,12 +29,18 @@ import numpy.typing as npt
 from policies.cluster import MILLI, ClusterState, IntArray
 from policies.gpu_models import family_admits
 from policies.jobs import JobSpec, JobView, TaskRequest
+from policies.task_mix import TaskKey, count_tasks, task_key
 
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
 
 DEFAULT_COVERAGE = 0.95
 """Task types are added, most popular first, until they cover this share of tasks."""
+
+WEIGH_BLOCK_CELLS = 1 << 17
+"""Matrix cells per product when weighting Δ: below where OpenBLAS hands a matrix-vector
+product to its threads (measured: 10^5 × 7 costs 6× the CPU of the same rows in blocks
+on a loaded 2-core machine)."""
 
 
 class Category(IntEnum):
@@ -73,23 +79,24 @@ class TargetWorkload:
             raise ValueError("task type probabilities must be >= 0 and sum to 1")
 
 
-TaskKey = tuple[int, int, int, frozenset[str] | None]
-
-
 def build_target_workload(
     tasks: Iterable[tuple[TaskRequest, frozenset[str] | None]],
     coverage: float = DEFAULT_COVERAGE,
 ) -> TargetWorkload:
-    """Group tasks by (CPU, per-GPU milli, GPU count, GPU models), take the most popular
-    groups until they cover `coverage` of all tasks (CPU-only tasks included), and
-    renormalise their shares to probabilities."""
+    """Group tasks by (CPU, per-GPU milli, GPU count, GPU models) and take the workload
+    of those counts (`workload_from_counts`)."""
+    counts: Counter[TaskKey] = Counter(task_key(task, models) for task, models in tasks)
+    return workload_from_counts(counts, coverage)
+
+
+def workload_from_counts(
+    counts: Mapping[TaskKey, int], coverage: float = DEFAULT_COVERAGE
+) -> TargetWorkload:
+    """Take the most popular task shapes until they cover `coverage` of all tasks
+    (CPU-only tasks included) and renormalise their shares to probabilities."""
     if not 0 < coverage <= 1:
         raise ValueError("coverage must be in (0, 1]")
-    counts: Counter[TaskKey] = Counter()
-    for task, models in tasks:
-        milli = task.gpu_milli if task.num_gpus else 0
-        counts[(task.cpu_milli, milli, task.num_gpus, models or None)] += 1
-    if not counts:
+    if not any(counts.values()):
         raise ValueError("cannot build a target workload from no tasks")
     total = float(sum(counts.values()))
     # Most popular first; equal counts in the artifact's order (larger CPU, then larger
@@ -118,10 +125,7 @@ def workload_from_jobs(
     jobs: Iterable[JobSpec], coverage: float = DEFAULT_COVERAGE
 ) -> TargetWorkload:
     """The target workload of a job list; a job counts once per replica (one pod each)."""
-    return build_target_workload(
-        ((job.task, job.allowed_models) for job in jobs for _ in range(job.replicas)),
-        coverage,
-    )
+    return workload_from_counts(count_tasks(jobs), coverage)
 
 
 def live_workload(views: Iterable[JobView], coverage: float = DEFAULT_COVERAGE) -> TargetWorkload:
@@ -153,6 +157,19 @@ class WorkloadArrays:
                 access[:-1, j] = [family_admits(t.allowed_models, m) for m in gpu_models]
                 access[-1, j] = False
         self.access = access
+
+    def reordered(self, workload: TargetWorkload, order: IntArray) -> WorkloadArrays:
+        """These arrays for `workload`, whose type j is this one's type `order[j]` (with
+        its own probabilities): what the constructor gives, without matching models."""
+        arrays = object.__new__(WorkloadArrays)
+        arrays.workload = workload
+        arrays.cpu = self.cpu[order]
+        arrays.milli = self.milli[order]
+        arrays.num = self.num[order]
+        arrays.prob = np.array([t.probability for t in workload.types], dtype=np.float64)
+        arrays.uses_gpu = self.uses_gpu[order]
+        arrays.access = self.access[:, order]
+        return arrays
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,33 +257,66 @@ class NodeFragmentation:
     """Each node's fragmentation terms for one target workload, kept up to date cheaply.
 
     `sync(state)` finds the nodes whose free CPU or GPU differ from the copy taken last
-    time and recomputes only those. (Content is compared rather than `ClusterState.version`
-    because a policy's scratch copy and the host's state can diverge after the same
-    number of changes and would then share version numbers.) Every node recomputed gets a
+    time and recomputes only those. On the state object it synced last (a policy's
+    scratch, reused pass after pass) it compares `ClusterState.version` stamps, which
+    change with every allocation and release and are copied with the resources; on any
+    other state it compares the resources themselves. Every node recomputed gets a
     fresh `stamp`, so caches built on top of this one know which of their rows are stale.
 
     `placement_deltas` weights type m by p_m, or by p_m · `scarcity_weights` when
     `scarcity` is set; `node_values` and `cluster_amount` are always the paper's measure.
+
+    The terms depend on the workload's task types, not on their probabilities, so
+    `reweight` takes a workload of the same types (a live one, whose shares move with
+    every arrival) without recomputing any node; `weights_version` counts such changes.
     """
 
     def __init__(self, workload: TargetWorkload, scarcity: bool = False) -> None:
         self.workload = workload
         self.scarcity = scarcity
+        self.weights_version = 0
         self._nodes: tuple[object, ...] | None = None
 
     def _reset(self, state: ClusterState) -> None:
         self._nodes = state.nodes
         self.arrays = WorkloadArrays(self.workload, state.gpu_models)
-        self.delta_weights = self.arrays.prob * (
-            scarcity_weights(self.arrays, state) if self.scarcity else 1.0
-        )
+        self._scarcity = scarcity_weights(self.arrays, state) if self.scarcity else None
+        self._weigh_types()
         self.model_idx = state.model_idx.copy()
         self.cpu_seen = state.cpu_free.copy()
         self.gpu_seen = state.gpu_free.copy()
+        self._synced = state
+        self.version_seen = state.version.copy()
         self.terms = node_terms(self.arrays, self.cpu_seen, self.gpu_seen, self.model_idx)
         self.type_totals = self.terms.amount.sum(axis=0)
         self.stamp = np.zeros(state.num_nodes, dtype=np.int64)
         self._clock = 0
+
+    def _weigh_types(self) -> None:
+        scarcity = self._scarcity
+        self.delta_weights = self.arrays.prob * (scarcity if scarcity is not None else 1.0)
+
+    def reweight(self, workload: TargetWorkload) -> IntArray | None:
+        """Use `workload` from now on if it has the same task types as the current one,
+        in any order and with any probabilities: the kept terms' columns are reordered
+        to its type order (column j was column `order[j]`), and `order` is returned.
+        None, changing nothing, when the types differ."""
+        order = type_order(self.workload, workload)
+        if order is None:
+            return None
+        self.workload = workload
+        self.weights_version += 1
+        if self._nodes is not None:
+            self.arrays = self.arrays.reordered(workload, order)
+            if self._scarcity is not None:
+                self._scarcity = self._scarcity[order]  # a type's weight follows its models
+            self._weigh_types()
+            terms = self.terms
+            self.terms = NodeTerms(
+                terms.small[:, order], terms.fit[:, order], terms.amount[:, order], terms.idle
+            )
+            self.type_totals = self.type_totals[order]
+        return order
 
     def sync(self, state: ClusterState) -> None:
         """Bring the cached terms in line with `state` (same node list as before, or a
@@ -274,9 +324,14 @@ class NodeFragmentation:
         if state.nodes is not self._nodes:
             self._reset(state)
             return
-        changed = np.flatnonzero(
-            (self.cpu_seen != state.cpu_free) | (self.gpu_seen != state.gpu_free).any(axis=1)
-        )
+        if state is self._synced:
+            changed = np.flatnonzero(self.version_seen != state.version)
+        else:
+            changed = np.flatnonzero(
+                (self.cpu_seen != state.cpu_free) | (self.gpu_seen != state.gpu_free).any(axis=1)
+            )
+            self._synced = state
+            self.version_seen = state.version.copy()
         if changed.size:
             self._recompute(state, changed)
 
@@ -291,6 +346,7 @@ class NodeFragmentation:
         self.terms.idle[nodes] = fresh.idle
         self.cpu_seen[nodes] = cpu
         self.gpu_seen[nodes] = gpu
+        self.version_seen[nodes] = state.version[nodes]
         self._clock += 1
         self.stamp[nodes] = self._clock
 
@@ -315,18 +371,41 @@ class NodeFragmentation:
         may go on any GPU with enough free. Any other task gets one column: whole-GPU
         tasks take fully free GPUs, and which ones does not change the measure.
         """
+        return self.weigh(*self.placement_diffs(state, task, nodes))
+
+    def placement_diffs(
+        self, state: ClusterState, task: TaskRequest, nodes: IntArray
+    ) -> tuple[FloatArray, BoolArray]:
+        """`placement_deltas` before weighting: per node, slot and type the change in
+        fragmented milli-GPU (integers, held as floats), and which slots fit the task.
+        They depend on the node's free resources and the types, not on probabilities."""
         if task.is_sharing:
             free = state.gpu_free[nodes]
             rows = np.repeat(nodes, free.shape[1])
             before = free.reshape(-1)
             fits = before >= task.gpu_milli
-            deltas = np.full(before.size, np.inf)
-            deltas[fits] = self._deltas(state, task, rows[fits], before[fits], 1)
-            return deltas.reshape(free.shape)
+            diffs = np.zeros((before.size, self.arrays.prob.size))
+            diffs[fits] = self._diffs(state, task, rows[fits], before[fits], 1)
+            return diffs.reshape(*free.shape, -1), fits.reshape(free.shape)
         full = np.full(nodes.size, MILLI if task.num_gpus else 0, dtype=np.int64)
-        return self._deltas(state, task, nodes, full, task.num_gpus)[:, None]
+        diffs = self._diffs(state, task, nodes, full, task.num_gpus)[:, None, :]
+        return diffs, np.ones((nodes.size, 1), dtype=bool)
 
-    def _deltas(
+    def weigh(self, diffs: FloatArray, fits: BoolArray) -> FloatArray:
+        """Δ per node and slot from `placement_diffs` (inf where the slot does not fit).
+
+        Rows go through the matrix product in blocks (`WEIGH_BLOCK_CELLS`)."""
+        flat = diffs.reshape(-1, diffs.shape[-1])
+        deltas: FloatArray = np.empty(fits.shape)
+        out = deltas.reshape(-1)
+        rows = max(1, WEIGH_BLOCK_CELLS // max(1, flat.shape[1]))
+        for start in range(0, flat.shape[0], rows):
+            block = slice(start, start + rows)
+            np.matmul(flat[block], self.delta_weights, out=out[block])
+        deltas[~fits] = np.inf
+        return deltas
+
+    def _diffs(
         self,
         state: ClusterState,
         task: TaskRequest,
@@ -334,9 +413,9 @@ class NodeFragmentation:
         gpu_before: IntArray,
         gpus_taken: int,
     ) -> FloatArray:
-        """Δ for `task` taking `task.gpu_milli` from `gpus_taken` GPUs per node, each
-        with `gpu_before` free. Integer per-type differences keep an unchanged node's Δ
-        exactly 0."""
+        """Per type, the change in fragmented milli-GPU for `task` taking
+        `task.gpu_milli` from `gpus_taken` GPUs per node, each with `gpu_before` free.
+        Integer per-type differences keep an unchanged node's Δ exactly 0."""
         arrays = self.arrays
         want = arrays.milli[None, :]
         after = (gpu_before - task.gpu_milli)[:, None]
@@ -351,7 +430,22 @@ class NodeFragmentation:
         cpu = state.cpu_free[nodes] - task.cpu_milli
         runnable = _runnable(arrays, cpu, fit, self.model_idx[nodes])
         amount = np.where(runnable, small, idle[:, None])
-        return (amount - self.terms.amount[nodes]) @ self.delta_weights
+        return (amount - self.terms.amount[nodes]).astype(np.float64)
+
+
+def type_order(current: TargetWorkload, new: TargetWorkload) -> IntArray | None:
+    """Where each of `new`'s task types is in `current` (None unless both hold the same
+    distinct types)."""
+    keys = [(t.task, t.allowed_models) for t in current.types]
+    position = {key: i for i, key in enumerate(keys)}
+    order = [position.get((t.task, t.allowed_models), -1) for t in new.types]
+    if (
+        len(position) != len(keys)
+        or len(order) != len(keys)
+        or sorted(order) != list(range(len(keys)))
+    ):
+        return None
+    return np.array(order, dtype=np.int64)
 
 
 def cluster_fragmentation(state: ClusterState, workload: TargetWorkload) -> tuple[float, float]:

@@ -38,6 +38,7 @@ from policies import (
 )
 from policies.base import request_key
 from policies.placement import feasible_mask
+from policies.task_mix import TaskMix
 from simulator.metrics import OCCUPANT, Recorder
 from simulator.state import JobRun, SimCluster
 from traces.canonical import Pin, pin_of
@@ -82,6 +83,7 @@ class Simulation:
         self.recorder = Recorder(capacity_milli=max(1, self.cluster.state.total_gpus * 1000))
         self.pending: dict[str, JobRun] = {}
         self.running: dict[str, JobRun] = {}
+        self.task_mix = TaskMix()  # tasks per shape of pending and running, for snapshots
         self._progress = progress
         self._pass_requested = False
         self._wake_at: float | None = None
@@ -139,6 +141,7 @@ class Simulation:
             job.epoch += 1  # its scheduled completion is now stale
             self._retime_disturbed(now)
         job.end = now
+        self.task_mix.remove(job.spec)
         self.recorder.on_job_end(job, status)
         self._record()
         if self.policy.round_s is None and self.pending:
@@ -172,6 +175,7 @@ class Simulation:
             self.recorder.on_job_end(job, "rejected")
             return
         self.pending[spec.id] = job
+        self.task_mix.add(spec)
         if self.policy.round_s is None:
             self._request_pass()
 
@@ -239,6 +243,7 @@ class Simulation:
         job.end = now
         self.cluster.unbind(job)
         del self.running[job_id]
+        self.task_mix.remove(job.spec)
         self._retime_disturbed(now)
         self.recorder.on_job_end(job, "completed")
         self._record()
@@ -273,6 +278,7 @@ class Simulation:
             running=running,
             pending=pending,
             now=now,
+            task_mix=self.task_mix.counts(),
         )
         started = time.perf_counter()
         result = self.policy.schedule(snapshot, self.ctx)
