@@ -232,6 +232,24 @@ def window_clock(
     return PeriodicWindows(anchor, window_s, deadline_s)
 
 
+def windows_between(
+    clock: WindowClock, after: float, until: float, limit: int | None = None, most: int = 1_000
+) -> list[Window]:
+    """The windows `clock` opens after `after` and before `until`, as the hosts open
+    them (each is `clock.current` at its opening): the one open at `after` is not
+    among them, nor any from index `limit` on; at most `most` of them."""
+    current = clock.current(after)
+    start = current.end if current is not None else clock.first_opening()
+    out: list[Window] = []
+    while start < until and len(out) < most:
+        window = clock.current(start, current)
+        if window is None or (limit is not None and window.index >= limit):
+            break
+        out.append(window)
+        current, start = window, window.end
+    return out
+
+
 # -- outcomes ------------------------------------------------------------------------------
 
 

@@ -19,8 +19,8 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from controller.ctj.continual import ctj_clock, triggered
 from controller.ctj.crd import COLLECTION_PATH, NAME_LABEL, WINDOW_DEADLINE, Ctj, ctj_from_json
-from controller.ctj.plan import ctj_clock
 from controller.kube.kubeapi import ApiError, KubeApi
 from controller.kube.objects import (
     RUNTIME,
@@ -35,7 +35,7 @@ from controller.scheduling.cache import NODES, PODS, ClusterCache
 from controller.scheduling.effects import now_rfc3339
 from controller.scheduling.encoders import GpuEncoder
 from controller.scheduling.workload import DEFAULT_RUNTIME_S, build_workload, job_id, node_spec
-from policies.windows import WindowClock
+from policies.windows import Window, WindowClock, windows_between
 from traces.snapshot import (
     ClusterSnapshot,
     SnapCtj,
@@ -170,38 +170,42 @@ def _ctj(ctj: Ctj, now: float, horizon_s: float) -> SnapCtj:
         allowed_models=tuple(sorted(spec.gpu_types)),
         runtime_s=parse_duration(declared) if declared else None,
         completed_window_s=_completed_windows(ctj, clock),
-        windows=_future_windows(ctj, clock, now, horizon_s),
+        windows=tuple(
+            SnapWindow(w.index, round(w.start - now, 3), round(w.deadline - now, 3))
+            for w in upcoming_windows(ctj, clock, now, now + horizon_s)
+        ),
     )
 
 
-def _future_windows(
-    ctj: Ctj, clock: WindowClock, now: float, horizon_s: float
-) -> tuple[SnapWindow, ...]:
-    """Windows opening after `now` and before `now + horizon_s` (those open now have
-    their pods already, among the running and pending)."""
+def upcoming_windows(ctj: Ctj, clock: WindowClock, now: float, until: float) -> list[Window]:
+    """The windows the reconciler will open after `now` and before `until` (those open
+    now have their pods already, among the running and pending). A drift-triggered CTJ
+    opens its next window when `triggered` fires it; the ones after are armed by that
+    window's outcome, which only the forecast itself could tell."""
     limit = ctj.spec.retrain.windows
-    current = clock.current(now)
-    start = current.end if current is not None else clock.first_opening()
-    out: list[SnapWindow] = []
-    while start < now + horizon_s and len(out) < MAX_WINDOWS:
-        window = clock.current(start, current)
-        if window is None or (limit is not None and window.index >= limit):
-            break
-        out.append(
-            SnapWindow(window.index, round(window.start - now, 3), round(window.deadline - now, 3))
-        )
-        current, start = window, window.end
-    return tuple(out)
+    if ctj.spec.retrain.trigger is None:
+        return windows_between(clock, now, until, limit, MAX_WINDOWS)
+    open_now, fires_at = triggered(ctj, clock.first_opening(), now)
+    if open_now is not None or fires_at is None or fires_at >= until:
+        return []
+    window, _ = triggered(ctj, clock.first_opening(), fires_at)
+    if window is None or (limit is not None and window.index >= limit):
+        return []
+    return [window]
 
 
 def _completed_windows(ctj: Ctj, clock: WindowClock) -> tuple[float, ...]:
     """How long each completed window in the status took, from its opening to its
-    finish (retraining time plus any wait for GPUs)."""
+    finish (retraining time plus any wait for GPUs). A triggered window's opening is
+    known only for the last one (`status.currentWindow`)."""
     out = []
     for outcome in ctj.status.history:
         if not outcome.completed or outcome.finished_at is None:
             continue
-        window = clock.current(outcome.finished_at)
+        if ctj.spec.retrain.trigger is None:
+            window = clock.current(outcome.finished_at)
+        else:
+            window = ctj.status.current_window
         if window is not None and window.index == outcome.index:
             out.append(round(outcome.finished_at - window.start, 3))
     return tuple(d for d in out if d > 0)

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from policies.windows import meets_deadline
 from simulator.plotting import subplots
 from simulator.whatif.forecast import Plan, SampleRun
 from traces.outputs import output_directory
@@ -109,14 +110,15 @@ def prediction_rows(plan: Plan, forecasts: Sequence[PolicyForecast]) -> list[dic
 
 
 def _misses(finish: np.ndarray, deadline: float | None, horizon_s: float) -> object:
-    """Share of samples finishing after the deadline; unknown ("") when the deadline lies
-    past the horizon and the job did not finish in it."""
+    """Share of samples that do not meet the deadline (the lifecycle's rule,
+    `policies.windows.meets_deadline`); unknown ("") when the deadline lies past the
+    horizon and the job did not finish in it."""
     if deadline is None:
         return ""
-    late = finish > deadline
     if deadline > horizon_s and np.isinf(finish).any():
         return ""
-    return round(float(late.mean()), 4)
+    late = [not meets_deadline(float(f), deadline) for f in finish]
+    return round(float(np.mean(late)), 4)
 
 
 def _cell(value: float) -> object:
@@ -132,7 +134,7 @@ def summaries(plan: Plan, forecasts: Sequence[PolicyForecast]) -> list[dict[str,
         start50 = f.start_at(50)
         started = start50[pending][np.isfinite(start50[pending])]
         finish50 = f.finish_at(50)
-        late = [j for j in windows if finish50[j] > (items[j].deadline_s or 0.0)]
+        late = [j for j in windows if not meets_deadline(finish50[j], items[j].deadline_s or 0.0)]
         out.append(
             {
                 "policy": f.policy,
