@@ -164,3 +164,17 @@ def test_a_bad_pod_does_not_hold_back_the_good_ones() -> None:
     work = build_workload(pods, {}, WholeGpu())
     assert [j.spec.id for j in work.pending] == ["ns/good"]
     assert [r.job_id for r in work.rejected] == ["ns/bad"]
+
+
+def test_a_job_queues_from_its_submit_time_within_its_whole_creation_second() -> None:
+    """creationTimestamp has whole seconds: a pod created at 00:00:00.7 that declares
+    it was submitted at .5 (a CTJ window's opening) has waited since .5, as in the
+    simulator; one declaring an earlier time has waited since its creation."""
+    created = "2026-01-01T00:00:00Z"
+    second = pod("w", created).created
+    late = pod("w", created, notes={"gpufleet.io/submit-time": f"{second + 0.5:.3f}"})
+    early = pod("e", created, notes={"gpufleet.io/submit-time": "12.0"})
+    (late_job,) = build_workload([late], {}, WholeGpu()).pending
+    (early_job,) = build_workload([early], {}, WholeGpu()).pending
+    assert late_job.view().queued_since == second + 0.5
+    assert early_job.view().queued_since == second

@@ -118,13 +118,20 @@ class PendingJob:
     asks: tuple[DraAsk | None, ...] = ()
     """Each pod's DRA request (empty when no pod has claims)."""
 
+    @property
+    def queued_since(self) -> float:
+        """When it arrived: its pods' creation, or its declared submit time if later
+        (creation times are whole seconds; a CTJ window arrives at its opening, which
+        the share allocators compare with their last round, as the simulator's do)."""
+        return max(min(p.created for p in self.pods), self.spec.submit_time)
+
     def view(self) -> JobView:
         return JobView(
             spec=self.spec,
             status=JobStatus.PENDING,
             attained_gpu_s=self.pods[0].meta.attained_gpu_s,
             service_by_model=self.pods[0].meta.attained_by_model,
-            queued_since=min(p.created for p in self.pods),
+            queued_since=self.queued_since,
             restarts=self.pods[0].meta.restarts,
         )
 
