@@ -169,11 +169,15 @@ class PlacementPolicy(Policy):
         self, spec: JobSpec, task: TaskRequest, state: ClusterState, ctx: Context
     ) -> int | None:
         """The feasible node with the best `score` (lowest index on ties), or None."""
-        candidates = feasible_nodes(spec, task, state)
+        candidates = self.candidates(spec, task, state)
         if candidates.size == 0:
             return None
         scores = self.score(spec, task, state, candidates, ctx)
         return int(candidates[int(np.argmax(scores))])
+
+    def candidates(self, spec: JobSpec, task: TaskRequest, state: ClusterState) -> np.ndarray:
+        """Node indices `score` ranks, ascending: every feasible node by default."""
+        return feasible_nodes(spec, task, state)
 
     @abstractmethod
     def score(

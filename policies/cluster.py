@@ -198,6 +198,7 @@ _MUTABLE = (
     "whole_free",
     "most_free",
     "gpu_free_sum",
+    "in_use",
     "pods_by_class",
     "version",
 )
@@ -240,6 +241,12 @@ class ClusterState:
         self.whole_free: IntArray = self.gpu_count.copy()
         self.most_free: IntArray = np.where(self.gpu_count > 0, MILLI, 0)
         self.gpu_free_sum: IntArray = self.gpu_count * MILLI
+        self.in_use: BoolArray = np.zeros(count, dtype=bool)
+        """Nodes with anything allocated; the others have all their capacity free."""
+        self.kinds: tuple[BoolArray, ...] | None = _kinds(self.nodes)
+        """Nodes alike in capacity, GPU model and product, labels and taints, one mask a
+        kind (None when there are more than `MAX_KINDS`): two free nodes of one kind pass
+        every feasibility test alike and get equal resource scores."""
         self.pods_by_class: IntArray = np.zeros((count, MAX_GPUS_PER_TASK + 1), dtype=np.int64)
         self.version: IntArray = np.zeros(count, dtype=np.int64)
         self._stamps = _StampCounter()  # shared by copies: stamps never repeat
@@ -285,6 +292,7 @@ class ClusterState:
         if gpus:
             self.pods_by_class[node, task_class(len(gpus), gpu_milli)] += 1
             self._count_free(node)
+        self.in_use[node] = True
         self.version[node] = self._stamps.next()
         self._changes.add(node)
 
@@ -306,6 +314,11 @@ class ClusterState:
             or most > MILLI
         ):
             raise ValueError(f"release on {self.nodes[node].name} returned more than was taken")
+        self.in_use[node] = (
+            self.cpu_free[node] != self.cpu_cap[node]
+            or self.mem_free[node] != self.mem_cap[node]
+            or self.gpu_free_sum[node] != self.gpu_count[node] * MILLI
+        )
         self.version[node] = self._stamps.next()
         self._changes.add(node)
 
@@ -362,24 +375,34 @@ class ClusterState:
             clone = self.copy()
         else:
             clone = reuse
-            changed = self._changed_since_sync(clone)
-            if changed.size:
-                for name in _MUTABLE:
-                    getattr(clone, name)[changed] = getattr(self, name)[changed]
+            self._copy_nodes(clone, self._changed_since_sync(clone))
             clone._changes = _ChangeLog(clone._changes.limit)
         clone._synced = (self._changes, self._changes.end)
         return clone
 
-    def _changed_since_sync(self, scratch: ClusterState) -> IntArray:
+    def _changed_since_sync(self, scratch: ClusterState) -> Sequence[int] | IntArray:
         """Nodes where `scratch` may differ from this state: those changed on either side
-        since it was last brought up to date from this state's log (repeats allowed), or,
-        when either log has been trimmed since, those whose version stamps differ."""
+        since it was last brought up to date from this state's log, or, when either log
+        has been trimmed since, those whose version stamps differ."""
         synced = scratch._synced
         if synced is not None and synced[0] is self._changes and not scratch._changes.dropped:
             ours = self._changes.since(synced[1])
             if ours is not None:
-                return np.array(ours + scratch._changes.nodes, dtype=np.int64)
+                return list({*ours, *scratch._changes.nodes})
         return np.flatnonzero(scratch.version != self.version)
+
+    def _copy_nodes(self, target: ClusterState, nodes: Sequence[int] | IntArray) -> None:
+        """Copy these nodes' free resources into `target`: node by node when they are a
+        few (a pass changes one or two; nine fancy-indexed copies cost more), else at once."""
+        if len(nodes) > 8:
+            rows = np.asarray(nodes, dtype=np.int64)
+            for name in _MUTABLE:
+                getattr(target, name)[rows] = getattr(self, name)[rows]
+            return
+        for name in _MUTABLE:
+            ours, theirs = getattr(self, name), getattr(target, name)
+            for node in nodes:
+                theirs[node] = ours[node]
 
     def topology(self) -> nx.DiGraph:
         """GPU → node → rack → cluster, with `kind` on every vertex."""
@@ -400,6 +423,26 @@ class ClusterState:
 
     def rack_of(self, node: int) -> str:
         return self.nodes[node].rack or "default"
+
+
+MAX_KINDS = 16
+"""Past this many kinds of node, `ClusterState.kinds` is not kept (a mask a kind)."""
+
+
+def _kinds(nodes: Sequence[NodeSpec]) -> tuple[BoolArray, ...] | None:
+    rows: dict[tuple[object, ...], list[int]] = {}
+    for i, n in enumerate(nodes):
+        labels = tuple(sorted(n.labels.items()))
+        key = (n.cpu_milli, n.mem_mib, n.gpus, n.gpu_model, n.product, labels, n.taints)
+        rows.setdefault(key, []).append(i)
+        if len(rows) > MAX_KINDS:
+            return None
+    masks = []
+    for members in rows.values():
+        mask = np.zeros(len(nodes), dtype=bool)
+        mask[members] = True
+        masks.append(read_only(mask))
+    return tuple(masks)
 
 
 class _ChangeLog:

@@ -91,21 +91,30 @@ def _node_of(spec: JobSpec, task: TaskPlacement, cluster: ClusterState) -> int:
 def _check_gpus(
     spec: JobSpec, task: TaskPlacement, request: TaskRequest, node: int, cluster: ClusterState
 ) -> None:
-    where = f"job {spec.id}: {_what(task)} on {task.node}"
-    if len(task.gpus) != request.num_gpus:
-        raise PlacementError(f"{where} has {len(task.gpus)} GPU(s), its request {request.num_gpus}")
-    if len(set(task.gpus)) != len(task.gpus):
-        raise PlacementError(f"{where} repeats a GPU index {task.gpus}")
+    # Messages are built only on failure: this runs for every placement of a long replay.
+    gpus = task.gpus
+    if len(gpus) != request.num_gpus:
+        where = _where(spec, task)
+        raise PlacementError(f"{where} has {len(gpus)} GPU(s), its request {request.num_gpus}")
+    if len(set(gpus)) != len(gpus):
+        raise PlacementError(f"{_where(spec, task)} repeats a GPU index {gpus}")
     count = int(cluster.gpu_count[node])
-    if any(not 0 <= g < count for g in task.gpus):
-        raise PlacementError(f"{where} names GPU(s) {task.gpus}; the node has {count}")
+    if gpus and (min(gpus) < 0 or max(gpus) >= count):
+        raise PlacementError(f"{_where(spec, task)} names GPU(s) {gpus}; the node has {count}")
     if task.gpu_milli != request.gpu_milli and not _time_sliced(spec, task, request):
         raise PlacementError(
-            f"{where} takes {task.gpu_milli} milli per GPU, its request {request.gpu_milli}"
+            f"{_where(spec, task)} takes {task.gpu_milli} milli per GPU, "
+            f"its request {request.gpu_milli}"
         )
-    product = cluster.nodes[node].product
-    if request.num_gpus and not admits(spec.allowed_models, product):
-        raise PlacementError(f"{where}: GPU model {product!r} is not allowed for the job")
+    if request.num_gpus and spec.allowed_models is not None:
+        product = cluster.nodes[node].product
+        if not admits(spec.allowed_models, product):
+            where = _where(spec, task)
+            raise PlacementError(f"{where}: GPU model {product!r} is not allowed for the job")
+
+
+def _where(spec: JobSpec, task: TaskPlacement) -> str:
+    return f"job {spec.id}: {_what(task)} on {task.node}"
 
 
 def _time_sliced(spec: JobSpec, task: TaskPlacement, request: TaskRequest) -> bool:

@@ -223,12 +223,16 @@ class Placement:
     part_tasks: tuple[TaskPlacement, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        total = sum(len(t.gpus) * t.gpu_milli for t in self.tasks)
+        total, parts = 0, False
+        for t in self.tasks:  # a plain loop: a million placements make this hot
+            total += len(t.gpus) * t.gpu_milli
+            parts = parts or bool(t.part)
         object.__setattr__(self, "gpu_milli_total", total)
-        parts = tuple(t for t in self.tasks if t.part)
-        replicas = tuple(t for t in self.tasks if not t.part) if parts else self.tasks
-        object.__setattr__(self, "replica_tasks", replicas)
-        object.__setattr__(self, "part_tasks", parts)
+        own = tuple(t for t in self.tasks if not t.part) if parts else self.tasks
+        object.__setattr__(self, "replica_tasks", own)
+        object.__setattr__(
+            self, "part_tasks", tuple(t for t in self.tasks if t.part) if parts else ()
+        )
 
     @property
     def nodes(self) -> tuple[str, ...]:

@@ -9,9 +9,16 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from policies import ClusterState, NodeSpec, Taint, TaskRequest, Toleration
+from policies import ClusterState, Context, NodeSpec, Taint, TaskRequest, Toleration
+from policies.best_fit import BestFit
 from policies.cluster import MILLI
-from policies.placement import FIRST_FIT_PROBES, feasible_mask, first_fit, fits_gpus
+from policies.placement import (
+    FIRST_FIT_PROBES,
+    feasible_mask,
+    feasible_nodes,
+    first_fit,
+    fits_gpus,
+)
 from tests.conftest import job, node
 
 NODES = [node("a", gpus=8), node("b", gpus=4), node("c", gpus=0), node("d", gpus=2)]
@@ -22,6 +29,7 @@ MUTABLE = (
     "whole_free",
     "most_free",
     "gpu_free_sum",
+    "in_use",
     "pods_by_class",
     "version",
 )
@@ -63,6 +71,12 @@ def test_kept_counts_equal_counting_gpu_by_gpu(steps: list[tuple[int, int, int, 
     assert state.whole_free.tolist() == (gpus == MILLI).sum(axis=1).tolist()
     assert state.most_free.tolist() == gpus.max(axis=1).tolist()
     assert state.gpu_free_sum.tolist() == gpus.sum(axis=1).tolist()
+    untouched = (
+        (state.cpu_free == state.cpu_cap)
+        & (state.mem_free == state.mem_cap)
+        & (gpus.sum(axis=1) == state.gpu_count * MILLI)
+    )
+    assert state.in_use.tolist() == (~untouched).tolist()
     assert state.allocated_gpu_milli() == state.total_gpus * MILLI - int(gpus.sum())
     for count in (1, 2, 4, 8):
         for milli in (100, 500, 1000):
@@ -182,3 +196,48 @@ def test_first_fit_past_its_probes_finds_the_node_the_mask_finds() -> None:
     spec = job("j", gpus=1, cpu=16_000, mem=16_000)
     assert first_fit(spec, spec.task, state) == 21
     assert int(feasible_mask(spec, spec.task, state).argmax()) == 21
+
+
+# Three kinds of node, four of each, interleaved.
+KINDS = [
+    node(
+        f"k{i:02d}",
+        gpus=(8, 4, 8)[i % 3],
+        model=("V100", "A100", "V100")[i % 3],
+        cpu=(64_000, 64_000, 32_000)[i % 3],
+    )
+    for i in range(12)
+]
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 11),
+            st.integers(0, 7),
+            st.sampled_from([1, 2, 4]),
+            st.sampled_from([250, 500, 1000]),
+        ),
+        max_size=40,
+    ),
+    st.sampled_from([(1, 250), (1, 750), (1, 1000), (2, 1000), (4, 1000), (8, 1000)]),
+    st.sampled_from([1_000, 16_000, 40_000]),
+)
+def test_bestfit_on_kind_leaders_picks_what_scoring_every_feasible_node_picks(
+    steps: list[tuple[int, int, int, int]], gpus: tuple[int, int], cpu: int
+) -> None:
+    """Best-fit scores the used feasible nodes and the first free node of each kind;
+    the winner is the one that scoring every feasible node finds (lowest index on ties),
+    after any history of placements and releases (some nodes free again)."""
+    state = ClusterState(KINDS)
+    assert state.kinds is not None and len(state.kinds) == 3
+    apply(state, steps)
+    spec = job("j", gpus=gpus[0], milli=gpus[1], cpu=cpu, mem=cpu)
+    policy, ctx = BestFit(), Context(np.random.default_rng(0))
+    everyone = feasible_nodes(spec, spec.task, state)
+    expected = None
+    if everyone.size:
+        scores = policy.score(spec, spec.task, state, everyone, ctx)
+        expected = int(everyone[int(np.argmax(scores))])
+    assert policy.pick_node(spec, spec.task, state, ctx) == expected
