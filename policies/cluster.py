@@ -226,6 +226,7 @@ class ClusterState:
         self.cpu_cap: IntArray = np.array([n.cpu_milli for n in nodes], dtype=np.int64)
         self.mem_cap: IntArray = np.array([n.mem_mib for n in nodes], dtype=np.int64)
         self.gpu_count: IntArray = np.array([n.gpus for n in nodes], dtype=np.int64)
+        self._total_gpus = int(self.gpu_count.sum())
         self.model_idx: IntArray = np.array(
             [model_idx[n.gpu_model] if n.gpus else -1 for n in nodes], dtype=np.int64
         )
@@ -264,7 +265,7 @@ class ClusterState:
 
     @property
     def total_gpus(self) -> int:
-        return int(self.gpu_count.sum())
+        return self._total_gpus
 
     def gpu_free_total(self) -> IntArray:
         """Idle milli-GPU per node (a copy of `gpu_free_sum`)."""

@@ -132,13 +132,11 @@ def select_gpus(task: TaskRequest, free: IntArray, count: int | np.integer) -> t
     """
     if not task.num_gpus:
         return ()
-    free = free[: int(count)]
+    gpus = free[: int(count)].tolist()  # a few GPUs: Python beats numpy calls
     if task.gpu_milli >= MILLI:
-        whole = np.flatnonzero(free == MILLI)[: task.num_gpus]
-        return tuple(int(g) for g in whole)
-    fits = np.flatnonzero(free >= task.gpu_milli)
-    best = fits[np.argmin(free[fits])]  # argmin returns the first minimum
-    return (int(best),)
+        return tuple([g for g, f in enumerate(gpus) if f == MILLI][: task.num_gpus])
+    fits = [(f, g) for g, f in enumerate(gpus) if f >= task.gpu_milli]
+    return (min(fits)[1],)  # the least free, then the lowest index
 
 
 def residual_after(

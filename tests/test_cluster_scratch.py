@@ -6,7 +6,7 @@ gives."""
 from __future__ import annotations
 
 import numpy as np
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from policies import ClusterState, Context, NodeSpec, Taint, TaskRequest, Toleration
@@ -18,6 +18,7 @@ from policies.placement import (
     feasible_nodes,
     first_fit,
     fits_gpus,
+    select_gpus,
 )
 from tests.conftest import job, node
 
@@ -241,3 +242,26 @@ def test_bestfit_on_kind_leaders_picks_what_scoring_every_feasible_node_picks(
         scores = policy.score(spec, spec.task, state, everyone, ctx)
         expected = int(everyone[int(np.argmax(scores))])
     assert policy.pick_node(spec, spec.task, state, ctx) == expected
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(st.sampled_from([0, 100, 250, 500, 750, 1000]), min_size=8, max_size=8),
+    st.integers(1, 8),
+    st.sampled_from([(1, 250), (1, 500), (1, 1000), (2, 1000), (4, 1000)]),
+)
+def test_select_gpus_takes_the_lowest_whole_gpus_or_the_tightest_share(
+    free: list[int], count: int, gpus: tuple[int, int]
+) -> None:
+    row = np.array(free, dtype=np.int64)
+    task = TaskRequest(cpu_milli=0, mem_mib=0, num_gpus=gpus[0], gpu_milli=gpus[1])
+    mine = row[:count]
+    if gpus[1] == MILLI:
+        whole = np.flatnonzero(mine == MILLI)
+        assume(whole.size >= gpus[0])  # else the node does not fit; callers never ask
+        expected = tuple(int(g) for g in whole[: gpus[0]])
+    else:
+        fits = np.flatnonzero(mine >= gpus[1])
+        assume(fits.size > 0)
+        expected = (int(fits[np.argmin(mine[fits])]),)
+    assert select_gpus(task, row, count) == expected
