@@ -20,6 +20,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from controller.ctj.continual import WindowChoice, is_stream, throughput_of
 from controller.ctj.inference import plan_openings, reservation_key
@@ -49,6 +50,8 @@ class ManagerOptions:
     """None: no metrics/probe server; 0: any free port."""
     shadows: ShadowOptions | None = None
     """Shadow policies deciding beside the live one (`controller.shadow`)."""
+    forecast_score: Path | None = None
+    """A `whatif --score` table (or its run directory) to export as forecast error."""
 
 
 class Manager:
@@ -91,6 +94,8 @@ class Manager:
         if self.shadows is not None:
             self.controller.scheduler.on_decided = self.shadows.offer
             self.metrics.registry.register(ShadowCollector(self.shadows))
+        if self.options.forecast_score is not None:
+            self.metrics.watch_forecast_score(self.options.forecast_score)
         self.probes = ProbeServer(self.metrics, self.ready, self.supervisor.dead)
         self.synced = asyncio.Event()
         self.leading = asyncio.Event()

@@ -12,7 +12,9 @@ The metrics and their labels are listed in docs/in-cluster.md.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 
 import numpy as np
 from aiohttp import web
@@ -25,12 +27,15 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from controller.ctj.continual import ctj_clock, tracked_model
 from controller.ctj.crd import Ctj
 from controller.scheduling.quarantine import Quarantine
 from controller.scheduling.scheduler import BindRecord, Scheduler
 from controller.scheduling.workload import task_request
 from policies import MILLI, ClusterState, Place, SchedulingResult, TaskRequest, Unschedulable
 from policies.fragmentation import build_target_workload, node_fragmentation
+from traces.errors import TraceError
+from traces.forecast_score import ScoreRow, read_score
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +89,14 @@ class ControllerMetrics:
     def watch_leader(self, identity: str, is_leader: Callable[[], bool]) -> None:
         self.registry.register(_LeaderCollector(identity, is_leader))
 
-    def watch_ctjs(self, ctjs: Callable[[], Iterable[Ctj]]) -> None:
-        self.registry.register(_CtjCollector(ctjs))
+    def watch_ctjs(
+        self, ctjs: Callable[[], Iterable[Ctj]], clock: Callable[[], float] = time.time
+    ) -> None:
+        self.registry.register(_CtjCollector(ctjs, clock))
+
+    def watch_forecast_score(self, path: Path) -> None:
+        """Export the table of the newest `gpufleet whatif --score` run at `path`."""
+        self.registry.register(_ForecastScoreCollector(path))
 
     def watch_quarantine(self, quarantine: Quarantine) -> None:
         self.registry.register(_QuarantineCollector(quarantine))
@@ -211,8 +222,9 @@ class _LeaderCollector:
 
 
 class _CtjCollector:
-    def __init__(self, ctjs: Callable[[], Iterable[Ctj]]) -> None:
+    def __init__(self, ctjs: Callable[[], Iterable[Ctj]], clock: Callable[[], float]) -> None:
         self.ctjs = ctjs
+        self.clock = clock
 
     def collect(self) -> Iterator[Metric]:
         labels = ["namespace", "name"]
@@ -222,11 +234,86 @@ class _CtjCollector:
         completed = CounterMetricFamily(
             "gpufleet_ctj_windows_completed", "Windows retrained in time", labels=labels
         )
+        accuracy = GaugeMetricFamily(
+            "gpufleet_ctj_accuracy",
+            "Accuracy of the model a CTJ serves as the reconciler knows it: source=observed "
+            "is the last measurement (status.observedAccuracy), source=curve the tracked "
+            "model decayed along spec.accuracy to now",
+            labels=[*labels, "source"],
+        )
+        now = self.clock()
         for ctj in self.ctjs():
             missed.add_metric([ctj.namespace, ctj.name], ctj.status.missed_deadlines)
             completed.add_metric([ctj.namespace, ctj.name], ctj.status.completed_windows)
+            for source, value in _accuracies(ctj, now):
+                accuracy.add_metric([ctj.namespace, ctj.name, source], value)
         yield missed
         yield completed
+        yield accuracy
+
+
+def _accuracies(ctj: Ctj, now: float) -> Iterator[tuple[str, float]]:
+    """What the reconciler knows of the serving model's accuracy, by source."""
+    if ctj.problem is not None:
+        return
+    if ctj.status.observed is not None:
+        yield "observed", ctj.status.observed.value
+    try:
+        first_opening = ctj_clock(ctj.spec.retrain, ctj.created).first_opening()
+    except ValueError:
+        return  # the reconciler reports the schedule
+    model = tracked_model(ctj, first_opening)
+    if model is not None:
+        yield "curve", model.accuracy(now)
+
+
+class _ForecastScoreCollector:
+    """The error of earlier forecasts, from a `whatif --score` table (its file, or the
+    run directory holding `score.csv`) read at each scrape, so a newer scoring run is
+    exported as soon as it is written. The controller does not forecast by itself: the
+    numbers are those of the last scoring run. A missing or malformed table exports
+    nothing and is logged once per distinct problem."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path / "score.csv" if path.is_dir() else path
+        self._logged = ""
+
+    def collect(self) -> Iterator[Metric]:
+        error = GaugeMetricFamily(
+            "gpufleet_forecast_error_seconds",
+            "Absolute error of earlier whatif forecasts' p50 start and finish (whatif --score)",
+            labels=["source", "quantity", "stat"],
+        )
+        scored = GaugeMetricFamily(
+            "gpufleet_forecast_scored_jobs",
+            "Jobs the last whatif --score run compared",
+            labels=["source", "quantity"],
+        )
+        for row in self._rows():
+            for quantity, jobs, mean, p90 in _score_columns(row):
+                scored.add_metric([row.source, quantity], jobs)
+                for stat, value in (("mean", mean), ("p90", p90)):
+                    if value is not None:
+                        error.add_metric([row.source, quantity, stat], value)
+        yield error
+        yield scored
+
+    def _rows(self) -> list[ScoreRow]:
+        try:
+            rows, problem = read_score(self.path), ""
+        except (TraceError, OSError) as err:
+            rows, problem = [], str(err)
+        if problem and problem != self._logged:
+            log.warning("forecast score not exported: %s", problem)
+        self._logged = problem
+        return rows
+
+
+def _score_columns(row: ScoreRow) -> tuple[tuple[str, int, float | None, float | None], ...]:
+    return (
+        ("start", row.jobs, row.start_mean_s, row.start_p90_s),
+        ("finish", row.finish_jobs, row.finish_mean_s, row.finish_p90_s),
+    )
 
 
 class ProbeServer:

@@ -195,6 +195,7 @@ def manager_options(args: argparse.Namespace) -> ManagerOptions:
         lease=lease,
         reconcile_ctjs=args.ctj,
         shadows=shadow_options(args),
+        forecast_score=args.forecast_score,
         probe_host=host,
         probe_port=port,
     )

@@ -1,11 +1,13 @@
 """deploy/grafana/gpufleet.json reads only what the controller exports: every metric a
 panel's query names is among the samples a replica's registry serves (scheduler, cluster,
-leader, quarantine, CTJ and shadow collectors all fed), and the cluster collector's
-allocation per GPU model is checked by hand."""
+leader, quarantine, CTJ, shadow and forecast-score collectors all fed), and the cluster
+collector's allocation per GPU model, a CTJ's accuracy and the forecast error are checked
+by hand."""
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -19,15 +21,49 @@ from controller.devcluster.fleet import node_manifest
 from controller.kube.objects import Problem
 from controller.metrics import ControllerMetrics
 from controller.scheduling.cache import NODES, PODS, ClusterCache
+from controller.scheduling.effects import now_rfc3339
 from controller.scheduling.encoders import WholeGpu
 from controller.scheduling.quarantine import Quarantine
 from controller.scheduling.scheduler import Scheduler
 from controller.shadow.metrics import ShadowCollector
 from controller.shadow.runner import ShadowOptions, ShadowRunner
 from policies import NodeSpec, make_policy
+from policies.continual import AccuracyCurve
+from tests.conftest import accuracy_json
+from traces.forecast_score import SCORE_COLUMNS
 
 DASHBOARD = Path(__file__).parents[1] / "deploy" / "grafana" / "gpufleet.json"
 METRIC = re.compile(r"\bgpufleet_[a-z_]+")
+CREATED = 1_700_000_040.0
+HALVING = AccuracyCurve(0.9, 0.5, decay_per_h=3600 * math.log(2) / 600, half_gain_gpu_s=60.0)
+"""The distance to the floor halves every 600 s."""
+SCORE = f"""{",".join(SCORE_COLUMNS)}
+declared,200,4.2,9.5,180,6.1,12.0
+default,3,30.0,55.5,0,,
+"""
+
+
+def stream_ctj() -> dict[str, Any]:
+    """Serving 0.9 from its creation; its evaluation measured 0.8 at +600 s."""
+    return {
+        "metadata": {
+            "name": "stream",
+            "namespace": "default",
+            "uid": "uid-stream",
+            "creationTimestamp": now_rfc3339(CREATED),
+        },
+        "spec": {
+            "image": "r:1",
+            "retrain": {
+                "windowSeconds": 3600,
+                "deadlineSeconds": 600,
+                "configs": [{"name": "small", "workGpuSeconds": 60.0, "quality": 1.0}],
+            },
+            "resources": {"gpu": {"count": 1}},
+            "accuracy": accuracy_json(HALVING, 0.9),
+        },
+        "status": {"observedAccuracy": {"value": 0.8, "time": now_rfc3339(CREATED + 600)}},
+    }
 
 
 def pod(name: str, gpus: int, node: str = "") -> dict[str, Any]:
@@ -48,9 +84,9 @@ def pod(name: str, gpus: int, node: str = "") -> dict[str, Any]:
     }
 
 
-def served() -> dict[str, float]:
-    """Every sample of a replica's registry with each collector fed: sample name →
-    value (summed over labels)."""
+def served(score: Path) -> dict[str, float]:
+    """Every sample of a replica's registry with each collector fed, the CTJs' scraped
+    1,200 s after their creation: sample name → value (summed over labels)."""
     cache = ClusterCache(WholeGpu())
     cache.replace(
         NODES,
@@ -68,7 +104,9 @@ def served() -> dict[str, float]:
     quarantine.reject("Pod", "default/bad", "uid-bad", Problem("metadata.annotations", "no"))
     metrics.watch_quarantine(quarantine)
     ctj = ctj_from_json({"metadata": {"name": "s", "namespace": "default"}, "spec": {}})
-    metrics.watch_ctjs(lambda: [ctj])
+    metrics.watch_ctjs(lambda: [ctj, ctj_from_json(stream_ctj())], lambda: CREATED + 1200)
+    score.write_text(SCORE)
+    metrics.watch_forecast_score(score.parent)
     metrics.reconciles.labels("ok").inc()
     metrics.pass_seconds.observe(0.01)
     metrics.pod_seconds.observe(0.1)
@@ -87,8 +125,8 @@ def served() -> dict[str, float]:
 
 
 @pytest.fixture(scope="module")
-def samples() -> dict[str, float]:
-    return served()
+def samples(tmp_path_factory: pytest.TempPathFactory) -> dict[str, float]:
+    return served(tmp_path_factory.mktemp("score") / "score.csv")
 
 
 def panels() -> list[dict[str, Any]]:
@@ -117,6 +155,8 @@ def test_the_dashboard_covers_what_operators_read() -> None:
         "gpufleet_fragmentation_percent",
         "gpufleet_rejected_objects_total",
         "gpufleet_ctj_deadline_misses_total",
+        "gpufleet_ctj_accuracy",
+        "gpufleet_forecast_error_seconds",
         "gpufleet_shadow_differing_decisions_total",
     ):
         assert needed in named, needed
@@ -133,3 +173,34 @@ def test_allocation_and_fragmentation_per_model_by_hand(samples: dict[str, float
     assert samples["gpufleet_allocated_gpus{model=V100}"] == 1.0
     assert samples["gpufleet_fragmentation_percent{model=A100}"] == pytest.approx(100 / 6)
     assert samples["gpufleet_fragmentation_percent{model=V100}"] == pytest.approx(100 / 3)
+
+
+def test_ctj_accuracy_by_source_by_hand(samples: dict[str, float]) -> None:
+    """Observed 0.8 at +600 s; along the curve the distance to the floor 0.5 halves by
+    +1,200 s: 0.5 + 0.3 / 2. The unreadable CTJ has no accuracy."""
+    labels = "name=stream,namespace=default,source="
+    assert samples[f"gpufleet_ctj_accuracy{{{labels}observed}}"] == 0.8
+    assert samples[f"gpufleet_ctj_accuracy{{{labels}curve}}"] == pytest.approx(0.65)
+    assert samples["gpufleet_ctj_accuracy"] == pytest.approx(0.8 + 0.65)
+
+
+def test_forecast_error_from_the_score_table(samples: dict[str, float]) -> None:
+    """Each non-empty cell of score.csv is one sample; an empty one none."""
+    error = "gpufleet_forecast_error_seconds"
+    assert samples[f"{error}{{quantity=start,source=declared,stat=p90}}"] == 9.5
+    assert samples[f"{error}{{quantity=finish,source=declared,stat=mean}}"] == 6.1
+    assert samples[f"{error}{{quantity=start,source=default,stat=mean}}"] == 30.0
+    assert f"{error}{{quantity=finish,source=default,stat=mean}}" not in samples
+    assert samples["gpufleet_forecast_scored_jobs{quantity=finish,source=default}"] == 0.0
+
+
+def test_a_malformed_score_table_exports_nothing_and_says_why(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    score = tmp_path / "score.csv"
+    score.write_text(SCORE.replace("4.2", "soon"))
+    metrics = ControllerMetrics()
+    metrics.watch_forecast_score(score)
+    text = generate_latest(metrics.registry).decode()
+    assert "gpufleet_forecast_error_seconds{" not in text
+    assert "score.csv:2: field 'start_mean_abs_err_s'" in caplog.text

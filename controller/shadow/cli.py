@@ -1,4 +1,4 @@
-"""`--shadow-policies` and `--shadow-log` of `controller run|serve`."""
+"""`--shadow-policies`, `--shadow-log` and `--forecast-score` of `controller run|serve`."""
 
 from __future__ import annotations
 
@@ -29,6 +29,14 @@ def add_shadow_arguments(parser: argparse.ArgumentParser) -> None:
         default=1.0,
         metavar="SECONDS",
         help="evaluate the newest live snapshot at most this often (default: 1)",
+    )
+    parser.add_argument(
+        "--forecast-score",
+        type=Path,
+        metavar="PATH",
+        help="export the error of earlier forecasts from this `gpufleet whatif --score` "
+        "output (score.csv or its directory, read at each scrape) as "
+        "gpufleet_forecast_error_seconds",
     )
 
 

@@ -22,18 +22,10 @@ import numpy as np
 
 from traces.csvio import read_rows
 from traces.errors import TraceError
+from traces.forecast_score import SCORE_COLUMNS
 from traces.outputs import output_directory
 from traces.snapshot import read_snapshot
 
-SCORE_COLUMNS = (
-    "source",
-    "jobs",
-    "start_mean_abs_err_s",
-    "start_p90_abs_err_s",
-    "finish_jobs",
-    "finish_mean_abs_err_s",
-    "finish_p90_abs_err_s",
-)
 JOB_COLUMNS = (
     "job_id",
     "source",
