@@ -9,11 +9,12 @@ child process: interpreter start, imports, the simulations, the outputs); median
 user + system time (on an idle machine with two workers, wall ≈ CPU / 2 + start-up).
 
 With `--baseline REV` the same command of commit REV (unpacked with `git archive`) runs
-beside this checkout's, alternating, and the two runs' `predictions.csv` must be equal
-byte for byte (a speed-up that changes a forecast is reported as a difference).
+beside this checkout's (or commit `--after REV`'s, unpacked too), alternating, and the
+two runs' `predictions.csv` must be equal byte for byte (a speed-up that changes a
+forecast is reported as a difference).
 
     python benchmarks/whatif_forecast.py [--repeat 3] [--policies fifo,bestfit,fgd]
-        [--resolution 60] [--baseline REV]
+        [--resolution 60] [--baseline REV [--after REV]]
 """
 
 from __future__ import annotations
@@ -122,9 +123,12 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--resolution", type=float, default=0.0, help="whatif --resolution")
     parser.add_argument("--baseline", help="a commit to time beside this checkout")
+    parser.add_argument(
+        "--after", help="with --baseline: time this commit instead of the work tree as it is"
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="gpufleet-whatif-bench-"))
-    codes = {"current": REPO}
+    codes = {"current": unpack(args.after, work / "after") if args.after else REPO}
     if args.baseline:
         codes = {"baseline": unpack(args.baseline, work / "baseline"), **codes}
     results = {}
