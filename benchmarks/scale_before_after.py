@@ -1,11 +1,12 @@
 """The engine and cluster state before and after issue 17's changes, in the same run:
 `--jobs` synthetic jobs (offered load 0.7) on `--nodes` 8-GPU nodes (A100 and V100 in
 turn), replayed through `Simulation` by each policy, once with the code of `--before`
-(unpacked with `git archive`) and once with this checkout, alternating, each in a fresh
+(unpacked with `git archive`) and once with `--after` (a commit, unpacked the same way;
+default this checkout, uncommitted edits included), alternating, each in a fresh
 process. Prints one JSON line per run: CPU and wall seconds, passes, average JCT (equal
 before and after when the change preserves the policies' semantics).
 
-    python benchmarks/scale_before_after.py [--before ca0a1d1] [--jobs 20000]
+    python benchmarks/scale_before_after.py [--before ca0a1d1] [--after REV] [--jobs 20000]
         [--nodes 12500] [--policies fifo,bestfit,las] [--rounds 2]
 """
 
@@ -50,9 +51,21 @@ def replay(jobs_n: int, nodes_n: int, policy: str) -> dict[str, object]:
     }
 
 
+def unpack(rev: str, into: Path) -> str:
+    """`git archive` of `rev` unpacked into `into` (made here); returns its path."""
+    archive = subprocess.run(
+        ["git", "archive", rev], cwd=REPO, capture_output=True, check=True
+    ).stdout
+    into.mkdir()
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(into, filter="data")
+    return str(into)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--before", default="ca0a1d1")
+    parser.add_argument("--after", help="a commit (default: this checkout as it is)")
     parser.add_argument("--jobs", type=int, default=20_000)
     parser.add_argument("--nodes", type=int, default=12_500)
     parser.add_argument("--policies", default="fifo,bestfit,las")
@@ -63,15 +76,12 @@ def main() -> None:
         print(json.dumps(replay(args.jobs, args.nodes, args.one)))
         return
     with tempfile.TemporaryDirectory() as tmp:
-        archive = subprocess.run(
-            ["git", "archive", args.before], cwd=REPO, capture_output=True, check=True
-        ).stdout
-        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-            tar.extractall(tmp, filter="data")
+        before = unpack(args.before, Path(tmp) / "before")
+        after = str(REPO) if args.after is None else unpack(args.after, Path(tmp) / "after")
         for round_no in range(1, args.rounds + 1):
             for policy in args.policies.split(","):
                 sizes = ["--jobs", str(args.jobs), "--nodes", str(args.nodes)]
-                for label, path in (("before", tmp), ("after", str(REPO))):
+                for label, path in (("before", before), ("after", after)):
                     done = subprocess.run(
                         [sys.executable, __file__, "--one", policy, *sizes],
                         env={**os.environ, "PYTHONPATH": path},
