@@ -291,7 +291,7 @@ class DeltaCache:
         """The fragmentation's types were reordered (`NodeFragmentation.reweight`)."""
         if (order != np.arange(order.size)).any():
             for entry in self._entries.values():
-                entry.diffs = entry.diffs[..., order]
+                entry.diffs = entry.diffs[order]
 
     def get(self, task: TaskRequest, state: ClusterState, candidates: IntArray) -> FloatArray:
         fragmentation = self.fragmentation
@@ -305,7 +305,7 @@ class DeltaCache:
         reweigh = entry.weights_version != fragmentation.weights_version
         if stale.size:
             diffs, fits = fragmentation.placement_diffs(state, task, stale)
-            entry.diffs[stale] = diffs
+            entry.diffs[:, stale] = diffs
             entry.fits[stale] = fits
             entry.stamp[stale] = stamps[stale]
             if not reweigh:
@@ -322,7 +322,7 @@ class DeltaCache:
             width = state.gpu_free.shape[1] if task.is_sharing else 1
             types = self.fragmentation.delta_weights.size
             entry = _Entry(
-                diffs=np.zeros((state.num_nodes, width, types)),
+                diffs=np.zeros((types, state.num_nodes, width)),
                 fits=np.zeros((state.num_nodes, width), dtype=bool),
                 deltas=np.full((state.num_nodes, width), np.inf),
                 stamp=np.full(state.num_nodes, -1, dtype=np.int64),
@@ -339,7 +339,7 @@ class DeltaCache:
 @dataclass(slots=True)
 class _Entry:
     diffs: FloatArray
-    """Per node, slot and type: the change in fragmented milli-GPU."""
+    """Per type, node and slot: the change in fragmented milli-GPU."""
     fits: BoolArray
     deltas: FloatArray
     """`diffs` weighted by the workload of `weights_version`."""

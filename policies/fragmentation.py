@@ -37,11 +37,6 @@ BoolArray = npt.NDArray[np.bool_]
 DEFAULT_COVERAGE = 0.95
 """Task types are added, most popular first, until they cover this share of tasks."""
 
-WEIGH_BLOCK_CELLS = 1 << 17
-"""Matrix cells per product when weighting Δ: below where OpenBLAS hands a matrix-vector
-product to its threads (measured: 10^5 × 7 costs 6× the CPU of the same rows in blocks
-on a loaded 2-core machine)."""
-
 
 class Category(IntEnum):
     """Where a (node, task type) pair falls; the artifact's buckets (frag.go)."""
@@ -376,32 +371,34 @@ class NodeFragmentation:
     def placement_diffs(
         self, state: ClusterState, task: TaskRequest, nodes: IntArray
     ) -> tuple[FloatArray, BoolArray]:
-        """`placement_deltas` before weighting: per node, slot and type the change in
-        fragmented milli-GPU (integers, held as floats), and which slots fit the task.
-        They depend on the node's free resources and the types, not on probabilities."""
+        """`placement_deltas` before weighting: per type, node and slot (axes in that
+        order) the change in fragmented milli-GPU (integers, held as floats), and which
+        slots fit the task. They depend on the node's free resources and the types, not
+        on the types' probabilities."""
+        types = self.arrays.prob.size
         if task.is_sharing:
             free = state.gpu_free[nodes]
             rows = np.repeat(nodes, free.shape[1])
             before = free.reshape(-1)
             fits = before >= task.gpu_milli
-            diffs = np.zeros((before.size, self.arrays.prob.size))
-            diffs[fits] = self._diffs(state, task, rows[fits], before[fits], 1)
-            return diffs.reshape(*free.shape, -1), fits.reshape(free.shape)
+            diffs = np.zeros((types, before.size))
+            diffs[:, fits] = self._diffs(state, task, rows[fits], before[fits], 1)
+            return diffs.reshape(types, *free.shape), fits.reshape(free.shape)
         full = np.full(nodes.size, MILLI if task.num_gpus else 0, dtype=np.int64)
-        diffs = self._diffs(state, task, nodes, full, task.num_gpus)[:, None, :]
+        diffs = self._diffs(state, task, nodes, full, task.num_gpus)[:, :, None]
         return diffs, np.ones((nodes.size, 1), dtype=bool)
 
     def weigh(self, diffs: FloatArray, fits: BoolArray) -> FloatArray:
         """Δ per node and slot from `placement_diffs` (inf where the slot does not fit).
 
-        Rows go through the matrix product in blocks (`WEIGH_BLOCK_CELLS`)."""
-        flat = diffs.reshape(-1, diffs.shape[-1])
-        deltas: FloatArray = np.empty(fits.shape)
-        out = deltas.reshape(-1)
-        rows = max(1, WEIGH_BLOCK_CELLS // max(1, flat.shape[1]))
-        for start in range(0, flat.shape[0], rows):
-            block = slice(start, start + rows)
-            np.matmul(flat[block], self.delta_weights, out=out[block])
+        Summed type by type in a fixed order, so a slot's Δ is the same float whatever
+        else is weighed with it (a BLAS matrix-vector product's rounding can depend on
+        the rows' memory alignment: seen as one-ulp differences)."""
+        weights = self.delta_weights
+        deltas: FloatArray = diffs[0] * weights[0]
+        term = np.empty_like(deltas)
+        for t in range(1, weights.size):
+            deltas += np.multiply(diffs[t], weights[t], out=term)
         deltas[~fits] = np.inf
         return deltas
 
@@ -413,7 +410,7 @@ class NodeFragmentation:
         gpu_before: IntArray,
         gpus_taken: int,
     ) -> FloatArray:
-        """Per type, the change in fragmented milli-GPU for `task` taking
+        """Per type (rows), the change in fragmented milli-GPU for `task` taking
         `task.gpu_milli` from `gpus_taken` GPUs per node, each with `gpu_before` free.
         Integer per-type differences keep an unchanged node's Δ exactly 0."""
         arrays = self.arrays
@@ -430,7 +427,7 @@ class NodeFragmentation:
         cpu = state.cpu_free[nodes] - task.cpu_milli
         runnable = _runnable(arrays, cpu, fit, self.model_idx[nodes])
         amount = np.where(runnable, small, idle[:, None])
-        return (amount - self.terms.amount[nodes]).astype(np.float64)
+        return np.array((amount - self.terms.amount[nodes]).T, dtype=np.float64, order="C")
 
 
 def type_order(current: TargetWorkload, new: TargetWorkload) -> IntArray | None:

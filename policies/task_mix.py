@@ -50,7 +50,7 @@ class TaskMix:
 
     def remove(self, job: JobSpec) -> None:
         key = task_key(job.task, job.allowed_models)
-        left = self._counts[key] - job.replicas
+        left = self._counts.get(key, 0) - job.replicas
         if left < 0:
             raise ValueError(f"job {job.id}: removed from the task mix more often than added")
         if left:

@@ -1,0 +1,298 @@
+"""FGD's incremental bookkeeping equals computing from scratch: the engine's task counts
+(Snapshot.task_mix) are the counts of the snapshot's jobs, a reweighted
+NodeFragmentation is a fresh one, the Δ cache holds fresh Δ, and a whole replay decides
+as an FGD built anew every pass from the snapshot's jobs alone (as a controller's)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from policies import (
+    ClusterState,
+    Context,
+    JobSpec,
+    JobStatus,
+    JobView,
+    Policy,
+    SchedulingResult,
+    Snapshot,
+    TaskRequest,
+    make_policy,
+)
+from policies.fgd import MODES, DeltaCache, Fgd, FgdConfig
+from policies.fragmentation import NodeFragmentation, TargetWorkload, workload_from_counts
+from policies.task_mix import TaskKey, TaskMix, count_tasks, task_key
+from simulator.engine import EngineOptions, Simulation
+from tests.conftest import job, job_rows, node
+
+T4_ONLY = frozenset({"T4"})
+SHAPES: list[tuple[TaskRequest, frozenset[str] | None]] = [
+    (TaskRequest(2000, 0, 1, 300), None),
+    (TaskRequest(4000, 0, 1, 700), None),
+    (TaskRequest(4000, 0, 1, 500), T4_ONLY),
+    (TaskRequest(8000, 0, 1, 1000), None),
+    (TaskRequest(8000, 0, 1, 1000), T4_ONLY),
+    (TaskRequest(16000, 0, 2, 1000), None),
+    (TaskRequest(12000, 0, 4, 1000), None),
+    (TaskRequest(30000), None),
+]
+KEYS: list[TaskKey] = [task_key(task, models) for task, models in SHAPES]
+
+
+def cluster() -> ClusterState:
+    return ClusterState(
+        [
+            node("a", 8, cpu=96_000),
+            node("b", 4, cpu=32_000),
+            node("c", 2, "T4", cpu=64_000),
+            node("d", 4, "T4", cpu=48_000),
+        ]
+    )
+
+
+def test_task_mix_by_hand() -> None:
+    """Two 2-replica jobs and one single of the same shape are 5 tasks; the shape is
+    gone once its jobs are; removing more than was added is refused."""
+    two = job("two", replicas=2)
+    other = job("other", replicas=2)
+    single = job("single")
+    mix = TaskMix()
+    for spec in (two, other, single):
+        mix.add(spec)
+    assert dict(mix.counts()) == {(1000, 1000, 1, None): 5}
+    mix.remove(two)
+    mix.remove(other)
+    mix.remove(single)
+    assert dict(mix.counts()) == {}
+    with pytest.raises(ValueError, match="job single: removed from the task mix"):
+        mix.remove(single)
+
+
+@settings(max_examples=60)
+@given(steps=st.lists(st.tuples(st.integers(0, len(SHAPES) - 1), st.integers(1, 3)), max_size=40))
+def test_task_mix_counts_what_a_recount_counts(steps) -> None:
+    """Arrivals and departures in any order (a step adds a job, or removes it when it is
+    already there): the kept counts and their workload equal a recount of the jobs."""
+    mix, present = TaskMix(), {}
+    for index, replicas in steps:
+        task, models = SHAPES[index]
+        spec = JobSpec(f"{index}-{replicas}", 0.0, task, job("x").work, replicas=replicas)
+        spec = dataclasses.replace(spec, allowed_models=models)
+        if spec.id in present:
+            mix.remove(present.pop(spec.id))
+        else:
+            mix.add(spec)
+            present[spec.id] = spec
+        assert mix.counts() == count_tasks(present.values())
+        if present:
+            assert workload_from_counts(mix.counts()) == workload_from_counts(
+                count_tasks(present.values())
+            )
+
+
+COUNTS = st.lists(st.integers(0, 30), min_size=len(SHAPES), max_size=len(SHAPES)).filter(any)
+"""Task counts per shape of SHAPES: a live workload (types drop out at count 0)."""
+CHANGES = st.lists(
+    st.tuples(st.integers(0, len(SHAPES) - 1), st.integers(0, 3), st.booleans()), max_size=6
+)
+"""(shape, node, release?) steps applied to the cluster between two workloads."""
+
+
+def workload_of(counts: list[int], coverage: float) -> TargetWorkload:
+    return workload_from_counts(dict(zip(KEYS, counts, strict=True)), coverage)
+
+
+def change_state(state: ClusterState, changes: list, held: list) -> None:
+    """Place a shape's task on a node where it fits, or release an earlier one."""
+    for index, node_index, release in changes:
+        if release and held:
+            state.release(*held.pop(index % len(held)))
+            continue
+        task, _ = SHAPES[index]
+        gpus = np.flatnonzero(state.gpu_free[node_index] >= task.gpu_milli)
+        if task.num_gpus and gpus.size < task.num_gpus:
+            continue
+        if state.cpu_free[node_index] < task.cpu_milli:
+            continue
+        chosen = tuple(int(g) for g in gpus[: task.num_gpus])
+        args = (node_index, chosen, task.gpu_milli if chosen else 0, task.cpu_milli, 0)
+        state.allocate(*args)
+        held.append(args)
+
+
+@settings(max_examples=60, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    history=st.lists(st.tuples(COUNTS, CHANGES), min_size=1, max_size=12),
+    coverage=st.sampled_from([0.8, 0.95, 1.0]),
+    scarcity=st.booleans(),
+)
+def test_reweighted_fragmentation_and_cached_deltas_equal_fresh_ones(
+    history, coverage, scarcity
+) -> None:
+    """Workloads whose shares (and often order, sometimes types) change between passes,
+    with placements and releases in between: what the kept NodeFragmentation and
+    DeltaCache hold equals a NodeFragmentation built for that workload and state,
+    exactly (the same floats)."""
+    state, held = cluster(), []
+    kept: NodeFragmentation | None = None
+    cache: DeltaCache | None = None
+    for counts, changes in history:
+        change_state(state, changes, held)
+        workload = workload_of(counts, coverage)
+        order = kept.reweight(workload) if kept is not None else None
+        if kept is None or cache is None or order is None:
+            kept = NodeFragmentation(workload, scarcity)
+            cache = DeltaCache(kept, shapes=256)
+        else:
+            cache.reorder(order)
+        fresh = NodeFragmentation(workload, scarcity)
+        fresh.sync(state)
+        everywhere = np.arange(state.num_nodes)
+        for task, _ in SHAPES:
+            np.testing.assert_array_equal(
+                cache.get(task, state, everywhere),
+                fresh.placement_deltas(state, task, everywhere),
+            )
+        for name in ("small", "fit", "amount", "idle"):
+            np.testing.assert_array_equal(getattr(kept.terms, name), getattr(fresh.terms, name))
+        np.testing.assert_array_equal(kept.type_totals, fresh.type_totals)
+        np.testing.assert_array_equal(kept.delta_weights, fresh.delta_weights)
+        assert kept.cluster_amount() == fresh.cluster_amount()
+
+
+def test_a_reorder_of_the_same_types_keeps_the_terms() -> None:
+    """Swapping two types' popularity reorders the kept columns and recomputes no node;
+    a workload with another type set is refused (the caller builds a new one)."""
+    state = cluster()
+    first = workload_of([5, 3, 0, 0, 0, 0, 0, 0], 1.0)
+    swapped = workload_of([3, 5, 0, 0, 0, 0, 0, 0], 1.0)
+    kept = NodeFragmentation(first)
+    kept.sync(state)
+    stamps = kept.stamp.copy()
+    order = kept.reweight(swapped)
+    assert order is not None and order.tolist() == [1, 0]
+    assert kept.workload == swapped and kept.weights_version == 1
+    kept.sync(state)
+    np.testing.assert_array_equal(kept.stamp, stamps)  # nothing recomputed
+    assert kept.reweight(workload_of([5, 3, 1, 0, 0, 0, 0, 0], 1.0)) is None
+    assert kept.workload == swapped
+
+
+class CheckedMix(Policy):
+    """Wraps a policy; at every pass checks the host's task counts against its jobs."""
+
+    def __init__(self, inner: Policy) -> None:
+        super().__init__()
+        self.inner = inner
+        self.round_s = inner.round_s
+        self.passes = 0
+
+    def schedule(self, snapshot: Snapshot, ctx: Context) -> SchedulingResult:
+        jobs = [view.spec for view in (*snapshot.pending, *snapshot.running)]
+        assert snapshot.task_mix is not None
+        assert snapshot.task_mix == count_tasks(jobs)
+        self.passes += 1
+        return self.inner.schedule(snapshot, ctx)
+
+
+CheckedMix.name = "test-checked-mix"  # after the body: not registered
+
+
+class FromScratch(Policy):
+    """FGD as a controller runs it: built anew every pass, its workload counted from the
+    snapshot's jobs (no task counts), nothing kept from earlier passes."""
+
+    def __init__(self, config: FgdConfig) -> None:
+        super().__init__()
+        self.fgd_config = config
+
+    def schedule(self, snapshot: Snapshot, ctx: Context) -> SchedulingResult:
+        alone = dataclasses.replace(snapshot, task_mix=None)
+        return Fgd(self.fgd_config).schedule(alone, ctx)
+
+
+FromScratch.name = "test-fgd-from-scratch"
+
+JOBS = st.lists(
+    st.tuples(
+        st.floats(0, 400),  # submit
+        st.integers(0, len(SHAPES) - 1),
+        st.integers(1, 2),  # replicas
+        st.floats(1, 300),  # duration
+    ),
+    min_size=1,
+    max_size=30,
+)
+
+
+def replay_jobs(shapes: list) -> list[JobSpec]:
+    specs = []
+    for i, (submit, index, replicas, duration) in enumerate(shapes):
+        task, models = SHAPES[index]
+        spec = job(f"j{i:02d}", submit=submit, duration=duration, replicas=replicas)
+        specs.append(dataclasses.replace(spec, task=task, allowed_models=models))
+    return specs
+
+
+@settings(max_examples=40, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    shapes=JOBS,
+    policy=st.sampled_from(["fgd", "las", "fifo"]),
+    cancels=st.lists(st.tuples(st.integers(0, 29), st.floats(0, 500)), max_size=4),
+)
+def test_the_engine_keeps_the_counts_of_its_snapshot_jobs(shapes, policy, cancels) -> None:
+    """Arrivals, completions, LAS's preemptions and cancellations (pending or running):
+    at every pass the engine's counts are the snapshot's jobs' counts."""
+    jobs = replay_jobs(shapes)
+    checked = CheckedMix(make_policy(policy))
+    sim = Simulation([node("a", 8, cpu=96_000), node("c", 4, "T4")], jobs, checked)
+    for index, at in cancels:
+        job_id = f"j{index % len(jobs):02d}"
+        sim.env.timeout(at).callbacks.append(lambda _e, j=job_id: sim.cancel(j, "cancelled"))
+    sim.run()
+    assert checked.passes > 0
+    assert sim.task_mix.counts() == count_tasks(
+        [job.spec for job in (*sim.pending.values(), *sim.running.values())]
+    )
+
+
+@settings(max_examples=30, suppress_health_check=[HealthCheck.too_slow])
+@given(shapes=JOBS, mode=st.sampled_from(MODES), seed=st.integers(0, 3))
+def test_a_replay_decides_as_fgd_built_anew_every_pass(shapes, mode, seed) -> None:
+    """The same trace through the kept FGD (engine's counts, reweighted terms, cached Δ)
+    and through an FGD rebuilt every pass from the snapshot's jobs: the same job rows
+    (placements, start and end times)."""
+    jobs = replay_jobs(shapes)
+    nodes = [node("a", 8, cpu=96_000), node("b", 4, cpu=32_000), node("c", 4, "T4")]
+    rows = []
+    for policy in (Fgd(FgdConfig(mode=mode)), FromScratch(FgdConfig(mode=mode))):
+        recorder = Simulation(nodes, jobs, policy, EngineOptions(seed=seed)).run()
+        rows.append(job_rows(recorder))
+    assert rows[0] == rows[1]
+    placed = [row for row in rows[0].values() if row["placement"]]
+    assert placed or not jobs  # the property is about real placements
+
+
+def test_counts_from_the_snapshot_when_the_host_keeps_none() -> None:
+    """A snapshot without task counts (the controller's): FGD counts its jobs (two
+    whole-GPU tasks and a half-GPU one: 2/3 and 1/3); with counts, it takes them as
+    given (3 half-GPU tasks to 1 whole: 3/4 and 1/4)."""
+    specs = [job("s", milli=500), job("w1"), job("w2")]
+    views = [JobView(spec, JobStatus.PENDING) for spec in specs]
+    policy, state = Fgd(), cluster()
+    counted = policy._workload_for(Snapshot(state.view(), [], views, 0.0))
+    assert [(t.task.gpu_milli, t.probability) for t in counted.types] == [
+        (1000, pytest.approx(2 / 3)),
+        (500, pytest.approx(1 / 3)),
+    ]
+    mix = {(1000, 500, 1, None): 3, (1000, 1000, 1, None): 1}
+    given_mix = policy._workload_for(Snapshot(state.view(), [], views, 0.0, mix))
+    assert [(t.task.gpu_milli, t.probability) for t in given_mix.types] == [
+        (500, 0.75),
+        (1000, 0.25),
+    ]
