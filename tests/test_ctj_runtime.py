@@ -165,3 +165,58 @@ def test_an_unreadable_runtime_annotation_sets_the_pod_aside_naming_it(
     assert not workload.pending
     (rejected,) = workload.rejected
     assert key in rejected.problem.message and repr(value) in rejected.problem.message
+
+
+def test_a_withdrawn_window_waits_as_the_simulators_preempted_job() -> None:
+    """On one A100, `wide` runs alone for 10 s; `thief` then gives the GPU to `gainer`
+    and `wide` waits, as in the simulator (where it expires after 10 GPU-seconds and one
+    restart). Its recreated pod is no new arrival to the policy: it started before, with
+    restarts 1 and 10 of its 80 done (else thief re-plans every running share again)."""
+    thief = make_policy("thief", {"realloc_s": ROUND_S})
+    sim = ContinualRun([NodeSpec("a", 32_000, 131_072, 1, "A100")], streams(), thief)
+    sim.run()
+    col = {name: i for i, name in enumerate(STREAM_COLUMNS)}
+    rows = {r[col["stream_id"]]: r for r in sim.rows}
+    assert [rows["wide"][col[k]] for k in ("status", "restarts", "gpu_s")] == ["expired", 1, 10]
+
+    async def main() -> None:
+        clock = [CREATED + 1]
+        cache = ClusterCache(WholeGpu())
+        cache.replace(NODES, [node_json("a", 1)])
+        effects = GrowingEffects(cache)
+        options = SchedulerOptions(external_rounds=True)
+        scheduler = Scheduler(thief, cache, effects, options, clock=lambda: clock[0])  # type: ignore[arg-type]
+        seen: list[Any] = []
+        scheduler.on_decided = lambda snapshot, _result: seen.append(snapshot)
+        loop = asyncio.create_task(scheduler.run())
+        try:
+            wide = opted_in_pod("wide")
+            cache.apply(PODS, "ADDED", wide)
+            scheduler.request_round()
+            await scheduler.wait_idle()
+            ((name, _, notes),) = effects.binds
+            running = bound(wide, notes)
+            cache.apply(PODS, "MODIFIED", running)
+
+            clock[0] = CREATED + OPENS["gainer"] + 1
+            effects.binds.clear()
+            cache.apply(PODS, "ADDED", opted_in_pod("gainer"))
+            scheduler.request_round()
+            await scheduler.wait_idle()
+            assert [e[0] for e in effects.evicted] == ["wide-w0-0"]
+            cache.apply(PODS, "DELETED", running)  # the GPU is free: `gainer` is bound
+            await scheduler.wait_idle()
+            assert [b[0] for b in effects.binds] == ["gainer-w0-0"] and not effects.reports
+            assert seconds(effects.binds[0][2][RUNTIME]) == pytest.approx(80.0)
+            cache.apply(PODS, "ADDED", opted_in_pod("wide", uid="wide-again"))
+            clock[0] += ROUND_S
+            scheduler.request_round()
+            await scheduler.wait_idle()
+            (waiting,) = seen[-1].pending
+            assert waiting.id == "ns/wide-w0" and waiting.started_at is not None
+            assert (waiting.restarts, waiting.done) == (1, pytest.approx(10.0))
+            assert waiting.attained_gpu_s == pytest.approx(10.0)
+        finally:
+            loop.cancel()
+
+    asyncio.run(main())

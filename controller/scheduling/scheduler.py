@@ -48,10 +48,10 @@ from typing import Any
 import aiohttp
 import numpy as np
 
-from controller.ctj.runtime import carried_work, granted_runtime
+from controller.ctj.runtime import carried_work, granted_runtime, work_done
 from controller.dra.allocator import ClaimOutcome, ClaimWriter
 from controller.dra.inventory import ClaimAllocation
-from controller.kube.objects import PodRecord, Problem
+from controller.kube.objects import ATTAINED_GPU_S, RESTARTS, PodRecord, Problem
 from controller.scheduling.cache import ClusterCache
 from controller.scheduling.effects import ApiEffects, BindOutcome, placement_annotations
 from controller.scheduling.growth import added_names, carried
@@ -73,6 +73,7 @@ from policies import (
     Unschedulable,
 )
 from policies.base import NO_NODE_FITS
+from policies.continual import RETRAIN_KIND
 from policies.contract import PlacementError, check_fits, check_shape
 from policies.diagnosis import why_no_node_fits
 from policies.placement import allocation_shape
@@ -280,7 +281,7 @@ class Scheduler:
         snapshot = Snapshot(
             cluster=state.view(),
             running=self.cache.running.views(self.cache.charges(), state, now),
-            pending=[job.view() for job in pending],
+            pending=[self._pending_view(job) for job in pending],
             now=now,
         )
         by_id = {job.spec.id: job for job in pending}
@@ -293,6 +294,22 @@ class Scheduler:
         if result.wake_at is not None and result.wake_at > now:
             asyncio.get_running_loop().call_later(result.wake_at - now, self.wake)
         return result
+
+    def _pending_view(self, job: PendingJob) -> JobView:
+        """A job's view while it waits; a moved retraining window's as the simulator's
+        preempted job has it: started before, with its restarts, service and work done
+        (its owner recreated its pods without them)."""
+        view = job.view()
+        moved = self._moved.get(job.spec.id)
+        if moved is None or job.spec.kind != RETRAIN_KIND:
+            return view
+        return replace(
+            view,
+            started_at=view.queued_since,
+            restarts=int(moved[RESTARTS]),
+            attained_gpu_s=float(moved[ATTAINED_GPU_S]),
+            done=work_done(moved),
+        )
 
     def _without_claims(self, pods: list[PodRecord], now: float) -> list[PodRecord]:
         """With DRA off, a pod with claims is reported, not placed: bound without its
@@ -362,17 +379,18 @@ class Scheduler:
                 if len(decision.placement.tasks) > len(job.pods):
                     self._grow(job, decision.placement)
                     continue
+                if not _fits(decision.placement, job, state):
+                    # Its GPUs are still held by pods being evicted: bind once they leave
+                    # (their kubelet still counts them, so it is asked only then).
+                    log.info("plan %s: waiting for evicted pods to leave", decision.job_id)
+                    self._plans[decision.job_id] = decision.placement
+                    continue
                 refused = self._kubelet_refuses(job, decision.placement)
                 if refused:
                     for pod in job.pods:
                         self._report(pod, refused, now)
                     continue
-                if _fits(decision.placement, job, state):
-                    self.place(job, decision.placement, decision.reason, now)
-                else:
-                    # Its GPUs are still held by pods being evicted: bind once they leave.
-                    log.info("plan %s: waiting for evicted pods to leave", decision.job_id)
-                    self._plans[decision.job_id] = decision.placement
+                self.place(job, decision.placement, decision.reason, now)
             elif isinstance(decision, Unschedulable) and decision.job_id in pending:
                 message = decision.reason
                 if message == NO_NODE_FITS and state is not None:
