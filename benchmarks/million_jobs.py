@@ -10,14 +10,16 @@ Every measurement runs in its own process, so its peak RSS is its own. Arrivals 
 Poisson at an offered load of 0.7 of the cluster (mean job: 165,000 GPU-seconds at the
 mix's speeds), so a bigger cluster gets proportionally more arrivals an hour and queues
 stay comparable. `sim_s` covers the replay and writing jobs.parquet and timeline.parquet;
-`gen_s` is generating the trace. Wall and CPU seconds are both reported: the machine is
-shared, and CPU seconds are what the run itself used.
+`gen_s`/`gen_cpu_s` is generating the trace. Wall and CPU seconds are both reported: the
+machine is shared, and CPU seconds are what the run itself used; `load_1min` is the
+1-minute load average at the start and the end of the measurement.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -38,11 +40,12 @@ POLICIES = ("fifo", "las", "bestfit", "fgd")
 
 
 def measure(jobs: int, nodes: int, policy: str) -> dict[str, object]:
-    start = time.perf_counter()
+    load_at_start = os.getloadavg()[0]
+    start, start_cpu = time.perf_counter(), time.process_time()
     rate = OFFERED_LOAD * nodes * 8 * 3600 / MEAN_GPU_S
     trace = generate_jobs(SyntheticSpec(num_jobs=jobs, jobs_per_hour=rate), seed=1)
     cluster = mixed_cluster(nodes)
-    gen_s = time.perf_counter() - start
+    gen_s, gen_cpu_s = time.perf_counter() - start, time.process_time() - start_cpu
     config = RunConfig(f"synthetic-{jobs}", "synthetic", f"mixed-{nodes}", policy, seed=1)
     wall, cpu = time.perf_counter(), time.process_time()
     with tempfile.TemporaryDirectory() as out:
@@ -53,6 +56,7 @@ def measure(jobs: int, nodes: int, policy: str) -> dict[str, object]:
         "jobs": jobs,
         "nodes": nodes,
         "gen_s": round(gen_s, 1),
+        "gen_cpu_s": round(gen_cpu_s, 1),
         "sim_wall_s": round(time.perf_counter() - wall, 1),
         "sim_cpu_s": round(time.process_time() - cpu, 1),
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
@@ -60,6 +64,8 @@ def measure(jobs: int, nodes: int, policy: str) -> dict[str, object]:
         "completed": summary["completed"],
         "gpu_util": round(float(summary["gpu_util"]), 3),
         "avg_queue_delay_s": round(float(summary["avg_queue_delay_s"]), 1),
+        "avg_jct_s": float(summary["avg_jct_s"]),
+        "load_1min": [round(load_at_start, 1), round(os.getloadavg()[0], 1)],
     }
 
 
