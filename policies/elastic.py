@@ -14,6 +14,12 @@ scheduler. Hosts create one agent per run (`work.agent()`), so runs never share 
 Job modes: `adaptive` (GPU count, GPU model and batch size may change), `scale-gpus`
 (strong scaling: the batch stays at the TunedJobs value, GPUs may change) and `rigid`
 (TunedJobs GPUs and batch).
+
+How a job fits its throughput model: `adaptdl` (default) as AdaptDL's client and the jobs
+of Sia's simulator do, refitting from Pollux's start on every new observation; `exact`
+finds the minimum of the same loss, warm-started, skipping refits the model already
+explains. Sia decides on these models, so the fit shapes its allocations
+(docs/heterogeneity.md).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from policies.goodput import (
     StepObservation,
     compute_time,
     fit_perf_params,
+    fit_perf_params_as_adaptdl,
     network_time,
     step_time,
 )
@@ -47,6 +54,9 @@ ADAPTIVE = "adaptive"
 SCALE_GPUS = "scale-gpus"
 RIGID = "rigid"
 MODES = (ADAPTIVE, SCALE_GPUS, RIGID)
+ADAPTDL_FIT = "adaptdl"
+EXACT_FIT = "exact"
+FITS = (ADAPTDL_FIT, EXACT_FIT)
 
 
 @dataclass(frozen=True)
@@ -91,10 +101,14 @@ class AdaptiveTraining:
     target_replicas: int
     target_batch_size: int
     mode: str = ADAPTIVE
+    fit: str = ADAPTDL_FIT
+    """How the job fits its throughput model (`FITS`)."""
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"job mode {self.mode!r} is not one of {', '.join(MODES)}")
+        if self.fit not in FITS:
+            raise ValueError(f"model fit {self.fit!r} is not one of {', '.join(FITS)}")
         if self.target_replicas < 1 or self.target_batch_size < 1:
             raise ValueError("TunedJobs GPUs and batch size must be positive")
 
@@ -148,8 +162,8 @@ class AdaptiveTraining:
 
 
 REFIT_TOLERANCE = 0.02
-"""An observation at an already-seen GPU count that the fitted model predicts within 2%
-(step and compute time) is kept without refitting."""
+"""Under the exact fit, an observation at an already-seen GPU count that the fitted model
+predicts within 2% (step and compute time) is kept without refitting."""
 
 
 def _predicts(perf: PerfParams, key: tuple[int, int, int], step: float, sync: float) -> bool:
@@ -256,11 +270,14 @@ class TrainingAgent:
         step, sync = table.step_sync(placement, batch.atomic_bsz)
         seen_size = any(k[:2] == key[:2] for k in observed)
         observed[key] = (step, sync)
-        perf = self._perf.get(gpu_model)
-        if perf is not None and seen_size and _predicts(perf, key, step, sync):
-            return  # the model already explains this point: a refit would not move it
         rows = [StepObservation(n, k, m, s, y) for (n, k, m), (s, y) in observed.items()]
-        self._perf[gpu_model] = fit_perf_params(rows, start=perf)
+        perf = self._perf.get(gpu_model)
+        if self.work.fit == ADAPTDL_FIT:
+            self._perf[gpu_model] = fit_perf_params_as_adaptdl(rows)
+        elif perf is not None and seen_size and _predicts(perf, key, step, sync):
+            return  # the model already explains this point: a refit would not move it
+        else:
+            self._perf[gpu_model] = fit_perf_params(rows, start=perf)
         self._hints = None
 
     def _set_grad(self, grad: GradParams) -> None:

@@ -294,17 +294,48 @@ def fit_perf_params(
     A first fit starts from a least-squares guess read off the measured compute and sync
     times (Pollux's fixed start point often ends in a poor local minimum); `start`
     warm-starts a refit after one more observation."""
-    if not observations:
-        raise ValueError("fitting needs at least one observation")
     data = _FitData.of(observations)
-    params = _minimise(data, start.as_array() if start is not None else data.guess())
+    return _with_network_prior(
+        data, _minimise(data, start.as_array() if start is not None else data.guess())
+    )
+
+
+def fit_perf_params_as_adaptdl(observations: Sequence[StepObservation]) -> PerfParams:
+    """Fit `PerfParams` as AdaptDL's client does, the fit the jobs of Sia's simulator
+    run: the same loss, pins and prior, minimised by L-BFGS-B from Pollux's fixed start
+    with tolerance 1e-5 ("for speed", says the artifact). It often stops short of the
+    minimum `fit_perf_params` finds, and what Sia decides follows the models it gets."""
+    data = _FitData.of(observations)
+    lower, upper, x0 = _bounds(data, _POLLUX_START.copy())
+    result = scipy.optimize.minimize(
+        data.loss_and_grad,
+        x0,
+        jac=True,
+        method="L-BFGS-B",
+        bounds=scipy.optimize.Bounds(lower, upper, keep_feasible=True),
+        tol=_ADAPTDL_TOL,
+    )
+    return _with_network_prior(data, np.asarray(result.x, dtype=float))
+
+
+def _with_network_prior(data: _FitData, params: FloatArray) -> PerfParams:
+    """Without multi-node data, inter-node terms are at least 1.1× the intra-node ones."""
     if not np.any(data.nodes > 1):
         params[2] = max(params[2], params[4] * 1.1)
         params[3] = max(params[3], params[5] * 1.1)
     return PerfParams(*(float(v) for v in params))
 
 
+def _bounds(data: _FitData, start: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """Lower and upper bounds and the start, with unidentifiable parameters pinned."""
+    lower = np.array([TINY] * 6 + [1.0])
+    upper = np.array([np.inf] * 6 + [10.0])
+    _pin_unidentifiable(data, lower, upper, start)
+    return lower, upper, np.clip(start, lower, upper)
+
+
 _POLLUX_START = read_only(np.array([0.1, 0.01] * 3 + [1.001]))
+_ADAPTDL_TOL = 1e-5
 
 
 def _minimise(data: _FitData, start: FloatArray) -> FloatArray:
@@ -312,11 +343,7 @@ def _minimise(data: _FitData, start: FloatArray) -> FloatArray:
     span four orders of magnitude and one tolerance must suit them all. (Pollux uses
     L-BFGS-B; scipy's takes several times longer on these 7-parameter fits, and a
     simulation fits thousands of times.)"""
-    lower = np.array([TINY] * 6 + [1.0])
-    upper = np.array([np.inf] * 6 + [10.0])
-    x0 = start.copy()
-    _pin_unidentifiable(data, lower, upper, x0)
-    x0 = np.clip(x0, lower, upper)
+    lower, upper, x0 = _bounds(data, start.copy())
     scale = np.maximum(np.abs(x0), 1e-3)
 
     def objective(u: FloatArray) -> tuple[float, FloatArray]:
@@ -378,6 +405,8 @@ class _FitData:
 
     @staticmethod
     def of(observations: Sequence[StepObservation]) -> _FitData:
+        if not observations:
+            raise ValueError("fitting needs at least one observation")
         return _FitData(observations)
 
     def guess(self) -> FloatArray:

@@ -10,7 +10,15 @@ import pytest
 
 from policies import Context, Elasticity, JobSpec, Place, Resize, SchedulingResult, TaskRequest
 from policies.base import RoundPolicy, Snapshot
-from policies.elastic import ADAPTIVE, RIGID, AdaptiveTraining, GoodputHints
+from policies.elastic import (
+    ADAPTIVE,
+    EXACT_FIT,
+    RIGID,
+    SCALE_GPUS,
+    AdaptiveTraining,
+    GoodputHints,
+)
+from policies.goodput import StepObservation, fit_perf_params, fit_perf_params_as_adaptdl
 from policies.jobs import AllocationShape, Placement, TaskPlacement
 from policies.perf_models import AppProfile, EpochTable, StepRow, StepTable, canonical_placement
 from simulator.clusters import NodeGroup, build_nodes
@@ -94,6 +102,33 @@ def test_agent_learns_a_model_and_reports_hints() -> None:
     assert hints.grad is not None
     # A second agent of the same work starts from scratch: runs never share state.
     assert work.agent().hints().perf == {}
+
+
+def test_agent_fits_as_adaptdl_from_scratch_on_every_new_point() -> None:
+    # Strong scaling keeps the batch at 32: 32 on one GPU (1 s a step), then 16 on each
+    # of two (0.5 s), no sync time in this table.
+    work = AdaptiveTraining(profile(), target_replicas=2, target_batch_size=32, mode=SCALE_GPUS)
+    agent = work.agent()
+    seen = [StepObservation(1, 1, 32, 1.0, 0.0), StepObservation(1, 2, 16, 0.5, 0.0)]
+    agent.rate(shape(1), 0.0)
+    assert agent.hints().perf["gpu"] == fit_perf_params_as_adaptdl(seen[:1])
+    agent.rate(shape(2), 0.0)
+    assert agent.hints().perf["gpu"] == fit_perf_params_as_adaptdl(seen)
+
+
+def test_exact_fit_agent_warm_starts_its_refits() -> None:
+    work = AdaptiveTraining(profile(), 2, 32, mode=SCALE_GPUS, fit=EXACT_FIT)
+    agent = work.agent()
+    seen = [StepObservation(1, 1, 32, 1.0, 0.0), StepObservation(1, 2, 16, 0.5, 0.0)]
+    agent.rate(shape(1), 0.0)
+    agent.rate(shape(2), 0.0)
+    first = fit_perf_params(seen[:1])
+    assert agent.hints().perf["gpu"] == fit_perf_params(seen, start=first)
+
+
+def test_unknown_model_fit_is_refused() -> None:
+    with pytest.raises(ValueError, match="model fit 'newton'"):
+        AdaptiveTraining(profile(), 1, 32, fit="newton")
 
 
 def test_rigid_agent_does_not_model_itself() -> None:

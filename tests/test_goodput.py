@@ -18,6 +18,7 @@ from policies.goodput import (
     compute_time,
     efficiency,
     fit_perf_params,
+    fit_perf_params_as_adaptdl,
     network_time,
     step_time,
     throughput,
@@ -142,6 +143,51 @@ def test_warm_refit_stays_at_the_optimum() -> None:
     first = fit_perf_params(observations)
     refit = fit_perf_params(observations, start=first)
     np.testing.assert_allclose(refit.as_array(), true.as_array(), rtol=0.02)
+
+
+# ImageNet on one DGX-A100 node as a job of the Sia artifact observed it: (nodes, GPUs,
+# per-GPU batch) and the profile's step and sync time there, in the order the job ran them
+# when alone on sia-64. After each one the job refitted; `ADAPTDL_FITS[n]` is the model the
+# artifact's job held after the first n (its PerfParams printed at full precision).
+IMAGENET_A100 = [
+    StepObservation(1, 2, 100, 0.17552719878799775, 0.011969974484732923),
+    StepObservation(1, 2, 215, 0.31279776990413666, 0.05941222699446713),
+    StepObservation(1, 2, 167, 0.24469594657421112, 0.02881646322437069),
+    StepObservation(1, 2, 182, 0.26597776636481285, 0.03837763940252583),
+    StepObservation(1, 2, 198, 0.2886783741414547, 0.048576227325891314),
+    StepObservation(1, 4, 139, 0.21930959820747375, 0.020062304325401785),
+]
+ADAPTDL_FITS = {
+    1: PerfParams(
+        0.08177861215163242, 0.0009003532474280606, 0.01089065504309724,
+        1.1000000000000001e-08, 0.009900595493724762, 1e-08, 1.2613098417668942,
+    ),
+    3: PerfParams(
+        0.03958047957278571, 0.001085804139634752, 0.04353427180580237,
+        1.1000000000000001e-08, 0.039576610732547604, 1e-08, 1.1140388758932966,
+    ),
+    6: PerfParams(
+        0.03844318754486147, 0.0010845616583964165, 0.04232900183318402,
+        0.004270011683016912, 0.038480910757440014, 0.0038818288027426466, 1.0955279920004684,
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("count", sorted(ADAPTDL_FITS))
+def test_adaptdl_fit_gives_the_artifacts_models(count: int) -> None:
+    fitted = fit_perf_params_as_adaptdl(IMAGENET_A100[:count])
+    np.testing.assert_allclose(fitted.as_array(), ADAPTDL_FITS[count].as_array(), rtol=1e-4)
+
+
+def test_adaptdl_fit_stops_short_of_the_minimum() -> None:
+    # One observation pins α_c to half its compute time (0.1636 s), leaving β_c and the
+    # intra-node terms free: the exact fit reproduces the observation, AdaptDL's stops
+    # with the compute time 5% high (0.0818 + 100 · 0.0009 = 0.1718 s).
+    seen = IMAGENET_A100[0]
+    exact = fit_perf_params([seen])
+    adaptdl = fit_perf_params_as_adaptdl([seen])
+    assert compute_time(exact, 100) == pytest.approx(seen.compute_time, rel=1e-3)
+    assert compute_time(adaptdl, 100) / seen.compute_time == pytest.approx(1.05, abs=0.005)
 
 
 @settings(max_examples=20, deadline=None)
