@@ -194,7 +194,8 @@ def test_a_withdrawn_window_waits_as_the_simulators_preempted_job() -> None:
             cache.apply(PODS, "ADDED", wide)
             scheduler.request_round()
             await scheduler.wait_idle()
-            ((name, _, notes),) = effects.binds
+            ((pod_name, _, notes),) = effects.binds
+            assert pod_name == "wide-w0-0"
             running = bound(wide, notes)
             cache.apply(PODS, "MODIFIED", running)
 
