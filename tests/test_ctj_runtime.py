@@ -54,6 +54,27 @@ def opted_in_pod(ctj: str, name: str = "", uid: str = "", opt_in: str = "true") 
     return {**manifest, "metadata": meta, "status": {"phase": "Pending"}}
 
 
+def thief_on_one_node(
+    gpus: int, clock: list[float]
+) -> tuple[Scheduler, ClusterCache, GrowingEffects]:
+    """The scheduler running `thief` on A100 node `a`, deciding when asked, at `clock[0]`."""
+    cache = ClusterCache(WholeGpu())
+    cache.replace(NODES, [node_json("a", gpus)])
+    effects = GrowingEffects(cache)
+    thief = make_policy("thief", {"realloc_s": ROUND_S})
+    rounds = SchedulerOptions(external_rounds=True)
+    return Scheduler(thief, cache, effects, rounds, clock=lambda: clock[0]), cache, effects  # type: ignore[arg-type]
+
+
+async def gainer_opens(scheduler: Scheduler, effects: GrowingEffects, clock: list[float]) -> None:
+    """`gainer`'s window opens (its pod is created a second later) and a round decides."""
+    clock[0] = CREATED + OPENS["gainer"] + 1
+    effects.binds.clear()
+    scheduler.cache.apply(PODS, "ADDED", opted_in_pod("gainer"))
+    scheduler.request_round()
+    await scheduler.wait_idle()
+
+
 def seconds(runtime: str) -> float:
     assert runtime.endswith("s")
     return float(runtime[:-1])
@@ -73,12 +94,7 @@ def test_a_moved_window_runs_its_remaining_work_at_its_new_rate_after_a_restart(
 
     async def main() -> None:
         clock = [CREATED + 1]
-        cache = ClusterCache(WholeGpu())
-        cache.replace(NODES, [node_json("a", 4)])
-        effects = GrowingEffects(cache)
-        policy = make_policy("thief", {"realloc_s": ROUND_S})
-        options = SchedulerOptions(external_rounds=True)
-        scheduler = Scheduler(policy, cache, effects, options, clock=lambda: clock[0])  # type: ignore[arg-type]
+        scheduler, cache, effects = thief_on_one_node(4, clock)
         loop = asyncio.create_task(scheduler.run())
 
         pods: dict[str, dict[str, Any]] = {}
@@ -110,11 +126,7 @@ def test_a_moved_window_runs_its_remaining_work_at_its_new_rate_after_a_restart(
             for pod in running:
                 cache.apply(PODS, "MODIFIED", pod)
 
-            clock[0] = CREATED + move + 1  # `wide` has run 10 s on 4 GPUs
-            effects.binds.clear()
-            add(opted_in_pod("gainer"))
-            scheduler.request_round()
-            await scheduler.wait_idle()
+            await gainer_opens(scheduler, effects, clock)  # `wide` has run 10 s on 4 GPUs
             for pod in running:  # withdrawn; the CTJ recreates its replicas.min pod
                 cache.apply(PODS, "DELETED", pod)
             add(opted_in_pod("wide", uid="wide-again"))
@@ -181,11 +193,7 @@ def test_a_withdrawn_window_waits_as_the_simulators_preempted_job() -> None:
 
     async def main() -> None:
         clock = [CREATED + 1]
-        cache = ClusterCache(WholeGpu())
-        cache.replace(NODES, [node_json("a", 1)])
-        effects = GrowingEffects(cache)
-        options = SchedulerOptions(external_rounds=True)
-        scheduler = Scheduler(thief, cache, effects, options, clock=lambda: clock[0])  # type: ignore[arg-type]
+        scheduler, cache, effects = thief_on_one_node(1, clock)
         seen: list[Any] = []
         scheduler.on_decided = lambda snapshot, _result: seen.append(snapshot)
         loop = asyncio.create_task(scheduler.run())
@@ -199,11 +207,7 @@ def test_a_withdrawn_window_waits_as_the_simulators_preempted_job() -> None:
             running = bound(wide, notes)
             cache.apply(PODS, "MODIFIED", running)
 
-            clock[0] = CREATED + OPENS["gainer"] + 1
-            effects.binds.clear()
-            cache.apply(PODS, "ADDED", opted_in_pod("gainer"))
-            scheduler.request_round()
-            await scheduler.wait_idle()
+            await gainer_opens(scheduler, effects, clock)
             assert [e[0] for e in effects.evicted] == ["wide-w0-0"]
             cache.apply(PODS, "DELETED", running)  # the GPU is free: `gainer` is bound
             await scheduler.wait_idle()
