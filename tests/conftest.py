@@ -93,3 +93,14 @@ def accuracy_json(curve: AccuracyCurve, initial: float) -> dict[str, float]:
         "halfGainGpuSeconds": curve.half_gain_gpu_s,
         "initial": initial,
     }
+
+
+def ctj_metadata(name: str, created: str, namespace: str = "ns") -> dict[str, Any]:
+    """A ContinualTrainingJob's metadata as the API serves it (`created`: RFC 3339)."""
+    return {
+        "name": name,
+        "namespace": namespace,
+        "uid": f"uid-{name}",
+        "generation": 1,
+        "creationTimestamp": created,
+    }

@@ -29,7 +29,7 @@ from controller.shadow.metrics import ShadowCollector
 from controller.shadow.runner import ShadowOptions, ShadowRunner
 from policies import NodeSpec, make_policy
 from policies.continual import AccuracyCurve
-from tests.conftest import accuracy_json
+from tests.conftest import accuracy_json, ctj_metadata
 from traces.forecast_score import SCORE_COLUMNS
 
 DASHBOARD = Path(__file__).parents[1] / "deploy" / "grafana" / "gpufleet.json"
@@ -46,12 +46,7 @@ default,3,30.0,55.5,0,,
 def stream_ctj() -> dict[str, Any]:
     """Serving 0.9 from its creation; its evaluation measured 0.8 at +600 s."""
     return {
-        "metadata": {
-            "name": "stream",
-            "namespace": "default",
-            "uid": "uid-stream",
-            "creationTimestamp": now_rfc3339(CREATED),
-        },
+        "metadata": ctj_metadata("stream", now_rfc3339(CREATED), "default"),
         "spec": {
             "image": "r:1",
             "retrain": {

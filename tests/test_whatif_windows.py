@@ -16,7 +16,7 @@ from controller.scheduling.effects import now_rfc3339
 from controller.scheduling.encoders import WholeGpu
 from controller.whatif.capture import capture
 from policies.continual import AccuracyCurve
-from tests.conftest import accuracy_json
+from tests.conftest import accuracy_json, ctj_metadata
 
 CREATED = 1_700_000_040.0  # a whole minute
 HALVING = AccuracyCurve(0.9, 0.5, decay_per_h=3600 * math.log(2) / 600, half_gain_gpu_s=60.0)
@@ -28,13 +28,7 @@ A100 = {"model": "A100", "relativeThroughput": 1}
 def ctj(name: str, retrain: dict[str, Any], **spec: Any) -> Ctj:
     return ctj_from_json(
         {
-            "metadata": {
-                "name": name,
-                "namespace": "ns",
-                "uid": f"uid-{name}",
-                "generation": 1,
-                "creationTimestamp": now_rfc3339(CREATED),
-            },
+            "metadata": ctj_metadata(name, now_rfc3339(CREATED)),
             "spec": {"image": "r:1", "retrain": retrain, "resources": {"gpu": {"count": 1}}} | spec,
         }
     )
