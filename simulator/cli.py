@@ -15,13 +15,12 @@ from typing import Any
 from policies import make_policy, policy_class, policy_names
 from policies.registry import config_help, parse_options
 from simulator.compare import format_table, write_comparison
-from simulator.experiments import experiment_modules
+from simulator.experiments import add_executor_arguments, executor_for, experiment_modules
 from simulator.inputs import add_input_arguments, load_inputs
 from simulator.progress import ProgressBar, add_progress_argument
 from simulator.run import RunConfig, RunResult, simulate
 from simulator.semantics import SEMANTICS_HELP, run_semantics
 from simulator.sweep.cells import Cell, make_cell
-from simulator.sweep.executors import LocalExecutor
 from simulator.sweep.runner import run_cells
 from traces.outputs import add_force_argument, check_output_dir, output_directory
 
@@ -93,9 +92,7 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--out", default="out/compare", help="output directory (default: %(default)s)"
     )
-    parser.add_argument(
-        "--workers", type=int, default=1, help="policies run at once, one process each"
-    )
+    add_executor_arguments(parser, workers=1, progress=False)  # --progress: a run argument
     add_force_argument(parser)
     parser.set_defaults(handler=_compare)
 
@@ -156,19 +153,12 @@ def _compare(args: argparse.Namespace) -> int:
         raise ValueError("--policies names no policy")
     for name in names:
         policy_class(name)
-    if args.workers < 1:
-        raise ValueError("--workers must be >= 1")
+    executor = executor_for(args)
     options = parse_options(args.option)
     cells, inputs = compare_cells(args, names, options)
     out = Path(args.out)
     check_output_dir(out, args.force)
-    report = run_cells(
-        cells,
-        inputs,
-        LocalExecutor(args.workers),
-        progress=args.progress,
-        label="compare",
-    )
+    report = run_cells(cells, inputs, executor, progress=args.progress, label="compare")
     if report.failed:
         raise ValueError(
             f"policy {report.failed[0]['params']['policy']}: {report.failed[0]['error']}"

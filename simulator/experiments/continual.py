@@ -12,6 +12,10 @@ scenario and policy (`DIR/<scenario>/<policy>/`, with `streams.parquet`), and PN
 `DIR/accuracy_<scenario>.png` (mean accuracy per window over time, one line per policy)
 and `DIR/accuracy_by_policy.png`. `--trigger-drop` makes every stream drift-triggered and
 `--inference-milli` gives every stream an inference demand (docs/continual.md).
+
+Each run is a cell of the sweep runner (`--executor`, `--workers`); a sweep spec with
+`experiment: continual` runs the same cells (`SWEEP`). A run that fails is reported
+and left out; the others are written.
 """
 
 from __future__ import annotations
@@ -19,22 +23,35 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
-import time
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from policies import JobSpec, Policy, make_policy, policy_names
+from policies import JobSpec, NodeSpec, Policy, make_policy, policy_names
 from policies.continual import StreamSpec
 from policies.registry import parse_policy_label
 from simulator.clusters import named_cluster
-from simulator.continual import ContinualResult, accuracy_over_time, simulate_continual
-from simulator.experiments import experiment_output
+from simulator.continual import accuracy_over_time, simulate_continual
+from simulator.experiments import (
+    add_executor_arguments,
+    executor_for,
+    experiment_output,
+    run_experiment_cells,
+)
 from simulator.plotting import subplots
 from simulator.run import RunConfig
-from traces.continual import ContinualSpec, generate_streams, load_continual, mix_jobs
-from traces.outputs import add_force_argument
+from simulator.sweep.cells import Cell, CellOutput, Scalar, canonical_json, make_cell
+from simulator.sweep.spec import SweepExperiment, TraceSource, file_digest, named_cluster_entry
+from traces.continual import (
+    ContinualSpec,
+    batch_path,
+    generate_streams,
+    load_continual,
+    mix_jobs,
+)
+from traces.outputs import MARKER, add_force_argument
 
 NAME = "continual"
 HELP = "continual-training streams (light and heavy load) under every policy"
@@ -47,6 +64,7 @@ ABLATIONS = ("thief:choose_configs=false",)
 """The thief allocator with every stream's default config, separating the gain of
 choosing configs from that of allocating shares."""
 SUMMARY_COLUMNS = ("scenario", "policy", "mean_accuracy", "deadline_miss_rate", "gpu_hours")
+METRICS = (*SUMMARY_COLUMNS[2:], "avg_jct_h")
 
 
 @dataclass(frozen=True)
@@ -132,27 +150,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="STREAMS_CSV",
         help="run this continual trace (and its .batch.csv) instead of the scenarios",
     )
+    add_executor_arguments(parser, workers=1)
 
 
 def run(args: argparse.Namespace) -> int:
+    executor = executor_for(args)
     workloads = _workloads(args)
     policies = _policies(args.policies)
+    inputs: dict[str, Any] = {f"trace:{w.name}": w for w in workloads}
+    inputs["cluster"] = named_cluster(CLUSTER)
+    cells = make_cells(workloads, policies, args.seed)
     rows: list[dict[str, object]] = []
-    results: dict[str, dict[str, ContinualResult]] = {}
+    windows: dict[str, dict[str, list[tuple[object, ...]]]] = {w.name: {} for w in workloads}
     with experiment_output(NAME, args) as stage:
-        for workload in workloads:
-            results[workload.name] = {}
-            for policy in policies:
-                try:
-                    result = _run_one(stage, workload, policy, args.seed)
-                except ValueError as err:
-                    # One policy failing on this workload should not hide the others.
-                    print(f"{workload.name} {policy}: skipped ({err})", file=sys.stderr)
-                    continue
-                results[workload.name][policy] = result
-                rows.append(summary_row(workload.name, policy, result.summary))
+        report = run_experiment_cells(NAME, cells, inputs, executor, args, _log_run)
+        for cell, record in zip(cells, report.records, strict=True):
+            scenario, policy = str(cell.params["trace"]), str(cell.params["policy"])
+            if record["error"]:
+                # One policy failing on this workload should not hide the others.
+                print(f"{scenario} {policy}: skipped ({record['error']})", file=sys.stderr)
+                continue
+            output: RunFiles = report.payloads[cell.key]
+            _write_run(stage / scenario / policy.replace(":", "_"), output.files)
+            windows[scenario][policy] = output.windows
+            rows.append({"scenario": scenario, "policy": policy, **record["metrics"]})
         write_summary(stage / "summary.csv", rows)
-        for name, by_policy in results.items():
+        for name, by_policy in windows.items():
             plot_accuracy_over_time(stage / f"accuracy_{name}.png", name, by_policy)
         plot_accuracy_by_policy(stage / "accuracy_by_policy.png", rows)
     print(f"wrote {len(rows)} runs to {args.out}")
@@ -197,41 +220,103 @@ def build_policy(entry: str) -> Policy:
     return make_policy(*parse_policy_label(entry))
 
 
-def _run_one(stage: Path, workload: Workload, policy: str, seed: int) -> ContinualResult:
-    started = time.monotonic()
+# -- one run: a cell of the sweep runner ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """What `gpufleet experiment continual` keeps of a run: its run directory's files
+    and its per-window rows (for the accuracy plot)."""
+
+    files: dict[str, bytes]
+    windows: list[tuple[object, ...]]
+
+
+def run_cell(params: Mapping[str, Any], inputs: Mapping[str, Any]) -> CellOutput:
+    """One run as a sweep cell: the summary's figures, and the run directory."""
+    metrics, files, _ = _simulate(params, inputs)
+    return CellOutput(metrics, files)
+
+
+def run_cell_with_output(params: Mapping[str, Any], inputs: Mapping[str, Any]) -> CellOutput:
+    """`run_cell` for the command, which writes the run directory itself."""
+    metrics, files, windows = _simulate(params, inputs)
+    return CellOutput(metrics, payload=RunFiles(files, windows))
+
+
+def _simulate(
+    params: Mapping[str, Any], inputs: Mapping[str, Any]
+) -> tuple[dict[str, Scalar], dict[str, bytes], list[tuple[object, ...]]]:
+    """Workload `inputs["trace"]` on `inputs["cluster"]` under the cell's policy: the
+    summary's figures, the files of its run directory and its per-window rows."""
+    workload: Workload = inputs["trace"]
+    policy = str(params["policy"])
     config = RunConfig(
         trace=f"continual({workload.label})",
         trace_format="continual",
-        cluster=CLUSTER,
+        cluster=str(params["cluster"]),
         policy=policy,
-        seed=seed,
+        seed=int(params["seed"]),
     )
-    result = simulate_continual(
-        config,
-        named_cluster(CLUSTER),
-        workload.streams,
-        build_policy(policy),
-        batch_jobs=workload.batch,
-        out_dir=stage / workload.name / policy.replace(":", "_"),
-    )
+    with tempfile.TemporaryDirectory(prefix="gpufleet-continual-") as tmp:
+        run_dir = Path(tmp) / "run"
+        result = simulate_continual(
+            config,
+            inputs["cluster"],
+            workload.streams,
+            build_policy(policy),
+            batch_jobs=workload.batch,
+            out_dir=run_dir,
+        )
+        files = {p.name: p.read_bytes() for p in sorted(run_dir.iterdir()) if p.name != MARKER}
     summary = result.summary
-    print(
-        f"{workload.name:>6} {policy:>10}: accuracy {summary['mean_accuracy']:.3f}, "
-        f"misses {summary['deadline_miss_rate']:.3f} ({time.monotonic() - started:.1f} s)",
-        file=sys.stderr,
-    )
-    return result
-
-
-def summary_row(scenario: str, policy: str, summary: dict[str, Any]) -> dict[str, object]:
-    return {
-        "scenario": scenario,
-        "policy": policy,
+    metrics: dict[str, Scalar] = {
         "mean_accuracy": summary["mean_accuracy"],
         "deadline_miss_rate": summary["deadline_miss_rate"],
         "gpu_hours": summary["retrain_gpu_hours"],
         "avg_jct_h": float(summary["retrain_avg_jct_s"]) / 3600.0,
     }
+    return metrics, files, result.windows
+
+
+def make_cells(workloads: Sequence[Workload], policies: Sequence[str], seed: int) -> list[Cell]:
+    """Cells in workload, policy order (each workload is keyed by its label: generated
+    from its settings, or the trace file it was read from)."""
+    digests = {f"trace:{w.name}": w.label for w in workloads}
+    digests["cluster"] = CLUSTER
+    return [
+        make_cell(
+            CELL_TASK,
+            {"trace": w.name, "cluster": CLUSTER, "policy": policy, "seed": seed},
+            {"trace": f"trace:{w.name}", "cluster": "cluster"},
+            digests,
+        )
+        for w in workloads
+        for policy in policies
+    ]
+
+
+CELL_TASK = "simulator.experiments.continual:run_cell_with_output"
+
+
+def _write_run(directory: Path, files: Mapping[str, bytes]) -> None:
+    directory.mkdir(parents=True)
+    for name, data in files.items():
+        (directory / name).write_bytes(data)
+
+
+def _log_run(done: int, total: int, record: Mapping[str, Any], elapsed_s: float) -> None:
+    params, metrics = record["params"], record["metrics"]
+    outcome = (
+        f"FAILED: {record['error']}"
+        if record["error"]
+        else f"accuracy {metrics['mean_accuracy']:.3f}, misses {metrics['deadline_miss_rate']:.3f}"
+    )
+    print(
+        f"[{done}/{total}] {params['trace']:>6} {params['policy']:>10}: {outcome} "
+        f"({record['wall_s']:.1f} s)",
+        file=sys.stderr,
+    )
 
 
 def write_summary(path: Path, rows: Sequence[dict[str, object]]) -> None:
@@ -241,10 +326,12 @@ def write_summary(path: Path, rows: Sequence[dict[str, object]]) -> None:
         writer.writerows(rows)
 
 
-def plot_accuracy_over_time(path: Path, scenario: str, results: dict[str, ContinualResult]) -> None:
+def plot_accuracy_over_time(
+    path: Path, scenario: str, windows: Mapping[str, Sequence[tuple[object, ...]]]
+) -> None:
     fig, ax = subplots(figsize=(9, 4.5))
-    for policy, result in results.items():
-        times, accuracy = accuracy_over_time(result.windows)
+    for policy, rows in windows.items():
+        times, accuracy = accuracy_over_time(rows)
         ax.plot(times / 3600.0, accuracy, label=policy, linewidth=1.0)
     ax.set(
         xlabel="time (h)",
@@ -268,3 +355,76 @@ def plot_accuracy_by_policy(path: Path, rows: Sequence[dict[str, object]]) -> No
         ax.tick_params(axis="x", rotation=30)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+# -- in a sweep spec (`experiment: continual`) ------------------------------------------
+
+GENERATOR_SETTINGS: dict[str, Any] = {
+    "scenario": None,
+    "streams": None,
+    "windows": 144,
+    "mix_jobs": 0,
+    "seed": 0,
+    "trigger_drop": 0.0,
+    "inference_milli": 0,
+    "inference_gamma": ContinualSpec().inference_gamma,
+}
+"""A generated workload's settings in a sweep spec (the command's flags): `scenario`
+(light, heavy) sets the stream count unless `streams` does."""
+
+
+def _sweep_trace(source: TraceSource) -> Workload:
+    """A continual trace file (`format: continual`, with its `.batch.csv` if beside it),
+    or generated streams (`generate:` `GENERATOR_SETTINGS`)."""
+    if source.path is not None:
+        if source.format != "continual":
+            raise ValueError("the continual experiment reads continual traces (format: continual)")
+        streams, batch = load_continual(source.path)
+        return Workload(source.name, str(source.path), streams, batch)
+    unknown = sorted(set(source.generate) - set(GENERATOR_SETTINGS))
+    if unknown:
+        raise ValueError(f"unknown setting {unknown[0]!r} ({', '.join(GENERATOR_SETTINGS)})")
+    settings = {**GENERATOR_SETTINGS, **source.generate}
+    scenario = settings["scenario"]
+    if scenario is not None and scenario not in SCENARIOS:
+        raise ValueError(f"unknown scenario {scenario!r}; known: {', '.join(SCENARIOS)}")
+    count = int(settings["streams"] or SCENARIOS[scenario or "light"])
+    variant = ContinualSpec(
+        trigger_drop=float(settings["trigger_drop"]),
+        inference_milli=int(settings["inference_milli"]),
+        inference_gamma=float(settings["inference_gamma"]),
+    )
+    windows, mix, seed = (int(settings[k]) for k in ("windows", "mix_jobs", "seed"))
+    if windows < 1 or mix < 0:
+        raise ValueError("windows must be >= 1 and mix_jobs >= 0")
+    return generated(source.name, count, windows, mix, seed, variant)
+
+
+def _sweep_digest(source: TraceSource) -> str:
+    if source.path is None:
+        return source.digest()
+    batch = batch_path(source.path)
+    return canonical_json([file_digest(source.path), batch.is_file() and file_digest(batch)])
+
+
+def _sweep_cluster(entry: Mapping[str, Any], _base: Path) -> tuple[str, list[NodeSpec]]:
+    return named_cluster_entry(entry, CLUSTER, NAME)
+
+
+def _sweep_policy(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The cell's `policy`: the command's entry `NAME[:KEY=VALUE...]` for these options."""
+    values = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in options.items()}
+    label = ":".join([name, *(f"{k}={v}" for k, v in values.items())])
+    build_policy(label)  # an unknown name or option fails before any cell runs
+    return {"policy": label}
+
+
+SWEEP = SweepExperiment(
+    task="simulator.experiments.continual:run_cell",
+    settings={},
+    metrics=METRICS,
+    load_trace=_sweep_trace,
+    load_cluster=_sweep_cluster,
+    policy_params=_sweep_policy,
+    digest_trace=_sweep_digest,
+)

@@ -12,8 +12,9 @@ applied to a `ClusterState`. The workload's RNG stream (shuffle, clones) is sepa
 from the policy's (Random-fit) and from the node order's (`artifact_node_order`), so
 every policy sees the same task sequence and the same node order per seed.
 
-Each run is a cell of the sweep runner (`simulator.sweep`): `--workers` processes here,
-or any executor through `gpufleet sweep` with `experiment: fgd-inflation`.
+Each run is a cell of the sweep runner (`simulator.sweep`) on the executor that
+`--executor` and `--workers` choose, here or through `gpufleet sweep` with
+`experiment: fgd-inflation`.
 
 Over 500 lines because the study's run loop, its measurement, its sweep cell and its
 outputs (curves, failures, summary, plots) are one experiment.
@@ -25,7 +26,6 @@ import argparse
 import csv
 import glob
 import io
-import os
 import sys
 import time
 from collections import Counter
@@ -54,10 +54,14 @@ from policies import (
 )
 from policies.fragmentation import NodeFragmentation, TargetWorkload, workload_from_jobs
 from policies.registry import parse_policy_label
-from simulator.experiments import experiment_output
+from simulator.experiments import (
+    add_executor_arguments,
+    executor_for,
+    experiment_output,
+    payloads,
+    run_experiment_cells,
+)
 from simulator.sweep.cells import Cell, CellOutput, Scalar, make_cell
-from simulator.sweep.executors import LocalExecutor
-from simulator.sweep.runner import run_cells
 from simulator.sweep.spec import SpecError, SweepExperiment, TraceSource, file_digest, seed_list
 from traces.errors import TraceError
 from traces.openb import read_nodes, read_pods
@@ -434,9 +438,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
     add_force_argument(parser)
-    parser.add_argument(
-        "--workers", type=int, default=os.cpu_count() or 1, help="processes (default: all cores)"
-    )
+    add_executor_arguments(parser, workers=None)
     parser.add_argument(
         "--plots", action=argparse.BooleanOptionalAction, default=True, help="write PNG plots"
     )
@@ -445,8 +447,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if not 0 < args.inflate <= 5:
         raise ValueError("--inflate must be in (0, 5]")
-    if args.workers < 1:
-        raise ValueError("--workers must be >= 1")
+    executor = executor_for(args)
     seeds = parse_seeds(args.seeds)
     labels = [p.strip() for p in args.policies.split(",") if p.strip()]
     if not labels:
@@ -461,12 +462,8 @@ def run(args: argparse.Namespace) -> int:
     cells = make_cells(traces, digests, labels, seeds, float(args.inflate))
     inputs = {"cluster": nodes, **{f"trace:{name}": trace for name, trace in traces.items()}}
     with experiment_output(NAME, args) as stage:
-        report = run_cells(cells, inputs, LocalExecutor(args.workers), label=NAME, on_done=_log_run)
-        if report.failed:
-            raise ValueError(
-                f"{len(report.failed)} runs failed; first: {report.failed[0]['error']}"
-            )
-        outputs = [report.payloads[cell.key] for cell in cells]
+        report = run_experiment_cells(NAME, cells, inputs, executor, args, _log_run)
+        outputs = payloads(report, cells)
         _write_outputs(stage, outputs, args.plots, round(args.inflate * 100))
     print(f"wrote {len(outputs)} runs to {args.out}")
     return 0

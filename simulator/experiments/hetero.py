@@ -12,6 +12,9 @@ generated traces are rigid and pay no restart time, as in Gavel's simulator.
 4000-5000): single-GPU jobs keep arriving (Gavel's own trace for the seed and rate, job
 for job) until jobs START..END-1 have all completed, and the summary covers those jobs.
 
+Each run is a cell of the sweep runner (`--executor`, `--workers`); a sweep spec with
+`experiment: hetero` runs the same cells (`hetero_sweep`).
+
 Output directory:
 
 - `summary.csv`: workload,policy,jobs,avg_jct_h,p99_jct_h,makespan_h,gpu_hours_per_job,
@@ -34,25 +37,38 @@ import csv
 import io
 import sys
 import time
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import simpy
 
-from policies import JobSpec, NodeSpec, make_policy, policy_class
+from policies import JobSpec, make_policy, policy_class
 from policies.registry import parse_policy_label
 from simulator.clusters import cluster_names, named_cluster
 from simulator.engine import EngineOptions, Simulation
-from simulator.experiments import experiment_output
+from simulator.experiments import (
+    add_executor_arguments,
+    executor_for,
+    experiment_output,
+    payloads,
+    run_experiment_cells,
+)
 from simulator.metrics import JOB_COLUMNS, PASS_COLUMNS, Recorder
 from simulator.plotting import subplots
-from simulator.semantics import GAVEL_GENERATED, RunSemantics, run_semantics
+from simulator.semantics import GAVEL_GENERATED, run_semantics
+from simulator.sweep.cells import Cell, CellOutput, canonical_json, make_cell
+from simulator.sweep.spec import file_digest
 from traces import sia as sia_traces
 from traces.errors import TraceError
-from traces.gavel_throughputs import generate_jobs, job_stream, read_throughputs
+from traces.gavel_throughputs import (
+    GavelThroughputs,
+    generate_jobs,
+    job_stream,
+    read_throughputs,
+)
 from traces.outputs import add_force_argument
 
 NAME = "hetero"
@@ -94,25 +110,12 @@ class Workload:
     gavel_window: tuple[int, int] | None = None
     """Measure jobs [start, end) of a continuous single-GPU trace, as Gavel's simulator."""
 
-    def window_ids(self) -> frozenset[str]:
-        if self.gavel_window is None:
-            return frozenset()
-        return frozenset(f"gavel-{i}" for i in range(*self.gavel_window))
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    workload: Workload
-    policy: str
-    options: tuple[tuple[str, str], ...]
-    cluster: str
-    scale: int
-    seed: int
-
 
 @dataclass(frozen=True)
 class RunOutput:
-    spec: RunSpec
+    workload: str
+    policy: str
+    """The policy's label, `NAME[:KEY=VALUE...]`."""
     summary: tuple[object, ...]
     timing: tuple[object, ...]
     jobs: list[tuple[object, ...]]
@@ -156,34 +159,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
     add_force_argument(parser)
-    parser.add_argument("--workers", type=int, default=1, help="parallel processes")
+    add_executor_arguments(parser, workers=1)
     parser.add_argument("--seed", type=int, default=0)
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.workers < 1:
-        raise ValueError("--workers must be >= 1")
-    named_cluster(args.cluster, args.scale)  # fail fast on a bad name or scale
+    executor = executor_for(args)
+    nodes = named_cluster(args.cluster, args.scale)  # fail fast on a bad name or scale
     policies = [parse_policy(label) for label in args.policies.split(",") if label]
     if not policies:
         raise ValueError("--policies names no policy")
     for name, options in policies:
-        make_policy(name, dict(options))
+        make_policy(name, options)
     workloads = find_workloads(args)
-    specs = [
-        RunSpec(w, name, options, args.cluster, args.scale, args.seed)
-        for w in workloads
-        for name, options in policies
-    ]
+    modes = {run_semantics("sia", policy_class(name)).job_mode for name, _ in policies}
+    inputs: dict[str, Any] = {f"trace:{w.name}": load_workload(w, modes) for w in workloads}
+    inputs["cluster"] = nodes
+    label = args.cluster if args.scale == 1 else f"{args.cluster}x{args.scale}"
+    cells, _ = make_cells(workloads, policies, label, args.seed)
     with experiment_output(NAME, args) as stage:
-        write_results(stage, run_all(specs, args.workers))
+        report = run_experiment_cells(NAME, cells, inputs, executor, args, _log_run)
+        write_results(stage, payloads(report, cells))
     return 0
 
 
-def parse_policy(label: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+def parse_policy(label: str) -> tuple[str, dict[str, str]]:
     name, options = parse_policy_label(label)
     policy_class(name)
-    return name, tuple(options.items())
+    return name, options
 
 
 def find_workloads(args: argparse.Namespace) -> list[Workload]:
@@ -240,18 +243,55 @@ def _natural(path: Path) -> tuple[object, ...]:
     return (stem.rstrip("0123456789"), int(digits) if digits else -1, stem)
 
 
-def load_jobs(workload: Workload, semantics: RunSemantics) -> list[JobSpec]:
-    if workload.gavel_seed is not None:
-        table = read_throughputs(workload.path)
-        return generate_jobs(table, workload.gavel_jobs, workload.gavel_rate, workload.gavel_seed)
-    return sia_traces.read_jobs(workload.path, workload.profiles, mode=semantics.job_mode)
+# -- one run: a cell of the sweep runner ------------------------------------------------
+
+CELL_TASK = "simulator.experiments.hetero:run_cell_with_output"
 
 
-def continuous_trace(workload: Workload) -> Iterator[JobSpec]:
-    """Gavel's continuous-single trace: single-GPU jobs for as long as the run asks."""
-    assert workload.gavel_seed is not None
+@dataclass(frozen=True)
+class GavelStream:
+    """Gavel's continuous single-GPU trace, measured on jobs `window` = [start, end)."""
+
+    throughputs: GavelThroughputs
+    rate: float
+    seed: int
+    window: tuple[int, int]
+
+    def jobs(self) -> Iterator[JobSpec]:
+        return job_stream(self.throughputs, self.rate, self.seed, multi_gpu=False)
+
+    def window_ids(self) -> frozenset[str]:
+        return frozenset(f"gavel-{i}" for i in range(*self.window))
+
+
+@dataclass(frozen=True)
+class WorkloadJobs:
+    """A workload as its cells read it (loaded once, before any run): its jobs per job
+    category (`RunSemantics.job_mode`), or Gavel's continuous trace."""
+
+    trace_format: str
+    by_mode: Mapping[str | None, Sequence[JobSpec]] = field(default_factory=dict)
+    stream: GavelStream | None = None
+
+
+def load_workload(workload: Workload, modes: Iterable[str | None]) -> WorkloadJobs:
+    """A Sia workload's jobs in each of `modes`, or a Gavel trace (its jobs, or its
+    continuous stream when measured on a window)."""
+    if workload.gavel_seed is None:
+        by_mode = {m: sia_traces.read_jobs(workload.path, workload.profiles, mode=m) for m in modes}
+        return WorkloadJobs("sia", by_mode)
     table = read_throughputs(workload.path)
-    return job_stream(table, workload.gavel_rate, workload.gavel_seed, multi_gpu=False)
+    if workload.gavel_window is not None:
+        stream = GavelStream(table, workload.gavel_rate, workload.gavel_seed, workload.gavel_window)
+        return WorkloadJobs(GAVEL_GENERATED, stream=stream)
+    jobs = generate_jobs(table, workload.gavel_jobs, workload.gavel_rate, workload.gavel_seed)
+    return WorkloadJobs(GAVEL_GENERATED, {None: jobs})
+
+
+def workload_digest(workload: Workload) -> str:
+    """What a workload's cells are keyed by: its file's bytes and generator settings."""
+    settings = (workload.gavel_seed, workload.gavel_jobs, workload.gavel_rate)
+    return canonical_json([file_digest(workload.path), settings, workload.gavel_window])
 
 
 def feed(sim: Simulation, jobs: Iterator[JobSpec]) -> simpy.events.ProcessGenerator:
@@ -264,44 +304,50 @@ def feed(sim: Simulation, jobs: Iterator[JobSpec]) -> simpy.events.ProcessGenera
         sim.submit(job)
 
 
-def trace_format(workload: Workload) -> str:
-    return GAVEL_GENERATED if workload.gavel_seed is not None else "sia"
+def run_cell_with_output(params: Mapping[str, Any], inputs: Mapping[str, Any]) -> CellOutput:
+    """One run of `gpufleet experiment hetero` as a cell: its `RunOutput` as payload, from
+    which the command writes its tables (a sweep spec's cell: `hetero_sweep.run_cell`)."""
+    return CellOutput({}, payload=run_workload(params, inputs))
 
 
-def run_one(spec: RunSpec) -> RunOutput:
-    cls = policy_class(spec.policy)
-    semantics = run_semantics(trace_format(spec.workload), cls)
-    policy = make_policy(spec.policy, semantics.policy_options(cls, dict(spec.options)))
-    nodes: list[NodeSpec] = named_cluster(spec.cluster, spec.scale)
-    window = spec.workload.window_ids()
+def run_workload(params: Mapping[str, Any], inputs: Mapping[str, Any]) -> RunOutput:
+    """Run workload `inputs["trace"]` on `inputs["cluster"]` under the cell's policy,
+    options and seed, as the workload's published simulator ran it (`run_semantics`)."""
+    workload: WorkloadJobs = inputs["trace"]
+    cls = policy_class(str(params["policy"]))
+    semantics = run_semantics(workload.trace_format, cls)
+    policy = make_policy(cls.name, semantics.policy_options(cls, dict(params["options"])))
+    stream = workload.stream
+    window = stream.window_ids() if stream is not None else frozenset()
     options = EngineOptions(
-        seed=spec.seed,
+        seed=int(params["seed"]),
         restart_cost_s=semantics.restart_cost_s,
         startup_delay=semantics.startup_delay,
         stop_after=window,
     )
     started, cpu = time.perf_counter(), time.process_time()
-    if window:
-        sim = Simulation(nodes, [], policy, options)
-        sim.env.process(feed(sim, continuous_trace(spec.workload)))
+    if stream is not None:
+        sim = Simulation(inputs["cluster"], [], policy, options)
+        sim.env.process(feed(sim, stream.jobs()))
     else:
-        sim = Simulation(nodes, load_jobs(spec.workload, semantics), policy, options)
+        sim = Simulation(inputs["cluster"], workload.by_mode[semantics.job_mode], policy, options)
     recorder = sim.run()
     wall, cpu = time.perf_counter() - started, time.process_time() - cpu
-    label = policy_label(spec)
+    name, label = str(params["trace"]), policy_label(str(params["policy"]), params["options"])
     return RunOutput(
-        spec=spec,
-        summary=(spec.workload.name, label, *summarise(recorder, window)),
-        timing=(spec.workload.name, label, *timing(recorder), round(wall, 2), round(cpu, 2)),
-        jobs=[(spec.workload.name, label, *row) for row in recorder.jobs],
-        rounds=[(spec.workload.name, label, *row) for row in recorder.passes],
-        timeline=[(spec.workload.name, label, *row) for row in recorder.timeline],
+        workload=name,
+        policy=label,
+        summary=(name, label, *summarise(recorder, window)),
+        timing=(name, label, *timing(recorder), round(wall, 2), round(cpu, 2)),
+        jobs=[(name, label, *row) for row in recorder.jobs],
+        rounds=[(name, label, *row) for row in recorder.passes],
+        timeline=[(name, label, *row) for row in recorder.timeline],
         models=sim.cluster.models,
     )
 
 
-def policy_label(spec: RunSpec) -> str:
-    return ":".join([spec.policy, *(f"{k}={v}" for k, v in spec.options)])
+def policy_label(policy: str, options: Mapping[str, Any]) -> str:
+    return ":".join([policy, *(f"{k}={v}" for k, v in options.items())])
 
 
 def summarise(recorder: Recorder, only: frozenset[str] = frozenset()) -> tuple[object, ...]:
@@ -347,66 +393,82 @@ def timing(recorder: Recorder) -> tuple[object, ...]:
     )
 
 
-def run_all(specs: Sequence[RunSpec], workers: int) -> list[RunOutput]:
-    outputs: list[RunOutput] = []
-    started = time.perf_counter()
+# -- many runs -----------------------------------------------------------------------------
 
-    def report(output: RunOutput) -> None:
-        outputs.append(output)
-        elapsed = time.perf_counter() - started
-        print(
-            f"[{len(outputs)}/{len(specs)}] {output.spec.workload.name} "
-            f"{policy_label(output.spec)} done ({elapsed:.0f}s)",
-            file=sys.stderr,
-            flush=True,
+
+def make_cells(
+    workloads: Sequence[Workload],
+    policies: Sequence[tuple[str, dict[str, str]]],
+    cluster: str,
+    seed: int,
+) -> tuple[list[Cell], dict[str, str]]:
+    """Cells in workload, policy order, and the digests of the workloads they read."""
+    digests = {f"trace:{w.name}": workload_digest(w) for w in workloads}
+    digests["cluster"] = cluster
+    cells = [
+        make_cell(
+            CELL_TASK,
+            {"trace": w.name, "cluster": cluster, "policy": name, "options": options, "seed": seed},
+            {"trace": f"trace:{w.name}", "cluster": "cluster"},
+            digests,
         )
+        for w in workloads
+        for name, options in policies
+    ]
+    return cells, digests
 
-    if workers == 1:
-        for spec in specs:
-            report(run_one(spec))
-    else:
-        with ProcessPoolExecutor(workers) as pool:
-            futures = [pool.submit(run_one, spec) for spec in specs]
-            for future in as_completed(futures):
-                report(future.result())
-    order = {spec: i for i, spec in enumerate(specs)}
-    return sorted(outputs, key=lambda o: order[o.spec])
+
+def _log_run(done: int, total: int, record: Mapping[str, Any], elapsed_s: float) -> None:
+    params = record["params"]
+    label = policy_label(params["policy"], params["options"])
+    outcome = f"FAILED: {record['error']}" if record["error"] else "done"
+    print(
+        f"[{done}/{total}] {params['trace']} {label} {outcome} ({elapsed_s:.0f}s)",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def write_results(out: Path, outputs: Sequence[RunOutput]) -> None:
     """The tables and plots of every run, into the existing directory `out`."""
-    models = outputs[0].models
-    _write_csv(out / "summary.csv", SUMMARY_COLUMNS, [o.summary for o in outputs])
-    _write_csv(out / "policy_timing.csv", TIMING_COLUMNS, [o.timing for o in outputs])
+    for name, text in tables(outputs).items():
+        (out / name).write_text(text, encoding="utf-8")
+    plot_results(out, outputs)
+
+
+def tables(outputs: Sequence[RunOutput]) -> dict[str, str]:
+    """The experiment's CSV tables of `outputs`, by file name."""
     head = ("workload", "policy")
-    _write_csv(out / "jobs.csv", (*head, *JOB_COLUMNS), [r for o in outputs for r in o.jobs])
-    _write_csv(out / "rounds.csv", (*head, *PASS_COLUMNS), [r for o in outputs for r in o.rounds])
     timeline_cols = (
         *head,
         "time_s",
         "alloc_gpu_pct",
         "running",
         "pending",
-        *(f"gpus_{m}" for m in models),
+        *(f"gpus_{m}" for m in outputs[0].models),
     )
-    _write_csv(out / "timeline.csv", timeline_cols, [r for o in outputs for r in o.timeline])
-    plot_results(out, outputs)
+    return {
+        "summary.csv": _csv(SUMMARY_COLUMNS, [o.summary for o in outputs]),
+        "policy_timing.csv": _csv(TIMING_COLUMNS, [o.timing for o in outputs]),
+        "jobs.csv": _csv((*head, *JOB_COLUMNS), [r for o in outputs for r in o.jobs]),
+        "rounds.csv": _csv((*head, *PASS_COLUMNS), [r for o in outputs for r in o.rounds]),
+        "timeline.csv": _csv(timeline_cols, [r for o in outputs for r in o.timeline]),
+    }
 
 
-def _write_csv(path: Path, columns: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+def _csv(columns: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(columns)
     writer.writerows(rows)
-    path.write_text(buffer.getvalue(), encoding="utf-8")
+    return buffer.getvalue()
 
 
 def plot_results(out: Path, outputs: Sequence[RunOutput]) -> None:
     status, jct = JOB_COLUMNS.index("status"), JOB_COLUMNS.index("jct_s")
     by_policy: dict[str, list[float]] = {}
     for o in outputs:
-        label = policy_label(o.spec)
-        by_policy.setdefault(label, []).extend(
+        by_policy.setdefault(o.policy, []).extend(
             float(str(r[2 + jct])) / 3600 for r in o.jobs if r[2 + status] == "completed"
         )
     fig, ax = subplots(figsize=(6, 4))
@@ -419,9 +481,9 @@ def plot_results(out: Path, outputs: Sequence[RunOutput]) -> None:
     ax.legend()
     fig.tight_layout()
     fig.savefig(out / "jct_cdf.png", dpi=120)
-    first = outputs[0].spec.workload.name
+    first = outputs[0].workload
     for o in outputs:
-        if o.spec.workload.name != first or not o.timeline:
+        if o.workload != first or not o.timeline:
             continue
         rows = np.array([r[2:] for r in o.timeline], dtype=float)
         fig, ax = subplots(figsize=(7, 3.5))
@@ -429,8 +491,8 @@ def plot_results(out: Path, outputs: Sequence[RunOutput]) -> None:
         ax.stackplot(hours, rows[:, 4:].T, labels=list(o.models), step="post")
         ax.set_xlabel("time (h)")
         ax.set_ylabel("GPUs allocated")
-        ax.set_title(f"{first}: {policy_label(o.spec)}")
+        ax.set_title(f"{first}: {o.policy}")
         ax.legend(loc="upper right")
         fig.tight_layout()
-        safe = policy_label(o.spec).replace(":", "_").replace("=", "-")
+        safe = o.policy.replace(":", "_").replace("=", "-")
         fig.savefig(out / f"gpus_by_model_{safe}.png", dpi=120)

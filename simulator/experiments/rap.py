@@ -15,6 +15,9 @@ Writes to `--out DIR` (all or nothing; `traces.outputs` says what may already be
   two host slowdowns: throughput, GPU utilisation, JCT.
 * `single_job.png`, `sensitivity.png`, `cluster.png`; `mixed_trace.csv`, the trace of
   the first seed at the first load, which `gpufleet simulate --format dlrm` replays.
+
+The cluster runs are cells of the sweep runner (`rap_cluster`; `--executor`,
+`--workers`); a sweep spec with `experiment: rap` runs the same cells.
 """
 
 from __future__ import annotations
@@ -24,15 +27,14 @@ import csv
 import json
 import statistics
 import sys
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from policies import AllocationShape, JobSpec, make_policy
-from policies.dlrm import DLRM_KIND, DlrmProfile, DlrmWork, Mode
+from policies.dlrm import DlrmProfile, Mode
 from policies.rap_model import (
     PAPER_CPU_WORKERS_PER_GPU,
     PAPER_GAP_BELOW_IDEAL,
@@ -44,19 +46,23 @@ from policies.rap_model import (
     calibrate_dispatch_overhead,
     corun_overhead_for_gap,
 )
-from simulator.experiments import experiment_output
-from simulator.metrics import JOB_COLUMNS
-from simulator.plotting import subplots
-from simulator.run import RunConfig, simulate
-from traces.outputs import add_force_argument
-from traces.rap import (
-    MixedTraceSpec,
-    ProfileKey,
-    default_data_dir,
-    generate_mixed_jobs,
-    load_profiles,
-    write_jobs,
+from simulator.experiments import (
+    add_executor_arguments,
+    executor_for,
+    experiment_output,
+    payloads,
+    run_experiment_cells,
 )
+from simulator.experiments.rap_cluster import (
+    CLUSTER_COLUMNS,
+    CLUSTER_GPUS,
+    ClusterSetup,
+    make_cells,
+    summarise_runs,
+)
+from simulator.plotting import subplots
+from traces.outputs import add_force_argument
+from traces.rap import ProfileKey, default_data_dir, load_profiles, write_jobs
 from traces.synthetic import homogeneous_cluster
 
 NAME = "rap"
@@ -65,34 +71,7 @@ HELP = "RAP GPU sharing: single-job modes vs the paper, and cluster-level sharin
 SINGLE_JOB_MODES = (Mode.IDEAL, Mode.CPU, Mode.SEQUENTIAL, Mode.NAIVE, Mode.RAP)
 REFERENCE_BATCH = 4096
 SENSITIVITY_DELTAS_MS = (0.0, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5)
-CLUSTER_GPUS = 64
-POLICIES: tuple[tuple[str, dict[str, str]], ...] = (
-    ("no_sharing", {"sharing": "none"}),
-    ("rap_own", {"sharing": "own"}),
-    ("cross_job", {"sharing": "cross_job", "offload": "gain"}),
-    ("cross_job_always", {"sharing": "cross_job", "offload": "always"}),
-    ("cross_job_no_rap", {"sharing": "cross_job", "fallback": "sequential"}),
-)
-"""`cross_job_no_rap`: jobs that cannot co-run on their own GPUs (sequential at home)."""
-HOST_INDEPENDENT = ("no_sharing", "rap_own")
-"""Policies that place no remote part, so the host slowdown cannot matter to them."""
 SINGLE_JOB_COLUMNS = ("plan", "num_gpus", "mode", "iteration_ms", "throughput_ratio_vs_ideal")
-CLUSTER_COLUMNS = (
-    "rate_per_h",
-    "host_slowdown",
-    "policy",
-    "seeds",
-    "completed",
-    "jobs_per_h",
-    "gpu_util",
-    "avg_jct_h",
-    "avg_jct_dlrm_h",
-    "avg_jct_other_h",
-    "avg_queue_h",
-    "dlrm_speed_vs_ideal",
-    "other_speed_vs_ideal",
-    "offloaded_dlrm",
-)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -114,28 +93,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dlrm-fraction", type=float, default=0.3, help="share of DLRM jobs (default: 0.3)"
     )
-
-
-@dataclass(frozen=True)
-class ClusterSetup:
-    jobs: int
-    seeds: int
-    rates: tuple[float, ...]
-    host_slowdowns: tuple[float, ...]
-    dlrm_fraction: float
-
-    def __post_init__(self) -> None:
-        if self.jobs < 1 or self.seeds < 1:
-            raise ValueError("--jobs and --seeds must be at least 1")
-        if not self.rates or min(self.rates) <= 0:
-            raise ValueError("--rates must list positive arrival rates")
-        if not self.host_slowdowns or not all(0 <= s < 1 for s in self.host_slowdowns):
-            raise ValueError("--host-slowdowns must lie in [0, 1)")
-        if not 0 < self.dlrm_fraction <= 1:
-            raise ValueError("--dlrm-fraction must lie in (0, 1]")
+    add_executor_arguments(parser, workers=1)
 
 
 def run(args: argparse.Namespace) -> int:
+    executor = executor_for(args)
     setup = ClusterSetup(
         args.jobs,
         args.seeds,
@@ -150,9 +112,13 @@ def run(args: argparse.Namespace) -> int:
     fidelity = fidelity_rows(profiles, model)
     sensitivity = sensitivity_rows(measured)
     calibration = calibration_report(measured)
+    cells, traces = make_cells(profiles, setup)
+    inputs = {**traces, "cluster": homogeneous_cluster(CLUSTER_GPUS, model="A100")}
     with experiment_output(NAME, args) as stage:
-        cluster_runs, trace = cluster_experiment(profiles, setup, _progress)
+        report = run_experiment_cells(NAME, cells, inputs, executor, args, _log_run)
+        cluster_runs: list[dict[str, Any]] = payloads(report, cells)
         cluster = summarise_runs(cluster_runs)
+        trace = traces[f"trace:{cells[0].params['trace']}"].jobs(seed=0)
         write_csv(stage / "single_job.csv", SINGLE_JOB_COLUMNS, single)
         write_csv(stage / "fidelity.csv", tuple(fidelity[0]), fidelity)
         write_csv(stage / "sensitivity.csv", tuple(sensitivity[0]), sensitivity)
@@ -175,8 +141,15 @@ def _floats(text: str, option: str) -> tuple[float, ...]:
         raise ValueError(f"{option}: expected comma-separated numbers, got {text!r}") from None
 
 
-def _progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+def _log_run(done: int, total: int, record: Mapping[str, Any], elapsed_s: float) -> None:
+    params = record["params"]
+    outcome = f" FAILED: {record['error']}" if record["error"] else ""
+    print(
+        f"rap cluster [{done}/{total}] {params['trace']}, {params['policy']}, "
+        f"seed {params['seed']}{outcome} ({elapsed_s:.0f} s)",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 # -- single job -------------------------------------------------------------------------
@@ -276,129 +249,6 @@ def calibration_report(measured: Sequence[DlrmProfile]) -> dict[str, Any]:
         },
         "defaults": asdict(costs),
     }
-
-
-# -- cluster ------------------------------------------------------------------------------
-
-Progress = Callable[[str], None]
-
-
-def cluster_experiment(
-    profiles: Mapping[ProfileKey, DlrmProfile], setup: ClusterSetup, progress: Progress
-) -> tuple[list[dict[str, Any]], list[Any]]:
-    """One row per (rate, host slowdown, policy, seed); and the first trace."""
-    nodes = homogeneous_cluster(CLUSTER_GPUS, model="A100")
-    settings = [
-        (rate, slowdown, name, options, seed)
-        for rate in setup.rates
-        for i, slowdown in enumerate(setup.host_slowdowns)
-        for name, options in POLICIES
-        if i == 0 or name not in HOST_INDEPENDENT
-        for seed in range(setup.seeds)
-    ]
-    rows: list[dict[str, Any]] = []
-    first_trace: list[Any] = []
-    for count, (rate, slowdown, name, options, seed) in enumerate(settings, start=1):
-        model = CoRunModel(replace(CoRunCosts(), host_slowdown=slowdown))
-        spec = MixedTraceSpec(
-            num_jobs=setup.jobs, jobs_per_hour=rate, dlrm_fraction=setup.dlrm_fraction
-        )
-        jobs = generate_mixed_jobs(spec, profiles, seed=seed, model=model)
-        first_trace = first_trace or jobs
-        progress(
-            f"rap cluster [{count}/{len(settings)}] rate {rate:g}/h, host slowdown "
-            f"{slowdown:g}, {name}, seed {seed}"
-        )
-        config = RunConfig("dlrm-mix", "dlrm", f"a100-{CLUSTER_GPUS}", "rap", options, seed)
-        result = simulate(config, nodes, jobs, make_policy("rap", options))
-        hosts = slowdown if name not in HOST_INDEPENDENT else None
-        ideal = {job.id: ideal_seconds(job) for job in jobs}
-        rows.append(run_row(rate, hosts, name, seed, result.summary, result.recorder.jobs, ideal))
-    return rows, first_trace
-
-
-def ideal_seconds(job: JobSpec) -> float:
-    """Run time with free preprocessing and no interference, on an A100."""
-    work = job.work
-    if isinstance(work, DlrmWork):
-        return work.iterations / work.ideal_rate()
-    shape = AllocationShape("A100", job.task.num_gpus, 1, job.task.gpu_milli, job.replicas)
-    return work.total / work.rate(shape, 0.0)
-
-
-def run_row(
-    rate: float,
-    host_slowdown: float | None,
-    policy: str,
-    seed: int,
-    summary: Mapping[str, Any],
-    jobs: Sequence[tuple[object, ...]],
-    ideal: Mapping[str, float],
-) -> dict[str, Any]:
-    """One run's figures; speed vs ideal is the mean over completed jobs of ideal run
-    time / actual run time (start to end), so host slowdowns and slow preprocessing
-    show even when the makespan is set by arrivals."""
-    col = {name: i for i, name in enumerate(JOB_COLUMNS)}
-    done = [r for r in jobs if r[col["status"]] == "completed"]
-    dlrm = [r for r in done if r[col["kind"]] == DLRM_KIND]
-    other = [r for r in done if r[col["kind"]] != DLRM_KIND]
-    makespan_h = float(summary["makespan_s"]) / 3600.0
-    # A DLRM job is one task; a second task in its placement is its preprocessing part.
-    offloaded = sum(1 for r in dlrm if ";" in str(r[col["placement"]]))
-    return {
-        "rate_per_h": rate,
-        "host_slowdown": "" if host_slowdown is None else host_slowdown,
-        "policy": policy,
-        "seed": seed,
-        "completed": len(done),
-        "jobs_per_h": len(done) / makespan_h if makespan_h else 0.0,
-        "gpu_util": float(summary["gpu_util"]),
-        "avg_jct_h": _mean_h(done, col["jct_s"]),
-        "avg_jct_dlrm_h": _mean_h(dlrm, col["jct_s"]),
-        "avg_jct_other_h": _mean_h(other, col["jct_s"]),
-        "avg_queue_h": _mean_h(done, col["queue_delay_s"]),
-        "dlrm_speed_vs_ideal": _speed(dlrm, col, ideal),
-        "other_speed_vs_ideal": _speed(other, col, ideal),
-        "offloaded_dlrm": offloaded,
-    }
-
-
-def _speed(
-    rows: Sequence[tuple[object, ...]], col: Mapping[str, int], ideal: Mapping[str, float]
-) -> float:
-    ratios = [
-        ideal[str(r[col["job_id"]])] / (float(r[col["end_s"]]) - float(r[col["start_s"]]))  # type: ignore[arg-type]
-        for r in rows
-    ]
-    return statistics.mean(ratios) if ratios else 0.0
-
-
-def _mean_h(rows: Sequence[tuple[object, ...]], index: int) -> float:
-    values = [float(r[index]) for r in rows if r[index] is not None]  # type: ignore[arg-type]
-    return statistics.mean(values) / 3600.0 if values else 0.0
-
-
-def summarise_runs(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Mean over seeds per (rate, host slowdown, policy)."""
-    groups: dict[tuple[Any, ...], list[Mapping[str, Any]]] = {}
-    for row in runs:
-        groups.setdefault((row["rate_per_h"], row["host_slowdown"], row["policy"]), []).append(row)
-    summary = []
-    for (rate, slowdown, policy), rows in groups.items():
-        means = {
-            key: round(statistics.mean(float(r[key]) for r in rows), 4)
-            for key in CLUSTER_COLUMNS[4:]
-        }
-        summary.append(
-            {
-                "rate_per_h": rate,
-                "host_slowdown": slowdown,
-                "policy": policy,
-                "seeds": len(rows),
-                **means,
-            }
-        )
-    return summary
 
 
 # -- output ----------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """A sweep spec (YAML) → the inputs it loads and the grid of cells it runs.
 
-    experiment: simulate          # or fgd-inflation
+    experiment: simulate          # or fgd-inflation, hetero, continual, rap
     traces:
       - name: small               # optional; default: the file's or generator's name
         generate: {jobs: 500, rate: 4, seed: 1}
@@ -33,11 +33,16 @@ from typing import Any
 
 import yaml
 
+from policies import NodeSpec
+from simulator.clusters import named_cluster
 from simulator.sweep.cells import Cell, canonical_json, make_cell
 
 EXPERIMENTS = {
     "simulate": "simulator.sweep.simulate",
     "fgd-inflation": "simulator.experiments.fgd_inflation",
+    "hetero": "simulator.experiments.hetero_sweep",
+    "continual": "simulator.experiments.continual",
+    "rap": "simulator.experiments.rap_cluster",
 }
 """Experiment name → module whose `SWEEP` (a `SweepExperiment`) runs it in a sweep."""
 TOP_LEVEL = ("experiment", "traces", "cluster", "policies", "seeds", "settings", "metrics")
@@ -58,6 +63,12 @@ class TraceSource:
     path: Path | None = None
     format: str = "canonical"
     generate: Mapping[str, Any] = field(default_factory=dict)
+    base: Path = Path()
+    """The spec's folder, which relative paths in `generate` settings are read from."""
+
+    def resolve(self, path: str | Path) -> Path:
+        """`path` as written in the spec: absolute, or relative to the spec's folder."""
+        return Path(path) if Path(path).is_absolute() else self.base / path
 
     def digest(self) -> str:
         if self.path is None:
@@ -79,6 +90,9 @@ class SweepExperiment:
     """Cluster entry (and the spec's folder) → (label, nodes)."""
     policy_params: Callable[[str, dict[str, Any]], dict[str, Any]]
     """Policy name and options → the cell's policy parameters; raises on a bad one."""
+    digest_trace: Callable[[TraceSource], str] = TraceSource.digest
+    """What a trace's cells are keyed by: by default its file's bytes or its generator
+    settings; an experiment whose generator reads files adds their bytes."""
 
 
 @dataclass
@@ -119,7 +133,7 @@ def plan(data: Mapping[str, Any], base: Path) -> SweepPlan:
     digests = {"cluster": cluster_digest}
     for source in traces:
         inputs[f"trace:{source.name}"] = _load(experiment, source)
-        digests[f"trace:{source.name}"] = source.digest()
+        digests[f"trace:{source.name}"] = experiment.digest_trace(source)
     policies = _policies(data.get("policies"), experiment)
     seeds = parse_seeds(data.get("seeds", 0))
     settings = _settings(data.get("settings", {}), experiment)
@@ -185,6 +199,22 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
+def named_cluster_entry(
+    entry: Mapping[str, Any], default: str, experiment: str
+) -> tuple[str, list[NodeSpec]]:
+    """A spec's `cluster: {name: NAME, scale: K}` (`simulator.clusters`; `default`
+    when no name is given) as (label, nodes), for experiments that run named clusters."""
+    unknown = sorted(set(entry) - {"name", "scale"})
+    if unknown:
+        raise SpecError(f"cluster.{unknown[0]}", f"the {experiment} experiment takes name, scale")
+    name, scale = str(entry.get("name", default)), entry.get("scale", 1)
+    try:
+        nodes = named_cluster(name, int(scale))
+    except (TypeError, ValueError) as err:
+        raise SpecError("cluster", str(err)) from None
+    return (name if scale == 1 else f"{name}x{scale}"), nodes
+
+
 def _mapping(value: object, where: str) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
         raise SpecError(where, f"expected a mapping, got {value!r}")
@@ -208,14 +238,14 @@ def _traces(value: object, base: Path) -> list[TraceSource]:
         if "generate" in entry:
             settings = dict(_mapping(entry["generate"], f"{where}.generate"))
             name = str(entry.get("name", f"synthetic-{len(sources)}"))
-            sources.append(TraceSource(name, generate=settings))
+            sources.append(TraceSource(name, generate=settings, base=base))
             continue
         paths = _expand(str(entry["path"]), base, f"{where}.path")
         if "name" in entry and len(paths) > 1:
             raise SpecError(f"{where}.name", "a glob matching several files cannot have one name")
         fmt = str(entry.get("format", "canonical"))
         for path in paths:
-            sources.append(TraceSource(str(entry.get("name", path.stem)), path, fmt))
+            sources.append(TraceSource(str(entry.get("name", path.stem)), path, fmt, base=base))
     names = [s.name for s in sources]
     for name in names:
         if names.count(name) > 1:
@@ -234,7 +264,7 @@ def _expand(pattern: str, base: Path, where: str) -> list[Path]:
 def _load(experiment: SweepExperiment, source: TraceSource) -> Any:
     try:
         return experiment.load_trace(source)
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError, OSError) as err:
         where = f"trace {source.name!r}" + (" generate" if source.path is None else "")
         raise SpecError(where, str(err)) from None
 
