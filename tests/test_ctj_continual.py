@@ -292,3 +292,22 @@ def test_windows_opening_together_are_planned_together() -> None:
         r.create[0]["metadata"]["annotations"]["ctj.gpufleet.io/config"] for r in (first, second)
     ]
     assert configs == ["small", "large"]
+
+
+def test_a_drift_trigger_firing_with_periodic_openings_is_planned_with_them() -> None:
+    """The simulator plans every opening of an instant together, triggered ones too: a
+    CTJ below its trigger at its start opens then, beside a periodic one."""
+    periodic = ctj_from_json(ctj_json("a", 0.5, configs=2))
+    body = ctj_json("t", 0.6, configs=2)
+    body["spec"]["retrain"]["trigger"] = {"below": 0.7, "minGapSeconds": 400}
+    drifted = ctj_from_json(body)
+    calls: list[list[str]] = []
+
+    def plan_windows(openings: Sequence[WindowOpening]) -> list[WindowChoice]:
+        calls.append([o.stream.id for o in openings])
+        return [WindowChoice(0) for _ in openings]
+
+    joint = JointConfigs(plan_windows, lambda: [periodic, drifted], lambda key: [])
+    plan(periodic, [], CREATED + 1, "gpufleet", joint)
+    assert plan(drifted, [], CREATED + 1, "gpufleet", joint).create
+    assert calls == [["ns/a", "ns/t"]]

@@ -379,8 +379,9 @@ class JointConfigs:
     """A `ConfigChooser` that plans every CTJ window opening at one instant together, as
     the simulator plans the openings of an instant (`plan_configs` shares the free GPUs
     among them), and answers each CTJ's reconcile from that plan. `ctjs` and `pods_of`
-    read the reconciler's cache: the openings are the CTJs' open windows starting at
-    that instant with neither pods nor an outcome yet."""
+    read the reconciler's cache: the openings are the CTJs' windows starting at that
+    instant (by their clock or a drift trigger that fired then) with neither pods nor an
+    outcome yet."""
 
     def __init__(
         self,
@@ -408,11 +409,10 @@ class JointConfigs:
     def _openings_at(self, start: float) -> list[WindowOpening]:
         out = []
         for ctj in self.ctjs():
-            if ctj.problem is not None or ctj.spec.retrain.trigger is not None:
+            if ctj.problem is not None:
                 continue
             try:
-                clock = ctj_clock(ctj.spec.retrain, ctj.created)
-                window, first_opening = clock.current(start), clock.first_opening()
+                window, first_opening = _window_at(ctj, start)
             except ValueError:
                 continue  # its own reconcile reports the schedule
             model = tracked_model(ctj, first_opening)
@@ -424,3 +424,13 @@ class JointConfigs:
                 continue
             out.append(WindowOpening(stream_of(ctj, window), window.index, model.accuracy(start)))
         return out
+
+
+def _window_at(ctj: Ctj, now: float) -> tuple[Window | None, float]:
+    """The CTJ's window open at `now` (by its clock, or the drift trigger that fired)
+    and its first opening; raises ValueError for a schedule that cannot work."""
+    clock = ctj_clock(ctj.spec.retrain, ctj.created)
+    first_opening = clock.first_opening()
+    if ctj.spec.retrain.trigger is None:
+        return clock.current(now), first_opening
+    return triggered(ctj, first_opening, now)[0], first_opening
