@@ -139,11 +139,8 @@ class Fgd(PlacementPolicy):
         current = self._fragmentation
         if current is not None and current.workload == workload:
             return
-        if current is not None and self._deltas is not None:
-            order = current.reweight(workload)  # the same types: keep what is computed
-            if order is not None:
-                self._deltas.reorder(order)
-                return
+        if current is not None and current.reweight(workload):
+            return  # the same types: the node terms and cached differences still hold
         self._fragmentation = NodeFragmentation(workload, self.settings.mode == "score")
         self._deltas = DeltaCache(self._fragmentation, self.settings.delta_cache_shapes)
 
@@ -286,19 +283,15 @@ class DeltaCache:
         self.shapes = shapes
         self._entries: OrderedDict[tuple[int, int, int], _Entry] = OrderedDict()
         self._nodes: tuple[object, ...] | None = None
-
-    def reorder(self, order: IntArray) -> None:
-        """The fragmentation's types were reordered (`NodeFragmentation.reweight`)."""
-        if (order != np.arange(order.size)).any():
-            for entry in self._entries.values():
-                entry.diffs = entry.diffs[order]
+        self._columns_version = fragmentation.columns_version
 
     def get(self, task: TaskRequest, state: ClusterState, candidates: IntArray) -> FloatArray:
         fragmentation = self.fragmentation
         fragmentation.sync(state)
-        if state.nodes is not self._nodes:
-            self._entries.clear()
+        if state.nodes is not self._nodes or self._columns_version != fragmentation.columns_version:
+            self._entries.clear()  # another cluster, or differences lack a new type's column
             self._nodes = state.nodes
+            self._columns_version = fragmentation.columns_version
         entry = self._entry(task, state)
         stamps = fragmentation.stamp
         stale = candidates[entry.stamp[candidates] != stamps[candidates]]

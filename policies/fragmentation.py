@@ -37,6 +37,10 @@ BoolArray = npt.NDArray[np.bool_]
 DEFAULT_COVERAGE = 0.95
 """Task types are added, most popular first, until they cover this share of tasks."""
 
+SPARE_TYPES = 8
+"""Columns a `NodeFragmentation` keeps for task types its workload no longer holds (a
+live workload's least popular types drop out at the cut-off and come back)."""
+
 
 class Category(IntEnum):
     """Where a (node, task type) pair falls; the artifact's buckets (frag.go)."""
@@ -138,8 +142,16 @@ class WorkloadArrays:
     """A target workload laid out for one cluster's GPU models (one column per type)."""
 
     def __init__(self, workload: TargetWorkload, gpu_models: Sequence[str]) -> None:
-        types = workload.types
-        self.workload = workload
+        self._lay_out(workload.types, gpu_models)
+
+    @classmethod
+    def of_types(cls, types: Sequence[TaskType], gpu_models: Sequence[str]) -> WorkloadArrays:
+        """Columns for `types`, whose probabilities need not sum to 1."""
+        arrays = object.__new__(cls)
+        arrays._lay_out(types, gpu_models)
+        return arrays
+
+    def _lay_out(self, types: Sequence[TaskType], gpu_models: Sequence[str]) -> None:
         self.cpu: IntArray = np.array([t.task.cpu_milli for t in types], dtype=np.int64)
         self.milli: IntArray = np.array([t.task.gpu_milli for t in types], dtype=np.int64)
         self.num: IntArray = np.array([t.task.num_gpus for t in types], dtype=np.int64)
@@ -152,19 +164,6 @@ class WorkloadArrays:
                 access[:-1, j] = [family_admits(t.allowed_models, m) for m in gpu_models]
                 access[-1, j] = False
         self.access = access
-
-    def reordered(self, workload: TargetWorkload, order: IntArray) -> WorkloadArrays:
-        """These arrays for `workload`, whose type j is this one's type `order[j]` (with
-        its own probabilities): what the constructor gives, without matching models."""
-        arrays = object.__new__(WorkloadArrays)
-        arrays.workload = workload
-        arrays.cpu = self.cpu[order]
-        arrays.milli = self.milli[order]
-        arrays.num = self.num[order]
-        arrays.prob = np.array([t.probability for t in workload.types], dtype=np.float64)
-        arrays.uses_gpu = self.uses_gpu[order]
-        arrays.access = self.access[:, order]
-        return arrays
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,21 +261,29 @@ class NodeFragmentation:
     `scarcity` is set; `node_values` and `cluster_amount` are always the paper's measure.
 
     The terms depend on the workload's task types, not on their probabilities, so
-    `reweight` takes a workload of the same types (a live one, whose shares move with
-    every arrival) without recomputing any node; `weights_version` counts such changes.
+    `reweight` takes another workload (a live one, whose shares move with every
+    arrival, whose order moves when two shares cross and whose last types come and go
+    at the coverage cut-off) without recomputing any node: it keeps a column per task
+    type seen (at most `SPARE_TYPES` beyond the workload's), computes a new type's
+    column once, and weighs only the workload's columns; `order[j]` is the column of
+    the workload's type j. `weights_version` counts reweights, `columns_version` added
+    columns.
     """
 
     def __init__(self, workload: TargetWorkload, scarcity: bool = False) -> None:
         self.workload = workload
         self.scarcity = scarcity
         self.weights_version = 0
+        self.columns_version = 0
+        self._types = list(workload.types)  # one per column (their probabilities unused)
+        self._columns = {type_key(t): j for j, t in enumerate(self._types)}
+        self.order: IntArray = np.arange(len(self._types))
         self._nodes: tuple[object, ...] | None = None
 
     def _reset(self, state: ClusterState) -> None:
         self._nodes = state.nodes
-        self.arrays = WorkloadArrays(self.workload, state.gpu_models)
-        self._scarcity = scarcity_weights(self.arrays, state) if self.scarcity else None
-        self._weigh_types()
+        self._cluster = state  # only its fixed parts (GPU models and counts) are read
+        self._lay_out_columns()
         self.model_idx = state.model_idx.copy()
         self.cpu_seen = state.cpu_free.copy()
         self.gpu_seen = state.gpu_free.copy()
@@ -287,31 +294,60 @@ class NodeFragmentation:
         self.stamp = np.zeros(state.num_nodes, dtype=np.int64)
         self._clock = 0
 
-    def _weigh_types(self) -> None:
-        scarcity = self._scarcity
-        self.delta_weights = self.arrays.prob * (scarcity if scarcity is not None else 1.0)
+    def _lay_out_columns(self) -> None:
+        state = self._cluster
+        self.arrays = WorkloadArrays.of_types(self._types, state.gpu_models)
+        self._scarcity = scarcity_weights(self.arrays, state) if self.scarcity else None
+        self._weigh_types()
 
-    def reweight(self, workload: TargetWorkload) -> IntArray | None:
-        """Use `workload` from now on if it has the same task types as the current one,
-        in any order and with any probabilities: the kept terms' columns are reordered
-        to its type order (column j was column `order[j]`), and `order` is returned.
-        None, changing nothing, when the types differ."""
-        order = type_order(self.workload, workload)
-        if order is None:
-            return None
+    def _weigh_types(self) -> None:
+        """Probabilities and Δ weights per column, from the current workload (0 for a
+        column of a type it does not hold)."""
+        prob = np.zeros(len(self._types))
+        prob[self.order] = [t.probability for t in self.workload.types]
+        self.arrays.prob = prob
+        scarcity = self._scarcity
+        self.delta_weights = prob * (scarcity if scarcity is not None else 1.0)
+
+    def reweight(self, workload: TargetWorkload) -> bool:
+        """Use `workload` from now on: only the weights change, and a column is added for
+        each type never seen before. False, changing nothing, when that would keep more
+        than `SPARE_TYPES` columns the workload does not use (or types repeat)."""
+        keys = [type_key(t) for t in workload.types]
+        new = {key: t for key, t in zip(keys, workload.types, strict=True)}
+        for key in self._columns:
+            new.pop(key, None)
+        if len(set(keys)) != len(keys) or len(self._columns) != len(self._types):
+            return False
+        if len(self._types) + len(new) > len(keys) + SPARE_TYPES:
+            return False
+        if new:
+            self._add_columns(list(new.values()))
         self.workload = workload
+        self.order = np.array([self._columns[key] for key in keys], dtype=np.int64)
         self.weights_version += 1
         if self._nodes is not None:
-            self.arrays = self.arrays.reordered(workload, order)
-            if self._scarcity is not None:
-                self._scarcity = self._scarcity[order]  # a type's weight follows its models
             self._weigh_types()
-            terms = self.terms
-            self.terms = NodeTerms(
-                terms.small[:, order], terms.fit[:, order], terms.amount[:, order], terms.idle
-            )
-            self.type_totals = self.type_totals[order]
-        return order
+        return True
+
+    def _add_columns(self, types: list[TaskType]) -> None:
+        for task_type in types:
+            self._columns[type_key(task_type)] = len(self._types)
+            self._types.append(task_type)
+        self.columns_version += 1
+        if self._nodes is None:
+            return
+        self._lay_out_columns()
+        extra = WorkloadArrays.of_types(types, self._cluster.gpu_models)
+        fresh = node_terms(extra, self.cpu_seen, self.gpu_seen, self.model_idx)
+        terms = self.terms
+        self.terms = NodeTerms(
+            np.hstack((terms.small, fresh.small)),
+            np.hstack((terms.fit, fresh.fit)),
+            np.hstack((terms.amount, fresh.amount)),
+            terms.idle,
+        )
+        self.type_totals = np.concatenate((self.type_totals, fresh.amount.sum(axis=0)))
 
     def sync(self, state: ClusterState) -> None:
         """Bring the cached terms in line with `state` (same node list as before, or a
@@ -347,11 +383,11 @@ class NodeFragmentation:
 
     def node_values(self) -> FloatArray:
         """F_n(M) per node, milli-GPU."""
-        return self.terms.amount @ self.arrays.prob
+        return self.terms.amount[:, self.order] @ self.arrays.prob[self.order]  # its order
 
     def cluster_amount(self) -> float:
         """F(M) = Σ_n F_n(M), milli-GPU."""
-        return float(self.type_totals @ self.arrays.prob)
+        return float(self.type_totals[self.order] @ self.arrays.prob[self.order])
 
     def idle_milli(self) -> int:
         return int(self.terms.idle.sum())
@@ -371,8 +407,8 @@ class NodeFragmentation:
     def placement_diffs(
         self, state: ClusterState, task: TaskRequest, nodes: IntArray
     ) -> tuple[FloatArray, BoolArray]:
-        """`placement_deltas` before weighting: per type, node and slot (axes in that
-        order) the change in fragmented milli-GPU (integers, held as floats), and which
+        """`placement_deltas` before weighting: per type column, node and slot (axes in
+        that order) the change in fragmented milli-GPU (integers, held as floats), and which
         slots fit the task. They depend on the node's free resources and the types, not
         on the types' probabilities."""
         types = self.arrays.prob.size
@@ -391,14 +427,16 @@ class NodeFragmentation:
     def weigh(self, diffs: FloatArray, fits: BoolArray) -> FloatArray:
         """Δ per node and slot from `placement_diffs` (inf where the slot does not fit).
 
-        Summed type by type in a fixed order, so a slot's Δ is the same float whatever
-        else is weighed with it (a BLAS matrix-vector product's rounding can depend on
-        the rows' memory alignment: seen as one-ulp differences)."""
+        Summed type by type in the workload's order, so a slot's Δ is the same float
+        whatever else is weighed with it and however the columns are kept (a BLAS
+        matrix-vector product's rounding can follow the rows' memory alignment: seen
+        as one-ulp differences)."""
         weights = self.delta_weights
-        deltas: FloatArray = diffs[0] * weights[0]
+        first, *rest = self.order.tolist()
+        deltas: FloatArray = diffs[first] * weights[first]
         term = np.empty_like(deltas)
-        for t in range(1, weights.size):
-            deltas += np.multiply(diffs[t], weights[t], out=term)
+        for column in rest:
+            deltas += np.multiply(diffs[column], weights[column], out=term)
         deltas[~fits] = np.inf
         return deltas
 
@@ -430,19 +468,9 @@ class NodeFragmentation:
         return np.array((amount - self.terms.amount[nodes]).T, dtype=np.float64, order="C")
 
 
-def type_order(current: TargetWorkload, new: TargetWorkload) -> IntArray | None:
-    """Where each of `new`'s task types is in `current` (None unless both hold the same
-    distinct types)."""
-    keys = [(t.task, t.allowed_models) for t in current.types]
-    position = {key: i for i, key in enumerate(keys)}
-    order = [position.get((t.task, t.allowed_models), -1) for t in new.types]
-    if (
-        len(position) != len(keys)
-        or len(order) != len(keys)
-        or sorted(order) != list(range(len(keys)))
-    ):
-        return None
-    return np.array(order, dtype=np.int64)
+def type_key(task_type: TaskType) -> tuple[TaskRequest, frozenset[str] | None]:
+    """What makes a task type the same type whatever its probability."""
+    return (task_type.task, task_type.allowed_models)
 
 
 def cluster_fragmentation(state: ClusterState, workload: TargetWorkload) -> tuple[float, float]:

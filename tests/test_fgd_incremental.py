@@ -22,6 +22,7 @@ from policies import (
     SchedulingResult,
     Snapshot,
     TaskRequest,
+    fragmentation,
     make_policy,
 )
 from policies.fgd import MODES, DeltaCache, Fgd, FgdConfig
@@ -144,12 +145,9 @@ def test_reweighted_fragmentation_and_cached_deltas_equal_fresh_ones(
     for counts, changes in history:
         change_state(state, changes, held)
         workload = workload_of(counts, coverage)
-        order = kept.reweight(workload) if kept is not None else None
-        if kept is None or cache is None or order is None:
+        if kept is None or cache is None or not kept.reweight(workload):
             kept = NodeFragmentation(workload, scarcity)
             cache = DeltaCache(kept, shapes=256)
-        else:
-            cache.reorder(order)
         fresh = NodeFragmentation(workload, scarcity)
         fresh.sync(state)
         everywhere = np.arange(state.num_nodes)
@@ -158,29 +156,42 @@ def test_reweighted_fragmentation_and_cached_deltas_equal_fresh_ones(
                 cache.get(task, state, everywhere),
                 fresh.placement_deltas(state, task, everywhere),
             )
-        for name in ("small", "fit", "amount", "idle"):
-            np.testing.assert_array_equal(getattr(kept.terms, name), getattr(fresh.terms, name))
-        np.testing.assert_array_equal(kept.type_totals, fresh.type_totals)
-        np.testing.assert_array_equal(kept.delta_weights, fresh.delta_weights)
+        order = kept.order  # kept columns in the first workload's order
+        for name in ("small", "fit", "amount"):
+            kept_terms = getattr(kept.terms, name)[:, order]
+            np.testing.assert_array_equal(kept_terms, getattr(fresh.terms, name))
+        np.testing.assert_array_equal(kept.terms.idle, fresh.terms.idle)
+        np.testing.assert_array_equal(kept.type_totals[order], fresh.type_totals)
+        np.testing.assert_array_equal(kept.delta_weights[order], fresh.delta_weights)
         assert kept.cluster_amount() == fresh.cluster_amount()
 
 
-def test_a_reorder_of_the_same_types_keeps_the_terms() -> None:
-    """Swapping two types' popularity reorders the kept columns and recomputes no node;
-    a workload with another type set is refused (the caller builds a new one)."""
+def test_a_reweight_keeps_the_terms_and_adds_a_column_per_new_type(monkeypatch) -> None:
+    """Swapping two types' popularity maps the workload's types to the kept columns
+    (5:3 becomes 3:5, so type 0 is now column 1) and recomputes no node; a third type
+    gets a third column; a workload that would leave more than SPARE_TYPES columns
+    unused is refused (the caller builds a new one)."""
     state = cluster()
     first = workload_of([5, 3, 0, 0, 0, 0, 0, 0], 1.0)
     swapped = workload_of([3, 5, 0, 0, 0, 0, 0, 0], 1.0)
     kept = NodeFragmentation(first)
     kept.sync(state)
     stamps = kept.stamp.copy()
-    order = kept.reweight(swapped)
-    assert order is not None and order.tolist() == [1, 0]
+    assert kept.reweight(swapped)
+    assert kept.order.tolist() == [1, 0]
     assert kept.workload == swapped and kept.weights_version == 1
+    assert kept.arrays.prob.tolist() == [3 / 8, 5 / 8]  # per kept column
     kept.sync(state)
     np.testing.assert_array_equal(kept.stamp, stamps)  # nothing recomputed
-    assert kept.reweight(workload_of([5, 3, 1, 0, 0, 0, 0, 0], 1.0)) is None
-    assert kept.workload == swapped
+    assert kept.reweight(workload_of([5, 3, 2, 0, 0, 0, 0, 0], 1.0))
+    assert kept.order.tolist() == [0, 1, 2] and kept.columns_version == 1
+    assert kept.terms.amount.shape == (state.num_nodes, 3)
+    assert kept.arrays.prob.tolist() == [0.5, 0.3, 0.2]
+    monkeypatch.setattr(fragmentation, "SPARE_TYPES", 1)
+    assert kept.reweight(workload_of([0, 1, 1, 0, 0, 0, 0, 0], 1.0))  # one column unused
+    only_new = workload_of([0, 0, 0, 1, 0, 0, 0, 0], 1.0)
+    assert not kept.reweight(only_new)  # would leave three of four columns unused
+    assert kept.workload != only_new
 
 
 class CheckedMix(Policy):
