@@ -305,7 +305,7 @@ def _sweep_cluster(entry: Mapping[str, Any], _base: Path) -> tuple[str, list[Nod
 def _sweep_policy(name: str, options: dict[str, Any]) -> dict[str, Any]:
     """A setting of `POLICIES` (options on top of its own) or `rap` with options."""
     if name != "rap" and name not in POLICIES:
-        raise ValueError(f"{name!r}: the rap experiment runs rap or one of {', '.join(POLICIES)}")
+        raise ValueError(f"not {name!r}: the rap experiment runs rap or {', '.join(POLICIES)}")
     chosen = {**POLICIES.get(name, {}), **options}
     make_policy("rap", chosen)  # a bad option fails before any cell runs
     label = ":".join([name, *(f"{k}={v}" for k, v in options.items())])
