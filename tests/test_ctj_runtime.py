@@ -19,7 +19,7 @@ import pytest
 from controller.ctj.crd import ctj_from_json
 from controller.ctj.plan import plan
 from controller.ctj.runtime import SIMULATED_RUNTIME, WORK_DONE, granted_runtime
-from controller.kube.objects import RESTARTS, RUNTIME, pod_from_json
+from controller.kube.objects import ASSIGNED_GPUS, RESTARTS, RUNTIME, pod_from_json
 from controller.scheduling.cache import NODES, PODS, ClusterCache
 from controller.scheduling.effects import now_rfc3339
 from controller.scheduling.encoders import WholeGpu
@@ -221,6 +221,36 @@ def test_a_withdrawn_window_waits_as_the_simulators_preempted_job() -> None:
             assert waiting.id == "ns/wide-w0" and waiting.started_at is not None
             assert (waiting.restarts, waiting.done) == (1, pytest.approx(10.0))
             assert waiting.attained_gpu_s == pytest.approx(10.0)
+        finally:
+            loop.cancel()
+
+    asyncio.run(main())
+
+
+def test_gpus_planned_for_a_growing_window_are_not_given_to_the_next_opening() -> None:
+    """`wide` is planned on all 4 A100s and its 3 added pods are on their way when
+    `gainer` opens: the round must not hand those GPUs to `gainer` (in the simulator
+    `wide` holds them from the instant it was grown), else `wide`'s plan waits for
+    `gainer` to finish. Once its pods are there, `wide` is bound to all 4."""
+
+    async def main() -> None:
+        clock = [CREATED + 1]
+        scheduler, cache, effects = thief_on_one_node(4, clock)
+        loop = asyncio.create_task(scheduler.run())
+        try:
+            cache.apply(PODS, "ADDED", opted_in_pod("wide"))
+            scheduler.request_round()
+            await scheduler.wait_idle()
+            ((_first, names),) = effects.added
+            effects.added.clear()
+            await gainer_opens(scheduler, effects, clock)
+            assert (effects.binds, effects.added) == ([], [])  # nothing free for `gainer`
+            for name in names:
+                cache.apply(PODS, "ADDED", opted_in_pod("wide", name, uid=name))
+            await scheduler.wait_idle()
+            assert sorted((b[0], b[2][ASSIGNED_GPUS]) for b in effects.binds) == [
+                (f"wide-w0-{i}", str(i)) for i in range(4)
+            ]
         finally:
             loop.cancel()
 

@@ -76,7 +76,7 @@ from policies.base import NO_NODE_FITS
 from policies.continual import RETRAIN_KIND
 from policies.contract import PlacementError, check_fits, check_shape
 from policies.diagnosis import why_no_node_fits
-from policies.placement import allocation_shape
+from policies.placement import allocation_shape, take
 
 log = logging.getLogger(__name__)
 
@@ -279,7 +279,7 @@ class Scheduler:
             return None
         self.stats.passes += 1
         snapshot = Snapshot(
-            cluster=state.view(),
+            cluster=self._held_for_growth(state, workload.pending),
             running=self.cache.running.views(self.cache.charges(), state, now),
             pending=[self._pending_view(job) for job in pending],
             now=now,
@@ -294,6 +294,20 @@ class Scheduler:
         if result.wake_at is not None and result.wake_at > now:
             asyncio.get_running_loop().call_later(result.wake_at - now, self.wake)
         return result
+
+    def _held_for_growth(self, state: ClusterState, jobs: list[PendingJob]) -> ClusterState:
+        """The cluster as the policy sees it: the GPUs planned for windows whose added
+        pods are on their way are taken, as they are in the simulator the instant it
+        grows a job (else the next round gives them to another job and the plan waits
+        for it to finish). A plan whose GPUs went to a pod placed meanwhile is not held."""
+        growing = [j for j in jobs if j.spec.id in self._growing and j.spec.id in self._plans]
+        if not growing:
+            return state.view()
+        held = state.copy()
+        for job in growing:
+            if _fits(self._plans[job.spec.id], job, held):
+                take(held, job.spec, self._plans[job.spec.id])
+        return held.view()
 
     def _pending_view(self, job: PendingJob) -> JobView:
         """A job's view while it waits; a moved retraining window's as the simulator's
