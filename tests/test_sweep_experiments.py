@@ -18,6 +18,7 @@ import pytest
 from gpufleet.cli import main
 from simulator.experiments import continual, hetero, rap_cluster
 from simulator.sweep.spec import SpecError, load_spec
+from tests.conftest import shared_data
 from tests.test_hetero_experiment import invented_data as sia_workloads
 from tests.test_rap_experiment import invented_data as rap_profiles
 from tests.test_sweep import run_files, table_without_timing
@@ -286,3 +287,32 @@ def test_experiment_cells_on_ray_give_the_local_results(tmp_path: Path) -> None:
         ).read_bytes()
     assert table_without_timing(local) == table_without_timing(swept)
     assert run_files(local) == run_files(swept)
+
+
+# -- the examples ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("example", "data"),
+    [
+        pytest.param("sweep-hetero.yaml", "sia/workloads/saturn", marks=pytest.mark.shared_data),
+        ("sweep-continual.yaml", None),
+        pytest.param("sweep-rap.yaml", "rap", marks=pytest.mark.shared_data),
+        pytest.param(
+            "sweep-fgd.yaml",
+            "alibaba-gpu-2023/openb_node_list_gpu_node.csv",
+            marks=pytest.mark.shared_data,
+        ),
+    ],
+)
+def test_example_specs_expand_to_their_whole_grid(example: str, data: str | None) -> None:
+    """docs/sweeps.md's examples load, and each is the product of its traces, policy
+    settings and seeds (every cell distinct)."""
+    if data is not None:
+        shared_data(data)  # skips when the public data is not there
+    plan, _ = load_spec(Path(__file__).parents[1] / "examples" / example)
+    traces = {c.params["trace"] for c in plan.cells}
+    settings = {json.dumps([c.params["policy"], c.params.get("options")]) for c in plan.cells}
+    seeds = {c.params["seed"] for c in plan.cells}
+    assert len(plan.cells) == len(traces) * len(settings) * len(seeds) > 1
+    assert len({c.key for c in plan.cells}) == len(plan.cells)
