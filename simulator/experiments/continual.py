@@ -419,12 +419,9 @@ def _sweep_policy(name: str, options: dict[str, Any]) -> dict[str, Any]:
     return {"policy": label}
 
 
+SWEEP_TASK = "simulator.experiments.continual:run_cell"
 SWEEP = SweepExperiment(
-    task="simulator.experiments.continual:run_cell",
-    settings={},
-    metrics=METRICS,
-    load_trace=_sweep_trace,
-    load_cluster=_sweep_cluster,
-    policy_params=_sweep_policy,
-    digest_trace=_sweep_digest,
+    SWEEP_TASK, {}, METRICS, _sweep_trace, _sweep_cluster, _sweep_policy, _sweep_digest
 )
+"""The fields in order: task, settings (none), metrics, and how a trace, the cluster
+and a policy are read and a trace keyed."""

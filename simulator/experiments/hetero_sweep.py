@@ -108,12 +108,9 @@ GAVEL_SETTINGS: dict[str, Any] = {
 }
 """A generated Gavel trace's settings in a sweep spec, with `--gavel-*`'s defaults."""
 
+SWEEP_TASK = "simulator.experiments.hetero_sweep:run_cell"
 SWEEP = SweepExperiment(
-    task="simulator.experiments.hetero_sweep:run_cell",
-    settings={},
-    metrics=CELL_METRICS,
-    load_trace=_sweep_trace,
-    load_cluster=_sweep_cluster,
-    policy_params=_sweep_policy,
-    digest_trace=_sweep_digest,
+    SWEEP_TASK, {}, CELL_METRICS, _sweep_trace, _sweep_cluster, _sweep_policy, _sweep_digest
 )
+"""The fields in order: task, settings (none), metrics, and how a trace, the cluster
+and a policy are read and a trace keyed."""

@@ -313,11 +313,7 @@ def _sweep_policy(name: str, options: dict[str, Any]) -> dict[str, Any]:
 
 
 SWEEP = SweepExperiment(
-    task=CELL_TASK,
-    settings={},
-    metrics=METRICS,
-    load_trace=_sweep_trace,
-    load_cluster=_sweep_cluster,
-    policy_params=_sweep_policy,
-    digest_trace=_sweep_digest,
+    CELL_TASK, {}, METRICS, _sweep_trace, _sweep_cluster, _sweep_policy, _sweep_digest
 )
+"""The fields in order: task, settings (none), metrics, and how a trace, the cluster
+and a policy are read and a trace keyed."""
