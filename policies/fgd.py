@@ -184,8 +184,9 @@ class Fgd(PlacementPolicy):
     def _pick_by_score(
         self, task: TaskRequest, state: ClusterState, candidates: IntArray, deltas: FloatArray
     ) -> tuple[int, tuple[int, ...]]:
-        scores = artifact_scores(deltas)
-        node_scores = scores.max(axis=1)
+        # The score falls as Δ rises, so a node's best slot is its least Δ: one score per
+        # node, not per GPU slot (tests/test_fgd_incremental.py checks the monotony).
+        node_scores = artifact_scores(deltas.min(axis=1) if deltas.shape[1] > 1 else deltas[:, 0])
         if self.settings.mode == "artifact":
             row = int(node_scores.argmax())  # the first node (name order) with the best
         else:
@@ -194,9 +195,10 @@ class Fgd(PlacementPolicy):
         node = int(candidates[row])
         if not task.is_sharing:
             return node, select_gpus(task, state.gpu_free[node], state.gpu_count[node])
+        scores = artifact_scores(deltas[row])
         if self.settings.mode == "artifact":
-            return node, (int(scores[row].argmax()),)  # the first GPU with the best score
-        top = scores[row] == scores[row].max()
+            return node, (int(scores.argmax()),)  # the first GPU with the best score
+        top = scores == scores.max()
         free = state.gpu_free[node].astype(np.float64)
         return node, (int(np.argmin(np.where(top, free, np.inf))),)
 

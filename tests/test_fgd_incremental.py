@@ -25,7 +25,7 @@ from policies import (
     fragmentation,
     make_policy,
 )
-from policies.fgd import MODES, DeltaCache, Fgd, FgdConfig
+from policies.fgd import MODES, DeltaCache, Fgd, FgdConfig, artifact_scores
 from policies.fragmentation import NodeFragmentation, TargetWorkload, workload_from_counts
 from policies.task_mix import TaskKey, TaskMix, count_tasks, task_key
 from simulator.engine import EngineOptions, Simulation
@@ -307,3 +307,27 @@ def test_counts_from_the_snapshot_when_the_host_keeps_none() -> None:
         (500, 0.75),
         (1000, 0.25),
     ]
+
+
+FINITE = st.floats(-1e6, 1e6, allow_nan=False)
+
+
+@settings(max_examples=300)
+@given(low=FINITE, high=FINITE, ulps=st.integers(1, 4))
+def test_the_score_never_rises_with_delta(low, high, ulps) -> None:
+    """What lets FGD score a node by its least-Δ slot alone: over floats, a larger Δ
+    never scores higher (also a few ulps apart, where rounding could reorder them)."""
+    low, high = min(low, high), max(low, high)
+    near = low
+    for _ in range(ulps):
+        near = float(np.nextafter(near, np.inf))
+    deltas = np.array([low, high, near, np.inf])
+    scores = artifact_scores(deltas)
+    assert scores[0] >= scores[1] and scores[0] >= scores[2] and scores[3] == -1
+
+
+def test_scores_along_a_dense_grid_never_rise() -> None:
+    """Every 1/64 milli-GPU of Δ from −20,000 to 20,000 (2.56 million values)."""
+    scores = artifact_scores(np.arange(-20_000 * 64, 20_000 * 64) / 64.0)
+    assert (np.diff(scores) <= 0).all()
+    assert scores[0] == 99 and scores[-1] == 0  # σ(20) = 1 − 2e-9: 99.99999979 → 99
