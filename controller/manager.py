@@ -106,8 +106,9 @@ class Manager:
         assert self.reconciler is not None
         streams = [throughput_of(c.spec) for c in self.reconciler.ctjs() if is_stream(c)]
         scheduler = self.controller.scheduler
-        now = openings[0].stream.start_s
-        return plan_openings(scheduler.policy, scheduler.cache, openings, now, streams)
+        return plan_openings(
+            scheduler.policy, scheduler.cache, openings, scheduler.snapshot_now, streams
+        )
 
     def is_leader(self) -> bool:
         return self.elector is None or self.elector.is_leader()

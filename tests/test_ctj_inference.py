@@ -19,7 +19,7 @@ import pytest
 
 from controller.ctj.continual import opening, serving_ends
 from controller.ctj.crd import ctj_from_json
-from controller.ctj.inference import cluster_snapshot, plan_openings, reservation_key, serve
+from controller.ctj.inference import SnapshotSource, plan_openings, reservation_key, serve
 from controller.ctj.plan import plan
 from controller.ctj.streams import recorded_streams
 from controller.kube.objects import ASSIGNED_GPUS, pod_from_json
@@ -29,7 +29,7 @@ from controller.scheduling.encoders import WholeGpu
 from controller.scheduling.ledger import Charge
 from controller.scheduling.scheduler import Scheduler, SchedulerOptions
 from controller.scheduling.workload import build_workload
-from policies import NodeSpec, make_policy
+from policies import NodeSpec, Policy, make_policy
 from policies.continual import AccuracyCurve, StreamSpec, WindowPlanner, window_info
 from policies.windows import Window
 from simulator.continual import STREAM_COLUMNS, ContinualRun
@@ -38,6 +38,12 @@ from tests.test_ctj_elastic import CREATED, GrowingEffects, ctj_json, streams, w
 
 CURVE = AccuracyCurve(ceiling=0.9, floor=0.3, decay_per_h=0.0, half_gain_gpu_s=20.0)
 NODE = NodeSpec("a", 32_000, 131_072, 2, "A100")
+
+
+def view_of(cache: ClusterCache, policy: Policy) -> SnapshotSource:
+    """What the controller plans openings on: its scheduler's view of the cluster."""
+    options = SchedulerOptions(external_rounds=True)
+    return Scheduler(policy, cache, GrowingEffects(cache), options).snapshot_now  # type: ignore[arg-type]
 
 
 def served_stream(inference_milli: int) -> StreamSpec:
@@ -93,7 +99,7 @@ def test_the_controller_reserves_the_share_and_places_retraining_beside_it() -> 
         )
         ctj = ctj_from_json(served_ctj(1000))
         window = Window(0, CREATED, CREATED + 100, CREATED + 120)
-        held = serve(edf, cache, [opening(ctj, window, 0.8)], CREATED)
+        held = serve(edf, cache, [opening(ctj, window, 0.8)], scheduler.snapshot_now)
         assert held == {"ns/wide": 1000}
         state = cache.ledger.state
         assert state is not None and state.gpu_free[0].tolist() == [0, 1000]
@@ -125,7 +131,8 @@ def test_thief_splits_the_share_live_as_in_the_simulator() -> None:
     cache = ClusterCache(WholeGpu())
     cache.replace(NODES, [node_json("a", 2)])
     window = Window(0, CREATED, CREATED + 100, CREATED + 120)
-    live = serve(make_policy("thief"), cache, [opening(ctj_from_json(body), window, 0.5)], CREATED)
+    thief = make_policy("thief")
+    live = serve(thief, cache, [opening(ctj_from_json(body), window, 0.5)], view_of(cache, thief))
     stream = replace(served_stream(1000), initial_accuracy=0.5, inference_gamma=0.05)
     run = ContinualRun([NODE], [stream], make_policy("thief"))
     run.run()
@@ -163,7 +170,8 @@ def test_the_granted_shares_serving_quality_scales_the_windows_value_live() -> N
     cache.replace(NODES, [node_json("a", 2)])
     window = Window(0, CREATED, CREATED + 100, CREATED + 120)
     thief = make_policy("thief")
-    (choice,) = plan_openings(thief, cache, [opening(ctj, window, 0.5)], CREATED, [])
+    view = view_of(cache, thief)
+    (choice,) = plan_openings(thief, cache, [opening(ctj, window, 0.5)], view, [])
     stream = replace(served_stream(1000), initial_accuracy=0.5, inference_gamma=0.05)
     assert choice.serving == stream.serving_quality(250) == pytest.approx(0.25**0.05)
     (manifest,) = plan(ctj, [], CREATED + 1, "gpufleet", lambda _opening: choice).create
@@ -196,10 +204,12 @@ def test_a_share_goes_on_the_model_slowest_for_every_ctj_not_only_the_openings()
     state = cache.ledger.state
     assert state is not None
     everyone = [openings[0].stream.throughput, *others]
-    assert serve(make_policy("edf"), cache, openings, CREATED, everyone) == {"ns/wide": 500}
+    edf = make_policy("edf")
+    view = view_of(cache, edf)
+    assert serve(edf, cache, openings, view, everyone) == {"ns/wide": 500}
     assert state.gpu_free[:, 0].tolist() == [1000, 500]  # node a (A100), node t (T4)
     cache.unreserve(reservation_key("ns/wide"))
-    assert serve(make_policy("edf"), cache, openings, CREATED) == {"ns/wide": 500}
+    assert serve(edf, cache, openings, view) == {"ns/wide": 500}
     assert state.gpu_free[:, 0].tolist() == [500, 1000]  # the openings alone: the A100
 
 
@@ -255,9 +265,11 @@ def test_a_waiting_window_delays_the_openings_configs_live_as_in_the_simulator()
     window = Window(0, CREATED + 5, CREATED + 13, CREATED + 15)
     openings = [opening(job, window, 0.5)]
     thief = make_policy("thief")
-    (choice,) = plan_openings(thief, cache, openings, CREATED + 5, [])
+    view = view_of(cache, thief)
+    (choice,) = plan_openings(thief, cache, openings, view, [])
     assert job.spec.configs[choice.config].name == "w1.2"
-    snapshot = cluster_snapshot(cache, CREATED + 5)
+    snapshot = view(CREATED + 5)
+    assert snapshot is not None
     alone = replace(snapshot, pending=[])
     assert isinstance(thief, WindowPlanner)
     assert [job.spec.configs[c].name for c in thief.plan_windows(openings, alone)] == ["w2.5"]

@@ -12,11 +12,10 @@ its last window has ended.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from controller.ctj.continual import WindowChoice
 from controller.scheduling.cache import ClusterCache
-from controller.scheduling.workload import build_workload
 from policies import Policy, Snapshot
 from policies.continual import (
     InferencePlanner,
@@ -27,6 +26,8 @@ from policies.continual import (
 )
 
 RESERVATION_PREFIX = "inference/"
+SnapshotSource = Callable[[float], Snapshot | None]
+"""The scheduler's view of the cluster at a time (`Scheduler.snapshot_now`)."""
 
 
 def reservation_key(ctj_key: str) -> str:
@@ -38,41 +39,32 @@ def plan_openings(
     policy: Policy,
     cache: ClusterCache,
     openings: Sequence[WindowOpening],
-    now: float,
+    snapshot_at: SnapshotSource,
     throughputs: Sequence[Mapping[str, float]],
 ) -> list[WindowChoice]:
     """The openings' inference shares reserved, then the policy's configs for them (its
     `plan_windows`, else each stream's default) on the cluster with the shares in it,
-    as the simulator does at an instant with openings. `throughputs`: every CTJ
-    stream's, for where shares go."""
-    grants = serve(policy, cache, openings, now, throughputs)
-    if not isinstance(policy, WindowPlanner) or cache.ledger.state is None:
+    as the simulator does at an instant with openings. `snapshot_at`: the scheduler's
+    view of the cluster (`Scheduler.snapshot_now`); `throughputs`: every CTJ stream's,
+    for where shares go."""
+    now = openings[0].stream.start_s if openings else 0.0
+    grants = serve(policy, cache, openings, snapshot_at, throughputs)
+    snapshot = snapshot_at(now)
+    if snapshot is None or not isinstance(policy, WindowPlanner):
         configs = [o.stream.default_config for o in openings]
     else:
-        configs = policy.plan_windows(openings, cluster_snapshot(cache, now))
+        configs = policy.plan_windows(openings, snapshot)
     return [
         WindowChoice(config, o.stream.serving_quality(grants.get(o.stream.id, 0)))
         for o, config in zip(openings, configs, strict=True)
     ]
 
 
-def cluster_snapshot(cache: ClusterCache, now: float) -> Snapshot:
-    """The cluster as the scheduler's next pass would show it: running jobs and the jobs
-    still waiting (the simulator's snapshot at an instant has both: a window that waits
-    delays the openings' retraining, `plan_windows`' backlog)."""
-    state = cache.ledger.state
-    assert state is not None
-    running = cache.running.views(cache.charges(), state, now)
-    waiting = build_workload(cache.pending_pods(), cache.seq, cache.encoder).pending
-    pending = [job.view() for job in waiting]
-    return Snapshot(cluster=state.view(), running=running, pending=pending, now=now)
-
-
 def serve(
     policy: Policy,
     cache: ClusterCache,
     openings: Sequence[WindowOpening],
-    now: float,
+    snapshot_at: SnapshotSource,
     throughputs: Sequence[Mapping[str, float]] = (),
 ) -> dict[str, int]:
     """Re-plan and reserve the inference shares of the CTJs opening windows now; returns
@@ -85,7 +77,9 @@ def serve(
     if isinstance(policy, InferencePlanner):
         for item in serving:  # the planner splits everything inference holds
             cache.unreserve(reservation_key(item.stream.id))
-        grants = policy.plan_inference(serving, openings, cluster_snapshot(cache, now))
+        snapshot = snapshot_at(openings[0].stream.start_s)
+        assert snapshot is not None  # the cluster is known (`state`)
+        grants = policy.plan_inference(serving, openings, snapshot)
     else:
         grants = [item.stream.inference_milli for item in serving]
     order = inference_order(

@@ -278,12 +278,7 @@ class Scheduler:
         if not (pending or self.round_s is not None):
             return None
         self.stats.passes += 1
-        snapshot = Snapshot(
-            cluster=self._held_for_growth(state, workload.pending),
-            running=self.cache.running.views(self.cache.charges(), state, now),
-            pending=[self._pending_view(job) for job in pending],
-            now=now,
-        )
+        snapshot = self._snapshot(state, pending, workload.pending, now)
         by_id = {job.spec.id: job for job in pending}
         started = time.perf_counter()
         result = self._decide(snapshot, by_id, now)
@@ -294,6 +289,27 @@ class Scheduler:
         if result.wake_at is not None and result.wake_at > now:
             asyncio.get_running_loop().call_later(result.wake_at - now, self.wake)
         return result
+
+    def snapshot_now(self, now: float) -> Snapshot | None:
+        """The cluster as the policy's next pass would see it (None before the nodes are
+        known): the CTJ openings' inference shares and configs are planned on it
+        (`controller.ctj.inference`), as the simulator plans them on its pass's view."""
+        state = self.cache.ledger.state
+        if state is None:
+            return None
+        pods = [p for p in self.cache.pending_pods() if not p.claims]
+        waiting = build_workload(pods, self.cache.seq, self.cache.encoder).pending
+        return self._snapshot(state, waiting, waiting, now)
+
+    def _snapshot(
+        self, state: ClusterState, pending: list[PendingJob], growing: list[PendingJob], now: float
+    ) -> Snapshot:
+        return Snapshot(
+            cluster=self._held_for_growth(state, growing),
+            running=self.cache.running.views(self.cache.charges(), state, now),
+            pending=[self._pending_view(job) for job in pending],
+            now=now,
+        )
 
     def _held_for_growth(self, state: ClusterState, jobs: list[PendingJob]) -> ClusterState:
         """The cluster as the policy sees it: the GPUs planned for windows whose added
