@@ -477,7 +477,7 @@ class _FluidPlan:
         self.choice = [_cheapest(o.stream) for o in openings]
 
     def uplifts(self) -> list[float]:
-        order = sorted(range(len(self.openings)), key=self._work_per_gain)
+        order = self._smith_order()
         finish = self.delay_s + np.cumsum([self._work(i) for i in order]) / self.rate
         values = [0.0] * len(order)
         for k, i in enumerate(order):
@@ -486,7 +486,7 @@ class _FluidPlan:
         return values
 
     def sweep(self) -> None:
-        order = sorted(range(len(self.openings)), key=self._work_per_gain)
+        order = self._smith_order()
         finish = self.delay_s + np.cumsum([self._work(i) for i in order]) / self.rate
         meets = [finish[k] <= self.openings[i].stream.deadline_s for k, i in enumerate(order)]
         gains = np.array([self.gains[i][self.choice[i]] for i in order]) * np.array(meets)
@@ -522,8 +522,15 @@ class _FluidPlan:
     def _work(self, i: int) -> float:
         return self.works[i][self.choice[i]]
 
-    def _work_per_gain(self, i: int) -> float:
-        return self._work(i) / max(self.gains[i][self.choice[i]], 1e-12)
+    def _smith_order(self) -> list[int]:
+        """Work per gain ascending; ties by stream and window, so the plan does not
+        depend on the order a host lists the openings in."""
+        return sorted(range(len(self.openings)), key=self._rank)
+
+    def _rank(self, i: int) -> tuple[float, str, int]:
+        opening = self.openings[i]
+        work_per_gain = self._work(i) / max(self.gains[i][self.choice[i]], 1e-12)
+        return work_per_gain, opening.stream.id, opening.index
 
 
 def _fastest(stream: StreamSpec) -> float:

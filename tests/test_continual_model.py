@@ -136,6 +136,9 @@ def test_config_plan_accounts_for_the_delay_it_imposes() -> None:
     # 128 + 64 = 192 — the first job's own 128 − 76.7 is less than the 56 it costs the other.
     assert plan_configs(pair, rate=2.0, sweeps=1) == [1, 1]
     assert plan_configs(pair, rate=2.0, sweeps=2) == [0, 1]
+    # Equal work per gain: ties go by stream id whatever the order a host lists them in
+    # (the controller lists an instant's openings in reconcile order).
+    assert plan_configs(pair[::-1], rate=2.0, sweeps=2) == [1, 0]
 
 
 def test_window_job_carries_its_window() -> None:
