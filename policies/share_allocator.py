@@ -109,8 +109,12 @@ class ShareAllocator(Policy):
         statics: list[JobFacts] = []
         current: list[tuple[int, int] | None] = []
         remaining: list[float] = []
-        # A running job that may not be preempted keeps its share, out of the room.
-        jobs = [v for v in jobs if v.spec.preemptible or v.status is not JobStatus.RUNNING]
+        # A running job that may not be preempted keeps its share, out of the room. Rows
+        # go by job id: ties then part the same way whatever order a host lists jobs in.
+        jobs = sorted(
+            (v for v in jobs if v.spec.preemptible or v.status is not JobStatus.RUNNING),
+            key=lambda v: v.id,
+        )
         room = ShareRoom.free(cluster, jobs)
         for view in jobs:
             static = self._static(view.spec, cluster.gpu_models)

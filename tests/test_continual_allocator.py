@@ -148,3 +148,29 @@ def test_a_job_that_may_not_be_preempted_keeps_its_share(policy: str, preemptibl
     assert preempted == ([spec.id] if preemptible else [])
     if not preemptible:
         assert result.decisions == ()
+
+
+@pytest.mark.parametrize("policy", ["thief", "edf"])
+def test_jobs_of_equal_value_part_the_same_way_whatever_order_they_are_listed_in(
+    policy: str,
+) -> None:
+    """Two identical windows and room for one: the same one is placed when a host lists
+    them in either order (the controller lists pods in the order it saw them)."""
+    stream = two_streams()[0]
+    jobs = [
+        dataclasses.replace(stream, id=sid).window_job(0, 0, stream.start_accuracy)
+        for sid in ("x", "y")
+    ]
+    placed = []
+    for listed in (jobs, jobs[::-1]):
+        snapshot = Snapshot(
+            cluster=ClusterState([NODE]).view(),
+            running=[],
+            pending=[JobView(spec=j, status=JobStatus.PENDING) for j in listed],
+            now=0.0,
+        )
+        result = make_policy(policy).schedule(snapshot, Context(np.random.default_rng(0)))
+        placed.append(
+            sorted((d.job_id, d.placement) for d in result.decisions if isinstance(d, Place))
+        )
+    assert placed[0] == placed[1] and placed[0]
