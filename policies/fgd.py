@@ -109,6 +109,7 @@ class Fgd(PlacementPolicy):
         self._fragmentation: NodeFragmentation | None = None
         self._deltas: DeltaCache | None = None
         self._tie_ranks: tuple[tuple[object, ...], IntArray] | None = None
+        self._score_bounds: FloatArray | None = None
 
     @property
     def settings(self) -> FgdConfig:
@@ -184,13 +185,17 @@ class Fgd(PlacementPolicy):
     def _pick_by_score(
         self, task: TaskRequest, state: ClusterState, candidates: IntArray, deltas: FloatArray
     ) -> tuple[int, tuple[int, ...]]:
-        # The score falls as Δ rises, so a node's best slot is its least Δ: one score per
-        # node, not per GPU slot (tests/test_fgd_incremental.py checks the monotony).
-        node_scores = artifact_scores(deltas.min(axis=1) if deltas.shape[1] > 1 else deltas[:, 0])
+        # The score never rises with Δ (tests/test_fgd_incremental.py), so a node scores
+        # as its least-Δ slot, the best score is the least Δ's, and the nodes that share
+        # it are those below that score's bound: no sigmoid per candidate.
+        node_delta = deltas.min(axis=1) if deltas.shape[1] > 1 else deltas[:, 0]
+        least = node_delta.min()
+        best_score = int(artifact_scores(np.array([least]))[0])
+        tied = node_delta < self._bounds()[best_score] if best_score >= 0 else node_delta >= 0
         if self.settings.mode == "artifact":
-            row = int(node_scores.argmax())  # the first node (name order) with the best
+            row = int(tied.argmax())  # the first node (name order) with the best
         else:
-            best = np.flatnonzero(node_scores == node_scores.max())
+            best = np.flatnonzero(tied) if best_score >= 0 else np.arange(node_delta.size)
             row = int(best[self._ranks(state)[candidates[best]].argmin()])
         node = int(candidates[row])
         if not task.is_sharing:
@@ -201,6 +206,11 @@ class Fgd(PlacementPolicy):
         top = scores == scores.max()
         free = state.gpu_free[node].astype(np.float64)
         return node, (int(np.argmin(np.where(top, free, np.inf))),)
+
+    def _bounds(self) -> FloatArray:
+        if self._score_bounds is None:
+            self._score_bounds = score_bounds()
+        return self._score_bounds
 
     def _ranks(self, state: ClusterState) -> IntArray:
         if self._tie_ranks is None or self._tie_ranks[0] is not state.nodes:
@@ -232,6 +242,38 @@ def artifact_scores(deltas: FloatArray) -> IntArray:
         sigmoid = 1.0 / (1.0 + np.exp(deltas / 1000.0))
     scores = np.trunc(sigmoid * 100.0).astype(np.int64)
     return np.where(np.isfinite(deltas), scores, -1)
+
+
+def score_bounds() -> FloatArray:
+    """bounds[k] for k = 0..100: the least Δ that `artifact_scores` puts below k (+inf for
+    k = 0), found by bisection over the float64 values in order. As the score never
+    rises with Δ, a finite Δ scores at least k exactly when it is below bounds[k]."""
+    wanted = np.arange(1, 101)
+    low = np.full(wanted.size, _ordered(-1e7))  # scores 100
+    high = np.full(wanted.size, _ordered(1e7))  # scores 0
+    while True:
+        gap = high.view(np.uint64) - low.view(np.uint64)  # no int64 overflow
+        open_ = gap > 1
+        if not open_.any():
+            break
+        middle = (low.view(np.uint64) + gap // np.uint64(2)).view(np.int64)
+        high_enough = artifact_scores(_float_of(middle)) >= wanted
+        low = np.where(open_ & high_enough, middle, low)
+        high = np.where(open_ & ~high_enough, middle, high)
+    return np.concatenate(([np.inf], _float_of(high)))
+
+
+_SIGN = -(1 << 63)
+
+
+def _ordered(value: float) -> IntArray:
+    """An int64 that orders float64 values as they compare (−0.0 and 0.0 alike)."""
+    bits = np.array(value, dtype=np.float64).view(np.int64)
+    return np.where(bits < 0, _SIGN - bits, bits)
+
+
+def _float_of(keys: IntArray) -> FloatArray:
+    return np.where(keys < 0, _SIGN - keys, keys).view(np.float64)
 
 
 def tie_ranks(names: Sequence[str]) -> IntArray:

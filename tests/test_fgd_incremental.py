@@ -25,7 +25,7 @@ from policies import (
     fragmentation,
     make_policy,
 )
-from policies.fgd import MODES, DeltaCache, Fgd, FgdConfig, artifact_scores
+from policies.fgd import MODES, DeltaCache, Fgd, FgdConfig, artifact_scores, score_bounds
 from policies.fragmentation import NodeFragmentation, TargetWorkload, workload_from_counts
 from policies.task_mix import TaskKey, TaskMix, count_tasks, task_key
 from simulator.engine import EngineOptions, Simulation
@@ -331,3 +331,19 @@ def test_scores_along_a_dense_grid_never_rise() -> None:
     scores = artifact_scores(np.arange(-20_000 * 64, 20_000 * 64) / 64.0)
     assert (np.diff(scores) <= 0).all()
     assert scores[0] == 99 and scores[-1] == 0  # σ(20) = 1 − 2e-9: 99.99999979 → 99
+
+
+@settings(max_examples=200)
+@given(deltas=st.lists(FINITE, min_size=1, max_size=20))
+def test_score_bounds_classify_as_the_score_does(deltas) -> None:
+    """A Δ scores at least k exactly when it is below bounds[k], for every k, at random
+    values and at each bound and its float neighbours."""
+    bounds = score_bounds()
+    edges = bounds[1:]
+    values = np.concatenate(
+        (deltas, edges, np.nextafter(edges, -np.inf), np.nextafter(edges, np.inf))
+    )
+    scores = artifact_scores(values)
+    for k in range(101):
+        np.testing.assert_array_equal(scores >= k, values < bounds[k])
+    assert bounds[50] == pytest.approx(0.0, abs=1e-9)  # σ(0) = ½: 50 up to Δ = 0
