@@ -176,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
     inputs: dict[str, Any] = {f"trace:{w.name}": load_workload(w, modes) for w in workloads}
     inputs["cluster"] = nodes
     label = args.cluster if args.scale == 1 else f"{args.cluster}x{args.scale}"
-    cells, _ = make_cells(workloads, policies, label, args.seed)
+    cells = make_cells(workloads, policies, label, args.seed)
     with experiment_output(NAME, args) as stage:
         report = run_experiment_cells(NAME, cells, inputs, executor, args, _log_run)
         write_results(stage, payloads(report, cells))
@@ -401,11 +401,11 @@ def make_cells(
     policies: Sequence[tuple[str, dict[str, str]]],
     cluster: str,
     seed: int,
-) -> tuple[list[Cell], dict[str, str]]:
-    """Cells in workload, policy order, and the digests of the workloads they read."""
+) -> list[Cell]:
+    """Cells in workload, policy order; each reads its workload and the cluster."""
     digests = {f"trace:{w.name}": workload_digest(w) for w in workloads}
     digests["cluster"] = cluster
-    cells = [
+    return [
         make_cell(
             CELL_TASK,
             {"trace": w.name, "cluster": cluster, "policy": name, "options": options, "seed": seed},
@@ -415,7 +415,6 @@ def make_cells(
         for w in workloads
         for name, options in policies
     ]
-    return cells, digests
 
 
 def _log_run(done: int, total: int, record: Mapping[str, Any], elapsed_s: float) -> None:
