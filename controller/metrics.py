@@ -275,7 +275,7 @@ class _ForecastScoreCollector:
     nothing and is logged once per distinct problem."""
 
     def __init__(self, path: Path) -> None:
-        self.path = path / "score.csv" if path.is_dir() else path
+        self.path = path
         self._logged = ""
 
     def collect(self) -> Iterator[Metric]:
@@ -299,8 +299,10 @@ class _ForecastScoreCollector:
         yield scored
 
     def _rows(self) -> list[ScoreRow]:
+        # Resolved at each scrape: the directory may be written after the start.
+        table = self.path / "score.csv" if self.path.is_dir() else self.path
         try:
-            rows, problem = read_score(self.path), ""
+            rows, problem = read_score(table), ""
         except (TraceError, OSError) as err:
             rows, problem = [], str(err)
         if problem and problem != self._logged:

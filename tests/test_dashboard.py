@@ -199,3 +199,13 @@ def test_a_malformed_score_table_exports_nothing_and_says_why(
     text = generate_latest(metrics.registry).decode()
     assert "gpufleet_forecast_error_seconds{" not in text
     assert "score.csv:2: field 'start_mean_abs_err_s'" in caplog.text
+
+
+def test_a_score_directory_written_after_the_start_is_exported(tmp_path: Path) -> None:
+    later = tmp_path / "score"
+    metrics = ControllerMetrics()
+    metrics.watch_forecast_score(later)
+    assert "gpufleet_forecast_error_seconds{" not in generate_latest(metrics.registry).decode()
+    later.mkdir()
+    (later / "score.csv").write_text(SCORE)
+    assert 'source="declared",stat="p90"} 9.5' in generate_latest(metrics.registry).decode()
