@@ -138,10 +138,8 @@ class Fgd(PlacementPolicy):
 
     def _use_workload(self, workload: TargetWorkload) -> None:
         current = self._fragmentation
-        if current is not None and current.workload == workload:
-            return
-        if current is not None and current.reweight(workload):
-            return  # the same types: the node terms and cached differences still hold
+        if current is not None and (current.workload is workload or current.reweight(workload)):
+            return  # the node terms and cached differences still hold
         self._fragmentation = NodeFragmentation(workload, self.settings.mode == "score")
         self._deltas = DeltaCache(self._fragmentation, self.settings.delta_cache_shapes)
 
@@ -338,7 +336,7 @@ class DeltaCache:
             self._columns_version = fragmentation.columns_version
         entry = self._entry(task, state)
         stamps = fragmentation.stamp
-        stale = candidates[entry.stamp[candidates] != stamps[candidates]]
+        stale = np.flatnonzero(entry.stamp != stamps)  # candidates or not: one comparison
         reweigh = entry.weights_version != fragmentation.weights_version
         if stale.size:
             diffs, fits = fragmentation.placement_diffs(state, task, stale)
