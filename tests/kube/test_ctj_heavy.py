@@ -228,6 +228,7 @@ async def live_run(
         await admin.api.request("DELETE", LEASE)
 
 
+@pytest.mark.timeout(1500)  # two live runs of ~5 minutes each, beyond the suite's 600 s
 def test_thief_beats_fifo_on_accuracy_and_misses_under_heavy_load_live_and_simulated(
     ctj_env: CtjEnvironment,  # noqa: F811
     tmp_path: Path,
