@@ -106,9 +106,19 @@ class Manager:
         assert self.reconciler is not None
         streams = [throughput_of(c.spec) for c in self.reconciler.ctjs() if is_stream(c)]
         scheduler = self.controller.scheduler
-        return plan_openings(
+        chosen = plan_openings(
             scheduler.policy, scheduler.cache, openings, scheduler.snapshot_now, streams
         )
+        log.info(
+            "openings at %.3f planned: %s",
+            openings[0].stream.start_s,
+            ", ".join(
+                f"{o.stream.id} w{o.index} from {o.acc_start:.4f}: "
+                f"{o.stream.configs[c.config].name}"
+                for o, c in zip(openings, chosen, strict=True)
+            ),
+        )
+        return chosen
 
     def is_leader(self) -> bool:
         return self.elector is None or self.elector.is_leader()

@@ -311,3 +311,24 @@ def test_a_drift_trigger_firing_with_periodic_openings_is_planned_with_them() ->
     plan(periodic, [], CREATED + 1, "gpufleet", joint)
     assert plan(drifted, [], CREATED + 1, "gpufleet", joint).create
     assert calls == [["ns/a", "ns/t"]]
+
+
+def test_a_window_asked_again_before_its_pods_exist_keeps_its_planned_config() -> None:
+    """A reconcile may plan a window again before its pods are seen (its status write
+    conflicted, or its pods were all withdrawn): it keeps the config planned with the
+    instant's other openings, as the simulator chooses once per window."""
+    pairs = (("a", 0.5), ("b", 0.7))
+    jobs = [ctj_from_json(ctj_json(name, initial, configs=2)) for name, initial in pairs]
+    calls: list[list[str]] = []
+
+    def plan_windows(openings: Sequence[WindowOpening]) -> list[WindowChoice]:
+        calls.append([o.stream.id for o in openings])
+        return [WindowChoice(len(openings) - 1) for _ in openings]  # 1 together, 0 alone
+
+    joint = JointConfigs(plan_windows, lambda: jobs, lambda key: [])
+    first = plan(jobs[0], [], CREATED + 1, "gpufleet", joint)
+    again = plan(jobs[0], [], CREATED + 2, "gpufleet", joint)
+    configs = [
+        r.create[0]["metadata"]["annotations"]["ctj.gpufleet.io/config"] for r in (first, again)
+    ]
+    assert configs == ["large", "large"] and calls == [["ns/a", "ns/b"]]

@@ -392,19 +392,22 @@ class JointConfigs:
         self.plan_windows = plan_windows
         self.ctjs = ctjs
         self.pods_of = pods_of
-        self._chosen: dict[tuple[str, int, float], WindowChoice] = {}
+        self._chosen: dict[str, tuple[int, float, WindowChoice]] = {}
+        """CTJ key → (window, opening, choice) of its latest planned window."""
 
     def __call__(self, opening: WindowOpening) -> WindowChoice:
+        # A window keeps its choice, however often its CTJ is reconciled before its pods
+        # exist (a status conflict, its pods withdrawn): the simulator chooses once.
         start = opening.stream.start_s
-        key = (opening.stream.id, opening.index, start)
-        if key not in self._chosen:
-            # Plans of earlier instants are not asked for again.
-            self._chosen = {k: c for k, c in self._chosen.items() if k[2] >= start}
+        held = self._chosen.get(opening.stream.id)
+        if held is None or held[:2] != (opening.index, start):
             others = [o for o in self._openings_at(start) if o.stream.id != opening.stream.id]
             together = [opening, *others]
+            alive = {ctj.key for ctj in self.ctjs()}
+            self._chosen = {k: v for k, v in self._chosen.items() if k in alive}
             for item, choice in zip(together, self.plan_windows(together), strict=True):
-                self._chosen[(item.stream.id, item.index, start)] = choice
-        return self._chosen.pop(key)
+                self._chosen[item.stream.id] = (item.index, start, choice)
+        return self._chosen[opening.stream.id][2]
 
     def _openings_at(self, start: float) -> list[WindowOpening]:
         out = []
