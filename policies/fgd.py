@@ -187,9 +187,9 @@ class Fgd(PlacementPolicy):
         # as its least-Δ slot, the best score is the least Δ's, and the nodes that share
         # it are those below that score's bound: no sigmoid per candidate.
         node_delta = deltas.min(axis=1) if deltas.shape[1] > 1 else deltas[:, 0]
-        least = node_delta.min()
-        best_score = int(artifact_scores(np.array([least]))[0])
-        tied = node_delta < self._bounds()[best_score] if best_score >= 0 else node_delta >= 0
+        least, bounds = node_delta.min(), self._bounds()
+        best_score = int(np.count_nonzero(least < bounds[1:])) if np.isfinite(least) else -1
+        tied = node_delta < bounds[best_score] if best_score >= 0 else node_delta >= 0
         if self.settings.mode == "artifact":
             row = int(tied.argmax())  # the first node (name order) with the best
         else:
@@ -245,7 +245,8 @@ def artifact_scores(deltas: FloatArray) -> IntArray:
 def score_bounds() -> FloatArray:
     """bounds[k] for k = 0..100: the least Δ that `artifact_scores` puts below k (+inf for
     k = 0), found by bisection over the float64 values in order. As the score never
-    rises with Δ, a finite Δ scores at least k exactly when it is below bounds[k]."""
+    rises with Δ, a finite Δ scores at least k exactly when it is below bounds[k], and
+    its score is the number of k ≥ 1 it is below."""
     wanted = np.arange(1, 101)
     low = np.full(wanted.size, _ordered(-1e7))  # scores 100
     high = np.full(wanted.size, _ordered(1e7))  # scores 0

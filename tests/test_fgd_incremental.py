@@ -346,4 +346,6 @@ def test_score_bounds_classify_as_the_score_does(deltas) -> None:
     scores = artifact_scores(values)
     for k in range(101):
         np.testing.assert_array_equal(scores >= k, values < bounds[k])
+    below = (values[:, None] < bounds[None, 1:]).sum(axis=1)
+    np.testing.assert_array_equal(below, scores)  # how FGD reads the best score
     assert bounds[50] == pytest.approx(0.0, abs=1e-9)  # σ(0) = ½: 50 up to Δ = 0
