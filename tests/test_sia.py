@@ -262,8 +262,9 @@ def test_a_lone_imagenet_job_finishes_as_in_the_artifact(tmp_path: Path) -> None
     how fast Sia grows them, which follows the throughput models the jobs fit. Fitting
     as AdaptDL does (the default), the job finishes within 5% of the artifact's; with the
     exact fit its models promise less from more GPUs, it reaches 16 A100s at 9,660 s
-    instead of 2,940 s and finishes over 20% later."""
+    instead of 2,940 s and misses by more than the 10% that p99 JCT and makespan are held
+    to (a lone job's JCT is both)."""
     adaptdl = imagenet_alone_jct(tmp_path, None)
     exact = imagenet_alone_jct(tmp_path, EXACT_FIT)
     assert adaptdl / ARTIFACT_IMAGENET_ALONE_S == pytest.approx(1.0, abs=0.05)
-    assert exact / ARTIFACT_IMAGENET_ALONE_S > 1.2
+    assert exact / ARTIFACT_IMAGENET_ALONE_S > 1.1
