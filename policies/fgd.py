@@ -318,7 +318,8 @@ class DeltaCache:
     the workload; the per-type differences it is weighted from (`placement_diffs`) do
     not depend on the workload's probabilities. So between two tasks of one shape only
     the nodes placed on in between need new differences, and a live workload's new
-    probabilities (every pass) cost one matrix-vector product per shape used.
+    probabilities (every pass) cost one weighting of the cached differences per shape
+    used (`NodeFragmentation.weigh`).
     """
 
     def __init__(self, fragmentation: NodeFragmentation, shapes: int) -> None:
