@@ -28,6 +28,7 @@ import pytest
 from policies import (
     ClusterState,
     Context,
+    JobSpec,
     JobStatus,
     JobView,
     NodeSpec,
@@ -68,12 +69,15 @@ def two_streams() -> list[StreamSpec]:
 
 
 def first_pass(policy_name: str) -> list[Place]:
-    streams = two_streams()
-    jobs = [s.window_job(0, 0, s.start_accuracy) for s in streams]
+    return places(policy_name, [s.window_job(0, 0, s.start_accuracy) for s in two_streams()])
+
+
+def places(policy_name: str, pending: list[JobSpec]) -> list[Place]:
+    """The policy's placements for `pending` windows on an empty NODE, in this order."""
     snapshot = Snapshot(
         cluster=ClusterState([NODE]).view(),
         running=[],
-        pending=[JobView(spec=j, status=JobStatus.PENDING) for j in jobs],
+        pending=[JobView(spec=j, status=JobStatus.PENDING) for j in pending],
         now=0.0,
     )
     result = make_policy(policy_name).schedule(snapshot, Context(np.random.default_rng(0)))
@@ -161,16 +165,8 @@ def test_jobs_of_equal_value_part_the_same_way_whatever_order_they_are_listed_in
         dataclasses.replace(stream, id=sid).window_job(0, 0, stream.start_accuracy)
         for sid in ("x", "y")
     ]
-    placed = []
-    for listed in (jobs, jobs[::-1]):
-        snapshot = Snapshot(
-            cluster=ClusterState([NODE]).view(),
-            running=[],
-            pending=[JobView(spec=j, status=JobStatus.PENDING) for j in listed],
-            now=0.0,
-        )
-        result = make_policy(policy).schedule(snapshot, Context(np.random.default_rng(0)))
-        placed.append(
-            sorted((d.job_id, d.placement) for d in result.decisions if isinstance(d, Place))
-        )
+    placed = [
+        sorted((d.job_id, d.placement) for d in places(policy, listed))
+        for listed in (jobs, jobs[::-1])
+    ]
     assert placed[0] == placed[1] and placed[0]
