@@ -19,7 +19,7 @@ from controller.ctj.crd import (
     WindowOutcome,
     ctj_from_json,
 )
-from controller.ctj.plan import CtjPod, Plan, ctj_pod_from_json, plan
+from controller.ctj.plan import RETRY_DELAY_S, CtjPod, Plan, ctj_pod_from_json, plan
 from controller.kube.objects import GANG_SIZE, GPU_MILLI, GPU_MODELS, POD_GROUP_LABEL, SUBMIT_TIME
 from controller.scheduling.effects import now_rfc3339
 from policies.windows import COMPLETED, MISSED
@@ -154,12 +154,33 @@ def test_unbound_pods_at_the_deadline_are_reported_unschedulable() -> None:
     assert late.recorded == (WindowOutcome(0, MISSED, "Unschedulable"),)
 
 
-def test_failed_pod_misses_the_window_at_once() -> None:
+def test_a_failed_replica_is_retried_within_its_window() -> None:
+    """10 s after a replica fails the window's pods are withdrawn (the gang runs whole)
+    and recreated; the window completes if the new attempt finishes by the deadline."""
+    job = ctj()
+    first = plan(job, [], CREATED, "gpufleet")
+    job = advance(job, first)
+    pods = pods_of(first, phase="Running", node="n0")
+    pods[1] = replace(pods[1], phase="Failed", finished_at=CREATED + 10)
+    waiting = plan(job, pods, CREATED + 11, "gpufleet")
+    assert (waiting.recorded, waiting.delete, waiting.create) == ((), (), ())
+    assert waiting.requeue_at == CREATED + 10 + RETRY_DELAY_S
+    retry = plan(job, pods, CREATED + 20, "gpufleet")
+    assert retry.recorded == () and sorted(p.name for p in retry.delete) == ["cam-w0-0", "cam-w0-1"]
+    leaving = [replace(p, deleting=True) for p in pods]
+    assert plan(job, leaving, CREATED + 20.5, "gpufleet").create == ()  # names still taken
+    again = plan(job, [], CREATED + 21, "gpufleet")
+    assert [p["metadata"]["name"] for p in again.create] == ["cam-w0-0", "cam-w0-1"]
+    done = plan(advance(job, again), finished(pods_of(again), CREATED + 50), CREATED + 51, "x")
+    assert done.recorded == (WindowOutcome(0, COMPLETED, "RetrainedInTime", CREATED + 50),)
+
+
+def test_a_replica_failed_too_late_for_a_retry_misses_the_window_at_the_deadline() -> None:
     job = ctj()
     first = plan(job, [], CREATED, "gpufleet")
     pods = pods_of(first, phase="Running", node="n0")
-    pods[1] = replace(pods[1], phase="Failed", finished_at=CREATED + 10)
-    failed = plan(advance(job, first), pods, CREATED + 11, "gpufleet")
+    pods[1] = replace(pods[1], phase="Failed", finished_at=CREATED + 55)
+    failed = plan(advance(job, first), pods, CREATED + 60, "gpufleet")
     assert failed.recorded == (WindowOutcome(0, MISSED, "PodFailed"),)
     assert [p.name for p in failed.delete] == ["cam-w0-0"]  # the failed one stays for logs
 

@@ -7,9 +7,10 @@ Per window:
 * while it is open and before its deadline, its retraining pods exist (one per replica,
   named `<ctj>-w<index>-<replica>`, a gang under `scheduling.x-k8s.io/pod-group`);
 * it is *completed* when every replica succeeded by the deadline, and *missed* when the
-  deadline passes first, a pod fails, or the window went by with no pods at all (the
-  controller was down); the unfinished pods of a missed window are withdrawn (the stale
-  model keeps serving, as in `policies.continual`);
+  deadline passes first or the window went by with no pods at all (the controller was
+  down); a replica that fails before the deadline is retried (`RETRY_DELAY_S` later the
+  window's pods are withdrawn and recreated); the unfinished pods of a missed window are
+  withdrawn (the stale model keeps serving, as in `policies.continual`);
 * outcomes are recorded in order in the status (`windowsRecorded` is the high-water
   mark, so nothing is counted twice), and finished pods are kept for the last
   `historyLimit` recorded windows only.
@@ -84,6 +85,9 @@ from policies.windows import (
 )
 
 HISTORY = 5
+RETRY_DELAY_S = 10.0
+"""A failed replica's window is retried this long after the failure (a crash loop makes
+one attempt per delay, not one per API round trip), until its deadline."""
 """Window outcomes kept in the status."""
 RETRAINING = "Retraining"
 DEADLINE_MET = "DeadlineMet"
@@ -275,6 +279,8 @@ def plan(
         by_window.setdefault(pod.window, []).append(pod)
     tally = _record_closed(ctj, by_window, closed_before, now, first_opening)
     create: list[dict[str, Any]] = []
+    withdrawn: tuple[CtjPod, ...] = ()
+    retry_at: float | None = None
     if window is not None and window.index >= tally.recorded:
         current = by_window.get(window.index, [])
         outcome = _judge(window.index, current, ctj.spec.min_replicas, window.deadline, now)
@@ -287,13 +293,28 @@ def plan(
             # A replica recreated (after a preemption) carries the facts of its window.
             notes = facts.annotations() if facts is not None else _facts_of(current)
             create = _missing_pods(ctj, window, current, scheduler_name, notes)
+            withdrawn, retry_at = _retry(current, now)
+    requeue_at = _requeue_at(window, tally.recorded, limit, first_opening, now, next_trigger)
     return Plan(
         create=tuple(create),
-        delete=stale + _to_delete(own, tally.recorded, ctj.spec.history_limit),
+        delete=stale + _to_delete(own, tally.recorded, ctj.spec.history_limit) + withdrawn,
         status=_status(ctj, window, tally, by_window, now),
         recorded=tuple(tally.new),
-        requeue_at=_requeue_at(window, tally.recorded, limit, first_opening, now, next_trigger),
+        requeue_at=min((t for t in (requeue_at, retry_at) if t is not None), default=None),
     )
+
+
+def _retry(pods: Sequence[CtjPod], now: float) -> tuple[tuple[CtjPod, ...], float | None]:
+    """A replica that failed before its window's deadline is retried: `RETRY_DELAY_S`
+    after the failure the window's pods are withdrawn (a gang runs whole), and the CTJ
+    recreates them. Returns the pods to withdraw now, or when to look again."""
+    failures = [p.finished_at or now for p in pods if p.failed and not p.deleting]
+    if not failures:
+        return (), None
+    retry_at = max(failures) + RETRY_DELAY_S
+    if now < retry_at:
+        return (), retry_at
+    return tuple(p for p in pods if not p.deleting), None
 
 
 def _record_closed(
@@ -353,7 +374,7 @@ def _judge(
 ) -> WindowOutcome | None:
     """The window's outcome by `policies.windows.settle` on its pods; None while open."""
     live = [p for p in pods if not p.deleting or p.finished]
-    failed = any(p.failed for p in live)
+    failed = now >= deadline and any(p.failed for p in live)  # before it: retried
     done = [p for p in live if p.succeeded]
     finished = None
     # Every pod counts, those the scheduler added to grow the window too.
