@@ -8,9 +8,10 @@ leaves nothing behind; `traces.outputs` says what may already be in the director
 
 from __future__ import annotations
 
+import gc
 import json
-from collections.abc import Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,7 +65,8 @@ def simulate(
         horizon_s=config.horizon_s if config.horizon_s is not None else float("inf"),
     )
     sim = Simulation(nodes, jobs, policy, options, progress)
-    recorder = sim.run()
+    with fewer_collections():
+        recorder = sim.run()
     summary = {
         "policy": config.policy,
         "trace": config.trace,
@@ -112,3 +114,22 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
 def staged_directory(target: Path, force: bool = False) -> AbstractContextManager[Path]:
     """Stage a run directory and move it into `target` by the rules of `traces.outputs`."""
     return output_directory(target, "simulate", force)
+
+
+GC_YOUNG_THRESHOLD = 100_000
+"""Allocations between collections of the youngest generation during a replay."""
+
+
+@contextmanager
+def fewer_collections() -> Iterator[None]:
+    """Run Python's cycle collector a hundred times less often inside the block, then
+    restore its thresholds. By default it rescans young objects every 700 allocations,
+    and a replay allocates events, tuples and records by the million: a fifth of a
+    100k-job FIFO replay's CPU (15.3 -> 12.5 s). A replay makes few cycles, so memory
+    barely changes."""
+    before = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *before[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)
