@@ -169,6 +169,8 @@ class Scheduler:
         self._idle = asyncio.Event()
         self._paused = False
         self._round_due = False
+        self._round_at: float | None = None
+        """The grid instant of the round the next pass decides (its snapshot's time)."""
         self._inflight: set[asyncio.Task[None]] = set()
         self._limit = asyncio.Semaphore(self.options.bind_concurrency)
         self._event_limit = asyncio.Semaphore(EVENT_CONCURRENCY)
@@ -227,6 +229,12 @@ class Scheduler:
         # multiples from its zero: a run whose zero is on that grid (a recorded one)
         # is decided at the same instants in both hosts.
         while True:
+            now = self.clock()
+            tick = round(now / round_s) * round_s
+            # Decided as of its instant on the grid, as the simulator's round is (the
+            # values of shares depend on when they would complete), not the moment
+            # this loop got to it.
+            self._round_at = tick if abs(now - tick) < round_s / 10 else None
             self.request_round()
             delay = round_s - self.clock() % round_s
             await asyncio.sleep(delay if delay > round_s / 10 else delay + round_s)
@@ -275,10 +283,11 @@ class Scheduler:
         if not (event_driven or self._round_due):
             return None
         self._round_due = False
+        decided_at, self._round_at = self._round_at or now, None
         if not (pending or self.round_s is not None):
             return None
         self.stats.passes += 1
-        snapshot = self._snapshot(state, pending, workload.pending, now)
+        snapshot = self._snapshot(state, pending, workload.pending, min(decided_at, now))
         by_id = {job.spec.id: job for job in pending}
         started = time.perf_counter()
         result = self._decide(snapshot, by_id, now)
