@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from controller.shadow.cli import shadow_options
 from controller.shadow.log import read_shadow_log
 from controller.shadow.metrics import SHADOW_METRICS, ShadowCollector
-from controller.shadow.runner import ShadowOptions, ShadowRunner
+from controller.shadow.runner import SHADOW_NICENESS, ShadowOptions, ShadowRunner
 from policies import (
     ClusterState,
     Context,
@@ -121,6 +122,17 @@ def test_offers_while_busy_are_dropped_and_the_newest_is_evaluated(tmp_path: Pat
         ("fgd", 300.0, "bestfit"),
     ]
     assert log.rows[0]["differing"] == 0
+
+
+def test_shadows_decide_at_a_lower_cpu_priority_than_the_controller() -> None:
+    """The child yields the CPU to the live loop: its niceness is the controller's + 10."""
+    runner = ShadowRunner(ShadowOptions((make_policy("bestfit"),), None), "bestfit")
+    pool = runner._pool()
+    try:
+        child = pool.submit(os.nice, 0).result(timeout=120)
+    finally:
+        pool.shutdown()
+    assert child == min(os.nice(0) + SHADOW_NICENESS, 19)
 
 
 def test_a_torn_last_line_is_skipped(tmp_path: Path) -> None:

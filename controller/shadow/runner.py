@@ -10,7 +10,8 @@ the parent only pickles the snapshot, in the executor's feeder thread). A snapsh
 replaced before the worker took it is *dropped* and counted: under load shadows see
 fewer snapshots, the live loop never waits. After
 an evaluation taking `d` seconds the worker rests `max(interval_s, busy_ratio · d)`, so
-shadows use a bounded share of a core.
+shadows use a bounded share of a core, and the child runs at a lower CPU priority
+(niceness +10), so that share is what the live path leaves idle.
 
 Per shadow and evaluation: decisions that differ from the live policy's (per job: the
 same placement, preemption or wait), the fragmentation the cluster would have after the
@@ -27,6 +28,7 @@ import asyncio
 import json
 import logging
 import multiprocessing
+import os
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -114,11 +116,16 @@ class ShadowJudge:
         return verdicts, failed
 
 
+SHADOW_NICENESS = 10
+"""How much lower the shadow child's CPU priority is than the controller's."""
 _JUDGE: list[ShadowJudge] = []
 """The judge of a shadow worker process, set once by its initializer."""
 
 
 def _start_judge(policies: Sequence[Policy], seed: int) -> None:
+    # Below the live process in the CPU's queue: on a machine with few cores the child
+    # otherwise takes a core the live loop, the API server or etcd was about to use.
+    os.nice(SHADOW_NICENESS)
     _JUDGE[:] = [ShadowJudge(policies, seed)]
 
 
