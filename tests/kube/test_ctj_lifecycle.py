@@ -133,11 +133,12 @@ def run(env: CtjEnvironment, scenario: Callable[[Admin], Awaitable[None]]) -> No
     asyncio.run(main())
 
 
-async def events_about(admin: Admin, name: str) -> list[str]:
+async def events_about(admin: Admin, ctj: dict[str, Any]) -> list[str]:
+    """The reasons of the events about this very object: events outlive the objects
+    of earlier tests, some of which had the same name (matched by uid, not name)."""
     listing = await admin.api.call("GET", "/apis/events.k8s.io/v1/namespaces/default/events")
-    return sorted(
-        e["reason"] for e in listing["items"] if e.get("regarding", {}).get("name") == name
-    )
+    uid = ctj["metadata"]["uid"]
+    return sorted(e["reason"] for e in listing["items"] if e.get("regarding", {}).get("uid") == uid)
 
 
 def test_ctj_windows_are_placed_completed_missed_and_recorded(
@@ -214,7 +215,7 @@ async def check_steady(admin: Admin, created: dict[str, Any]) -> None:
 
     mine = await eventually(kept, timeout_s=20, what="only window 2's pods kept")
     assert {p["status"]["phase"] for p in mine} == {"Succeeded"}
-    assert await events_about(admin, "steady") == ["RetrainCompleted"] * 3
+    assert await events_about(admin, job) == ["RetrainCompleted"] * 3
 
 
 async def check_missed(admin: Admin, name: str, reason: str) -> None:
@@ -226,7 +227,7 @@ async def check_missed(admin: Admin, name: str, reason: str) -> None:
     assert "lastRetrainTime" not in status
     condition = {c["type"]: c for c in status["conditions"]}["DeadlineMet"]
     assert (condition["status"], condition["reason"]) == ("False", reason)
-    assert await events_about(admin, name) == ["DeadlineMissed"] * 2
+    assert await events_about(admin, job) == ["DeadlineMissed"] * 2
 
     # The unfinished pods of a missed window are withdrawn (after the status is written).
     async def withdrawn() -> bool:
