@@ -40,7 +40,7 @@ from policies.continual import (
     window_info,
 )
 from simulator.continual import STREAM_COLUMNS, ContinualRun
-from tests.conftest import accuracy_json
+from tests.conftest import accuracy_json, ctj_metadata
 
 CREATED = 1_700_000_040.0  # a whole minute: the simulator's windows start there too
 CURVE = AccuracyCurve(ceiling=0.9, floor=0.5, decay_per_h=0.0, half_gain_gpu_s=60.0)
@@ -50,13 +50,7 @@ NODE = NodeSpec("a100-0", cpu_milli=8000, mem_mib=16_384, gpus=1, gpu_model="A10
 
 def ctj_json(name: str, initial: float, configs: int = 1, **status: Any) -> dict[str, Any]:
     return {
-        "metadata": {
-            "name": name,
-            "namespace": "ns",
-            "uid": f"uid-{name}",
-            "generation": 1,
-            "creationTimestamp": now_rfc3339(CREATED),
-        },
+        "metadata": ctj_metadata(name, now_rfc3339(CREATED)),
         "spec": {
             "image": "retrain:1",
             "retrain": {

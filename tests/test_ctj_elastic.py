@@ -37,7 +37,7 @@ from controller.scheduling.workload import build_workload
 from policies import NodeSpec, TaskRequest, make_policy
 from policies.continual import AccuracyCurve, RetrainConfig, StreamSpec
 from simulator.continual import STREAM_COLUMNS, ContinualRun
-from tests.conftest import accuracy_json
+from tests.conftest import accuracy_json, ctj_metadata
 from tests.test_controller_scheduler import FakeEffects, node_json
 
 CREATED = 1_700_000_040.0
@@ -50,13 +50,7 @@ ROUND_S = 2.0
 
 def ctj_json(name: str) -> dict[str, Any]:
     return {
-        "metadata": {
-            "name": name,
-            "namespace": "ns",
-            "uid": f"uid-{name}",
-            "generation": 1,
-            "creationTimestamp": now_rfc3339(CREATED),
-        },
+        "metadata": ctj_metadata(name, now_rfc3339(CREATED)),
         "spec": {
             "image": "retrain:1",
             "replicas": {"min": 1, "max": 4},
