@@ -2,11 +2,13 @@
 `gpufleet experiment fgd-inflation --workers 2` as it was before the sweep runner
 (commit BASELINE, unpacked with `git archive`), the same cells through
 `gpufleet sweep --executor local --workers 2`, and through `--executor ray` on a local
-Ray instance with 2 CPUs. Each is a fresh process timed end to end, and the variants are
-interleaved round by round so that they share the machine's load.
+Ray instance with 2 CPUs, both from commit AFTER (default HEAD, unpacked the same way, so
+that edits in the work tree during the run change nothing). Each is a fresh process timed
+end to end, and the variants are interleaved round by round so that they share the
+machine's load.
 
     python benchmarks/sweep_overhead.py --out /tmp/sweep-bench [--traces default,cpu050,...]
-        [--seeds 42-43] [--rounds 1] [--baseline COMMIT]
+        [--seeds 42-43] [--rounds 1] [--baseline COMMIT] [--after COMMIT]
 
 Ray's overhead per cell is (Ray wall - local wall) / cells, Ray's start-up included;
 the tables of the two sweeps must be equal but for wall and CPU seconds.
@@ -41,9 +43,11 @@ def main() -> None:
     parser.add_argument("--seeds", default="42-43")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--baseline", default=BASELINE)
+    parser.add_argument("--after", default="HEAD")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     baseline = unpack(args.baseline, args.out / "baseline-src")
+    after = {"PYTHONPATH": str(unpack(args.after, args.out / "after-src"))}
     traces = args.traces.split(",")
     spec = write_spec(args.out / "spec.yaml", traces, args.seeds)
     cells = len(traces) * len(POLICIES) * len(expand(args.seeds))
@@ -63,9 +67,9 @@ def main() -> None:
             )
         )
         sweep = ["sweep", str(spec), "--workers", "2", "--no-progress"]
-        walls["local"].append(timed([*sweep, "--out", str(out / "local")], {}, args.out))
+        walls["local"].append(timed([*sweep, "--out", str(out / "local")], after, args.out))
         walls["ray"].append(
-            timed([*sweep, "--out", str(out / "ray"), "--executor", "ray"], {}, args.out)
+            timed([*sweep, "--out", str(out / "ray"), "--executor", "ray"], after, args.out)
         )
         same = table(out / "local") == table(out / "ray")
         print(f"round {round_no}: {walls}, tables equal: {same}", flush=True)
