@@ -194,12 +194,13 @@ class FairShareAllocator(ShareAllocator):
         targets: dict[int, tuple[int, int]] = {}
         rows = sorted(range(len(plan.views)), key=lambda r: _arrival(plan.views[r]))
         for row in rows:
-            level = min(fair_level, plan.statics[row].max_level)
+            static = plan.statics[row]
+            level = max(min(fair_level, static.max_level), static.min_level)
             keep = plan.current[row]
             if keep is not None and abs(keep[1] - level) <= 1:
                 targets[row] = keep  # within a factor of two of fair: not worth a restart
                 continue
-            allowed = plan.statics[row].speed > 0
+            allowed = static.speed > 0
             space = np.where(allowed, np.array(room.milli, dtype=np.float64), -1.0)
             model = int(np.argmax(space))
             if room.fits(model, level):
@@ -210,7 +211,7 @@ class FairShareAllocator(ShareAllocator):
     def _fallbacks(
         self, plan: SharePlan, row: int, model: int, level: int
     ) -> list[tuple[int, int]]:
-        return [(model, lvl) for lvl in range(level, -1, -1)]
+        return [(model, lvl) for lvl in range(level, plan.statics[row].min_level - 1, -1)]
 
 
 def _retraining_rate(openings: Sequence[WindowOpening], cluster: ClusterState) -> float:

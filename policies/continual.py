@@ -238,8 +238,10 @@ def uplift(
 class StreamSpec:
     """A long-lived model stream: its windows, its retraining request and its curves.
 
-    `task` is the request an ordinary policy sees for each window's job (whole or
-    fractional GPU); accuracy-aware policies may give a job any share up to `max_gpus`.
+    `task` is the request of one replica of each window's job (whole or fractional
+    GPU); an ordinary policy places `min_gpus` of them, and accuracy-aware policies may
+    give a job any share from `min_gpus` to `max_gpus` (a window never runs on fewer
+    than `min_gpus` GPUs: a fraction of one GPU needs `min_gpus` 1).
     """
 
     id: str
@@ -255,6 +257,7 @@ class StreamSpec:
     initial_accuracy: float | None = None
     max_gpus: int = 1
     scaling: float = 0.9
+    min_gpus: int = 1
     allowed_models: frozenset[str] | None = None
     restart_cost_s: float = 10.0
     priority: int = 0
@@ -273,8 +276,12 @@ class StreamSpec:
             raise ValueError(f"stream {self.id}: need 0 < deadline_s <= window_s")
         if not self.configs or not 0 <= self.default_config < len(self.configs):
             raise ValueError(f"stream {self.id}: default_config must index configs")
-        if self.task.num_gpus != 1 or self.max_gpus < 1:
-            raise ValueError(f"stream {self.id}: request one GPU (or a fraction), max_gpus >= 1")
+        if self.task.num_gpus != 1 or not 1 <= self.min_gpus <= self.max_gpus:
+            raise ValueError(
+                f"stream {self.id}: request one GPU (or a fraction), 1 <= min_gpus <= max_gpus"
+            )
+        if self.min_gpus > 1 and self.task.gpu_milli != MILLI:
+            raise ValueError(f"stream {self.id}: min_gpus above 1 needs whole GPUs (gpu_milli)")
         if not any(v > 0 for v in self.throughput.values()):
             raise ValueError(f"stream {self.id}: throughput needs a positive entry")
         if not 0 <= self.inference_milli <= MILLI or not 0 < self.inference_gamma <= 1:
@@ -331,6 +338,7 @@ class StreamSpec:
             submit_time=start,
             task=self.task,
             work=self._works[config],
+            replicas=self.min_gpus,
             allowed_models=self.allowed_models,
             priority=self.priority,
             restart_cost_s=self.restart_cost_s,
@@ -348,7 +356,7 @@ class StreamSpec:
 
     @cached_property
     def _elastic(self) -> Elasticity:
-        return Elasticity(1, self.max_gpus)
+        return Elasticity(self.min_gpus, self.max_gpus)
 
 
 def window_info(job: JobSpec) -> WindowInfo | None:

@@ -27,6 +27,7 @@ from policies.share_model import (
     ShareRoom,
     is_hopeless,
     is_window_job,
+    level_bounds,
     level_shape,
     model_prices,
     option_values,
@@ -144,12 +145,14 @@ class ShareAllocator(Policy):
         work = spec.work
         if info is None or not isinstance(work, RetrainingWork):
             return None
-        max_gpus = spec.elastic.max_replicas if spec.elastic else 1
-        max_level = int(np.searchsorted(LEVELS_MILLI, max_gpus * MILLI, side="right")) - 1
+        bounds = spec.elastic
+        min_level, max_level = level_bounds(
+            *((bounds.min_replicas, bounds.max_replicas) if bounds else (1, 1))
+        )
         if len(self._statics) > 50_000:
             self._statics.clear()  # jobs of long-past windows
         speed, levels = self._speed_of(spec, work, models)
-        static = JobFacts(info, speed, levels, max_level, spec.restart_cost_s)
+        static = JobFacts(info, speed, levels, max_level, spec.restart_cost_s, min_level)
         self._statics[spec.id] = static
         return static
 

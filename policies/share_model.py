@@ -40,6 +40,9 @@ class JobFacts:
     level_speed: np.ndarray
     max_level: int
     restart_s: float
+    min_level: int = 0
+    """Its smallest share: the first level of at least its elastic minimum of GPUs (a
+    window never runs on fewer); above `max_level` when no level lies between them."""
 
     @property
     def top_speed(self) -> float:
@@ -137,10 +140,11 @@ def option_values(
     delay = np.where(np.array(started, dtype=bool), restart, 0.0)
     rem = remaining[:, None, None]
     value = windows.uplift((now + delay)[:, None, None], rem, speed)
-    too_big = (
-        np.arange(len(LEVELS_MILLI))[None, :] > np.array([s.max_level for s in statics])[:, None]
+    levels = np.arange(len(LEVELS_MILLI))[None, :]
+    outside = (levels > np.array([s.max_level for s in statics])[:, None]) | (
+        levels < np.array([s.min_level for s in statics])[:, None]
     )
-    value[np.broadcast_to(too_big[:, None, :], value.shape)] = 0.0
+    value[np.broadcast_to(outside[:, None, :], value.shape)] = 0.0
     keep = np.zeros(n)
     rows = [r for r, share in enumerate(current) if share is not None]
     if rows:
@@ -213,9 +217,12 @@ def is_window_job(spec: JobSpec) -> bool:
 
 
 def is_hopeless(view: JobView, static: JobFacts, now: float) -> bool:
-    """A waiting job that cannot meet its deadline even alone on its best share."""
+    """A waiting job that cannot meet its deadline even alone on its best share (or
+    has no share between its elastic bounds)."""
     if view.status is JobStatus.RUNNING:
         return False
+    if static.min_level > static.max_level:
+        return True
     restart = static.restart_s if view.started_at is not None else 0.0
     left = static.info.deadline - now - restart
     need = (view.spec.work.total - view.done) / max(static.top_speed, 1e-12)
@@ -233,6 +240,13 @@ def remaining_work(view: JobView, now: float) -> float:
 def placed_milli(placement: Placement) -> int:
     """Milli-GPU a placement holds over all its tasks."""
     return sum(len(t.gpus) * t.gpu_milli for t in placement.tasks)
+
+
+def level_bounds(min_gpus: int, max_gpus: int) -> tuple[int, int]:
+    """Indices of the smallest level of at least `min_gpus` GPUs and of the largest of at
+    most `max_gpus`."""
+    low = int(np.searchsorted(LEVELS_MILLI, min_gpus * MILLI, side="left")) if min_gpus > 1 else 0
+    return low, int(np.searchsorted(LEVELS_MILLI, max_gpus * MILLI, side="right")) - 1
 
 
 def level_shape(milli: int) -> tuple[int, int]:

@@ -23,9 +23,10 @@ Streams file (`STREAM_COLUMNS`, CSV):
 | `trigger_below`, `trigger_drop` | optional drift trigger (empty or 0: off; both off: periodic) |
 | `trigger_min_gap_s` | least seconds between a stream's triggers (default 600) |
 | `inference_milli`, `inference_gamma` | optional inference demand (default 0) and its γ (0.5) |
+| `min_gpus` | optional smallest share (whole GPUs, default 1); ordinary policies place it |
 
-The last five columns are optional, so older streams files read as periodic streams
-without inference.
+The last six columns are optional, so older streams files read as periodic streams
+of one GPU at least, without inference.
 
 Batch jobs mixed in live in a canonical jobs file beside it: `NAME.batch.csv` for
 `NAME.csv` (`batch_path`).
@@ -85,6 +86,7 @@ STREAM_COLUMNS = (
     "trigger_min_gap_s",
     "inference_milli",
     "inference_gamma",
+    "min_gpus",
 )
 
 SIA_SPEEDS: tuple[tuple[str, float], ...] = (("a100", 1.0), ("rtx2080ti", 0.33), ("t4", 0.145))
@@ -209,6 +211,7 @@ def stream_row(stream: StreamSpec) -> dict[str, object]:
         "mem_mib": stream.task.mem_mib,
         "gpu_milli": stream.task.gpu_milli,
         "max_gpus": stream.max_gpus,
+        "min_gpus": stream.min_gpus,
         "allowed_models": "|".join(sorted(stream.allowed_models or ())),
         "restart_cost_s": stream.restart_cost_s,
         "priority": stream.priority,
@@ -287,6 +290,7 @@ def _stream_from_row(row: Row) -> StreamSpec:
             default_config=row.number("default_config", int, 0),
             initial_accuracy=float(initial) if initial else None,
             max_gpus=row.number("max_gpus", int, 1),
+            min_gpus=row.number("min_gpus", int, 1),
             scaling=row.number("scaling", float, 0.9),
             allowed_models=frozenset(models.split("|")) if models else None,
             restart_cost_s=row.number("restart_cost_s", float, 10.0),
