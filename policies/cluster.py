@@ -5,6 +5,9 @@ gets a read-only copy (`view()`, numpy arrays flagged non-writeable) and, when i
 to try placements within one pass, a private `scratch()` copy. Nodes keep the order
 the host gives them, which both hosts make the node-name order, so the "lowest index
 wins" tie-break is "first name wins".
+
+Over 500 lines because the state's copies, scratch syncs and mirrors in another process
+all rest on its private version stamps and change log, which stay in this one class.
 """
 
 from __future__ import annotations
@@ -202,6 +205,8 @@ _MUTABLE = (
     "pods_by_class",
     "version",
 )
+_FREE = tuple(name for name in _MUTABLE if name != "version")
+"""The free resources, without the version stamps."""
 
 
 class ClusterState:
@@ -404,6 +409,29 @@ class ClusterState:
             ours, theirs = getattr(self, name), getattr(target, name)
             for node in nodes:
                 theirs[node] = ours[node]
+
+    def changed_since(self, earlier: ClusterState) -> IntArray | None:
+        """Nodes whose free resources may differ from `earlier`, an earlier copy of this
+        cluster; None when it is not one (a state built anew, whose stamps mean nothing
+        here)."""
+        if earlier._stamps is not self._stamps:
+            return None
+        return np.flatnonzero(earlier.version != self.version)
+
+    def node_rows(self, nodes: IntArray) -> dict[str, IntArray]:
+        """These nodes' free resources, for `set_node_rows` on a copy of this state kept
+        elsewhere (another process mirroring it)."""
+        return {name: getattr(self, name)[nodes] for name in _FREE}
+
+    def set_node_rows(self, nodes: IntArray, rows: Mapping[str, IntArray]) -> None:
+        """Give these nodes the free resources `rows` (from `node_rows` of the state this
+        one mirrors). Each gets a fresh stamp of this state's own, as any change does:
+        the other state's stamps come from another counter."""
+        for name in _FREE:
+            getattr(self, name)[nodes] = rows[name]
+        for node in nodes.tolist():
+            self.version[node] = self._stamps.next()
+            self._changes.add(node)
 
     def topology(self) -> nx.DiGraph:
         """GPU → node → rack → cluster, with `kind` on every vertex."""
