@@ -24,13 +24,26 @@ Batch jobs hold 3 GPUs from 0 (`two`: 2 GPUs to 39 s, `one`: 1 GPU to 19 s); a C
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from controller.ctj.crd import ctj_from_json
+from controller.ctj.plan import plan
+from controller.kube.objects import ASSIGNED_GPUS, RESTARTS, pod_from_json
+from controller.scheduling.cache import NODES, PODS, ClusterCache
+from controller.scheduling.effects import now_rfc3339
+from controller.scheduling.encoders import WholeGpu
+from controller.scheduling.scheduler import Scheduler, SchedulerOptions
+from controller.scheduling.workload import build_workload
 from policies import FixedDuration, JobSpec, NodeSpec, TaskRequest, make_policy
 from policies.continual import AccuracyCurve, RetrainConfig, StreamSpec
 from simulator.continual import STREAM_COLUMNS, ContinualRun
+from tests.conftest import accuracy_json, ctj_metadata
+from tests.test_controller_scheduler import node_json, pod_json
+from tests.test_ctj_elastic import GrowingEffects
 from traces.continual import read_streams, write_streams
 
 CURVE = AccuracyCurve(ceiling=0.9, floor=0.3, decay_per_h=0.0, half_gain_gpu_s=50.0)
@@ -138,3 +151,132 @@ def test_a_streams_file_keeps_min_gpus(tmp_path: Path) -> None:
     write_streams([stream(2)], path)
     (read,) = read_streams(path)
     assert (read.min_gpus, read.max_gpus) == (2, 4)
+
+
+# -- the controller: a CTJ with replicas {min: 2, max: 4}, the same hand-worked case ----
+
+CREATED = 1_700_000_040.0
+OPENS = CREATED + 1.0
+
+
+def ctj_json(min_replicas: int = 2, milli: int = 1000) -> dict[str, Any]:
+    gpu: dict[str, int] = {"count": 1, "milli": milli}
+    if milli < 1000:
+        gpu["memoryMiB"] = 8192
+    return {
+        "metadata": ctj_metadata("lower", now_rfc3339(CREATED)),
+        "spec": {
+            "image": "retrain:1",
+            "replicas": {"min": min_replicas, "max": 4},
+            "retrain": {
+                "startTime": now_rfc3339(OPENS),
+                "windowSeconds": 300,
+                "deadlineSeconds": 250,
+                "windows": 1,
+                "configs": [{"name": CONFIG.name, "workGpuSeconds": CONFIG.work_gpu_s}],
+            },
+            "resources": {
+                "gpu": gpu,
+                "cpu": "1",
+                "memory": "1Gi",
+                "gpuTypes": [{"model": "A100", "relativeThroughput": 1.0}],
+            },
+            "accuracy": accuracy_json(CURVE, 0.5),
+        },
+    }
+
+
+def window_pods(names: tuple[str, ...] = (), uid: str = "") -> list[dict[str, Any]]:
+    """The window's pods as the API serves them: the CTJ's `replicas.min` at the opening,
+    or copies of replica 0 named `names` (pods the scheduler added, or recreated ones)."""
+    result = plan(ctj_from_json(ctj_json()), [], OPENS, "gpufleet")
+    first = result.create[0]
+    pods: list[dict[str, Any]] = []
+    for manifest in result.create if not names else [first] * len(names):
+        meta = dict(manifest["metadata"])
+        meta["name"] = names[len(pods)] if names else meta["name"]
+        meta.update(uid=f"{uid}{meta['name']}", creationTimestamp=now_rfc3339(OPENS))
+        pods.append({**manifest, "metadata": meta, "status": {"phase": "Pending"}})
+    return pods
+
+
+def running(pod: dict[str, Any], notes: dict[str, str]) -> dict[str, Any]:
+    meta = {**pod["metadata"], "annotations": {**pod["metadata"]["annotations"], **notes}}
+    return {
+        **pod,
+        "metadata": meta,
+        "spec": {**pod["spec"], "nodeName": "a"},
+        "status": {"phase": "Running"},
+    }
+
+
+def test_the_ctj_creates_min_pods_and_its_window_job_has_the_streams_bounds() -> None:
+    pods = [pod_from_json(p) for p in window_pods()]
+    assert [p.name for p in pods] == ["lower-w0-0", "lower-w0-1"]
+    (job,) = build_workload(pods, {}, WholeGpu()).pending
+    simulated = stream(2).window_job(0, 0, 0.5)
+    assert (job.spec.replicas, job.spec.elastic) == (2, simulated.elastic)
+    (one,) = window_pods(("lower-w0-0",))
+    assert build_workload([pod_from_json(one)], {}, WholeGpu()).waiting  # a gang of 2
+
+
+def test_thief_waits_on_one_free_gpu_binds_two_and_grows_the_window_to_four() -> None:
+    async def main() -> None:
+        clock = [OPENS + 1]
+        cache = ClusterCache(WholeGpu())
+        cache.replace(NODES, [node_json("a", 4)])
+        effects = GrowingEffects(cache)
+        options = SchedulerOptions(external_rounds=True)
+        policy = make_policy("thief", {"realloc_s": ROUND_S})
+        scheduler = Scheduler(policy, cache, effects, options, clock=lambda: clock[0])  # type: ignore[arg-type]
+        loop = asyncio.create_task(scheduler.run())
+
+        async def round_at(seconds: float) -> None:
+            clock[0] = OPENS + seconds
+            scheduler.request_round()
+            await scheduler.wait_idle()
+
+        try:
+            cache.apply(PODS, "ADDED", pod_json("two", gpus=2, node="a"))
+            cache.apply(PODS, "ADDED", pod_json("one", gpus=1, node="a"))
+            pods = window_pods()
+            for pod in pods:
+                cache.apply(PODS, "ADDED", pod)
+            await round_at(1)
+            assert (effects.binds, effects.added) == ([], [])  # 1 GPU free: below min 2
+            cache.apply(PODS, "DELETED", pod_json("one", gpus=1, node="a"))
+            await round_at(19)
+            binds = {name: notes for name, _, notes in effects.binds}
+            assert sorted(binds) == ["lower-w0-0", "lower-w0-1"] and not effects.added
+            for pod in pods:
+                cache.apply(PODS, "MODIFIED", running(pod, binds[pod["metadata"]["name"]]))
+            # `two` ends; an arrival (a CPU-only pod) makes the round re-plan running jobs.
+            cache.apply(PODS, "DELETED", pod_json("two", gpus=2, node="a"))
+            cache.apply(PODS, "ADDED", pod_json("probe", gpus=0))
+            effects.binds.clear()
+            await round_at(41)
+            assert sorted(e[0] for e in effects.evicted) == ["lower-w0-0", "lower-w0-1"]
+            for pod in pods:  # withdrawn; the CTJ recreates its replicas.min pods
+                cache.apply(PODS, "DELETED", pod)
+            for pod in window_pods(("lower-w0-0", "lower-w0-1"), uid="again-"):
+                cache.apply(PODS, "ADDED", pod)
+            await scheduler.wait_idle()
+            assert effects.added == [("lower-w0-0", ["lower-w0-2", "lower-w0-3"])]
+            for pod in window_pods(("lower-w0-2", "lower-w0-3"), uid="added-"):
+                cache.apply(PODS, "ADDED", pod)
+            await scheduler.wait_idle()
+            binds = {name: notes for name, _, notes in effects.binds if name.startswith("lower")}
+            assert sorted(binds) == [f"lower-w0-{r}" for r in range(4)]
+            assert sorted(notes[ASSIGNED_GPUS] for notes in binds.values()) == ["0", "1", "2", "3"]
+            assert {notes[RESTARTS] for notes in binds.values()} == {"1"}
+        finally:
+            loop.cancel()
+
+    asyncio.run(main())
+
+
+def test_a_valued_ctj_refuses_a_fractional_gpu_with_min_above_1() -> None:
+    ctj = ctj_from_json(ctj_json(min_replicas=2, milli=500))
+    assert ctj.problem is not None and ctj.problem.field == "spec.replicas.min"
+    assert "needs whole GPUs" in ctj.problem.message
+    assert ctj_from_json(ctj_json(min_replicas=1, milli=500)).problem is None

@@ -7,11 +7,11 @@ scheduler's workload builder reads them back here into the same `JobSpec` a simu
 window job has: kind `retrain`, a `RetrainingWork` with the throughput per GPU model, an
 `Elasticity` and the `WindowInfo` the allocators value. A CTJ that declares `accuracy`
 and `retrain.configs` has its model tracked (`status.model`) and its windows valued;
-its one-GPU windows with `replicas.min` 1 become elastic retraining jobs, from one pod to
-`replicas.max` (a quarter, a half or a whole GPU on one pod; k whole GPUs on k pods of
-the window's pod group, which the scheduler adds when the policy gives the window more,
-see `controller.scheduling.growth`); a window with `replicas.min` above 1 stays an
-ordinary gang.
+its one-GPU windows become elastic retraining jobs, from `replicas.min` pods to
+`replicas.max` (with `replicas.min` 1 also a quarter or a half of a GPU on one pod; k
+whole GPUs on k pods of the window's pod group, which the scheduler adds when the policy
+gives the window more, see `controller.scheduling.growth`), never on fewer than
+`replicas.min` GPUs, as the simulator's streams with `min_gpus`.
 
 A drift-triggered CTJ (`retrain.trigger`) opens window `k` when `policies.windows`'s
 `triggered_window` fires for the tracked model, armed when window `k − 1` settled; the
@@ -47,7 +47,7 @@ from controller.ctj.crd import (
 )
 from controller.ctj.runtime import SIMULATED_KEY, simulates_runtime, work_done
 from controller.kube.objects import GANG_SIZE, POD_GROUP_LABEL, cpu_milli, mem_mib
-from policies import Elasticity, JobSpec, TaskRequest
+from policies import MILLI, Elasticity, JobSpec, TaskRequest
 from policies.continual import (
     RETRAIN_KIND,
     WINDOW_KEY,
@@ -109,11 +109,18 @@ def stream_of(ctj: Ctj, window: Window) -> StreamSpec:
         curve=spec.accuracy,
         configs=spec.configs,
         max_gpus=spec.max_replicas,
+        min_gpus=least_gpus(spec),
         scaling=SCALING,
         restart_cost_s=RESTART_COST_S,
         inference_milli=spec.inference_milli,
         inference_gamma=spec.inference_gamma,
     )
+
+
+def least_gpus(spec: CtjSpec) -> int:
+    """The fewest GPUs a window runs on: `replicas.min` for a gang (its pod group), one
+    for pods that are jobs of their own."""
+    return spec.min_replicas if spec.gang else 1
 
 
 def throughput_of(spec: CtjSpec) -> dict[str, float]:
@@ -235,7 +242,7 @@ def retraining_job(
     accuracy facts; else `spec` unchanged. Raises ValueError naming a bad annotation."""
     if GAIN not in annotations or spec.task.num_gpus != 1:
         return spec
-    elastic = _elasticity(spec.replicas, annotations, labels)
+    elastic = _elasticity(spec, annotations, labels)
     if elastic is None:
         return spec
     curve = _curve(annotations.get(ACCURACY, ""))
@@ -271,17 +278,22 @@ def retraining_job(
 
 
 def _elasticity(
-    replicas: int, annotations: Mapping[str, str], labels: Mapping[str, str]
+    spec: JobSpec, annotations: Mapping[str, str], labels: Mapping[str, str]
 ) -> Elasticity | None:
-    """A window job's bounds, as a simulated stream's (1 to its max GPUs): None for a
-    window whose CTJ needs more than one replica (an ordinary gang). A window without a
-    pod group cannot grow: a pod added to it would be a job of its own."""
-    if _count(annotations, GANG_SIZE, 1) != 1:
+    """A window job's bounds, as a simulated stream's: its gang size (`replicas.min`) to
+    its max GPUs. None for a gang of fractional pods (an ordinary gang: more than one
+    GPU is whole GPUs). A window without a pod group cannot grow: a pod added to it
+    would be a job of its own."""
+    least = _count(annotations, GANG_SIZE, 1)
+    if least > 1 and spec.task.gpu_milli != MILLI:
         return None
     most = _count(annotations, MAX_REPLICAS, 1) if POD_GROUP_LABEL in labels else 1
-    if replicas > most:
-        raise ValueError(f"annotation {MAX_REPLICAS}: {most}, but the window has {replicas} pods")
-    return Elasticity(1, most)
+    if spec.replicas > most:
+        pods = spec.replicas
+        raise ValueError(f"annotation {MAX_REPLICAS}: {most}, but the window has {pods} pods")
+    if least > most:
+        raise ValueError(f"annotation {MAX_REPLICAS}: {most}, below the gang size {least}")
+    return Elasticity(least, most)
 
 
 def _count(annotations: Mapping[str, str], key: str, default: int) -> int:

@@ -20,7 +20,7 @@ from controller.kube.objects import Problem, parse_time
 from controller.scheduling.effects import now_rfc3339
 from policies import MILLI
 from policies.continual import AccuracyCurve, DriftTrigger, RetrainConfig
-from policies.windows import COMPLETED, Window
+from policies.windows import COMPLETED, CronSchedule, Window
 
 GROUP = "ctj.gpufleet.io"
 VERSION = "v1alpha1"
@@ -409,7 +409,7 @@ def spec_from_json(spec: Mapping[str, Any]) -> CtjSpec:
     accuracy = spec.get("accuracy")
     inference = _at("spec.inference", lambda: dict(spec.get("inference") or {}))
     retrain = _at("spec.retrain", lambda: dict(spec["retrain"]))
-    return CtjSpec(
+    decoded = CtjSpec(
         image=_at("spec.image", lambda: _text(spec["image"])),
         retrain=_retrain(retrain),
         gpu=_gpu(_at("spec.resources.gpu", lambda: dict(resources.get("gpu") or {}))),
@@ -454,12 +454,32 @@ def spec_from_json(spec: Mapping[str, Any]) -> CtjSpec:
             "spec.tolerations", lambda: tuple(dict(t) for t in spec.get("tolerations") or ())
         ),
     )
+    _at("spec.replicas.min", lambda: _elastic_minimum(decoded))
+    return decoded
+
+
+def _elastic_minimum(spec: CtjSpec) -> None:
+    """A valued window runs on `replicas.min` to `replicas.max` GPUs: more than one
+    needs whole GPUs (the CRD's rule says the same)."""
+    valued = spec.accuracy is not None and bool(spec.configs)
+    if valued and spec.min_replicas > 1 and spec.gpu.milli < MILLI:
+        raise ValueError(
+            "replicas.min above 1 needs whole GPUs (resources.gpu.milli 1000) with accuracy "
+            "and retrain.configs (a window never runs on fewer than replicas.min GPUs)"
+        )
 
 
 def _text(value: object) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError(f"must be a non-empty string, got {value!r}")
     return value
+
+
+def _cron(value: object) -> str:
+    """A cron expression `policies.windows` parses (5 fields, or 6 with seconds first)."""
+    text = _text(value)
+    CronSchedule(text)
+    return text
 
 
 def _positive(value: Any) -> int:
@@ -503,7 +523,7 @@ def _retrain(obj: Mapping[str, Any]) -> RetrainSchedule:
             if "windowSeconds" in obj
             else None
         ),
-        cron=_at("spec.retrain.schedule", lambda: _text(obj["schedule"]))
+        cron=_at("spec.retrain.schedule", lambda: _cron(obj["schedule"]))
         if "schedule" in obj
         else None,
         start_time=_at("spec.retrain.startTime", lambda: parse_time(start)) if start else None,

@@ -5,8 +5,9 @@ policy and their windows can be compared with the live ones.
 The stream is the one the controller already values the CTJ's windows as
 (`controller.ctj.continual.stream_of`): the same curve, configs, elastic bounds,
 throughput per GPU model, restart cost and inference share, with the schedule added:
-periodic windows from `retrain.startTime` (else the creation), or drift triggers paced by
-`windowSeconds`. Times are seconds after `origin` (the recording's zero).
+periodic windows from `retrain.startTime` (else the creation), cron firings from then on
+(the stream fires by the wall clock: its `epoch_s` is the origin), or drift triggers
+paced by `windowSeconds`. Times are seconds after `origin` (the recording's zero).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from controller.ctj.continual import (
     RESTART_COST_S,
     SCALING,
     is_stream,
+    least_gpus,
     task_of,
     throughput_of,
 )
@@ -25,22 +27,21 @@ from policies.continual import StreamSpec
 
 
 def recorded_stream(ctj: Ctj, origin: float) -> StreamSpec:
-    """The CTJ as a stream starting `origin` seconds after the epoch. Raises ValueError
-    naming the field for a CTJ the simulator cannot replay: a cron schedule (streams
-    have periodic or triggered windows), no `retrain.windows` (a stream has an end), or
-    no `accuracy` and `configs`."""
+    """The CTJ as a stream whose time 0 is `origin` (Unix seconds). Raises ValueError
+    naming the field for a CTJ the simulator cannot replay: no `retrain.windows` (a
+    stream has an end), or no `accuracy` and `configs`."""
     spec, retrain = ctj.spec, ctj.spec.retrain
     if not is_stream(ctj) or spec.accuracy is None:
         raise ValueError(f"{ctj.key}: spec.accuracy and spec.retrain.configs are needed")
-    if retrain.cron is not None or retrain.window_s is None:
-        raise ValueError(f"{ctj.key}: spec.retrain.schedule: a stream's windows are periodic")
     if retrain.windows is None:
         raise ValueError(f"{ctj.key}: spec.retrain.windows: a replayed stream needs an end")
     anchor = retrain.start_time if retrain.start_time is not None else ctj.created
     return StreamSpec(
         id=ctj.key,
         start_s=anchor - origin,
-        window_s=float(retrain.window_s),
+        window_s=float(retrain.window_s or 0),
+        cron=retrain.cron,
+        epoch_s=origin,
         windows=retrain.windows,
         deadline_s=float(retrain.deadline_s),
         task=task_of(spec),
@@ -49,6 +50,7 @@ def recorded_stream(ctj: Ctj, origin: float) -> StreamSpec:
         configs=spec.configs,
         initial_accuracy=spec.initial_accuracy,
         max_gpus=spec.max_replicas,
+        min_gpus=least_gpus(spec),
         scaling=SCALING,
         allowed_models=frozenset(spec.gpu_types) or None,
         restart_cost_s=RESTART_COST_S,

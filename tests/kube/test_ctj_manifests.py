@@ -131,6 +131,16 @@ def malformed(change: str) -> dict[str, Any]:
         }
     elif change == "trigger-below-above-1":
         spec["retrain"]["trigger"] = {"below": 1.5}
+    elif change == "valued-fraction-with-min-2":
+        spec["resources"]["gpu"] = {"count": 1, "milli": 500, "memoryMiB": 8192}
+        spec["replicas"] = {"min": 2, "max": 4}
+        spec["retrain"]["configs"] = [{"name": "only", "workGpuSeconds": 100}]
+        spec["accuracy"] = {
+            "ceiling": 0.9,
+            "floor": 0.3,
+            "decayPerHour": 1,
+            "halfGainGpuSeconds": 9,
+        }
     return job
 
 
@@ -148,6 +158,7 @@ def malformed(change: str) -> dict[str, Any]:
         ("trigger-without-criterion", "retrain.trigger needs below > 0 or drop > 0"),
         ("trigger-on-cron", "retrain.trigger needs retrain.windowSeconds"),
         ("trigger-below-above-1", "spec.retrain.trigger.below: Invalid value"),
+        ("valued-fraction-with-min-2", "spec.replicas.min: Invalid value: replicas.min above 1"),
     ],
 )
 def test_crd_rejects_a_malformed_ctj_saying_why(
