@@ -4,10 +4,16 @@ stream that gains more opens, withdraws the window's pods and binds it again on 
 GPUs, giving the others to the newcomer; the simulator's ContinualRun does the same on
 the same streams (`wide` restarts once). The hand-worked case at this scale (h = 50,
 work 200 reference-GPU-seconds, window 300 s, deadline 250 s) is tests/test_ctj_elastic.py's.
+
+A window of `replicas: {min: 2, max: 4}` never runs on fewer than 2 GPUs: with 1 of the
+node's 4 free it waits, with 2 free its 2 pods are bound, and once all 4 are free (and an
+arrival makes the round re-plan running windows) it grows to 4, as in
+tests/test_ctj_min_replicas.py's hand-worked case.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Iterable
@@ -18,9 +24,9 @@ from typing import Any
 import pytest
 
 from controller.ctj.crd import NAME_LABEL
-from controller.devcluster.fleet import Admin
+from controller.devcluster.fleet import Admin, pod_manifest
 from controller.scheduling.effects import now_rfc3339
-from policies import NodeSpec, make_policy
+from policies import NodeSpec, TaskRequest, make_policy
 from policies.continual import AccuracyCurve, RetrainConfig
 from simulator.continual import STREAM_COLUMNS, ContinualRun
 from tests.conftest import accuracy_json
@@ -133,6 +139,68 @@ def test_thief_grows_a_window_on_free_gpus_and_shrinks_it_for_a_bigger_gain(
             restarts = {
                 p["metadata"]["annotations"].get("gpufleet.io/restarts")
                 for p in wide
+                if p["spec"].get("nodeName") and not p["metadata"].get("deletionTimestamp")
+            }
+            assert restarts == {"1"}  # the move counted as the simulator counts it
+            assert serve.stop() == 0
+        finally:
+            serve.stop()
+
+    run(ctj_env, scenario)
+
+
+def lower_bounded_ctj(start: float) -> dict[str, Any]:
+    manifest = elastic_ctj("wide", start)
+    manifest["metadata"]["name"] = "lower"
+    manifest["spec"]["replicas"] = {"min": 2, "max": 4}
+    manifest["spec"]["accuracy"] = accuracy_json(CURVE, 0.5)
+    return manifest
+
+
+def test_a_window_of_min_2_waits_on_1_free_gpu_starts_on_2_and_grows_to_4(
+    ctj_env: CtjEnvironment,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    async def scenario(admin: Admin) -> None:
+        await admin.create_nodes([NODE])
+        serve = ServeProcess(
+            ctj_env, tmp_path / "serve.log", "thief", (f"--round-seconds={ROUND_S}",)
+        )
+        try:
+            await serve.until_ready()
+            held = {"hold-two": 2, "hold-one": 1}  # running until deleted
+            for name, gpus in held.items():
+                await admin.create_pod(pod_manifest(name, TaskRequest(100, 64, gpus, 1000)))
+
+            async def holders_bound() -> bool:
+                pods = {p["metadata"]["name"]: p for p in await admin.pods()}
+                return all(pods.get(n, {}).get("spec", {}).get("nodeName") for n in held)
+
+            await eventually(holders_bound, timeout_s=60, what="3 of the 4 GPUs held")
+            await create_ctj(admin.api, lower_bounded_ctj(time.time()))
+
+            async def window_pods() -> list[dict[str, Any]]:
+                pods = await admin.pods()
+                return [p for p in pods if p["metadata"]["labels"].get(NAME_LABEL) == "lower"]
+
+            async def min_pods_created() -> bool:
+                return len(await window_pods()) == 2
+
+            await eventually(min_pods_created, timeout_s=60, what="the window's 2 pods")
+            await asyncio.sleep(5 * ROUND_S)  # rounds pass with 1 GPU free
+            assert bound_gpus(await window_pods(), "lower") == 0
+            await admin.delete_pod("hold-one")
+
+            async def on(gpus: int) -> bool:
+                return bound_gpus(await admin.pods(), "lower") == gpus
+
+            await eventually(lambda: on(2), timeout_s=60, what="the window on 2 GPUs")
+            await admin.delete_pod("hold-two")
+            await admin.create_pod(pod_manifest("probe", TaskRequest(100, 64)))  # an arrival
+            await eventually(lambda: on(4), timeout_s=90, what="the window grown to 4 GPUs")
+            restarts = {
+                p["metadata"]["annotations"].get("gpufleet.io/restarts")
+                for p in await window_pods()
                 if p["spec"].get("nodeName") and not p["metadata"].get("deletionTimestamp")
             }
             assert restarts == {"1"}  # the move counted as the simulator counts it
