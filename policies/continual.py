@@ -1,8 +1,9 @@
 """Continual-training streams: retraining windows, accuracy over time, retraining configs.
 
 A *stream* is a deployed model that drifts and is retrained once per window (Ekya,
-NSDI'22). Window `k` opens at `start + k·window_s`; its retraining job must finish by the
-deadline `start + k·window_s + deadline_s`, else it is withdrawn and the stale model stays.
+NSDI'22). Window `k` opens at `start + k·window_s` (or at the `k`-th firing of a cron
+schedule, `StreamSpec.cron`); its retraining job must finish by the deadline, `deadline_s`
+after the opening, else it is withdrawn and the stale model stays.
 
 Accuracy model (all accuracies in [0, 1], times in seconds):
 
@@ -40,7 +41,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -48,6 +49,7 @@ import numpy as np
 
 from policies.cluster import MILLI
 from policies.jobs import AllocationShape, Elasticity, JobSpec, TaskRequest
+from policies.windows import Window, WindowClock, window_clock
 
 if TYPE_CHECKING:
     from policies.base import Snapshot
@@ -268,11 +270,21 @@ class StreamSpec:
     abrupt shifts and the inference re-plans only)."""
     inference_milli: int = 0
     inference_gamma: float = 0.5
+    cron: str | None = None
+    """None: a window every `window_s`. Else windows open at this cron expression's
+    firings (`policies.windows.CronSchedule`), the first at or after `start_s`, each
+    lasting until the next, its deadline `deadline_s` after the opening capped at the
+    next firing; `window_s` is then 0."""
+    epoch_s: float = 0.0
+    """Unix time of the stream's time 0: a cron schedule fires by the wall clock (a
+    recorded run's origin, for a replay)."""
 
     def __post_init__(self) -> None:
-        if self.window_s <= 0 or self.windows < 1:
+        if self.cron is not None:
+            self._check_cron()
+        elif self.window_s <= 0 or self.windows < 1:
             raise ValueError(f"stream {self.id}: need window_s > 0 and windows >= 1")
-        if not 0 < self.deadline_s <= self.window_s:
+        elif not 0 < self.deadline_s <= self.window_s:
             raise ValueError(f"stream {self.id}: need 0 < deadline_s <= window_s")
         if not self.configs or not 0 <= self.default_config < len(self.configs):
             raise ValueError(f"stream {self.id}: default_config must index configs")
@@ -287,6 +299,38 @@ class StreamSpec:
         if not 0 <= self.inference_milli <= MILLI or not 0 < self.inference_gamma <= 1:
             raise ValueError(f"stream {self.id}: need 0 <= inference_milli <= 1000, 0 < γ <= 1")
 
+    def _check_cron(self) -> None:
+        if self.window_s != 0 or self.trigger is not None:
+            raise ValueError(
+                f"stream {self.id}: a cron stream's windows open at its firings and last "
+                "until the next (window_s 0, no trigger)"
+            )
+        if self.windows < 1 or self.deadline_s <= 0:
+            raise ValueError(f"stream {self.id}: need windows >= 1 and deadline_s > 0")
+        try:
+            self.clock().first_opening()
+        except ValueError as err:
+            raise ValueError(f"stream {self.id}: {err}") from None
+
+    def clock(self) -> WindowClock:
+        """When the stream's windows open (`policies.windows`): every `window_s` from
+        `start_s`, or at the firings of `cron`."""
+        return window_clock(self.start_s, self.deadline_s, self.window_s, self.cron, self.epoch_s)
+
+    def for_window(self, window: Window) -> StreamSpec:
+        """The stream as the allocators value one window of its clock: a stream of that
+        one window, its length and deadline the window's own (a cron window lasts until
+        the next firing), as the controller values a CTJ's windows."""
+        return replace(
+            self,
+            start_s=window.start,
+            window_s=window.end - window.start,
+            windows=1,
+            deadline_s=window.deadline - window.start,
+            cron=None,
+            epoch_s=0.0,
+        )
+
     def serving_quality(self, grant_milli: float) -> float:
         """Share of the model's accuracy delivered when inference gets `grant_milli` of its
         demand: (grant / demand)^γ, concave (skipped frames reuse nearby results)."""
@@ -298,12 +342,18 @@ class StreamSpec:
     def start_accuracy(self) -> float:
         return self.curve.ceiling if self.initial_accuracy is None else self.initial_accuracy
 
-    @property
+    @cached_property
     def end_s(self) -> float:
-        return self.start_s + self.windows * self.window_s
+        """When the last window ends."""
+        return self.window_start(self.windows)
 
     def window_start(self, index: int) -> float:
-        return self.start_s + index * self.window_s
+        if self.cron is None:
+            return self.start_s + index * self.window_s
+        for window in self.clock().openings():
+            if window.index == index:
+                return window.start
+        raise AssertionError("a clock's openings never end")
 
     def window_job_id(self, index: int) -> str:
         return f"{self.id}/w{index:05d}"

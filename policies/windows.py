@@ -7,21 +7,26 @@ knows (simpy time or the wall clock, pod phases, job completions) comes in as ar
 
 A window runs from its opening to the next one; its deadline is `deadline_s` after the
 opening, capped at the window's end (a cron schedule can fire more often than the
-deadline allows). Cron expressions have 5 fields in UTC with Vixie cron's day rule;
-times are seconds since the Unix epoch (the simulator's clock starts at the epoch). The
-calendar arithmetic is written out here because `policies/` is pure and may not import
-`datetime` (tests/test_architecture.py); tests check it against `datetime`.
+deadline allows). Cron expressions have 5 fields in UTC with Vixie cron's day rule, or 6
+with a leading seconds field (as Quartz, Spring and robfig/cron's `WithSeconds` read
+them; 5 fields fire at second 0). A cron clock fires on the wall clock: its `epoch` is
+the Unix time of the clock's zero (0 for the controller, which counts in Unix seconds;
+a recording's origin for the simulator replaying it). The calendar arithmetic is written
+out here because `policies/` is pure and may not import `datetime`
+(tests/test_architecture.py); tests check it against `datetime`.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from policies.continual import AccuracyCurve, DriftTrigger
+if TYPE_CHECKING:
+    from policies.continual import AccuracyCurve, DriftTrigger
 
 COMPLETED = "Completed"
 MISSED = "Missed"
@@ -40,6 +45,7 @@ MACROS = MappingProxyType(
     }
 )
 _FIELDS = (("minute", 0, 59), ("hour", 0, 23), ("day of month", 1, 31), ("month", 1, 12))
+_SECONDS = ("second", 0, 59)
 _SEARCH_LIMIT = 200_000
 """Steps before a schedule is declared never to fire (e.g. `0 0 30 2 *`)."""
 _MAX_COUNTED = 10_000_000
@@ -98,13 +104,19 @@ class PeriodicWindows:
 
 
 class CronSchedule:
-    """A parsed cron expression; `next_after(t)` is its first firing strictly after `t`."""
+    """A parsed cron expression; `next_after(t)` is its first firing strictly after `t`
+    (Unix seconds; firings fall on whole seconds)."""
 
     def __init__(self, expression: str) -> None:
         text = MACROS.get(expression.strip(), expression)
         parts = text.split()
-        if len(parts) != 5:
-            raise ValueError(f"cron schedule {expression!r} needs 5 fields, has {len(parts)}")
+        if len(parts) not in (5, 6):
+            raise ValueError(
+                f"cron schedule {expression!r} needs 5 fields (or 6, seconds first), "
+                f"has {len(parts)}"
+            )
+        seconds = _parse_field(parts.pop(0), *_SECONDS) if len(parts) == 6 else frozenset({0})
+        self.seconds = tuple(sorted(seconds))
         fields = zip(parts[:4], _FIELDS, strict=True)
         sets = [_parse_field(part, name, lo, hi) for part, (name, lo, hi) in fields]
         self.minutes, self.hours, self.days, self.months = sets
@@ -115,7 +127,17 @@ class CronSchedule:
         self.expression = expression
 
     def next_after(self, t: float) -> float:
-        minute = math.floor(t / 60) + 1
+        minute, second = divmod(math.floor(t) + 1, 60)
+        found = self._first_minute_from(minute)
+        if found == minute:
+            later = bisect.bisect_left(self.seconds, second)
+            if later < len(self.seconds):
+                return float(minute * 60 + self.seconds[later])
+            found = self._first_minute_from(minute + 1)
+        return float(found * 60 + self.seconds[0])
+
+    def _first_minute_from(self, minute: int) -> int:
+        """The first minute (counted from the epoch) at or after `minute` that matches."""
         for _ in range(_SEARCH_LIMIT):
             day, in_day = divmod(minute, _MINUTES_PER_DAY)
             year, month, date = civil_from_days(day)
@@ -129,7 +151,7 @@ class CronSchedule:
             elif mins not in self.minutes:
                 minute += 1
             else:
-                return float(minute * 60)
+                return minute
         raise ValueError(f"cron schedule {self.expression!r} never fires")
 
     def _day_matches(self, day: int, date: int) -> bool:
@@ -190,13 +212,20 @@ def _parse_field(text: str, name: str, lo: int, hi: int) -> frozenset[int]:
 
 @dataclass(frozen=True)
 class CronWindows:
+    """Windows opening at `schedule`'s firings from `anchor` on; times count from the
+    clock's zero, which is `epoch` on the Unix clock the schedule fires by."""
+
     schedule: CronSchedule
     anchor: float
     deadline_s: float
+    epoch: float = 0.0
 
     def first_opening(self) -> float:
-        # Firings fall on whole minutes: one exactly at the anchor counts.
-        return self.schedule.next_after(self.anchor - 1e-3)
+        # Firings fall on whole seconds: the first at or after the anchor.
+        return self._next_after(math.ceil(_unix(self.anchor, self.epoch)) - 1 - self.epoch)
+
+    def _next_after(self, t: float) -> float:
+        return self.schedule.next_after(_unix(t, self.epoch)) - self.epoch
 
     def current(self, now: float, hint: Window | None = None) -> Window | None:
         if hint is not None and hint.start <= now:
@@ -205,28 +234,39 @@ class CronWindows:
             index, start = 0, self.first_opening()
             if now < start:
                 return None
-        end = self.schedule.next_after(start)
+        end = self._next_after(start)
         for _ in range(_MAX_COUNTED):
             if end > now:
                 return Window(index, start, min(start + self.deadline_s, end), end)
-            index, start, end = index + 1, end, self.schedule.next_after(end)
+            index, start, end = index + 1, end, self._next_after(end)
         raise ValueError(f"more than {_MAX_COUNTED} windows of {self.schedule.expression!r}")
 
     def openings(self) -> Iterator[Window]:
         index, start = 0, self.first_opening()
         while True:
-            end = self.schedule.next_after(start)
+            end = self._next_after(start)
             yield Window(index, start, min(start + self.deadline_s, end), end)
             index, start = index + 1, end
 
 
+def _unix(t: float, epoch: float) -> float:
+    """`t` on the Unix clock, to the microsecond: a firing shifted by a fractional epoch
+    and back must not land a rounding error before itself."""
+    return round(t + epoch, 6)
+
+
 def window_clock(
-    anchor: float, deadline_s: float, window_s: float | None = None, cron: str | None = None
+    anchor: float,
+    deadline_s: float,
+    window_s: float | None = None,
+    cron: str | None = None,
+    epoch: float = 0.0,
 ) -> WindowClock:
-    """The clock of a schedule: cron firings if `cron` is set, else every `window_s`.
-    Raises ValueError for a schedule that cannot work."""
+    """The clock of a schedule: cron firings if `cron` is set (`epoch`: the Unix time of
+    the clock's zero), else every `window_s`. Raises ValueError for a schedule that
+    cannot work."""
     if cron is not None:
-        return CronWindows(CronSchedule(cron), anchor, deadline_s)
+        return CronWindows(CronSchedule(cron), anchor, deadline_s, epoch)
     if window_s is None:
         raise ValueError("a schedule needs a window length or a cron expression")
     return PeriodicWindows(anchor, window_s, deadline_s)

@@ -1,7 +1,8 @@
 """Continual-training runs: one retraining job per stream window, deadlines, accuracy.
 
-The window lifecycle (periodic clock, deadlines, the deployed model, trigger timing) is
-`policies.windows`, which the controller's ContinualTrainingJob reconciler calls too.
+The window lifecycle (periodic or cron clock, deadlines, the deployed model, trigger
+timing) is `policies.windows`, which the controller's ContinualTrainingJob reconciler
+calls too.
 A `ContinualRun` drives a `Simulation`: at each window opening it applies the stream's
 drift, asks the policy for the window's retraining config (if the policy is a
 `WindowPlanner`, else the stream's default), and submits the window's job; at the
@@ -47,7 +48,7 @@ from policies.continual import (
     window_info,
 )
 from policies.reservations import reserve_gpu
-from policies.windows import DeployedModel, PeriodicWindows, meets_deadline, trigger_time
+from policies.windows import DeployedModel, Window, meets_deadline, trigger_time
 from simulator.engine import EngineOptions, ProgressHook, Simulation
 from simulator.metrics import JOB_COLUMNS, TIMELINE_COLUMNS, Recorder
 from simulator.run import RunConfig, staged_directory, write_json, write_table
@@ -111,7 +112,8 @@ class _Stream:
     shifts: np.ndarray
     model: DeployedModel
     clock: float
-    clock_of_windows: PeriodicWindows
+    schedule: list[Window]
+    """The windows its clock opens (`StreamSpec.clock`), and the boundary closing the last."""
     integral: float = 0.0
     model_integral: float = 0.0
     grant_integral: float = 0.0
@@ -127,6 +129,12 @@ class _Stream:
     """A triggered retraining is outstanding (no new trigger until it ends)."""
     shifts_since: list[tuple[float, float]] = field(default_factory=list)
     """Shifts since the outstanding trigger, replayed on the model it deploys."""
+
+    @property
+    def began(self) -> float:
+        """The first opening, from which the stream serves (and the controller tracks a
+        CTJ's model)."""
+        return self.schedule[0].start
 
     @property
     def quality(self) -> float:
@@ -194,9 +202,11 @@ class ContinualRun:
     @staticmethod
     def _initial(spec: StreamSpec) -> _Stream:
         shifts = spec.drift.shifts(spec.windows, spec.drift_seed)
-        model = DeployedModel.initial(spec.curve, spec.start_accuracy, spec.start_s)
-        windows = PeriodicWindows(spec.start_s, spec.window_s, spec.deadline_s)
-        return _Stream(spec, shifts, model, spec.start_s, windows)
+        openings = spec.clock().openings()
+        schedule = [next(openings) for _ in range(spec.windows + 1)]
+        began = schedule[0].start
+        model = DeployedModel.initial(spec.curve, spec.start_accuracy, began)
+        return _Stream(spec, shifts, model, began, schedule)
 
     def run(self) -> Recorder:
         self._process = self.sim.env.process(self._windows())
@@ -209,13 +219,13 @@ class ContinualRun:
     def summary(self) -> dict[str, float | int]:
         states = self._state.values()
         accuracy_s = sum(s.integral for s in states)
-        served_s = sum(s.clock - s.spec.start_s for s in states)
+        served_s = sum(s.clock - s.began for s in states)
         summary = continual_summary(self.rows, accuracy_s, served_s)
         serving = [s for s in states if s.spec.inference_milli]
         summary["mean_model_accuracy"] = (
             sum(s.model_integral for s in states) / served_s if served_s > 0 else 0.0
         )
-        serving_s = sum(s.clock - s.spec.start_s for s in serving)
+        serving_s = sum(s.clock - s.began for s in serving)
         summary["inference_grant_share"] = (
             sum(s.grant_integral for s in serving) / serving_s if serving_s > 0 else 1.0
         )
@@ -224,11 +234,9 @@ class ContinualRun:
     # -- window events ------------------------------------------------------------------
 
     def _windows(self) -> simpy.events.ProcessGenerator:
-        for s in self.streams:
-            openings = self._state[s.id].clock_of_windows.openings()
-            for window in (next(openings) for _ in range(s.windows + 1)):
-                # The last boundary closes the stream.
-                self._push((window.start, _EPOCH, window.index, s.id, 0))
+        for state in self._state.values():
+            for window in state.schedule:  # the last boundary closes the stream
+                self._push((window.start, _EPOCH, window.index, state.spec.id, 0))
         env = self.sim.env
         while self._events:
             now = self._events[0][0]
@@ -294,11 +302,13 @@ class ContinualRun:
         if index >= state.spec.windows:
             return None
         state.model.shift(now, float(state.shifts[index]))
-        deadline = state.clock_of_windows.window(index).deadline
-        state.window = _Window(index, now, deadline)
+        window = state.schedule[index]
+        state.window = _Window(index, now, window.deadline)
         state.window_integral = 0.0
-        self._push((deadline, _DEADLINE, index, state.spec.id, 0))
-        return WindowOpening(state.spec, index, state.model.anchor_acc)
+        self._push((window.deadline, _DEADLINE, index, state.spec.id, 0))
+        # A cron window is valued over its own length, as the controller values it.
+        spec = state.spec if state.spec.cron is None else state.spec.for_window(window)
+        return WindowOpening(spec, index, state.model.anchor_acc)
 
     # -- drift triggers -------------------------------------------------------------------
 

@@ -70,6 +70,52 @@ def test_cron_sunday_is_0_or_7_and_month_rollover() -> None:
     assert firings("@monthly", at(2026, 12, 15), 1) == [datetime(2027, 1, 1, tzinfo=UTC)]
 
 
+def test_a_leading_seconds_field_takes_lists_ranges_and_steps() -> None:
+    # A list, across a minute: after 12:00:09 come :17, then 12:01:03 and :09.
+    assert firings("3,9,17 * * * * *", at(2026, 5, 4, 12, 0, 9), 3) == [
+        datetime(2026, 5, 4, 12, 0, 17, tzinfo=UTC),
+        datetime(2026, 5, 4, 12, 1, 3, tzinfo=UTC),
+        datetime(2026, 5, 4, 12, 1, 9, tzinfo=UTC),
+    ]
+    # A stepped range in minute 30 of each hour: 15 and 20, then 10 an hour later.
+    assert firings("10-20/5 30 * * * *", at(2026, 5, 4, 9, 30, 12), 3) == [
+        datetime(2026, 5, 4, 9, 30, 15, tzinfo=UTC),
+        datetime(2026, 5, 4, 9, 30, 20, tzinfo=UTC),
+        datetime(2026, 5, 4, 10, 30, 10, tzinfo=UTC),
+    ]
+    # A step from a start value, across midnight and a year: 40, 50, then 00:00:40.
+    assert firings("40/10 59,0 23,0 * * *", at(2026, 12, 31, 23, 59, 30), 4) == [
+        datetime(2026, 12, 31, 23, 59, 40, tzinfo=UTC),
+        datetime(2026, 12, 31, 23, 59, 50, tzinfo=UTC),
+        datetime(2027, 1, 1, 0, 0, 40, tzinfo=UTC),
+        datetime(2027, 1, 1, 0, 0, 50, tzinfo=UTC),
+    ]
+
+
+def test_five_fields_keep_their_meaning_firing_at_second_zero() -> None:
+    after = at(2026, 5, 4, 12, 5, 0)  # a firing itself: the next is an hour on
+    assert firings("5 * * * *", after, 2) == firings("0 5 * * * *", after, 2)
+    assert firings("5 * * * *", after - 0.5, 1) == [datetime(2026, 5, 4, 12, 5, tzinfo=UTC)]
+    assert firings("@hourly", after, 1) == [datetime(2026, 5, 4, 13, 0, tzinfo=UTC)]
+
+
+@pytest.mark.parametrize(
+    ("expression", "message"),
+    [
+        ("60 * * * * *", "cron second field '60': values must lie in 0-59"),
+        ("3,9,61 * * * * *", "cron second field '3,9,61': values must lie in 0-59"),
+        ("40-20 * * * * *", "cron second field '40-20': values must lie in 0-59"),
+        ("*/0 * * * * *", "cron second field '\\*/0': values must lie"),
+        ("1s * * * * *", "cron second field '1s': not a number"),
+        ("0 61 * * * *", "cron minute field '61'"),
+        ("* * * * * * *", "needs 5 fields \\(or 6, seconds first\\), has 7"),
+    ],
+)
+def test_bad_seconds_fields_are_named(expression: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        CronSchedule(expression)
+
+
 @pytest.mark.parametrize(
     ("expression", "message"),
     [
@@ -128,6 +174,51 @@ def test_cron_next_after_is_the_first_matching_minute(t: int, expression: str) -
     assert fired.minute in schedule.minutes and fired.hour in schedule.hours
     assert fired.month in schedule.months
     assert fired.day in schedule.days or weekday in schedule.weekdays
+
+
+@given(
+    st.integers(min_value=0, max_value=4_000_000_000),
+    st.sampled_from(["3,9,17,21,33,41,47,53 * * * * *", "*/13 */7 * * * *", "0-5,50 0 */3 * * *"]),
+)
+def test_cron_next_after_with_seconds_is_the_first_matching_second(t: int, expression: str) -> None:
+    schedule = CronSchedule(expression)
+    fired = schedule.next_after(t)
+    moment = datetime.fromtimestamp(fired, UTC)
+    assert fired > t and fired == int(fired)
+    assert moment.second in schedule.seconds and moment.minute in schedule.minutes
+    assert moment.hour in schedule.hours
+    # No matching second in between, counted second by second.
+    for between in range(t + 1, int(fired)):
+        m = datetime.fromtimestamp(between, UTC)
+        matching = m.second in schedule.seconds and m.minute in schedule.minutes
+        assert not (matching and m.hour in schedule.hours), m
+
+
+def test_a_cron_clock_with_an_epoch_fires_by_the_wall_clock() -> None:
+    """A clock counting from a recording's origin opens its windows at the Unix
+    clock's firings, shifted to the origin: here 12:00:00.5, so the first firing at or
+    after the anchor (12:00:04.5) is 12:00:09, 8.5 s after the origin."""
+    origin = at(2026, 5, 4, 12) + 0.5
+    clock = CronWindows(CronSchedule("3,9,17 * * * * *"), 4.0, deadline_s=6, epoch=origin)
+    openings = clock.openings()
+    got = [next(openings) for _ in range(3)]
+    assert got == [
+        Window(0, 8.5, 14.5, 16.5),
+        Window(1, 16.5, 22.5, 62.5),
+        Window(2, 62.5, 68.5, 68.5),
+    ]
+    assert clock.current(16.5) == got[1] and clock.current(16.4) == got[0]
+    absolute = CronWindows(CronSchedule("3,9,17 * * * * *"), origin + 4.0, deadline_s=6)
+    assert absolute.first_opening() == origin + 8.5
+
+
+def test_a_cron_firing_at_the_anchor_opens_window_0() -> None:
+    anchor = at(2026, 5, 4, 12, 0, 9)
+    clock = CronWindows(CronSchedule("3,9,17 * * * * *"), anchor, deadline_s=6)
+    assert clock.first_opening() == anchor
+    assert CronWindows(CronSchedule("3,9,17 * * * * *"), anchor + 1e-4, 6).first_opening() == (
+        anchor + 8
+    )
 
 
 def test_periodic_openings_enumerate_the_windows_current_finds() -> None:
