@@ -131,6 +131,49 @@ def test_an_unreadable_observed_accuracy_is_named() -> None:
     assert job.problem is not None and job.problem.field == "status.observedAccuracy"
 
 
+def with_schedule(schedule: str) -> dict[str, Any]:
+    obj = example()
+    retrain = obj["spec"]["retrain"]
+    del retrain["windowSeconds"]
+    retrain.update(schedule=schedule, deadlineSeconds=5)
+    return obj
+
+
+@pytest.mark.parametrize(
+    "schedule", ["*/5 * * * *", "3,9,17-21/2 * * * * *", "@hourly", " 0 0 1 1 * "]
+)
+def test_a_schedule_of_5_or_6_fields_or_a_macro_validates_and_parses(schedule: str) -> None:
+    obj = with_schedule(schedule)
+    validate(obj)
+    job = ctj_from_json({**obj, "metadata": {**obj["metadata"], "uid": "u"}})
+    assert job.problem is None and job.spec.retrain.cron == schedule
+
+
+@pytest.mark.parametrize("schedule", ["* * * *", "1 2 3 4 5 6 7", "every hour", "0 0 * * MON"])
+def test_the_schema_refuses_a_schedule_of_other_shapes(schedule: str) -> None:
+    with pytest.raises(jsonschema.ValidationError, match="does not match"):
+        validate(with_schedule(schedule))
+
+
+@pytest.mark.parametrize(
+    ("schedule", "message"),
+    [
+        ("3,9,61 * * * * *", "cron second field '3,9,61': values must lie in 0-59"),
+        ("*/0 * * * * *", "cron second field '*/0': values must lie in 0-59"),
+        ("0 0 24 * * *", "cron hour field '24': values must lie in 0-23"),
+        ("0 0 1 13 *", "cron month field '13': values must lie in 1-12"),
+    ],
+)
+def test_the_decoder_names_a_schedule_value_out_of_range(schedule: str, message: str) -> None:
+    """Values the schema's pattern lets through are checked where the CTJ is decoded:
+    the CTJ is set aside with the field and the value named."""
+    obj = with_schedule(schedule)
+    validate(obj)
+    job = ctj_from_json({**obj, "metadata": {**obj["metadata"], "uid": "u"}})
+    assert job.problem is not None
+    assert (job.problem.field, job.problem.message) == ("spec.retrain.schedule", message)
+
+
 def test_printer_columns_point_at_schema_fields() -> None:
     (version,) = crd()["spec"]["versions"]
     root = schema()
