@@ -19,6 +19,11 @@ Three modes (docs/fgd.md compares them on the openb traces):
   node name. Within the node a sharing task takes the GPU of least Δ, near-ties to the
   tightest GPU.
 
+Δ is weighed on the used feasible nodes and, per kind of node, the free one the tie-break
+puts first (`_candidates`): free nodes of one kind have equal Δ, and at moderate load
+most of a large cluster is free. The per-type differences behind Δ are kept per task
+shape and node and refreshed only for nodes that changed (`DeltaCache`).
+
 Where M comes from, in order: the `workload` config field (the inflation experiment
 builds it from the trace before inflation); the job list given to `prepare()` before a
 run, by a caller that wants the whole trace's M in a replay (neither host calls it: both
@@ -48,7 +53,7 @@ from policies.fragmentation import (
     workload_from_jobs,
 )
 from policies.jobs import JobSpec, Placement, TaskPlacement, TaskRequest
-from policies.placement import feasible_nodes, select_gpus
+from policies.placement import feasible_kind_leaders, select_gpus
 from policies.task_mix import count_tasks
 
 MODES = ("score", "artifact", "exact")
@@ -108,7 +113,7 @@ class Fgd(PlacementPolicy):
         self._prepared: TargetWorkload | None = None
         self._fragmentation: NodeFragmentation | None = None
         self._deltas: DeltaCache | None = None
-        self._tie_ranks: tuple[tuple[object, ...], IntArray] | None = None
+        self._tie_ranks: tuple[tuple[object, ...], IntArray, IntArray] | None = None
         self._score_bounds: FloatArray | None = None
 
     @property
@@ -148,7 +153,7 @@ class Fgd(PlacementPolicy):
     def place_task(
         self, spec: JobSpec, task: TaskRequest, state: ClusterState, ctx: Context
     ) -> TaskPlacement | None:
-        candidates = feasible_nodes(spec, task, state)
+        candidates = self._candidates(spec, task, state)
         if candidates.size == 0:
             return None
         deltas = self._candidate_deltas(task, state, candidates)
@@ -158,6 +163,16 @@ class Fgd(PlacementPolicy):
             node, gpus = self._pick_by_score(task, state, candidates, deltas)
         state.allocate(node, gpus, task.gpu_milli, task.cpu_milli, task.mem_mib)
         return TaskPlacement(state.nodes[node].name, gpus, task.gpu_milli)
+
+    def _candidates(self, spec: JobSpec, task: TaskRequest, state: ClusterState) -> IntArray:
+        """The feasible nodes, each kind's free ones stood for by the one its tie-break
+        puts first: free nodes of one kind have the same Δ, so no other can win. At
+        moderate load most of a large cluster is free (FGD packs), so this leaves the
+        used nodes and a node or two of each kind to weigh Δ on, not 12,500. The tie
+        order is the hashed names' in score mode, else the node order (exact mode
+        first packs, which free nodes of one kind do alike)."""
+        order = self._rank_order(state) if self.settings.mode == "score" else None
+        return feasible_kind_leaders(spec, task, state, order)
 
     def score(
         self,
@@ -211,9 +226,17 @@ class Fgd(PlacementPolicy):
         return self._score_bounds
 
     def _ranks(self, state: ClusterState) -> IntArray:
+        return self._tie_order(state)[1]
+
+    def _rank_order(self, state: ClusterState) -> IntArray:
+        """The nodes from the first in the tie order to the last."""
+        return self._tie_order(state)[2]
+
+    def _tie_order(self, state: ClusterState) -> tuple[tuple[object, ...], IntArray, IntArray]:
         if self._tie_ranks is None or self._tie_ranks[0] is not state.nodes:
-            self._tie_ranks = (state.nodes, tie_ranks([n.name for n in state.nodes]))
-        return self._tie_ranks[1]
+            ranks = tie_ranks([n.name for n in state.nodes])
+            self._tie_ranks = (state.nodes, ranks, np.argsort(ranks))
+        return self._tie_ranks
 
     def _pick_exact(
         self, task: TaskRequest, state: ClusterState, candidates: IntArray, deltas: FloatArray
@@ -312,14 +335,15 @@ def packing_order(state: ClusterState, nodes: IntArray) -> IntArray:
 
 
 class DeltaCache:
-    """Per task shape, Δ for every node, recomputed only for nodes that changed since.
+    """Per task shape, Δ of the nodes asked for, recomputed only where it may have changed.
 
     Δ depends only on the node's free resources, the task's (CPU, GPU count, milli) and
     the workload; the per-type differences it is weighted from (`placement_diffs`) do
     not depend on the workload's probabilities. So between two tasks of one shape only
     the nodes placed on in between need new differences, and a live workload's new
-    probabilities (every pass) cost one weighting of the cached differences per shape
-    used (`NodeFragmentation.weigh`).
+    probabilities (every pass) cost a new weighting (`NodeFragmentation.weigh`) of the
+    nodes asked for, each row once per workload: rows carry the stamp their differences
+    were taken at and the weights version they were weighed with.
     """
 
     def __init__(self, fragmentation: NodeFragmentation, shapes: int) -> None:
@@ -337,19 +361,22 @@ class DeltaCache:
             self._nodes = state.nodes
             self._columns_version = fragmentation.columns_version
         entry = self._entry(task, state)
-        stamps = fragmentation.stamp
-        stale = np.flatnonzero(entry.stamp != stamps)  # candidates or not: one comparison
-        reweigh = entry.weights_version != fragmentation.weights_version
-        if stale.size:
+        changed = entry.stamp[candidates] != fragmentation.stamp[candidates]
+        if changed.any():
+            stale = candidates[changed]
             diffs, fits = fragmentation.placement_diffs(state, task, stale)
             entry.diffs[:, stale] = diffs
             entry.fits[stale] = fits
-            entry.stamp[stale] = stamps[stale]
-            if not reweigh:
-                entry.deltas[stale] = fragmentation.weigh(diffs, fits)
-        if reweigh:
-            entry.deltas = fragmentation.weigh(entry.diffs, entry.fits)
-            entry.weights_version = fragmentation.weights_version
+            entry.stamp[stale] = fragmentation.stamp[stale]
+        version = fragmentation.weights_version
+        unweighed = changed | (entry.weighed[candidates] != version)
+        if unweighed.all() and candidates.size == state.num_nodes:
+            entry.deltas = fragmentation.weigh(entry.diffs, entry.fits)  # no gather
+            entry.weighed[:] = version
+        elif unweighed.any():
+            rows = candidates[unweighed]
+            entry.deltas[rows] = fragmentation.weigh(entry.diffs[:, rows], entry.fits[rows])
+            entry.weighed[rows] = version
         return entry.deltas[candidates]
 
     def _entry(self, task: TaskRequest, state: ClusterState) -> _Entry:
@@ -363,7 +390,7 @@ class DeltaCache:
                 fits=np.zeros((state.num_nodes, width), dtype=bool),
                 deltas=np.full((state.num_nodes, width), np.inf),
                 stamp=np.full(state.num_nodes, -1, dtype=np.int64),
-                weights_version=self.fragmentation.weights_version,
+                weighed=np.full(state.num_nodes, -1, dtype=np.int64),
             )
             self._entries[key] = entry
             if len(self._entries) > self.shapes:
@@ -379,6 +406,8 @@ class _Entry:
     """Per type, node and slot: the change in fragmented milli-GPU."""
     fits: BoolArray
     deltas: FloatArray
-    """`diffs` weighted by the workload of `weights_version`."""
+    """Per node, `diffs` weighted by the workload of the node's `weighed` version."""
     stamp: IntArray
-    weights_version: int
+    """Per node, the `NodeFragmentation.stamp` its differences were taken at."""
+    weighed: IntArray
+    """Per node, the `NodeFragmentation.weights_version` of its `deltas` (-1: none)."""

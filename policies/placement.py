@@ -75,18 +75,29 @@ def first_fit(spec: JobSpec, task: TaskRequest, state: ClusterState) -> int | No
     return None if node is None else start + node
 
 
-def feasible_kind_leaders(spec: JobSpec, task: TaskRequest, state: ClusterState) -> IntArray:
-    """`feasible_nodes` less the free nodes that a free node of the same kind with a
-    lower index stands for (ascending). Free nodes of one kind are alike to a score of
-    their resources, so for a policy that breaks ties by the lowest index only the
-    first of each kind can win: at low load most of the cluster is free, and scoring
-    two nodes instead of 12,500 was most of a Best-fit placement."""
+def feasible_kind_leaders(
+    spec: JobSpec, task: TaskRequest, state: ClusterState, order: IntArray | None = None
+) -> IntArray:
+    """`feasible_nodes` less the free nodes that a free node of the same kind earlier
+    in `order` (a permutation of the nodes; default: index order) stands for, ascending.
+    Free nodes of one kind are alike to a score of their resources, so for a policy
+    that breaks ties by that order only the first of each kind can win: at low load
+    most of the cluster is free, and scoring two nodes instead of 12,500 was most of a
+    Best-fit placement."""
     mask = feasible_mask(spec, task, state)
     if state.kinds is None:
         return np.flatnonzero(mask)
     free = mask > state.in_use  # feasible and free
     used = np.flatnonzero(mask & state.in_use)
-    leaders = [i for kind in state.kinds if (i := _first_true(free & kind, 0)) is not None]
+    if order is None:
+        leaders = [i for kind in state.kinds if (i := _first_true(free & kind, 0)) is not None]
+    else:
+        free_in_order = free[order]
+        leaders = [
+            int(order[i])
+            for kind in state.kinds
+            if (i := _first_true(free_in_order & kind[order], 0)) is not None
+        ]
     if not leaders:
         return used
     return np.sort(np.concatenate((used, np.array(leaders, dtype=np.int64))))
