@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +91,19 @@ def test_a_shadow_that_raises_costs_only_its_verdict() -> None:
     verdicts = runner.evaluate(snap, live("bestfit", snap))
     assert [v.policy for v in verdicts] == ["bestfit"]
     assert runner.stats["broken"].errors == 1
+
+
+def test_a_snapshot_without_jobs_is_judged_not_raised() -> None:
+    """A round policy's live pass on an empty cluster offers a snapshot with no jobs: the
+    fragmentation measure has no task mix to weigh, so it is 0, and the shadows still
+    answer (a raise there ended the shadows' task, and with it the controller)."""
+    snap = replace(snapshot(), pending=[])
+    runner = ShadowRunner(ShadowOptions((make_policy("fgd"), make_policy("sia"))), "sia")
+    verdicts = runner.evaluate(snap, SchedulingResult())
+    assert [(v.policy, v.decisions, v.fragmentation_pct) for v in verdicts] == [
+        ("fgd", 0, 0.0),
+        ("sia", 0, 0.0),
+    ]
 
 
 def test_offers_while_busy_are_dropped_and_the_newest_is_evaluated(tmp_path: Path) -> None:
