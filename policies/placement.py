@@ -92,15 +92,30 @@ def feasible_kind_leaders(
     if order is None:
         leaders = [i for kind in state.kinds if (i := _first_true(free & kind, 0)) is not None]
     else:
-        free_in_order = free[order]
-        leaders = [
-            int(order[i])
-            for kind in state.kinds
-            if (i := _first_true(free_in_order & kind[order], 0)) is not None
-        ]
+        leaders = [_first_in_order(free & kind, order) for kind in state.kinds]
+        leaders = [i for i in leaders if i is not None]
     if not leaders:
         return used
     return np.sort(np.concatenate((used, np.array(leaders, dtype=np.int64))))
+
+
+ORDER_PROBE = 64
+"""Nodes of an order `_first_in_order` reads before it reads the rest."""
+
+
+def _first_in_order(mask: BoolArray, order: IntArray) -> int | None:
+    """The first node of `order` in `mask`. The order's head is read first: at moderate
+    load most nodes are free, so a free node of a kind is nearly always among its first
+    few (gathering the mask in the whole order cost 10 µs a kind at 12,500 nodes)."""
+    if not mask.any():
+        return None
+    head = order[:ORDER_PROBE]
+    index = _first_true(mask[head], 0)
+    if index is not None:
+        return int(head[index])
+    rest = order[ORDER_PROBE:]
+    index = _first_true(mask[rest], 0)
+    return None if index is None else int(rest[index])
 
 
 def _first_true(mask: BoolArray, start: int) -> int | None:
