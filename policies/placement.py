@@ -92,8 +92,8 @@ def feasible_kind_leaders(
     if order is None:
         leaders = [i for kind in state.kinds if (i := _first_true(free & kind, 0)) is not None]
     else:
-        leaders = [_first_in_order(free & kind, order) for kind in state.kinds]
-        leaders = [i for i in leaders if i is not None]
+        firsts = (_first_in_order(free & kind, order) for kind in state.kinds)
+        leaders = [i for i in firsts if i is not None]
     if not leaders:
         return used
     return np.sort(np.concatenate((used, np.array(leaders, dtype=np.int64))))
