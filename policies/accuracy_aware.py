@@ -46,7 +46,13 @@ from policies.continual import (
 )
 from policies.jobs import JobView
 from policies.share_allocator import ShareAllocator, ShareConfig
-from policies.share_model import LEVELS_MILLI, SharePlan, ShareRoom, is_window_job
+from policies.share_model import (
+    LEVELS_MILLI,
+    WHOLE_LEVEL,
+    SharePlan,
+    ShareRoom,
+    is_window_job,
+)
 
 _MIN_RATE = 1e-6
 """Floor of the retraining rate when dividing by it (a cluster with no free GPUs)."""
@@ -203,6 +209,8 @@ class FairShareAllocator(ShareAllocator):
             allowed = static.speed > 0
             space = np.where(allowed, np.array(room.milli, dtype=np.float64), -1.0)
             model = int(np.argmax(space))
+            if not plan.sharing[model]:  # its GPUs go whole: the least share is one
+                level = max(level, WHOLE_LEVEL)
             if room.fits(model, level):
                 targets[row] = (model, level)
                 room.take(model, level)

@@ -75,6 +75,9 @@ class NodeSpec:
     gpu_product: str = ""
     """What the node reports (GFD's `nvidia.com/gpu.product`, a trace's model); kept as
     "" when that is `gpu_model` itself, so equal nodes compare equal."""
+    shares_gpus: bool = True
+    """False when its device plugin hands every task whole GPUs (the controller's
+    `--backend=whole`): a task with a share of a GPU there holds all of it."""
 
     def __post_init__(self) -> None:
         if self.cpu_milli < 0 or self.mem_mib < 0 or self.gpus < 0:
@@ -260,6 +263,9 @@ class ClusterState:
         self._synced: tuple[_ChangeLog, int] | None = None
         """For a scratch: the log it was last brought up to date from, and where."""
         self.has_taints = any(n.taints for n in nodes)
+        self.shares_gpus: BoolArray = read_only(np.array([n.shares_gpus for n in nodes]))
+        self.whole_only = frozenset(np.flatnonzero(~self.shares_gpus).tolist())
+        """Nodes whose GPUs cannot be shared: any task on a GPU there takes all of it."""
         self.label_index = LabelIndex.of(self.nodes)  # immutable: copies and views share it
 
     # -- derived ------------------------------------------------------------------
@@ -290,6 +296,8 @@ class ClusterState:
         self, node: int, gpus: Sequence[int], gpu_milli: int, cpu_milli: int, mem_mib: int
     ) -> None:
         """Take one task's resources; raises if they are not free (never over-commits)."""
+        if node in self.whole_only:
+            gpu_milli = MILLI
         self._check_fits(node, gpus, gpu_milli, cpu_milli, mem_mib)
         self.cpu_free[node] -= cpu_milli
         self.mem_free[node] -= mem_mib
@@ -306,6 +314,8 @@ class ClusterState:
         self, node: int, gpus: Sequence[int], gpu_milli: int, cpu_milli: int, mem_mib: int
     ) -> None:
         """Return one task's resources."""
+        if node in self.whole_only:
+            gpu_milli = MILLI
         self.cpu_free[node] += cpu_milli
         self.mem_free[node] += mem_mib
         for g in gpus:
@@ -462,7 +472,8 @@ def _kinds(nodes: Sequence[NodeSpec]) -> tuple[BoolArray, ...] | None:
     rows: dict[tuple[object, ...], list[int]] = {}
     for i, n in enumerate(nodes):
         labels = tuple(sorted(n.labels.items()))
-        key = (n.cpu_milli, n.mem_mib, n.gpus, n.gpu_model, n.product, labels, n.taints)
+        gpus = (n.gpus, n.gpu_model, n.product, n.shares_gpus)
+        key = (n.cpu_milli, n.mem_mib, gpus, labels, n.taints)
         rows.setdefault(key, []).append(i)
         if len(rows) > MAX_KINDS:
             return None

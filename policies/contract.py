@@ -9,8 +9,9 @@ task lands on a GPU model the job allows; every task on a node whose labels matc
 job's node selector and whose NoSchedule/NoExecute taints it tolerates. An auxiliary part
 task is held to its own request. Those are the static rules (`check_shape`); on top,
 the CPU, memory and milli-GPU of all the job's tasks together must be free now
-(`check_fits`). The simulator and the controller apply every decision through
-`check_placement`; a broken rule raises `PlacementError` naming the job and the rule.
+(`check_fits`; on a node whose GPUs cannot be shared a task's GPU counts whole). The
+simulator and the controller apply every decision through `check_placement`; a broken
+rule raises `PlacementError` naming the job and the rule.
 """
 
 from __future__ import annotations
@@ -54,8 +55,9 @@ def check_fits(spec: JobSpec, placement: Placement, state: ClusterState) -> None
         request = task.request or spec.task
         cpu[node] = cpu.get(node, 0) + request.cpu_milli
         mem[node] = mem.get(node, 0) + request.mem_mib
+        milli = MILLI if node in state.whole_only else task.gpu_milli  # no sharing there
         for g in task.gpus:
-            gpu[node, g] = gpu.get((node, g), 0) + task.gpu_milli
+            gpu[node, g] = gpu.get((node, g), 0) + milli
     for node, need in cpu.items():
         if need > state.cpu_free[node]:
             _short(spec, "CPU milli", need, state.cpu_free[node], state.nodes[node].name)

@@ -22,6 +22,7 @@ from policies.jobs import JobSpec, JobStatus, JobView, Placement, TaskPlacement,
 from policies.placement import label_mask, model_mask, release
 from policies.share_model import (
     LEVELS_MILLI,
+    WHOLE_LEVEL,
     JobFacts,
     SharePlan,
     ShareRoom,
@@ -30,6 +31,7 @@ from policies.share_model import (
     level_bounds,
     level_shape,
     model_prices,
+    models_sharing,
     option_values,
     placed_milli,
     remaining_work,
@@ -131,7 +133,10 @@ class ShareAllocator(Policy):
         rem = np.array(remaining, dtype=np.float64)
         started = [v.started_at is not None for v in views]
         value, keep = option_values(now, statics, current, started, rem, len(cluster.gpu_models))
-        return SharePlan(views, statics, current, rem, value, keep, room, model_prices(statics))
+        sharing = models_sharing(cluster)
+        value[:, ~sharing, :WHOLE_LEVEL] = 0.0
+        prices = model_prices(statics)
+        return SharePlan(views, statics, current, rem, value, keep, room, prices, sharing)
 
     def _static(self, spec: JobSpec, models: tuple[str, ...]) -> JobFacts | None:
         if models != self._models:
@@ -256,6 +261,8 @@ class ShareFitter:
             ok &= label_mask(spec, state)[nodes]
         if allowed is not None:
             ok &= allowed
+        if milli < MILLI and state.whole_only:
+            ok &= state.shares_gpus[nodes]
         free = state.gpu_free[nodes]
         placed = self._fraction(task, nodes, ok, free, milli) if milli < MILLI else None
         if milli >= MILLI:

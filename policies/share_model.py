@@ -2,7 +2,9 @@
 allocators (`policies.accuracy_aware`) plan with.
 
 A retraining job may get a share from `LEVELS_MILLI` (a quarter or half of one GPU by
-time-slicing, or 1–8 whole GPUs on one node) on any GPU model it allows. An option
+time-slicing, or 1–8 whole GPUs on one node), from its elastic minimum to its maximum,
+on any GPU model it allows; a quarter or a half only where GPUs can be shared
+(`NodeSpec.shares_gpus`). An option
 (model, share) is worth the window uplift of `policies.continual` at the completion
 time it implies (zero past the deadline); a move pays the job's restart delay. A pass
 tabulates every option of every job (`SharePlan`) beside the capacity retraining may
@@ -24,6 +26,8 @@ from policies.jobs import JobSpec, JobStatus, JobView, Placement
 LEVELS_MILLI = read_only(np.array([250, 500, 1000, 2000, 4000, 8000], dtype=np.int64))
 _LEVEL_INDEX = MappingProxyType({int(level): i for i, level in enumerate(LEVELS_MILLI)})
 _LEVELS = tuple(int(x) for x in LEVELS_MILLI)
+WHOLE_LEVEL = _LEVELS.index(MILLI)
+"""Index of one whole GPU in `LEVELS_MILLI`; the levels below it share a GPU."""
 _TASKS = tuple(max(1, x // MILLI) for x in _LEVELS)
 """Tasks (one per whole GPU, one for a fraction) a share of each level places."""
 _MANY = 1 << 20
@@ -64,6 +68,9 @@ class SharePlan:
     """Uplift of a running job if it keeps its current share (0 if it has none)."""
     room: ShareRoom
     price: np.ndarray
+    sharing: np.ndarray
+    """Per GPU model, whether a share below one GPU may be placed on it
+    (`models_sharing`); `value` is zero for such shares on the others."""
 
 
 class ShareRoom:
@@ -186,6 +193,15 @@ class _WindowArrays:
             decaying = self.gain * (np.exp(-safe * since) - np.exp(-safe * span)) / safe
         value = np.where(self.rate > 0, decaying, self.gain * (span - since))
         return np.where(finish <= self.deadline + _DEADLINE_SLACK_S, np.maximum(value, 0.0), 0.0)
+
+
+def models_sharing(cluster: ClusterState) -> np.ndarray:
+    """Per GPU model, whether some node of it lets tasks share a GPU: on the others a
+    share below one GPU would hold a whole one, so none is offered there."""
+    sharing = np.zeros(len(cluster.gpu_models), dtype=bool)
+    has_model = cluster.model_idx >= 0
+    sharing[cluster.model_idx[has_model & cluster.shares_gpus]] = True
+    return sharing
 
 
 def model_prices(statics: Sequence[JobFacts]) -> np.ndarray:

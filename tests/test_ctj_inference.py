@@ -7,6 +7,9 @@ reference-GPU-seconds, up to 2 GPUs at 0.9 speed-up per doubling, window 120 s, 
 100 s) serving with a whole GPU (`milliGpu: 1000`). Under `edf` (no inference planner:
 full demand) the serving share takes GPU 0, so the retraining gets GPU 1 alone: 80 s on
 one GPU, where without the share it runs on both, 80 / 1.8 = 44.4 s.
+
+The live scheduler runs with a device backend that shares GPUs (`hami`), as the
+simulator's nodes do: with `whole` a share holds all of its GPU (tests/test_gpu_sharing.py).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from controller.ctj.streams import recorded_streams
 from controller.kube.objects import ASSIGNED_GPUS, pod_from_json
 from controller.scheduling.cache import NODES, PODS, ClusterCache
 from controller.scheduling.effects import now_rfc3339
-from controller.scheduling.encoders import WholeGpu
+from controller.scheduling.encoders import Hami, WholeGpu
 from controller.scheduling.ledger import Charge
 from controller.scheduling.scheduler import Scheduler, SchedulerOptions
 from controller.scheduling.workload import build_workload
@@ -86,7 +89,7 @@ def test_the_ctj_field_becomes_the_streams_inference_share() -> None:
 
 def test_the_controller_reserves_the_share_and_places_retraining_beside_it() -> None:
     async def main() -> None:
-        cache = ClusterCache(WholeGpu())
+        cache = ClusterCache(Hami())
         cache.replace(NODES, [node_json("a", 2)])
         effects = GrowingEffects(cache)
         edf = make_policy("edf")
@@ -128,7 +131,7 @@ def test_thief_splits_the_share_live_as_in_the_simulator() -> None:
     body = served_ctj(1000)
     body["spec"]["inference"]["gamma"] = 0.05
     body["spec"]["accuracy"]["initial"] = 0.5
-    cache = ClusterCache(WholeGpu())
+    cache = ClusterCache(Hami())
     cache.replace(NODES, [node_json("a", 2)])
     window = Window(0, CREATED, CREATED + 100, CREATED + 120)
     thief = make_policy("thief")
@@ -146,7 +149,7 @@ def test_an_unchanged_share_keeps_its_gpu() -> None:
     """As in the simulator, a grant that does not change is not moved, although the
     tightest fit would now be elsewhere: released, GPU 0 would have 1000 free and GPU 1,
     with 250 taken, 750."""
-    cache = ClusterCache(WholeGpu())
+    cache = ClusterCache(Hami())
     cache.replace(NODES, [node_json("a", 2)])
     assert cache.reserve("inference/ns/s", 500, [0]) == 500
     cache.ledger.charge("other", Charge("a", (1,), 250, 0, 0))
@@ -166,7 +169,7 @@ def test_the_granted_shares_serving_quality_scales_the_windows_value_live() -> N
     body["spec"]["inference"]["gamma"] = 0.05
     body["spec"]["accuracy"]["initial"] = 0.5
     ctj = ctj_from_json(body)
-    cache = ClusterCache(WholeGpu())
+    cache = ClusterCache(Hami())
     cache.replace(NODES, [node_json("a", 2)])
     window = Window(0, CREATED, CREATED + 100, CREATED + 120)
     thief = make_policy("thief")
@@ -190,7 +193,7 @@ def test_a_share_goes_on_the_model_slowest_for_every_ctj_not_only_the_openings()
     """The opening CTJ retrains as fast on a T4 as on an A100 (a tie: A100 sorts first);
     two other CTJs, not opening now, retrain at a fifth of the speed on the T4. As the
     simulator orders GPU models over all its streams, the share goes on the T4."""
-    cache = ClusterCache(WholeGpu())
+    cache = ClusterCache(Hami())
     t4 = node_json("t", 1)
     t4["metadata"]["labels"]["nvidia.com/gpu.product"] = "T4"
     cache.replace(NODES, [node_json("a", 1), t4])
@@ -256,7 +259,7 @@ def test_a_waiting_window_delays_the_openings_configs_live_as_in_the_simulator()
     configs = {r[col["stream_id"]]: r[col["config"]] for r in run.rows}
     assert configs == {"ns/stuck": "w40", "ns/late": "w1.2"}
 
-    cache = ClusterCache(WholeGpu())
+    cache = ClusterCache(Hami())
     cache.replace(NODES, [node_json("a", 4)])
     (waiting,) = plan(ctj_from_json(stuck), [], CREATED + 1, "gpufleet").create
     meta = {**waiting["metadata"], "uid": "u0", "creationTimestamp": now_rfc3339(CREATED + 1)}

@@ -29,7 +29,10 @@ CPU and memory only. The two columns are written only when a trace has occupants
 
 Clusters (`NODE_COLUMNS`): `name,cpu_milli,mem_mib,gpus,gpu_model,rack`. `gpu_model` is
 the GPU as the node reports it: a model (`A100`) or a product (`NVIDIA-A100-SXM4-40GB`,
-which policies know as model `A100`; policies/gpu_models.py).
+which policies know as model `A100`; policies/gpu_models.py). An optional
+`shares_gpus` column (`true`/`false`, default true) says whether tasks may share the
+node's GPUs (`NodeSpec.shares_gpus`; a live run with `--backend=whole` records false);
+it is written only when some node does not.
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ JOB_COLUMNS = (
 )
 PIN_COLUMNS = ("node", "gpus")
 NODE_COLUMNS = ("name", "cpu_milli", "mem_mib", "gpus", "gpu_model", "rack")
+SHARING_COLUMN = "shares_gpus"
 PIN_KEY = "pin"
 """`JobSpec.attributes[PIN_KEY]` holds an occupant's `Pin`."""
 
@@ -242,6 +246,7 @@ def read_nodes(path: str | Path) -> list[NodeSpec]:
                     gpu_model=node_model(product),
                     rack=row.text("rack", ""),
                     gpu_product=product,
+                    shares_gpus=_flag(row, SHARING_COLUMN, True),
                 )
             )
         except ValueError as err:
@@ -252,8 +257,11 @@ def read_nodes(path: str | Path) -> list[NodeSpec]:
 
 
 def write_nodes(nodes: Iterable[NodeSpec], path: str | Path) -> None:
-    rows = (dict(zip(NODE_COLUMNS, _node_fields(n), strict=True)) for n in nodes)
-    write_rows(path, NODE_COLUMNS, rows)
+    nodes = list(nodes)
+    whole_only = not all(n.shares_gpus for n in nodes)
+    columns: tuple[str, ...] = NODE_COLUMNS + ((SHARING_COLUMN,) if whole_only else ())
+    fields = ((*_node_fields(n), str(n.shares_gpus).lower()) for n in nodes)
+    write_rows(path, columns, (dict(zip(columns, f, strict=False)) for f in fields))
 
 
 def _node_fields(n: NodeSpec) -> tuple[object, ...]:

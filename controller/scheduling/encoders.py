@@ -27,6 +27,9 @@ from policies import MILLI
 
 class GpuEncoder(Protocol):
     name: ClassVar[str]
+    shares_gpus: ClassVar[bool]
+    """Whether its device plugin lets pods share a GPU; the nodes policies see say so
+    (`NodeSpec.shares_gpus`), so they plan whole GPUs where it does not."""
 
     def request(self, pod: PodRecord) -> tuple[int, int]:
         """(GPUs, milli-GPU per GPU) the pod asks for."""
@@ -66,9 +69,13 @@ class WholeGpu:
     """`nvidia.com/gpu: N`. The device plugin, not the scheduler, picks the devices, so
     the GPU indices live only in gpufleet's annotations. It hands every pod whole
     devices, so a share (`gpufleet.io/gpu-milli`) cannot be honoured here: such a pod is
-    scheduled as the whole GPU it will get (share GPUs with `hami` or `gpushare`)."""
+    scheduled as the whole GPU it will get (share GPUs with `hami` or `gpushare`), and
+    the nodes tell policies their GPUs cannot be shared: the share allocators give a
+    CTJ window whole GPUs here, since a second pod on a GPU would be refused by the
+    kubelet (each pod takes one `nvidia.com/gpu`)."""
 
     name: ClassVar[str] = "whole"
+    shares_gpus: ClassVar[bool] = False
 
     def request(self, pod: PodRecord) -> tuple[int, int]:
         gpus = _count(pod.resources.get(GPU_RESOURCE))
@@ -98,6 +105,7 @@ class Hami:
     (`UUID,Type,memMiB,cores:` per device, `;` after each container)."""
 
     name: ClassVar[str] = "hami"
+    shares_gpus: ClassVar[bool] = True
     CORES = "nvidia.com/gpucores"
 
     def request(self, pod: PodRecord) -> tuple[int, int]:
@@ -137,6 +145,7 @@ class GpuShare:
     index in `ALIYUN_COM_GPU_MEM_IDX` for its device plugin."""
 
     name: ClassVar[str] = "gpushare"
+    shares_gpus: ClassVar[bool] = True
     MEM = "aliyun.com/gpu-mem"
     COUNT = "aliyun.com/gpu-count"
 

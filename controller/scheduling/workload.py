@@ -57,6 +57,7 @@ def node_spec(node: NodeRecord, encoder: GpuEncoder) -> NodeSpec:
         taints=node.taints,
         rack=first_label(node.labels, RACK_LABELS),
         gpu_product=product,
+        shares_gpus=encoder.shares_gpus,
     )
 
 
