@@ -85,10 +85,12 @@ def feasible_kind_leaders(
     most of the cluster is free, and scoring two nodes instead of 12,500 was most of a
     Best-fit placement."""
     mask = feasible_mask(spec, task, state)
-    if state.kinds is None:
+    if state.kinds is None or not mask.any():
         return np.flatnonzero(mask)
     free = mask > state.in_use  # feasible and free
     used = np.flatnonzero(mask & state.in_use)
+    if not free.any():  # a busy cluster
+        return used
     if order is None:
         leaders = [i for kind in state.kinds if (i := _first_true(free & kind, 0)) is not None]
     else:

@@ -20,10 +20,9 @@ The workload (10 s windows, 7 s deadlines, 2 s rounds):
 * `v-*` (3) are drift-triggered on 3 V100s: each opens when its accuracy falls below
   0.7 (first at the closed-form crossing time), then no sooner than 10 s after the last.
 
-No share below a whole GPU meets a deadline here: with the whole-GPU device plugin a
-pod takes a GPU of the node's `nvidia.com/gpu` however small its share, so two windows'
-half shares cannot share a GPU live as they do in the simulator (docs/crd.md, *Not acted
-on*).
+With the whole-GPU device plugin (`--backend=whole`) the nodes tell the policy their GPUs
+cannot be shared (`NodeSpec.shares_gpus`, recorded with the nodes), so neither host
+plans a share below a whole GPU here (tests/kube/test_ctj_sharing.py).
 
 Wall time enters where the controller acts later than the simulator. Both decide on
 rounds at even seconds from the recording's zero (the controller's rounds fall on the
