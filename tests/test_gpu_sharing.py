@@ -111,6 +111,8 @@ def test_a_share_on_an_unshared_gpu_holds_all_of_it() -> None:
         check_fits(spec, Placement((TaskPlacement("a", (0,), 250),)), state)
     state.release(0, (0,), 250, 1000, 1024)
     assert state.gpu_free[0].tolist() == [1000]
+    state.allocate(0, (0,), 250, 0, 0)  # an inference share's reservation, too
+    assert state.gpu_free[0].tolist() == [0]
 
 
 @pytest.mark.parametrize(("shares", "ends"), [(True, [10.0, 10.0]), (False, [10.0, 20.0])])
