@@ -159,21 +159,29 @@ CREATED = 1_700_000_040.0
 OPENS = CREATED + 1.0
 
 
-def ctj_json(min_replicas: int = 2, milli: int = 1000) -> dict[str, Any]:
+def ctj_json(
+    min_replicas: int = 2,
+    milli: int = 1000,
+    *,
+    name: str = "lower",
+    max_replicas: int = 4,
+    config: RetrainConfig = CONFIG,
+) -> dict[str, Any]:
+    """A CTJ of one window opening at `OPENS` (300 s long, deadline 250 s), at 0.5."""
     gpu: dict[str, int] = {"count": 1, "milli": milli}
     if milli < 1000:
         gpu["memoryMiB"] = 8192
     return {
-        "metadata": ctj_metadata("lower", now_rfc3339(CREATED)),
+        "metadata": ctj_metadata(name, now_rfc3339(CREATED)),
         "spec": {
             "image": "retrain:1",
-            "replicas": {"min": min_replicas, "max": 4},
+            "replicas": {"min": min_replicas, "max": max_replicas},
             "retrain": {
                 "startTime": now_rfc3339(OPENS),
                 "windowSeconds": 300,
                 "deadlineSeconds": 250,
                 "windows": 1,
-                "configs": [{"name": CONFIG.name, "workGpuSeconds": CONFIG.work_gpu_s}],
+                "configs": [{"name": config.name, "workGpuSeconds": config.work_gpu_s}],
             },
             "resources": {
                 "gpu": gpu,

@@ -44,8 +44,8 @@ from policies.contract import PlacementError, check_fits
 from simulator.continual import STREAM_COLUMNS, ContinualRun
 from simulator.engine import Simulation
 from simulator.metrics import JOB_COLUMNS
-from tests.conftest import accuracy_json, ctj_metadata
 from tests.test_controller_scheduler import FakeEffects, node_json
+from tests.test_ctj_min_replicas import OPENS, ctj_json
 from traces.canonical import read_nodes, write_nodes
 
 CURVE = AccuracyCurve(ceiling=0.9, floor=0.3, decay_per_h=0.0, half_gain_gpu_s=50.0)
@@ -147,36 +147,10 @@ def test_the_backend_tells_policies_whether_a_nodes_gpus_are_shared(
 
 # -- the controller: two CTJs of half a GPU, the same hand-worked case ---------------------
 
-CREATED = 1_700_000_040.0
-OPENS = CREATED + 1.0
-
-
-def ctj_json(name: str) -> dict[str, Any]:
-    return {
-        "metadata": ctj_metadata(name, now_rfc3339(CREATED)),
-        "spec": {
-            "image": "retrain:1",
-            "replicas": {"min": 1, "max": 1},
-            "retrain": {
-                "startTime": now_rfc3339(OPENS),
-                "windowSeconds": 300,
-                "deadlineSeconds": 250,
-                "windows": 1,
-                "configs": [{"name": CONFIG.name, "workGpuSeconds": CONFIG.work_gpu_s}],
-            },
-            "resources": {
-                "gpu": {"count": 1, "milli": 500, "memoryMiB": 8192},
-                "cpu": "1",
-                "memory": "1Gi",
-                "gpuTypes": [{"model": "A100", "relativeThroughput": 1.0}],
-            },
-            "accuracy": accuracy_json(CURVE, 0.5),
-        },
-    }
-
 
 def window_pod(name: str) -> dict[str, Any]:
-    (manifest,) = plan(ctj_from_json(ctj_json(name)), [], OPENS, "gpufleet").create
+    body = ctj_json(1, 500, name=name, max_replicas=1, config=CONFIG)
+    (manifest,) = plan(ctj_from_json(body), [], OPENS, "gpufleet").create
     meta = {**manifest["metadata"], "uid": name, "creationTimestamp": now_rfc3339(OPENS)}
     return {**manifest, "metadata": meta, "status": {"phase": "Pending"}}
 

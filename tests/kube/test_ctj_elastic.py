@@ -104,6 +104,17 @@ def bound_gpus(pods: Iterable[dict[str, Any]], ctj: str) -> int:
     )
 
 
+def bound_restarts(pods: Iterable[dict[str, Any]], ctj: str) -> set[str | None]:
+    """The restart counts of the CTJ's bound pods that are not being withdrawn."""
+    return {
+        p["metadata"]["annotations"].get("gpufleet.io/restarts")
+        for p in pods
+        if p["metadata"]["labels"].get(NAME_LABEL) == ctj
+        and p["spec"].get("nodeName")
+        and not p["metadata"].get("deletionTimestamp")
+    }
+
+
 def test_thief_grows_a_window_on_free_gpus_and_shrinks_it_for_a_bigger_gain(
     ctj_env: CtjEnvironment,  # noqa: F811
     tmp_path: Path,
@@ -134,13 +145,7 @@ def test_thief_grows_a_window_on_free_gpus_and_shrinks_it_for_a_bigger_gain(
                 return (bound_gpus(pods, "wide"), bound_gpus(pods, "gainer")) == (2, 2)
 
             await eventually(shared, timeout_s=90, what="wide shrunk to 2 GPUs, gainer on 2")
-            pods = await admin.pods()
-            wide = [p for p in pods if p["metadata"]["labels"].get(NAME_LABEL) == "wide"]
-            restarts = {
-                p["metadata"]["annotations"].get("gpufleet.io/restarts")
-                for p in wide
-                if p["spec"].get("nodeName") and not p["metadata"].get("deletionTimestamp")
-            }
+            restarts = bound_restarts(await admin.pods(), "wide")
             assert restarts == {"1"}  # the move counted as the simulator counts it
             assert serve.stop() == 0
         finally:
@@ -198,11 +203,7 @@ def test_a_window_of_min_2_waits_on_1_free_gpu_starts_on_2_and_grows_to_4(
             await admin.delete_pod("hold-two")
             await admin.create_pod(pod_manifest("probe", TaskRequest(100, 64)))  # an arrival
             await eventually(lambda: on(4), timeout_s=90, what="the window grown to 4 GPUs")
-            restarts = {
-                p["metadata"]["annotations"].get("gpufleet.io/restarts")
-                for p in await window_pods()
-                if p["spec"].get("nodeName") and not p["metadata"].get("deletionTimestamp")
-            }
+            restarts = bound_restarts(await admin.pods(), "lower")
             assert restarts == {"1"}  # the move counted as the simulator counts it
             assert serve.stop() == 0
         finally:
