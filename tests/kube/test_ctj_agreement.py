@@ -1,12 +1,12 @@
 """Agreement over many CTJs and windows: the controller as deployed (`--policy=edf`; why
-not thief yet is said above the test) runs 13 ContinualTrainingJobs for 20 windows each
-on KWOK nodes, with window pods that run as long as their granted allocation earns
-(`ctj.gpufleet.io/simulated-runtime`); the run is recorded
-(`controller.recorder.TraceRecorder`: nodes and every pod), its CTJs become the
-simulator's streams (`controller.ctj.streams`) and `ContinualRun` replays
-them on the recorded nodes under the same policy. Per window the outcome (completed or
-missed), the chosen config and the replica count (pods bound; the simulator's most GPUs
-held) must be equal.
+not thief yet is said above the test) runs 16 ContinualTrainingJobs for 20 windows each
+(periodic, cron and drift-triggered) on KWOK nodes, with window pods that run as long as
+their granted allocation earns (`ctj.gpufleet.io/simulated-runtime`); the run is
+recorded (`controller.recorder.TraceRecorder`: nodes and every pod), its CTJs become the
+simulator's streams (`controller.ctj.streams`) and `ContinualRun` replays them on the
+recorded nodes under the same policy. Per window the outcome (completed or missed), the
+chosen config and the replica count (pods bound; the simulator's most GPUs held) must be
+equal.
 
 The workload (10 s windows, 7 s deadlines, 2 s rounds):
 
@@ -17,8 +17,12 @@ The workload (10 s windows, 7 s deadlines, 2 s rounds):
   work than 2 A100s do by a deadline: never placed, missed;
 * `h-*` (4, up to two GPUs each) open together 2 s later on 6 H100s: shares of one or
   two GPUs; `h-ceiling` is at its ceiling and never decays: no pods, `AtCeiling`;
-* `v-*` (3) are drift-triggered on 3 V100s: each opens when its accuracy falls below
-  0.7 (first at the closed-form crossing time), then no sooner than 10 s after the last.
+* `v-*` (3) are drift-triggered on 3 V100s: each opens when its accuracy falls below 0.7
+  (first at the closed-form crossing time), then no sooner than 10 s after the last;
+* `c-*` (3, one or two GPUs each, the `a-*` configs) open together on a cron schedule
+  with a seconds field on 2 T4s, 3, 13, 25, 35, 43 and 55 s into each minute from the
+  zero (the expression names those seconds of the wall clock): windows of 8 to 12 s,
+  each valued over its own length, with 6 s deadlines.
 
 With the whole-GPU device plugin (`--backend=whole`) the nodes tell the policy their GPUs
 cannot be shared (`NodeSpec.shares_gpus`, recorded with the nodes), so neither host
@@ -26,19 +30,31 @@ plans a share below a whole GPU here (tests/kube/test_ctj_sharing.py).
 
 Wall time enters where the controller acts later than the simulator. Both decide on
 rounds at even seconds from the recording's zero (the controller's rounds fall on the
-clock's multiples of 2 s); windows open 0.1 s after a round, and every runtime a policy
-may choose ends 0.12-0.55 s past an even second or misses every deadline, so each event
-falls inside the same round in both hosts and the controller's latency (up to ~1.4 s)
-cannot move it into another; pod finish times, which the API keeps in whole seconds,
-then judge a deadline as the simulator does. Work a preemption leaves half done would
-let that latency in (the work done by then differs by it, and a waiting window's work
-is the backlog the next openings' configs are planned around), so no node is
-contended across instants. The numbers serve that, not the result (the simulator's).
+clock's multiples of 2 s, and the zero is one of them); windows open 0.1 s after a
+round, and every runtime a policy may choose ends 0.12-0.55 s past an even second or
+misses every deadline, so each event falls inside the same round in both hosts and the
+controller's latency (up to ~1.4 s) cannot move it into another; pod finish times, which
+the API keeps in whole seconds, then judge a deadline as the simulator does. Work a
+preemption leaves half done would let that latency in (the work done by then differs by
+it, and a waiting window's work is the backlog the next openings' configs are planned
+around), so no node is contended across instants.
+
+Cron fires on whole seconds, so a `c-*` window opens at an odd one: 1 s after a round
+and 1 s before the next, by which its pods must reach the scheduler; its deadline, 6 s
+on, falls on an odd second too, before the next firing. Its configs are planned around
+the retraining work waiting anywhere in the cluster, so no firing falls within 1 s of a
+change to that: none 1, 7 or 9 s into a 10 s period (the `c-*` windows admitted at 2 s
+would be the backlog of the `h-*` openings at 2.1 s; `a-*` deadlines withdraw waiting
+windows at 7.1 s; `c-*` windows admitted at 10 s, that of the `a-*` openings at 0.1 s).
+At 3 and 5 s the hopeless `a-*` window waits, so each `c-*` opening takes the cheaper
+config, and the allocators choose which windows run. The numbers serve all that, not
+the result (the simulator's).
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import time
 from collections.abc import Mapping
@@ -81,10 +97,15 @@ ROUND_S = 2.0
 WINDOW_S, DEADLINE_S, WINDOWS = 10, 7, 20
 LEAD_S = 6.0
 """From creating the CTJs to the first opening at the latest."""
+CRON_OFFSETS = (3, 13, 25, 35, 43, 55)
+"""Seconds into each minute from the origin at which the `c-*` CTJs' windows open."""
+CRON_DEADLINE_S = 6
+"""Even, so a cron window's deadline falls on an odd second too, before the next firing."""
 NODES = [
     NodeSpec("a100-0", 32_000, 131_072, 2, "A100"),
     NodeSpec("h100-0", 32_000, 131_072, 6, "H100"),
     NodeSpec("v100-0", 32_000, 131_072, 3, "V100"),
+    NodeSpec("t4-0", 32_000, 131_072, 2, "T4"),
 ]
 FLOOR, CEILING, HALF_GAIN = 0.3, 0.9, 2.0
 # Work per config: on every share a policy may give (a quarter, a half, one GPU, two at
@@ -107,10 +128,12 @@ class Design:
     max_replicas: int = 1
     offset_s: float = 0.1
     triggered: bool = False
+    cron: bool = False
 
     def start(self, origin: float) -> float:
-        """Periodic windows open just after a round; a triggered CTJ starts so that its
-        first trigger (the closed-form crossing of `BELOW`) falls just after one too."""
+        """Periodic windows open just after a round (a cron CTJ's open at its firings
+        from then on); a triggered CTJ starts so that its first trigger (the
+        closed-form crossing of `BELOW`) falls just after one too."""
         if not self.triggered:
             return origin + self.offset_s
         rate = self.decay_per_h / 3600
@@ -132,6 +155,9 @@ DESIGNS = (
     Design("v-quick", "V100", 0.9, 360, triggered=True),
     Design("v-slow", "V100", 0.85, 252, triggered=True),
     Design("v-low", "V100", 0.8, 540, triggered=True),
+    Design("c-slow", "T4", 0.7, 45, max_replicas=2, cron=True),
+    Design("c-mid", "T4", 0.55, 81, max_replicas=2, cron=True),
+    Design("c-fast", "T4", 0.4, 126, max_replicas=2, cron=True),
 )
 Key = tuple[str, int]
 """(CTJ name, window index)."""
@@ -160,6 +186,9 @@ def manifest(design: Design, origin: float) -> dict[str, Any]:
     spec["retrain"]["configs"] = [dict(c) for c in design.configs]
     if design.triggered:
         spec["retrain"]["trigger"] = {"below": BELOW, "minGapSeconds": WINDOW_S}
+    if design.cron:
+        del spec["retrain"]["windowSeconds"]
+        spec["retrain"].update(schedule=cron_schedule(origin), deadlineSeconds=CRON_DEADLINE_S)
     spec["accuracy"] = {
         "ceiling": CEILING,
         "floor": FLOOR,
@@ -170,6 +199,13 @@ def manifest(design: Design, origin: float) -> dict[str, Any]:
     spec["podMetadata"] = {"annotations": {SIMULATED_RUNTIME: "true"}}
     spec["historyLimit"] = 0
     return body
+
+
+def cron_schedule(origin: float) -> str:
+    """The `c-*` CTJs' schedule: `CRON_OFFSETS` after each minute of the origin, as the
+    seconds field of the wall clock they fire by."""
+    seconds = sorted((int(origin) + offset) % 60 for offset in CRON_OFFSETS)
+    return f"{','.join(map(str, seconds))} * * * * *"
 
 
 def simulated(
@@ -257,7 +293,8 @@ async def live(env: CtjEnvironment, policy: str, log: Path, out: Path) -> tuple[
         await admin.create_nodes(NODES)
         await asyncio.wait_for(asyncio.gather(*(i.synced.wait() for i in informers)), 30)
         await serve.until_ready()
-        origin = math.ceil(time.time() + LEAD_S)
+        # On the rounds' grid: the controller's rounds then fall at the simulator's.
+        origin = ROUND_S * math.ceil((time.time() + LEAD_S) / ROUND_S)
         for design in DESIGNS:
             await create_ctj(admin.api, manifest(design, origin))
         outcomes = await _outcomes(admin, serve, origin)
@@ -321,6 +358,10 @@ def test_window_outcomes_configs_and_replicas_agree_with_the_simulator_over_many
     assert {v[0] for v in verdicts} == {"Completed", "Missed"}
     assert {"brief", "thorough"} <= {v[1] for v in verdicts}
     assert {0, 1, 2} <= {v[2] for v in verdicts}
+    cron = [d.name for d in DESIGNS if d.cron]
+    assert {sim[(n, i)][0] for n in cron for i in range(WINDOWS)} == {"Completed", "Missed"}
+    starts = [[sim_opened[(n, i)][0] for i in range(WINDOWS)] for n in cron]
+    assert {b - a for s in starts for a, b in itertools.pairwise(s)} == {8, 10, 12}
     live_verdicts = recorded.verdicts()
     assert set(live_verdicts) == wanted
     differ = {k: (live_verdicts[k], sim[k]) for k in sorted(wanted) if live_verdicts[k] != sim[k]}
