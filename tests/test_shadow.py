@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import os
+import signal
 from dataclasses import replace
 from pathlib import Path
 
@@ -136,6 +138,48 @@ def test_offers_while_busy_are_dropped_and_the_newest_is_evaluated(tmp_path: Pat
         ("fgd", 300.0, "bestfit"),
     ]
     assert log.rows[0]["differing"] == 0
+
+
+def test_a_child_that_dies_is_replaced_and_sent_the_whole_snapshot(tmp_path: Path) -> None:
+    """The child judges t=100 (sent whole), then is killed. The snapshot that finds it
+    dead is lost (resending it could kill the next child too); the worker starts
+    another child, which has no copy to build updates on, and the snapshots offered
+    after are judged all the same, by a shadow that still agrees with the live policy."""
+    log_path = tmp_path / "shadow.jsonl"
+    options = ShadowOptions((make_policy("bestfit"),), log_path, interval_s=0.01)
+    runner = ShadowRunner(options, "bestfit")
+
+    def verdicts() -> int:
+        return len(log_path.read_text().splitlines()) if log_path.exists() else 0
+
+    async def offer_until_judged(now: float, count: int) -> None:
+        for step in range(600):  # a child takes seconds to start on a busy machine
+            if step % 10 == 0:
+                snap = snapshot(now + step)
+                runner.offer(snap, live("bestfit", snap))
+            if verdicts() >= count:
+                return
+            await asyncio.sleep(0.1)
+        raise TimeoutError(f"no verdict {count}")
+
+    async def scenario() -> None:
+        worker = asyncio.create_task(runner.run())
+        try:
+            await offer_until_judged(100.0, 1)
+            [child] = multiprocessing.active_children()
+            os.kill(child.pid, signal.SIGKILL)  # type: ignore[arg-type]
+            child.join(60)
+            await offer_until_judged(200.0, 2)
+        finally:
+            worker.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await worker
+
+    asyncio.run(scenario())
+    rows = read_shadow_log(log_path).rows
+    assert (rows[0]["at"], rows[0]["differing"]) == (100.0, 0)
+    assert rows[1]["at"] > 200.0 and rows[1]["differing"] == 0
+    assert runner.stats["bestfit"].errors == 0
 
 
 def test_shadows_decide_at_a_lower_cpu_priority_than_the_controller() -> None:
