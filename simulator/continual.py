@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -185,7 +185,8 @@ class ContinualRun:
         ids = [s.id for s in self.streams]
         if len(set(ids)) != len(ids):
             raise ValueError("stream ids must be unique")
-        self.sim = Simulation(self.nodes, self.batch_jobs, self.policy, self.options, self.progress)
+        options = replace(self.options, epoch_s=self._epoch())
+        self.sim = Simulation(self.nodes, self.batch_jobs, self.policy, options, self.progress)
         # A triggered stream's job count is unknown: one arrival stays announced per
         # stream until its last trigger could fire, so round timers keep going.
         self.sim.expect_arrivals(sum(1 if s.trigger else s.windows for s in self.streams))
@@ -198,6 +199,16 @@ class ContinualRun:
         self._events: list[_Event] = []
         self._sleeping_until: float | None = None
         self._process: simpy.Process | None = None
+
+    def _epoch(self) -> float:
+        """Unix time of the run's zero: the streams' `epoch_s` (a replayed recording's
+        origin), so that rounds fall where the controller's did, else the options'."""
+        epochs = {s.epoch_s for s in self.streams if s.epoch_s}
+        if self.options.epoch_s:
+            epochs.add(self.options.epoch_s)
+        if len(epochs) > 1:
+            raise ValueError(f"streams' epoch_s differ ({sorted(epochs)}): a run has one clock")
+        return epochs.pop() if epochs else 0.0
 
     @staticmethod
     def _initial(spec: StreamSpec) -> _Stream:

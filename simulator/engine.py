@@ -60,6 +60,10 @@ class EngineOptions:
     stop_after: frozenset[str] = frozenset()
     """End the run once every one of these jobs has completed (a measurement window of a
     continuous trace, as Gavel's simulator ends); the rest are reported unfinished."""
+    epoch_s: float = 0.0
+    """Unix time of the clock's zero. Rounds fall on the Unix clock's multiples of the
+    policy's `round_s`, as the controller's do: a replay of a recording whose zero is off
+    that grid decides at the instants the controller decided at."""
 
 
 class Simulation:
@@ -158,6 +162,9 @@ class Simulation:
             self._arrivals_left -= 1
 
     def _rounds(self, round_s: float) -> simpy.events.ProcessGenerator:
+        first = -self.options.epoch_s % round_s
+        if first > 0:
+            yield self.env.timeout(first)
         while self._arrivals_left or self.running or (self.pending and not self._stuck):
             self._request_pass()
             yield self.env.timeout(round_s)
