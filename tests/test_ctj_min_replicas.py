@@ -44,7 +44,7 @@ from simulator.continual import STREAM_COLUMNS, ContinualRun
 from tests.conftest import accuracy_json, ctj_metadata
 from tests.test_controller_scheduler import node_json, pod_json
 from tests.test_ctj_elastic import GrowingEffects
-from traces.continual import read_streams, write_streams
+from traces.continual import ContinualSpec, generate_streams, read_streams, write_streams
 
 CURVE = AccuracyCurve(ceiling=0.9, floor=0.3, decay_per_h=0.0, half_gain_gpu_s=50.0)
 CONFIG = RetrainConfig("only", work_gpu_s=200.0)
@@ -288,3 +288,10 @@ def test_a_valued_ctj_refuses_a_fractional_gpu_with_min_above_1() -> None:
     assert ctj.problem is not None and ctj.problem.field == "spec.replicas.min"
     assert "needs whole GPUs" in ctj.problem.message
     assert ctj_from_json(ctj_json(min_replicas=1, milli=500)).problem is None
+
+
+def test_generated_streams_take_min_gpus_and_refuse_a_fraction_above_1() -> None:
+    streams = generate_streams(ContinualSpec(streams=3, windows=2, min_gpus=2))
+    assert {(s.min_gpus, s.max_gpus) for s in streams} == {(2, 4)}
+    with pytest.raises(ValueError, match="min_gpus above 1 needs a whole-GPU request"):
+        generate_streams(ContinualSpec(streams=3, windows=2, min_gpus=2, request_milli=500))

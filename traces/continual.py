@@ -113,6 +113,7 @@ class ContinualSpec:
     deadline_fraction: float = 1.0
     request_milli: int = 1000
     max_gpus: int = 4
+    min_gpus: int = 1
     half_gain_median_s: float = 120.0
     half_gain_sigma: float = 0.5
     decay_median_per_h: float = 0.5
@@ -136,8 +137,10 @@ class ContinualSpec:
             raise ValueError("need at least one stream and window, and window_s > 0")
         if not 0 < self.deadline_fraction <= 1:
             raise ValueError("deadline fraction must be in (0, 1]")
-        if not 0 < self.request_milli <= 1000 or self.max_gpus < 1:
-            raise ValueError("request milli must be in (0, 1000] and max_gpus >= 1")
+        if not 0 < self.request_milli <= 1000 or not 1 <= self.min_gpus <= self.max_gpus:
+            raise ValueError("request milli must be in (0, 1000] and 1 <= min_gpus <= max_gpus")
+        if self.min_gpus > 1 and self.request_milli != 1000:
+            raise ValueError("min_gpus above 1 needs a whole-GPU request (request milli 1000)")
 
 
 def generate_streams(spec: ContinualSpec, seed: int = 0) -> list[StreamSpec]:
@@ -178,6 +181,7 @@ def generate_streams(spec: ContinualSpec, seed: int = 0) -> list[StreamSpec]:
                 ),
                 default_config=1,
                 max_gpus=spec.max_gpus,
+                min_gpus=spec.min_gpus,
                 scaling=spec.scaling,
                 restart_cost_s=spec.restart_cost_s,
                 drift=drift,
@@ -409,6 +413,12 @@ def add_continual_generate_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--max-gpus", type=int, default=defaults.max_gpus, help="largest share")
     group.add_argument(
+        "--min-gpus",
+        type=int,
+        default=defaults.min_gpus,
+        help="smallest share: a window never runs on fewer GPUs (default: %(default)s)",
+    )
+    group.add_argument(
         "--trigger-drop",
         type=float,
         default=defaults.trigger_drop,
@@ -448,6 +458,7 @@ def generate_continual_trace(args: argparse.Namespace) -> int:
         deadline_fraction=args.deadline_fraction,
         request_milli=args.request_milli,
         max_gpus=args.max_gpus,
+        min_gpus=args.min_gpus,
         trigger_drop=args.trigger_drop,
         trigger_min_gap_s=args.trigger_min_gap_s,
         inference_milli=args.inference_milli,
