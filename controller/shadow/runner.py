@@ -8,13 +8,13 @@ shadow policy: the child has its own interpreter lock and core, so pure-Python p
 code never stalls the live loop (in a thread it took half the loop's time while it ran).
 The child keeps a copy of the last snapshot it was sent, and the worker sends only what
 changed since (`controller.shadow.mirror`: pickling whole snapshots held the live
-process's interpreter lock ~150 ms each at 500 nodes and 4,500 jobs), with the live
-decisions reduced to what the verdicts compare. A snapshot
-replaced before the worker took it is *dropped* and counted: under load shadows see
-fewer snapshots, the live loop never waits. After
-an evaluation taking `d` seconds the worker rests `max(interval_s, busy_ratio · d)`, so
-shadows use a bounded share of a core, and the child runs at a lower CPU priority
-(niceness +10), so that share is what the live path leaves idle.
+process's interpreter lock ~100 ms each at 500 nodes and 4,500 jobs, an update ~10 ms),
+with the live decisions reduced to what the verdicts compare. A snapshot replaced
+before the worker took it is *dropped* and counted: under load shadows see fewer
+snapshots, the live loop never waits. After an evaluation taking `d` seconds the worker
+rests `max(interval_s, busy_ratio · d)`, so shadows use a bounded share of a core, and
+the child runs at a lower CPU priority (niceness +10), so that share is what the live
+path leaves idle.
 
 Per shadow and evaluation: decisions that differ from the live policy's (per job: the
 same placement, preemption or wait), the fragmentation the cluster would have after the
