@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import csv
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,17 @@ def test_streams_round_trip(tmp_path: Path) -> None:
     path = tmp_path / "streams.csv"
     assert write_streams(streams, path) == 5
     assert read_streams(path) == streams
+
+
+def test_a_cron_stream_round_trips_with_its_epoch(tmp_path: Path) -> None:
+    (stream,) = generate_streams(ContinualSpec(streams=1, windows=3), seed=0)
+    cron = replace(stream, window_s=0.0, deadline_s=20.0, cron="5,40 * * * * *", epoch_s=1e9)
+    path = tmp_path / "streams.csv"
+    write_streams([cron, replace(stream, id="periodic")], path)
+    read = read_streams(path)
+    assert read == [cron, replace(stream, id="periodic")]
+    # 10^9 s after the Unix epoch is 01:46:40 UTC, a firing itself; then 01:47:05, :40.
+    assert [read[0].window_start(i) for i in range(3)] == [0.0, 25.0, 60.0]
 
 
 def test_generator_is_seeded_and_follows_the_spec() -> None:
@@ -65,6 +77,9 @@ def _write_row(path: Path, **changes: str) -> None:
         ("windows", "-1", "field 'windows': -1 is below 0"),
         ("ceiling", "0.2", "accuracy curve needs 0 <= floor <= ceiling <= 1"),
         ("deadline_s", "9999", "need 0 < deadline_s <= window_s"),
+        ("cron", "3,61 * * * * *", "field 'cron': cron second field '3,61': values must lie"),
+        ("cron", "* * *", "field 'cron': cron schedule '\\* \\* \\*' needs 5 fields"),
+        ("cron", "*/5 * * * *", "a cron stream's windows open at its firings"),
     ],
 )
 def test_bad_stream_rows_are_one_line_errors(

@@ -24,9 +24,12 @@ Streams file (`STREAM_COLUMNS`, CSV):
 | `trigger_min_gap_s` | least seconds between a stream's triggers (default 600) |
 | `inference_milli`, `inference_gamma` | optional inference demand (default 0) and its γ (0.5) |
 | `min_gpus` | optional smallest share (whole GPUs, default 1); ordinary policies place it |
+| `cron` | optional cron (5 fields, or 6 seconds first; UTC): windows at its firings |
+| `epoch_s` | optional Unix time of the file's time 0, which `cron` fires by (default 0) |
 
-The last six columns are optional, so older streams files read as periodic streams
-of one GPU at least, without inference.
+The last eight columns are optional, so older streams files read as periodic streams
+of one GPU at least, without inference. A `cron` stream's windows open at the firings
+from `start_s` on, each lasting until the next, and its `window_s` is 0.
 
 Batch jobs mixed in live in a canonical jobs file beside it: `NAME.batch.csv` for
 `NAME.csv` (`batch_path`).
@@ -50,6 +53,7 @@ from policies.continual import (
     RetrainConfig,
     StreamSpec,
 )
+from policies.windows import CronSchedule
 from traces import canonical
 from traces.csvio import Row, read_rows, write_rows
 from traces.errors import TraceError
@@ -87,6 +91,8 @@ STREAM_COLUMNS = (
     "inference_milli",
     "inference_gamma",
     "min_gpus",
+    "cron",
+    "epoch_s",
 )
 
 SIA_SPEEDS: tuple[tuple[str, float], ...] = (("a100", 1.0), ("rtx2080ti", 0.33), ("t4", 0.145))
@@ -234,6 +240,8 @@ def stream_row(stream: StreamSpec) -> dict[str, object]:
         **_trigger_fields(stream.trigger),
         "inference_milli": stream.inference_milli,
         "inference_gamma": stream.inference_gamma,
+        "cron": stream.cron or "",
+        "epoch_s": stream.epoch_s,
     }
 
 
@@ -306,11 +314,24 @@ def _stream_from_row(row: Row) -> StreamSpec:
             trigger=_parse_trigger(row),
             inference_milli=row.number("inference_milli", int, 0),
             inference_gamma=row.number("inference_gamma", float, 0.5),
+            cron=_parse_cron(row),
+            epoch_s=row.number("epoch_s", float, 0.0, minimum=None),
         )
     except ValueError as err:
         if isinstance(err, TraceError):
             raise
         raise row.error("", str(err)) from None
+
+
+def _parse_cron(row: Row) -> str | None:
+    text = row.text("cron", "")
+    if not text:
+        return None
+    try:
+        CronSchedule(text)
+    except ValueError as err:
+        raise row.error("cron", str(err)) from None
+    return text
 
 
 def _parse_trigger(row: Row) -> DriftTrigger | None:
