@@ -107,6 +107,17 @@ class LiveCluster:
             node_index = self.cluster.node_index[task.node]
             self.cluster.release(node_index, task.gpus, task.gpu_milli, 1000, 1000)
 
+    def join(self) -> None:
+        """A node joins: the host builds its state anew (a new stamp counter) and charges
+        the running jobs on it again."""
+        nodes = [*self.cluster.nodes, node(f"x{self.cluster.num_nodes}", gpus=4, model="T4")]
+        self.cluster = ClusterState(nodes)
+        for view in self.running.values():
+            assert view.placement is not None
+            for task in view.placement.tasks:
+                node_index = self.cluster.node_index[task.node]
+                self.cluster.allocate(node_index, task.gpus, task.gpu_milli, 1000, 1000)
+
     def touch(self, which: int) -> None:
         """A running job's view changes (its service was recorded): same id, new view."""
         if self.running:
@@ -147,7 +158,7 @@ def deliver(sender: SnapshotSender, mirror: SnapshotMirror, snapshot: Snapshot) 
     return rebuilt
 
 
-CHANGES = ("submit", "early", "schedule", "finish", "touch")
+CHANGES = ("submit", "early", "schedule", "finish", "touch", "join")
 DELIVERIES = ("none", "send", "lost", "unanswered", "restart")
 STEPS = st.lists(
     st.tuples(st.sampled_from(CHANGES), st.integers(0, 50), st.sampled_from(DELIVERIES)),
@@ -162,6 +173,8 @@ def change(live: LiveCluster, what: str, which: int) -> None:
         live.schedule()
     elif what == "finish":
         live.finish(which)
+    elif what == "join":
+        live.join()
     else:
         live.touch(which)
 
@@ -169,7 +182,8 @@ def change(live: LiveCluster, what: str, which: int) -> None:
 @given(STEPS)
 def test_the_child_rebuilds_every_snapshot_it_is_sent(steps: list[tuple[str, int, str]]) -> None:
     """From a cluster with jobs running and waiting: random arrivals (some queueing
-    ahead of the rest), passes, finishes and changed views. After each change the
+    ahead of the rest), passes, finishes, changed views and nodes joining (the host's
+    state built anew, its stamps unrelated to the last). After each change the
     snapshot is sent, or not, or lost on the way, or applied but never answered (the
     sender cannot tell which), or the child restarts (its copy gone, the sender not
     told) before it is sent. Every snapshot sent is rebuilt exactly, at once or, refused
@@ -182,7 +196,6 @@ def test_the_child_rebuilds_every_snapshot_it_is_sent(steps: list[tuple[str, int
     live.schedule()
     sender, mirror = SnapshotSender(), SnapshotMirror()
     scratch: ClusterState | None = None
-    everything = np.arange(live.cluster.num_nodes)
     for what, which, delivery in steps:
         change(live, what, which)
         if delivery == "lost":
@@ -197,6 +210,7 @@ def test_the_child_rebuilds_every_snapshot_it_is_sent(steps: list[tuple[str, int
             rebuilt = deliver(sender, mirror, snapshot)
             assert_same_snapshot(rebuilt, snapshot)
             scratch = rebuilt.cluster.scratch(reuse=scratch)
+            everything = np.arange(live.cluster.num_nodes)
             ours = scratch.node_rows(everything)
             for name, rows in rebuilt.cluster.node_rows(everything).items():
                 assert np.array_equal(ours[name], rows), name
