@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from policies import Context, NodeSpec, Policy, SchedulingResult, Snapshot, TaskRequest, make_policy
+from policies import Context, Policy, SchedulingResult, Snapshot, make_policy
 from policies.continual import (
     AccuracyCurve,
     DriftTrigger,
@@ -34,10 +34,9 @@ from policies.continual import (
     WindowOpening,
 )
 from policies.windows import CronSchedule
-from simulator.continual import STREAM_COLUMNS, ContinualRun
+from simulator.continual import ContinualRun
+from tests.test_continual_run import COL, NODE, stream
 
-NODE = NodeSpec("a100-0", cpu_milli=8000, mem_mib=8000, gpus=1, gpu_model="a100")
-COL = {name: i for i, name in enumerate(STREAM_COLUMNS)}
 EXPRESSION = "5,50 59,0 23,0 * * *"
 ORIGIN = datetime(2026, 12, 31, 23, 59, tzinfo=UTC).timestamp()
 OPENS = [5.0, 50.0, 65.0, 110.0, 3605.0]
@@ -47,21 +46,16 @@ ENDS = [50.0, 65.0, 110.0, 3605.0, 3650.0]
 
 def cron_stream(**overrides: object) -> StreamSpec:
     fields: dict[str, object] = {
-        "id": "s",
-        "start_s": 0.0,
         "window_s": 0.0,
         "windows": 5,
         "deadline_s": 30.0,
-        "task": TaskRequest(1000, 1000, 1, 1000),
-        "throughput": {"a100": 1.0},
         "curve": AccuracyCurve(ceiling=0.9, floor=0.5, decay_per_h=36.0, half_gain_gpu_s=20),
         "configs": (RetrainConfig("only", work_gpu_s=20, quality=1.0),),
         "initial_accuracy": 0.6,
         "cron": EXPRESSION,
         "epoch_s": ORIGIN,
     }
-    fields.update(overrides)
-    return StreamSpec(**fields)  # type: ignore[arg-type]
+    return stream(**{**fields, **overrides})
 
 
 class Valuing(Policy):
