@@ -121,6 +121,8 @@ def malformed(change: str) -> dict[str, Any]:
         job["metadata"]["name"] = "x" * 51
     elif change == "bad-schedule":
         spec["retrain"] = {"schedule": "every hour", "deadlineSeconds": 30}
+    elif change == "seven-field-schedule":
+        spec["retrain"] = {"schedule": "0 */5 * * * * 2027", "deadlineSeconds": 30}
     elif change == "trigger-without-criterion":
         spec["retrain"]["trigger"] = {"minGapSeconds": 60}
     elif change == "trigger-on-cron":
@@ -155,6 +157,7 @@ def malformed(change: str) -> dict[str, Any]:
         ("no-image", "spec.image: Required value"),
         ("long-name", "metadata.name must be at most 50 characters"),
         ("bad-schedule", "spec.retrain.schedule in body should match"),
+        ("seven-field-schedule", "spec.retrain.schedule in body should match"),
         ("trigger-without-criterion", "retrain.trigger needs below > 0 or drop > 0"),
         ("trigger-on-cron", "retrain.trigger needs retrain.windowSeconds"),
         ("trigger-below-above-1", "spec.retrain.trigger.below: Invalid value"),
