@@ -255,6 +255,17 @@ def test_cron_schedule_that_never_fires_makes_the_job_invalid() -> None:
     assert condition is not None and "never fires" in condition.message
 
 
+def test_a_cron_value_out_of_range_makes_the_job_invalid_naming_the_field() -> None:
+    job = ctj(retrain={"schedule": "5,61 * * * * *", "deadlineSeconds": 60})
+    result = plan(job, [], CREATED, "gpufleet")
+    assert result.status.phase == PHASE_INVALID and result.create == ()
+    condition = result.status.condition("ScheduleValid")
+    assert condition is not None and condition.reason == "InvalidSpec"
+    assert condition.message == (
+        "spec.retrain.schedule: cron second field '5,61': values must lie in 0-59"
+    )
+
+
 def test_condition_transition_time_is_kept_while_the_state_is_unchanged() -> None:
     job = ctj()
     first = plan(job, [], CREATED, "gpufleet")
