@@ -107,10 +107,14 @@ class LiveCluster:
             node_index = self.cluster.node_index[task.node]
             self.cluster.release(node_index, task.gpus, task.gpu_milli, 1000, 1000)
 
-    def join(self) -> None:
-        """A node joins: the host builds its state anew (a new stamp counter) and charges
-        the running jobs on it again."""
-        nodes = [*self.cluster.nodes, node(f"x{self.cluster.num_nodes}", gpus=4, model="T4")]
+    def rebuild(self, join: bool) -> None:
+        """A node joins, or one is relabelled (as many nodes as before): the host builds
+        its state anew (a new stamp counter) and charges the running jobs on it again."""
+        nodes = list(self.cluster.nodes)
+        if join:
+            nodes.append(node(f"x{len(nodes)}", gpus=4, model="T4"))
+        else:
+            nodes[0] = replace(nodes[0], labels={"zone": str(self.count)})
         self.cluster = ClusterState(nodes)
         for view in self.running.values():
             assert view.placement is not None
@@ -137,7 +141,7 @@ def assert_same_snapshot(rebuilt: Snapshot, live: Snapshot) -> None:
     assert rebuilt.task_mix == live.task_mix
     assert list(rebuilt.running) == list(live.running)
     assert list(rebuilt.pending) == list(live.pending)
-    assert [n.name for n in rebuilt.cluster.nodes] == [n.name for n in live.cluster.nodes]
+    assert rebuilt.cluster.nodes == live.cluster.nodes
     everything = np.arange(live.cluster.num_nodes)
     ours, theirs = rebuilt.cluster.node_rows(everything), live.cluster.node_rows(everything)
     for name, rows in theirs.items():
@@ -158,7 +162,7 @@ def deliver(sender: SnapshotSender, mirror: SnapshotMirror, snapshot: Snapshot) 
     return rebuilt
 
 
-CHANGES = ("submit", "early", "schedule", "finish", "touch", "join")
+CHANGES = ("submit", "early", "schedule", "finish", "touch", "join", "relabel")
 DELIVERIES = ("none", "send", "lost", "unanswered", "restart")
 STEPS = st.lists(
     st.tuples(st.sampled_from(CHANGES), st.integers(0, 50), st.sampled_from(DELIVERIES)),
@@ -173,8 +177,8 @@ def change(live: LiveCluster, what: str, which: int) -> None:
         live.schedule()
     elif what == "finish":
         live.finish(which)
-    elif what == "join":
-        live.join()
+    elif what in ("join", "relabel"):
+        live.rebuild(join=what == "join")
     else:
         live.touch(which)
 
@@ -182,8 +186,8 @@ def change(live: LiveCluster, what: str, which: int) -> None:
 @given(STEPS)
 def test_the_child_rebuilds_every_snapshot_it_is_sent(steps: list[tuple[str, int, str]]) -> None:
     """From a cluster with jobs running and waiting: random arrivals (some queueing
-    ahead of the rest), passes, finishes, changed views and nodes joining (the host's
-    state built anew, its stamps unrelated to the last). After each change the
+    ahead of the rest), passes, finishes, changed views, nodes joining or relabelled
+    (the host's state built anew, its stamps unrelated to the last). After each change the
     snapshot is sent, or not, or lost on the way, or applied but never answered (the
     sender cannot tell which), or the child restarts (its copy gone, the sender not
     told) before it is sent. Every snapshot sent is rebuilt exactly, at once or, refused
