@@ -33,6 +33,9 @@ from `start_s` on, each lasting until the next, and its `window_s` is 0.
 
 Batch jobs mixed in live in a canonical jobs file beside it: `NAME.batch.csv` for
 `NAME.csv` (`batch_path`).
+
+Over 500 lines because the streams file's columns, their reader and writer, the stream
+generator and its command line share one set of fields and defaults.
 """
 
 from __future__ import annotations
@@ -433,12 +436,7 @@ def add_continual_generate_arguments(parser: argparse.ArgumentParser) -> None:
         help="milli-GPU each retraining job requests (default: one whole GPU)",
     )
     group.add_argument("--max-gpus", type=int, default=defaults.max_gpus, help="largest share")
-    group.add_argument(
-        "--min-gpus",
-        type=int,
-        default=defaults.min_gpus,
-        help="smallest share: a window never runs on fewer GPUs (default: %(default)s)",
-    )
+    group.add_argument("--min-gpus", type=int, default=defaults.min_gpus, help="smallest share")
     group.add_argument(
         "--trigger-drop",
         type=float,
