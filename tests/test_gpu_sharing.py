@@ -24,6 +24,7 @@ import pytest
 from controller.ctj.crd import ctj_from_json
 from controller.ctj.plan import plan
 from controller.kube.objects import ASSIGNED_GPUS, ASSIGNED_MILLI, node_from_json
+from controller.recorder import TraceRecorder
 from controller.scheduling.cache import NODES, PODS, ClusterCache
 from controller.scheduling.effects import now_rfc3339
 from controller.scheduling.encoders import GpuEncoder, Hami, WholeGpu
@@ -46,7 +47,7 @@ from simulator.engine import Simulation
 from simulator.metrics import JOB_COLUMNS
 from tests.test_controller_scheduler import FakeEffects, node_json
 from tests.test_ctj_min_replicas import OPENS, ctj_json
-from traces.canonical import read_nodes, write_nodes
+from traces.canonical import NODES_FILE, read_nodes, write_nodes
 
 CURVE = AccuracyCurve(ceiling=0.9, floor=0.3, decay_per_h=0.0, half_gain_gpu_s=50.0)
 CONFIG = RetrainConfig("only", work_gpu_s=50.0)
@@ -143,6 +144,17 @@ def test_the_backend_tells_policies_whether_a_nodes_gpus_are_shared(
     encoder: GpuEncoder, shares: bool
 ) -> None:
     assert node_spec(node_from_json(node_json("a", 1)), encoder).shares_gpus is shares
+
+
+@pytest.mark.parametrize(("encoder", "shares"), [(WholeGpu(), False), (Hami(), True)])
+def test_a_recording_says_whether_its_nodes_gpus_were_shared(
+    encoder: GpuEncoder, shares: bool, tmp_path: Path
+) -> None:
+    recorder = TraceRecorder(encoder, clock=lambda: 1_767_225_600.0)
+    recorder.replace(NODES, [node_json("a", 1)])
+    recorder.write(tmp_path)
+    (recorded,) = read_nodes(tmp_path / NODES_FILE)
+    assert recorded.shares_gpus is shares
 
 
 # -- the controller: two CTJs of half a GPU, the same hand-worked case ---------------------
