@@ -26,8 +26,10 @@ from policies import (
     JobStatus,
     JobView,
     Place,
+    Placement,
     SchedulingResult,
     Snapshot,
+    TaskPlacement,
     make_policy,
 )
 from tests.conftest import job, node
@@ -93,6 +95,21 @@ def test_a_shadow_that_raises_costs_only_its_verdict() -> None:
     verdicts = runner.evaluate(snap, live("bestfit", snap))
     assert [v.policy for v in verdicts] == ["bestfit"]
     assert runner.stats["broken"].errors == 1
+
+
+def test_a_shadow_placing_on_a_node_that_does_not_exist_costs_only_its_verdict() -> None:
+    class Astray:
+        name = "astray"
+
+        def schedule(self, _snapshot: Snapshot, _ctx: Context) -> SchedulingResult:
+            task = TaskPlacement("no-such-node", (0,), 1000)
+            return SchedulingResult((Place("j0", Placement((task,)), "astray"),))
+
+    snap = snapshot()
+    runner = ShadowRunner(ShadowOptions((Astray(), make_policy("bestfit"))), "bestfit")  # type: ignore[arg-type]
+    verdicts = runner.evaluate(snap, live("bestfit", snap))
+    assert [v.policy for v in verdicts] == ["bestfit"]
+    assert runner.stats["astray"].errors == 1
 
 
 def test_a_snapshot_without_jobs_is_judged_not_raised() -> None:

@@ -117,12 +117,13 @@ class ShadowJudge:
         workload = live_workload(jobs) if jobs else None  # no jobs: nothing to fragment
         verdicts, failed = [], {}
         for policy in self.policies:
+            # A shadow's bug, or a decision no host could carry out (a node that does not
+            # exist), costs its verdict, never the shadows' task and with it the process.
             try:
                 result = policy.schedule(snapshot, self.contexts[policy.name])
-            except Exception as err:  # a shadow's bug costs its verdict, never the live loop
+                verdicts.append(_judge(policy.name, snapshot, live, result, workload))
+            except Exception as err:
                 failed[policy.name] = repr(err)
-                continue
-            verdicts.append(_judge(policy.name, snapshot, live, result, workload))
         return verdicts, failed
 
 
