@@ -294,6 +294,8 @@ def allocation_shape(placement: Placement, cluster: ClusterState) -> AllocationS
     # see the first (sorted) one, and mixed placements are rare by policy design.
     model = sorted(models)[0] if models else ""
     milli = replicas[0].gpu_milli if replicas else MILLI
+    if replicas and cluster.node_index[replicas[0].node] in cluster.whole_only:
+        milli = MILLI  # a share of a GPU that cannot be shared runs on all of it
     return AllocationShape(
         gpu_model=model,
         num_gpus=sum(len(t.gpus) for t in replicas),

@@ -203,3 +203,16 @@ def test_with_a_sharing_backend_both_windows_are_bound_on_halves_of_the_gpu() ->
 
 def test_with_the_whole_gpu_backend_one_window_gets_the_gpu_and_the_other_waits() -> None:
     assert binds_under(WholeGpu()) == {"p-w0-0": ("0", "1000")}
+
+
+@pytest.mark.parametrize(("shares", "ends"), [(True, (101.0, 101.0)), (False, (51.0, 101.0))])
+def test_an_ordinary_policy_runs_a_half_gpu_window_on_all_of_an_unshared_gpu(
+    shares: bool, ends: tuple[float, float]
+) -> None:
+    """FIFO places each window as it opens (1 s): sharing, both run at half speed
+    (50 / 0.5 s); not sharing, `p` holds the whole GPU and runs at full speed (50 s),
+    as the whole-GPU backend's pod does, and `q` follows."""
+    run = ContinualRun([node(shares)], [stream("p"), stream("q")], make_policy("fifo"))
+    run.run()
+    rows = [dict(zip(STREAM_COLUMNS, r, strict=True)) for r in run.rows]
+    assert tuple(r["end_s"] for r in sorted(rows, key=lambda r: str(r["stream_id"]))) == ends
