@@ -8,9 +8,11 @@ Three modes (docs/fgd.md compares them on the openb traces):
 
 * `score` (default): the paper's integer score int(100·σ((F_n − F_n')/1000)), highest
   wins, with Δ from the type-aware measure (each type also weighted by how few GPUs it
-  may use, `fragmentation.scarcity_weights`); equal scores go to the first node in a
-  fixed order that is a hash of the node names (`tie_ranks`). Within the node a sharing
-  task takes a GPU of the best score, the tightest on ties.
+  may use, `fragmentation.scarcity_weights`); among equal scores, the node whose
+  CPU-starved GPU grows least (`policies.cpu_starvation`: idle GPU its free CPU cannot
+  feed at the workload's CPU per GPU), then the first in a fixed order that is a hash
+  of the node names (`tie_ranks`). Within the node a sharing task takes a GPU of the
+  best score, the tightest on ties.
 * `artifact`: the upstream simulator exactly: the paper's measure and score, ties to
   the first node name (its forked kube-scheduler's rule; its simulator gives the nodes
   random names per seed); the GPU is the first with the best score.
@@ -42,6 +44,7 @@ import numpy as np
 
 from policies.base import Context, PlacementConfig, PlacementPolicy, PolicyConfig, Snapshot
 from policies.cluster import ClusterState, IntArray
+from policies.cpu_starvation import cpu_per_gpu_milli, starvation_change
 from policies.decisions import SchedulingResult
 from policies.fragmentation import (
     DEFAULT_COVERAGE,
@@ -49,6 +52,7 @@ from policies.fragmentation import (
     FloatArray,
     NodeFragmentation,
     TargetWorkload,
+    WorkloadArrays,
     workload_from_counts,
     workload_from_jobs,
 )
@@ -66,7 +70,8 @@ class FgdConfig(PlacementConfig):
     mode: str = field(
         default="score",
         metadata={
-            "help": "score: int sigmoid score of the type-aware Δ, hashed-name ties; artifact: "
+            "help": "score: int sigmoid score of the type-aware Δ, ties to the least "
+            "CPU-starved GPU, then hashed names; artifact: "
             "the paper's Δ and score, first-name ties; exact: float Δ with tolerance, "
             "packing ties"
         },
@@ -115,6 +120,7 @@ class Fgd(PlacementPolicy):
         self._deltas: DeltaCache | None = None
         self._tie_ranks: tuple[tuple[object, ...], IntArray, IntArray] | None = None
         self._score_bounds: FloatArray | None = None
+        self._rho: tuple[WorkloadArrays, FloatArray, FloatArray] | None = None
 
     @property
     def settings(self) -> FgdConfig:
@@ -209,7 +215,7 @@ class Fgd(PlacementPolicy):
             row = int(tied.argmax())  # the first node (name order) with the best
         else:
             best = np.flatnonzero(tied) if best_score >= 0 else np.arange(node_delta.size)
-            row = int(best[self._ranks(state)[candidates[best]].argmin()])
+            row = self._break_tie(task, state, candidates, best)
         node = int(candidates[row])
         if not task.is_sharing:
             return node, select_gpus(task, state.gpu_free[node], state.gpu_count[node])
@@ -219,6 +225,26 @@ class Fgd(PlacementPolicy):
         top = scores == scores.max()
         free = state.gpu_free[node].astype(np.float64)
         return node, (int(np.argmin(np.where(top, free, np.inf))),)
+
+    def _break_tie(
+        self, task: TaskRequest, state: ClusterState, candidates: IntArray, best: IntArray
+    ) -> int:
+        """The row among `best` (equal scores) whose node's CPU-starved GPU grows least
+        (`policies.cpu_starvation`), then the first in the hashed-name order."""
+        if best.size == 1:
+            return int(best[0])
+        nodes = candidates[best]
+        starving = starvation_change(state, task, nodes, self._cpu_per_milli())
+        return int(best[np.lexsort((self._ranks(state)[nodes], starving))[0]])
+
+    def _cpu_per_milli(self) -> FloatArray:
+        """ρ per GPU model, kept while the measure's columns and Δ weights are the same
+        objects (both are replaced, never changed in place, when they change)."""
+        assert self._fragmentation is not None
+        arrays, weights = self._fragmentation.arrays, self._fragmentation.delta_weights
+        if self._rho is None or self._rho[0] is not arrays or self._rho[1] is not weights:
+            self._rho = (arrays, weights, cpu_per_gpu_milli(arrays, weights))
+        return self._rho[2]
 
     def _bounds(self) -> FloatArray:
         if self._score_bounds is None:
