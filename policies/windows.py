@@ -49,7 +49,8 @@ _SECONDS = ("second", 0, 59)
 _SEARCH_LIMIT = 200_000
 """Steps before a schedule is declared never to fire (e.g. `0 0 30 2 *`)."""
 _MAX_COUNTED = 10_000_000
-"""Bound on windows counted from an anchor (a 1-minute schedule gives 19 years)."""
+"""Bound on windows counted from an anchor (19 years of a 1-minute schedule, 115 days of
+a 1-second one)."""
 _MINUTES_PER_DAY = 1440
 
 
@@ -222,7 +223,8 @@ class CronWindows:
 
     def first_opening(self) -> float:
         # Firings fall on whole seconds: the first at or after the anchor.
-        return self._next_after(math.ceil(_unix(self.anchor, self.epoch)) - 1 - self.epoch)
+        first = self.schedule.next_after(math.ceil(_unix(self.anchor, self.epoch)) - 1)
+        return first - self.epoch
 
     def _next_after(self, t: float) -> float:
         return self.schedule.next_after(_unix(t, self.epoch)) - self.epoch
