@@ -2,8 +2,8 @@
 
 FGD's measure asks whether the *next* task of each type fits on a node. A node's idle
 GPUs are used by many future tasks, though, and each brings its CPU: at the target
-workload's mix, its GPU task types ask ρ CPU milli per milli-GPU. A node with c free
-CPU can therefore feed c/ρ of its U idle milli-GPU; the rest,
+workload's mix, ρ CPU milli arrive with every milli-GPU asked. A node with c free CPU
+can therefore feed c/ρ of its U idle milli-GPU; the rest,
 
     S_n = max(0, U_n − c_n / ρ),
 
@@ -42,20 +42,26 @@ def cpu_per_gpu_milli(arrays: WorkloadArrays, weights: FloatArray) -> FloatArray
     return np.where(asked_gpu > 0, asked_cpu / np.maximum(asked_gpu, 1.0), 0.0)
 
 
-def starved_milli(cpu_free: FloatArray, idle_milli: FloatArray, rho: FloatArray) -> FloatArray:
-    """S = max(0, U − c/ρ) per node; 0 where ρ is 0 (no GPU type may use the node)."""
-    fed = np.divide(cpu_free, rho, out=np.full(cpu_free.shape, np.inf), where=rho > 0)
-    return np.maximum(0.0, idle_milli - fed)
+def gpu_fed_per_cpu(rho_by_model: FloatArray, state: ClusterState) -> FloatArray:
+    """1/ρ for every node of `state` (0 where no GPU type may use its model, so all of
+    its idle GPU counts as starved, as the paper counts it all fragmented)."""
+    inverse = np.divide(1.0, rho_by_model, out=np.zeros_like(rho_by_model), where=rho_by_model > 0)
+    return inverse[state.model_idx]
+
+
+def starved_milli(cpu_free: FloatArray, idle_milli: FloatArray, fed: FloatArray) -> FloatArray:
+    """S = max(0, U − c/ρ) per node, given 1/ρ as `fed`."""
+    return np.maximum(0.0, idle_milli - cpu_free * fed)
 
 
 def starvation_change(
-    state: ClusterState, task: TaskRequest, nodes: IntArray, rho_by_model: FloatArray
+    state: ClusterState, task: TaskRequest, nodes: IntArray, fed_by_node: FloatArray
 ) -> FloatArray:
-    """The change of S on each of `nodes` if `task` went there, rounded to 10⁻⁶ milli-GPU
-    so that changes equal in exact arithmetic compare equal (and fall to the next tie
-    rule) whatever the rounding of the node's own numbers."""
-    rho = rho_by_model[state.model_idx[nodes]]
-    cpu = state.cpu_free[nodes].astype(np.float64)
-    idle = state.gpu_free_sum[nodes].astype(np.float64)
-    after = starved_milli(cpu - task.cpu_milli, idle - task.gpu_total_milli, rho)
-    return np.round(after - starved_milli(cpu, idle, rho), 6)
+    """The change of S on each of `nodes` if `task` went there (`fed_by_node` from
+    `gpu_fed_per_cpu`), rounded to 10⁻⁶ milli-GPU so that changes equal in exact
+    arithmetic compare equal (and fall to the next tie rule) whatever the rounding of
+    the node's own numbers."""
+    fed = fed_by_node[nodes]
+    before = state.gpu_free_sum[nodes] - state.cpu_free[nodes] * fed
+    after = before + (task.cpu_milli * fed - task.gpu_total_milli)
+    return np.round(np.maximum(after, 0.0) - np.maximum(before, 0.0), 6)

@@ -44,7 +44,7 @@ import numpy as np
 
 from policies.base import Context, PlacementConfig, PlacementPolicy, PolicyConfig, Snapshot
 from policies.cluster import ClusterState, IntArray
-from policies.cpu_starvation import cpu_per_gpu_milli, starvation_change
+from policies.cpu_starvation import cpu_per_gpu_milli, gpu_fed_per_cpu, starvation_change
 from policies.decisions import SchedulingResult
 from policies.fragmentation import (
     DEFAULT_COVERAGE,
@@ -120,7 +120,7 @@ class Fgd(PlacementPolicy):
         self._deltas: DeltaCache | None = None
         self._tie_ranks: tuple[tuple[object, ...], IntArray, IntArray] | None = None
         self._score_bounds: FloatArray | None = None
-        self._rho: tuple[WorkloadArrays, FloatArray, FloatArray] | None = None
+        self._fed: tuple[tuple[object, WorkloadArrays, FloatArray], FloatArray] | None = None
 
     @property
     def settings(self) -> FgdConfig:
@@ -233,18 +233,19 @@ class Fgd(PlacementPolicy):
         (`policies.cpu_starvation`), then the first in the hashed-name order."""
         if best.size == 1:
             return int(best[0])
-        nodes = candidates[best]
-        starving = starvation_change(state, task, nodes, self._cpu_per_milli())
-        return int(best[np.lexsort((self._ranks(state)[nodes], starving))[0]])
+        starving = starvation_change(state, task, candidates[best], self._gpu_fed_per_cpu(state))
+        least = best[starving == starving.min()]
+        return int(least[self._ranks(state)[candidates[least]].argmin()])
 
-    def _cpu_per_milli(self) -> FloatArray:
-        """ρ per GPU model, kept while the measure's columns and Δ weights are the same
-        objects (both are replaced, never changed in place, when they change)."""
+    def _gpu_fed_per_cpu(self, state: ClusterState) -> FloatArray:
+        """1/ρ per node, kept while the cluster, the measure's columns and its Δ weights
+        are the same objects (the last two are replaced, never changed in place)."""
         assert self._fragmentation is not None
         arrays, weights = self._fragmentation.arrays, self._fragmentation.delta_weights
-        if self._rho is None or self._rho[0] is not arrays or self._rho[1] is not weights:
-            self._rho = (arrays, weights, cpu_per_gpu_milli(arrays, weights))
-        return self._rho[2]
+        key = (state.nodes, arrays, weights)
+        if self._fed is None or any(a is not b for a, b in zip(self._fed[0], key, strict=True)):
+            self._fed = (key, gpu_fed_per_cpu(cpu_per_gpu_milli(arrays, weights), state))
+        return self._fed[1]
 
     def _bounds(self) -> FloatArray:
         if self._score_bounds is None:

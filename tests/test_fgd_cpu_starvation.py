@@ -8,7 +8,12 @@ import numpy as np
 import pytest
 
 from policies import ClusterState, TaskRequest
-from policies.cpu_starvation import cpu_per_gpu_milli, starvation_change, starved_milli
+from policies.cpu_starvation import (
+    cpu_per_gpu_milli,
+    gpu_fed_per_cpu,
+    starvation_change,
+    starved_milli,
+)
 from policies.fgd import artifact_scores, tie_ranks
 from policies.fragmentation import NodeFragmentation, TargetWorkload, TaskType, WorkloadArrays
 from tests.conftest import job, node
@@ -52,11 +57,15 @@ def test_cpu_per_gpu_milli_worked_by_hand() -> None:
 
 def test_starved_milli_worked_by_hand() -> None:
     """U = 4000 idle milli, ρ = 6: 24,000 CPU feeds all of it; 18,000 feeds 3000, so
-    1000 starve; no idle GPU starves nothing; ρ = 0 (no GPU type may use it) neither."""
+    1000 starve; no idle GPU starves nothing. A model no GPU type may use (ρ = 0,
+    1/ρ taken as 0): all of its idle GPU counts, as the paper counts it all fragmented."""
+    state = ClusterState([node("v", 4, "V100"), node("t", 4, "T4"), node("c", 0)])
+    fed = gpu_fed_per_cpu(np.array([6.0, 0.0, 0.0]), state)  # rows: T4, V100, GPU-less
+    np.testing.assert_allclose(fed, [0, 1 / 6, 0])
     cpu = np.array([24_000.0, 18_000.0, 0.0, 100.0])
     idle = np.array([4000.0, 4000.0, 0.0, 4000.0])
-    rho = np.array([6.0, 6.0, 6.0, 0.0])
-    np.testing.assert_allclose(starved_milli(cpu, idle, rho), [0, 1000, 0, 0])
+    rows = np.array([1 / 6, 1 / 6, 1 / 6, 0.0])
+    np.testing.assert_allclose(starved_milli(cpu, idle, rows), [0, 1000, 0, 4000])
 
 
 def test_gpu_task_goes_where_its_cpu_starves_no_idle_gpu() -> None:
@@ -81,7 +90,8 @@ def test_gpu_task_goes_where_its_cpu_starves_no_idle_gpu() -> None:
     assert artifact_scores(deltas).max(axis=1).tolist() == [62, 62]
     rho = cpu_per_gpu_milli(measure.arrays, measure.delta_weights)
     np.testing.assert_allclose(rho, 6.0)
-    change = starvation_change(state, task.task, np.arange(2), rho)
+    fed = gpu_fed_per_cpu(rho, state)
+    change = starvation_change(state, task.task, np.arange(2), fed)
     np.testing.assert_allclose(change, [1000 / 3, 0], atol=1e-6)
     assert place(state, task, workload=WORKLOAD) == (rich, (0,))
 
@@ -101,9 +111,8 @@ def test_cpu_only_task_goes_where_no_idle_gpu_needs_its_cpu() -> None:
     measure = NodeFragmentation(WORKLOAD)
     measure.sync(state)
     np.testing.assert_allclose(measure.placement_deltas(state, task.task, np.arange(2)), 0)
-    change = starvation_change(
-        state, task.task, np.arange(2), cpu_per_gpu_milli(measure.arrays, measure.delta_weights)
-    )
+    rho = cpu_per_gpu_milli(measure.arrays, measure.delta_weights)
+    change = starvation_change(state, task.task, np.arange(2), gpu_fed_per_cpu(rho, state))
     np.testing.assert_allclose(change, [1000, 0], atol=1e-6)
     assert place(state, task, workload=WORKLOAD) == (busy, ())
     assert place(state, task, workload=WORKLOAD, mode="artifact")[0] == "n0"  # first name
