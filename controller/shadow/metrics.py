@@ -45,7 +45,10 @@ class ShadowCollector:
                 labels=label,
             ),
             "errors": CounterMetricFamily(
-                "gpufleet_shadow_errors", "Shadow policy calls that raised", labels=label
+                "gpufleet_shadow_errors",
+                "Live snapshots a shadow policy lost to an error: it raised, the snapshot "
+                "could not be sent to it, or its verdict could not be logged",
+                labels=label,
             ),
             "fragmentation_pct": GaugeMetricFamily(
                 "gpufleet_shadow_fragmentation_percent",

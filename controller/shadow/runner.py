@@ -28,6 +28,7 @@ between passes (it then sees only the snapshots it evaluates).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import multiprocessing
@@ -107,9 +108,14 @@ class Verdict:
 class ShadowJudge:
     """The shadow policies and their random generators, wherever they run."""
 
-    def __init__(self, policies: Sequence[Policy], seed: int) -> None:
+    def __init__(
+        self, policies: Sequence[Policy], seed: int, contained: type[BaseException] = Exception
+    ) -> None:
         self.policies = tuple(policies)
         self.contexts = {p.name: Context(np.random.default_rng(seed)) for p in policies}
+        self.contained = contained
+        """What a shadow may raise and cost only its verdict (in the child: anything,
+        even `SystemExit`, which the pool would carry back and raise in the controller)."""
 
     def judge(self, snapshot: Snapshot, live: LivePlan) -> tuple[list[Verdict], dict[str, str]]:
         """Verdicts of the shadows that answered, and why the others failed."""
@@ -122,11 +128,14 @@ class ShadowJudge:
             try:
                 result = policy.schedule(snapshot, self.contexts[policy.name])
                 verdicts.append(_judge(policy.name, snapshot, live, result, workload))
-            except Exception as err:
+            except self.contained as err:
                 failed[policy.name] = repr(err)
         return verdicts, failed
 
 
+REPORTED_CAUSES = 100
+"""Distinct failure causes logged in full; past that every failure is logged again (a
+bound on what the runner remembers, not on what it reports)."""
 SHADOW_NICENESS = 10
 """How much lower the shadow child's CPU priority is than the controller's."""
 _JUDGE: list[tuple[ShadowJudge, SnapshotMirror]] = []
@@ -138,7 +147,7 @@ def _start_judge(policies: Sequence[Policy], seed: int) -> None:
     # Below the live process in the CPU's queue: on a machine with few cores the child
     # otherwise takes a core the live loop, the API server or etcd was about to use.
     os.nice(SHADOW_NICENESS)
-    _JUDGE[:] = [(ShadowJudge(policies, seed), SnapshotMirror())]
+    _JUDGE[:] = [(ShadowJudge(policies, seed, BaseException), SnapshotMirror())]
 
 
 def _judge_in_worker(
@@ -160,6 +169,9 @@ class ShadowRunner:
         self.sender = SnapshotSender()
         self._slot: tuple[Snapshot, SchedulingResult] | None = None
         self._ready = asyncio.Event()
+        self._log: IO[str] | None = None
+        self._reported: set[str] = set()
+        """Failure causes already logged."""
 
     @property
     def names(self) -> list[str]:
@@ -176,8 +188,11 @@ class ShadowRunner:
     async def run(self) -> None:
         """The worker; cancel it to stop. Shadows decide in a child process of their own
         (its own interpreter lock: pure-Python policy code never stalls the event
-        loop); a child that dies is replaced, and this task never ends by itself."""
-        handle = self._open_log()
+        loop). This task never ends by itself. A child that dies is replaced; whatever
+        else fails (a snapshot that cannot be sent, a shadow or the child raising, a
+        verdict that cannot be logged) costs the snapshot at hand, counted as the error
+        of every shadow it cost and logged once per cause. Either way the next snapshot
+        goes to the child whole."""
         pool = self._pool()
         try:
             while True:
@@ -188,33 +203,57 @@ class ShadowRunner:
                 snapshot, live = self._slot
                 self._slot = None
                 started = time.perf_counter()
-                update = self.sender.update(snapshot)
                 try:
-                    loop = asyncio.get_running_loop()
-                    answer = await loop.run_in_executor(
-                        pool, _judge_in_worker, update, live_plan(live)
-                    )
+                    verdicts = await self._judged(pool, snapshot, live)
                 except BrokenProcessPool:
                     log.error("the shadow worker process died; starting another")
                     self.sender.reset()
                     pool.shutdown(wait=False)
                     pool = self._pool()
-                    continue
                 except MirrorOutOfStep as err:
                     log.warning("shadow snapshot copy out of step (%s); sending it whole", err)
                     self._resend(snapshot, live)
                     continue
-                self.sender.confirm(update)
-                verdicts = self._record(*answer)
+                except Exception as err:
+                    self._lost("a snapshot could not be judged; the next goes whole", err)
+                else:
+                    await self._log_verdicts(verdicts)
                 spent = time.perf_counter() - started
-                if handle is not None and not await self._logged(handle, verdicts):
-                    handle.close()
-                    handle = None
                 await asyncio.sleep(max(self.options.interval_s, self.options.busy_ratio * spent))
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
-            if handle is not None:
-                handle.close()
+            self._close_log()
+
+    async def _judged(
+        self, pool: ProcessPoolExecutor, snapshot: Snapshot, live: SchedulingResult
+    ) -> list[Verdict]:
+        """The shadows' verdicts on `snapshot`, judged in the child."""
+        update = self.sender.update(snapshot)
+        loop = asyncio.get_running_loop()
+        answer = await loop.run_in_executor(pool, _judge_in_worker, update, live_plan(live))
+        self.sender.confirm(update)
+        return self._record(*answer)
+
+    def _lost(self, what: str, err: BaseException) -> None:
+        """An evaluation lost before any shadow answered: every shadow's error, and the
+        child's copy is no longer trusted."""
+        self.sender.reset()
+        for stats in self.stats.values():
+            stats.errors += 1
+        self._report(what, err)
+
+    def _report(self, what: str, err: BaseException | str) -> None:
+        """Log a failure with its cause the first time that cause is seen; repeats are
+        counted in the metrics only (a failure that recurs every second must not flood
+        the controller's log)."""
+        cause = f"{what}: {err!r}"
+        if cause in self._reported:
+            log.debug("%s (again)", cause)
+            return
+        if len(self._reported) < REPORTED_CAUSES:
+            self._reported.add(cause)
+        trace = err if isinstance(err, BaseException) else None
+        log.error("%s (repeats are counted in gpufleet_shadow_errors)", cause, exc_info=trace)
 
     def _resend(self, snapshot: Snapshot, live: SchedulingResult) -> None:
         """Send `snapshot` again, whole, unless a newer one waits already."""
@@ -231,18 +270,30 @@ class ShadowRunner:
             initargs=(self.options.policies, self.options.seed),
         )
 
-    async def _logged(self, handle: IO[str], verdicts: list[Verdict]) -> bool:
-        """Append to the shadow log; a failing log (disk full) is closed, not fatal."""
-        try:
-            await asyncio.to_thread(_append, handle, verdicts, self.live_policy)
-        except OSError:
-            log.exception("shadow log %s cannot be written; shadows go on without it", handle.name)
-            return False
-        return True
-
-    def _open_log(self) -> IO[str] | None:
+    async def _log_verdicts(self, verdicts: list[Verdict]) -> None:
+        """Append to the shadow log, opened (again) when needed. A log that cannot be
+        opened or written (a missing directory, a full disk) costs each verdict's line,
+        counted as its shadow's error; the shadows go on and the next try opens it
+        anew."""
         path = self.options.log_path
-        return None if path is None else path.open("a", encoding="utf-8")
+        if path is None or not verdicts:
+            return
+        try:
+            if self._log is None:
+                self._log = await asyncio.to_thread(path.open, "a", encoding="utf-8")
+            await asyncio.to_thread(_append, self._log, verdicts, self.live_policy)
+        except Exception as err:
+            self._close_log()
+            for verdict in verdicts:
+                self.stats[verdict.policy].errors += 1
+            self._report(f"shadow log {path} cannot be written", err)
+
+    def _close_log(self) -> None:
+        handle, self._log = self._log, None
+        if handle is not None:
+            # Closing flushes: on a full disk that fails for lines already counted lost.
+            with contextlib.suppress(OSError):
+                handle.close()
 
     def evaluate(self, snapshot: Snapshot, live: SchedulingResult) -> list[Verdict]:
         """Every shadow on `snapshot` in this process (tests; `run` uses its worker)."""
@@ -251,7 +302,7 @@ class ShadowRunner:
     def _record(self, verdicts: list[Verdict], failed: dict[str, str]) -> list[Verdict]:
         for name, error in failed.items():
             self.stats[name].errors += 1
-            log.error("shadow policy %s failed: %s", name, error)
+            self._report(f"shadow policy {name} failed", error)
         for verdict in verdicts:
             stats = self.stats[verdict.policy]
             stats.evaluations += 1
