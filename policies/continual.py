@@ -165,6 +165,18 @@ class DriftTrigger:
         return math.log((accuracy - curve.floor) / (threshold - curve.floor)) / curve.decay_per_s
 
 
+WHOLE_SHARES = (1, 2, 4, 8)
+"""Whole-GPU shares the share allocators (`thief`, `edf`, `fairshare`) give a window:
+doublings, the steps the speed-up model `n·scaling^log2(n)` is written in
+(`policies.share_model.LEVELS_MILLI` adds a quarter and a half of one GPU)."""
+
+
+def has_whole_share(min_gpus: int, max_gpus: int) -> bool:
+    """Whether a window elastic from `min_gpus` to `max_gpus` GPUs can be given one of
+    `WHOLE_SHARES`; without one the share allocators never place it (min 3, max 3)."""
+    return any(min_gpus <= n <= max_gpus for n in WHOLE_SHARES)
+
+
 def speedup(num_gpus: int, gpu_milli: int, scaling: float) -> float:
     """Reference speed of an allocation relative to one whole GPU of the same model."""
     if num_gpus <= 1:
@@ -294,6 +306,11 @@ class StreamSpec:
             )
         if self.min_gpus > 1 and self.task.gpu_milli != MILLI:
             raise ValueError(f"stream {self.id}: min_gpus above 1 needs whole GPUs (gpu_milli)")
+        if not has_whole_share(self.min_gpus, self.max_gpus):
+            raise ValueError(
+                f"stream {self.id}: min_gpus {self.min_gpus} to max_gpus {self.max_gpus} must "
+                f"include 1, 2, 4 or 8 GPUs (the shares thief, edf and fairshare give)"
+            )
         if not any(v > 0 for v in self.throughput.values()):
             raise ValueError(f"stream {self.id}: throughput needs a positive entry")
         if not 0 <= self.inference_milli <= MILLI or not 0 < self.inference_gamma <= 1:

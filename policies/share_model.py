@@ -20,10 +20,10 @@ from types import MappingProxyType
 import numpy as np
 
 from policies.cluster import MILLI, ClusterState, read_only
-from policies.continual import RETRAIN_KIND, WindowInfo, window_info
+from policies.continual import RETRAIN_KIND, WHOLE_SHARES, WindowInfo, window_info
 from policies.jobs import JobSpec, JobStatus, JobView, Placement
 
-LEVELS_MILLI = read_only(np.array([250, 500, 1000, 2000, 4000, 8000], dtype=np.int64))
+LEVELS_MILLI = read_only(np.array([250, 500, *(n * MILLI for n in WHOLE_SHARES)], dtype=np.int64))
 _LEVEL_INDEX = MappingProxyType({int(level): i for i, level in enumerate(LEVELS_MILLI)})
 _LEVELS = tuple(int(x) for x in LEVELS_MILLI)
 WHOLE_LEVEL = _LEVELS.index(MILLI)

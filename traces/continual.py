@@ -55,6 +55,7 @@ from policies.continual import (
     DriftTrigger,
     RetrainConfig,
     StreamSpec,
+    has_whole_share,
 )
 from policies.windows import CronSchedule
 from traces import canonical
@@ -150,6 +151,11 @@ class ContinualSpec:
             raise ValueError("request milli must be in (0, 1000] and 1 <= min_gpus <= max_gpus")
         if self.min_gpus > 1 and self.request_milli != 1000:
             raise ValueError("min_gpus above 1 needs a whole-GPU request (request milli 1000)")
+        if not has_whole_share(self.min_gpus, self.max_gpus):
+            raise ValueError(
+                "min_gpus to max_gpus must include 1, 2, 4 or 8 GPUs "
+                "(the shares thief, edf and fairshare give)"
+            )
 
 
 def generate_streams(spec: ContinualSpec, seed: int = 0) -> list[StreamSpec]:

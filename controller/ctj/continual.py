@@ -56,6 +56,7 @@ from policies.continual import (
     StreamSpec,
     WindowInfo,
     WindowOpening,
+    has_whole_share,
 )
 from policies.windows import (
     DeployedModel,
@@ -109,18 +110,12 @@ def stream_of(ctj: Ctj, window: Window) -> StreamSpec:
         curve=spec.accuracy,
         configs=spec.configs,
         max_gpus=spec.max_replicas,
-        min_gpus=least_gpus(spec),
+        min_gpus=spec.min_replicas,
         scaling=SCALING,
         restart_cost_s=RESTART_COST_S,
         inference_milli=spec.inference_milli,
         inference_gamma=spec.inference_gamma,
     )
-
-
-def least_gpus(spec: CtjSpec) -> int:
-    """The fewest GPUs a window runs on: `replicas.min` for a gang (its pod group), one
-    for pods that are jobs of their own."""
-    return spec.min_replicas if spec.gang else 1
 
 
 def throughput_of(spec: CtjSpec) -> dict[str, float]:
@@ -293,6 +288,11 @@ def _elasticity(
         raise ValueError(f"annotation {MAX_REPLICAS}: {most}, but the window has {pods} pods")
     if least > most:
         raise ValueError(f"annotation {MAX_REPLICAS}: {most}, below the gang size {least}")
+    if not has_whole_share(least, most):
+        raise ValueError(
+            f"annotation {MAX_REPLICAS}: {least} to {most} GPUs hold none of 1, 2, 4 or 8 "
+            "(the shares the continual allocators give)"
+        )
     return Elasticity(least, most)
 
 
@@ -437,7 +437,11 @@ class JointConfigs:
                 continue
             if any(p.window == window.index for p in self.pods_of(ctj.key)):
                 continue
-            out.append(WindowOpening(stream_of(ctj, window), window.index, model.accuracy(start)))
+            try:
+                stream = stream_of(ctj, window)
+            except ValueError:
+                continue  # its own reconcile reports it; the others' openings go on
+            out.append(WindowOpening(stream, window.index, model.accuracy(start)))
         return out
 
 

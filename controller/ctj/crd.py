@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from controller.kube.objects import Problem, parse_time
 from controller.scheduling.effects import now_rfc3339
 from policies import MILLI
-from policies.continual import AccuracyCurve, DriftTrigger, RetrainConfig
+from policies.continual import AccuracyCurve, DriftTrigger, RetrainConfig, has_whole_share
 from policies.windows import COMPLETED, CronSchedule, Window
 
 GROUP = "ctj.gpufleet.io"
@@ -454,19 +454,49 @@ def spec_from_json(spec: Mapping[str, Any]) -> CtjSpec:
             "spec.tolerations", lambda: tuple(dict(t) for t in spec.get("tolerations") or ())
         ),
     )
-    _at("spec.replicas.min", lambda: _elastic_minimum(decoded))
+    if decoded.max_replicas < decoded.min_replicas:
+        raise FieldError(Problem("spec.replicas.max", "must be at least replicas.min"))
+    problem = _unplaceable_stream(decoded)
+    if problem is not None:
+        raise FieldError(problem)
     return decoded
 
 
-def _elastic_minimum(spec: CtjSpec) -> None:
-    """A valued window runs on `replicas.min` to `replicas.max` GPUs: more than one
-    needs whole GPUs (the CRD's rule says the same)."""
-    valued = spec.accuracy is not None and bool(spec.configs)
-    if valued and spec.min_replicas > 1 and spec.gpu.milli < MILLI:
-        raise ValueError(
-            "replicas.min above 1 needs whole GPUs (resources.gpu.milli 1000) with accuracy "
-            "and retrain.configs (a window never runs on fewer than replicas.min GPUs)"
+_VALUED = "with accuracy and retrain.configs"
+
+
+def _unplaceable_stream(spec: CtjSpec) -> Problem | None:
+    """Why a valued CTJ (accuracy and configs: a stream the continual allocators value)
+    could never run as the simulator's stream, naming the field; the CRD's rules say the
+    same. Its window runs on `replicas.min` to `replicas.max` one-GPU replicas (or one
+    replica on a share of a GPU), as one gang, and is given 1, 2, 4 or 8 GPUs."""
+    if spec.accuracy is None or not spec.configs:
+        return None
+    low, high = spec.min_replicas, spec.max_replicas
+    if spec.gpu.count > 1:
+        return Problem(
+            "spec.resources.gpu.count",
+            f"above 1 is not supported {_VALUED}: a valued window's replica is one GPU "
+            "(ask for k GPUs with replicas.min k)",
         )
+    if low > 1 and spec.gpu.milli < MILLI:
+        return Problem(
+            "spec.replicas.min",
+            f"above 1 needs whole GPUs (resources.gpu.milli 1000) {_VALUED} "
+            "(a window never runs on fewer than replicas.min GPUs)",
+        )
+    if low > 1 and not spec.gang:
+        return Problem(
+            "spec.gang",
+            f"false needs replicas.min 1 {_VALUED} (a window's replicas.min GPUs run as one gang)",
+        )
+    if not has_whole_share(low, high):
+        return Problem(
+            "spec.replicas",
+            f"min {low} to max {high} must include 1, 2, 4 or 8 GPUs {_VALUED} (the "
+            "shares thief, edf and fairshare give a window)",
+        )
+    return None
 
 
 def _text(value: object) -> str:

@@ -18,7 +18,6 @@ from controller.ctj.continual import (
     RESTART_COST_S,
     SCALING,
     is_stream,
-    least_gpus,
     task_of,
     throughput_of,
 )
@@ -50,7 +49,7 @@ def recorded_stream(ctj: Ctj, origin: float) -> StreamSpec:
         configs=spec.configs,
         initial_accuracy=spec.initial_accuracy,
         max_gpus=spec.max_replicas,
-        min_gpus=least_gpus(spec),
+        min_gpus=spec.min_replicas,
         scaling=SCALING,
         allowed_models=frozenset(spec.gpu_types) or None,
         restart_cost_s=RESTART_COST_S,
