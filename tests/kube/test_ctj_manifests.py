@@ -133,9 +133,7 @@ def malformed(change: str) -> dict[str, Any]:
         }
     elif change == "trigger-below-above-1":
         spec["retrain"]["trigger"] = {"below": 1.5}
-    elif change == "valued-fraction-with-min-2":
-        spec["resources"]["gpu"] = {"count": 1, "milli": 500, "memoryMiB": 8192}
-        spec["replicas"] = {"min": 2, "max": 4}
+    elif change.startswith("valued-"):
         spec["retrain"]["configs"] = [{"name": "only", "workGpuSeconds": 100}]
         spec["accuracy"] = {
             "ceiling": 0.9,
@@ -143,7 +141,23 @@ def malformed(change: str) -> dict[str, Any]:
             "decayPerHour": 1,
             "halfGainGpuSeconds": 9,
         }
+        valued_shape(spec, change)
     return job
+
+
+def valued_shape(spec: dict[str, Any], change: str) -> None:
+    """Shapes a valued CTJ (accuracy and configs) cannot take: no stream runs them."""
+    if change == "valued-fraction-with-min-2":
+        spec["resources"]["gpu"] = {"count": 1, "milli": 500, "memoryMiB": 8192}
+        spec["replicas"] = {"min": 2, "max": 4}
+    elif change == "valued-2-gpus-per-replica":
+        spec["resources"]["gpu"] = {"count": 2}
+        spec["replicas"] = {"min": 1}
+    elif change == "valued-min-2-without-gang":
+        spec["replicas"] = {"min": 2, "max": 4}
+        spec["gang"] = False
+    elif change == "valued-min-3-max-3":
+        spec["replicas"] = {"min": 3, "max": 3}
 
 
 @pytest.mark.parametrize(
@@ -162,6 +176,12 @@ def malformed(change: str) -> dict[str, Any]:
         ("trigger-on-cron", "retrain.trigger needs retrain.windowSeconds"),
         ("trigger-below-above-1", "spec.retrain.trigger.below: Invalid value"),
         ("valued-fraction-with-min-2", "spec.replicas.min: Invalid value: replicas.min above 1"),
+        (
+            "valued-2-gpus-per-replica",
+            "spec.resources.gpu.count: Invalid value: resources.gpu.count above 1 is not",
+        ),
+        ("valued-min-2-without-gang", "spec.gang: Invalid value: gang false needs replicas.min 1"),
+        ("valued-min-3-max-3", "spec.replicas: Invalid value: replicas.min to replicas.max must"),
     ],
 )
 def test_crd_rejects_a_malformed_ctj_saying_why(
@@ -174,6 +194,32 @@ def test_crd_rejects_a_malformed_ctj_saying_why(
         assert status == 422, answer
         assert message in answer["message"], answer["message"]
         assert answer["details"]["kind"] == "ContinualTrainingJob"
+
+    run(ctj_env, scenario)
+
+
+def admitted(change: str) -> dict[str, Any]:
+    """The refused valued shape `change` turned into its nearest one a stream takes."""
+    job = malformed(change)
+    spec = job["spec"]
+    if change == "valued-min-3-max-3":
+        spec["replicas"] = {"min": 3, "max": 4}  # runs on 4 GPUs
+    elif change == "valued-min-2-without-gang":
+        spec["replicas"] = {"min": 1, "max": 4}  # one replica: a group of one
+    else:  # 2 GPUs per replica without accuracy: a plain gang
+        del spec["accuracy"], spec["retrain"]["configs"]
+    return job
+
+
+def test_crd_admits_the_nearest_valued_shapes_a_stream_takes(ctj_env: CtjEnvironment) -> None:  # noqa: F811
+    changes = ("valued-min-3-max-3", "valued-min-2-without-gang", "valued-2-gpus-per-replica")
+
+    async def scenario(admin: Admin) -> None:
+        for change in changes:
+            params = {"dryRun": "All"}
+            body = admitted(change)
+            status, answer = await admin.api.request("POST", CTJS, params=params, body=body)
+            assert status == 201, (change, answer)
 
     run(ctj_env, scenario)
 
