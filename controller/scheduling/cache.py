@@ -30,7 +30,7 @@ from controller.kube.objects import (
 )
 from controller.scheduling.encoders import GpuEncoder
 from controller.scheduling.ledger import Admission, CapacityLedger, Charge
-from controller.scheduling.workload import RunningJobs, node_spec, task_request
+from controller.scheduling.workload import PendingJobs, RunningJobs, node_spec, task_request
 from policies import TaskRequest
 from policies.reservations import reserve_gpu
 
@@ -82,6 +82,9 @@ class ClusterCache:
         self.running = RunningJobs(encoder, self.dra)
         """Pods this scheduler should place, kept incrementally: a pass must not scan
         every pod in the cluster."""
+        self.pending = PendingJobs(encoder)
+        """The jobs of the pods waiting for this scheduler, decoded again only when
+        their pods change."""
 
     # -- informer handler -------------------------------------------------------------
 

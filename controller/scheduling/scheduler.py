@@ -267,7 +267,7 @@ class Scheduler:
         pods = self.cache.pending_pods()
         if dra is None:
             pods = self._without_claims(pods, now)
-        workload = build_workload(pods, self.cache.seq, self.cache.encoder, dra)
+        workload = self.cache.pending.workload(pods, self.cache.seq, dra)
         if self.cache.dra.labels_changed:
             self.cache.refresh_dra_labels()  # label the nodes that fit new DRA requests
         state = self.cache.ledger.state
@@ -338,7 +338,7 @@ class Scheduler:
         """A job's view while it waits; a moved retraining window's as the simulator's
         preempted job has it: started before, with its restarts, service and work done
         (its owner recreated its pods without them)."""
-        view = job.view()
+        view = self.cache.pending.view(job)
         moved = self._moved.get(job.spec.id)
         if moved is None or job.spec.kind != RETRAIN_KIND:
             return view

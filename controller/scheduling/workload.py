@@ -5,8 +5,8 @@ running `JobView`s with their placements.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
 
 from controller.ctj.continual import retraining_job
 from controller.ctj.runtime import restart_delay, work_done
@@ -161,6 +161,16 @@ def build_workload(
     dra: DraState | None = None,
 ) -> Workload:
     """Pending jobs in queue order (submit time, then the order pods were first seen)."""
+    return _workload(pods, lambda jid, members: _decode_job(jid, members, seq, encoder, dra))
+
+
+Decoded = PendingJob | Problem | str
+"""A job, the first problem that stops its pods making one, or why it waits."""
+
+
+def _workload(
+    pods: Iterable[PodRecord], decode: Callable[[str, list[PodRecord]], Decoded]
+) -> Workload:
     groups: dict[str, list[PodRecord]] = {}
     for pod in pods:
         groups.setdefault(job_id(pod), []).append(pod)
@@ -169,7 +179,7 @@ def build_workload(
     waiting: dict[str, str] = {}
     for jid, members in groups.items():
         members.sort(key=lambda p: p.name)
-        job = _decode_job(jid, members, seq, encoder, dra)
+        job = decode(jid, members)
         if isinstance(job, str):
             waiting[jid] = job
             continue
@@ -184,13 +194,83 @@ def build_workload(
     return Workload(pending, rejected, waiting)
 
 
+@dataclass(frozen=True, slots=True)
+class _Kept:
+    """A job as decoded from these pod records, and its view."""
+
+    pods: tuple[PodRecord, ...]
+    seqs: tuple[int, ...]
+    job: Decoded
+    view: JobView | None
+
+
+class PendingJobs:
+    """`build_workload` for the scheduler's passes, keeping each job from pass to pass:
+    a job is decoded again only when one of its pods changed (a record that is neither
+    the one decoded nor equal to it: `PodRecord` equality ignores the resourceVersion
+    and our own FailedScheduling condition), and an unchanged job keeps its `JobView`
+    object, so a pass costs in proportion to what changed (rebuilding every view cost
+    ~17 ms a pass at 1,500 pending; benchmarks/pending_pass.py) and the shadow mirror
+    can tell unchanged views by identity. Jobs with DRA claims are decoded every pass:
+    their requests follow the claims, which change without their pods changing."""
+
+    def __init__(self, encoder: GpuEncoder) -> None:
+        self.encoder = encoder
+        self._kept: dict[str, _Kept] = {}
+        self._selector: dict[str, str] = {}
+        """What device-plugin pods select (`DraState.device_plugin_selector`) when the
+        kept jobs were decoded: it is part of their specs."""
+
+    def workload(
+        self, pods: Iterable[PodRecord], seq: Mapping[str, int], dra: DraState | None = None
+    ) -> Workload:
+        """What `build_workload(pods, seq, self.encoder, dra)` returns, equal job for job."""
+        selector = dra.device_plugin_selector() if dra is not None else {}
+        if selector != self._selector:
+            self._kept, self._selector = {}, selector
+        kept: dict[str, _Kept] = {}
+
+        def decode(jid: str, members: list[PodRecord]) -> Decoded:
+            if dra is not None and any(p.claims for p in members):
+                return _decode_job(jid, members, seq, self.encoder, dra)
+            entry = self._entry(jid, tuple(members), seq, dra)
+            kept[jid] = entry
+            return entry.job
+
+        work = _workload(pods, decode)
+        self._kept = kept
+        return work
+
+    def view(self, job: PendingJob) -> JobView:
+        """`job.view()`, the same object while the job is unchanged."""
+        entry = self._kept.get(job.spec.id)
+        if entry is None or entry.job is not job or entry.view is None:
+            return job.view()
+        return entry.view
+
+    def _entry(
+        self, jid: str, pods: tuple[PodRecord, ...], seq: Mapping[str, int], dra: DraState | None
+    ) -> _Kept:
+        seqs = tuple(seq.get(p.uid, 0) for p in pods)
+        old = self._kept.get(jid)
+        if old is not None and old.seqs == seqs and len(old.pods) == len(pods):
+            if all(a is b for a, b in zip(old.pods, pods, strict=True)):
+                return old
+            if old.pods == pods:  # new records, same content: the job holds the new ones
+                job = old.job
+                fresh = replace(job, pods=pods) if isinstance(job, PendingJob) else job
+                return _Kept(pods, seqs, fresh, old.view)
+        job = _decode_job(jid, list(pods), seq, self.encoder, dra)
+        return _Kept(pods, seqs, job, job.view() if isinstance(job, PendingJob) else None)
+
+
 def _decode_job(
     jid: str,
     members: list[PodRecord],
     seq: Mapping[str, int],
     encoder: GpuEncoder,
     dra: DraState | None,
-) -> PendingJob | Problem | str:
+) -> Decoded:
     """The job the pods make, the first problem that stops them making one, or why it
     waits."""
     for member in members:
