@@ -136,6 +136,29 @@ def run(
     asyncio.run(main())
 
 
+def one_round(
+    cache: ClusterCache, pods: list[dict[str, Any]], policy: Policy, now: float
+) -> FakeEffects:
+    """`pods` added to `cache` and one round of `policy` at `now` (rounds on request
+    only): what it bound and reported."""
+
+    async def main() -> FakeEffects:
+        effects = FakeEffects(cache)
+        options = SchedulerOptions(external_rounds=True)
+        scheduler = Scheduler(policy, cache, effects, options, clock=lambda: now)  # type: ignore[arg-type]
+        loop = asyncio.create_task(scheduler.run())
+        try:
+            for pod in pods:
+                cache.apply(PODS, "ADDED", pod)
+            scheduler.request_round()
+            await scheduler.wait_idle()
+        finally:
+            loop.cancel()
+        return effects
+
+    return asyncio.run(main())
+
+
 def test_binds_best_fit_node_with_gpu_annotations() -> None:
     async def scenario(scheduler: Scheduler, cache: ClusterCache, effects: FakeEffects) -> None:
         cache.apply(PODS, "ADDED", pod_json("p", gpus=2))

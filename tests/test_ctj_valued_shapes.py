@@ -30,14 +30,13 @@ from controller.ctj.crd import KIND, MAX_REPLICAS, GpuRequest, ctj_from_json
 from controller.ctj.plan import SCHEDULE_VALID, plan
 from controller.ctj.reconciler import CTJS, CtjReconciler
 from controller.kube.objects import GANG_SIZE, POD_GROUP_LABEL, pod_from_json
-from controller.scheduling.cache import NODES, PODS, ClusterCache
+from controller.scheduling.cache import NODES, ClusterCache
 from controller.scheduling.encoders import WholeGpu
-from controller.scheduling.scheduler import Scheduler, SchedulerOptions
 from controller.scheduling.workload import build_workload
 from policies import NodeSpec, make_policy
 from policies.continual import WindowOpening, has_whole_share
 from simulator.continual import STREAM_COLUMNS, ContinualRun
-from tests.test_controller_scheduler import FakeEffects, node_json
+from tests.test_controller_scheduler import node_json, one_round
 from tests.test_ctj_min_replicas import OPENS, ROUND_S, ctj_json, stream
 from traces.continual import ContinualSpec, generate_streams
 
@@ -221,24 +220,11 @@ def test_the_scheduler_sets_aside_a_window_without_a_share_and_places_the_other(
     (pending,) = workload.pending
     assert pending.spec.elastic is not None and pending.spec.kind == "retrain"
 
-    async def main() -> FakeEffects:
-        cache = ClusterCache(WholeGpu())
-        cache.replace(NODES, [node_json("a", 2)])  # the healthy window's 2, none to grow
-        effects = FakeEffects(cache)
-        policy = make_policy("thief", {"realloc_s": ROUND_S})
-        options = SchedulerOptions(external_rounds=True)
-        scheduler = Scheduler(policy, cache, effects, options, clock=lambda: OPENS + 1)  # type: ignore[arg-type]
-        loop = asyncio.create_task(scheduler.run())
-        try:
-            for pod in [*window_pods("bad", 3, 3), *window_pods("good", 2, 4)]:
-                cache.apply(PODS, "ADDED", pod)
-            scheduler.request_round()
-            await scheduler.wait_idle()
-        finally:
-            loop.cancel()
-        return effects
-
-    effects = asyncio.run(main())
+    cache = ClusterCache(WholeGpu())
+    cache.replace(NODES, [node_json("a", 2)])  # the healthy window's 2, none to grow
+    policy = make_policy("thief", {"realloc_s": ROUND_S})
+    pods = [*window_pods("bad", 3, 3), *window_pods("good", 2, 4)]
+    effects = one_round(cache, pods, policy, OPENS + 1)
     assert sorted(name for name, _, _ in effects.binds) == ["good-w0-0", "good-w0-1"]
     reported = {name for name, message in effects.reports if MAX_REPLICAS in message}
     assert reported == {"bad-w0-0", "bad-w0-1", "bad-w0-2"}

@@ -15,7 +15,6 @@ reference-GPU-seconds; windows open at 1 s (deadline 251 s), rounds every 2 s.
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +24,9 @@ from controller.ctj.crd import ctj_from_json
 from controller.ctj.plan import plan
 from controller.kube.objects import ASSIGNED_GPUS, ASSIGNED_MILLI, node_from_json
 from controller.recorder import TraceRecorder
-from controller.scheduling.cache import NODES, PODS, ClusterCache
+from controller.scheduling.cache import NODES, ClusterCache
 from controller.scheduling.effects import now_rfc3339
 from controller.scheduling.encoders import GpuEncoder, Hami, WholeGpu
-from controller.scheduling.scheduler import Scheduler, SchedulerOptions
 from controller.scheduling.workload import node_spec
 from policies import (
     ClusterState,
@@ -45,7 +43,7 @@ from policies.contract import PlacementError, check_fits
 from simulator.continual import STREAM_COLUMNS, ContinualRun
 from simulator.engine import Simulation
 from simulator.metrics import JOB_COLUMNS
-from tests.test_controller_scheduler import FakeEffects, node_json
+from tests.test_controller_scheduler import node_json, one_round
 from tests.test_ctj_min_replicas import OPENS, ctj_json
 from traces.canonical import NODES_FILE, read_nodes, write_nodes
 
@@ -176,25 +174,11 @@ def hami_node() -> dict[str, Any]:
 
 def binds_under(encoder: GpuEncoder) -> dict[str, tuple[str, str]]:
     """Pod → (GPU, milli-GPU) bound in the first round, the thief on one A100."""
-
-    async def main() -> dict[str, tuple[str, str]]:
-        cache = ClusterCache(encoder)
-        cache.replace(NODES, [hami_node() if encoder.shares_gpus else node_json("a", 1)])
-        effects = FakeEffects(cache)
-        policy = make_policy("thief", {"realloc_s": ROUND_S})
-        options = SchedulerOptions(external_rounds=True)
-        scheduler = Scheduler(policy, cache, effects, options, clock=lambda: OPENS + 1)  # type: ignore[arg-type]
-        loop = asyncio.create_task(scheduler.run())
-        try:
-            for name in ("p", "q"):
-                cache.apply(PODS, "ADDED", window_pod(name))
-            scheduler.request_round()
-            await scheduler.wait_idle()
-            return {pod: (n[ASSIGNED_GPUS], n[ASSIGNED_MILLI]) for pod, _, n in effects.binds}
-        finally:
-            loop.cancel()
-
-    return asyncio.run(main())
+    cache = ClusterCache(encoder)
+    cache.replace(NODES, [hami_node() if encoder.shares_gpus else node_json("a", 1)])
+    policy = make_policy("thief", {"realloc_s": ROUND_S})
+    effects = one_round(cache, [window_pod(name) for name in ("p", "q")], policy, OPENS + 1)
+    return {pod: (n[ASSIGNED_GPUS], n[ASSIGNED_MILLI]) for pod, _, n in effects.binds}
 
 
 def test_with_a_sharing_backend_both_windows_are_bound_on_halves_of_the_gpu() -> None:
