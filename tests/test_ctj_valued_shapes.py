@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -38,7 +39,7 @@ from policies.continual import WindowOpening, has_whole_share
 from simulator.continual import STREAM_COLUMNS, ContinualRun
 from tests.test_controller_scheduler import node_json, one_round
 from tests.test_ctj_min_replicas import OPENS, ROUND_S, ctj_json, stream
-from traces.continual import ContinualSpec, generate_streams
+from traces.continual import ContinualSpec, generate_streams, read_streams, write_streams
 
 Change = Callable[[dict[str, Any]], None]
 
@@ -113,11 +114,20 @@ def test_gang_false_with_one_replica_is_served_and_grows_in_its_group() -> None:
     assert pod["metadata"]["labels"][POD_GROUP_LABEL] == "lower-w0"
 
 
-def test_the_simulator_refuses_the_same_bounds_and_places_min_3_on_4_gpus() -> None:
+def test_the_simulator_refuses_the_same_bounds_and_places_min_3_on_4_gpus(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="min_gpus 3 to max_gpus 3 must include 1, 2, 4 or 8"):
         replace(stream(3), max_gpus=3)
     with pytest.raises(ValueError, match="min_gpus to max_gpus must include 1, 2, 4 or 8"):
         generate_streams(ContinualSpec(streams=2, windows=1, min_gpus=3, max_gpus=3))
+    path = tmp_path / "streams.csv"
+    write_streams([stream(3)], path)  # min 3, max 4; then max 3 written by hand
+    header, row = path.read_text().splitlines()
+    columns = header.split(",")
+    cells = row.split(",")
+    cells[columns.index("max_gpus")] = "3"
+    path.write_text(f"{header}\n{','.join(cells)}\n")
+    with pytest.raises(ValueError, match=f"{path}:2.*min_gpus 3 to max_gpus 3 must include"):
+        read_streams(path)
     node = NodeSpec("a", 32_000, 131_072, 4, "A100")
     run = ContinualRun([node], [stream(3)], make_policy("thief", {"realloc_s": ROUND_S}))
     run.run()
