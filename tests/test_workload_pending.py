@@ -68,7 +68,8 @@ def test_an_unchanged_job_keeps_its_view_and_a_changed_one_is_rebuilt() -> None:
     seq = {f"u-{n}": i for i, n in enumerate("abcd")}
     pods = pods_of(*(manifest(n) for n in "abcd"))
     first = views_by_id(jobs, jobs.workload(pods.values(), seq))
-    assert views_by_id(jobs, jobs.workload(pods.values(), seq)) == first
+    same = views_by_id(jobs, jobs.workload(pods.values(), seq))
+    assert same == first and all(same[jid] is first[jid] for jid in first)
     echoed = pods_of(*(manifest(n, version=2) for n in "abcd"))
     work = jobs.workload(echoed.values(), seq)
     again = views_by_id(jobs, work)
@@ -88,6 +89,20 @@ def test_an_unchanged_job_keeps_its_view_and_a_changed_one_is_rebuilt() -> None:
     assert after["ns/b"].spec.work == FixedDuration(90.0)
     assert after["ns/c"].spec.task.num_gpus == 2
     assert after == views_by_id(jobs, build_workload(changed.values(), seq, WholeGpu()))
+
+
+def test_a_pass_over_the_same_records_is_the_last_queue_unless_arrival_order_moved() -> None:
+    """The same records again: the last queue, as a list of the receiver's own (the
+    scheduler's changes do not reach the next pass). The same records with the arrival
+    numbers reversed: the queue reversed, as `build_workload` orders it."""
+    jobs = PendingJobs(WholeGpu())
+    pods = list(pods_of(*(manifest(n) for n in "abc")).values())
+    seq = {f"u-{n}": i for i, n in enumerate("abc")}
+    for _ in range(2):
+        jobs.workload(pods, seq).pending.clear()
+    assert [j.spec.id for j in jobs.workload(pods, seq).pending] == ["ns/a", "ns/b", "ns/c"]
+    backwards = {uid: -i for uid, i in seq.items()}
+    assert [j.spec.id for j in jobs.workload(pods, backwards).pending] == ["ns/c", "ns/b", "ns/a"]
 
 
 def test_a_job_decoded_before_dra_nodes_appeared_is_decoded_again() -> None:

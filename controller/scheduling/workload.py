@@ -5,6 +5,7 @@ running `JobView`s with their placements.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 
@@ -204,6 +205,24 @@ class _Kept:
     view: JobView | None
 
 
+@dataclass(frozen=True, slots=True)
+class _Pass:
+    """A pass's pod records, in order, their arrival numbers, and the workload."""
+
+    pods: list[PodRecord]
+    seqs: list[int]
+    work: Workload
+
+
+def _same(old: list[PodRecord], new: list[PodRecord]) -> bool:
+    return len(old) == len(new) and all(map(operator.is_, old, new))
+
+
+def _copy(work: Workload) -> Workload:
+    """A workload whose lists its receiver may change without changing the kept one."""
+    return Workload(list(work.pending), list(work.rejected), dict(work.waiting))
+
+
 class PendingJobs:
     """`build_workload` for the scheduler's passes, keeping each job from pass to pass:
     a job is decoded again only when one of its pods changed (a record that is neither
@@ -211,8 +230,9 @@ class PendingJobs:
     and our own FailedScheduling condition), and an unchanged job keeps its `JobView`
     object, so a pass costs in proportion to what changed (rebuilding every view cost
     ~17 ms a pass at 1,500 pending; benchmarks/pending_pass.py) and the shadow mirror
-    can tell unchanged views by identity. Jobs with DRA claims are decoded every pass:
-    their requests follow the claims, which change without their pods changing."""
+    can tell unchanged views by identity. A pass whose pods are the last pass's records
+    returns the last queue without grouping them again. Jobs with DRA claims are decoded
+    every pass: their requests follow the claims, which change without their pods."""
 
     def __init__(self, encoder: GpuEncoder) -> None:
         self.encoder = encoder
@@ -220,6 +240,8 @@ class PendingJobs:
         self._selector: dict[str, str] = {}
         """What device-plugin pods select (`DraState.device_plugin_selector`) when the
         kept jobs were decoded: it is part of their specs."""
+        self._last: _Pass | None = None
+        """The last pass's pods and queue (None: it had jobs with claims)."""
 
     def workload(
         self, pods: Iterable[PodRecord], seq: Mapping[str, int], dra: DraState | None = None
@@ -227,18 +249,27 @@ class PendingJobs:
         """What `build_workload(pods, seq, self.encoder, dra)` returns, equal job for job."""
         selector = dra.device_plugin_selector() if dra is not None else {}
         if selector != self._selector:
-            self._kept, self._selector = {}, selector
+            self._kept, self._selector, self._last = {}, selector, None
+        records = list(pods)
+        seqs = [seq.get(p.uid, 0) for p in records]
+        last = self._last
+        if last is not None and _same(last.pods, records) and last.seqs == seqs:
+            return _copy(last.work)  # not a pod changed: the queue of the last pass
         kept: dict[str, _Kept] = {}
+        decoded_claims = False
 
         def decode(jid: str, members: list[PodRecord]) -> Decoded:
+            nonlocal decoded_claims
             if dra is not None and any(p.claims for p in members):
+                decoded_claims = True
                 return _decode_job(jid, members, seq, self.encoder, dra)
             entry = self._entry(jid, tuple(members), seq, dra)
             kept[jid] = entry
             return entry.job
 
-        work = _workload(pods, decode)
+        work = _workload(records, decode)
         self._kept = kept
+        self._last = None if decoded_claims else _Pass(records, seqs, _copy(work))
         return work
 
     def view(self, job: PendingJob) -> JobView:

@@ -10,9 +10,9 @@ process (`SnapshotSender`) sends only:
 
 - the nodes whose free resources changed (their version stamps differ from the copy
   last sent), as array rows;
-- the job views the child lacks: new ones, and ones that changed (running views keep
-  their identity while unchanged; pending ones are rebuilt each pass and compared by
-  value);
+- the job views the child lacks: new ones, and ones that changed (the controller keeps
+  a view's identity while its job is unchanged, `RunningJobs` and `PendingJobs`, so
+  identity settles nearly all of them; a view rebuilt is compared by value);
 - each job list's ids in order (a list of strings pickles at C speed), from which the
   child drops the jobs gone and keeps the order.
 
@@ -162,7 +162,7 @@ def jobs_update(
     by_id = {view.id: view for view in views}
     if len(by_id) != len(views):
         return JobsUpdate(whole=tuple(views)), {}
-    # Identity first: it settles the running views (kept while unchanged) at C speed.
+    # Identity first: it settles the views kept while unchanged at C speed.
     other = {jid: view for jid, view in by_id.items() if known.get(jid) is not view}
     changed = {jid: view for jid, view in other.items() if not _equal(known.get(jid), view)}
     return JobsUpdate(tuple(by_id), changed), by_id
