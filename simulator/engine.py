@@ -12,9 +12,8 @@ from __future__ import annotations
 import functools
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import overload
 
 import numpy as np
 import simpy
@@ -25,7 +24,6 @@ from policies import (
     FixedDuration,
     JobSpec,
     JobStatus,
-    JobView,
     NodeSpec,
     Place,
     Placement,
@@ -40,7 +38,7 @@ from policies.base import request_key
 from policies.placement import feasible_mask
 from policies.task_mix import TaskMix
 from simulator.metrics import OCCUPANT, Recorder
-from simulator.state import JobRun, SimCluster
+from simulator.state import JobRun, JobViews, SimCluster
 from traces.canonical import Pin, pin_of
 
 ProgressHook = Callable[[int], None]
@@ -462,46 +460,3 @@ class Simulation:
 def describe_placement(placement: Placement) -> str:
     """`node:gpu+gpu;node:gpu`, the form job records use."""
     return ";".join(f"{t.node}:{'+'.join(map(str, t.gpus))}" for t in placement.tasks)
-
-
-class JobViews(Sequence[JobView]):
-    """Views of a pass's jobs, built only when a policy reads them: placement policies
-    never look at running jobs, and building 10^7 views would dominate a long replay.
-    The jobs are listed from the host's dict on first read, not every pass (a pass
-    that reads nothing costs nothing however many jobs run); after the pass, `close()`
-    makes an unread sequence refuse reads, since the dict has changed since."""
-
-    __slots__ = ("_jobs", "_source")
-
-    def __init__(self, jobs: Mapping[str, JobRun]) -> None:
-        self._source: Mapping[str, JobRun] | None = jobs
-        self._jobs: list[JobRun] | None = None
-
-    def close(self) -> None:
-        self._source = None
-
-    def _list(self) -> list[JobRun]:
-        if self._jobs is None:
-            if self._source is None:
-                raise RuntimeError("a snapshot's jobs were read after its scheduling pass")
-            self._jobs = list(self._source.values())
-        return self._jobs
-
-    def __len__(self) -> int:
-        if self._jobs is None and self._source is not None:
-            return len(self._source)
-        return len(self._list())
-
-    @overload
-    def __getitem__(self, index: int) -> JobView: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> list[JobView]: ...
-
-    def __getitem__(self, index: int | slice) -> JobView | list[JobView]:
-        if isinstance(index, slice):
-            return [job.view() for job in self._list()[index]]
-        return self._list()[index].view()
-
-    def __iter__(self) -> Iterator[JobView]:
-        return (job.view() for job in self._list())

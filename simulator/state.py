@@ -8,8 +8,9 @@ completion time is known exactly and nothing is ticked.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 from policies import (
     MILLI,
@@ -194,3 +195,46 @@ class SimCluster:
 
     def gpus_by_model(self) -> tuple[float, ...]:
         return tuple(self.alloc_by_model[m] / MILLI for m in self.models)
+
+
+class JobViews(Sequence[JobView]):
+    """Views of a pass's jobs, built only when a policy reads them: placement policies
+    never look at running jobs, and building 10^7 views would dominate a long replay.
+    The jobs are listed from the host's dict on first read, not every pass (a pass
+    that reads nothing costs nothing however many jobs run); after the pass, `close()`
+    makes an unread sequence refuse reads, since the dict has changed since."""
+
+    __slots__ = ("_jobs", "_source")
+
+    def __init__(self, jobs: Mapping[str, JobRun]) -> None:
+        self._source: Mapping[str, JobRun] | None = jobs
+        self._jobs: list[JobRun] | None = None
+
+    def close(self) -> None:
+        self._source = None
+
+    def _list(self) -> list[JobRun]:
+        if self._jobs is None:
+            if self._source is None:
+                raise RuntimeError("a snapshot's jobs were read after its scheduling pass")
+            self._jobs = list(self._source.values())
+        return self._jobs
+
+    def __len__(self) -> int:
+        if self._jobs is None and self._source is not None:
+            return len(self._source)
+        return len(self._list())
+
+    @overload
+    def __getitem__(self, index: int) -> JobView: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[JobView]: ...
+
+    def __getitem__(self, index: int | slice) -> JobView | list[JobView]:
+        if isinstance(index, slice):
+            return [job.view() for job in self._list()[index]]
+        return self._list()[index].view()
+
+    def __iter__(self) -> Iterator[JobView]:
+        return (job.view() for job in self._list())
