@@ -64,6 +64,19 @@ def test_declared_runtimes_give_a_hand_worked_forecast() -> None:
     assert "r" not in rows  # a running pod is an occupant, not a forecast job
 
 
+@pytest.mark.parametrize(("policy", "start"), [("fifo", 0.0), ("sia", 20.0), ("gavel", 260.0)])
+def test_round_based_policies_decide_on_the_live_controllers_grid(
+    policy: str, start: float
+) -> None:
+    """The controller's rounds fall on the Unix clock's multiples of the policy's round.
+    A snapshot taken at Unix 1,800,000,100 s is 40 s past a multiple of Sia's 60 s and
+    100 s past one of Gavel's 360 s, so a job waiting on an idle GPU starts at the next
+    round, 20 s and 260 s later; FIFO decides on the arrival itself."""
+    snapshot = ClusterSnapshot(1_800_000_100.0, (NODE,), pending=(pending("one", 1, 50.0),))
+    rows = forecast(snapshot, policy)
+    assert (rows["one"]["start_p50_s"], rows["one"]["finish_p50_s"]) == (start, start + 50.0)
+
+
 def test_each_source_in_its_order() -> None:
     snapshot = ClusterSnapshot(
         0.0,

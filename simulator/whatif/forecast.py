@@ -55,6 +55,9 @@ class Plan:
     """Remaining times are rounded up to a multiple of this (0: exact). Completions then
     coincide and share scheduling passes: a forecast of thousands of jobs runs several
     times faster, and each prediction moves by less than one step per job ahead of it."""
+    epoch_s: float = 0.0
+    """Unix time of the snapshot: a round-based policy's rounds then fall where the live
+    controller's do (on the Unix clock's multiples of its round)."""
 
     @property
     def uncertain(self) -> bool:
@@ -106,7 +109,7 @@ def plan_forecast(
         seen.add(item.spec.id)
     if not 0 <= resolution_s < horizon_s:
         raise ValueError(f"--resolution must be >= 0 and below the horizon, got {resolution_s!r}")
-    return Plan(nodes, tuple(items), horizon_s, resolution_s)
+    return Plan(nodes, tuple(items), horizon_s, resolution_s, snapshot.taken_at_unix)
 
 
 def _node(snapshot: ClusterSnapshot, i: int) -> NodeSpec:
@@ -231,7 +234,7 @@ class PolicySpec:
 
 def run_sample(plan: Plan, policy: PolicySpec, sample: int, seed: int) -> SampleRun:
     jobs = plan.jobs(sample, seed)
-    options = EngineOptions(seed=seed + sample, horizon_s=plan.horizon_s)
+    options = EngineOptions(seed=seed + sample, horizon_s=plan.horizon_s, epoch_s=plan.epoch_s)
     sim = Simulation(plan.nodes, jobs, make_policy(policy.name, policy.options), options)
     untouched = sim.ctx.rng.bit_generator.state
     recorder = sim.run()
