@@ -6,15 +6,17 @@ reached) hold `--nodes` nodes of 8 GPUs and `--pending` single-pod jobs that ask
 GPUs no node has (a queue that does not move, as in the controller benchmark's steady
 phase). Between two passes `--changes` of the pending pods are replaced by a watch
 event that changes them (a label), and as many by an echo that changes nothing but the
-resourceVersion. The "rebuilt" path is the scheduler with its pending jobs decoded and
-viewed anew every pass (`build_workload` and `PendingJob.view`, what it did before);
-"kept" is the scheduler as it is. Timed as CPU time of this thread, medians of
+resourceVersion. The "rebuilt" path is the scheduler as it was before: its pending
+jobs decoded and viewed anew every pass (`build_workload`, `PendingJob.view`) and why
+no node fits diagnosed job by job; "kept" is the scheduler as it is (`PendingJobs`,
+one diagnosis per request shape). Timed as CPU time of this thread, medians of
 `--repeat` passes each:
 
-- pending: the pass's pending jobs and their views (what changed);
-- pass: `Scheduler.run_pass` whole, best-fit deciding nothing fits (the same in both);
-- mirror: `jobs_update` of the pending views against the previous pass's, the shadow
-  sender's comparison (kept views are settled by identity, rebuilt ones by value).
+- pass: `Scheduler.run_pass` whole, best-fit deciding that nothing fits;
+- pending: the part of the pass spent in its pending jobs and their views;
+- mirror: `jobs_update` of the pass's pending views against the previous pass's, the
+  shadow sender's comparison (kept views are settled by identity, rebuilt ones by
+  value).
 
 Both paths' workloads are checked equal on every pass.
 
@@ -47,11 +49,13 @@ from controller.scheduling.encoders import WholeGpu  # noqa: E402
 from controller.scheduling.scheduler import Scheduler, SchedulerOptions  # noqa: E402
 from controller.scheduling.workload import (  # noqa: E402
     PendingJob,
+    PendingJobs,
     Workload,
     build_workload,
 )
 from controller.shadow.mirror import jobs_update  # noqa: E402
-from policies import JobView, TaskRequest, make_policy  # noqa: E402
+from policies import ClusterState, JobSpec, JobView, TaskRequest, make_policy  # noqa: E402
+from policies.diagnosis import why_no_node_fits  # noqa: E402
 
 ENCODER = WholeGpu()
 
@@ -68,18 +72,48 @@ class Rebuilt:
         return job.view()
 
 
+class Timed:
+    """The scheduler's pending jobs (kept or rebuilt), timing what the pass spends in
+    them and keeping the pass's workload."""
+
+    def __init__(self, inner: PendingJobs | Rebuilt) -> None:
+        self.inner = inner
+        self.spent_ms = 0.0
+        self.work = Workload([], [], {})
+
+    def workload(
+        self, pods: Iterable[PodRecord], seq: Mapping[str, int], dra: DraState | None = None
+    ) -> Workload:
+        spent, self.work = timed_ms(self.inner.workload, pods, seq, dra)
+        self.spent_ms += spent
+        return self.work
+
+    def view(self, job: PendingJob) -> JobView:
+        spent, view = timed_ms(self.inner.view, job)
+        self.spent_ms += spent
+        return view
+
+
 class Queue:
     """A cache with nodes and a pending queue, and the scheduler passing over it."""
 
-    def __init__(self, nodes: int, pending: int) -> None:
+    def __init__(self, nodes: int, pending: int, kept: bool) -> None:
         self.cache = ClusterCache(ENCODER)
         specs = gpu_nodes(nodes, 8, ["A100", "V100", "T4"])
         self.cache.replace("nodes", [node_manifest(s) for s in specs])
         self.manifests = [self._pod(i) for i in range(pending)]
         self.cache.replace("pods", self.manifests)
+        self.timed = Timed(self.cache.pending if kept else Rebuilt())
+        self.cache.pending = self.timed  # type: ignore[assignment]
         options = SchedulerOptions(report_unschedulable=False)
         self.scheduler = Scheduler(make_policy("bestfit"), self.cache, None, options)  # type: ignore[arg-type]
+        if not kept:  # and diagnosed job by job, as before shapes were remembered
+            self.scheduler._no_node_fits = self._diagnosed  # type: ignore[method-assign]
         self.version = 1
+        self.known: dict[str, JobView] = {}
+
+    def _diagnosed(self, spec: JobSpec, state: ClusterState, _known: Any) -> str:
+        return why_no_node_fits(spec, state) + self.cache.dra.unfit(spec.node_selector)
 
     def _pod(self, i: int) -> dict[str, Any]:
         task = TaskRequest(2000, 8192, 1, 1000)
@@ -100,10 +134,14 @@ class Queue:
                 manifest["metadata"].setdefault("labels", {})["step"] = str(step)
             self.cache.apply("pods", "MODIFIED", manifest)
 
-    def pending(self) -> tuple[Workload, list[JobView]]:
-        pods = self.cache.pending_pods()
-        work = self.cache.pending.workload(pods, self.cache.seq)
-        return work, [self.cache.pending.view(job) for job in work.pending]
+    def run_pass(self) -> dict[str, float]:
+        """One pass: its CPU ms, the part in pending jobs, and the mirror's comparison
+        of the pass's pending views with the last pass's."""
+        self.timed.spent_ms = 0.0
+        pass_ms, _result = timed_ms(self.scheduler.run_pass)
+        views = [self.timed.inner.view(job) for job in self.timed.work.pending]
+        mirror_ms, (_update, self.known) = timed_ms(jobs_update, views, self.known)
+        return {"pass": pass_ms, "pending": self.timed.spent_ms, "mirror": mirror_ms}
 
 
 def timed_ms(work: Any, *args: Any) -> tuple[float, Any]:
@@ -113,34 +151,28 @@ def timed_ms(work: Any, *args: Any) -> tuple[float, Any]:
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
-    queues = {"rebuilt": Queue(args.nodes, args.pending), "kept": Queue(args.nodes, args.pending)}
-    queues["rebuilt"].cache.pending = Rebuilt()  # type: ignore[assignment]
-    rows: dict[str, dict[str, list[float]]] = {
-        path: {"pending": [], "pass": [], "mirror": []} for path in queues
+    queues = {
+        "rebuilt": Queue(args.nodes, args.pending, kept=False),
+        "kept": Queue(args.nodes, args.pending, kept=True),
     }
-    known: dict[str, dict[str, JobView]] = {path: {} for path in queues}
+    rows: dict[str, dict[str, list[float]]] = {
+        path: {"pass": [], "pending": [], "mirror": []} for path in queues
+    }
     for step in range(args.repeat + 1):
-        works = {}
         for path, queue in queues.items():
             queue.change(args.changes, step)
-            pending_ms, (work, views) = timed_ms(queue.pending)
-            mirror_ms, (_update, by_id) = timed_ms(jobs_update, views, known[path])
-            known[path] = by_id
-            pass_ms, _result = timed_ms(queue.scheduler.run_pass)
-            works[path] = work
+            timings = queue.run_pass()
             if step > 0:  # the first pass decodes every job on both paths
-                for name, value in zip(
-                    ("pending", "pass", "mirror"), (pending_ms, pass_ms, mirror_ms), strict=True
-                ):
+                for name, value in timings.items():
                     rows[path][name].append(value)
-        if works["rebuilt"] != works["kept"]:
+        if queues["rebuilt"].timed.work != queues["kept"].timed.work:
             raise SystemExit(f"pass {step}: the kept workload differs from the rebuilt one")
     return {
         "median_ms": {
             path: {k: round(statistics.median(v), 3) for k, v in timings.items()}
             for path, timings in rows.items()
         },
-        "pending_jobs": len(works["kept"].pending),
+        "pending_jobs": len(queues["kept"].timed.work.pending),
     }
 
 
