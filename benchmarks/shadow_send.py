@@ -6,11 +6,11 @@ pods arriving and starting while as many running jobs finish (150: 50 pods/s for
 ~3 s between judged snapshots that the benchmark measured).
 
 Nodes and pods go through the controller's own decoders (manifests → records →
-`build_workload`), and each judged snapshot's pending views are rebuilt from the pods,
-as the scheduler rebuilds them every pass; running views keep their identity while
-unchanged. Passes are best-fit on the live state. Timed, in the live process, per judged
-snapshot, as CPU time of the thread doing it (what it holds the interpreter lock for,
-and steadier than wall time on a shared machine; medians of `--repeat`):
+`PendingJobs`, as the scheduler keeps them), so pending and running views keep their
+identity while unchanged. Passes are best-fit on the live state. Timed, in the live
+process, per judged snapshot, as CPU time of the thread doing it (what it holds the
+interpreter lock for, and steadier than wall time on a shared machine; medians of
+`--repeat`):
 
 - offer: `ShadowRunner.offer` on the hot path (copies the cluster arrays), every pass;
 - whole: pickling the snapshot and the pass's `SchedulingResult` as the process pool
@@ -49,7 +49,7 @@ sys.path.insert(0, str(REPO))
 from controller.devcluster.fleet import gpu_nodes, node_manifest, pod_manifest  # noqa: E402
 from controller.kube.objects import PodRecord, node_from_json, pod_from_json  # noqa: E402
 from controller.scheduling.encoders import WholeGpu  # noqa: E402
-from controller.scheduling.workload import build_workload, node_spec  # noqa: E402
+from controller.scheduling.workload import PendingJobs, build_workload, node_spec  # noqa: E402
 from controller.shadow.mirror import SnapshotMirror, SnapshotSender  # noqa: E402
 from controller.shadow.runner import ShadowOptions, ShadowRunner, live_plan  # noqa: E402
 from policies import (  # noqa: E402
@@ -88,6 +88,7 @@ class SteadyCluster:
         self.running: dict[str, JobView] = {}
         self.policy = make_policy("bestfit")
         self.now = 1_000_000.0
+        self.jobs = PendingJobs(ENCODER)
 
     def arrive(self, count: int, models: str | None = None) -> None:
         picks = self.rng.choice(len(SHAPES), size=count, p=[p for p, _ in SHAPES])
@@ -118,8 +119,8 @@ class SteadyCluster:
     def run_pass(self) -> tuple[Snapshot, SchedulingResult]:
         """Pending views rebuilt from the pods, a best-fit pass, its placements started."""
         self.now += 0.02
-        pending = build_workload(self.pods.values(), self.seq, ENCODER).pending
-        views = [job.view() for job in pending]
+        pending = self.jobs.workload(self.pods.values(), self.seq).pending
+        views = [self.jobs.view(job) for job in pending]
         snapshot = Snapshot(self.state.view(), list(self.running.values()), views, self.now)
         result = self.policy.schedule(snapshot, Context(np.random.default_rng(0)))
         by_id = {job.spec.id: job for job in pending}
