@@ -23,6 +23,7 @@ from controller.shadow.log import read_shadow_log
 from controller.shadow.runner import ShadowOptions
 from policies import TaskRequest, make_policy
 from tests.kube.helpers import eventually
+from tests.test_shadow_failures import ExitsInChild, RaisesInChild
 
 pytestmark = pytest.mark.kube
 
@@ -86,6 +87,57 @@ def test_the_live_policy_as_shadow_agrees_and_fgd_is_judged(
     mine = [r for r in log.rows if r["policy"] == "bestfit"]
     assert mine and all(r["differing"] == 0 and r["live_policy"] == "bestfit" for r in mine)
     assert {r["policy"] for r in log.rows} == {"bestfit", "fgd"}
+
+
+def test_failing_shadows_cost_their_verdicts_and_the_live_policy_keeps_binding(
+    kube: ControlPlane, tmp_path: Path
+) -> None:
+    """Shadows that raise and exit in the child, and a shadow log whose directory does
+    not exist: every pod is still bound, the shadows' task is still running when they
+    are (the controller did not end), and each failure is counted as its shadow's
+    error while best-fit's shadow is still judged."""
+    log_path = tmp_path / "missing" / "shadow.jsonl"
+    policies = (RaisesInChild(), ExitsInChild(), make_policy("bestfit"))
+    shadows = ShadowOptions(policies, log_path, 0.05)  # type: ignore[arg-type]
+    options = ManagerOptions(
+        controller=ControllerOptions(scheduler=SchedulerOptions(min_pass_interval_s=0.2)),
+        lease=None,
+        reconcile_ctjs=False,
+        probe_port=None,
+        shadows=shadows,
+    )
+
+    async def scenario() -> None:
+        admin = Admin(str(kube.admin_kubeconfig))
+        api = KubeApi(load_config(str(kube.scheduler_kubeconfig)))
+        manager = Manager(api, make_policy("bestfit"), options)
+        task = asyncio.create_task(manager.run())
+        try:
+            await admin.create_nodes(gpu_nodes(4, 8, ["A100"]))
+            await eventually(manager.leading.wait, timeout_s=60, what="leading")
+            runner = manager.shadows
+            assert runner is not None
+            for i in range(12):
+                await admin.create_pod(pod_manifest(f"f{i:02d}", TaskRequest(1000, 1024, 1, 1000)))
+                if i % 4 == 3:
+                    await asyncio.sleep(0.5)  # several passes, each a snapshot to shadow
+            await eventually(lambda: _bound(admin, 12), timeout_s=120, what="all bound")
+            judged = runner.stats["bestfit"]
+            await eventually(lambda: _judged(judged.errors), timeout_s=60, what="a lost line")
+            assert not task.done(), "the controller ended"
+            assert runner.stats["raises"].errors >= judged.evaluations >= 1
+            assert runner.stats["exits"].errors >= judged.evaluations
+            # Each verdict's line lost (the last may still be on its way to the log).
+            assert judged.evaluations - 1 <= judged.errors <= judged.evaluations
+            assert not log_path.parent.exists()
+        finally:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await api.close()
+            await admin.close()
+
+    asyncio.run(scenario())
 
 
 async def _bound(admin: Admin, count: int) -> bool:
