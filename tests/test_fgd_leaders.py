@@ -23,12 +23,15 @@ from tests.conftest import job, node
 KIND_SPECS = ((8, "V100", 64_000), (4, "A100", 64_000), (8, "V100", 32_000))
 KINDS = [node(f"node-{i:02d}", *KIND_SPECS[i % 3]) for i in range(15)]
 SHAPES = [
-    TaskRequest(4_000, 10, 1, 250),
-    TaskRequest(4_000, 10, 1, 500),
-    TaskRequest(8_000, 10, 1, 1000),
-    TaskRequest(16_000, 10, 2, 1000),
-    TaskRequest(30_000, 10, 4, 1000),
-    TaskRequest(20_000, 10),
+    TaskRequest(cpu, 10, gpus, milli)
+    for cpu, gpus, milli in (
+        (4_000, 1, 250),
+        (4_000, 1, 500),
+        (8_000, 1, 1000),
+        (16_000, 2, 1000),
+        (30_000, 4, 1000),
+        (20_000, 0, 0),
+    )
 ]
 KEYS = [task_key(task, None) for task in SHAPES]
 
