@@ -28,11 +28,7 @@ the live one.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -46,6 +42,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.machine import print_result, run_facts  # noqa: E402
 from controller.devcluster.fleet import gpu_nodes, node_manifest, pod_manifest  # noqa: E402
 from controller.kube.objects import PodRecord, node_from_json, pod_from_json  # noqa: E402
 from controller.scheduling.encoders import WholeGpu  # noqa: E402
@@ -230,22 +227,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=15, help="judged snapshots timed")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
-    ).stdout.strip()
-    machine = {
-        "machine": platform.processor() or platform.machine(),
-        "cores": os.cpu_count(),
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "commit": commit or "unknown",
-        "load_1min": round(os.getloadavg()[0], 2),
-    }
-    result = measure(args)
-    print(
-        json.dumps(
-            {**machine, **vars(args), **result, "load_1min_after": round(os.getloadavg()[0], 2)}
-        )
-    )
+    machine = run_facts(REPO)
+    print_result(machine, args, measure(args))
 
 
 if __name__ == "__main__":

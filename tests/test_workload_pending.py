@@ -17,6 +17,7 @@ from controller.scheduling.encoders import WholeGpu
 from controller.scheduling.workload import PendingJobs, Workload, build_workload
 from policies import ClusterState, Context, FixedDuration, Snapshot, make_policy
 from tests.conftest import node
+from tests.test_controller_scheduler import pod_json
 from tests.test_dra import device, slice_json
 
 
@@ -27,28 +28,11 @@ def manifest(
     notes: dict[str, str] | None = None,
     version: int = 1,
 ) -> dict[str, Any]:
-    return {
-        "metadata": {
-            "uid": f"u-{name}",
-            "name": name,
-            "namespace": "ns",
-            "resourceVersion": str(version),
-            "creationTimestamp": "2026-01-01T00:00:00Z",
-            "labels": labels or {},
-            "annotations": notes or {},
-        },
-        "spec": {
-            "schedulerName": "gpufleet",
-            "containers": [
-                {
-                    "resources": {
-                        "requests": {"cpu": "2", "memory": "4Gi"},
-                        "limits": {"nvidia.com/gpu": gpus},
-                    }
-                }
-            ],
-        },
-    }
+    """A pending pod asking for `gpus` (as written: it may not be a number)."""
+    pod = pod_json(name, labels=labels, notes=notes)
+    pod["metadata"]["resourceVersion"] = str(version)
+    pod["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] = gpus
+    return pod
 
 
 def pods_of(*manifests: dict[str, Any]) -> dict[str, PodRecord]:

@@ -7,7 +7,10 @@ and the scraped metrics must say the same."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import generate_latest
@@ -28,11 +31,12 @@ from tests.test_shadow_failures import ExitsInChild, RaisesInChild
 pytestmark = pytest.mark.kube
 
 
-def test_the_live_policy_as_shadow_agrees_and_fgd_is_judged(
-    kube: ControlPlane, tmp_path: Path
-) -> None:
-    log_path = tmp_path / "shadow.jsonl"
-    shadows = ShadowOptions((make_policy("bestfit"), make_policy("fgd")), log_path, 0.05)
+@contextlib.asynccontextmanager
+async def replica(
+    kube: ControlPlane, shadows: ShadowOptions, nodes: list[Any]
+) -> AsyncIterator[tuple[Admin, Manager, asyncio.Task[None]]]:
+    """A best-fit replica without a lease or CTJs (passes at most every 0.2 s) shadowed
+    by `shadows`, leading over `nodes`; cancelled (and its end checked) on leaving."""
     options = ManagerOptions(
         controller=ControllerOptions(scheduler=SchedulerOptions(min_pass_interval_s=0.2)),
         lease=None,
@@ -40,15 +44,31 @@ def test_the_live_policy_as_shadow_agrees_and_fgd_is_judged(
         probe_port=None,
         shadows=shadows,
     )
+    admin = Admin(str(kube.admin_kubeconfig))
+    api = KubeApi(load_config(str(kube.scheduler_kubeconfig)))
+    manager = Manager(api, make_policy("bestfit"), options)
+    task = asyncio.create_task(manager.run())
+    try:
+        await admin.create_nodes(nodes)
+        await eventually(manager.leading.wait, timeout_s=60, what="leading")
+        yield admin, manager, task
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await api.close()
+        await admin.close()
+
+
+def test_the_live_policy_as_shadow_agrees_and_fgd_is_judged(
+    kube: ControlPlane, tmp_path: Path
+) -> None:
+    log_path = tmp_path / "shadow.jsonl"
+    shadows = ShadowOptions((make_policy("bestfit"), make_policy("fgd")), log_path, 0.05)
 
     async def scenario() -> dict[str, float]:
-        admin = Admin(str(kube.admin_kubeconfig))
-        api = KubeApi(load_config(str(kube.scheduler_kubeconfig)))
-        manager = Manager(api, make_policy("bestfit"), options)
-        task = asyncio.create_task(manager.run())
-        try:
-            await admin.create_nodes(gpu_nodes(6, 8, ["A100", "V100"]))
-            await eventually(manager.leading.wait, timeout_s=60, what="leading")
+        nodes = gpu_nodes(6, 8, ["A100", "V100"])
+        async with replica(kube, shadows, nodes) as (admin, manager, _task):
             sizes = [1, 2, 4, 1, 1, 2] * 3
             for i, n in enumerate(sizes):
                 await admin.create_pod(pod_manifest(f"p{i:02d}", TaskRequest(1000, 1024, n, 1000)))
@@ -67,12 +87,6 @@ def test_the_live_policy_as_shadow_agrees_and_fgd_is_judged(
                 for s in family.samples
                 if s.name.startswith("gpufleet_shadow")
             }
-        finally:
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-            await api.close()
-            await admin.close()
 
     metrics = asyncio.run(scenario())
     own = "{'policy': 'bestfit'}"
@@ -99,22 +113,9 @@ def test_failing_shadows_cost_their_verdicts_and_the_live_policy_keeps_binding(
     log_path = tmp_path / "missing" / "shadow.jsonl"
     policies = (RaisesInChild(), ExitsInChild(), make_policy("bestfit"))
     shadows = ShadowOptions(policies, log_path, 0.05)  # type: ignore[arg-type]
-    options = ManagerOptions(
-        controller=ControllerOptions(scheduler=SchedulerOptions(min_pass_interval_s=0.2)),
-        lease=None,
-        reconcile_ctjs=False,
-        probe_port=None,
-        shadows=shadows,
-    )
 
     async def scenario() -> None:
-        admin = Admin(str(kube.admin_kubeconfig))
-        api = KubeApi(load_config(str(kube.scheduler_kubeconfig)))
-        manager = Manager(api, make_policy("bestfit"), options)
-        task = asyncio.create_task(manager.run())
-        try:
-            await admin.create_nodes(gpu_nodes(4, 8, ["A100"]))
-            await eventually(manager.leading.wait, timeout_s=60, what="leading")
+        async with replica(kube, shadows, gpu_nodes(4, 8, ["A100"])) as (admin, manager, task):
             runner = manager.shadows
             assert runner is not None
             for i in range(12):
@@ -130,12 +131,6 @@ def test_failing_shadows_cost_their_verdicts_and_the_live_policy_keeps_binding(
             # Each verdict's line lost (the last may still be on its way to the log).
             assert judged.evaluations - 1 <= judged.errors <= judged.evaluations
             assert not log_path.parent.exists()
-        finally:
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-            await api.close()
-            await admin.close()
 
     asyncio.run(scenario())
 
