@@ -459,6 +459,68 @@ def test_the_binding_cycle_writes_claims_first_and_rolls_back(
     asyncio.run(main())
 
 
+def shareable_a100s(count: int) -> list[dict[str, Any]]:
+    """80 GiB A100s whose memory is handed out in 1 GiB steps (a 40 GiB claim is 500
+    milli-GPU)."""
+    policy = {"requestPolicy": {"default": "80Gi", "validRange": {"min": "1Gi", "step": "1Gi"}}}
+    return [
+        device(f"gpu-{i}", allowMultipleAllocations=True, capacity=dict(policy))
+        for i in range(count)
+    ]
+
+
+@pytest.mark.parametrize("shareable", [True, False])
+def test_a_dra_node_shares_its_gpus_when_its_devices_do_whatever_the_backend(
+    shareable: bool,
+) -> None:
+    """Claims are served by the DRA driver, not the device plugin `--backend` names: a DRA
+    node's GPUs can be shared exactly when its devices allow several allocations."""
+    state = DraState()
+    devices = shareable_a100s(2) if shareable else [device("gpu-0"), device("gpu-1")]
+    state.replace(SLICES, [slice_json("n", devices)])
+    for backend_shares in (True, False):
+        spec = state.adapt(NodeSpec("n", 8000, 1024, shares_gpus=backend_shares))
+        assert spec.shares_gpus is shareable
+    plugin = state.adapt(NodeSpec("m", 8000, 1024, 4, "T4", shares_gpus=False))
+    assert not plugin.shares_gpus  # a device-plugin node keeps its backend's answer
+
+
+def test_fgd_places_two_40gib_claims_per_shareable_80gib_device_under_the_whole_backend() -> None:
+    """Nine pods, each with a claim for 40 GiB of a shareable 80 GiB A100 (four on the
+    node), under the default `--backend=whole`: one pass places eight, two per device,
+    and the ninth waits, as the real tier's FGD test expects. (With the node taken as not
+    sharing, each 500 milli share held a whole device and only four were placed.)"""
+    state = DraState()
+    state.replace(SLICES, [slice_json("big", shareable_a100s(4))])
+    state.replace(CLASSES, [class_json()])
+    cache = ClusterCache(WholeGpu(), dra=state)
+    node = {"metadata": {"name": "big"}, "status": {"allocatable": {"cpu": "16", "memory": "64Gi"}}}
+    cache.replace("nodes", [node])
+    for i in range(9):
+        request = exactly(capacity={"memory": "40Gi"})
+        cache.apply(CLAIMS, "ADDED", claim_json(f"c{i}", f"claim-{i}", request))
+        cache.apply("pods", "ADDED", pod_json(f"p{i}", f"pod-{i}", f"c{i}"))
+    effects = FakeEffects(cache)
+    claims = FakeClaims(ClaimOutcome.RESERVED)
+
+    async def main() -> None:
+        scheduler = Scheduler(make_policy("fgd"), cache, effects, clock=lambda: 1.0, claims=claims)  # type: ignore[arg-type]
+        scheduler.run_pass()
+        while scheduler._inflight:
+            await asyncio.gather(*scheduler._inflight)
+
+    asyncio.run(main())
+    assert len(effects.binds) == 8 and len(claims.reserved) == 8
+    placed = [
+        (notes["gpufleet.io/assigned-gpus"], notes["gpufleet.io/assigned-milli"])
+        for *_, notes in effects.binds
+    ]
+    assert sorted(placed) == [(str(g), "500") for g in range(4) for _ in range(2)]
+    ledger = cache.ledger.state
+    assert ledger is not None
+    assert list(ledger.gpu_free[ledger.node_index["big"]]) == [0, 0, 0, 0]
+
+
 def test_all_takes_every_gpu_of_complete_nodes_of_one_size() -> None:
     """`All` on nodes of 4 and 2 matching GPUs (and an incomplete pool of 2): the job
     takes 2 GPUs, on the complete 2-GPU node only, and the plan allocates both."""

@@ -198,9 +198,14 @@ class DraState:
     # -- the cluster view -------------------------------------------------------------
 
     def adapt(self, spec: NodeSpec) -> NodeSpec:
-        """A node's spec with its DRA GPUs (count, model from the product attribute)
-        and the labels DRA requests select it by. Without DRA nodes in the cluster,
-        every node is unchanged; with some, device-plugin GPU nodes say so."""
+        """A node's spec with its DRA GPUs (count, model from the product attribute,
+        whether they can be shared) and the labels DRA requests select it by. Without
+        DRA nodes in the cluster, every node is unchanged; with some, device-plugin GPU
+        nodes say so.
+
+        A DRA node's GPUs are shared when every device allows several allocations (as
+        `_size` offers a share only then): the DRA driver hands them out, so the device
+        plugin's answer (`--backend=whole` shares nothing) does not apply to them."""
         gpus = self.nodes.get(spec.name)
         if gpus is None or not gpus.devices:
             if spec.gpus and self.nodes:
@@ -219,6 +224,7 @@ class DraState:
             gpu_model=node_model(product),
             gpu_product=product,
             labels=labels,
+            shares_gpus=all(d.shareable for d in gpus.devices),
         )
 
     def unfit(self, node_selector: Mapping[str, str]) -> str:
