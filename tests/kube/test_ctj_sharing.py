@@ -20,6 +20,7 @@ from controller.devcluster.fleet import Admin
 from controller.kube.objects import ASSIGNED_GPUS, ASSIGNED_MILLI
 from controller.scheduling.effects import now_rfc3339
 from policies import NodeSpec
+from tests.conftest import accuracy_json
 from tests.kube.ctj_helpers import (
     CtjEnvironment,
     create_ctj,
@@ -29,7 +30,7 @@ from tests.kube.ctj_helpers import (
 from tests.kube.helpers import eventually
 from tests.kube.test_ctj_lifecycle import ServeProcess, run
 from tests.kube.test_kube_agreement import hami_node
-from tests.test_gpu_sharing import CONFIG, CURVE, ROUND_S, accuracy_json
+from tests.test_gpu_sharing import CONFIG, CURVE, ROUND_S
 
 pytestmark = pytest.mark.kube
 
