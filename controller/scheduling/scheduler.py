@@ -226,9 +226,9 @@ class Scheduler:
                 timer.cancel()
 
     async def _round_timer(self, round_s: float) -> None:
-        # Rounds fall on the clock's multiples of `round_s`, as the simulator's fall on
-        # multiples from its zero: a run whose zero is on that grid (a recorded one)
-        # is decided at the same instants in both hosts.
+        # Rounds fall on the clock's multiples of `round_s`, as the simulator's do when
+        # it knows the Unix time of its zero (`EngineOptions.epoch_s`: a recording's
+        # origin, a snapshot's time), so both hosts decide at the same instants.
         while True:
             now = self.clock()
             tick = round(now / round_s) * round_s
