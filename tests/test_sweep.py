@@ -20,7 +20,7 @@ import pytest
 
 from gpufleet.cli import main
 from simulator.sweep.cells import CellOutput, make_cell
-from simulator.sweep.executors import LocalExecutor
+from simulator.sweep.executors import LocalExecutor, RayExecutor
 from simulator.sweep.runner import run_cells
 from simulator.sweep.spec import SpecError, load_spec
 from simulator.sweep.store import TIMING_COLUMNS, CellStore
@@ -233,3 +233,43 @@ def test_local_and_ray_give_identical_tables_and_run_files(tmp_path: Path) -> No
     random_jct = {r["avg_jct_s"] for r in results if r["policy"] == "random"}
     assert len(random_jct) > 1  # seeds matter, so equal tables are not equal by accident
     assert os.path.getsize(local / "results.parquet") > 0
+
+
+def die_on_seed_one(params: Mapping[str, Any], inputs: Mapping[str, Any]) -> CellOutput:
+    """A task for the Ray test: seed 1 kills the process it runs in, the others report
+    that process, its parent's name, and their input."""
+    if params["seed"] == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    parent = Path(f"/proc/{os.getppid()}/cmdline").read_bytes().split(b"\0")[0].decode()
+    return CellOutput({"pid": os.getpid(), "parent": parent, "jobs": len(inputs["trace"])})
+
+
+def test_ray_cells_run_in_single_threaded_processes_that_may_die(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On Ray each cell runs in a child process of its Ray worker (cells run slower in a
+    Ray worker itself; see simulator/sweep/executors.py). A cell that kills that process fails
+    alone: the others finish, a new child gets the inputs again, and once the sweep is
+    over no child outlives it."""
+    here = str(Path(__file__).parent)  # Ray's processes import this module's task
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([here, os.environ.get("PYTHONPATH", "")]))
+    task = f"{__name__}:die_on_seed_one"
+    digests = {"trace:a": "a", "trace:b": "b"}
+    cells = [
+        make_cell(task, {"trace": t, "seed": s}, {"trace": f"trace:{t}"}, digests)
+        for t in "ab"
+        for s in range(4)
+    ]
+    inputs = {"trace:a": [1, 2, 3], "trace:b": [1]}
+    report = run_cells(cells, inputs, RayExecutor(None, 2), progress=False, log=io.StringIO())
+    assert [r["status"] for r in report.records] == ["ok", "failed", "ok", "ok"] * 2
+    assert "cell process died" in report.records[1]["error"]
+    ok = [r["metrics"] for r in report.records if r["status"] == "ok"]
+    assert [m["jobs"] for m in ok] == [3, 3, 3, 1, 1, 1]
+    assert all(str(m["parent"]).startswith("ray::") for m in ok)
+    children = {int(m["pid"]) for m in ok}
+    assert os.getpid() not in children
+    deadline = time.monotonic() + 30
+    while any(Path(f"/proc/{pid}").exists() for pid in children):
+        assert time.monotonic() < deadline, "a cell process outlived the sweep"
+        time.sleep(0.1)
