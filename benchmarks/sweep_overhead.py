@@ -9,6 +9,7 @@ machine's load.
 
     python benchmarks/sweep_overhead.py --out /tmp/sweep-bench [--traces default,cpu050,...]
         [--seeds 42-43] [--rounds 1] [--baseline COMMIT] [--after COMMIT]
+        [--variants baseline,local,ray]
 
 Ray's overhead per cell is (Ray wall - local wall) / cells, Ray's start-up included;
 the tables of the two sweeps must be equal but for wall and CPU seconds.
@@ -44,9 +45,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--baseline", default=BASELINE)
     parser.add_argument("--after", default="HEAD")
+    parser.add_argument(
+        "--variants", default="baseline,local,ray", help="which of baseline,local,ray to run"
+    )
     args = parser.parse_args()
+    variants = args.variants.split(",")
+    unknown = set(variants) - {"baseline", "local", "ray"}
+    if unknown:
+        parser.error(f"--variants: unknown {', '.join(sorted(unknown))}")
     args.out.mkdir(parents=True, exist_ok=True)
-    baseline = unpack(args.baseline, args.out / "baseline-src")
+    baseline = unpack(args.baseline, args.out / "baseline-src") if "baseline" in variants else None
     after = {"PYTHONPATH": str(unpack(args.after, args.out / "after-src"))}
     traces = args.traces.split(",")
     spec = write_spec(args.out / "spec.yaml", traces, args.seeds)
@@ -56,30 +64,31 @@ def main() -> None:
     for name in traces:
         experiment += ["--pods", str(OPENB / f"openb_pod_list_{name}.csv")]
     experiment += ["--policies", ",".join(POLICIES), "--seeds", args.seeds, "--workers", "2"]
-    walls: dict[str, list[float]] = {"baseline": [], "local": [], "ray": []}
+    walls: dict[str, list[float]] = {name: [] for name in variants}
     for round_no in range(args.rounds):
         out = args.out / f"round{round_no}"
-        walls["baseline"].append(
-            timed(
-                [*experiment, "--out", str(out / "baseline")],
-                {"PYTHONPATH": str(baseline)},
-                args.out,
-            )
-        )
         sweep = ["sweep", str(spec), "--workers", "2", "--no-progress"]
-        walls["local"].append(timed([*sweep, "--out", str(out / "local")], after, args.out))
-        walls["ray"].append(
-            timed([*sweep, "--out", str(out / "ray"), "--executor", "ray"], after, args.out)
+        commands = {
+            "local": ([*sweep, "--out", str(out / "local")], after),
+            "ray": ([*sweep, "--out", str(out / "ray"), "--executor", "ray"], after),
+        }
+        if baseline is not None:
+            old_command = [*experiment, "--out", str(out / "baseline")]
+            commands["baseline"] = (old_command, {"PYTHONPATH": str(baseline)})
+        for name in variants:
+            walls[name].append(timed(*commands[name], args.out))
+        same = (
+            "local" in variants and "ray" in variants and table(out / "local") == table(out / "ray")
         )
-        same = table(out / "local") == table(out / "ray")
         print(f"round {round_no}: {walls}, tables equal: {same}", flush=True)
     median = {name: statistics.median(values) for name, values in walls.items()}
     print(f"cells: {cells}")
     for name, value in median.items():
         print(f"{name}: median wall {value:.1f} s ({value / cells * 1000:.0f} ms a cell)")
-    ray_overhead = (median["ray"] - median["local"]) / cells * 1000
-    print(f"local vs baseline: {median['local'] / median['baseline']:.3f}x")
-    print(f"Ray overhead per cell: {ray_overhead:.0f} ms")
+    if "baseline" in median and "local" in median:
+        print(f"local vs baseline: {median['local'] / median['baseline']:.3f}x")
+    if "local" in median and "ray" in median:
+        print(f"Ray overhead per cell: {(median['ray'] - median['local']) / cells * 1000:.0f} ms")
 
 
 def unpack(commit: str, target: Path) -> Path:
