@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 import pytest
 
 from gpufleet.cli import main
+from simulator.sweep import executors
 from simulator.sweep.cells import CellOutput, make_cell
 from simulator.sweep.executors import LocalExecutor, RayExecutor
 from simulator.sweep.runner import run_cells
@@ -233,6 +235,26 @@ def test_local_and_ray_give_identical_tables_and_run_files(tmp_path: Path) -> No
     random_jct = {r["avg_jct_s"] for r in results if r["policy"] == "random"}
     assert len(random_jct) > 1  # seeds matter, so equal tables are not equal by accident
     assert os.path.getsize(local / "results.parquet") > 0
+
+
+def test_cell_process_asks_again_for_an_input_it_let_go(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Ray worker's cell process keeps the latest INPUT_ENTRIES inputs. A cell naming
+    one it let go gets the missing id back instead of an outcome, and runs once it comes."""
+    monkeypatch.setattr(executors, "_CHILD_INPUTS", OrderedDict())
+    monkeypatch.setattr(executors, "INPUT_ENTRIES", 2)
+    task = f"{__name__}:explode_on_seed_one"
+    cell = make_cell(task, {"trace": "a", "seed": 0}, {"trace": "trace:a"}, {"trace:a": "a"})
+
+    def run(ident: str, new: dict[str, Any]) -> object:
+        result = executors._execute_in_child(cell, {"trace:a": ident}, new)
+        return result if isinstance(result, set) else result.metrics["jobs"]
+
+    assert run("a", {"a": [1, 2, 3]}) == 3
+    assert run("a", {}) == 3  # held: sent once
+    assert run("b", {"b": [1]}) == 1
+    assert run("c", {"c": [1, 2]}) == 2  # two newer inputs push "a" out
+    assert run("a", {}) == {"a"}
+    assert run("a", {"a": [1, 2, 3]}) == 3
 
 
 def die_on_seed_one(params: Mapping[str, Any], inputs: Mapping[str, Any]) -> CellOutput:

@@ -108,36 +108,51 @@ def _remember(cache: OrderedDict[str, Any], ident: str, value: Any) -> None:
 
 
 _CHILD_INPUTS: OrderedDict[str, Any] = OrderedDict()
-"""The cell process's inputs by object id; its Ray worker mirrors the keys."""
+"""The cell process's inputs by object id."""
 
 
-def _execute_in_child(cell: Cell, ids: Mapping[str, str], new: Mapping[str, Any]) -> Outcome:
+def _execute_in_child(
+    cell: Cell, ids: Mapping[str, str], new: Mapping[str, Any]
+) -> Outcome | set[str]:
+    """Run `cell` on the inputs `ids` names, after keeping `new` ones; the ids this
+    process does not hold (it let them go for later ones) instead of an outcome."""
+    for ident, value in new.items():
+        _remember(_CHILD_INPUTS, ident, value)
+    missing = {ident for ident in ids.values() if ident not in _CHILD_INPUTS}
+    if missing:
+        return missing
     for ident in ids.values():
-        _remember(_CHILD_INPUTS, ident, new[ident] if ident in new else _CHILD_INPUTS[ident])
+        _CHILD_INPUTS.move_to_end(ident)
     return execute(cell, {name: _CHILD_INPUTS[ident] for name, ident in ids.items()})
 
 
 class _CellProcess:
-    """A Ray worker's single-threaded child process, and which inputs it holds."""
+    """A Ray worker's child process for its cells, and the inputs sent to it."""
 
     def __init__(self) -> None:
         self.pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
-        self.holds: OrderedDict[str, None] = OrderedDict()
+        self.sent: OrderedDict[str, None] = OrderedDict()
         self.broken = False
 
     def run(self, cell: Cell, refs: Mapping[str, list[Any]]) -> Outcome:
         import ray
 
+        by_id = {ref.hex(): ref for (ref,) in refs.values()}
         ids = {name: ref.hex() for name, (ref,) in refs.items()}
-        new = {ref.hex(): ray.get(ref) for (ref,) in refs.values() if ref.hex() not in self.holds}
-        try:
-            outcome = self.pool.submit(_execute_in_child, cell, ids, new).result()
-        except BrokenProcessPool as err:  # the child died (killed, out of memory)
-            self.broken = True
-            return failed(cell, f"cell process died: {type(err).__name__}: {err}")
-        for ident in ids.values():
-            _remember(self.holds, ident, None)
-        return outcome
+        unsent = set(by_id) - self.sent.keys()
+        while True:
+            new = {ident: ray.get(by_id[ident]) for ident in unsent}
+            try:
+                result = self.pool.submit(_execute_in_child, cell, ids, new).result()
+            except BrokenProcessPool as err:  # the child died (killed, out of memory)
+                self.broken = True
+                self.pool.shutdown(wait=False)
+                return failed(cell, f"cell process died: {type(err).__name__}: {err}")
+            for ident in by_id:
+                _remember(self.sent, ident, None)
+            if isinstance(result, Outcome):
+                return result
+            unsent = result
 
 
 _cell_process: _CellProcess | None = None
