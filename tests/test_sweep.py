@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -222,7 +223,7 @@ def test_local_and_ray_give_identical_tables_and_run_files(tmp_path: Path) -> No
     spec = write_spec(tmp_path, SPEC_24)
     local, on_ray = tmp_path / "local", tmp_path / "ray"
     assert main(["sweep", str(spec), "--out", str(local), "--workers", "2"]) == 0
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
     try:
         assert main(["sweep", str(spec), "--out", str(on_ray), "--executor", "ray"]) == 0
     finally:
