@@ -22,7 +22,7 @@ import pytest
 
 from gpufleet.cli import main
 from simulator.sweep import executors
-from simulator.sweep.cells import CellOutput, make_cell
+from simulator.sweep.cells import Cell, CellOutput, make_cell
 from simulator.sweep.executors import LocalExecutor, RayExecutor
 from simulator.sweep.runner import run_cells
 from simulator.sweep.spec import SpecError, load_spec
@@ -165,6 +165,20 @@ def test_killed_sweep_resumes_with_only_the_missing_cells(tmp_path: Path) -> Non
     assert again.records == report.records
 
 
+TWO_TRACES = {"trace:a": [1, 2, 3], "trace:b": [1]}
+"""Inputs of the failure tests' cells: a trace of 3 jobs and one of 1."""
+
+
+def two_traces_four_seeds(task: str) -> list[Cell]:
+    """Cells of `task` on traces a and b, seeds 0-3 each, in that order."""
+    digests = {"trace:a": "a", "trace:b": "b"}
+    return [
+        make_cell(task, {"trace": t, "seed": s}, {"trace": f"trace:{t}"}, digests)
+        for t in "ab"
+        for s in range(4)
+    ]
+
+
 def explode_on_seed_one(params: Mapping[str, Any], inputs: Mapping[str, Any]) -> CellOutput:
     """A task for the failure test: seed 1 fails, the others report their seed."""
     if params["seed"] == 1:
@@ -174,13 +188,8 @@ def explode_on_seed_one(params: Mapping[str, Any], inputs: Mapping[str, Any]) ->
 
 def test_failing_cell_is_reported_and_the_others_finish(tmp_path: Path) -> None:
     task = f"{__name__}:explode_on_seed_one"
-    digests = {"trace:a": "a", "trace:b": "b"}
-    cells = [
-        make_cell(task, {"trace": t, "seed": s}, {"trace": f"trace:{t}"}, digests)
-        for t in "ab"
-        for s in range(4)
-    ]
-    inputs = {"trace:a": [1, 2, 3], "trace:b": [1]}
+    cells = two_traces_four_seeds(task)
+    inputs = TWO_TRACES
     log = io.StringIO()
     store = CellStore(tmp_path / "out")
     report = run_cells(cells, inputs, LocalExecutor(2), store, progress=False, log=log)
@@ -277,13 +286,8 @@ def test_ray_cells_run_in_single_threaded_processes_that_may_die(
     here = str(Path(__file__).parent)  # Ray's processes import this module's task
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([here, os.environ.get("PYTHONPATH", "")]))
     task = f"{__name__}:die_on_seed_one"
-    digests = {"trace:a": "a", "trace:b": "b"}
-    cells = [
-        make_cell(task, {"trace": t, "seed": s}, {"trace": f"trace:{t}"}, digests)
-        for t in "ab"
-        for s in range(4)
-    ]
-    inputs = {"trace:a": [1, 2, 3], "trace:b": [1]}
+    cells = two_traces_four_seeds(task)
+    inputs = TWO_TRACES
     report = run_cells(cells, inputs, RayExecutor(None, 2), progress=False, log=io.StringIO())
     assert [r["status"] for r in report.records] == ["ok", "failed", "ok", "ok"] * 2
     assert "cell process died" in report.records[1]["error"]
