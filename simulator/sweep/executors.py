@@ -94,7 +94,8 @@ def _outcome(cell: Cell, future: Future[Outcome]) -> Outcome:
 # plain process); a Ray worker is a busy process of ~20 threads. In a child process of the
 # worker the same cells take what they take locally. So a Ray task hands its cell to a
 # child process that the worker keeps for its lifetime, the same kind of process the local
-# executor runs cells in: spawned once, each shared input installed in it once.
+# executor runs cells in: spawned once, each shared input sent to it once (again only if
+# it let that input go for later ones).
 
 INPUT_ENTRIES = 32
 """Inputs a cell process keeps, least recently used first out (the few latest sweeps')."""
