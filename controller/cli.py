@@ -18,11 +18,10 @@ from pathlib import Path
 from controller.dra.cli import add_dra_arguments, dra_options
 from controller.kube.informer import Informer
 from controller.kube.kubeapi import KubeApi, load_config
-from controller.kube.objects import SCHEDULER_NAME
 from controller.recorder import DEFAULT_LOOKBACK_S, TraceRecorder
 from controller.runtime import DRA_PATHS
-from controller.scheduling.encoders import ENCODERS, make_encoder
-from controller.serve import add_run_command, add_serve_command
+from controller.scheduling.encoders import make_encoder
+from controller.serve import add_cluster_arguments, add_run_command, add_serve_command
 from traces.outputs import add_force_argument, check_output_dir
 
 
@@ -39,23 +38,7 @@ def add_controller_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--kubeconfig",
-        help="kubeconfig file (default: in-cluster service account inside a pod, "
-        "else $KUBECONFIG or ~/.kube/config)",
-    )
-    parser.add_argument(
-        "--scheduler-name",
-        default=SCHEDULER_NAME,
-        help=f"pods with this spec.schedulerName are ours (default: {SCHEDULER_NAME})",
-    )
-    parser.add_argument(
-        "--backend",
-        choices=sorted(ENCODERS),
-        default="whole",
-        help="GPU device backend: how pods ask for GPUs and which annotations carry the "
-        "chosen GPUs (default: whole)",
-    )
+    add_cluster_arguments(parser)
     parser.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
 
 

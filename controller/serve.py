@@ -80,23 +80,7 @@ def add_manager_arguments(parser: argparse.ArgumentParser, serving: bool) -> Non
         help="policy config option (repeatable); `gpufleet policies` lists them",
     )
     parser.add_argument("--seed", type=int, default=0, help="policy random seed (default: 0)")
-    parser.add_argument(
-        "--kubeconfig",
-        help="kubeconfig file (default: the service account inside a pod, "
-        "else $KUBECONFIG or ~/.kube/config)",
-    )
-    parser.add_argument(
-        "--scheduler-name",
-        default=SCHEDULER_NAME,
-        help=f"pods with this spec.schedulerName are ours (default: {SCHEDULER_NAME})",
-    )
-    parser.add_argument(
-        "--backend",
-        choices=sorted(ENCODERS),
-        default="whole",
-        help="GPU device backend: how pods ask for GPUs and which annotations carry the "
-        "chosen GPUs (default: whole)",
-    )
+    add_cluster_arguments(parser)
     _add_scheduling_arguments(parser)
     add_dra_arguments(parser)
     add_shadow_arguments(parser)
@@ -124,6 +108,28 @@ def add_manager_arguments(parser: argparse.ArgumentParser, serving: bool) -> Non
         choices=("json", "text"),
         default="json" if serving else "text",
         help=f"(default: {'json' if serving else 'text'})",
+    )
+
+
+def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
+    """Which cluster, which pods and which GPU backend: the flags every controller
+    command that talks to a cluster shares (`serve`, `run`, `record`)."""
+    parser.add_argument(
+        "--kubeconfig",
+        help="kubeconfig file (default: the service account inside a pod, "
+        "else $KUBECONFIG or ~/.kube/config)",
+    )
+    parser.add_argument(
+        "--scheduler-name",
+        default=SCHEDULER_NAME,
+        help=f"pods with this spec.schedulerName are ours (default: {SCHEDULER_NAME})",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=sorted(ENCODERS),
+        default="whole",
+        help="GPU device backend: how pods ask for GPUs and which annotations carry the "
+        "chosen GPUs (default: whole)",
     )
 
 
