@@ -276,7 +276,7 @@ def die_on_seed_one(params: Mapping[str, Any], inputs: Mapping[str, Any]) -> Cel
     return CellOutput({"pid": os.getpid(), "parent": parent, "jobs": len(inputs["trace"])})
 
 
-def test_ray_cells_run_in_single_threaded_processes_that_may_die(
+def test_ray_cells_run_in_child_processes_that_may_die(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """On Ray each cell runs in a child process of its Ray worker (cells run slower in a

@@ -12,7 +12,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Protocol
@@ -101,9 +101,10 @@ INPUT_ENTRIES = 32
 """Inputs a cell process keeps, least recently used first out (the few latest sweeps')."""
 
 
-def _remember(cache: OrderedDict[str, Any], ident: str, value: Any) -> None:
-    cache[ident] = value
-    cache.move_to_end(ident)
+def _keep_latest(cache: OrderedDict[str, Any], used: Iterable[str]) -> None:
+    """Mark `used` most recent, then let the least recently used go past INPUT_ENTRIES."""
+    for ident in used:
+        cache.move_to_end(ident)
     while len(cache) > INPUT_ENTRIES:
         cache.popitem(last=False)
 
@@ -116,15 +117,15 @@ def _execute_in_child(
     cell: Cell, ids: Mapping[str, str], new: Mapping[str, Any]
 ) -> Outcome | set[str]:
     """Run `cell` on the inputs `ids` names, after keeping `new` ones; the ids this
-    process does not hold (it let them go for later ones) instead of an outcome."""
-    for ident, value in new.items():
-        _remember(_CHILD_INPUTS, ident, value)
+    process does not hold (it let them go for later ones) instead of an outcome. Inputs
+    go only after the cell has its own, so a second call with them always runs."""
+    _CHILD_INPUTS.update(new)
     missing = {ident for ident in ids.values() if ident not in _CHILD_INPUTS}
     if missing:
         return missing
-    for ident in ids.values():
-        _CHILD_INPUTS.move_to_end(ident)
-    return execute(cell, {name: _CHILD_INPUTS[ident] for name, ident in ids.items()})
+    inputs = {name: _CHILD_INPUTS[ident] for name, ident in ids.items()}
+    _keep_latest(_CHILD_INPUTS, ids.values())
+    return execute(cell, inputs)
 
 
 class _CellProcess:
@@ -149,8 +150,8 @@ class _CellProcess:
                 self.broken = True
                 self.pool.shutdown(wait=False)
                 return failed(cell, f"cell process died: {type(err).__name__}: {err}")
-            for ident in by_id:
-                _remember(self.sent, ident, None)
+            self.sent.update(dict.fromkeys(by_id))
+            _keep_latest(self.sent, by_id)
             if isinstance(result, Outcome):
                 return result
             unsent = result
