@@ -23,10 +23,11 @@ class LeaseEndpoint:
     """GET/POST/PUT of one Lease; PUT with a stale resourceVersion answers 409.
     Requests from identities in `hung` never return."""
 
-    def __init__(self) -> None:
+    def __init__(self, latency_s: float = 0.0) -> None:
         self.lease: dict[str, Any] | None = None
         self.version = 0
         self.hung: set[str] = set()
+        self.latency_s = latency_s
 
     def client(self, identity: str) -> Any:
         endpoint = self
@@ -35,6 +36,7 @@ class LeaseEndpoint:
             async def request(self, method: str, path: str, **kw: Any) -> tuple[int, Any]:
                 if identity in endpoint.hung:
                     await asyncio.Event().wait()
+                await asyncio.sleep(endpoint.latency_s)
                 return endpoint.handle(method, kw.get("body"))
 
         return Client()
@@ -54,7 +56,22 @@ class LeaseEndpoint:
         return 200 if method == "PUT" else 201, copy.deepcopy(self.lease)
 
 
-def elector(endpoint: LeaseEndpoint, identity: str, lease_s: float = 1.0) -> LeaderElector:
+class SteppedClock:
+    """The monotonic clock, plus the time a stalled process did not see pass."""
+
+    def __init__(self) -> None:
+        self.stalled_s = 0.0
+
+    def __call__(self) -> float:
+        return time.monotonic() + self.stalled_s
+
+
+def elector(
+    endpoint: LeaseEndpoint,
+    identity: str,
+    lease_s: float = 1.0,
+    clock: SteppedClock | None = None,
+) -> LeaderElector:
     config = LeaseConfig(
         namespace="ns",
         identity=identity,
@@ -62,7 +79,7 @@ def elector(endpoint: LeaseEndpoint, identity: str, lease_s: float = 1.0) -> Lea
         renew_deadline_s=0.4,
         retry_period_s=0.05,
     )
-    return LeaderElector(endpoint.client(identity), config)
+    return LeaderElector(endpoint.client(identity), config, clock or SteppedClock())
 
 
 def test_a_held_lease_is_taken_only_after_the_candidate_saw_it_unchanged_for_its_duration() -> None:
@@ -100,6 +117,50 @@ def test_a_hung_renewal_closes_the_gate_before_a_standby_can_lead_and_hold_raise
         assert b.is_leader() and not a.is_leader()
         with pytest.raises(LeadershipLostError, match="/leases/"):
             await asyncio.wait_for(holding, 10)
+
+    asyncio.run(scenario())
+
+
+def test_a_leader_that_stalled_past_its_deadline_takes_back_the_lease_nobody_touched() -> None:
+    async def scenario() -> None:
+        # Requests take 20 ms: longer than the 10 ms a renewal gets once the deadline
+        # has passed, as after a real stall.
+        endpoint, clock = LeaseEndpoint(latency_s=0.02), SteppedClock()
+        a = elector(endpoint, "a", clock=clock)
+        await a.acquire()
+        holding = asyncio.create_task(a.hold())
+        await asyncio.sleep(0.2)
+        renewed = endpoint.version
+        clock.stalled_s = 1.0  # the process froze past the 0.4 s deadline
+        assert not a.is_leader()  # so it binds nothing until it has renewed
+        await asyncio.sleep(0.3)
+        assert a.is_leader() and not holding.done()
+        assert endpoint.lease is not None
+        assert endpoint.lease["spec"]["holderIdentity"] == "a"
+        assert endpoint.version > renewed
+        holding.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_a_leader_that_stalled_while_another_took_the_lease_steps_down() -> None:
+    async def scenario() -> None:
+        endpoint, clock = LeaseEndpoint(latency_s=0.02), SteppedClock()
+        a = elector(endpoint, "a", clock=clock)
+        await a.acquire()
+        holding = asyncio.create_task(a.hold())
+        await asyncio.sleep(0.2)
+        # While a was frozen, b saw the lease unchanged for its duration and took it.
+        assert endpoint.lease is not None
+        taken = copy.deepcopy(endpoint.lease)
+        taken["spec"]["holderIdentity"] = "b"
+        assert endpoint.handle("PUT", taken)[0] == 200
+        clock.stalled_s = 1.0
+        with pytest.raises(LeadershipLostError, match="/leases/"):
+            await asyncio.wait_for(holding, 10)
+        assert not a.is_leader()
+        assert endpoint.lease is not None
+        assert endpoint.lease["spec"]["holderIdentity"] == "b"
 
     asyncio.run(scenario())
 

@@ -13,6 +13,11 @@ The algorithm is client-go's, written over our raw client:
   leader whose renewals fail or hang stops binding at once, without waiting for a
   renewal loop to notice. Since `renew_deadline_s < lease_duration_s`, it has stopped
   before any other replica may take over.
+* A leader whose renewal missed the deadline only because its own process stalled
+  (a paused VM, a long GC) tries once more, within one retry period, before it steps
+  down: if the Lease is still its own (or free), nobody else has led since, and the
+  PUT's resourceVersion precondition makes taking it back as safe as a fresh acquire.
+  Without this, one stall longer than the deadline would restart a sole replica.
 * On a clean shutdown the leader gives the Lease up (empty holder), so a standby takes
   over within one retry period instead of one lease duration.
 """
@@ -94,16 +99,29 @@ class LeaderElector:
         log.info("leader election: %s now leads (%s)", self.config.identity, self.config.path)
 
     async def hold(self) -> None:
-        """Renew the lease until a renewal fails past the deadline; then raise
-        `LeadershipLostError` (by then `is_leader()` is already False)."""
+        """Renew the lease until renewals fail past the deadline and one last attempt
+        fails too; then raise `LeadershipLostError` (by then `is_leader()` is already
+        False)."""
         while True:
             await asyncio.sleep(self.config.retry_period_s)
             while not await self._attempt(max(0.0, self._valid_until - self.clock())):
                 if not self.is_leader():
-                    who = self.config.identity
-                    log.error("leader election: %s could not renew; stepping down", who)
-                    raise LeadershipLostError(self.config.path)
+                    await self._take_back_or_step_down()
+                    break
                 await asyncio.sleep(self.config.retry_period_s / 4)
+
+    async def _take_back_or_step_down(self) -> None:
+        """Past the renew deadline (so binding has stopped): one last attempt, bounded by
+        the retry period; raise `LeadershipLostError` if it fails."""
+        late_s = self.clock() - self._valid_until
+        who = self.config.identity
+        if await self._attempt(self.config.retry_period_s):
+            log.warning(
+                "leader election: %s renewed %.1f s past its deadline; leading", who, late_s
+            )
+            return
+        log.error("leader election: %s could not renew; stepping down", who)
+        raise LeadershipLostError(self.config.path)
 
     async def release(self) -> None:
         """Stop leading now and hand the lease over (empty holder), if it is ours."""
