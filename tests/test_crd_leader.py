@@ -121,19 +121,30 @@ def test_a_hung_renewal_closes_the_gate_before_a_standby_can_lead_and_hold_raise
     asyncio.run(scenario())
 
 
+async def leading_with_slow_requests(
+    clock: SteppedClock,
+) -> tuple[LeaseEndpoint, LeaderElector, asyncio.Task[None]]:
+    """a leads and renews over an endpoint whose requests take 20 ms: longer than the
+    10 ms a renewal gets once the deadline has passed, as after a real stall. Returns
+    the endpoint, a and its `hold()` task."""
+    endpoint = LeaseEndpoint(latency_s=0.02)
+    a = elector(endpoint, "a", clock=clock)
+    await a.acquire()
+    holding = asyncio.create_task(a.hold())
+    await asyncio.sleep(0.2)
+    return endpoint, a, holding
+
+
 def test_a_leader_that_stalled_past_its_deadline_takes_back_the_lease_nobody_touched() -> None:
     async def scenario() -> None:
-        # Requests take 20 ms: longer than the 10 ms a renewal gets once the deadline
-        # has passed, as after a real stall.
-        endpoint, clock = LeaseEndpoint(latency_s=0.02), SteppedClock()
-        a = elector(endpoint, "a", clock=clock)
-        await a.acquire()
-        holding = asyncio.create_task(a.hold())
-        await asyncio.sleep(0.2)
+        clock = SteppedClock()
+        endpoint, a, holding = await leading_with_slow_requests(clock)
         renewed = endpoint.version
         clock.stalled_s = 1.0  # the process froze past the 0.4 s deadline
         assert not a.is_leader()  # so it binds nothing until it has renewed
-        await asyncio.sleep(0.3)
+        deadline = time.monotonic() + 10
+        while not a.is_leader() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
         assert a.is_leader() and not holding.done()
         assert endpoint.lease is not None
         assert endpoint.lease["spec"]["holderIdentity"] == "a"
@@ -145,11 +156,8 @@ def test_a_leader_that_stalled_past_its_deadline_takes_back_the_lease_nobody_tou
 
 def test_a_leader_that_stalled_while_another_took_the_lease_steps_down() -> None:
     async def scenario() -> None:
-        endpoint, clock = LeaseEndpoint(latency_s=0.02), SteppedClock()
-        a = elector(endpoint, "a", clock=clock)
-        await a.acquire()
-        holding = asyncio.create_task(a.hold())
-        await asyncio.sleep(0.2)
+        clock = SteppedClock()
+        endpoint, a, holding = await leading_with_slow_requests(clock)
         # While a was frozen, b saw the lease unchanged for its duration and took it.
         assert endpoint.lease is not None
         taken = copy.deepcopy(endpoint.lease)
