@@ -1,23 +1,34 @@
 """Shared by the ContinualTrainingJob tests on the real API server: deploy/ applied once
 per control plane with a kubeconfig for the controller's ServiceAccount
-(controller.devcluster.install), CTJ manifests, and a fixture that deletes the test's
-CTJs before the cluster is reset."""
+(controller.devcluster.install), CTJ manifests, a fixture that deletes the test's
+CTJs before the cluster is reset, and the controller run as deployed (`ServeProcess`,
+`serving`)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from controller.ctj.crd import API_VERSION, KIND, object_path
 from controller.devcluster.fleet import NAMESPACE, TOLERATE_FAKE, Admin
 from controller.devcluster.install import SYSTEM_NAMESPACE, install_deploy
-from controller.devcluster.launcher import ControlPlane
+from controller.devcluster.launcher import REPO, ControlPlane, free_port
 from controller.kube.kubeapi import KubeApi, load_config
+from tests.kube.helpers import eventually
 
 CTJS = f"/apis/{API_VERSION}/namespaces/{NAMESPACE}/continualtrainingjobs"
 LEASE = f"/apis/coordination.k8s.io/v1/namespaces/{SYSTEM_NAMESPACE}/leases/gpufleet-controller"
@@ -128,3 +139,101 @@ def ctj_env(kube: ControlPlane) -> Iterator[CtjEnvironment]:
             await admin.close()
 
     asyncio.run(clean())
+
+
+FAST_LEASE = ("--lease-duration=3", "--renew-deadline=2", "--retry-period=0.5")
+
+
+class ServeProcess:
+    """The controller process as deployed, with its metrics port and JSON log."""
+
+    def __init__(
+        self,
+        env: CtjEnvironment,
+        log_path: Path,
+        policy: str = "bestfit",
+        extra: tuple[str, ...] = (),
+    ) -> None:
+        self.port = free_port()
+        self.log_path = log_path
+        args = [
+            sys.executable,
+            "-m",
+            "controller.serve",
+            "serve",
+            f"--policy={policy}",
+            f"--kubeconfig={env.sa_kubeconfig}",
+            f"--metrics-address=127.0.0.1:{self.port}",
+            "--lease-namespace=gpufleet-system",
+            "--log-format=json",
+            *FAST_LEASE,
+            *extra,
+        ]
+        with open(log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                args,
+                cwd=REPO,
+                stdin=subprocess.DEVNULL,
+                stderr=log,
+                env={**os.environ, "PYTHONPATH": str(REPO)},
+            )
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            url = f"http://127.0.0.1:{self.port}{path}"
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as err:
+            return err.code, ""
+        except OSError:
+            return 0, ""
+
+    async def until_ready(self) -> None:
+        async def ready() -> bool:
+            assert self.proc.poll() is None, self.log_path.read_text()[-2000:]
+            return self.get("/readyz")[0] == 200
+
+        await eventually(ready, timeout_s=30, what="the controller's /readyz")
+
+    def scrape(self) -> dict[str, float]:
+        """Every sample as `name{label="value",...}` → value."""
+        status, text = self.get("/metrics")
+        assert status == 200
+        samples = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+                samples[f"{sample.name}{{{labels}}}"] = sample.value
+        return samples
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=20)
+
+    def log_entries(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.log_path.read_text().splitlines() if line]
+
+
+@asynccontextmanager
+async def serving(
+    env: CtjEnvironment, log_path: Path, policy: str = "bestfit", extra: tuple[str, ...] = ()
+) -> AsyncIterator[ServeProcess]:
+    """The controller process (`ServeProcess`), ready; stopped however the block ends."""
+    serve = ServeProcess(env, log_path, policy, extra)
+    try:
+        await serve.until_ready()
+        yield serve
+    finally:
+        serve.stop()
+
+
+def run(env: CtjEnvironment, scenario: Callable[[Admin], Awaitable[None]]) -> None:
+    async def main() -> None:
+        admin = Admin(str(env.plane.admin_kubeconfig))
+        try:
+            await scenario(admin)
+        finally:
+            await admin.close()
+
+    asyncio.run(main())

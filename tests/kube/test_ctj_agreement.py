@@ -84,11 +84,12 @@ from simulator.continual import STREAM_COLUMNS, ContinualRun
 from tests.kube.ctj_helpers import (
     CTJS,
     CtjEnvironment,
+    ServeProcess,
     create_ctj,
     ctj_env,  # noqa: F401 - fixture
     ctj_manifest,
+    run,
 )
-from tests.kube.test_ctj_lifecycle import ServeProcess, run
 from traces.canonical import NODES_FILE, read_nodes
 
 pytestmark = pytest.mark.kube

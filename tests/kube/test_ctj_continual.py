@@ -33,9 +33,10 @@ from tests.kube.ctj_helpers import (
     ctj_env,  # noqa: F401 - fixture
     ctj_manifest,
     get_ctj,
+    run,
+    serving,
 )
 from tests.kube.helpers import eventually
-from tests.kube.test_ctj_lifecycle import ServeProcess, run
 
 pytestmark = pytest.mark.kube
 
@@ -99,11 +100,9 @@ def test_thief_gives_the_only_gpu_to_the_stream_that_gains_more(
 
     async def scenario(admin: Admin) -> None:
         await admin.create_nodes([NODE])
-        serve = ServeProcess(
+        async with serving(
             ctj_env, tmp_path / "serve.log", "thief", (f"--round-seconds={ROUND_S}",)
-        )
-        try:
-            await serve.until_ready()
+        ) as serve:
             start = math.ceil(time.time()) + 3.0  # both windows open at this instant
             for name in INITIAL:
                 await create_ctj(admin.api, continual_ctj(name, start))
@@ -133,8 +132,6 @@ def test_thief_gives_the_only_gpu_to_the_stream_that_gains_more(
             }
             assert ran == {"gain-more"}
             assert serve.stop() == 0
-        finally:
-            serve.stop()
 
     run(ctj_env, scenario)
 
@@ -186,11 +183,9 @@ def test_drift_triggers_open_windows_when_accuracy_falls(
 
     async def scenario(admin: Admin) -> None:
         await admin.create_nodes([NODE])
-        serve = ServeProcess(
+        async with serving(
             ctj_env, tmp_path / "serve.log", "thief", (f"--round-seconds={ROUND_S}",)
-        )
-        try:
-            await serve.until_ready()
+        ) as serve:
             start = math.ceil(time.time()) + 2.0
             stale = triggered_ctj("stale", start, {"drop": 0.1, "minGapSeconds": 5}, HALVING_10S)
             await create_ctj(admin.api, stale)
@@ -227,7 +222,5 @@ def test_drift_triggers_open_windows_when_accuracy_falls(
             assert status["model"]["accuracy"] == pytest.approx(0.725)
             assert status["observedAccuracy"]["value"] == 0.55
             assert serve.stop() == 0
-        finally:
-            serve.stop()
 
     run(ctj_env, scenario)

@@ -35,9 +35,10 @@ from tests.kube.ctj_helpers import (
     create_ctj,
     ctj_env,  # noqa: F401 - fixture
     ctj_manifest,
+    run,
+    serving,
 )
 from tests.kube.helpers import eventually
-from tests.kube.test_ctj_lifecycle import ServeProcess, run
 from tests.test_ctj_elastic import streams as hand_worked_streams
 
 pytestmark = pytest.mark.kube
@@ -125,11 +126,9 @@ def test_thief_grows_a_window_on_free_gpus_and_shrinks_it_for_a_bigger_gain(
 
     async def scenario(admin: Admin) -> None:
         await admin.create_nodes([NODE])
-        serve = ServeProcess(
+        async with serving(
             ctj_env, tmp_path / "serve.log", "thief", (f"--round-seconds={ROUND_S}",)
-        )
-        try:
-            await serve.until_ready()
+        ) as serve:
             start = math.ceil(time.time()) + 3.0
             for name in INITIAL:
                 await create_ctj(admin.api, elastic_ctj(name, start))
@@ -148,8 +147,6 @@ def test_thief_grows_a_window_on_free_gpus_and_shrinks_it_for_a_bigger_gain(
             restarts = bound_restarts(await admin.pods(), "wide")
             assert restarts == {"1"}  # the move counted as the simulator counts it
             assert serve.stop() == 0
-        finally:
-            serve.stop()
 
     run(ctj_env, scenario)
 
@@ -168,11 +165,9 @@ def test_a_window_of_min_2_waits_on_1_free_gpu_starts_on_2_and_grows_to_4(
 ) -> None:
     async def scenario(admin: Admin) -> None:
         await admin.create_nodes([NODE])
-        serve = ServeProcess(
+        async with serving(
             ctj_env, tmp_path / "serve.log", "thief", (f"--round-seconds={ROUND_S}",)
-        )
-        try:
-            await serve.until_ready()
+        ) as serve:
             held = {"hold-two": 2, "hold-one": 1}  # running until deleted
             for name, gpus in held.items():
                 await admin.create_pod(pod_manifest(name, TaskRequest(100, 64, gpus, 1000)))
@@ -206,7 +201,5 @@ def test_a_window_of_min_2_waits_on_1_free_gpu_starts_on_2_and_grows_to_4(
             restarts = bound_restarts(await admin.pods(), "lower")
             assert restarts == {"1"}  # the move counted as the simulator counts it
             assert serve.stop() == 0
-        finally:
-            serve.stop()
 
     run(ctj_env, scenario)

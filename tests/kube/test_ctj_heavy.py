@@ -41,14 +41,15 @@ from simulator.continual import ContinualRun
 from tests.kube.ctj_helpers import (
     LEASE,
     CtjEnvironment,
+    ServeProcess,
     create_ctj,
     ctj_env,  # noqa: F401 - fixture
     ctj_manifest,
     delete_all_ctjs,
     get_ctj,
+    run,
 )
 from tests.kube.helpers import eventually
-from tests.kube.test_ctj_lifecycle import ServeProcess, run
 from traces.continual import ContinualSpec, generate_streams
 
 pytestmark = pytest.mark.kube

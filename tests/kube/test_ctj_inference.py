@@ -26,6 +26,8 @@ from tests.kube.ctj_helpers import (
     CtjEnvironment,
     create_ctj,
     ctj_env,  # noqa: F401 - fixture
+    run,
+    serving,
 )
 from tests.kube.helpers import eventually
 from tests.kube.test_ctj_elastic import (
@@ -36,7 +38,6 @@ from tests.kube.test_ctj_elastic import (
     bound_gpus,
     elastic_ctj,
 )
-from tests.kube.test_ctj_lifecycle import ServeProcess, run
 from tests.test_ctj_inference import served_stream
 
 pytestmark = pytest.mark.kube
@@ -76,11 +77,9 @@ def test_the_serving_share_is_reserved_and_freed_with_its_ctj(
 
     async def scenario(admin: Admin) -> None:
         await admin.create_nodes([NODE])
-        serve = ServeProcess(
+        async with serving(
             ctj_env, tmp_path / "serve.log", "edf", (f"--round-seconds={ROUND_S}",)
-        )
-        try:
-            await serve.until_ready()
+        ) as serve:
             await create_ctj(admin.api, served_ctj(math.ceil(time.time()) + 2.0))
 
             async def retraining() -> bool:
@@ -105,7 +104,5 @@ def test_the_serving_share_is_reserved_and_freed_with_its_ctj(
 
             await eventually(batch_bound, timeout_s=60, what="the freed share used")
             assert serve.stop() == 0
-        finally:
-            serve.stop()
 
     run(ctj_env, scenario)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -36,6 +36,7 @@ from tests.kube.ctj_helpers import (
     ctj_env,  # noqa: F401 - fixture
     ctj_manifest,
     get_ctj,
+    run,
 )
 from tests.kube.helpers import eventually
 from tests.kube.proxy import CuttableProxy
@@ -113,17 +114,6 @@ async def create_pods(admin: Admin, names: list[str]) -> None:
 async def bound(admin: Admin, names: list[str]) -> bool:
     pods = {p["metadata"]["name"]: p for p in await admin.pods()}
     return all(n in pods and pods[n]["spec"].get("nodeName") for n in names)
-
-
-def run(env: CtjEnvironment, scenario: Callable[[Admin], Awaitable[None]]) -> None:
-    async def main() -> None:
-        admin = Admin(str(env.plane.admin_kubeconfig))
-        try:
-            await scenario(admin)
-        finally:
-            await admin.close()
-
-    asyncio.run(main())
 
 
 def test_standby_takes_over_and_nothing_is_bound_twice(ctj_env: CtjEnvironment) -> None:  # noqa: F811

@@ -10,33 +10,26 @@ must tell exactly that story. Deleting a job removes its pods through ownerRefer
 
 from __future__ import annotations
 
-import asyncio
-import json
-import os
-import signal
-import subprocess
-import sys
 import time
-import urllib.request
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from controller.ctj.crd import NAME_LABEL
 from controller.devcluster.fleet import Admin, pod_manifest
-from controller.devcluster.launcher import REPO, free_port
 from controller.kube.objects import GANG_SIZE, POD_GROUP_LABEL, parse_time
 from policies import NodeSpec, TaskRequest
 from tests.kube.ctj_helpers import (
     LEASE,
     CtjEnvironment,
+    ServeProcess,
     create_ctj,
     ctj_env,  # noqa: F401 - fixture
     ctj_manifest,
     get_ctj,
+    run,
+    serving,
 )
 from tests.kube.helpers import eventually
 
@@ -48,89 +41,6 @@ NODES = [
     NodeSpec("t4-0", 32_000, 131_072, 2, "T4"),
 ]
 ONE_GPU = TaskRequest(cpu_milli=1000, mem_mib=1024, num_gpus=1, gpu_milli=1000)
-FAST_LEASE = ("--lease-duration=3", "--renew-deadline=2", "--retry-period=0.5")
-
-
-class ServeProcess:
-    """The controller process as deployed, with its metrics port and JSON log."""
-
-    def __init__(
-        self,
-        env: CtjEnvironment,
-        log_path: Path,
-        policy: str = "bestfit",
-        extra: tuple[str, ...] = (),
-    ) -> None:
-        self.port = free_port()
-        self.log_path = log_path
-        args = [
-            sys.executable,
-            "-m",
-            "controller.serve",
-            "serve",
-            f"--policy={policy}",
-            f"--kubeconfig={env.sa_kubeconfig}",
-            f"--metrics-address=127.0.0.1:{self.port}",
-            "--lease-namespace=gpufleet-system",
-            "--log-format=json",
-            *FAST_LEASE,
-            *extra,
-        ]
-        with open(log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                args,
-                cwd=REPO,
-                stdin=subprocess.DEVNULL,
-                stderr=log,
-                env={**os.environ, "PYTHONPATH": str(REPO)},
-            )
-
-    def get(self, path: str) -> tuple[int, str]:
-        try:
-            url = f"http://127.0.0.1:{self.port}{path}"
-            with urllib.request.urlopen(url, timeout=2) as response:
-                return response.status, response.read().decode()
-        except urllib.error.HTTPError as err:
-            return err.code, ""
-        except OSError:
-            return 0, ""
-
-    async def until_ready(self) -> None:
-        async def ready() -> bool:
-            assert self.proc.poll() is None, self.log_path.read_text()[-2000:]
-            return self.get("/readyz")[0] == 200
-
-        await eventually(ready, timeout_s=30, what="the controller's /readyz")
-
-    def scrape(self) -> dict[str, float]:
-        """Every sample as `name{label="value",...}` → value."""
-        status, text = self.get("/metrics")
-        assert status == 200
-        samples = {}
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
-                samples[f"{sample.name}{{{labels}}}"] = sample.value
-        return samples
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=20)
-
-    def log_entries(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.log_path.read_text().splitlines() if line]
-
-
-def run(env: CtjEnvironment, scenario: Callable[[Admin], Awaitable[None]]) -> None:
-    async def main() -> None:
-        admin = Admin(str(env.plane.admin_kubeconfig))
-        try:
-            await scenario(admin)
-        finally:
-            await admin.close()
-
-    asyncio.run(main())
 
 
 async def events_about(admin: Admin, ctj: dict[str, Any]) -> list[str]:
@@ -147,9 +57,7 @@ def test_ctj_windows_are_placed_completed_missed_and_recorded(
 ) -> None:
     async def scenario(admin: Admin) -> None:
         await admin.create_nodes(NODES)
-        serve = ServeProcess(ctj_env, tmp_path / "serve.log")
-        try:
-            await serve.until_ready()
+        async with serving(ctj_env, tmp_path / "serve.log") as serve:
             before = serve.scrape()
             steady = await create_ctj(
                 admin.api, ctj_manifest("steady", windows=3, gpu_models=("A100",))
@@ -177,8 +85,6 @@ def test_ctj_windows_are_placed_completed_missed_and_recorded(
             assert all(pods[f"plain-{i}"]["spec"].get("nodeName") for i in range(3))
             check_metrics(before, after)
             assert serve.stop() == 0
-        finally:
-            serve.stop()
         check_logs(serve)
         lease = await admin.api.call("GET", LEASE)
         assert lease["spec"]["holderIdentity"] == ""  # released on SIGTERM
@@ -271,9 +177,7 @@ def test_deleting_a_ctj_removes_its_pods(ctj_env: CtjEnvironment, tmp_path: Path
 
     async def scenario(admin: Admin) -> None:
         await admin.create_nodes(NODES[:1])
-        serve = ServeProcess(ctj_env, tmp_path / "serve.log")
-        try:
-            await serve.until_ready()
+        async with serving(ctj_env, tmp_path / "serve.log") as serve:
             await create_ctj(admin.api, ctj_manifest("doomed", window_s=600, runtime="600s"))
 
             async def running() -> bool:
@@ -281,7 +185,6 @@ def test_deleting_a_ctj_removes_its_pods(ctj_env: CtjEnvironment, tmp_path: Path
                 return len(pods) == 2 and all(p["status"].get("phase") == "Running" for p in pods)
 
             await eventually(running, what="the window's pods running")
-        finally:
             assert serve.stop() == 0
         started = time.monotonic()
         await admin.api.call(

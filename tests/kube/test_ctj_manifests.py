@@ -5,7 +5,6 @@ what to fix, `retrain` cannot change, and `kubectl get ctj` has its columns."""
 
 from __future__ import annotations
 
-import asyncio
 import copy
 from typing import Any
 
@@ -23,22 +22,12 @@ from tests.kube.ctj_helpers import (
     create_ctj,
     ctj_env,  # noqa: F401 - fixture
     ctj_manifest,
+    run,
 )
 
 pytestmark = pytest.mark.kube
 
 TABLE = "application/json;as=Table;v=v1;g=meta.k8s.io"
-
-
-def run(env: CtjEnvironment, scenario: Any) -> None:
-    async def main() -> None:
-        admin = Admin(str(env.plane.admin_kubeconfig))
-        try:
-            await scenario(admin)
-        finally:
-            await admin.close()
-
-    asyncio.run(main())
 
 
 def template_pod(deployment: dict[str, Any]) -> dict[str, Any]:

@@ -20,9 +20,11 @@ from tests.kube.ctj_helpers import (
     ctj_env,  # noqa: F401 - fixture
     ctj_manifest,
     get_ctj,
+    run,
+    serving,
 )
 from tests.kube.helpers import eventually
-from tests.kube.test_ctj_lifecycle import NODES, ServeProcess, run
+from tests.kube.test_ctj_lifecycle import NODES
 
 pytestmark = pytest.mark.kube
 
@@ -46,11 +48,9 @@ def test_kubectl_get_ctj_prints_deadlines_and_blank_counts(
 ) -> None:
     async def scenario(admin: Admin) -> None:
         await admin.create_nodes(NODES)
-        serve = ServeProcess(ctj_env, tmp_path / "serve.log")
         later = ctj_manifest("later")
         later["spec"]["retrain"]["startTime"] = now_rfc3339(time.time() + 3600)
-        try:
-            await serve.until_ready()
+        async with serving(ctj_env, tmp_path / "serve.log") as serve:
             await create_ctj(admin.api, later)
             await create_ctj(admin.api, ctj_manifest("busy", runtime="600s", **LONG))
             await create_ctj(admin.api, ctj_manifest("done", runtime="1s", **LONG))
@@ -72,7 +72,6 @@ def test_kubectl_get_ctj_prints_deadlines_and_blank_counts(
 
             await eventually(settled, timeout_s=30, what="the four CTJs in their phases")
             columns, rows = await table(admin)
-        finally:
             assert serve.stop() == 0
         assert [c["name"] for c in columns] == COLUMNS
         assert columns[COLUMNS.index("Deadline")]["type"] == "string"

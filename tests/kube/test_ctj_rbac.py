@@ -27,6 +27,7 @@ from tests.kube.ctj_helpers import (
     ctj_env,  # noqa: F401 - fixture
     ctj_manifest,
     get_ctj,
+    run,
 )
 from tests.kube.dra_helpers import (
     RESOURCE,
@@ -115,17 +116,6 @@ def permits(rule: Mapping[str, Any], call: Call) -> bool:
         and verb in rule["verbs"]
         and (not rule.get("resourceNames") or name in rule["resourceNames"])
     )
-
-
-def run(env: CtjEnvironment, scenario: Any) -> None:
-    async def main() -> None:
-        admin = Admin(str(env.plane.admin_kubeconfig))
-        try:
-            await scenario(admin)
-        finally:
-            await admin.close()
-
-    asyncio.run(main())
 
 
 def test_controller_identity_and_forbidden_verbs(ctj_env: CtjEnvironment) -> None:  # noqa: F811

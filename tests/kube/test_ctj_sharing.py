@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +24,14 @@ from policies import NodeSpec
 from tests.conftest import accuracy_json
 from tests.kube.ctj_helpers import (
     CtjEnvironment,
+    ServeProcess,
     create_ctj,
     ctj_env,  # noqa: F401 - fixture
     ctj_manifest,
+    run,
+    serving,
 )
 from tests.kube.helpers import eventually
-from tests.kube.test_ctj_lifecycle import ServeProcess, run
 from tests.kube.test_kube_agreement import hami_node
 from tests.test_gpu_sharing import CONFIG, CURVE, ROUND_S
 
@@ -67,9 +70,11 @@ def grant(pod: dict[str, Any]) -> tuple[str, str, str] | None:
     return (node, notes[ASSIGNED_GPUS], notes[ASSIGNED_MILLI]) if node else None
 
 
-def serve(env: CtjEnvironment, tmp_path: Path, backend: str) -> ServeProcess:
+def thief(
+    env: CtjEnvironment, tmp_path: Path, backend: str
+) -> AbstractAsyncContextManager[ServeProcess]:
     extra = (f"--round-seconds={ROUND_S}", f"--backend={backend}")
-    return ServeProcess(env, tmp_path / "serve.log", "thief", extra)
+    return serving(env, tmp_path / "serve.log", "thief", extra)
 
 
 def test_a_sharing_backend_runs_two_half_gpu_windows_on_one_gpu(
@@ -78,9 +83,7 @@ def test_a_sharing_backend_runs_two_half_gpu_windows_on_one_gpu(
 ) -> None:
     async def scenario(admin: Admin) -> None:
         await admin.api.call("POST", "/api/v1/nodes", body=hami_node(NODE))
-        controller = serve(ctj_env, tmp_path, "hami")
-        try:
-            await controller.until_ready()
+        async with thief(ctj_env, tmp_path, "hami") as controller:
             start = math.ceil(time.time()) + 2.0
             for name in ("p", "q"):
                 await create_ctj(admin.api, half_gpu_ctj(name, start, runtime="200s"))
@@ -96,8 +99,6 @@ def test_a_sharing_backend_runs_two_half_gpu_windows_on_one_gpu(
                 "q": (NODE.name, "0", "500"),
             }
             assert controller.stop() == 0
-        finally:
-            controller.stop()
 
     run(ctj_env, scenario)
 
@@ -108,9 +109,7 @@ def test_the_whole_gpu_backend_gives_one_window_the_gpu_and_the_other_waits_for_
 ) -> None:
     async def scenario(admin: Admin) -> None:
         await admin.create_nodes([NODE])
-        controller = serve(ctj_env, tmp_path, "whole")
-        try:
-            await controller.until_ready()
+        async with thief(ctj_env, tmp_path, "whole") as controller:
             start = math.ceil(time.time()) + 2.0
             for name in ("p", "q"):
                 await create_ctj(admin.api, half_gpu_ctj(name, start, runtime="8s"))
@@ -133,7 +132,5 @@ def test_the_whole_gpu_backend_gives_one_window_the_gpu_and_the_other_waits_for_
             p = window_pods(await admin.pods())["p"]
             assert p["status"]["phase"] == "Succeeded"
             assert controller.stop() == 0
-        finally:
-            controller.stop()
 
     run(ctj_env, scenario)

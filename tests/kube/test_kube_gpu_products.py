@@ -19,9 +19,10 @@ from tests.kube.ctj_helpers import (
     ctj_env,  # noqa: F401 - fixture
     ctj_manifest,
     get_ctj,
+    run,
+    serving,
 )
 from tests.kube.helpers import eventually
-from tests.kube.test_ctj_lifecycle import ServeProcess, run
 
 pytestmark = pytest.mark.kube
 
@@ -45,9 +46,7 @@ def test_a_gfd_labelled_a100_node_takes_a_ctj_asking_for_a100(
 ) -> None:
     async def scenario(admin: Admin) -> None:
         await admin.create_nodes(NODES)
-        serve = ServeProcess(ctj_env, tmp_path / "serve.log")
-        try:
-            await serve.until_ready()
+        async with serving(ctj_env, tmp_path / "serve.log") as serve:
             await create_ctj(admin.api, ctj_manifest("wants-a100", gpu_models=("A100",), **LONG))
             await create_ctj(
                 admin.api, ctj_manifest("wants-80gb", replicas=1, gpu_models=("A100-80GB",), **LONG)
@@ -67,7 +66,6 @@ def test_a_gfd_labelled_a100_node_takes_a_ctj_asking_for_a100(
             ctj = await get_ctj(admin.api, "wants-a100")
             assert ctj is not None
             assert {p["node"] for p in ctj["status"]["placements"]} == {"gpu-1-a100"}
-        finally:
             assert serve.stop() == 0
 
     run(ctj_env, scenario)
