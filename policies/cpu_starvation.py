@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from policies.cluster import ClusterState, IntArray
+from policies.cluster import MILLI, ClusterState, IntArray
 from policies.fragmentation import FloatArray, WorkloadArrays
 from policies.jobs import TaskRequest
 
@@ -63,5 +63,8 @@ def starvation_change(
     the node's own numbers."""
     fed = fed_by_node[nodes]
     before = state.gpu_free_sum[nodes] - state.cpu_free[nodes] * fed
-    after = before + (task.cpu_milli * fed - task.gpu_total_milli)
+    taken: IntArray | int = task.gpu_total_milli
+    if task.is_sharing and state.whole_only:  # a whole GPU where GPUs cannot be shared
+        taken = np.where(state.shares_gpus[nodes], task.gpu_total_milli, MILLI)
+    after = before + (task.cpu_milli * fed - taken)
     return np.round(np.maximum(after, 0.0) - np.maximum(before, 0.0), 6)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import IntEnum
 
 import numpy as np
@@ -401,6 +401,12 @@ class NodeFragmentation:
         A sharing task gets one column per GPU slot (inf where the GPU lacks room): it
         may go on any GPU with enough free. Any other task gets one column: whole-GPU
         tasks take fully free GPUs, and which ones does not change the measure.
+
+        On a node that cannot share GPUs (`ClusterState.whole_only`) a sharing task
+        takes a whole GPU, as `ClusterState.allocate` does, and the part it leaves unused
+        is lost to every GPU type as surely as a fragment: Δ there is the measure's
+        change for a whole GPU taken plus that part, for each type that uses GPUs. So a
+        sharing node where the rest of the GPU stays usable is preferred to a whole one.
         """
         return self.weigh(*self.placement_diffs(state, task, nodes))
 
@@ -418,11 +424,23 @@ class NodeFragmentation:
             before = free.reshape(-1)
             fits = before >= task.gpu_milli
             diffs = np.zeros((types, before.size))
-            diffs[:, fits] = self._diffs(state, task, rows[fits], before[fits], 1)
+            shared = fits & state.shares_gpus[rows] if state.whole_only else fits
+            diffs[:, shared] = self._diffs(state, task, rows[shared], before[shared], 1)
+            if state.whole_only:
+                whole = fits & ~shared
+                diffs[:, whole] = self._whole_gpu_diffs(state, task, rows[whole], before[whole])
             return diffs.reshape(types, *free.shape), fits.reshape(free.shape)
         full = np.full(nodes.size, MILLI if task.num_gpus else 0, dtype=np.int64)
         diffs = self._diffs(state, task, nodes, full, task.num_gpus)[:, :, None]
         return diffs, np.ones((nodes.size, 1), dtype=bool)
+
+    def _whole_gpu_diffs(
+        self, state: ClusterState, task: TaskRequest, nodes: IntArray, gpu_before: IntArray
+    ) -> FloatArray:
+        """`_diffs` of a sharing task on GPUs it takes whole (nodes that cannot share),
+        plus the milli-GPU it leaves unused for each type that uses GPUs."""
+        whole = self._diffs(state, replace(task, gpu_milli=MILLI), nodes, gpu_before, 1)
+        return whole + (MILLI - task.gpu_milli) * self.arrays.uses_gpu[:, None]
 
     def weigh(self, diffs: FloatArray, fits: BoolArray) -> FloatArray:
         """Δ per node and slot from `placement_diffs` (inf where the slot does not fit).

@@ -4,6 +4,7 @@ workload comes from (config, a trace replay's job list, or the snapshot)."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +87,33 @@ def test_sharing_task_worked_by_hand() -> None:
     for mode in ("score", "artifact", "exact"):
         assert place(state, task, workload=workload, mode=mode) == ("n2", (0,))
     assert place(state, task, workload=workload, mode="exact", tolerance_milli=0) == ("n2", (0,))
+
+
+def test_a_sharing_task_keeps_off_a_node_that_cannot_share_where_it_would_waste_a_gpu() -> None:
+    """Node `whole` cannot share its GPUs (`NodeSpec.shares_gpus`), node `shared` can;
+    one idle GPU each; a 500m task. On `whole` it takes the GPU, and the other 500m are
+    lost to every type.
+
+    M = {share 500, whole 1000} at ½ each:
+      shared → [500]: share 500 still fits, the whole type sees 500 it cannot use  Δ = 250
+      whole → [0]: no idle GPU, no fragment; the lost 500 for both types          Δ = 500
+    Counted as if `whole` shared, it would tie at 250 and win every tie (first by name
+    and by the hashed order). FGD takes `shared` in every mode.
+    M = {whole 1000}: `shared` leaves a 500 fragment, `whole` loses 500: Δ = 500 on both.
+    """
+    nodes = [replace(node("whole", 1), shares_gpus=False), node("shared", 1)]
+    assert tie_ranks([n.name for n in nodes]).tolist() == [0, 1]
+    task = job("s", milli=500, cpu=1000)
+    mixed = TargetWorkload((SHARE_500, WHOLE_1))
+    only_whole = TargetWorkload((replace(WHOLE_1, probability=1.0),))
+    for workload, expected in ((mixed, [500, 250]), (only_whole, [500, 500])):
+        state = ClusterState(nodes)
+        cache = NodeFragmentation(workload)
+        cache.sync(state)
+        deltas = cache.placement_deltas(state, task.task, np.arange(2))
+        assert deltas[:, 0] == pytest.approx(expected)
+    for mode in MODES:
+        assert place(ClusterState(nodes), task, workload=mixed, mode=mode)[0] == "shared"
 
 
 def test_multi_gpu_task_worked_by_hand() -> None:

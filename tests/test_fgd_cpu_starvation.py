@@ -4,6 +4,8 @@ whose idle GPUs the task's CPU starves."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -116,3 +118,15 @@ def test_cpu_only_task_goes_where_no_idle_gpu_needs_its_cpu() -> None:
     np.testing.assert_allclose(change, [1000, 0], atol=1e-6)
     assert place(state, task, workload=WORKLOAD) == (busy, ())
     assert place(state, task, workload=WORKLOAD, mode="artifact")[0] == "n0"  # first name
+
+
+def test_a_sharing_task_starves_a_whole_gpu_where_gpus_cannot_be_shared() -> None:
+    """Two nodes of 4 idle GPUs and 18,000 CPU at ρ = 6 (3000 of 4000 fed: S = 1000); a
+    500m task asking 3000 CPU. Where it shares: U 3500, c 15,000 feeds 2500, S = 1000,
+    no change. Where it cannot (`shares_gpus` false) it takes a whole GPU: U 3000,
+    S = 3000 − 2500 = 500, so S falls by 500."""
+    nodes = [node("s", 4, cpu=18_000), replace(node("w", 4, cpu=18_000), shares_gpus=False)]
+    state = ClusterState(nodes)
+    fed = np.full(2, 1 / 6)
+    change = starvation_change(state, TaskRequest(3000, 0, 1, 500), np.arange(2), fed)
+    np.testing.assert_allclose(change, [0, -500], atol=1e-6)
