@@ -7,7 +7,9 @@ benchmarks run one each.
 The binaries come from `tools/controlplane/build.sh` (cached outside the checkout).
 Every process gets its own session, so it outlives the Python process that started it
 (`gpufleet dev-cluster up` exits and the cluster runs on) and Ctrl-C in a terminal does
-not reach it; `stop()`, or `gpufleet dev-cluster down` by recorded PID, ends it.
+not reach it; `stop()`, or `gpufleet dev-cluster down` by recorded PID, ends it. A test
+run's plane (`PlaneOptions.die_with_starter`) instead dies with its starter, so a
+killed run leaves no control plane behind.
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 import signal
 import socket
 import ssl
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -80,6 +84,11 @@ class PlaneOptions:
     old resourceVersions answer 410 on demand; users and benchmarks want the default."""
     controller_user: bool = True
     """Write `controller-user.kubeconfig` for CONTROLLER_USER, bound to deploy/'s role."""
+    die_with_starter: bool = False
+    """The processes started from the main thread get SIGKILL when the Python process
+    that started them dies, even by SIGKILL (Linux's parent-death signal, set by
+    util-linux `setpriv` where it is installed): what a test run wants, never
+    `gpufleet dev-cluster`."""
 
 
 DEV_OPTIONS = PlaneOptions(
@@ -350,9 +359,14 @@ class ControlPlane:
     def _spawn(self, name: str, args: list[str]) -> None:
         if f"{name}.log" not in self.written:
             self.written.append(f"{name}.log")
+        # The signal follows the starting *thread*: a process started from another thread
+        # would die with that thread, so only the main thread's get it.
+        on_main = threading.current_thread() is threading.main_thread()
+        tied = self.options.die_with_starter and _SETPRIV and on_main
+        prefix = _DIE_WITH_STARTER if tied else []
         with open(self.dir / f"{name}.log", "ab") as log:
             self.procs[name] = subprocess.Popen(
-                [str(self.bin / name), *args],
+                [*prefix, str(self.bin / name), *args],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -384,6 +398,10 @@ class ControlPlane:
     def _tail(self, name: str) -> str:
         """The end of a process's log, for an error that outlives the log file."""
         return (self.dir / f"{name}.log").read_text(errors="replace")[-3000:]
+
+
+_SETPRIV = shutil.which("setpriv")
+_DIE_WITH_STARTER = [_SETPRIV or "setpriv", "--pdeathsig", "KILL", "--"]
 
 
 def _http_ok(url: str) -> bool:

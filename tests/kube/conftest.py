@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from controller.devcluster.fleet import Admin
-from controller.devcluster.launcher import HOW_TO_BUILD, ControlPlane, find_binaries
+from controller.devcluster.launcher import HOW_TO_BUILD, ControlPlane, PlaneOptions, find_binaries
 
 
 @pytest.fixture(scope="session")
@@ -34,7 +34,8 @@ def controlplane_bin() -> Path:
 def control_plane(
     controlplane_bin: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ControlPlane]:
-    plane = ControlPlane(controlplane_bin, tmp_path_factory.mktemp("controlplane"))
+    options = PlaneOptions(die_with_starter=True)  # a killed run leaves no plane behind
+    plane = ControlPlane(controlplane_bin, tmp_path_factory.mktemp("controlplane"), options)
     try:
         try:
             plane.start()
