@@ -5,6 +5,7 @@ behind to load the machine for the next."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -43,6 +44,7 @@ def alive(pid: int) -> bool:
 def test_a_test_runs_plane_dies_with_its_killed_starter(
     controlplane_bin: Path, tmp_path: Path
 ) -> None:
+    assert shutil.which("setpriv"), "util-linux's setpriv sets the parent-death signal"
     starter = subprocess.Popen(
         [sys.executable, "-c", STARTER, str(controlplane_bin), str(tmp_path)],
         cwd=REPO,
