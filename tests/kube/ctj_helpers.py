@@ -229,6 +229,8 @@ async def serving(
 
 
 def run(env: CtjEnvironment, scenario: Callable[[Admin], Awaitable[None]]) -> None:
+    """`scenario` on its own event loop with an admin client, closed however it ends."""
+
     async def main() -> None:
         admin = Admin(str(env.plane.admin_kubeconfig))
         try:
