@@ -85,10 +85,10 @@ from policies.windows import (
 )
 
 HISTORY = 5
+"""Window outcomes kept in the status."""
 RETRY_DELAY_S = 10.0
 """A failed replica's window is retried this long after the failure (a crash loop makes
 one attempt per delay, not one per API round trip), until its deadline."""
-"""Window outcomes kept in the status."""
 RETRAINING = "Retraining"
 DEADLINE_MET = "DeadlineMet"
 SCHEDULE_VALID = "ScheduleValid"
