@@ -33,7 +33,8 @@ from controller.scheduling.quarantine import Quarantine
 from controller.scheduling.scheduler import BindRecord, Scheduler
 from controller.scheduling.workload import task_request
 from policies import MILLI, ClusterState, Place, SchedulingResult, TaskRequest, Unschedulable
-from policies.fragmentation import build_target_workload, node_fragmentation
+from policies.fragmentation import node_fragmentation
+from policies.target_workload import build_target_workload
 from traces.errors import TraceError
 from traces.forecast_score import ScoreRow, read_score
 

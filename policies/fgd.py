@@ -46,18 +46,15 @@ from policies.base import Context, PlacementConfig, PlacementPolicy, PolicyConfi
 from policies.cluster import ClusterState, IntArray
 from policies.cpu_starvation import cpu_per_gpu_milli, gpu_fed_per_cpu, starvation_change
 from policies.decisions import SchedulingResult
-from policies.fragmentation import (
+from policies.fragmentation import BoolArray, FloatArray, NodeFragmentation, WorkloadArrays
+from policies.jobs import JobSpec, Placement, TaskPlacement, TaskRequest
+from policies.placement import feasible_kind_leaders, select_gpus
+from policies.target_workload import (
     DEFAULT_COVERAGE,
-    BoolArray,
-    FloatArray,
-    NodeFragmentation,
     TargetWorkload,
-    WorkloadArrays,
     workload_from_counts,
     workload_from_jobs,
 )
-from policies.jobs import JobSpec, Placement, TaskPlacement, TaskRequest
-from policies.placement import feasible_kind_leaders, select_gpus
 from policies.task_mix import count_tasks
 
 MODES = ("score", "artifact", "exact")

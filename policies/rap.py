@@ -20,16 +20,16 @@ from policies.base import Context, PlacementConfig, PlacementPolicy, PolicyConfi
 from policies.cluster import MILLI, ClusterState
 from policies.decisions import Decision, Place, SchedulingResult
 from policies.dlrm import DLRM_KIND, PREPROCESS_PART, DlrmWork, Mode
-from policies.fragmentation import (
+from policies.fragmentation import NodeFragmentation
+from policies.jobs import JobSpec, JobView, PartShape, Placement, TaskPlacement, TaskRequest
+from policies.placement import feasible_mask, feasible_nodes, take
+from policies.registry import build_config, policy_class
+from policies.target_workload import (
     DEFAULT_COVERAGE,
-    NodeFragmentation,
     TargetWorkload,
     live_workload,
     workload_from_jobs,
 )
-from policies.jobs import JobSpec, JobView, PartShape, Placement, TaskPlacement, TaskRequest
-from policies.placement import feasible_mask, feasible_nodes, take
-from policies.registry import build_config, policy_class
 
 SHARING = ("none", "own", "cross_job")
 OFFLOAD_RULES = ("gain", "always")

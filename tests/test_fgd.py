@@ -27,13 +27,11 @@ from policies import (
 from policies.fgd import MODES, Fgd, FgdConfig, artifact_scores, tie_ranks
 from policies.fragmentation import (
     NodeFragmentation,
-    TargetWorkload,
-    TaskType,
     WorkloadArrays,
     node_fragmentation,
     scarcity_weights,
-    workload_from_jobs,
 )
+from policies.target_workload import TargetWorkload, TaskType, workload_from_jobs
 from simulator.engine import Simulation
 from tests.conftest import job, node
 from traces.openb import read_jobs, read_nodes

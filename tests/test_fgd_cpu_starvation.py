@@ -17,7 +17,8 @@ from policies.cpu_starvation import (
     starved_milli,
 )
 from policies.fgd import artifact_scores, tie_ranks
-from policies.fragmentation import NodeFragmentation, TargetWorkload, TaskType, WorkloadArrays
+from policies.fragmentation import NodeFragmentation, WorkloadArrays
+from policies.target_workload import TargetWorkload, TaskType
 from tests.conftest import job, node
 from tests.test_fgd import place
 

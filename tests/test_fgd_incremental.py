@@ -26,7 +26,8 @@ from policies import (
     make_policy,
 )
 from policies.fgd import MODES, DeltaCache, Fgd, FgdConfig, artifact_scores, score_bounds
-from policies.fragmentation import NodeFragmentation, TargetWorkload, workload_from_counts
+from policies.fragmentation import NodeFragmentation
+from policies.target_workload import TargetWorkload, workload_from_counts
 from policies.task_mix import TaskKey, TaskMix, count_tasks, task_key
 from simulator.engine import EngineOptions, Simulation
 from tests.conftest import job, job_rows, node

@@ -11,7 +11,7 @@ import pytest
 
 from gpufleet.cli import main
 from policies import ClusterState, Context, JobStatus, JobView, Place, Snapshot, make_policy
-from policies.fragmentation import TargetWorkload, TaskType
+from policies.target_workload import TargetWorkload, TaskType
 from simulator.experiments.fgd_inflation import (
     CURVE_COLUMNS,
     FAILURE_COLUMNS,

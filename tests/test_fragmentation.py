@@ -14,13 +14,11 @@ from policies import ClusterState, TaskRequest
 from policies.fragmentation import (
     Category,
     NodeFragmentation,
-    TargetWorkload,
-    TaskType,
-    build_target_workload,
     categories,
     cluster_fragmentation,
     node_fragmentation,
 )
+from policies.target_workload import TargetWorkload, TaskType, build_target_workload
 from tests.conftest import node
 
 CPU_ONLY = TaskType(TaskRequest(cpu_milli=4000), None, 0.2)

@@ -85,10 +85,8 @@ class PlaneOptions:
     controller_user: bool = True
     """Write `controller-user.kubeconfig` for CONTROLLER_USER, bound to deploy/'s role."""
     die_with_starter: bool = False
-    """The processes started from the main thread get SIGKILL when the Python process
-    that started them dies, even by SIGKILL (Linux's parent-death signal, set by
-    util-linux `setpriv` where it is installed): what a test run wants, never
-    `gpufleet dev-cluster`."""
+    """The processes get SIGKILL when the Python process that started them dies, even by
+    SIGKILL (`tied_to_starter`): what a test run wants, never `gpufleet dev-cluster`."""
 
 
 DEV_OPTIONS = PlaneOptions(
@@ -359,11 +357,7 @@ class ControlPlane:
     def _spawn(self, name: str, args: list[str]) -> None:
         if f"{name}.log" not in self.written:
             self.written.append(f"{name}.log")
-        # The signal follows the starting *thread*: a process started from another thread
-        # would die with that thread, so only the main thread's get it.
-        on_main = threading.current_thread() is threading.main_thread()
-        tied = self.options.die_with_starter and _SETPRIV and on_main
-        prefix = _DIE_WITH_STARTER if tied else []
+        prefix = tied_to_starter() if self.options.die_with_starter else []
         with open(self.dir / f"{name}.log", "ab") as log:
             self.procs[name] = subprocess.Popen(
                 [*prefix, str(self.bin / name), *args],
@@ -401,7 +395,15 @@ class ControlPlane:
 
 
 _SETPRIV = shutil.which("setpriv")
-_DIE_WITH_STARTER = [_SETPRIV or "setpriv", "--pdeathsig", "KILL", "--"]
+
+
+def tied_to_starter() -> list[str]:
+    """The command prefix that sends a process SIGKILL when the Python process starting
+    it dies (util-linux `setpriv --pdeathsig`); none without setpriv, or off the main
+    thread: the signal follows the starting thread, so a process started from a worker
+    thread would die with that thread."""
+    on_main = threading.current_thread() is threading.main_thread()
+    return [_SETPRIV, "--pdeathsig", "KILL", "--"] if _SETPRIV and on_main else []
 
 
 def _http_ok(url: str) -> bool:

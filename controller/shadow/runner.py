@@ -60,7 +60,8 @@ from policies import (
     SchedulingResult,
     Snapshot,
 )
-from policies.fragmentation import TargetWorkload, cluster_fragmentation, live_workload
+from policies.fragmentation import cluster_fragmentation
+from policies.target_workload import TargetWorkload, live_workload
 
 log = logging.getLogger(__name__)
 

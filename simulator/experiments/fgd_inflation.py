@@ -52,8 +52,9 @@ from policies import (
     make_policy,
     policy_class,
 )
-from policies.fragmentation import NodeFragmentation, TargetWorkload, workload_from_jobs
+from policies.fragmentation import NodeFragmentation
 from policies.registry import parse_policy_label
+from policies.target_workload import TargetWorkload, workload_from_jobs
 from simulator.experiments import (
     add_executor_arguments,
     executor_for,

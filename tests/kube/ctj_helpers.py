@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from controller.ctj.crd import API_VERSION, KIND, object_path
 from controller.devcluster.fleet import NAMESPACE, TOLERATE_FAKE, Admin
 from controller.devcluster.install import SYSTEM_NAMESPACE, install_deploy
-from controller.devcluster.launcher import REPO, ControlPlane, free_port
+from controller.devcluster.launcher import REPO, ControlPlane, free_port, tied_to_starter
 from controller.kube.kubeapi import KubeApi, load_config
 from tests.kube.helpers import eventually
 
@@ -157,6 +157,7 @@ class ServeProcess:
         self.port = free_port()
         self.log_path = log_path
         args = [
+            *tied_to_starter(),  # a killed test run leaves no controller behind
             sys.executable,
             "-m",
             "controller.serve",
