@@ -28,9 +28,11 @@ import numpy as np
 import pytest
 
 from controller.ctj.continual import stream_of
-from controller.ctj.crd import ACC_START, GAIN, NAME_LABEL, WINDOW_LABEL, ctj_from_json
+from controller.ctj.crd import ACC_START, GAIN, ctj_from_json
+from controller.ctj.plan import ctj_pod_from_json
 from controller.ctj.runtime import SIMULATED_RUNTIME
 from controller.devcluster.fleet import Admin
+from controller.kube.informer import Informer
 from controller.kube.objects import parse_time
 from controller.scheduling.effects import now_rfc3339
 from policies import make_policy
@@ -142,16 +144,32 @@ class Outcome:
     missed: int
 
 
-def live_outcome(ctjs: list[dict[str, Any]], pods: list[dict[str, Any]], start: float) -> Outcome:
+class DeployedAccuracies:
+    """`acc_start + gain` of every window pod seen Succeeded, by (CTJ uid, window),
+    watched for the whole run (an informer handler): a pod that succeeds just as the
+    scheduler withdraws it completes its window and is then deleted, so the pods listed
+    at the end need not hold every completed window's facts. By uid, since the previous
+    run's CTJs had the same names."""
+
+    def __init__(self) -> None:
+        self.of: dict[tuple[str, int], float] = {}
+
+    def replace(self, kind: str, objects: list[dict[str, Any]]) -> None:
+        for obj in objects:
+            self.apply(kind, "ADDED", obj)
+
+    def apply(self, kind: str, event: str, obj: dict[str, Any]) -> None:
+        pod, notes = ctj_pod_from_json(obj), obj["metadata"].get("annotations") or {}
+        if pod is not None and pod.succeeded and GAIN in notes:
+            self.of[(pod.owner_uid, pod.window)] = float(notes[ACC_START]) + float(notes[GAIN])
+
+
+def live_outcome(
+    ctjs: list[dict[str, Any]], deployed: dict[tuple[str, int], float], start: float
+) -> Outcome:
     """Mean accuracy and misses of the live run: each CTJ's model replayed along its
     curve from its initial accuracy, deploying every completed window's `acc_start +
-    gain` (read from its pods) at its recorded finish, as the simulator integrates it."""
-    facts: dict[tuple[str, int], float] = {}
-    for pod in pods:
-        meta = pod["metadata"]
-        if pod["status"].get("phase") == "Succeeded" and GAIN in meta["annotations"]:
-            key = (meta["labels"][NAME_LABEL], int(meta["labels"][WINDOW_LABEL]))
-            facts[key] = float(meta["annotations"][ACC_START]) + float(meta["annotations"][GAIN])
+    gain` (`DeployedAccuracies`) at its recorded finish, as the simulator integrates it."""
     end = start + WINDOWS * WINDOW_S
     accuracy_s = 0.0
     completed = missed = 0
@@ -170,7 +188,7 @@ def live_outcome(ctjs: list[dict[str, Any]], pods: list[dict[str, Any]], start: 
                 finished = parse_time(outcome["finishedAt"])
                 accuracy_s += curve.integral(model.accuracy(served_to), finished - served_to)
                 data_t = start + outcome["index"] * WINDOW_S
-                model.deploy(facts[(ctj.name, outcome["index"])], data_t, finished)
+                model.deploy(deployed[(ctj.uid, outcome["index"])], data_t, finished)
                 served_to = finished
         accuracy_s += curve.integral(model.accuracy(served_to), end - served_to)
     jobs = completed + missed
@@ -206,6 +224,8 @@ async def live_run(
     env: CtjEnvironment, admin: Admin, policy: str, log: Path
 ) -> tuple[Outcome, list[StreamSpec]]:
     serve = ServeProcess(env, log, policy, POLICIES[policy])
+    deployed = DeployedAccuracies()
+    watch = asyncio.create_task(Informer(admin.api, "pods", "/api/v1/pods", deployed).run())
     try:
         await serve.until_ready()
         start = math.ceil(time.time()) + 20.0  # every window 0 opens at this instant
@@ -220,11 +240,12 @@ async def live_run(
             return None
 
         ctjs = await eventually(all_recorded, WINDOWS * WINDOW_S + 240, f"{policy}: all windows")
-        outcome = live_outcome(ctjs, await admin.pods(), start)
+        outcome = live_outcome(ctjs, deployed.of, start)
         assert serve.stop() == 0
         return outcome, recorded_streams(ctjs, start)
     finally:
         serve.stop()
+        watch.cancel()
         await delete_all_ctjs(admin.api)
         await admin.api.request("DELETE", LEASE)
 
