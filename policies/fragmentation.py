@@ -6,8 +6,9 @@ A node's idle GPU counts as *fragmented* for a task type when that task cannot u
   too few GPUs with enough free milli-GPU): every idle milli-GPU is fragmented;
 * otherwise only the GPUs with less free than the task's per-GPU request are.
 
-The expected fragmentation of a node under a target workload M is the popularity-weighted
-sum over task types, F_n(M) = Σ_m p_m · F_n(m); the cluster's is Σ_n F_n(M).
+The expected fragmentation of a node under a target workload M (`policies.target_workload`)
+is the popularity-weighted sum over task types, F_n(M) = Σ_m p_m · F_n(m); the cluster's
+is Σ_n F_n(M).
 `scarcity_weights` gives the type-aware variant FGD's default decides by (docs/fgd.md §3):
 each type's term also weighted by how few of the cluster's GPUs it may use.
 
