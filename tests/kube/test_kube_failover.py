@@ -37,6 +37,7 @@ from tests.kube.ctj_helpers import (
     LEASE,
     CtjEnvironment,
     ctj_env,  # noqa: F401 - fixture
+    run,
 )
 from tests.kube.helpers import eventually
 
@@ -170,14 +171,7 @@ def test_kill_9_of_the_leader_mid_burst(
             f"({retries:.0f} retries, {conflicts:.0f} conflicts)"
         )
 
-    async def main() -> None:
-        admin = Admin(str(ctj_env.plane.admin_kubeconfig))
-        try:
-            await scenario(admin)
-        finally:
-            await admin.close()
-
-    asyncio.run(main())
+    run(ctj_env, scenario)
 
 
 async def kill_while_binding(leader: ServeReplica) -> tuple[int, float, float]:
