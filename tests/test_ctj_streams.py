@@ -67,6 +67,7 @@ def test_a_cron_ctj_replays_with_the_firings_the_reconciler_opens_windows_at() -
     [
         ({"windows": None}, "spec.retrain.windows"),
         ({"configs": None}, "spec.retrain.configs"),
+        ({"windows": "three"}, "not a valid CTJ, so not replayed: spec.retrain.windows"),
     ],
 )
 def test_a_ctj_the_simulator_cannot_replay_is_named_with_its_field(

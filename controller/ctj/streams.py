@@ -27,9 +27,12 @@ from policies.continual import StreamSpec
 
 def recorded_stream(ctj: Ctj, origin: float) -> StreamSpec:
     """The CTJ as a stream whose time 0 is `origin` (Unix seconds). Raises ValueError
-    naming the field for a CTJ the simulator cannot replay: no `retrain.windows` (a
-    stream has an end), or no `accuracy` and `configs`."""
+    naming the field for a CTJ the simulator cannot replay: one that could not be read
+    (its `problem`), no `retrain.windows` (a stream has an end), or no `accuracy` and
+    `configs`."""
     spec, retrain = ctj.spec, ctj.spec.retrain
+    if ctj.problem is not None:
+        raise ValueError(f"{ctj.key}: not a valid CTJ, so not replayed: {ctj.problem}")
     if not is_stream(ctj) or spec.accuracy is None:
         raise ValueError(f"{ctj.key}: spec.accuracy and spec.retrain.configs are needed")
     if retrain.windows is None:
