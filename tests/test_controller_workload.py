@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -13,10 +14,11 @@ from controller.kube.objects import (
     POD_GROUP_LABEL,
     PREEMPTIBLE,
     RUNTIME,
+    PodClaim,
     parse_duration,
     pod_from_json,
 )
-from controller.scheduling.encoders import WholeGpu
+from controller.scheduling.encoders import Hami, WholeGpu
 from controller.scheduling.workload import build_workload
 from policies import FixedDuration, TaskRequest
 
@@ -124,6 +126,38 @@ def test_bad_share_annotation_is_rejected_not_crashing() -> None:
     assert work.pending == []
     assert work.rejected[0].problem.field == "metadata.annotations[gpufleet.io/gpu-milli]"
     assert "1..1000" in work.rejected[0].problem.message
+
+
+@pytest.mark.parametrize("gpus", [0, 2])
+def test_a_share_on_a_pod_not_asking_one_gpu_is_reported_not_scheduled(gpus: int) -> None:
+    """Half a GPU asked by a pod that asks 0 GPUs would have run on a CPU node with no
+    GPU (a dev-cluster walkthrough placed it on system-node-0); with 2 it would hold two
+    whole GPUs. Either way the author meant something else: the pod is set aside with
+    the field named, and its neighbours are scheduled."""
+    share = {"gpufleet.io/gpu-milli": "500"}
+    pods = [pod("half", gpus=gpus, notes=share), pod("fine", notes=share)]
+    work = build_workload(pods, {}, Hami())
+    (rejected,) = work.rejected
+    assert rejected.job_id == "ns/half"
+    assert rejected.problem.field == "metadata.annotations[gpufleet.io/gpu-milli]"
+    assert rejected.problem.message == (
+        f"500 is a share of one GPU: the pod must ask for exactly 1 GPU (--backend hami), "
+        f"not {gpus}"
+    )
+    (fine,) = work.pending
+    assert fine.spec.task == TaskRequest(2000, 4096, 1, 500)
+
+
+def test_a_whole_share_annotation_asks_nothing_of_the_gpu_count() -> None:
+    work = build_workload([pod("two", gpus=2, notes={"gpufleet.io/gpu-milli": "1000"})], {}, Hami())
+    assert work.rejected == [] and work.pending[0].spec.task.num_gpus == 2
+
+
+def test_a_share_on_a_pod_with_claims_is_reported() -> None:
+    body = pod("claims", gpus=0, notes={"gpufleet.io/gpu-milli": "250"})
+    claimed = replace(body, claims=(PodClaim("gpu", "claim-1"),))
+    (rejected,) = build_workload([claimed], {}, WholeGpu()).rejected
+    assert "asks its share in the claim" in rejected.problem.message
 
 
 @pytest.mark.parametrize(
