@@ -266,6 +266,27 @@ def test_a_cron_value_out_of_range_makes_the_job_invalid_naming_the_field() -> N
     )
 
 
+def test_a_job_made_invalid_mid_window_keeps_its_pods_until_their_deadline() -> None:
+    """Window 0 (deadline CREATED + 60) runs two pods; the spec is then edited to a cron
+    value the controller refuses. The pods run on (nothing is lost) and the reconciler
+    looks again at their deadline, where it withdraws the unfinished one, as it would
+    for a valid job; the one that finished stays for the fixed spec to record."""
+    first = plan(ctj(), [], CREATED + 1, "gpufleet")
+    running = pods_of(first, phase="Running", node="n0")
+    invalid = replace(
+        ctj(retrain={"schedule": "5,61 * * * * *", "deadlineSeconds": 60}),
+        status=first.status,
+    )
+    during = plan(invalid, running, CREATED + 30, "gpufleet")
+    assert during.status.phase == PHASE_INVALID
+    assert during.delete == () and during.create == ()
+    assert during.requeue_at == CREATED + 60
+    done, late = finished(running[:1], at=CREATED + 50)[0], running[1]
+    after = plan(invalid, [done, late], CREATED + 61, "gpufleet")
+    assert after.delete == (late,)
+    assert after.requeue_at is None and after.recorded == ()
+
+
 def test_condition_transition_time_is_kept_while_the_state_is_unchanged() -> None:
     job = ctj()
     first = plan(job, [], CREATED, "gpufleet")

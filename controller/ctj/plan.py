@@ -257,7 +257,7 @@ def plan(
     # Pods of an earlier object of the same name (the garbage collector may lag).
     stale = tuple(p for p in pods if p.owner_uid not in ("", ctj.uid) and not p.deleting)
     if ctj.problem is not None:
-        return _invalid(ctj, stale, ctj.problem, now, "InvalidSpec")
+        return _invalid(ctj, own, stale, ctj.problem, now, "InvalidSpec")
     try:
         clock = ctj_clock(ctj.spec.retrain, ctj.created)
         first_opening = clock.first_opening()
@@ -266,7 +266,7 @@ def plan(
         else:
             window, next_trigger = triggered(ctj, first_opening, now)
     except ValueError as err:
-        return _invalid(ctj, stale, Problem("spec.retrain", str(err)), now)
+        return _invalid(ctj, own, stale, Problem("spec.retrain", str(err)), now)
     limit = ctj.spec.retrain.windows
     if window is None:
         closed_before = ctj.status.windows_recorded
@@ -608,11 +608,16 @@ def _stamped(condition: Condition, old: Condition | None, now: float) -> Conditi
 
 def _invalid(
     ctj: Ctj,
+    own: list[CtjPod],
     stale: tuple[CtjPod, ...],
     problem: Problem,
     now: float,
     reason: str = "InvalidSchedule",
 ) -> Plan:
+    """Set aside: no window opens and no outcome is recorded until the spec is fixed.
+    Pods of the window that was open keep running (nothing is lost), but only until the
+    deadline they carry, as any window's pods: past it they are withdrawn, so a CTJ
+    made invalid mid-window cannot hold GPUs for ever."""
     old = ctj.status
     condition = Condition(SCHEDULE_VALID, "False", reason, str(problem))
     status = replace(
@@ -621,4 +626,7 @@ def _invalid(
         observed_generation=ctj.generation,
         conditions=(_stamped(condition, old.condition(SCHEDULE_VALID), now),),
     )
-    return Plan((), stale, status, (), None, problem)
+    running = [p for p in own if not p.finished and not p.deleting]
+    late = tuple(p for p in running if p.deadline is not None and p.deadline <= now)
+    later = [p.deadline for p in running if p.deadline is not None and p.deadline > now]
+    return Plan((), stale + late, status, (), min(later, default=None), problem)
