@@ -5,7 +5,7 @@ every reader still sees 0. The real server's Table: tests/kube/test_ctj_printing
 from __future__ import annotations
 
 from controller.ctj.crd import CtjStatus, WindowOutcome
-from policies.windows import MISSED
+from policies.windows import MISSED, Window
 from tests.test_crd_schema import crd, schema, validate
 
 
@@ -36,3 +36,25 @@ def test_no_printer_column_is_a_date_that_can_lie_in_the_future() -> None:
     (version,) = crd()["spec"]["versions"]
     dates = {c["jsonPath"] for c in version["additionalPrinterColumns"] if c["type"] == "date"}
     assert dates == {".status.lastRetrainTime", ".metadata.creationTimestamp"}
+
+
+def test_window_times_print_whole_seconds_and_keep_fractions() -> None:
+    """The Deadline column shows `...:21Z` for a window on whole seconds (every timed
+    window: creation times are whole seconds), not `...:21.000000Z`; a drift-triggered
+    window's fraction of a second is kept, and both read back exactly."""
+    whole = Window(0, 1_796_584_641.0, 1_796_585_121.0, 1_796_585_241.0)
+    drift = Window(3, 1_796_584_641.25, 1_796_584_650.5, 1_796_584_660.000001)
+    status = CtjStatus(current_window=whole).to_json()["currentWindow"]
+    assert status == {
+        "index": 0,
+        "start": "2026-12-06T19:17:21Z",
+        "deadline": "2026-12-06T19:25:21Z",
+        "end": "2026-12-06T19:27:21Z",
+    }
+    validate(status, schema()["properties"]["status"]["properties"]["currentWindow"])
+    shown = CtjStatus(current_window=drift).to_json()["currentWindow"]
+    assert shown["start"] == "2026-12-06T19:17:21.250000Z"
+    assert shown["end"] == "2026-12-06T19:17:40.000001Z"
+    for window in (whole, drift):
+        back = CtjStatus.from_json(CtjStatus(current_window=window).to_json()).current_window
+        assert back == window

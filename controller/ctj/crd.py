@@ -117,14 +117,19 @@ class CtjSpec:
 
 
 def window_to_json(window: Window) -> dict[str, Any]:
-    # Microseconds: a drift-triggered window opens at a fraction of a second, and the
-    # recorded window is what later reconciles judge it by.
     return {
         "index": window.index,
-        "start": now_rfc3339(window.start, micro=True),
-        "deadline": now_rfc3339(window.deadline, micro=True),
-        "end": now_rfc3339(window.end, micro=True),
+        "start": _window_time(window.start),
+        "deadline": _window_time(window.deadline),
+        "end": _window_time(window.end),
     }
+
+
+def _window_time(t: float) -> str:
+    """Microseconds when there are any: a drift-triggered window opens at a fraction of
+    a second, and the recorded window is what later reconciles judge it by. Whole
+    seconds otherwise, as `kubectl get ctj` shows the deadline."""
+    return now_rfc3339(t, micro=not float(t).is_integer())
 
 
 def window_from_json(obj: Mapping[str, Any]) -> Window:
