@@ -21,6 +21,7 @@ from controller.kube.objects import (
     GPU_UUIDS_ANNOTATION,
     NodeRecord,
     PodRecord,
+    Problem,
 )
 from policies import MILLI
 
@@ -59,6 +60,27 @@ def _share_milli(pod: PodRecord, num_gpus: int) -> int:
     if num_gpus != 1 or pod.meta.share_milli is None:
         return MILLI if num_gpus else 0
     return pod.meta.share_milli
+
+
+def share_problem(pod: PodRecord, encoder: GpuEncoder) -> Problem | None:
+    """A share annotation (`gpufleet.io/gpu-milli` below 1000) on a pod that does not ask
+    for exactly one GPU from the device plugin. Its author meant a share of a GPU; taken
+    as asked, the pod would run on no GPU (or on whole GPUs, or on what its claims ask),
+    so it is reported instead of scheduled."""
+    share = pod.meta.share_milli
+    if share is None or share >= MILLI:
+        return None
+    field = f"metadata.annotations[{GPU_MILLI}]"
+    if pod.claims:
+        return Problem(field, "a pod with spec.resourceClaims asks its share in the claim")
+    gpus = encoder.request(pod)[0]
+    if gpus == 1:
+        return None
+    return Problem(
+        field,
+        f"{share} is a share of one GPU: the pod must ask for exactly 1 GPU "
+        f"(--backend {encoder.name}), not {gpus}",
+    )
 
 
 def _count(value: Decimal | None) -> int:

@@ -13,7 +13,6 @@ from controller.ctj.continual import retraining_job
 from controller.ctj.runtime import restart_delay, work_done
 from controller.dra.inventory import DraAsk, DraState
 from controller.kube.objects import (
-    GPU_MILLI,
     JOB_LABEL,
     MODEL_LABELS,
     POD_GROUP_LABEL,
@@ -23,10 +22,9 @@ from controller.kube.objects import (
     Problem,
     first_label,
 )
-from controller.scheduling.encoders import GpuEncoder
+from controller.scheduling.encoders import GpuEncoder, share_problem
 from controller.scheduling.ledger import Charge
 from policies import (
-    MILLI,
     ClusterState,
     FixedDuration,
     JobSpec,
@@ -318,27 +316,6 @@ def _decode_job(
         return err.problem
     except ValueError as err:
         return Problem("spec.containers[].resources", str(err))
-
-
-def share_problem(pod: PodRecord, encoder: GpuEncoder) -> Problem | None:
-    """A share annotation (`gpufleet.io/gpu-milli` below 1000) on a pod that does not ask
-    for exactly one GPU from the device plugin. Its author meant a share of a GPU; taken
-    as asked, the pod would run on no GPU (or on whole GPUs, or on what its claims ask),
-    so it is reported instead of scheduled."""
-    share = pod.meta.share_milli
-    if share is None or share >= MILLI:
-        return None
-    field = f"metadata.annotations[{GPU_MILLI}]"
-    if pod.claims:
-        return Problem(field, "a pod with spec.resourceClaims asks its share in the claim")
-    gpus = encoder.request(pod)[0]
-    if gpus == 1:
-        return None
-    return Problem(
-        field,
-        f"{share} is a share of one GPU: the pod must ask for exactly 1 GPU "
-        f"(--backend {encoder.name}), not {gpus}",
-    )
 
 
 def _gang_size(members: list[PodRecord]) -> int:
