@@ -9,8 +9,9 @@ Three modes (docs/fgd.md compares them on the openb traces):
 * `score` (default): the paper's integer score int(100·σ((F_n − F_n')/1000)), highest
   wins, with Δ from the type-aware measure (each type also weighted by how few GPUs it
   may use, `fragmentation.scarcity_weights`); among equal scores, the node whose
-  CPU-starved GPU grows least (`policies.cpu_starvation`: idle GPU its free CPU cannot
-  feed at the workload's CPU per GPU), then the first in a fixed order that is a hash
+  CPU-starved GPU (`policies.cpu_starvation`: idle GPU its free CPU cannot feed at the
+  workload's CPU per GPU) plus the fragments of the types M's coverage cut leaves out
+  (`policies.cut_fragments`) grow least, then the first in a fixed order that is a hash
   of the node names (`tie_ranks`). Within the node a sharing task takes a GPU of the
   best score, the tightest on ties.
 * `artifact`: the upstream simulator exactly: the paper's measure and score, ties to
@@ -35,7 +36,6 @@ which is what a live controller has.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -45,8 +45,10 @@ import numpy as np
 from policies.base import Context, PlacementConfig, PlacementPolicy, PolicyConfig, Snapshot
 from policies.cluster import ClusterState, IntArray
 from policies.cpu_starvation import cpu_per_gpu_milli, gpu_fed_per_cpu, starvation_change
+from policies.cut_fragments import CutFragments
 from policies.decisions import SchedulingResult
-from policies.fragmentation import BoolArray, FloatArray, NodeFragmentation, WorkloadArrays
+from policies.delta_cache import DeltaCache
+from policies.fragmentation import FloatArray, NodeFragmentation, WorkloadArrays
 from policies.jobs import JobSpec, Placement, TaskPlacement, TaskRequest
 from policies.placement import feasible_kind_leaders, select_gpus
 from policies.target_workload import (
@@ -115,6 +117,7 @@ class Fgd(PlacementPolicy):
         self._prepared: TargetWorkload | None = None
         self._fragmentation: NodeFragmentation | None = None
         self._deltas: DeltaCache | None = None
+        self._cut = CutFragments(self.settings.delta_cache_shapes)
         self._tie_ranks: tuple[tuple[object, ...], IntArray, IntArray] | None = None
         self._score_bounds: FloatArray | None = None
         self._fed: tuple[tuple[object, WorkloadArrays, FloatArray], FloatArray] | None = None
@@ -145,6 +148,8 @@ class Fgd(PlacementPolicy):
         return workload_from_counts(counts, self.settings.coverage)
 
     def _use_workload(self, workload: TargetWorkload) -> None:
+        if self.settings.mode == "score":
+            self._cut.use(workload)
         current = self._fragmentation
         if current is not None and (current.workload is workload or current.reweight(workload)):
             return  # the node terms and cached differences still hold
@@ -226,12 +231,16 @@ class Fgd(PlacementPolicy):
     def _break_tie(
         self, task: TaskRequest, state: ClusterState, candidates: IntArray, best: IntArray
     ) -> int:
-        """The row among `best` (equal scores) whose node's CPU-starved GPU grows least
-        (`policies.cpu_starvation`), then the first in the hashed-name order."""
+        """The row among `best` (equal scores) whose node's CPU-starved GPU plus the cut
+        types' fragments grow least (`policies.cpu_starvation`, `policies.cut_fragments`),
+        then the first in the hashed-name order."""
         if best.size == 1:
             return int(best[0])
-        starving = starvation_change(state, task, candidates[best], self._gpu_fed_per_cpu(state))
-        least = best[starving == starving.min()]
+        nodes = candidates[best]
+        growth = starvation_change(state, task, nodes, self._gpu_fed_per_cpu(state))
+        if self._cut.share > 0:
+            growth = np.round(growth + self._cut.change(task, state, nodes), 6)
+        least = best[growth == growth.min()]
         return int(least[self._ranks(state)[candidates[least]].argmin()])
 
     def _gpu_fed_per_cpu(self, state: ClusterState) -> FloatArray:
@@ -356,82 +365,3 @@ def packing_order(state: ClusterState, nodes: IntArray) -> IntArray:
     gpu_left = state.gpu_free[nodes].sum(axis=1)
     cpu_left = state.cpu_free[nodes]
     return np.lexsort((np.arange(nodes.size), cpu_left, gpu_left))
-
-
-class DeltaCache:
-    """Per task shape, Δ of the nodes asked for, recomputed only where it may have changed.
-
-    Δ depends only on the node's free resources, the task's (CPU, GPU count, milli) and
-    the workload; the per-type differences it is weighted from (`placement_diffs`) do
-    not depend on the workload's probabilities. So between two tasks of one shape only
-    the nodes placed on in between need new differences, and a live workload's new
-    probabilities (every pass) cost a new weighting (`NodeFragmentation.weigh`) of the
-    nodes asked for, each row once per workload: rows carry the stamp their differences
-    were taken at and the weights version they were weighed with.
-    """
-
-    def __init__(self, fragmentation: NodeFragmentation, shapes: int) -> None:
-        self.fragmentation = fragmentation
-        self.shapes = shapes
-        self._entries: OrderedDict[tuple[int, int, int], _Entry] = OrderedDict()
-        self._nodes: tuple[object, ...] | None = None
-        self._columns_version = fragmentation.columns_version
-
-    def get(self, task: TaskRequest, state: ClusterState, candidates: IntArray) -> FloatArray:
-        fragmentation = self.fragmentation
-        fragmentation.sync(state)
-        if state.nodes is not self._nodes or self._columns_version != fragmentation.columns_version:
-            self._entries.clear()  # another cluster, or differences lack a new type's column
-            self._nodes = state.nodes
-            self._columns_version = fragmentation.columns_version
-        entry = self._entry(task, state)
-        changed = entry.stamp[candidates] != fragmentation.stamp[candidates]
-        if changed.any():
-            stale = candidates[changed]
-            diffs, fits = fragmentation.placement_diffs(state, task, stale)
-            entry.diffs[:, stale] = diffs
-            entry.fits[stale] = fits
-            entry.stamp[stale] = fragmentation.stamp[stale]
-        version = fragmentation.weights_version
-        unweighed = changed | (entry.weighed[candidates] != version)
-        if unweighed.all() and candidates.size == state.num_nodes:
-            entry.deltas = fragmentation.weigh(entry.diffs, entry.fits)  # no gather
-            entry.weighed[:] = version
-        elif unweighed.any():
-            rows = candidates[unweighed]
-            entry.deltas[rows] = fragmentation.weigh(entry.diffs[:, rows], entry.fits[rows])
-            entry.weighed[rows] = version
-        return entry.deltas[candidates]
-
-    def _entry(self, task: TaskRequest, state: ClusterState) -> _Entry:
-        key = (task.cpu_milli, task.num_gpus, task.gpu_milli)
-        entry = self._entries.get(key)
-        if entry is None:
-            width = state.gpu_free.shape[1] if task.is_sharing else 1
-            types = self.fragmentation.delta_weights.size
-            entry = _Entry(
-                diffs=np.zeros((types, state.num_nodes, width)),
-                fits=np.zeros((state.num_nodes, width), dtype=bool),
-                deltas=np.full((state.num_nodes, width), np.inf),
-                stamp=np.full(state.num_nodes, -1, dtype=np.int64),
-                weighed=np.full(state.num_nodes, -1, dtype=np.int64),
-            )
-            self._entries[key] = entry
-            if len(self._entries) > self.shapes:
-                self._entries.popitem(last=False)
-        else:
-            self._entries.move_to_end(key)
-        return entry
-
-
-@dataclass(slots=True)
-class _Entry:
-    diffs: FloatArray
-    """Per type, node and slot: the change in fragmented milli-GPU."""
-    fits: BoolArray
-    deltas: FloatArray
-    """Per node, `diffs` weighted by the workload of the node's `weighed` version."""
-    stamp: IntArray
-    """Per node, the `NodeFragmentation.stamp` its differences were taken at."""
-    weighed: IntArray
-    """Per node, the `NodeFragmentation.weights_version` of its `deltas` (-1: none)."""

@@ -136,6 +136,24 @@ def scarcity_weights(arrays: WorkloadArrays, state: ClusterState) -> FloatArray:
     return np.where(usable > 0, total / np.maximum(usable, 1.0), 1.0)
 
 
+def host_scarcity_weights(arrays: WorkloadArrays, state: ClusterState) -> FloatArray:
+    """Per type: the cluster's GPUs ÷ the GPUs on nodes that could host one task of the
+    type when empty (model admitted, at least its GPU count, at least its CPU).
+
+    `scarcity_weights` with every constraint a node's capacity sets, not only the model:
+    an 8-GPU task asking 120 cores can use a 96-core node's GPUs no more than a T4-only
+    task a V100's. 1 for CPU-only types and for a type no node can host."""
+    hosts = (
+        arrays.access[state.model_idx]
+        & (state.cpu_cap[:, None] >= arrays.cpu[None, :])
+        & (state.gpu_count[:, None] >= arrays.num[None, :])
+    )
+    usable = (state.gpu_count[:, None] * hosts).sum(axis=0).astype(np.float64)
+    total = float(state.gpu_count.sum())
+    scarce = arrays.uses_gpu & (usable > 0)
+    return np.where(scarce, total / np.maximum(usable, 1.0), 1.0)
+
+
 def categories(state: ClusterState, workload: TargetWorkload) -> IntArray:
     """`Category` of every (node, task type) pair, for reports and tests."""
     arrays = WorkloadArrays(workload, state.gpu_models)
@@ -171,7 +189,8 @@ class NodeFragmentation:
     fresh `stamp`, so caches built on top of this one know which of their rows are stale.
 
     `placement_deltas` weights type m by p_m, or by p_m · `scarcity_weights` when
-    `scarcity` is set; `node_values` and `cluster_amount` are always the paper's measure.
+    `scarcity` is set (`host_scarcity_weights` with `by_hosts`); `node_values` and
+    `cluster_amount` are always the paper's measure.
 
     The terms depend on the workload's task types, not on their probabilities, so
     `reweight` takes another workload (a live one, whose shares move with every
@@ -183,9 +202,13 @@ class NodeFragmentation:
     columns.
     """
 
-    def __init__(self, workload: TargetWorkload, scarcity: bool = False) -> None:
+    def __init__(
+        self, workload: TargetWorkload, scarcity: bool = False, by_hosts: bool = False
+    ) -> None:
         self.workload = workload
         self.scarcity = scarcity
+        self.by_hosts = by_hosts
+        """With `scarcity`: weigh by `host_scarcity_weights`, not `scarcity_weights`."""
         self.weights_version = 0
         self.columns_version = 0
         self._types = list(workload.types)  # one per column (their probabilities unused)
@@ -210,7 +233,8 @@ class NodeFragmentation:
     def _lay_out_columns(self) -> None:
         state = self._cluster
         self.arrays = WorkloadArrays.of_types(self._types, state.gpu_models)
-        self._scarcity = scarcity_weights(self.arrays, state) if self.scarcity else None
+        weights = host_scarcity_weights if self.by_hosts else scarcity_weights
+        self._scarcity = weights(self.arrays, state) if self.scarcity else None
         self._weigh_types()
 
     def _weigh_types(self) -> None:

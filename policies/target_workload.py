@@ -31,9 +31,13 @@ class TaskType:
 
 @dataclass(frozen=True)
 class TargetWorkload:
-    """The task mix FGD expects to arrive; probabilities sum to 1."""
+    """The task mix FGD expects to arrive; probabilities sum to 1. `cut` holds the
+    types the coverage cut left out, each with its share of all tasks (not
+    renormalised): the measure leaves them out, FGD's tie-break weighs their fragments
+    (`policies.cut_fragments`). A workload given whole has none."""
 
     types: tuple[TaskType, ...]
+    cut: tuple[TaskType, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.types:
@@ -74,15 +78,15 @@ def workload_from_counts(
             break
         chosen.append((key, count))
         covered += count
-    types = tuple(
-        TaskType(
-            task=TaskRequest(cpu_milli=cpu, num_gpus=num, gpu_milli=milli),
-            allowed_models=models,
-            probability=(count / total) / (covered / total),
-        )
-        for (cpu, milli, num, models), count in chosen
-    )
-    return TargetWorkload(types)
+    types = tuple(_task_type(key, (count / total) / (covered / total)) for key, count in chosen)
+    cut = tuple(_task_type(key, count / total) for key, count in ranked[len(chosen) :] if count)
+    return TargetWorkload(types, cut)
+
+
+def _task_type(key: TaskKey, probability: float) -> TaskType:
+    cpu, milli, num, models = key
+    task = TaskRequest(cpu_milli=cpu, num_gpus=num, gpu_milli=milli)
+    return TaskType(task, models, probability)
 
 
 def workload_from_jobs(

@@ -25,7 +25,8 @@ from policies import (
     fragmentation,
     make_policy,
 )
-from policies.fgd import MODES, DeltaCache, Fgd, FgdConfig, artifact_scores, score_bounds
+from policies.delta_cache import DeltaCache
+from policies.fgd import MODES, Fgd, FgdConfig, artifact_scores, score_bounds
 from policies.fragmentation import NodeFragmentation
 from policies.target_workload import TargetWorkload, workload_from_counts
 from policies.task_mix import TaskKey, TaskMix, count_tasks, task_key
