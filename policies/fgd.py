@@ -70,7 +70,7 @@ class FgdConfig(PlacementConfig):
         default="score",
         metadata={
             "help": "score: int sigmoid score of the type-aware Δ, ties to the least "
-            "CPU-starved GPU, then hashed names; artifact: "
+            "CPU-starved GPU plus cut types' fragments, then hashed names; artifact: "
             "the paper's Δ and score, first-name ties; exact: float Δ with tolerance, "
             "packing ties"
         },
