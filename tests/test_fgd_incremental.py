@@ -25,6 +25,7 @@ from policies import (
     fragmentation,
     make_policy,
 )
+from policies.cut_fragments import CutFragments
 from policies.delta_cache import DeltaCache
 from policies.fgd import MODES, Fgd, FgdConfig, artifact_scores, score_bounds
 from policies.fragmentation import NodeFragmentation
@@ -170,6 +171,42 @@ def test_reweighted_fragmentation_and_cached_deltas_equal_fresh_ones(
         assert kept.cluster_amount() == fresh.cluster_amount()
 
 
+@settings(max_examples=60, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    history=st.lists(st.tuples(COUNTS, CHANGES, ASKED), min_size=1, max_size=12),
+    coverage=st.sampled_from([0.5, 0.8, 0.95]),
+)
+def test_kept_cut_fragments_equal_fresh_ones(history, coverage) -> None:
+    """The cut types' fragments kept across workloads, placements and releases (some
+    under one workload, so kept rows go stale), asked for some nodes at a time, equal
+    those of a `CutFragments` built for that workload and state, exactly."""
+    state, held = cluster(), []
+    kept = CutFragments(shapes=256)
+    for counts, changes, asked in history:
+        workload = workload_of(counts, coverage)
+        kept.use(workload)
+        for step in (changes[: len(changes) // 2], changes[len(changes) // 2 :]):
+            change_state(state, step, held)
+            fresh = CutFragments(shapes=256)
+            fresh.use(workload)
+            assert kept.share == fresh.share
+            if workload.cut:
+                for task, _ in SHAPES:
+                    nodes = fitting(state, task, asked)
+                    if nodes.size:
+                        kept_change = kept.change(task, state, nodes)
+                        fresh_change = fresh.change(task, state, nodes)
+                        np.testing.assert_array_equal(kept_change, fresh_change)
+
+
+def fitting(state: ClusterState, task: TaskRequest, asked: list[int]) -> np.ndarray:
+    """The nodes of `asked` with room for `task` (a policy asks for candidates only)."""
+    room = [n for n in asked if state.cpu_free[n] >= task.cpu_milli]
+    if task.num_gpus:
+        room = [n for n in room if (state.gpu_free[n] >= task.gpu_milli).sum() >= task.num_gpus]
+    return np.array(room, dtype=np.int64)
+
+
 def test_a_reweight_keeps_the_terms_and_adds_a_column_per_new_type(monkeypatch) -> None:
     """Swapping two types' popularity maps the workload's types to the kept columns
     (5:3 becomes 3:5, so type 0 is now column 1) and recomputes no node; a third type
@@ -277,15 +314,22 @@ def test_the_engine_keeps_the_counts_of_its_snapshot_jobs(shapes, policy, cancel
 
 
 @settings(max_examples=30, suppress_health_check=[HealthCheck.too_slow])
-@given(shapes=JOBS, mode=st.sampled_from(MODES), seed=st.integers(0, 3))
-def test_a_replay_decides_as_fgd_built_anew_every_pass(shapes, mode, seed) -> None:
-    """The same trace through the kept FGD (engine's counts, reweighted terms, cached Δ)
-    and through an FGD rebuilt every pass from the snapshot's jobs: the same job rows
-    (placements, start and end times)."""
+@given(
+    shapes=JOBS,
+    mode=st.sampled_from(MODES),
+    seed=st.integers(0, 3),
+    coverage=st.sampled_from([0.6, 0.95]),
+)
+def test_a_replay_decides_as_fgd_built_anew_every_pass(shapes, mode, seed, coverage) -> None:
+    """The same trace through the kept FGD (engine's counts, reweighted terms, cached Δ
+    and cut types' fragments) and through an FGD rebuilt every pass from the snapshot's
+    jobs: the same job rows (placements, start and end times). A coverage of 0.6 leaves
+    more types to the cut, whose fragments the default's tie rule weighs."""
     jobs = replay_jobs(shapes)
     nodes = [node("a", 8, cpu=96_000), node("b", 4, cpu=32_000), node("c", 4, "T4")]
     rows = []
-    for policy in (Fgd(FgdConfig(mode=mode)), FromScratch(FgdConfig(mode=mode))):
+    config = FgdConfig(mode=mode, coverage=coverage)
+    for policy in (Fgd(config), FromScratch(config)):
         recorder = Simulation(nodes, jobs, policy, EngineOptions(seed=seed)).run()
         rows.append(job_rows(recorder))
     assert rows[0] == rows[1]
