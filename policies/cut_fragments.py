@@ -82,17 +82,24 @@ class CutFragments:
         key = (task.cpu_milli, task.num_gpus, task.gpu_milli)
         weights = (state.nodes, fragmentation.weights_version, fragmentation.columns_version)
         entry = self._entries.get(key)
-        if entry is None or entry.weights[0] is not weights[0] or entry.weights[1:] != weights[1:]:
-            width = state.gpu_free.shape[1] if task.is_sharing else 1
-            entry = _Entry(
-                np.full((state.num_nodes, width), np.inf),
-                np.full(state.num_nodes, -1, dtype=np.int64),
-                weights,
-            )
+        if (
+            entry is not None
+            and entry.weights[0] is weights[0]
+            and entry.weights[1:] == weights[1:]
+        ):
+            self._entries.move_to_end(key)
+            return entry
+        width = state.gpu_free.shape[1] if task.is_sharing else 1
+        entry = _Entry(
+            np.full((state.num_nodes, width), np.inf),
+            np.full(state.num_nodes, -1, dtype=np.int64),
+            weights,
+        )
+        if self.shapes:  # 0: nothing kept, every call computes afresh
             self._entries[key] = entry
+            self._entries.move_to_end(key)
             if len(self._entries) > self.shapes:
                 self._entries.popitem(last=False)
-        self._entries.move_to_end(key)
         return entry
 
 

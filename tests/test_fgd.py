@@ -309,6 +309,15 @@ WORKLOAD = TargetWorkload(
     )
 )
 
+WITH_CUT = replace(
+    WORKLOAD,
+    cut=(
+        TaskType(TaskRequest(12000, 0, 4, 1000), None, 0.02),
+        TaskType(TaskRequest(4000, 0, 1, 700), frozenset({"T4"}), 0.01),
+    ),
+)
+"""WORKLOAD, with two rare types its coverage cut would have left out."""
+
 
 def small_cluster() -> ClusterState:
     return ClusterState(
@@ -440,11 +449,12 @@ def test_replay_through_the_engine_with_the_whole_trace_as_workload(replay_files
 @settings(max_examples=30, deadline=None)
 @given(tasks=st.lists(TASKS, min_size=1, max_size=40), mode=st.sampled_from(MODES))
 def test_the_delta_cache_changes_no_placement(tasks, mode) -> None:
-    """`delta_cache_shapes=0` (every Δ recomputed) is the benchmark's uncached baseline."""
+    """`delta_cache_shapes=0` (every Δ and cut types' fragment recomputed) is the
+    benchmark's uncached baseline."""
     placements = []
     for shapes in (256, 1, 0):
         state = small_cluster()
-        options = {"workload": WORKLOAD, "mode": mode, "delta_cache_shapes": shapes}
+        options = {"workload": WITH_CUT, "mode": mode, "delta_cache_shapes": shapes}
         policy = make_policy("fgd", options)
         ctx = Context(np.random.default_rng(0))
         chosen = []
