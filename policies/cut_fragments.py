@@ -56,8 +56,10 @@ class CutFragments:
         if not cut:
             return
         types = tuple(TaskType(t.task, t.allowed_models, t.probability / self.share) for t in cut)
-        shares = TargetWorkload(types)
         current = self._fragmentation
+        if current is not None and current.workload.types == types:
+            return  # only their share of all tasks moved: the kept values still hold
+        shares = TargetWorkload(types)
         if current is not None and current.reweight(shares):
             return
         self._fragmentation = NodeFragmentation(shares, scarcity=True, by_hosts=True)
