@@ -3,7 +3,8 @@ expects to arrive and their shares. M is the most popular task shapes (CPU, per-
 milli, GPU count, GPU models) that cover `coverage` of all tasks, CPU-only tasks
 included, their shares renormalised, as the artifact's typical pods are; it is taken
 from counts, from a job list (a trace replay) or from the jobs a snapshot shows (a live
-controller).
+controller). The types below the cut travel with it (`TargetWorkload.cut`), with their
+shares of all tasks, for FGD's tie rule.
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ class TargetWorkload:
         probs = [t.probability for t in self.types]
         if min(probs) < 0 or abs(sum(probs) - 1.0) > 1e-6:
             raise ValueError("task type probabilities must be >= 0 and sum to 1")
+        cut = [t.probability for t in self.cut]
+        if cut and (min(cut) < 0 or sum(cut) > 1.0 + 1e-6):
+            raise ValueError("cut task type shares must be >= 0 and sum to at most 1")
 
 
 def build_target_workload(

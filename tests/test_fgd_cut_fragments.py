@@ -5,6 +5,7 @@ that node, where the CPU-starvation rule alone gives it away."""
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -79,3 +80,9 @@ def test_without_cut_types_the_rule_is_off() -> None:
     cut = CutFragments(shapes=8)
     cut.use(TargetWorkload((SMALL,)))
     assert cut.share == 0
+
+
+@pytest.mark.parametrize("share", [-0.1, 1.5])
+def test_cut_shares_outside_0_to_1_are_refused(share: float) -> None:
+    with pytest.raises(ValueError, match="cut task type shares"):
+        TargetWorkload((SMALL,), (replace(WHOLE_NODE, probability=share),))
