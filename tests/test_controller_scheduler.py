@@ -208,6 +208,50 @@ def test_conflict_drops_the_assumption() -> None:
     run(scenario)
 
 
+def test_a_re_read_answered_after_the_watch_saw_the_bind_does_not_undo_it() -> None:
+    """An expired assumption is re-read while the same pass binds the pod again; the
+    read's answer (pending, as the pod was when asked) arrives after the watch's echo
+    of the bind. Applied, it would make the pod pending again and bind it a third time
+    (a 409 from a real API server, seen under CI load)."""
+
+    async def main() -> None:
+        now = [1000.0]
+        cache = ClusterCache(WholeGpu())
+        cache.replace(NODES, [node_json("a", 2)])
+        effects = FakeEffects(cache)
+        answer = asyncio.Event()
+
+        async def late_read(namespace: str, name: str) -> dict[str, Any] | None:
+            asked = effects.pods.get(name)
+            await answer.wait()
+            return asked
+
+        effects.read_pod = late_read  # type: ignore[method-assign]
+        options = SchedulerOptions(assume_timeout_s=5.0)
+        scheduler = Scheduler(make_policy("fifo"), cache, effects, options, clock=lambda: now[0])  # type: ignore[arg-type]
+        loop = asyncio.create_task(scheduler.run())
+        try:
+            cache.apply(PODS, "ADDED", pod_json("p"))
+            await scheduler.wait_idle()
+            effects.pods["p"] = pod_json("p")  # the API server's answer when asked: pending
+            now[0] += 10.0  # the watch never echoed the first bind: its assumption expires
+            scheduler.wake()
+            while len(effects.binds) < 2:
+                await asyncio.sleep(0)
+            assert scheduler.stats.expired == 1
+            cache.apply(PODS, "MODIFIED", pod_json("p", node="a"))  # the echo of bind 2
+            answer.set()
+            await scheduler.wait_idle()
+            assert [b[0] for b in effects.binds] == ["p", "p"]
+            assert cache.pods["u-p"].node_name == "a" and not cache.pending_pods()
+            state = cache.ledger.state
+            assert state is not None and int(state.gpu_free.sum()) == 1000
+        finally:
+            loop.cancel()
+
+    asyncio.run(main())
+
+
 def test_gang_member_failing_to_bind_evicts_the_bound_members() -> None:
     async def scenario(scheduler: Scheduler, cache: ClusterCache, effects: FakeEffects) -> None:
         effects.outcomes["g-1"] = BindOutcome.GONE

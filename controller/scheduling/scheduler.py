@@ -663,11 +663,17 @@ class Scheduler:
         return BindOutcome.BOUND if current["spec"].get("nodeName") == node else BindOutcome.RETRY
 
     async def _refresh(self, pod: PodRecord) -> None:
-        """Re-read a pod whose state we are unsure of and feed it to the cache."""
+        """Re-read a pod whose state we are unsure of and feed it to the cache, unless
+        the watch spoke of the pod while the read was out: its word is at least as new,
+        and a read answered before a bind but applied after its echo would make the
+        bound pod pending again (and a pass would bind it twice)."""
+        asked = self.cache.pods.get(pod.uid)
         try:
             current = await self.effects.read_pod(pod.namespace, pod.name)
         except (aiohttp.ClientError, OSError, TimeoutError) as err:
             log.warning("re-reading %s failed (%s); the watch will tell", pod.key, err)
+            return
+        if self.cache.pods.get(pod.uid) is not asked:
             return
         if current is not None and current["metadata"].get("uid") == pod.uid:
             self.cache.apply("pods", "MODIFIED", current)
