@@ -42,11 +42,11 @@ def cpu_per_gpu_milli(arrays: WorkloadArrays, weights: FloatArray) -> FloatArray
     return np.where(asked_gpu > 0, asked_cpu / np.maximum(asked_gpu, 1.0), 0.0)
 
 
-def gpu_fed_per_cpu(rho_by_model: FloatArray, state: ClusterState) -> FloatArray:
-    """1/ρ for every node of `state` (0 where no GPU type may use its model, so all of
-    its idle GPU counts as starved, as the paper counts it all fragmented)."""
-    inverse = np.divide(1.0, rho_by_model, out=np.zeros_like(rho_by_model), where=rho_by_model > 0)
-    return inverse[state.model_idx]
+def gpu_fed_per_cpu(rho_by_model: FloatArray) -> FloatArray:
+    """1/ρ per GPU model, GPU-less last, so that `state.model_idx` indexes it (0 where no
+    GPU type may use the model: all of its idle GPU counts as starved, as the paper
+    counts it all fragmented)."""
+    return np.divide(1.0, rho_by_model, out=np.zeros_like(rho_by_model), where=rho_by_model > 0)
 
 
 def starved_milli(cpu_free: FloatArray, idle_milli: FloatArray, fed: FloatArray) -> FloatArray:
@@ -55,13 +55,12 @@ def starved_milli(cpu_free: FloatArray, idle_milli: FloatArray, fed: FloatArray)
 
 
 def starvation_change(
-    state: ClusterState, task: TaskRequest, nodes: IntArray, fed_by_node: FloatArray
+    state: ClusterState, task: TaskRequest, nodes: IntArray, fed: FloatArray
 ) -> FloatArray:
-    """The change of S on each of `nodes` if `task` went there (`fed_by_node` from
-    `gpu_fed_per_cpu`), rounded to 10⁻⁶ milli-GPU so that changes equal in exact
+    """The change of S on each of `nodes` if `task` went there (`fed`: 1/ρ on each of
+    them, from `gpu_fed_per_cpu`), rounded to 10⁻⁶ milli-GPU so that changes equal in exact
     arithmetic compare equal (and fall to the next tie rule) whatever the rounding of
     the node's own numbers."""
-    fed = fed_by_node[nodes]
     before = state.gpu_free_sum[nodes] - state.cpu_free[nodes] * fed
     taken: IntArray | int = task.gpu_total_milli
     if task.is_sharing and state.whole_only:  # a whole GPU where GPUs cannot be shared

@@ -70,7 +70,7 @@ class CutFragments:
         with room for a sharing task."""
         fragmentation = self._fragmentation
         assert fragmentation is not None and self.share > 0
-        fragmentation.sync(state)
+        fragmentation.sync_nodes(state, nodes)
         entry = self._entry(task, state, fragmentation)
         stale = nodes[entry.stamp[nodes] != fragmentation.stamp[nodes]]
         if stale.size:

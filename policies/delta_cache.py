@@ -34,7 +34,7 @@ class DeltaCache:
 
     def get(self, task: TaskRequest, state: ClusterState, candidates: IntArray) -> FloatArray:
         fragmentation = self.fragmentation
-        fragmentation.sync(state)
+        fragmentation.sync_nodes(state, candidates)
         if state.nodes is not self._nodes or self._columns_version != fragmentation.columns_version:
             self._entries.clear()  # another cluster, or differences lack a new type's column
             self._nodes = state.nodes

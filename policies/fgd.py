@@ -237,20 +237,21 @@ class Fgd(PlacementPolicy):
         if best.size == 1:
             return int(best[0])
         nodes = candidates[best]
-        growth = starvation_change(state, task, nodes, self._gpu_fed_per_cpu(state))
+        fed = self._gpu_fed_per_cpu(state)[state.model_idx[nodes]]
+        growth = starvation_change(state, task, nodes, fed)
         if self._cut.share > 0:
             growth = np.round(growth + self._cut.change(task, state, nodes), 6)
         least = best[growth == growth.min()]
         return int(least[self._ranks(state)[candidates[least]].argmin()])
 
     def _gpu_fed_per_cpu(self, state: ClusterState) -> FloatArray:
-        """1/ρ per node, kept while the cluster, the measure's columns and its Δ weights
+        """1/ρ per GPU model, kept while the cluster, the measure's columns and its Δ weights
         are the same objects (the last two are replaced, never changed in place)."""
         assert self._fragmentation is not None
         arrays, weights = self._fragmentation.arrays, self._fragmentation.delta_weights
         key = (state.nodes, arrays, weights)
         if self._fed is None or any(a is not b for a, b in zip(self._fed[0], key, strict=True)):
-            self._fed = (key, gpu_fed_per_cpu(cpu_per_gpu_milli(arrays, weights), state))
+            self._fed = (key, gpu_fed_per_cpu(cpu_per_gpu_milli(arrays, weights)))
         return self._fed[1]
 
     def _bounds(self) -> FloatArray:

@@ -303,6 +303,19 @@ class NodeFragmentation:
         if changed.size:
             self._recompute(state, changed)
 
+    def sync_nodes(self, state: ClusterState, nodes: IntArray) -> None:
+        """Bring only `nodes` in line with `state`, for a reader of a few nodes' terms
+        (FGD's candidates, its tied nodes): O(len(nodes)), where `sync` compares every
+        node's stamp (12,500 a task at scale). The others keep their terms, and their
+        old stamps say so, until asked for or `sync`ed; `type_totals` stays the sum of
+        the terms held. Another state object than the one synced last costs one `sync`."""
+        if state.nodes is not self._nodes or state is not self._synced:
+            self.sync(state)
+            return
+        changed = nodes[self.version_seen[nodes] != state.version[nodes]]
+        if changed.size:
+            self._recompute(state, changed)
+
     def _recompute(self, state: ClusterState, nodes: IntArray) -> None:
         cpu = state.cpu_free[nodes]
         gpu = state.gpu_free[nodes]

@@ -63,8 +63,8 @@ def test_starved_milli_worked_by_hand() -> None:
     1000 starve; no idle GPU starves nothing. A model no GPU type may use (ρ = 0,
     1/ρ taken as 0): all of its idle GPU counts, as the paper counts it all fragmented."""
     state = ClusterState([node("v", 4, "V100"), node("t", 4, "T4"), node("c", 0)])
-    fed = gpu_fed_per_cpu(np.array([6.0, 0.0, 0.0]), state)  # rows: T4, V100, GPU-less
-    np.testing.assert_allclose(fed, [0, 1 / 6, 0])
+    fed = gpu_fed_per_cpu(np.array([6.0, 0.0, 0.0]))  # rows: T4, V100, GPU-less
+    np.testing.assert_allclose(fed[state.model_idx], [0, 1 / 6, 0])  # nodes: v, t, c
     cpu = np.array([24_000.0, 18_000.0, 0.0, 100.0])
     idle = np.array([4000.0, 4000.0, 0.0, 4000.0])
     rows = np.array([1 / 6, 1 / 6, 1 / 6, 0.0])
@@ -93,7 +93,7 @@ def test_gpu_task_goes_where_its_cpu_starves_no_idle_gpu() -> None:
     assert artifact_scores(deltas).max(axis=1).tolist() == [62, 62]
     rho = cpu_per_gpu_milli(measure.arrays, measure.delta_weights)
     np.testing.assert_allclose(rho, 6.0)
-    fed = gpu_fed_per_cpu(rho, state)
+    fed = gpu_fed_per_cpu(rho)[state.model_idx]
     change = starvation_change(state, task.task, np.arange(2), fed)
     np.testing.assert_allclose(change, [1000 / 3, 0], atol=1e-6)
     assert place(state, task, workload=WORKLOAD) == (rich, (0,))
@@ -115,7 +115,8 @@ def test_cpu_only_task_goes_where_no_idle_gpu_needs_its_cpu() -> None:
     measure.sync(state)
     np.testing.assert_allclose(measure.placement_deltas(state, task.task, np.arange(2)), 0)
     rho = cpu_per_gpu_milli(measure.arrays, measure.delta_weights)
-    change = starvation_change(state, task.task, np.arange(2), gpu_fed_per_cpu(rho, state))
+    fed = gpu_fed_per_cpu(rho)[state.model_idx]
+    change = starvation_change(state, task.task, np.arange(2), fed)
     np.testing.assert_allclose(change, [1000, 0], atol=1e-6)
     assert place(state, task, workload=WORKLOAD) == (busy, ())
     assert place(state, task, workload=WORKLOAD, mode="artifact")[0] == "n0"  # first name
