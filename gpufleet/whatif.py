@@ -20,6 +20,7 @@ from policies.registry import parse_options
 from simulator.progress import ProgressBar, add_progress_argument
 from simulator.whatif.forecast import ADDED, PolicySpec, plan_forecast, run_samples
 from simulator.whatif.report import (
+    NEVER_FITS,
     combine,
     format_summary,
     prediction_rows,
@@ -136,6 +137,8 @@ def _whatif(args: argparse.Namespace) -> int:
     write_forecast(args.out, snapshot, plan, forecasts, config, args.force)
     for problem in snapshot.problems:
         print(f"set aside: {problem}")
+    for job_id in plan.never_fits():
+        print(f"never starts: {job_id} {NEVER_FITS}")
     print(format_summary(summaries(plan, forecasts)))
     if added:
         _answer(plan, forecasts, snapshot.policy or names[0])
@@ -204,6 +207,9 @@ def _answer(plan: Any, forecasts: Any, live: str) -> None:
     rows = prediction_rows(plan, forecasts)
     for row in _added_rows(rows):
         marker = "  (live policy)" if row["policy"] == live else ""
+        if row["note"]:
+            print(f"{row['job_id']} under {row['policy']}{marker}: never starts: {row['note']}")
+            continue
         start = _when(row["start_p50_s"]), _when(row["start_p90_s"])
         print(
             f"{row['job_id']} under {row['policy']}{marker}: starts in {start[0]} (p50), "

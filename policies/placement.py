@@ -75,6 +75,14 @@ def first_fit(spec: JobSpec, task: TaskRequest, state: ClusterState) -> int | No
     return None if node is None else start + node
 
 
+def fits_empty_cluster(spec: JobSpec, empty: ClusterState) -> bool:
+    """Whether `spec` could ever run on the cluster of `empty` (a state with nothing
+    allocated): some node takes one of its tasks, and the nodes that do hold all of
+    its GPUs. A job that fails this waits forever whatever the policy does."""
+    mask = feasible_mask(spec, spec.task, empty)
+    return bool(mask.any()) and spec.gpus <= int(empty.gpu_count[mask].sum())
+
+
 def feasible_kind_leaders(
     spec: JobSpec, task: TaskRequest, state: ClusterState, order: IntArray | None = None
 ) -> IntArray:

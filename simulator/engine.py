@@ -35,7 +35,7 @@ from policies import (
     Snapshot,
 )
 from policies.base import request_key
-from policies.placement import feasible_mask
+from policies.placement import fits_empty_cluster
 from policies.task_mix import TaskMix
 from simulator.metrics import OCCUPANT, Recorder
 from simulator.state import JobRun, JobViews, SimCluster
@@ -230,8 +230,7 @@ class Simulation:
         key = request_key(spec)
         fits = self._fits_memo.get(key)
         if fits is None:
-            mask = feasible_mask(spec, spec.task, self._empty)
-            fits = bool(mask.any()) and spec.gpus <= int(self._empty.gpu_count[mask].sum())
+            fits = fits_empty_cluster(spec, self._empty)
             self._fits_memo[key] = fits
         return fits
 

@@ -15,7 +15,7 @@ import pytest
 from gpufleet.cli import main
 from simulator.whatif.forecast import PolicySpec, plan_forecast, run_samples
 from simulator.whatif.remaining import RemainingTimes, Source
-from simulator.whatif.report import PolicyForecast, combine, prediction_rows
+from simulator.whatif.report import NEVER_FITS, PolicyForecast, combine, prediction_rows
 from traces.errors import TraceError
 from traces.snapshot import (
     ClusterSnapshot,
@@ -184,6 +184,32 @@ def test_horizon_leaves_late_jobs_unpredicted() -> None:
     assert rows["b"]["start_p50_s"] == ""
 
 
+def test_a_job_no_node_can_take_is_said_never_to_start() -> None:
+    """n0 has 2 A100s. A 4-GPU job and a V100-only job fit no node even with the cluster
+    empty: their rows say so, under every policy; a 3-replica job of 1 GPU each (3 GPUs
+    in all on a 2-GPU cluster) cannot start either; the 1-GPU job starts at once."""
+    snapshot = ClusterSnapshot(
+        0.0,
+        (NODE,),
+        pending=(
+            pending("four", 4, 10.0),
+            pending("v100", 1, 10.0, allowed_models=("V100",)),
+            pending("three", 1, 10.0, replicas=3),
+            pending("one", 1, 10.0),
+        ),
+    )
+    for policy in ("fifo", "fgd"):
+        rows = forecast(snapshot, policy)
+        assert {job: row["note"] for job, row in rows.items()} == {
+            "four": NEVER_FITS,
+            "v100": NEVER_FITS,
+            "three": NEVER_FITS,
+            "one": "",
+        }
+        assert [rows[j]["start_p50_s"] for j in ("four", "v100", "three")] == ["", "", ""]
+        assert rows["one"]["start_p50_s"] == 0.0
+
+
 def busy_node() -> ClusterSnapshot:
     """Both GPUs of n0 held until 60 s from now; one 1-GPU job of 50 s waits."""
     return ClusterSnapshot(
@@ -229,6 +255,26 @@ def test_add_answers_when_a_submitted_pod_would_start(
     assert main([*args, "--add", str(tmp_path / "job.yaml")]) == 0
     # Both GPUs free at 60: "one" (older) takes one, "mine" the other.
     assert "default/mine under fifo  (live policy): starts in 60 s (p50)" in capsys.readouterr().out
+
+
+def test_add_says_a_pod_larger_than_any_node_never_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_snapshot(busy_node(), tmp_path / "snap.json")
+    (tmp_path / "job.yaml").write_text(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: wide\n"
+        "spec:\n  schedulerName: gpufleet\n  containers:\n  - name: c\n    image: x\n"
+        "    resources: {limits: {nvidia.com/gpu: 4}}\n"
+    )
+    out = tmp_path / "o"
+    args = ["whatif", "--snapshot", str(tmp_path / "snap.json"), "--out", str(out)]
+    assert main([*args, "--add", str(tmp_path / "job.yaml")]) == 0
+    printed = capsys.readouterr().out
+    assert f"never starts: default/wide {NEVER_FITS}" in printed
+    assert f"default/wide under fifo  (live policy): never starts: {NEVER_FITS}" in printed
+    with (out / "predictions.csv").open() as handle:
+        notes = {row["job_id"]: row["note"] for row in csv.DictReader(handle)}
+    assert notes == {"one": "", "default/wide": NEVER_FITS}
 
 
 @pytest.mark.parametrize(

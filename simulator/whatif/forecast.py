@@ -20,8 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from policies import FixedDuration, JobSpec, NodeSpec, TaskRequest, make_policy
+from policies import ClusterState, FixedDuration, JobSpec, NodeSpec, TaskRequest, make_policy
 from policies.gpu_models import node_model
+from policies.placement import fits_empty_cluster
 from simulator.engine import EngineOptions, Simulation
 from simulator.whatif.remaining import RemainingTime, RemainingTimes, Source
 from traces.canonical import PIN_KEY, Pin
@@ -83,6 +84,15 @@ class Plan:
     def forecast_items(self) -> list[Item]:
         """The jobs a forecast reports: all but the occupants."""
         return [item for item in self.items if item.kind != OCCUPANT]
+
+    def never_fits(self) -> list[str]:
+        """The reported jobs no node could take even with the cluster empty (more GPUs
+        than any node has, a GPU model or label none carries): they never start, under
+        any policy, whatever the horizon."""
+        empty = ClusterState(self.nodes)
+        return [
+            item.spec.id for item in self.forecast_items if not fits_empty_cluster(item.spec, empty)
+        ]
 
 
 def plan_forecast(

@@ -37,8 +37,12 @@ PREDICTION_COLUMNS = (
     "finish_p90_s",
     "deadline_s",
     "miss_fraction",
+    "note",
 )
-"""Times in seconds after the snapshot; empty: not within the horizon (at that percentile)."""
+"""Times in seconds after the snapshot; empty: not within the horizon (at that percentile).
+`note` says why a job never starts (`NEVER_FITS`)."""
+
+NEVER_FITS = "fits no node, even with the cluster empty"
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,7 @@ def combine(runs: Sequence[SampleRun], samples: int) -> list[PolicyForecast]:
 
 def prediction_rows(plan: Plan, forecasts: Sequence[PolicyForecast]) -> list[dict[str, Any]]:
     items = plan.forecast_items
+    never = set(plan.never_fits())
     rows = []
     for forecast in forecasts:
         starts = forecast.start_at(50), forecast.start_at(90)
@@ -104,6 +109,7 @@ def prediction_rows(plan: Plan, forecasts: Sequence[PolicyForecast]) -> list[dic
                     "finish_p90_s": _cell(finishes[1][j]),
                     "deadline_s": "" if deadline is None else deadline,
                     "miss_fraction": _misses(forecast.finish[:, j], deadline, plan.horizon_s),
+                    "note": NEVER_FITS if item.spec.id in never else "",
                 }
             )
     return rows
