@@ -14,7 +14,7 @@ from typing import Any
 
 from policies import make_policy, policy_class, policy_names
 from policies.registry import config_help, parse_options
-from simulator.compare import format_table, write_comparison
+from simulator.compare import format_caveats, format_table, write_comparison
 from simulator.experiments import add_executor_arguments, executor_for, experiment_modules
 from simulator.inputs import add_input_arguments, load_inputs
 from simulator.progress import ProgressBar, add_progress_argument
@@ -143,6 +143,8 @@ def _simulate(args: argparse.Namespace) -> int:
     check_output_dir(args.out, args.force)  # before the run, not after
     result = _run_one(args, args.policy, Path(args.out))
     print(format_table([result.summary]))
+    for line in format_caveats([result.summary]):
+        print(line)
     print(f"wrote {result.out_dir}")
     return 0
 
@@ -172,6 +174,8 @@ def _compare(args: argparse.Namespace) -> int:
                 (stage / name / file_name).write_bytes(data)
         write_comparison(stage, results)
     print(format_table([r.summary for r in results]))
+    for line in format_caveats([r.summary for r in results]):
+        print(line)
     print(f"wrote {out / 'summary.csv'} and {out / 'compare.png'}")
     return 0
 

@@ -77,6 +77,24 @@ def format_table(summaries: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def format_caveats(summaries: Sequence[dict[str, Any]]) -> list[str]:
+    """What the table's averages leave out, a line per run that left jobs out: jobs
+    rejected (no node could take them even with the cluster empty) and jobs still
+    unfinished when the run ended. Averages cover completed jobs only."""
+    lines = []
+    for summary in summaries:
+        rejected, unfinished = int(summary.get("rejected", 0)), int(summary.get("unfinished", 0))
+        parts = []
+        if rejected:
+            parts.append(f"{rejected} rejected (they fit no node, even with the cluster empty)")
+        if unfinished:
+            parts.append(f"{unfinished} unfinished when the run ended")
+        if parts:
+            jobs = summary.get("jobs", "?")
+            lines.append(f"{summary.get('policy', '')}: of {jobs} jobs, {' and '.join(parts)}")
+    return lines
+
+
 def _fmt(value: object) -> str:
     if isinstance(value, float):
         return f"{value:.3f}" if abs(value) < 10 else f"{value:.0f}"

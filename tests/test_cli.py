@@ -128,6 +128,23 @@ def test_bad_input_is_one_line_and_exit_2(
     assert not out.exists()
 
 
+def test_simulate_says_what_its_averages_leave_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A 128-GPU job on the 64-GPU default cluster is rejected; the table's averages
+    are the other job's alone, and a line under the table says so."""
+    trace = tmp_path / "t.csv"
+    trace.write_text("timestamp,duration,num_gpus\n0,10,1\n5,10,128\n")
+    args = ["simulate", "--trace", str(trace), "--format", "philly"]
+    assert main([*args, "--out", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
+    assert "fifo: of 2 jobs, 1 rejected (they fit no node, even with the cluster empty)" in printed
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert (summary["completed"], summary["rejected"], summary["avg_jct_s"]) == (1, 1, 10.0)
+    assert main(["simulate", "--jobs", "20", "--out", str(tmp_path / "plain")]) == 0
+    assert "rejected" not in capsys.readouterr().out
+
+
 def test_malformed_trace_leaves_no_output(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
