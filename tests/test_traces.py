@@ -86,6 +86,22 @@ def test_missing_columns_and_empty_files(tmp_path: Path) -> None:
         load_jobs(write(tmp_path, "x.csv", "a\n"), "nope")
 
 
+def test_a_trace_read_as_another_format_names_its_own(tmp_path: Path) -> None:
+    """An openb pod list read as canonical or philly: the error names the missing
+    columns and the format the header is; a header of no format gets no guess."""
+    pods = write(tmp_path, "pods.csv", OPENB_PODS)
+    for fmt in ("canonical", "philly"):
+        with pytest.raises(
+            TraceError, match="the header is the openb format's: give --format openb"
+        ):
+            load_jobs(pods, fmt)
+    sia = write(tmp_path, "w.csv", "name,time,application,num_replicas,batch_size\n")
+    with pytest.raises(TraceError, match=r"give --format sia$"):
+        load_jobs(sia, "gavel")
+    with pytest.raises(TraceError, match=r"header lacks column\(s\) id, submit_s$"):
+        load_jobs(write(tmp_path, "x.csv", "num_gpus,other\n1,2\n"), "canonical")
+
+
 def test_philly_timestamps_and_wide_jobs(tmp_path: Path) -> None:
     text = (
         "timestamp,duration,num_gpus,gpu_time,cluster\n"

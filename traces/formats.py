@@ -22,6 +22,17 @@ FORMATS: dict[str, JobReader] = {
 """Job readers by format name; other packages may add theirs (e.g. `sia`)."""
 
 
+HEADERS: dict[str, tuple[str, ...]] = {
+    "canonical": ("id", "submit_s", "num_gpus"),
+    "openb": openb.POD_COLUMNS,
+    "philly": ("timestamp", "duration", "num_gpus"),
+    "gavel": ("duration_s", "num_gpus"),
+    "sia": sia.WORKLOAD_COLUMNS,
+}
+"""The columns each single-file format's reader requires, to name the format of a file
+read as another."""
+
+
 def load_jobs(path: str | Path, fmt: str = "canonical", **options: object) -> list[JobSpec]:
     try:
         reader = FORMATS[fmt]
@@ -29,10 +40,29 @@ def load_jobs(path: str | Path, fmt: str = "canonical", **options: object) -> li
         raise TraceError(
             path, f"unknown format {fmt!r}; known: {', '.join(sorted(FORMATS))}"
         ) from None
-    jobs = list(reader(path, **options))
+    try:
+        jobs = list(reader(path, **options))
+    except TraceError as err:
+        guess = _header_format(path) if err.message.startswith("header lacks") else None
+        if guess is None or guess == fmt:
+            raise
+        hint = f"{err.message}; the header is the {guess} format's: give --format {guess}"
+        raise TraceError(err.path, hint, err.line, err.field) from None
     if not jobs:
         raise TraceError(path, "trace has no jobs")
     return jobs
+
+
+def _header_format(path: str | Path) -> str | None:
+    """The format whose required columns the file's first line holds (the one requiring
+    the most, when several do), or None."""
+    try:
+        with Path(path).open(encoding="utf-8") as handle:
+            header = {cell.strip() for cell in handle.readline().split(",")}
+    except (OSError, UnicodeDecodeError):
+        return None
+    fitting = [name for name, columns in HEADERS.items() if header.issuperset(columns)]
+    return max(fitting, key=lambda name: len(HEADERS[name]), default=None)
 
 
 def load_nodes(path: str | Path) -> list[NodeSpec]:
