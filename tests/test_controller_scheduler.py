@@ -236,8 +236,12 @@ def test_a_re_read_answered_after_the_watch_saw_the_bind_does_not_undo_it() -> N
             effects.pods["p"] = pod_json("p")  # the API server's answer when asked: pending
             now[0] += 10.0  # the watch never echoed the first bind: its assumption expires
             scheduler.wake()
-            while len(effects.binds) < 2:
-                await asyncio.sleep(0)
+
+            async def rebound() -> None:
+                while len(effects.binds) < 2:
+                    await asyncio.sleep(0)
+
+            await asyncio.wait_for(rebound(), 10)
             assert scheduler.stats.expired == 1
             cache.apply(PODS, "MODIFIED", pod_json("p", node="a"))  # the echo of bind 2
             answer.set()
