@@ -241,16 +241,20 @@ def test_whatif_command_writes_a_run_directory(tmp_path: Path) -> None:
     assert main(["whatif", "--snapshot", str(out / "snapshot.json"), "--out", str(again)]) == 0
 
 
+def write_pod(path: Path, name: str, gpus: int, metadata: str = "") -> None:
+    """A Pod manifest for `--add`: `gpus` whole GPUs, `metadata` more lines under it."""
+    path.write_text(
+        f"apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n{metadata}"
+        "spec:\n  schedulerName: gpufleet\n  containers:\n  - name: c\n    image: x\n"
+        f"    resources: {{limits: {{nvidia.com/gpu: {gpus}}}}}\n"
+    )
+
+
 def test_add_answers_when_a_submitted_pod_would_start(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     write_snapshot(busy_node(), tmp_path / "snap.json")
-    (tmp_path / "job.yaml").write_text(
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: mine\n"
-        "  annotations: {gpufleet.io/sim-runtime: 30s}\n"
-        "spec:\n  schedulerName: gpufleet\n  containers:\n  - name: c\n    image: x\n"
-        "    resources: {limits: {nvidia.com/gpu: 1}}\n"
-    )
+    write_pod(tmp_path / "job.yaml", "mine", 1, "  annotations: {gpufleet.io/sim-runtime: 30s}\n")
     args = ["whatif", "--snapshot", str(tmp_path / "snap.json"), "--out", str(tmp_path / "o")]
     assert main([*args, "--add", str(tmp_path / "job.yaml")]) == 0
     # Both GPUs free at 60: "one" (older) takes one, "mine" the other.
@@ -261,11 +265,7 @@ def test_add_says_a_pod_larger_than_any_node_never_starts(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     write_snapshot(busy_node(), tmp_path / "snap.json")
-    (tmp_path / "job.yaml").write_text(
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: wide\n"
-        "spec:\n  schedulerName: gpufleet\n  containers:\n  - name: c\n    image: x\n"
-        "    resources: {limits: {nvidia.com/gpu: 4}}\n"
-    )
+    write_pod(tmp_path / "job.yaml", "wide", 4)
     out = tmp_path / "o"
     args = ["whatif", "--snapshot", str(tmp_path / "snap.json"), "--out", str(out)]
     assert main([*args, "--add", str(tmp_path / "job.yaml")]) == 0
