@@ -49,18 +49,19 @@ def write_summary_csv(path: Path, summaries: Sequence[dict[str, Any]]) -> None:
 
 def plot_comparison(path: Path, results: Sequence[RunResult]) -> None:
     fig, (cdf, util, bars) = subplots(1, 3, figsize=(15, 4.2))
-    for result in results:
+    colors = [f"C{i % 10}" for i in range(len(results))]  # one per policy, in all three
+    for result, color in zip(results, colors, strict=True):
         name = str(result.summary["policy"])
         jct = np.sort([row[5] for row in result.recorder.jobs if row[12] == "completed"])
         if jct.size:
-            cdf.plot(jct / 3600, np.arange(1, jct.size + 1) / jct.size, label=name)
+            cdf.plot(jct / 3600, np.arange(1, jct.size + 1) / jct.size, label=name, color=color)
         times = np.array([row[0] for row in result.recorder.timeline]) / 3600
         alloc = np.array([row[1] for row in result.recorder.timeline])
-        util.step(times, alloc, where="post", label=name, linewidth=0.8)
+        util.step(times, alloc, where="post", label=name, linewidth=0.8, color=color)
     cdf.set(xscale="log", xlabel="JCT (h)", ylabel="fraction of jobs", title="JCT CDF")
     util.set(xlabel="time (h)", ylabel="allocated GPU %", title="Allocation over time")
     names = [str(r.summary["policy"]) for r in results]
-    bars.bar(names, [float(r.summary["avg_jct_s"]) / 3600 for r in results], color="tab:blue")
+    bars.bar(names, [float(r.summary["avg_jct_s"]) / 3600 for r in results], color=colors)
     bars.set(ylabel="average JCT (h)", title="Average JCT")
     bars.tick_params(axis="x", rotation=30)
     cdf.legend(fontsize=8)
