@@ -65,6 +65,8 @@ JOB_COLUMNS = (
     "throughput",
     "preemptible",
 )
+REQUIRED_JOB_COLUMNS = ("id", "submit_s", "num_gpus")
+"""The job columns a file must have; the others default."""
 PIN_COLUMNS = ("node", "gpus")
 NODE_COLUMNS = ("name", "cpu_milli", "mem_mib", "gpus", "gpu_model", "rack")
 SHARING_COLUMN = "shares_gpus"
@@ -87,7 +89,7 @@ def pin_of(job: JobSpec) -> Pin | None:
 
 def read_jobs(path: str | Path) -> Iterator[JobSpec]:
     seen: set[str] = set()
-    for row in read_rows(path, ("id", "submit_s", "num_gpus")):
+    for row in read_rows(path, REQUIRED_JOB_COLUMNS):
         job = _job_from_row(row)
         if job.id in seen:
             raise row.error("id", f"duplicate job id {job.id!r}")

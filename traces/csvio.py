@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from traces.errors import TraceError
+from traces.errors import MissingColumns, TraceError
 from traces.outputs import staged_file
 
 T = TypeVar("T")
@@ -75,7 +75,7 @@ def read_rows(path: str | Path, required: Sequence[str]) -> Iterator[Row]:
             raise TraceError(path, f"not a CSV file ({err})", 1) from None
         missing = [c for c in required if c not in header]
         if missing:
-            raise TraceError(path, f"header lacks column(s) {', '.join(missing)}", 1)
+            raise MissingColumns(path, f"header lacks column(s) {', '.join(missing)}", 1)
         try:
             for record in reader:
                 if not any(cell.strip() for cell in record):

@@ -18,3 +18,7 @@ class TraceError(ValueError):
         where = self.path if line is None else f"{self.path}:{line}"
         what = f"field {field!r}: " if field else ""
         super().__init__(f"{where}: {what}{message}")
+
+
+class MissingColumns(TraceError):
+    """A CSV header without a column its reader needs (line 1)."""

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from policies import JobSpec, NodeSpec
 from traces import canonical, gavel, openb, philly, rap, sia
-from traces.errors import TraceError
+from traces.errors import MissingColumns, TraceError
 
 JobReader = Callable[..., Iterable[JobSpec]]
 
@@ -23,10 +23,10 @@ FORMATS: dict[str, JobReader] = {
 
 
 HEADERS: dict[str, tuple[str, ...]] = {
-    "canonical": ("id", "submit_s", "num_gpus"),
+    "canonical": canonical.REQUIRED_JOB_COLUMNS,
     "openb": openb.POD_COLUMNS,
-    "philly": ("timestamp", "duration", "num_gpus"),
-    "gavel": ("duration_s", "num_gpus"),
+    "philly": philly.COLUMNS,
+    "gavel": gavel.COLUMNS,
     "sia": sia.WORKLOAD_COLUMNS,
 }
 """The columns each single-file format's reader requires, to name the format of a file
@@ -42,8 +42,8 @@ def load_jobs(path: str | Path, fmt: str = "canonical", **options: object) -> li
         ) from None
     try:
         jobs = list(reader(path, **options))
-    except TraceError as err:
-        guess = _header_format(path) if err.message.startswith("header lacks") else None
+    except MissingColumns as err:
+        guess = _header_format(path)
         if guess is None or guess == fmt:
             raise
         hint = f"{err.message}; the header is the {guess} format's: give --format {guess}"

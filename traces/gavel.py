@@ -14,10 +14,13 @@ from policies import FixedDuration, JobSpec, TaskRequest
 from traces.csvio import read_rows
 from traces.errors import TraceError
 
+COLUMNS = ("duration_s", "num_gpus")
+"""The columns of a Gavel-style job-size distribution."""
+
 
 def read_distribution(path: str | Path) -> list[tuple[float, int]]:
     rows = []
-    for row in read_rows(path, ("duration_s", "num_gpus")):
+    for row in read_rows(path, COLUMNS):
         duration = row.number("duration_s", float)
         if duration <= 0:
             raise row.error("duration_s", "must be positive")

@@ -14,11 +14,13 @@ from policies import FixedDuration, JobSpec, TaskRequest
 from traces.csvio import Row, read_rows
 
 GPUS_PER_NODE = 8
+COLUMNS = ("timestamp", "duration", "num_gpus")
+"""The columns a Philly-style job list needs."""
 
 
 def read_jobs(path: str | Path) -> list[JobSpec]:
     raw: list[tuple[float, float, int, int]] = []
-    for row in read_rows(path, ("timestamp", "duration", "num_gpus")):
+    for row in read_rows(path, COLUMNS):
         duration = row.number("duration", float)
         if duration <= 0:
             raise row.error("duration", "must be positive")

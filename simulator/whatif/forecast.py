@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from policies import ClusterState, FixedDuration, JobSpec, NodeSpec, TaskRequest, make_policy
+from policies.base import request_key
 from policies.gpu_models import node_model
 from policies.placement import fits_empty_cluster
 from simulator.engine import EngineOptions, Simulation
@@ -89,10 +90,12 @@ class Plan:
         """The reported jobs no node could take even with the cluster empty (more GPUs
         than any node has, a GPU model or label none carries): they never start, under
         any policy, whatever the horizon."""
-        empty = ClusterState(self.nodes)
-        return [
-            item.spec.id for item in self.forecast_items if not fits_empty_cluster(item.spec, empty)
-        ]
+        empty, fits = ClusterState(self.nodes), {}
+        for item in self.forecast_items:  # one test per request shape: pods are many, shapes few
+            key = request_key(item.spec)
+            if key not in fits:
+                fits[key] = fits_empty_cluster(item.spec, empty)
+        return [item.spec.id for item in self.forecast_items if not fits[request_key(item.spec)]]
 
 
 def plan_forecast(
