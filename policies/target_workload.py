@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from functools import lru_cache
 
 from policies.jobs import JobSpec, JobView, TaskRequest
 from policies.task_mix import TaskKey, count_tasks, task_key
@@ -90,14 +89,8 @@ def workload_from_counts(
 
 def _task_type(key: TaskKey, probability: float) -> TaskType:
     cpu, milli, num, models = key
-    return TaskType(_task_request(cpu, milli, num), models, probability)
-
-
-@lru_cache(maxsize=4096)
-def _task_request(cpu: int, milli: int, num: int) -> TaskRequest:
-    """One (immutable) request per shape: FGD rebuilds its workload from the same few
-    shapes every pass, and building them anew was ~2% of a 100k-job replay."""
-    return TaskRequest(cpu_milli=cpu, num_gpus=num, gpu_milli=milli)
+    task = TaskRequest(cpu_milli=cpu, num_gpus=num, gpu_milli=milli)
+    return TaskType(task, models, probability)
 
 
 def workload_from_jobs(
