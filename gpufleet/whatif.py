@@ -137,7 +137,7 @@ def _whatif(args: argparse.Namespace) -> int:
     write_forecast(args.out, snapshot, plan, forecasts, config, args.force)
     for problem in snapshot.problems:
         print(f"set aside: {problem}")
-    for job_id in plan.never_fits():
+    for job_id in plan.never_fits:
         print(f"never starts: {job_id} {NEVER_FITS}")
     print(format_summary(summaries(plan, forecasts)))
     if added:

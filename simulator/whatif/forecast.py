@@ -16,6 +16,7 @@ import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -86,10 +87,12 @@ class Plan:
         """The jobs a forecast reports: all but the occupants."""
         return [item for item in self.items if item.kind != OCCUPANT]
 
+    @cached_property
     def never_fits(self) -> list[str]:
         """The reported jobs no node could take even with the cluster empty (more GPUs
         than any node has, a GPU model or label none carries): they never start, under
-        any policy, whatever the horizon."""
+        any policy, whatever the horizon. Worked out once: the report and the command
+        both read it."""
         empty, fits = ClusterState(self.nodes), {}
         for item in self.forecast_items:  # one test per request shape: pods are many, shapes few
             key = request_key(item.spec)

@@ -90,7 +90,7 @@ def combine(runs: Sequence[SampleRun], samples: int) -> list[PolicyForecast]:
 
 def prediction_rows(plan: Plan, forecasts: Sequence[PolicyForecast]) -> list[dict[str, Any]]:
     items = plan.forecast_items
-    never = set(plan.never_fits())
+    never = set(plan.never_fits)
     rows = []
     for forecast in forecasts:
         starts = forecast.start_at(50), forecast.start_at(90)
